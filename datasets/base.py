@@ -1,0 +1,83 @@
+"""The one interface every dataset module returns: :class:`Data`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class DatasetError(ValueError):
+    """A dataset could not be built: missing/malformed files or bad arguments."""
+
+
+@dataclass
+class Data:
+    """Train/test tensors of one task plus what the probes need to know about its inputs.
+
+    ``x_*`` have shape ``(n, *input_shape)``; ``y_*`` are int64 class labels of shape ``(n,)``.
+    ``input_kind`` is ``"continuous"`` (float inputs: images, one-hot sums, ...) or ``"tokens"``
+    (int64 token ids; probes that need a continuous input use the model's embedding adapter).
+    ``box_low``/``box_high`` bound every input coordinate (shape ``input_shape``, float); they are the
+    range for random points and the clip bounds of attacks. ``spec`` is the stable description that
+    goes into ``run.json`` (``{"name", "kwargs", "seed"}``); ``meta`` carries task facts (``p``, the
+    operation, normalisation constants, ...).
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+    box_low: torch.Tensor
+    box_high: torch.Tensor
+    input_kind: str = "continuous"
+    spec: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def input_dim(self) -> int:
+        """Number of input coordinates (flattened)."""
+        n = 1
+        for s in self.input_shape:
+            n *= s
+        return n
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of the split ``"train"`` or ``"test"``."""
+        if name == "train":
+            return self.x_train, self.y_train
+        if name == "test":
+            return self.x_test, self.y_test
+        raise DatasetError(f"unknown split {name!r}: expected 'train' or 'test'")
+
+    def to(self, device: str | torch.device) -> "Data":
+        """A copy with every tensor on ``device``."""
+        t = {k: getattr(self, k).to(device) for k in
+             ("x_train", "y_train", "x_test", "y_test", "box_low", "box_high")}
+        return Data(name=self.name, n_classes=self.n_classes, input_kind=self.input_kind,
+                    spec=self.spec, meta=self.meta, **t)
+
+
+def box_from_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate min and max over the sample axis of ``x`` (shape ``x.shape[1:]``)."""
+    return x.amin(dim=0).float(), x.amax(dim=0).float()
+
+
+def seeded_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
+    """The first ``k`` indices of a seeded permutation of ``range(n)`` (all of them if ``k`` is None).
+
+    Deterministic given ``seed``; raises :class:`DatasetError` if ``k > n``.
+    """
+    if k is None:
+        return torch.arange(n)
+    if k > n or k < 1:
+        raise DatasetError(f"asked for {k} samples but only {n} are available")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[:k]

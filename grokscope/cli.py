@@ -1,0 +1,51 @@
+"""The ``grokscope`` command. Sub-commands live beside the code they drive and are imported only
+when used, so ``grokscope --help`` stays fast (no torch/dask import)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+COMMANDS = {
+    "demo": ("grokscope.demo:demo", "Train the default preset, probe it and plot what it shows."),
+    "train": ("grokscope.training.cli:train", "Train a model and save log-spaced checkpoints."),
+    "init": ("grokscope.engine.cli:init", "Write run.json for a folder of third-party checkpoints."),
+    "scan": ("grokscope.engine.cli:scan", "Audit the checkpoints under a path."),
+    "probes": ("grokscope.engine.cli:probes", "List the available probes, parameters and outputs."),
+    "probe": ("grokscope.engine.cli:probe", "Run probes over checkpoints into a Zarr store."),
+    "simulate": ("grokscope.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
+    "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
+    "report": ("grokscope.report:report", "Onsets and phases computed from a probe store."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name][0].split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise click.ClickException(f"command {name!r} is not available: {e}") from e
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, COMMANDS[n][1]) for n in sorted(COMMANDS)])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                              "auto_envvar_prefix": "GROKSCOPE"})
+@click.version_option(package_name="grokscope")
+def main() -> None:
+    """grokscope: see why and when a network groks, from its saved checkpoints."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The run format — the contract between training and analysis.
+
+A run is a folder::
+
+    run.json                              {"format": 1, "model": {...}, "dataset": {...}, "train": {...}}
+    checkpoints/step-00001234.safetensors state dict; metadata carries "step" and provenance
+    log.jsonl                             one JSON object per evaluation (step, train/test loss & acc)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import grokscope
+
+RUN_FORMAT = 1
+RUN_JSON = "run.json"
+LOG_JSONL = "log.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class RunError(ValueError):
+    """A run folder or its run.json is missing or malformed."""
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None = None) -> Path:
+    """Write ``run.json`` (atomically) and return its path."""
+    doc = {"format": RUN_FORMAT, "grokscope": grokscope.__version__, "model": model,
+           "dataset": dataset, "train": train or {}}
+    path = Path(run_dir) / RUN_JSON
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    """Read and validate ``run.json``; :class:`RunError` names the file and what is wrong."""
+    path = Path(run_dir) / RUN_JSON
+    if not path.is_file():
+        raise RunError(f"{path}: no run.json (write one with `grokscope init`)")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise RunError(f"{path}: expected a JSON object")
+    if doc.get("format") != RUN_FORMAT:
+        raise RunError(f"{path}: unsupported run format {doc.get('format')!r} (expected {RUN_FORMAT})")
+    for key in ("model", "dataset"):
+        if not isinstance(doc.get(key), dict):
+            raise RunError(f"{path}: missing or malformed {key!r} section")
+    model = doc["model"]
+    if not (model.get("arch") or model.get("factory")):
+        raise RunError(f"{path}: 'model' needs 'arch' (a built-in name) or 'factory' ('pkg.module:fn')")
+    if not doc["dataset"].get("name"):
+        raise RunError(f"{path}: 'dataset' needs a 'name'")
+    doc.setdefault("train", {})
+    return doc
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """``run_dir/checkpoints/step-%08d.safetensors``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:08d}.safetensors"
+
+
+def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], step: int,
+                    metadata: dict[str, str] | None = None) -> Path:
+    """Save a state dict as safetensors with ``step`` in its metadata, atomically.
+
+    Tensors are made contiguous and de-aliased (safetensors refuses shared storage).
+    """
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    meta = {"step": str(int(step)), "format": "grokscope", "grokscope": grokscope.__version__}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    atomic_write_bytes(Path(path), save(tensors, metadata=meta))
+    return Path(path)
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``[(step, path)]`` of a grokscope run's own checkpoints, sorted by step."""
+    out = []
+    for p in (Path(run_dir) / CHECKPOINT_DIR).glob("step-*.safetensors"):
+        try:
+            out.append((int(p.stem.split("-", 1)[1]), p))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def append_log(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``log.jsonl`` (flushed, so a killed trainer keeps what it logged)."""
+    with open(Path(run_dir) / LOG_JSONL, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete record of ``log.jsonl`` (a torn last line from a kill is skipped)."""
+    path = Path(run_dir) / LOG_JSONL
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records

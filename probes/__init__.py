@@ -1,0 +1,58 @@
+"""Probes by name. Built-ins are listed in ``BUILTIN``; third-party packages register theirs under
+the entry-point group ``grokscope.probes`` (``name = "pkg.module:ProbeClass"``).
+
+To add a built-in probe: write ``probes/<name>.py`` with the maths as a plain function and a thin
+:class:`Probe` subclass, list it here, and add ``tests/probes/test_<name>.py`` (see CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from importlib.metadata import entry_points
+
+from .base import Probe, ProbeContext, ProbeError, params_attrs, parse_value
+
+BUILTIN = {
+    "acc": "grokscope.probes.acc:AccProbe",
+    "lc": "grokscope.probes.lc:LCProbe",
+    "pgd": "grokscope.probes.pgd:PGDProbe",
+    "align": "grokscope.probes.align:AlignProbe",
+    "fourier": "grokscope.probes.fourier:FourierProbe",
+    "norm": "grokscope.probes.norm:NormProbe",
+}
+
+ENTRY_POINT_GROUP = "grokscope.probes"
+
+__all__ = ["Probe", "ProbeContext", "ProbeError", "available_probes", "get_probe", "params_attrs",
+           "parse_value"]
+
+
+def _load(path: str) -> type[Probe]:
+    mod, attr = path.split(":", 1)
+    return getattr(importlib.import_module(mod), attr)
+
+
+def available_probes() -> dict[str, str]:
+    """``{name: "module:Class"}`` of every probe that can be loaded: built-ins and entry points.
+
+    Built-in modules that do not exist yet are left out.
+    """
+    found = {}
+    for name, path in BUILTIN.items():
+        if importlib.util.find_spec(path.split(":")[0]) is not None:
+            found[name] = path
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def get_probe(name: str) -> type[Probe]:
+    """The probe class called ``name``; :class:`ProbeError` lists the valid names otherwise."""
+    probes = available_probes()
+    if name not in probes:
+        raise ProbeError(f"unknown probe {name!r}; valid: {', '.join(sorted(probes))}")
+    cls = _load(probes[name])
+    if not (isinstance(cls, type) and issubclass(cls, Probe)):
+        raise ProbeError(f"{probes[name]} (probe {name!r}) is not a grokscope Probe subclass")
+    return cls

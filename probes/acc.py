@@ -1,0 +1,65 @@
+"""``acc``: loss and accuracy on the train and test splits (the trainer's own evaluation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from grokscope.losses import task_loss
+
+from .base import Probe, ProbeContext
+
+
+@torch.no_grad()
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce",
+                      batch_size: int = 4096) -> tuple[float, float]:
+    """Mean task loss and accuracy of ``model`` on ``(x, y)``, in eval mode, in chunks of ``batch_size``.
+
+    Returns ``(loss, accuracy)`` as Python floats. The model's train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    try:
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            logits = model(xb)
+            total_loss += float(task_loss(logits, yb, loss, reduction="sum"))
+            correct += int((logits.argmax(dim=-1) == yb).sum())
+    finally:
+        model.train(was_training)
+    n = max(len(x), 1)
+    return total_loss / n, correct / n
+
+
+@dataclass(frozen=True)
+class AccParams:
+    loss: str = "auto"  # "auto": the loss the run was trained with (run.json), else "ce"
+    batch_size: int = 4096
+
+
+class AccProbe(Probe):
+    name = "acc"
+    description = "loss and accuracy on the train and test splits"
+    Params = AccParams
+    outputs = {"loss": ("split",), "accuracy": ("split",)}
+
+    def compute(self, model, data, params: AccParams, ctx: ProbeContext):
+        import xarray as xr
+
+        loss_kind = params.loss
+        if loss_kind == "auto":
+            loss_kind = (ctx.run_spec.get("train") or {}).get("loss", "ce")
+        losses, accs = [], []
+        for split in ("train", "test"):
+            x, y = data.split(split)
+            lo, ac = loss_and_accuracy(model, x, y, loss_kind, params.batch_size)
+            losses.append(lo)
+            accs.append(ac)
+        return xr.Dataset(
+            {"loss": (("split",), np.array(losses)), "accuracy": (("split",), np.array(accs))},
+            coords={"split": ["train", "test"]},
+        )

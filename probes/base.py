@@ -1,0 +1,134 @@
+"""The probe contract. A probe is a thin class around a plain function (usable from a notebook).
+
+A probe declares:
+
+* ``name`` — the ``--metrics`` name and the store group name;
+* ``Params`` — a dataclass of parameters with defaults (set from the CLI as ``--param name.field=v``);
+* ``outputs`` — ``{variable: dims}`` it writes (dims without ``step``), for listings and docs;
+* ``needs_data`` / ``needs_grad`` / ``needs_previous`` — what the engine must provide;
+* ``compute(model, data, params, ctx) -> xr.Dataset`` — numpy-backed variables with the declared
+  dims (no ``step`` dim: the engine adds it) and coordinates for the non-step dims.
+
+Randomness uses ``params.seed``: the same frame / starts / probes at every checkpoint, so curves over
+steps are comparable. The engine stores ``asdict(params)`` as attributes of the probe's group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+class ProbeError(ValueError):
+    """Bad probe name or parameters, or a probe that cannot run on this model/dataset."""
+
+
+@dataclass
+class ProbeContext:
+    """What the engine knows about the job beyond the model and the data.
+
+    ``load_previous`` returns the state dict of the previous checkpoint of the run (or None for the
+    first one); only probes with ``needs_previous = True`` should call it.
+    """
+
+    step: int
+    run: str = ""
+    device: torch.device = torch.device("cpu")
+    previous_step: int | None = None
+    load_previous: Callable[[], dict[str, torch.Tensor] | None] = lambda: None
+    run_spec: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Probe:
+    """Base class of every probe; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type] = object
+    outputs: ClassVar[dict[str, tuple[str, ...]]] = {}
+    needs_data: ClassVar[bool] = True
+    needs_grad: ClassVar[bool] = False
+    needs_previous: ClassVar[bool] = False
+
+    def compute(self, model: nn.Module, data: Any, params: Any, ctx: ProbeContext):  # -> xr.Dataset
+        raise NotImplementedError
+
+    # -- parameters ---------------------------------------------------------------------------
+    @classmethod
+    def default_params(cls):
+        return cls.Params()
+
+    @classmethod
+    def make_params(cls, overrides: dict[str, str] | None = None):
+        """``Params`` with ``overrides`` (``{field: text}``) parsed by each field's default's type.
+
+        Lists take ``a,b,c`` or JSON; booleans take true/false/1/0/yes/no. Unknown fields and
+        unparsable values raise :class:`ProbeError` naming the probe, the field and the valid fields.
+        """
+        params = cls.Params()
+        fields = {f.name: f for f in dataclasses.fields(params)}
+        values = {}
+        for key, text in (overrides or {}).items():
+            if key not in fields:
+                raise ProbeError(f"probe {cls.name!r} has no parameter {key!r}; "
+                                 f"valid: {', '.join(fields)}")
+            default = getattr(params, key)
+            try:
+                values[key] = parse_value(text, default)
+            except ValueError as e:
+                raise ProbeError(f"bad value for {cls.name}.{key}={text!r}: {e}") from e
+        return dataclasses.replace(params, **values)
+
+
+def parse_value(text: Any, like: Any) -> Any:
+    """Parse ``text`` into the type of ``like`` (bool, int, float, str, list/tuple, None → JSON)."""
+    if not isinstance(text, str):
+        return text
+    if isinstance(like, bool):
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true/false")
+    if isinstance(like, int):
+        return int(text)
+    if isinstance(like, float):
+        return float(text)
+    if isinstance(like, (list, tuple)):
+        t = text.strip()
+        items = json.loads(t) if t.startswith("[") else [s for s in t.split(",") if s.strip()]
+        if like:
+            items = [parse_value(i, like[0]) if isinstance(i, str) else i for i in items]
+        else:
+            items = [_auto(i) for i in items]
+        return type(like)(items)
+    if like is None:
+        return _auto(text)
+    return text
+
+
+def _auto(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def params_attrs(params: Any) -> dict[str, Any]:
+    """``asdict(params)`` made JSON/Zarr-attribute friendly (tuples → lists, None → "none")."""
+    out = {}
+    for k, v in dataclasses.asdict(params).items():
+        if isinstance(v, tuple):
+            v = list(v)
+        if v is None:
+            v = "none"
+        out[k] = v
+    return out
