@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,3 +83,28 @@ def seeded_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
         raise DatasetError(f"asked for {k} samples but only {n} are available")
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g)[:k]
+
+
+def default_data_root(subdir: str) -> Path:
+    """Where a file-backed dataset looks when no ``root`` is given: ``$GROKSCOPE_DATA/<subdir>`` if the
+    environment variable is set, else ``~/.grokscope/data/<subdir>``."""
+    base = os.environ.get("GROKSCOPE_DATA")
+    return (Path(base) if base else Path.home() / ".grokscope" / "data") / subdir
+
+
+def standardise_images(x: torch.Tensor, mean: list[float], std: list[float]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel ``(x - mean) / std`` of images ``x`` in [0, 1] with shape ``(n, C, H, W)``.
+
+    Returns ``(x_normalised, box_low, box_high)`` where the box (shape ``(C, H, W)``) is the image of
+    [0, 1] under the same map, i.e. ``(0 - mean) / std`` and ``(1 - mean) / std`` per channel.
+    """
+    c = x.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise DatasetError(f"normalisation needs {c} means and stds, got {len(mean)} and {len(std)}")
+    m = torch.tensor(mean, dtype=torch.float32).view(c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(c, 1, 1)
+    shape = x.shape[1:]
+    low = ((0.0 - m) / s).expand(shape).clone()
+    high = ((1.0 - m) / s).expand(shape).clone()
+    return (x - m) / s, low, high
