@@ -85,6 +85,9 @@ def load(seed: int = 0, p: int = 97, op: str = "add", train_fraction: float = 0.
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(a), generator=g)
     n_train = int(round(train_fraction * len(a)))
+    if not 1 <= n_train < len(a):
+        raise DatasetError(f"train_fraction={train_fraction} of {len(a)} pairs leaves {n_train} for training "
+                           f"and {len(a) - n_train} for test; both splits must be non-empty")
     tr, te = perm[:n_train], perm[n_train:]
     if encoding == "tokens":
         low, high = torch.zeros(3), torch.full((3,), float(p))

@@ -62,7 +62,7 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
         label = arch
     try:
         model = factory(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ModelError(f"bad arguments for model {label!r}: {e}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"model factory {label!r} returned {type(model).__name__}, not an nn.Module")
