@@ -95,3 +95,36 @@ def _done(ds):
     if "done" in ds:
         return ds.isel(step=np.flatnonzero(ds["done"].values.astype(bool)))
     return ds
+
+
+def register_accessor() -> None:
+    """Register ``ds.grok`` on xarray Datasets (done on ``import grokscope.analysis``)."""
+    import xarray as xr
+
+    if hasattr(xr.Dataset, "grok"):
+        return
+
+    @xr.register_dataset_accessor("grok")
+    class GrokAccessor:
+        """``ds.grok.onset("accuracy", 0.95, split="test")``; ``ds.grok.lead_lag(a, b)``."""
+
+        def __init__(self, ds):
+            self._ds = _done(ds)
+
+        def curve(self, var: str, **sel) -> tuple[np.ndarray, np.ndarray]:
+            da = self._ds[var].sel(**sel) if sel else self._ds[var]
+            if set(da.dims) != {"step"}:
+                raise ValueError(f"{var} still has dims {da.dims}: select down to 'step' with keywords")
+            return self._ds["step"].values, da.values
+
+        def onset(self, var: str, threshold: float, above: bool = True, **sel) -> float:
+            """First step where ``var`` (selected down to a curve over step) crosses ``threshold``."""
+            return first_crossing(*self.curve(var, **sel), threshold, above)
+
+        def lc_phases(self, var: str = "lc_total_mean", window: int = 5, **sel) -> dict[str, float]:
+            return lc_phases(*self.curve(var, **sel), window)
+
+    return None
+
+
+register_accessor()

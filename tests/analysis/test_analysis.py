@@ -35,3 +35,16 @@ def test_lc_phases_descent_ascent_descent():
 
 def test_lc_phases_short_curve_is_nan():
     assert math.isnan(lc_phases(np.array([1, 2]), np.array([1.0, 2.0]))["t_peak"])
+
+
+def test_grok_accessor_onset_uses_done_steps_only():
+    import xarray as xr
+
+    import grokscope.analysis  # noqa: F401  (registers ds.grok)
+
+    ds = xr.Dataset(
+        {"accuracy": (("step", "split"), np.array([[0.1, 0.1], [1.0, 0.2], [1.0, 0.97], [1.0, 0.99]])),
+         "done": (("step",), np.array([True, True, False, True]))},
+        coords={"step": [0, 10, 100, 1000], "split": ["train", "test"]})
+    assert ds.grok.onset("accuracy", 0.95, split="test") == 1000  # step 100 is not done
+    assert ds.grok.onset("accuracy", 0.99, split="train") == 10
