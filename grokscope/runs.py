@@ -96,8 +96,22 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], step: int,
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     meta = {"step": str(int(step)), "format": "grokscope", "grokscope": grokscope.__version__}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
-    atomic_write_bytes(Path(path), save(tensors, metadata=meta))
+    atomic_write_bytes(Path(path), canonical_safetensors(save(tensors, metadata=meta)))
     return Path(path)
+
+
+def canonical_safetensors(payload: bytes) -> bytes:
+    """``payload`` (a safetensors file) with its JSON header re-serialised with sorted keys.
+
+    safetensors writes the ``__metadata__`` map in a random (hash) order, so two saves of the same
+    tensors and metadata differ in bytes; a canonical header makes equal checkpoints equal files.
+    The tensor data and offsets are unchanged; the header is space-padded to a multiple of 8.
+    """
+    n = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + payload[8 + n:]
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

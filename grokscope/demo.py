@@ -1,0 +1,81 @@
+"""``grokscope demo [DIR]``: train the default preset into DIR and say what the run shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+TRAIN_THRESHOLD = 0.99
+TEST_THRESHOLD = 0.95
+
+
+def first_step(records: list[dict[str, Any]], key: str, threshold: float) -> int | None:
+    """The first logged step whose ``key`` is ``>= threshold`` (records in step order), else None."""
+    for r in sorted(records, key=lambda r: r["step"]):
+        if r.get(key) is not None and r[key] >= threshold:
+            return int(r["step"])
+    return None
+
+
+def summarise_log(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a training log shows, from ``log.jsonl`` records.
+
+    Returns ``{"steps": last logged step, "t_train99": first step with train acc >= 0.99,
+    "t_test95": first step with test acc >= 0.95, "ratio": t_test95 / t_train99, "final_train_acc",
+    "final_test_acc", "wall_s": wall time of the last record, "grokked": ratio >= 5}``; steps never
+    reached are None (and ``ratio`` then None, ``grokked`` False).
+    """
+    if not records:
+        return {"steps": None, "t_train99": None, "t_test95": None, "ratio": None, "final_train_acc": None,
+                "final_test_acc": None, "wall_s": None, "grokked": False}
+    last = max(records, key=lambda r: r["step"])
+    t_mem = first_step(records, "train_acc", TRAIN_THRESHOLD)
+    t_grok = first_step(records, "test_acc", TEST_THRESHOLD)
+    ratio = None
+    if t_mem is not None and t_grok is not None:
+        ratio = t_grok / t_mem if t_mem > 0 else float("inf")
+    return {"steps": int(last["step"]), "t_train99": t_mem, "t_test95": t_grok, "ratio": ratio,
+            "final_train_acc": last.get("train_acc"), "final_test_acc": last.get("test_acc"),
+            "wall_s": last.get("wall"), "grokked": ratio is not None and ratio >= 5}
+
+
+def describe(summary: dict[str, Any]) -> list[str]:
+    """Human-readable lines for :func:`summarise_log`'s result."""
+    s = summary
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    lines = [f"trained {s['steps']} steps in {s['wall_s'] or 0:.0f} s; final train acc "
+             f"{pct(s['final_train_acc'])}, test acc {pct(s['final_test_acc'])}"]
+    lines.append(f"train acc first >= 99 % at step {s['t_train99']}" if s["t_train99"] is not None
+                 else "train acc never reached 99 %")
+    lines.append(f"test acc first >= 95 % at step {s['t_test95']}" if s["t_test95"] is not None
+                 else "test acc never reached 95 %")
+    if s["ratio"] is not None:
+        verdict = "grokking" if s["grokked"] else "no clear delay"
+        lines.append(f"generalisation came {s['ratio']:.1f}x later than memorisation ({verdict})")
+    return lines
+
+
+@click.command("demo")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path),
+                default=Path("runs/demo"))
+@click.option("--steps", type=int, default=None, help="Train this many steps instead of the preset's.")
+@click.option("--threads", type=int, default=None, help="torch.set_num_threads for training.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
+def demo(directory: Path, steps: int | None, threads: int | None, quiet: bool) -> None:
+    """Train the default preset into DIRECTORY (default runs/demo) and summarise what it shows.
+
+    Re-running continues (or simply re-reads) an existing demo run.
+    """
+    from grokscope import runs
+    from grokscope.training.cli import run
+    from grokscope.training.presets import DEFAULT_PRESET, preset_config
+
+    config = preset_config(DEFAULT_PRESET, **({"steps": steps} if steps is not None else {}))
+    resume = (directory / runs.RUN_JSON).is_file()
+    run(config, directory, resume=resume, threads=threads, progress=not quiet)
+    click.echo(f"run folder: {directory}  (preset {DEFAULT_PRESET})")
+    click.echo(f"checkpoints: {len(runs.list_checkpoints(directory))} in {directory / runs.CHECKPOINT_DIR}")
+    for line in describe(summarise_log(runs.read_log(directory))):
+        click.echo(line)

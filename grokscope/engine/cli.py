@@ -1,0 +1,366 @@
+"""``grokscope init | scan | probes | probe``: the engine's commands (torch/dask imported inside)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+# -- shared option types --------------------------------------------------------------------------
+
+class ProbeNames(click.ParamType):
+    """A comma-separated list of probe names, checked against the registry (built-ins + entry points)."""
+
+    name = "probe[,probe...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[str]:
+        if isinstance(value, list):
+            return value
+        from grokscope.probes import available_probes
+
+        names = [v.strip() for v in str(value).split(",") if v.strip()]
+        valid = available_probes()
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            self.fail(f"unknown probe {', '.join(map(repr, bad)) or repr(value)}; valid: "
+                      f"{', '.join(sorted(valid))}", param, ctx)
+        return names
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str):
+        from click.shell_completion import CompletionItem
+
+        from grokscope.probes import available_probes
+
+        head, _, last = incomplete.rpartition(",")
+        prefix = head + "," if head else ""
+        return [CompletionItem(prefix + n) for n in sorted(available_probes()) if n.startswith(last)]
+
+
+PROBE_NAMES = ProbeNames()
+
+
+def _json_option(text: str | None, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise click.BadParameter(f"{what} must be a JSON object: {e}") from e
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"{what} must be a JSON object, got {text!r}")
+    return value
+
+
+def model_spec_from(model: str, kwargs: str | None) -> dict[str, Any]:
+    """``--model pkg.module:factory|NAME`` + ``--model-kwargs JSON`` as a run.json model spec."""
+    key = "factory" if ":" in model else "arch"
+    return {key: model, "kwargs": _json_option(kwargs, "--model-kwargs")}
+
+
+def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
+             dataset_kwargs: str | None, dataset_seed: int, loss: str | None) -> dict[str, Any] | None:
+    """The run spec given on the command line (None when neither --model nor --dataset is given).
+
+    Model kwargs that the data determines (``in_dim``, ``out_dim``, ``p``, ...) are filled in as the
+    trainer does, so ``--model mlp --dataset digits`` is enough for a built-in MLP.
+    """
+    if model is None and dataset is None:
+        return None
+    if model is None or dataset is None:
+        raise click.UsageError("third-party checkpoints need both --model and --dataset")
+    if os.getcwd() not in sys.path:  # factories importable from here, as with `python -m`
+        sys.path.insert(0, os.getcwd())
+    mspec = model_spec_from(model, model_kwargs)
+    dspec = {"name": dataset, "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"), "seed": dataset_seed}
+    from grokscope.datasets import DatasetError, load_dataset
+    from grokscope.models import ModelError
+
+    try:
+        data = load_dataset(dspec)
+        from grokscope.training.trainer import resolve_model_spec
+
+        mspec = resolve_model_spec(mspec, data)
+    except (DatasetError, ModelError) as e:
+        raise click.UsageError(str(e)) from e
+    train = {"loss": loss} if loss else {}
+    return {"format": 1, "model": mspec, "dataset": dspec, "train": train}
+
+
+def spec_options(f):
+    """The options that describe a third-party run's model and data."""
+    opts = [
+        click.option("--model", "model", default=None, metavar="NAME|pkg.module:factory",
+                     help="Model for checkpoints without run.json: a built-in name or an importable factory."),
+        click.option("--model-kwargs", default=None, metavar="JSON", help="Keyword arguments of the model factory."),
+        click.option("--dataset", default=None, metavar="NAME", help="Dataset the probes use (see grokscope.datasets)."),
+        click.option("--dataset-kwargs", default=None, metavar="JSON", help="Keyword arguments of the dataset."),
+        click.option("--dataset-seed", default=0, show_default=True, type=int, help="Seed of the dataset split."),
+        click.option("--loss", type=click.Choice(["ce", "mse"]), default=None,
+                     help="Loss the model was trained with (acc's loss); default ce."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+# -- init -----------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@spec_options
+@click.option("--force", is_flag=True, help="Replace an existing run.json.")
+def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str | None,
+         dataset_kwargs: str | None, dataset_seed: int, loss: str | None, force: bool) -> None:
+    """Write PATH/run.json for a folder of third-party checkpoints.
+
+    The first checkpoint found is loaded into the model as a check (clear errors for key or shape
+    mismatches), so a wrong --model is caught now rather than by every probe job.
+    """
+    from grokscope import runs as runfmt
+
+    from .discovery import checkpoints_in, find_runs
+    from .loading import CheckpointError, load_into, read_state_dict
+
+    if model is None or dataset is None:
+        raise click.UsageError("grokscope init needs --model and --dataset")
+    target = path / runfmt.RUN_JSON
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists (pass --force to replace it)")
+    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss)
+    assert spec is not None
+    ck_dir = path / runfmt.CHECKPOINT_DIR if (path / runfmt.CHECKPOINT_DIR).is_dir() else path
+    ckpts, problems = checkpoints_in(ck_dir, path)
+    if not ckpts:
+        runs = find_runs(path) if not problems else []
+        where = f" (runs found below: {', '.join(r.rel for r in runs)})" if runs else ""
+        raise click.ClickException(f"{path}: no checkpoints with a step here{where}")
+    from grokscope.models import ModelError, build_model
+
+    try:
+        net = build_model(spec["model"])
+        load_into(net, read_state_dict(ckpts[0]), ckpts[0].path)
+    except (ModelError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from e
+    runfmt.write_run_json(path, spec["model"], spec["dataset"], spec["train"])
+    click.echo(f"wrote {target}: {len(ckpts)} checkpoints, steps {ckpts[0].step}..{ckpts[-1].step}; "
+               f"{ckpts[0].label} loads into {spec['model'].get('factory') or spec['model'].get('arch')}",
+               err=True)
+    for p in problems:
+        click.echo(f"  skipped {p.path}: {p.reason}", err=True)
+
+
+# -- scan -----------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the full audit as JSON on stdout.")
+def scan(path: Path, as_json: bool) -> None:
+    """Audit the checkpoints under PATH: per run, the number of checkpoints, step range, gaps in the
+    save schedule, duplicate weights, steps written out of order, dtype/shape drift, unreadable files."""
+    from .discovery import DiscoveryError
+    from .scan import format_report
+    from .scan import scan as do_scan
+
+    try:
+        reports = do_scan(path)
+    except DiscoveryError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        click.echo(format_report(reports))
+
+
+# -- probes ---------------------------------------------------------------------------------------
+
+def probe_listing() -> list[dict[str, Any]]:
+    """Every available probe: name, description, needs, parameters with defaults, outputs."""
+    import dataclasses
+
+    from grokscope.probes import available_probes, get_probe, params_attrs
+
+    out = []
+    for name, where in sorted(available_probes().items()):
+        try:
+            cls = get_probe(name)
+        except Exception as e:  # noqa: BLE001 - a broken plugin is listed with its error
+            out.append({"name": name, "source": where, "error": f"{type(e).__name__}: {e}"})
+            continue
+        params = params_attrs(cls.default_params()) if dataclasses.is_dataclass(cls.Params) else {}
+        out.append({"name": name, "source": where, "description": cls.description,
+                    "needs_data": cls.needs_data, "needs_grad": cls.needs_grad,
+                    "needs_previous": cls.needs_previous, "params": params,
+                    "outputs": {k: list(v) for k, v in cls.outputs.items()}})
+    return out
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
+def probes(as_json: bool) -> None:
+    """List the available probes with their parameters (and defaults) and outputs (with dims)."""
+    listing = probe_listing()
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for p in listing:
+        if "error" in p:
+            click.echo(f"{p['name']}  (unavailable: {p['error']})\n")
+            continue
+        needs = [k[6:] for k in ("needs_data", "needs_grad", "needs_previous") if p[k]]
+        click.echo(f"{p['name']}  {p['description']}" + (f"  [needs {', '.join(needs)}]" if needs else ""))
+        for k, v in p["params"].items():
+            click.echo(f"    --param {p['name']}.{k}={json.dumps(v) if not isinstance(v, str) else v}")
+        for k, dims in p["outputs"].items():
+            click.echo(f"    -> {k}({', '.join(['step', *dims])})")
+        click.echo("")
+
+
+# -- probe ----------------------------------------------------------------------------------------
+
+def parse_params(items: tuple[str, ...], metrics: list[str]) -> dict[str, dict[str, str]]:
+    """``("lc.radius=0.01", ...)`` → ``{"lc": {"radius": "0.01"}}``, probes checked against ``metrics``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        probe, dot, fld = key.partition(".")
+        if not eq or not dot or not probe or not fld:
+            raise click.BadParameter(f"{item!r}: expected PROBE.FIELD=VALUE (e.g. lc.radius=0.01)",
+                                     param_hint="--param")
+        if probe not in metrics:
+            raise click.BadParameter(f"{item!r}: probe {probe!r} is not among --metrics "
+                                     f"({', '.join(metrics)})", param_hint="--param")
+        out.setdefault(probe, {})[fld.strip()] = value
+    return out
+
+
+class _Bar:
+    """The progress bar on stderr: jobs done / total, failures, jobs per second."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar, self.failed, self.rate = quiet, None, 0, 0.0
+
+    def start(self, jobs: int, skipped: int, scheduler: str) -> None:
+        if self.quiet:
+            return
+        click.echo(f"{jobs} job(s) to run, {skipped} already in the store; scheduler: {scheduler}", err=True)
+        if jobs:
+            self.bar = click.progressbar(length=jobs, label="probing", file=sys.stderr, show_pos=True,
+                                         show_eta=True, item_show_func=self._show)
+            self.bar.__enter__()
+
+    def _show(self, _item: Any) -> str:
+        return f"{self.failed} failed, {self.rate:.1f} jobs/s"
+
+    def update(self, n: int, done: int, failed: int, rate: float) -> None:
+        self.failed, self.rate = failed, rate
+        if self.bar is not None:
+            self.bar.update(n, current_item=done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-m", "--metrics", "--metric", "metrics", type=PROBE_NAMES, multiple=True,
+              help="Probes to run: a comma list and/or repeated (default: acc). See `grokscope probes`.")
+@click.option("--param", "params", multiple=True, metavar="PROBE.FIELD=VALUE",
+              help="A probe parameter, e.g. --param lc.radius=0.01 (repeatable).")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="The Zarr store (default: PATH/probes.zarr).")
+@click.option("--scheduler", default=None, metavar="ADDRESS|sync|local",
+              help="A Dask scheduler address (tcp://host:8786), 'sync' to run in this process, or "
+                   "'local' (default) for an in-process cluster of worker processes.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes of the local cluster (default: one per core; per GPU with --device cuda).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Torch threads per worker (default: cores / workers locally, 1 on a cluster).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device of the probes; 'cuda' jobs need workers with the GPU resource "
+                   "(`dask worker ADDRESS --resources GPU=1`).")
+@click.option("--overwrite/--resume", default=False, show_default=True,
+              help="Recompute (and replace) results already in the store, or skip them.")
+@click.option("--flush-interval", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="Seconds between commits of finished jobs to the store (0: commit every job).")
+@click.option("--dry-run", is_flag=True, help="Show what would be computed, compute nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@spec_options
+@click.pass_context
+def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
+          out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
+          overwrite: bool, flush_interval: float, dry_run: bool, as_json: bool, quiet: bool,
+          model: str | None, model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None,
+          dataset_seed: int, loss: str | None) -> None:
+    """Run probes over every checkpoint under PATH into a Zarr store (one group per run and probe).
+
+    Jobs already in the store are skipped (resume); new checkpoints are appended. Exits non-zero when
+    any job failed, after listing each failed job and why.
+    """
+    from grokscope.probes import ProbeError, get_probe
+
+    from .discovery import DiscoveryError
+    from .driver import EngineConfig, EngineError, probe_runs
+    from .jobs import ProbeRequest
+    from .lock import StoreLocked
+    from .store import StoreError
+
+    names: list[str] = []
+    for group in metrics or (["acc"],):
+        for n in group:
+            if n not in names:
+                names.append(n)
+    overrides = parse_params(params, names)
+    try:
+        requests = [ProbeRequest(n, get_probe(n).make_params(overrides.get(n))) for n in names]
+    except ProbeError as e:
+        raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise click.BadParameter(f"{device!r}: expected cpu or cuda", param_hint="--device")
+    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss)
+    cfg = EngineConfig(probes=requests, out=out or path / "probes.zarr", scheduler=scheduler,
+                       workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
+                       flush_interval=flush_interval, dry_run=dry_run)
+    bar = _Bar(quiet or as_json)
+    try:
+        summary = probe_runs(path, cfg, progress=bar.update, start=bar.start)
+    except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        bar.close()
+    _report(summary, as_json, dry_run)
+    if not summary.ok:
+        ctx.exit(1)
+
+
+def _report(s: Any, as_json: bool, dry_run: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({
+            "store": str(s.store), "runs": s.runs, "jobs": s.jobs, "skipped": s.skipped,
+            "completed": s.completed, "failed": len(s.failures), "seconds": round(s.seconds, 3),
+            "probe_seconds": round(s.probe_seconds, 3),
+            "scheduler": s.scheduler, "took_over_lock": s.took_over,
+            "failures": [vars(f) for f in s.failures], "warnings": s.warnings}, indent=2))
+    err = (lambda m: click.echo(m, err=True))
+    if s.took_over:
+        err(f"took over a stale lock of {s.took_over.get('pid')} on {s.took_over.get('host')} "
+            "(that process is gone)")
+    for w in s.warnings:
+        err(f"warning: {w}")
+    if dry_run:
+        err(f"dry run: {s.jobs} job(s) over {s.runs} run(s) would be computed, {s.skipped} are done")
+        return
+    rate = s.completed / s.seconds if s.seconds > 0 else 0.0
+    err(f"{s.completed} job(s) done, {len(s.failures)} failed, {s.skipped} skipped (already done) over "
+        f"{s.runs} run(s) in {s.seconds:.1f} s ({rate:.1f} jobs/s) -> {s.store}")
+    if s.failures:
+        err(f"{len(s.failures)} failed job(s):")
+        for f in s.failures:
+            err(f"  {f.line()}")

@@ -1,0 +1,229 @@
+"""The worker side of the engine: a task probes one checkpoint with one or more probes.
+
+A *job* is (run, checkpoint, probe): it is the unit of results, ``done`` flags, failures and
+progress. The engine sends one Dask task per (run, checkpoint) carrying every probe still to do for
+that checkpoint, so each checkpoint is read once. :func:`run_task` never raises: a file that cannot
+be read, a model that does not fit, or a probe that fails becomes an :class:`Outcome` with the error.
+
+Per worker process, the model skeleton (per model spec and device) and the dataset (per dataset
+spec, device and dtype) are cached; torch is imported inside the task so a client never initialises
+CUDA, and torch's thread count is set once per process so workers do not oversubscribe cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .discovery import Checkpoint
+
+_CACHE_SIZE = 4
+_MODELS: OrderedDict[str, Any] = OrderedDict()
+_DATA: OrderedDict[str, Any] = OrderedDict()
+_PROBES: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """A probe to run: its registry name and its parameters (an instance of its ``Params``)."""
+
+    name: str
+    params: Any
+
+
+@dataclass(frozen=True)
+class Task:
+    """One checkpoint of one run and the probes still to compute on it."""
+
+    run: str
+    spec: dict[str, Any]
+    checkpoint: Checkpoint
+    previous: Checkpoint | None
+    probes: tuple[ProbeRequest, ...]
+    device: str = "cpu"
+    threads: int = 1  # torch threads per worker process; 0 leaves the process's setting alone
+
+
+@dataclass
+class Outcome:
+    """The result of one job: an ``xr.Dataset`` without a step dim (``result``) or an ``error``."""
+
+    run: str
+    step: int
+    probe: str
+    label: str
+    result: Any = None
+    error: str = ""
+    checkpoint_hash: str = ""
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and not self.error
+
+
+def _spec_key(spec: Any) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def _cached(cache: OrderedDict, key: str, make):
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = make()
+    cache[key] = value
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def _setup_threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def _model(spec: dict[str, Any], device: Any):
+    from grokscope.models import build_model
+
+    def make():
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the skeleton's init is overwritten; keep global RNG untouched
+            return build_model(spec).to(device)
+
+    return _cached(_MODELS, _spec_key([spec, str(device)]), make)
+
+
+def _data(spec: dict[str, Any], device: Any, dtype: Any):
+    from grokscope.datasets import load_dataset
+
+    def make():
+        d = load_dataset(spec)
+        if d.x_train.is_floating_point() and d.x_train.dtype != dtype:
+            d.x_train, d.x_test = d.x_train.to(dtype), d.x_test.to(dtype)
+            d.box_low, d.box_high = d.box_low.to(dtype), d.box_high.to(dtype)
+        return d.to(device) if str(device) != "cpu" else d
+
+    return _cached(_DATA, _spec_key([spec, str(device), str(dtype)]), make)
+
+
+def probe_class(name: str):
+    """``get_probe(name)``, cached per process (the entry-point scan is slow)."""
+    if name not in _PROBES:
+        from grokscope.probes import get_probe
+
+        _PROBES[name] = get_probe(name)
+    return _PROBES[name]
+
+
+def _describe(e: BaseException) -> str:
+    """``Type: message (file:line)`` of the innermost frame, one line."""
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" ({tb[-1].filename.rsplit('/', 2)[-1] if tb else '?'}:{tb[-1].lineno})" if tb else ""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}{where}"
+
+
+def check_result(ds: Any, probe_cls: Any) -> Any:
+    """Validate a probe's return value against the contract; returns it loaded into numpy.
+
+    Must be an ``xr.Dataset`` without a ``step`` dim; declared ``outputs`` that are present must
+    have the declared dims. A scalar ``step`` coordinate, if any, is dropped.
+    """
+    import xarray as xr
+
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"probe {probe_cls.name!r} returned {type(ds).__name__}, expected an xr.Dataset")
+    if "step" in ds.dims:
+        raise ValueError(f"probe {probe_cls.name!r} returned a 'step' dim; the engine adds it")
+    if "step" in ds.coords:
+        ds = ds.drop_vars("step")
+    for name, dims in (probe_cls.outputs or {}).items():
+        if name in ds.data_vars and tuple(ds[name].dims) != tuple(dims):
+            raise ValueError(f"probe {probe_cls.name!r}: variable {name!r} has dims "
+                             f"{tuple(ds[name].dims)}, declared {tuple(dims)}")
+    if not ds.data_vars:
+        raise ValueError(f"probe {probe_cls.name!r} returned no variables")
+    return ds.load()
+
+
+def run_task(task: Task) -> list[Outcome]:
+    """Probe one checkpoint with every requested probe; one :class:`Outcome` per probe, never raises."""
+    t0 = time.perf_counter()
+    ck = task.checkpoint
+    outs = {p.name: Outcome(run=task.run, step=int(ck.step), probe=p.name, label=ck.label)  # type: ignore[arg-type]
+            for p in task.probes}
+
+    def fail_all(msg: str) -> list[Outcome]:
+        for o in outs.values():
+            o.error = msg
+            o.seconds = time.perf_counter() - t0
+        return list(outs.values())
+
+    try:
+        _setup_threads(task.threads)
+        import torch
+
+        from grokscope.probes import ProbeContext
+
+        from .hashing import state_dict_hash
+        from .loading import CheckpointError, float_dtype, load_into, match_keys, read_state_dict
+
+        device = torch.device(task.device)
+        try:
+            sd = read_state_dict(ck)
+            digest = state_dict_hash(sd)
+        except CheckpointError as e:
+            return fail_all(str(e))
+        for o in outs.values():
+            o.checkpoint_hash = digest
+        model = _model(task.spec["model"], device)
+        load_into(model, sd, ck.path)
+        dtype = float_dtype(sd)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        classes = {p.name: probe_class(p.name) for p in task.probes}
+        data = None
+        if any(c.needs_data for c in classes.values()):
+            data = _data(task.spec["dataset"], device, dtype)
+
+        def load_previous():
+            if task.previous is None:
+                return None
+            prev = read_state_dict(task.previous)
+            prev = match_keys(prev, expected, task.previous.path)
+            return {k: v.to(device=device) for k, v in prev.items()}
+
+        ctx = ProbeContext(step=int(ck.step), run=task.run, device=device,  # type: ignore[arg-type]
+                           previous_step=task.previous.step if task.previous else None,
+                           load_previous=load_previous, run_spec=task.spec)
+        first = True
+        for req in task.probes:
+            out = outs[req.name]
+            t1 = time.perf_counter()
+            try:
+                if not first:  # a probe must not see what an earlier probe did to the weights
+                    load_into(model, sd, ck.path)
+                first = False
+                cls = classes[req.name]
+                result = cls().compute(model, data, req.params, ctx)
+                out.result = check_result(result, cls)
+            except Exception as e:  # noqa: BLE001 - a failing probe is recorded, the rest go on
+                out.error = f"probe {req.name} failed: {_describe(e)}"
+            out.seconds = time.perf_counter() - t1
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return list(outs.values())
+    except Exception as e:  # noqa: BLE001 - model/data/checkpoint errors fail this task's jobs
+        from .loading import CheckpointError
+
+        msg = str(e) if isinstance(e, CheckpointError) else _describe(e)
+        return fail_all(msg)

@@ -1,0 +1,403 @@
+"""The probe store: xarray on Zarr v3, one group per run, a sub-group per probe, one writer.
+
+Layout (``xr.open_datatree(path, engine="zarr", consolidated=False)``)::
+
+    /                       attrs: grokscope_version
+    /<run>                  attrs: path, rel, model, dataset, train (the run's spec)
+    /<run>/<probe>          dims: step (+ the probe's own: split, layer, eps, ...)
+        step                int64 coordinate: the checkpoints' training steps
+        <outputs>           (step, ...) the probe's variables
+        done                (step,) bool: this (run, step, probe) job is complete
+        error               (step,) str: why the last attempt failed ('' otherwise)
+        checkpoint_hash     (step,) str: content hash of the checkpoint's tensors
+        attrs: probe, params (dict), params_json, seed, model, dataset, grokscope_version, ...
+
+Write rules (Zarr v3 has no write synchroniser; see DESIGN.md "Store"):
+
+* only the driver process writes (workers return numpy results), so no two writers ever touch a chunk;
+* the template of a (run, probe) group is written once by xarray (``compute=False``, ``zarr_format=3``,
+  ``consolidated=False``), sized to every step known at the time; its output variables are shaped
+  from the first result of that probe for that run (shapes and coordinates are only known then);
+  it is built in ``STORE/.grokscope-tmp/`` and renamed into place, so readers see all of it or none;
+* ``step`` is chunked at 1 and chunks are grouped into shards along ``step`` (Zarr v3 sharding), so
+  10 000 checkpoints make a few shard files per variable, not 10 000; a shard holds at most 1024 steps
+  and about 1 MiB;
+* results are written into their step region (``arr[i:j] = ...``, the same region write as
+  ``to_zarr(mode="r+", region=...)`` without re-opening the store each time), contiguous steps in one
+  write, and the ``done`` flags only after the data: a killed writer leaves at most data without a
+  ``done`` flag, which a resumed run recomputes;
+* only the driver grows ``step`` when new checkpoints appear (arrays resized, new steps appended
+  after the old ones: use ``ds.sortby("step")`` if a later run back-filled earlier steps).
+
+Missing values: floats are NaN; integers are stored with the fill value ``-2**63`` (``_FillValue``,
+so xarray shows NaN as floats; open with ``mask_and_scale=False`` for raw ints); unsigned integers
+with ``2**64-1``; booleans ``False``; strings ``''``. ``done`` says which cells are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import grokscope
+
+ENGINE_VARS = ("done", "error", "checkpoint_hash")
+TMP_DIR = ".grokscope-tmp"  # templates are built here, then renamed into the hierarchy
+SHARD_BYTES = 1 << 20
+MAX_SHARD_STEPS = 1024
+MISSING_DOC = ("missing cells: NaN (floats), -2**63 via _FillValue (ints), False (bools), '' "
+               "(strings); 'done' marks complete jobs, 'error' why a job failed")
+
+
+class StoreError(ValueError):
+    """The store cannot take these results (parameters or run spec differ, shapes drift, ...)."""
+
+
+def open_store(path: str | Path):
+    """The whole store as an ``xr.DataTree`` (lazy; safe to call while a probe run is writing).
+
+    Same as ``xr.open_datatree(path, engine="zarr", consolidated=False)``, minus zarr's warning about
+    the lock file (``.grokscope.lock``) that exists while a probe run writes the store.
+    """
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*\.grokscope.*not recognized as a component")
+        return xr.open_datatree(str(path), engine="zarr", consolidated=False)
+
+
+def load_group(path: str | Path, run: str, probe: str):
+    """One probe group of a store as an in-memory ``xr.Dataset`` (step, probe outputs, done, error,
+    checkpoint_hash; attrs with parameters and provenance)."""
+    import xarray as xr
+
+    with xr.open_dataset(str(path), group=f"{run}/{probe}", engine="zarr", consolidated=False) as ds:
+        return ds.load()
+
+
+def shard_steps(n_steps: int, bytes_per_step: int) -> int:
+    """Steps per shard: a power of two ≥ ``n_steps`` (so a small run is one shard), at most
+    ``MAX_SHARD_STEPS`` and about ``SHARD_BYTES`` of data."""
+    by_size = max(1, SHARD_BYTES // max(1, bytes_per_step))
+    cap = max(1, min(MAX_SHARD_STEPS, by_size))
+    n = 1
+    while n < n_steps and n < cap:
+        n *= 2
+    return min(n, cap)
+
+
+def fill_value(dtype: np.dtype) -> Any:
+    """The missing-value marker of a stored variable of ``dtype`` (see the module docstring)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return np.nan
+    if dtype.kind == "i":
+        return np.iinfo(dtype).min
+    if dtype.kind == "u":
+        return np.iinfo(dtype).max
+    if dtype.kind == "b":
+        return False
+    if dtype.kind in "USOT":
+        return ""
+    raise StoreError(f"cannot store values of dtype {dtype} (use float, int, bool or str)")
+
+
+def _storage_dtype(values: np.ndarray) -> np.dtype:
+    k = values.dtype.kind
+    if k == "f":
+        return values.dtype if values.dtype.itemsize >= 4 else np.dtype("float32")
+    if k in "iu":
+        return np.dtype("int64") if k == "i" else np.dtype("uint64")
+    if k == "b":
+        return np.dtype(bool)
+    if k in "USOT":
+        return np.dtype(object)
+    raise StoreError(f"cannot store values of dtype {values.dtype} (use float, int, bool or str)")
+
+
+def normalise(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON attributes (tuples → lists, numpy scalars → Python)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+@dataclass
+class GroupInfo:
+    """What the driver knows about one (run, probe) group while writing it."""
+
+    run: str
+    probe: str
+    steps: list[int]
+    done: np.ndarray
+    attrs: dict[str, Any]
+    arrays: dict[str, Any] = field(default_factory=dict)  # zarr arrays by name
+    data_vars: set[str] = field(default_factory=set)
+    coords: dict[str, np.ndarray] = field(default_factory=dict)  # non-step coordinates
+    index: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index = {s: i for i, s in enumerate(self.steps)}
+
+
+class ProbeStore:
+    """The driver's handle on a store folder (it alone writes; see the module docstring)."""
+
+    def __init__(self, path: str | Path):
+        import zarr
+
+        self.path = Path(path)
+        self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        if "grokscope_version" not in self.root.attrs:
+            self.root.attrs.update({"grokscope_version": grokscope.__version__, "layout": "run/probe"})
+        self.groups: dict[tuple[str, str], GroupInfo] = {}
+        shutil.rmtree(self.path / TMP_DIR, ignore_errors=True)  # left by a killed writer
+
+    # -- reading --------------------------------------------------------------------------------
+    def _zgroup(self, path: str):
+        import zarr
+
+        try:
+            return zarr.open_group(str(self.path), path=path, mode="r+", zarr_format=3)
+        except (FileNotFoundError, KeyError, ValueError):
+            return None
+        except Exception as e:  # noqa: BLE001 - zarr raises GroupNotFoundError and friends
+            if type(e).__name__ in ("GroupNotFoundError", "NodeTypeValidationError", "ContainsArrayError"):
+                return None
+            raise
+
+    def has_group(self, run: str, probe: str | None = None) -> bool:
+        p = self.path / run / (probe or "") / "zarr.json"
+        return p.is_file()
+
+    def run_attrs(self, run: str) -> dict[str, Any] | None:
+        g = self._zgroup(run) if self.has_group(run) else None
+        return dict(g.attrs) if g is not None else None
+
+    def group(self, run: str, probe: str) -> GroupInfo | None:
+        """The (cached) state of an existing (run, probe) group, or None."""
+        key = (run, probe)
+        if key in self.groups:
+            return self.groups[key]
+        if not self.has_group(run, probe):
+            return None
+        g = self._zgroup(f"{run}/{probe}")
+        if g is None:
+            return None
+        arrays = {name: g[name] for name in g.array_keys()}
+        if "step" not in arrays or "done" not in arrays:
+            raise StoreError(f"{self.path}/{run}/{probe}: not a grokscope probe group (no step/done)")
+        steps = [int(s) for s in arrays["step"][:]]
+        done = np.asarray(arrays["done"][:], dtype=bool)
+        info = GroupInfo(run=run, probe=probe, steps=steps, done=done, attrs=dict(g.attrs), arrays=arrays)
+        for name, arr in arrays.items():
+            dims = tuple(arr.metadata.dimension_names or ())
+            if name in ENGINE_VARS or name == "step":
+                continue
+            if dims and dims[0] == "step":
+                info.data_vars.add(name)
+            elif name in dims or len(dims) <= 1:
+                info.coords[name] = np.asarray(arr[...])
+        self.groups[key] = info
+        return info
+
+    # -- structure (driver only) ----------------------------------------------------------------
+    def set_run_attrs(self, run: str, attrs: dict[str, Any]) -> None:
+        import zarr
+
+        g = zarr.open_group(str(self.path), path=run, mode="a", zarr_format=3)
+        g.attrs.update(normalise(attrs))
+
+    def delete_group(self, run: str, probe: str) -> None:
+        """Remove a (run, probe) group (``--overwrite``)."""
+        self.groups.pop((run, probe), None)
+        target = self.path / run / probe
+        if target.exists():
+            shutil.rmtree(target)
+
+    def create_group(self, run: str, probe: str, steps: list[int], attrs: dict[str, Any],
+                     first: Any = None) -> GroupInfo:
+        """Write the template of a (run, probe) group: ``step``, the engine variables and, when the
+        first result ``first`` (an ``xr.Dataset`` without step) is given, its variables. No data."""
+        import dask.array as da
+        import xarray as xr
+
+        n = len(steps)
+        s = shard_steps(n, 64)
+        ds = xr.Dataset(
+            {"done": (("step",), da.zeros(n, dtype=bool, chunks=s)),
+             "error": (("step",), np.full(n, "", dtype=object)),
+             "checkpoint_hash": (("step",), np.full(n, "", dtype=object))},
+            coords={"step": np.asarray(steps, dtype=np.int64)},
+            attrs=normalise({**attrs, "missing": MISSING_DOC}))
+        enc = {v: {"chunks": (1,), "shards": (s,)} for v in ENGINE_VARS}
+        enc["step"] = {"chunks": (s,)}
+        if first is not None:
+            extra, extra_enc = self._data_template(first, n)
+            ds = ds.merge(extra)
+            enc.update(extra_enc)
+        # written beside the hierarchy, then renamed into place: readers never see half a template
+        tmp = self.path / TMP_DIR / f"{run}--{probe}-{uuid.uuid4().hex[:8]}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, compute=False,
+                       encoding=enc)
+        target = self.path / run / probe
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not (target.parent / "zarr.json").exists():
+            self.set_run_attrs(run, {})
+        os.rename(tmp, target)
+        try:
+            (self.path / TMP_DIR).rmdir()
+        except OSError:
+            pass
+        self.groups.pop((run, probe), None)
+        info = self.group(run, probe)
+        assert info is not None
+        return info
+
+    def _data_template(self, first: Any, n: int) -> tuple[Any, dict[str, Any]]:
+        import dask.array as da
+        import xarray as xr
+
+        per_step = sum(int(np.asarray(first[v].values).nbytes) for v in first.data_vars)
+        s = shard_steps(n, per_step)
+        out = {}
+        enc: dict[str, Any] = {}
+        for name, var in first.data_vars.items():
+            if name in ENGINE_VARS or name == "step":
+                raise StoreError(f"probe output {name!r} clashes with an engine variable")
+            values = np.asarray(var.values)
+            dtype = _storage_dtype(values)
+            fill = fill_value(dtype)
+            shape = (n,) + values.shape
+            chunks = (s,) + values.shape
+            if dtype == object:
+                data = np.full(shape, "", dtype=object)
+            else:
+                data = da.full(shape, fill, dtype=dtype, chunks=chunks)
+            out[name] = xr.Variable(("step",) + tuple(var.dims), data, attrs=dict(var.attrs))
+            e: dict[str, Any] = {"chunks": (1,) + values.shape, "shards": chunks}
+            if dtype.kind in "fiu":
+                e["_FillValue"] = fill
+                if dtype.kind in "iu":
+                    e["fill_value"] = fill
+            enc[name] = e
+        coords = {k: v.variable for k, v in first.coords.items() if "step" not in v.dims}
+        return xr.Dataset(out, coords=coords), enc
+
+    def add_data_vars(self, info: GroupInfo, first: Any) -> GroupInfo:
+        """Add the variables of ``first`` that the group lacks (template only, no data)."""
+        new = [v for v in first.data_vars if v not in info.data_vars]
+        if not new:
+            return info
+        ds, enc = self._data_template(first[new], len(info.steps))
+        ds = ds.drop_vars([c for c in ds.coords if c in info.coords or c == "step"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.to_zarr(str(self.path), group=f"{info.run}/{info.probe}", mode="a", zarr_format=3,
+                       consolidated=False, compute=False, encoding=enc)
+        self.groups.pop((info.run, info.probe), None)
+        new_info = self.group(info.run, info.probe)
+        assert new_info is not None
+        return new_info
+
+    def grow(self, info: GroupInfo, new_steps: list[int]) -> GroupInfo:
+        """Append ``new_steps`` to the group's ``step`` (every step-dim array resized; driver only)."""
+        new_steps = [s for s in new_steps if s not in info.index]
+        if not new_steps:
+            return info
+        n0, n1 = len(info.steps), len(info.steps) + len(new_steps)
+        step_arr = info.arrays["step"]
+        for name, arr in info.arrays.items():
+            dims = tuple(arr.metadata.dimension_names or ())
+            if name != "step" and dims and dims[0] == "step":
+                arr.resize((n1,) + tuple(arr.shape[1:]))
+        step_arr.resize((n1,))
+        step_arr[n0:n1] = np.asarray(new_steps, dtype=np.int64)
+        info.steps = info.steps + list(new_steps)
+        info.index = {s: i for i, s in enumerate(info.steps)}
+        info.done = np.concatenate([info.done, np.zeros(len(new_steps), dtype=bool)])
+        return info
+
+    # -- results (driver only) ------------------------------------------------------------------
+    def check_result(self, info: GroupInfo, result: Any) -> str:
+        """'' if ``result`` fits the group's template, else why not (shapes/coords drifted)."""
+        for name in result.data_vars:
+            if name not in info.arrays:
+                continue
+            arr = info.arrays[name]
+            shape = tuple(np.shape(result[name].values))
+            if tuple(arr.shape[1:]) != shape:
+                return (f"output {name!r} has shape {shape} but the store holds {tuple(arr.shape[1:])} "
+                        "per step (probes must return the same shapes at every step)")
+            dims = tuple(arr.metadata.dimension_names or ())[1:]
+            if dims and dims != tuple(result[name].dims):
+                return f"output {name!r} has dims {tuple(result[name].dims)}, the store has {dims}"
+        for name, values in info.coords.items():
+            if name in result.coords:
+                got = np.asarray(result.coords[name].values)
+                if got.shape != values.shape or not _equal(got, values):
+                    return f"coordinate {name!r} differs from the store's ({got!r} vs {values!r})"
+        return ""
+
+    def write(self, info: GroupInfo, items: list[tuple[int, Any]]) -> None:
+        """Write outcomes ``[(step, Outcome)]`` of one group: data, then hashes/errors, then ``done``."""
+        if not items:
+            return
+        rows = sorted((info.index[step], o) for step, o in items)
+        ok = [(i, o) for i, o in rows if o.ok]
+        for name in sorted(info.data_vars):
+            arr = info.arrays[name]
+            have = [(i, o) for i, o in ok if name in o.result.data_vars]
+            for block in _contiguous(have):
+                values = np.stack([np.asarray(o.result[name].values) for _, o in block])
+                arr[block[0][0]:block[-1][0] + 1] = _cast(values, arr.dtype)
+        for block in _contiguous(rows):
+            lo, hi = block[0][0], block[-1][0] + 1
+            info.arrays["checkpoint_hash"][lo:hi] = np.array([o.checkpoint_hash for _, o in block], dtype=object)
+            info.arrays["error"][lo:hi] = np.array([o.error for _, o in block], dtype=object)
+        for block in _contiguous(ok):
+            lo, hi = block[0][0], block[-1][0] + 1
+            info.arrays["done"][lo:hi] = np.ones(hi - lo, dtype=bool)
+            info.done[lo:hi] = True
+
+
+def _contiguous(rows: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
+    """Split index-sorted rows into runs of consecutive indices."""
+    out: list[list[tuple[int, Any]]] = []
+    for row in rows:
+        if out and row[0] == out[-1][-1][0] + 1:
+            out[-1].append(row)
+        else:
+            out.append([row])
+    return out
+
+
+def _cast(values: np.ndarray, dtype: Any) -> np.ndarray:
+    if getattr(dtype, "kind", None) in ("T", "O", "U") or str(dtype).startswith("StringDType"):
+        return values.astype(object)
+    return values.astype(dtype)
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a.astype(str), b.astype(str)) if a.dtype.kind in "USOT" or b.dtype.kind in "USOT"
+                else np.array_equal(a, b))

@@ -1,0 +1,683 @@
+"""``lc``: local complexity (Humayun, Balestriero & Baraniuk, *Deep Networks Always Grok*, §2.2).
+
+Around a point ``x`` (flattened to ``R^D``) take the cross-polytope with the ``2P`` vertices
+``x ± r v_p`` for ``P`` orthonormal directions ``v_p``. Push all vertices through the network; at
+layer ``ℓ`` a neuron is *intersecting* when its pre-activation does not have the same sign at every
+vertex (sign 0 counts as a sign of its own, as in the authors' code). ``LC_ℓ(x)`` is the number of
+intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
+
+* **Frame** (:func:`cross_polytope_frame`): one frame for every point, every radius and every
+  checkpoint, built with the authors' recipe so their numbers can be reproduced exactly:
+  ``torch.manual_seed(seed)``, ``W = nn.Linear(D, P).weight`` in the run's dtype, ``Q, R = qr(W.T)``,
+  columns sign-fixed so ``diag R > 0``, frame ``= Q.T`` (rows re-normalised). Unlike the authors' code
+  the global RNG is left exactly as it was.
+* **Which tensors** (default): the *input* of every kinked nonlinearity module (ReLU, LeakyReLU,
+  GELU, ELU, Hardtanh, ...), captured with forward pre-hooks; a module called several times counts once
+  per call (``name``, ``name#1``, ...). For activations whose kinks are not at 0 (Hardtanh/ReLU6,
+  Hardswish, Threshold, shrinkage) a neuron counts when any kink value is crossed. ``layers=[names]``
+  counts the *outputs* of the named modules instead (sign at 0; H-code's MLP script hooks every
+  ``nn.Linear``), ``include_output=True`` adds the logits as a layer called ``"output"``.
+  Convolutional maps: every ``(c, h, w)`` element is a neuron; token sequences: every (position, unit).
+* **Token models**: the frame lives in embedding space (:func:`grokscope.models.adapters.continuous_view`).
+* **Batched**: all ``2P`` vertices of a chunk of points go through one forward pass; counts are
+  reduced inside the hooks (nothing is kept), and the forward stops after the last counted layer.
+* **Fast path** for ``Sequential`` MLPs (Flatten / Linear / ReLU / LeakyReLU): the frame is shared by
+  all points, so the first layer is ``W(x ± r v) + b = (Wx + b) ± r (Wv)`` with ``Wv`` computed once,
+  and as long as a point's polytope meets no kink the network is linear on it, so the point travels
+  as its centre and the ``P`` images of ``r v_p`` (``P + 1`` rows instead of ``2P``); a point is
+  expanded to its vertices at the first layer where it crosses a kink.
+
+:func:`local_complexity` is the notebook entry point; :class:`LCProbe` is the engine's ``lc`` probe
+over the point sets ``train``, ``test``, ``random`` (uniform in the data box) and ``boundary`` (points
+on the model's own decision boundary, :func:`decision_boundary_points`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from grokscope.models.adapters import continuous_view
+
+from .base import Probe, ProbeContext, ProbeError
+
+#: activation modules whose kink is at 0 (GELU/SiLU/ELU are smooth but the paper counts them too).
+ZERO_KINK_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish)
+
+#: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
+PAD = -1
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the last counted layer has been seen (the rest of the forward is waste)."""
+
+
+def kinks(module: nn.Module) -> tuple[float, ...] | None:
+    """Pre-activation values where ``module`` is not linear, or None if it is not a counted activation.
+
+    ReLU-like and GELU-like modules give ``(0,)``; Hardtanh/ReLU6 their clip values; Hardswish and
+    Hardsigmoid ``(-3, 3)``; Threshold its threshold; Hardshrink/Softshrink ``(-λ, λ)``.
+    """
+    if isinstance(module, nn.Hardtanh):  # includes ReLU6
+        return (float(module.min_val), float(module.max_val))
+    if isinstance(module, (nn.Hardswish, nn.Hardsigmoid)):
+        return (-3.0, 3.0)
+    if isinstance(module, nn.Threshold):
+        return (float(module.threshold),)
+    if isinstance(module, (nn.Hardshrink, nn.Softshrink)):
+        return (-float(module.lambd), float(module.lambd))
+    if isinstance(module, ZERO_KINK_ACTIVATIONS):
+        return (0.0,)
+    return None
+
+
+def cross_polytope_frame(dim: int, n_dirs: int, seed: int = 0, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n_dirs`` orthonormal directions in ``R^dim`` as the rows of a ``(n_dirs, dim)`` tensor.
+
+    The authors' recipe (H-code ``samplers.sample_ortho_random``, which wraps ``nn.Linear(dim,
+    n_dirs)`` in ``parametrizations.orthogonal``): ``torch.manual_seed(seed)``; ``W`` = the weight of a
+    freshly initialised ``nn.Linear(dim, n_dirs)`` in ``dtype`` (so float32 and float64 frames differ,
+    as in their code); ``Q, R = qr(W.T)``; ``Q *= sign(diag R)``; rows of ``Q.T`` normalised to unit
+    length. Torch's global RNG state is saved and restored (their code leaves it re-seeded).
+    """
+    if n_dirs < 1:
+        raise ValueError(f"n_dirs must be >= 1, got {n_dirs}")
+    if n_dirs > dim:
+        raise ValueError(f"cannot draw {n_dirs} orthonormal directions in a {dim}-dimensional input space")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        w = nn.Linear(dim, n_dirs, dtype=dtype).weight.detach()
+    q, r = torch.linalg.qr(w.T)
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1
+    frame = (q * signs).T
+    frame = frame / frame.norm(dim=1, keepdim=True)
+    return frame.contiguous().to(device)
+
+
+@dataclass
+class LCResult:
+    """Counts of :func:`local_complexity`.
+
+    ``counts[i, k, l]`` = number of intersecting neurons of layer ``layers[l]`` around point ``i`` at
+    radius ``radius[k]``; ``neurons[l]`` = neurons of that layer (per sample).
+    """
+
+    counts: torch.Tensor  # (n_points, n_radius, n_layers) int64
+    layers: list[str]
+    neurons: list[int]
+    radius: tuple[float, ...]
+    n_dirs: int
+    seed: int
+    dtype: torch.dtype
+    kinks: list[tuple[float, ...]] = field(default_factory=list)
+
+    @property
+    def total(self) -> torch.Tensor:
+        """``LC(x) = Σ_ℓ LC_ℓ(x)``, shape ``(n_points, n_radius)``."""
+        return self.counts.sum(dim=-1)
+
+    def fraction(self) -> torch.Tensor:
+        """Per-layer fraction ``LC_ℓ / D^(ℓ)`` (H-code's ``p_inters``), shape like ``counts``."""
+        return self.counts.double() / torch.tensor(self.neurons, dtype=torch.float64)
+
+
+@dataclass
+class _Layer:
+    name: str
+    kinks: tuple[float, ...]
+    neurons: int
+
+
+class _Counter:
+    """Hooks that count, per point, the neurons whose sign changes over a point's ``2P`` vertices.
+
+    Layers are identified by (module, call number) in forward order; in ``discover`` mode the hooks
+    only record the layer list, neuron counts and the largest per-row tensor.
+    """
+
+    def __init__(self, root: nn.Module, explicit: Sequence[str] | None):
+        self.root = root
+        self.explicit = list(explicit) if explicit else None
+        self.handles: list[Any] = []
+        self.size_handles: list[Any] = []
+        self.calls: dict[int, int] = {}
+        self.names: dict[int, str] = {}
+        self.layers: list[_Layer] = []
+        self.index: dict[tuple[int, int], int] = {}
+        self.discover = True
+        self.n_vertices = 1
+        self.out: torch.Tensor | None = None
+        self.stop_at: int | None = None
+        self.max_numel = 0
+
+    def __enter__(self) -> "_Counter":
+        modules = dict(self.root.named_modules())
+        if self.explicit is not None:
+            missing = [n for n in self.explicit if n not in modules]
+            if missing:
+                raise ValueError(f"layers {missing} are not modules of {type(self.root).__name__}; "
+                                 f"valid names include: {', '.join(n for n in list(modules)[1:40] if n)}")
+            for n in self.explicit:
+                m = modules[n]
+                self.names[id(m)] = n
+                self.handles.append(m.register_forward_hook(self._post_hook(m, (0.0,))))
+        else:
+            for n, m in modules.items():
+                k = kinks(m)
+                if k is not None and id(m) not in self.names:
+                    self.names[id(m)] = n
+                    self.handles.append(m.register_forward_pre_hook(self._pre_hook(m, k)))
+        for m in modules.values():  # sizes of every module's output during discovery (memory cap)
+            if not list(m.children()):
+                self.size_handles.append(m.register_forward_hook(self._size_hook))
+        return self
+
+    def end_discovery(self) -> None:
+        """Switch from recording the layer list to counting."""
+        for h in self.size_handles:
+            h.remove()
+        self.size_handles.clear()
+        self.discover = False
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles + self.size_handles:
+            h.remove()
+        self.handles.clear()
+        self.size_handles.clear()
+
+    def _size_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() > 0:
+            self.max_numel = max(self.max_numel, output[0].numel())
+
+    def _pre_hook(self, module: nn.Module, k: tuple[float, ...]) -> Callable:
+        def hook(mod: nn.Module, args: tuple) -> None:
+            self.record(mod, args[0], k)
+        return hook
+
+    def _post_hook(self, module: nn.Module, k: tuple[float, ...]) -> Callable:
+        def hook(mod: nn.Module, args: tuple, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"layer {self.names[id(mod)]!r} returns {type(output).__name__}, not a tensor")
+            self.record(mod, output, k)
+        return hook
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+    def next_layer(self, module: nn.Module | None) -> int:
+        """Index of the layer that this call of ``module`` (None: the output) feeds; counts the call."""
+        key_id = id(module) if module is not None else 0
+        call = self.calls.get(key_id, 0)
+        self.calls[key_id] = call + 1
+        j = self.index.get((key_id, call))
+        if j is None:
+            raise RuntimeError("the model called its activations differently from the discovery pass "
+                               "(data-dependent control flow is not supported by lc)")
+        return j
+
+    def store(self, j: int, counts: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Write layer ``j``'s counts (for the points ``rows``; all points if None)."""
+        assert self.out is not None
+        if rows is None:
+            self.out[:, j] = counts
+        else:
+            self.out[rows, j] = counts
+
+    def done(self, j: int) -> bool:
+        """True when layer ``j`` is the last one that has to be counted (the forward can stop)."""
+        return self.stop_at is not None and j == self.stop_at
+
+    def record(self, module: nn.Module | None, t: torch.Tensor, k: tuple[float, ...]) -> None:
+        """Count crossings of tensor ``t`` (``(rows, ...)``) produced by ``module`` (None: the output)."""
+        if self.discover:
+            key_id = id(module) if module is not None else 0
+            call = self.calls.get(key_id, 0)
+            self.calls[key_id] = call + 1
+            base = self.names[key_id] if module is not None else "output"
+            name = base if call == 0 else f"{base}#{call}"
+            self.index[(key_id, call)] = len(self.layers)
+            self.layers.append(_Layer(name, k, int(t[0].numel())))
+            self.max_numel = max(self.max_numel, int(t[0].numel()))
+            return
+        j = self.next_layer(module)
+        self.store(j, count_crossings(t, self.n_vertices, k))
+        if self.done(j):
+            raise _StopForward
+
+
+def count_crossings(t: torch.Tensor, n_vertices: int, kink_values: Sequence[float] = (0.0,)) -> torch.Tensor:
+    """For ``t`` of shape ``(B * n_vertices, ...)`` (vertices of a point consecutive), the number of
+    neurons per point whose sign relative to some kink value ``b`` is not constant over the vertices.
+
+    Sign constant ⇔ all ``> b``, all ``< b`` or all ``== b``; with ``mn, mx`` the min and max over the
+    vertices that is ``not (mn <= b <= mx and mn < mx)``. Returns int64 ``(B,)``.
+    """
+    z = t.reshape(t.shape[0] // n_vertices, n_vertices, -1)
+    mn, mx = z.amin(dim=1), z.amax(dim=1)  # two reductions beat torch.aminmax over a middle dim
+    differ = mn < mx
+    crossing = None
+    for b in kink_values:
+        c = (mn <= b) & (mx >= b) & differ
+        crossing = c if crossing is None else crossing | c
+    assert crossing is not None
+    return crossing.sum(dim=1)
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    for p in list(model.parameters()) + list(model.buffers()):
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in list(model.parameters()) + list(model.buffers()):
+        return p.device
+    return torch.device("cpu")
+
+
+_PASS_THROUGH = (nn.Identity, nn.Dropout)  # identity maps in eval mode
+_PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU)
+
+
+def _fast_supported(model: nn.Module, forward: Callable, layers: Sequence[str] | None) -> bool:
+    """The closed-form path applies to a ``Sequential`` called directly, counting activation inputs."""
+    return isinstance(model, nn.Sequential) and forward is model and not layers
+
+
+class _LinearState:
+    """Vertices ``c ± T_p`` of points still inside one linear region of every layer seen so far.
+
+    ``c`` is ``(B, H)`` (the image of each point), ``T`` is ``(P, H)`` (shared: before the first
+    activation) or ``(B, P, H)`` (the image of ``r v_p``; the map is linear on the polytope).
+    """
+
+    def __init__(self, c: torch.Tensor, t: torch.Tensor):
+        self.c, self.t = c, t
+
+    def vertices(self) -> torch.Tensor:
+        """``(B, 2P, H)``: ``c + T_1..P, c - T_1..P``."""
+        t = self.t if self.t.dim() == 3 else self.t.unsqueeze(0)
+        c = self.c.unsqueeze(1)
+        return torch.cat([c + t, c - t], dim=1)
+
+
+def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tensor, counter: _Counter,
+                         include_output: bool) -> None:
+    """Count one chunk through a ``Sequential`` model, propagating ``(c, T)`` while it is exact.
+
+    ``zc``: ``(B, ...)`` points, ``rv``: ``(P, D)`` = ``r ·`` frame. While the modules are Flatten /
+    Identity / Dropout / Linear / ReLU / LeakyReLU, a point whose vertices all lie on one side of every
+    kink so far is carried as its centre ``c`` and the ``P`` images of ``r v_p`` (``P + 1`` rows
+    instead of ``2P``): through a Linear ``c ← Wc + b, T ← TWᵀ``; at an activation the crossing test
+    is the closed form ``|c - b| ≤ max_p |T_p|`` (min and max over ``c ± T_p``, exact in floating
+    point because rounding is monotone), the activation is a fixed 0/1 (or slope) mask on ``T``. Points
+    with a crossing are expanded to their ``2P`` vertices and go on as usual. At the first other module
+    every point is expanded and the rest of the model runs with the counting hooks.
+    """
+    b = zc.shape[0]
+    p = rv.shape[0]
+    rows_all = torch.arange(b, device=zc.device)
+    lin: _LinearState | None = _LinearState(zc.reshape(b, -1), rv)
+    lin_rows = rows_all
+    full: torch.Tensor | None = None  # (B_f, 2P, H) vertices of the expanded points
+    full_rows = rows_all[:0]
+    flat = zc.dim() == 2
+    children = list(model)
+    for k, m in enumerate(children):
+        if isinstance(m, _PASS_THROUGH):
+            continue
+        if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+            flat = True
+            continue
+        if isinstance(m, nn.Linear) and flat:
+            if lin is not None:
+                lin = _LinearState(torch.nn.functional.linear(lin.c, m.weight, m.bias),
+                                   torch.nn.functional.linear(lin.t, m.weight))
+            if full is not None:
+                full = torch.nn.functional.linear(full, m.weight, m.bias)
+            continue
+        if type(m) in _PIECEWISE_LINEAR and flat and id(m) in counter.names:
+            j = counter.next_layer(m)
+            slope = float(m.negative_slope) if isinstance(m, nn.LeakyReLU) else 0.0
+            moving = None
+            if lin is not None:
+                reach = torch.maximum(lin.t.amax(dim=-2), lin.t.amin(dim=-2).neg_())  # max_p |T_p|
+                cross = (lin.c.abs() <= reach) & (reach > 0)
+                counter.store(j, cross.sum(dim=1), lin_rows)
+                moving = cross.any(dim=1)
+            if full is not None:
+                counter.store(j, count_crossings(full.reshape(-1, full.shape[-1]), 2 * p), full_rows)
+            if counter.done(j):
+                return
+            if lin is not None and moving is not None and bool(moving.any()):
+                new = _LinearState(lin.c[moving], lin.t[moving] if lin.t.dim() == 3 else lin.t).vertices()
+                full = new if full is None else torch.cat([full, new])
+                full_rows = torch.cat([full_rows, lin_rows[moving]])
+                stay = ~moving
+                lin = _LinearState(lin.c[stay], lin.t[stay] if lin.t.dim() == 3 else lin.t)
+                lin_rows = lin_rows[stay]
+                if len(lin_rows) == 0:
+                    lin = None
+            if lin is not None:
+                gain = torch.where(lin.c > 0, 1.0, slope).to(lin.c.dtype)  # (B, H): slope per region
+                t = lin.t if lin.t.dim() == 3 else lin.t.unsqueeze(0)
+                act = torch.nn.functional.leaky_relu(lin.c, slope) if slope else torch.relu(lin.c)
+                lin = _LinearState(act, t * gain.unsqueeze(1))
+            if full is not None:
+                full = torch.nn.functional.leaky_relu(full, slope) if slope else torch.relu(full)
+            continue
+        break  # anything else: expand every point and run the rest with the hooks
+    else:
+        k = len(children)
+    verts: torch.Tensor | None = None
+    if lin is not None:
+        verts = lin.vertices()
+    if full is not None:
+        if verts is None:
+            verts = full
+        else:
+            merged = torch.empty((b,) + tuple(full.shape[1:]), dtype=full.dtype, device=full.device)
+            merged[lin_rows] = verts
+            merged[full_rows] = full
+            verts = merged
+        if lin is None:
+            verts = verts[torch.argsort(full_rows)]
+    assert verts is not None
+    x = verts.reshape(b * 2 * p, *verts.shape[2:]) if flat else verts.reshape(b * 2 * p, *zc.shape[1:])
+    out = model[k:](x) if k < len(children) else x
+    if include_output:
+        counter.record(None, out, (0.0,))
+
+
+def _auto_rows(max_numel: int, itemsize: int, device: torch.device) -> int:
+    """Rows per forward: about 2k on CPU (the matmul sweet spot: 80-87 % of the measured matmul peak
+    against about 50 % for one huge batch), bounded by memory."""
+    per_row = 4 * max(max_numel, 1) * itemsize
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(1, min(1 << 16, 0.125 * free // per_row)))  # x2 headroom for the fast path
+    return int(max(1, min(2048, (256 << 20) // per_row)))
+
+
+@torch.no_grad()
+def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence[float] = (0.005,),
+                     n_dirs: int = 25, seed: int = 0, layers: Sequence[str] | None = None,
+                     include_output: bool = False, dtype: torch.dtype | None = None,
+                     max_rows: int | None = None, input_kind: str = "continuous",
+                     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     fast: bool = True) -> LCResult:
+    """Local complexity of ``model`` around each point of ``x``; see the module docstring.
+
+    Parameters
+    ----------
+    x : ``(n, *input_shape)`` inputs (token ids when ``input_kind == "tokens"``: they are embedded with
+        :func:`continuous_view` and the frame lives in embedding space). With ``forward`` given, ``x``
+        is already the continuous input of ``forward`` (hooks are still looked up in ``model``).
+    radius : one radius or several (each gets its own forward passes; the frame is shared).
+    dtype : computation (and frame) dtype; default the model's. Another dtype works on a copy.
+    max_rows : rows per forward pass: vertices, or ``P + 1`` per point on the fast path (default:
+        about 2048 on CPU, bounded by memory; on GPU an eighth of the free memory).
+    fast : for a ``Sequential`` model, propagate each point's centre and the ``P`` direction images
+        while the network is linear on its polytope (see :func:`_run_sequential_fast`); the counts are
+        those of the plain path (which ``fast=False`` forces) up to floating-point ties.
+
+    Returns an :class:`LCResult` with int64 ``counts`` of shape ``(n, n_radius, n_layers)``. The model
+    is evaluated in eval mode (BatchNorm running statistics) and its mode is restored.
+    """
+    radii = (float(radius),) if isinstance(radius, (int, float)) else tuple(float(r) for r in radius)
+    if not radii or any(not math.isfinite(r) or r <= 0 for r in radii):
+        raise ValueError(f"radius must be positive numbers, got {radius!r}")
+    cdtype = dtype or _model_dtype(model)
+    if not cdtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {cdtype}")
+    work = model
+    if _model_dtype(model) != cdtype:
+        work = copy.deepcopy(model).to(cdtype)
+        if forward is not None and getattr(forward, "__self__", None) is model:
+            forward = getattr(work, forward.__name__)
+    device = _model_device(work)
+    if forward is None:
+        forward, x = continuous_view(work, x.to(device), input_kind)
+    z = x.to(device=device, dtype=cdtype)
+    n = z.shape[0]
+    dim = int(z[0].numel()) if n else 0
+    was_training = work.training
+    work.eval()
+    try:
+        with _Counter(work, layers) as counter:
+            if n == 0:
+                raise ValueError("local_complexity needs at least one point")
+            out = forward(z[:1])  # discovery: layer list, neurons, sizes
+            if include_output:
+                counter.record(None, out, (0.0,))
+            counter.end_discovery()
+            n_layers = len(counter.layers)
+            if n_layers == 0:
+                warnings.warn(f"{type(work).__name__} has no kinked activation module (ReLU, GELU, ...): "
+                              "it is piecewise linear with one piece and its LC is 0 (no layers). If it "
+                              "calls functional activations, pass layers=[module names].", stacklevel=2)
+                return LCResult(counts=torch.zeros(n, len(radii), 0, dtype=torch.int64), layers=[],
+                                neurons=[], radius=radii, n_dirs=n_dirs, seed=seed, dtype=cdtype)
+            frame = cross_polytope_frame(dim, n_dirs, seed, cdtype, device)
+            v = 2 * n_dirs
+            rows = max_rows or _auto_rows(counter.max_numel, z.element_size(), device)
+            fast_path = fast and _fast_supported(work, forward, layers)
+            chunk = max(1, rows // (n_dirs + 1 if fast_path else v))  # fast path: ~P + 1 rows per point
+            counter.n_vertices = v
+            counter.stop_at = None if include_output else n_layers - 1
+            counts = torch.zeros(n, len(radii), n_layers, dtype=torch.int64)
+            signed = torch.cat([frame, -frame])  # (2P, D): vertex order x + r v_1..P, x - r v_1..P
+            for start in range(0, n, chunk):
+                zc = z[start:start + chunk]
+                b = zc.shape[0]
+                counter.out = torch.zeros(b, n_layers, dtype=torch.int64, device=device)
+                for kr, r in enumerate(radii):
+                    counter.reset()
+                    try:
+                        if fast_path:
+                            _run_sequential_fast(work, zc, r * frame, counter, include_output)
+                        else:
+                            verts = zc.reshape(b, 1, dim) + r * signed[None]
+                            out = forward(verts.reshape(b * v, *z.shape[1:]))
+                            if include_output:
+                                counter.record(None, out, (0.0,))
+                    except _StopForward:
+                        pass
+                    counts[start:start + b, kr] = counter.out.cpu()
+            info = counter.layers
+    finally:
+        work.train(was_training)
+    return LCResult(counts=counts, layers=[l.name for l in info], neurons=[l.neurons for l in info],
+                    radius=radii, n_dirs=n_dirs, seed=seed, dtype=cdtype, kinks=[l.kinks for l in info])
+
+
+# -- point sets ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(forward: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, batch_size: int = 4096
+            ) -> torch.Tensor:
+    """``argmax`` of ``forward`` over the last axis, in chunks; int64 ``(n,)``."""
+    return torch.cat([forward(z[i:i + batch_size]).argmax(dim=-1) for i in range(0, len(z), batch_size)]
+                     ) if len(z) else torch.zeros(0, dtype=torch.int64, device=z.device)
+
+
+@torch.no_grad()
+def decision_boundary_points(forward: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, n: int,
+                             seed: int = 0, pool: int | None = None, n_bisect: int = 40,
+                             batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``n`` points on the decision boundary of ``forward`` between points of ``z``.
+
+    A seeded pool of ``pool`` (default ``4 n``) index pairs ``(i, j)`` of ``z`` is drawn — the same
+    pairs for every model, so checkpoints are comparable. The pairs whose endpoints the model assigns
+    to different classes are kept (the first ``n`` of them, in pool order), and each segment
+    ``z_i + t (z_j - z_i)`` is bisected ``n_bisect`` times keeping ``pred(t_lo) = pred(z_i) ≠
+    pred(t_hi)``; the returned point is at ``(t_lo + t_hi) / 2``, within ``2^-n_bisect ‖z_j - z_i‖`` of
+    a point where the predicted class changes. Returns ``(points (k, ...), pairs (k, 2))``, ``k <= n``.
+    """
+    m = len(z)
+    if m < 2 or n < 1:
+        return z[:0], torch.zeros(0, 2, dtype=torch.int64)
+    g = torch.Generator().manual_seed(seed)
+    pool = pool or 4 * n
+    i = torch.randint(0, m, (pool,), generator=g)
+    j = (i + torch.randint(1, m, (pool,), generator=g)) % m  # j != i
+    pred = predict(forward, z, batch_size).cpu()
+    keep = (pred[i] != pred[j]).nonzero().flatten()[:n]
+    i, j = i[keep], j[keep]
+    if len(i) == 0:
+        return z[:0], torch.zeros(0, 2, dtype=torch.int64)
+    a, d = z[i.to(z.device)], z[j.to(z.device)] - z[i.to(z.device)]
+    ca = pred[i].to(z.device)
+    shape = (-1,) + (1,) * (z.dim() - 1)
+    lo = torch.zeros(len(i), dtype=z.dtype, device=z.device)
+    hi = torch.ones_like(lo)
+    for _ in range(n_bisect):
+        mid = (lo + hi) / 2
+        same = predict(forward, a + mid.view(shape) * d, batch_size) == ca
+        lo = torch.where(same, mid, lo)
+        hi = torch.where(same, hi, mid)
+    return a + ((lo + hi) / 2).view(shape) * d, torch.stack([i, j], dim=1)
+
+
+def uniform_in_box(low: torch.Tensor, high: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` points uniform in the box ``[low, high]`` (per coordinate), seeded; shape ``(n, *low.shape)``."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand((n,) + tuple(low.shape), generator=g, dtype=torch.float64)
+    return (low.double() + u * (high.double() - low.double())).to(low.dtype)
+
+
+# -- the probe ----------------------------------------------------------------------------------------
+
+SPLITS = ("train", "test", "random", "boundary")
+DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class LCParams:
+    """Parameters of the ``lc`` probe (defaults: the paper's, §2.2)."""
+
+    radius: tuple[float, ...] = (0.005,)
+    n_dirs: int = 25
+    n_points: int = 1024          # per split (all of a split if it is smaller)
+    splits: tuple[str, ...] = SPLITS
+    seed: int = 0                 # frame, point subsets, random points and boundary pairs
+    include_output: bool = False  # count the logits as a layer "output"
+    layers: tuple[str, ...] = ()  # count the outputs of these modules instead of activation inputs
+    dtype: str = "auto"           # auto (the model's) | float32 | float64
+    max_rows: int = 0             # vertices per forward pass; 0: automatic
+    n_bisect: int = 40            # bisection steps for boundary points
+
+
+def lc_points(model: nn.Module, forward: Callable, z_train: torch.Tensor, z_test: torch.Tensor,
+              low: torch.Tensor | None, high: torch.Tensor | None, split: str, n: int, seed: int,
+              n_bisect: int = 40) -> torch.Tensor:
+    """The continuous points of one LC point set (``train``/``test``: a seeded subset; ``random``:
+    uniform in ``[low, high]``; ``boundary``: :func:`decision_boundary_points` between train points)."""
+    from grokscope.datasets.base import seeded_subset
+
+    if split in ("train", "test"):
+        src = z_train if split == "train" else z_test
+        if len(src) <= n:
+            return src
+        return src[seeded_subset(len(src), n, seed).to(src.device)]
+    if split == "random":
+        assert low is not None and high is not None
+        return uniform_in_box(low, high, n, seed).to(device=z_train.device, dtype=z_train.dtype)
+    if split == "boundary":
+        return decision_boundary_points(forward, z_train, n, seed, n_bisect=n_bisect)[0]
+    raise ProbeError(f"lc: unknown split {split!r}; valid: {', '.join(SPLITS)}")
+
+
+class LCProbe(Probe):
+    """Local complexity around train / test / random / decision-boundary points (Humayun et al.).
+
+    Outputs: ``lc(split, sample, radius, layer)`` int32 counts, padded with ``-1`` where a split has
+    fewer points than the ``sample`` dim (small splits, or fewer boundary points found; the dim is
+    ``n_points`` or the largest split if smaller, so it is the same at every checkpoint);
+    ``lc_mean(split, radius, layer)`` and ``lc_total_mean(split, radius)`` (means over a split's
+    points, NaN when it has none); ``n_samples(split)``; ``neurons(layer)``.
+    Token models are probed in embedding space; their ``random`` points are uniform in the per-
+    coordinate range of the embedded training points.
+    """
+
+    name = "lc"
+    description = "local complexity (linear-region density) around train/test/random/boundary points"
+    Params = LCParams
+    outputs = {"lc": ("split", "sample", "radius", "layer"), "lc_mean": ("split", "radius", "layer"),
+               "lc_total_mean": ("split", "radius"), "n_samples": ("split",), "neurons": ("layer",)}
+
+    def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
+        import xarray as xr
+
+        splits = tuple(params.splits)
+        bad = [s for s in splits if s not in SPLITS]
+        if bad or not splits:
+            raise ProbeError(f"lc.splits: unknown {bad}; valid: {', '.join(SPLITS)}")
+        if params.dtype not in DTYPES:
+            raise ProbeError(f"lc.dtype must be one of {', '.join(DTYPES)}, got {params.dtype!r}")
+        if params.n_points < 1:
+            raise ProbeError(f"lc.n_points must be >= 1, got {params.n_points}")
+        dtype = DTYPES[params.dtype] or _model_dtype(model)
+        work = model if _model_dtype(model) == dtype else copy.deepcopy(model).to(dtype)
+        was_training = work.training
+        work.eval()
+        try:
+            device = _model_device(work)
+            forward, z_train = continuous_view(work, data.x_train.to(device), data.input_kind)
+            _, z_test = continuous_view(work, data.x_test.to(device), data.input_kind)
+            z_train, z_test = z_train.to(dtype), z_test.to(dtype)
+            if data.input_kind == "tokens":
+                low, high = z_train.amin(dim=0), z_train.amax(dim=0)
+            else:
+                low, high = data.box_low.to(device, dtype), data.box_high.to(device, dtype)
+            results = []
+            for split in splits:
+                pts = lc_points(work, forward, z_train, z_test, low, high, split, params.n_points,
+                                params.seed, params.n_bisect)
+                if len(pts) == 0:
+                    results.append(None)
+                    continue
+                results.append(local_complexity(
+                    work, pts, radius=tuple(params.radius), n_dirs=params.n_dirs, seed=params.seed,
+                    layers=[str(s) for s in params.layers] or None, include_output=params.include_output,
+                    dtype=dtype, max_rows=params.max_rows or None, forward=forward))
+        finally:
+            work.train(was_training)
+        ref = next((r for r in results if r is not None), None)
+        if ref is None:
+            raise ProbeError("lc: every point set is empty")
+        n_samples = np.array([0 if r is None else r.counts.shape[0] for r in results], dtype=np.int64)
+        # the sample dim is each split's capacity, not what was found: the same at every checkpoint
+        capacity = {"train": len(data.x_train), "test": len(data.x_test)}
+        n_max = max(min(params.n_points, capacity.get(s, params.n_points)) for s in splits)
+        radii, layer_names = list(ref.radius), ref.layers
+        lc = np.full((len(splits), n_max, len(radii), len(layer_names)), PAD, dtype=np.int32)
+        for s, r in enumerate(results):
+            if r is not None:
+                lc[s, : r.counts.shape[0]] = r.counts.numpy()
+        valid = np.where(lc >= 0, lc, 0).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lc_mean = valid.sum(axis=1) / n_samples[:, None, None]
+        lc_mean[n_samples == 0] = np.nan
+        ds = xr.Dataset(
+            {"lc": (("split", "sample", "radius", "layer"), lc),
+             "lc_mean": (("split", "radius", "layer"), lc_mean),
+             "lc_total_mean": (("split", "radius"), lc_mean.sum(axis=-1)),
+             "n_samples": (("split",), n_samples),
+             "neurons": (("layer",), np.array(ref.neurons, dtype=np.int64))},
+            coords={"split": list(splits), "sample": np.arange(n_max), "radius": radii,
+                    "layer": layer_names})
+        ds["lc"].attrs["fill_value_meaning"] = f"{PAD}: no point (split smaller than the sample dim)"
+        ds.attrs["frame_dtype"] = str(dtype).replace("torch.", "")
+        return ds

@@ -1,0 +1,380 @@
+"""``norm``: weight norms, distance to the zero-loss manifold and the weight-decay direction split into
+its tangent and normal parts (Musat, *The Geometry of Grokking*, §4.6 and App. D).
+
+Let ``F(θ) ∈ R^{km}`` be all training outputs stacked and ``J = ∂F/∂θ (km, d)``. Near the zero-loss set
+``Z = {θ : F(θ) = Y}`` its tangent space at ``θ′`` is ``null(J(θ′))`` and the normal space is the row
+space of ``J``. Musat's claim: after memorisation the loss gradient only pulls back to ``Z`` and the
+motion along ``Z`` is weight decay projected on its tangent space.
+
+Functional pieces (usable from a notebook; all in parameter space, flat vectors):
+
+* :class:`OutputMap` — ``F`` as a function of the flat parameter vector, via ``torch.func.functional_call``;
+  ``jv(θ, v) = J v`` (``torch.func.jvp``) and ``vjp(θ)`` giving ``z ↦ Jᵀz`` (``torch.func.vjp``).
+* :func:`conjugate_gradient` — CG for a symmetric positive (semi-)definite operator.
+* :func:`normal_projection_cg` — matrix-free ``P_N v = Jᵀ z`` with ``(JJᵀ + δI) z = J v``.
+* :func:`normal_projection_explicit` — the same with ``J`` materialised (``δ = 0``: the pseudo-inverse).
+* :func:`project_to_zero_loss` — ``θ′``: gradient descent with momentum on the summed training loss.
+* :func:`norm_measures` — everything :class:`NormProbe` stores.
+
+With damping ``δ > 0`` a direction of ``J``'s row space with singular value ``s`` counts as normal with
+weight ``s²/(s² + δ)``: ``δ`` is the cut-off below which directions count as tangent (the ``rcond`` of
+the pseudo-inverse). The probe sets ``δ = damping · λ_max(JJᵀ)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp
+
+from grokscope.datasets import seeded_subset
+from grokscope.losses import LOSSES, task_loss
+
+from .base import Probe, ProbeContext, ProbeError
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+METHODS = ("auto", "explicit", "cg")
+
+
+# ============================================================================ parameter-space maps
+class OutputMap:
+    """``F(θ)``: the model's outputs on ``x``, flattened to ``(n·C,)``, as a function of the flat vector
+    ``θ (d,)`` of the model's trainable parameters (in ``named_parameters`` order), in ``dtype``.
+
+    Buffers are taken from the model (cast to ``dtype`` if floating); the model is put in eval mode.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float64):
+        model.eval()
+        self.model = model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ProbeError(f"{type(model).__name__} has no trainable parameters")
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        self.dtype = dtype
+        self.buffers = {n: (b.to(dtype) if b.is_floating_point() else b) for n, b in model.named_buffers()}
+        self.x = x.to(dtype) if x.is_floating_point() else x
+        self.theta = torch.cat([p.detach().to(dtype).reshape(-1) for _, p in named])
+
+    @property
+    def dim(self) -> int:
+        return int(self.theta.numel())
+
+    def flatten(self, state: dict[str, torch.Tensor], where: str = "state dict") -> torch.Tensor:
+        """The flat vector of ``state`` in this map's parameter order; names missing keys in ``where``."""
+        missing = [n for n in self.names if n not in state]
+        if missing:
+            raise ProbeError(f"{where} lacks parameter(s) {', '.join(missing[:5])}")
+        return torch.cat([state[n].detach().to(self.theta.device, self.dtype).reshape(-1) for n in self.names])
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: tensor}`` views of the flat vector ``theta``."""
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(theta, self.sizes), self.shapes)}
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        out = functional_call(self.model, (self.unflatten(theta), self.buffers), (self.x,))
+        return out.reshape(-1)
+
+    def per_tensor(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: slice of theta}`` (flat pieces)."""
+        return dict(zip(self.names, torch.split(theta, self.sizes)))
+
+    def jv(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``J(θ) v`` ``(n·C,)`` by forward-mode AD."""
+        return jvp(self, (theta,), (v,))[1]
+
+    def vjp(self, theta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``z ↦ J(θ)ᵀ z`` ``(d,)`` (the forward pass is done once here)."""
+        _, fn = vjp(self, theta)
+        return lambda z: fn(z)[0]
+
+    def jacobian(self, theta: torch.Tensor) -> torch.Tensor:
+        """``J(θ)`` materialised, ``(n·C, d)`` (only for small problems)."""
+        return torch.func.jacrev(self)(theta)
+
+
+def conjugate_gradient(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int = 200,
+                       tol: float = 1e-8) -> tuple[torch.Tensor, int, float]:
+    """Solve ``A x = b`` for symmetric PSD ``A`` (given as ``apply``) by CG from ``x = 0``.
+
+    Stops when ``‖r‖ ≤ tol·‖b‖`` or after ``iters`` iterations. Returns ``(x, iterations, ‖r‖/‖b‖)``.
+    """
+    x = torch.zeros_like(b)
+    bnorm = float(b.norm())
+    if bnorm == 0.0:
+        return x, 0, 0.0
+    r = b.clone()
+    d = r.clone()
+    rr = float(r @ r)
+    it = 0
+    for it in range(1, iters + 1):
+        Ad = apply(d)
+        dAd = float(d @ Ad)
+        if dAd <= 0:
+            it -= 1
+            break
+        alpha = rr / dAd
+        x = x + alpha * d
+        r = r - alpha * Ad
+        rr_new = float(r @ r)
+        if math.sqrt(rr_new) <= tol * bnorm:
+            rr = rr_new
+            break
+        d = r + (rr_new / rr) * d
+        rr = rr_new
+    return x, it, math.sqrt(rr) / bnorm
+
+
+def top_eigenvalue_jjt(F: OutputMap, theta: torch.Tensor, iters: int = 20, seed: int = 0) -> float:
+    """``λ_max(J Jᵀ) = σ_max(J)²`` by power iteration on ``Jᵀ J`` (``iters`` JVP+VJP pairs)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(F.dim, generator=g, dtype=theta.dtype).to(theta.device)
+    v = v / v.norm()
+    jt = F.vjp(theta)
+    lam = 0.0
+    for _ in range(max(iters, 1)):
+        w = jt(F.jv(theta, v))
+        lam = float(v @ w)
+        n = w.norm()
+        if not n > 0:
+            return 0.0
+        v = w / n
+    return lam
+
+
+def normal_projection_cg(F: OutputMap, theta: torch.Tensor, v: torch.Tensor, damping: float,
+                         iters: int = 200, tol: float = 1e-8) -> tuple[torch.Tensor, dict[str, float]]:
+    """Matrix-free ``P_N v = Jᵀ z``, ``(JJᵀ + δI) z = J v`` at ``θ`` (``δ = damping``, absolute), by CG on
+    JVPs/VJPs. Returns ``(P_N v (d,), {"cg_iters", "cg_residual"})``; ``P_T v = v − P_N v``."""
+    jt = F.vjp(theta)
+    b = F.jv(theta, v)
+    z, n_it, res = conjugate_gradient(lambda u: F.jv(theta, jt(u)) + damping * u, b, iters, tol)
+    return jt(z), {"cg_iters": float(n_it), "cg_residual": float(res)}
+
+
+def normal_projection_explicit(J: torch.Tensor, v: torch.Tensor, damping: float = 0.0,
+                               rcond: float | None = None) -> torch.Tensor:
+    """``P_N v`` with ``J (km, d)`` materialised: ``Jᵀ(JJᵀ + δI)⁻¹J v`` for ``δ > 0``; for ``δ = 0`` the
+    pseudo-inverse projector ``J⁺J v = V_r V_rᵀ v`` (singular values below ``rcond·s_max`` dropped;
+    default ``rcond = max(km, d)·eps``)."""
+    U, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    c = Vh @ v
+    if damping > 0:
+        w = S ** 2 / (S ** 2 + damping)
+    else:
+        rc = rcond if rcond is not None else max(J.shape) * torch.finfo(J.dtype).eps
+        w = (S > rc * (S[0] if S.numel() else 0)).to(J.dtype)
+    return Vh.T @ (w * c)
+
+
+def summed_loss(out: torch.Tensor, y: torch.Tensor, n_classes: int, loss: str) -> torch.Tensor:
+    """The summed training loss of flat outputs ``out (n·C,)``: ``Σ‖f(x_i) − e_{y_i}‖²`` (Musat's L) for
+    ``mse``, ``Σ CE_i`` for ``ce``."""
+    logits = out.reshape(len(y), n_classes)
+    if loss == "mse":
+        return task_loss(logits, y, "mse", reduction="sum") * n_classes
+    return task_loss(logits, y, loss, reduction="sum")
+
+
+def project_to_zero_loss(F: OutputMap, theta: torch.Tensor, y: torch.Tensor, n_classes: int, loss: str,
+                         iters: int = 100, lr: float = 1.0, momentum: float = 0.9
+                         ) -> tuple[torch.Tensor, float, float]:
+    """``θ′``: ``iters`` steps of heavy-ball GD (PyTorch SGD semantics) on :func:`summed_loss` from ``θ``.
+
+    Returns ``(θ′, loss(θ), loss(θ′))``; ``θ′`` is the lowest-loss iterate seen (so a too-large ``lr``
+    cannot make the projection worse than no projection).
+    """
+    def value_and_grad(t: torch.Tensor) -> tuple[float, torch.Tensor]:
+        t = t.detach().requires_grad_(True)
+        with torch.enable_grad():
+            val = summed_loss(F(t), y, n_classes, loss)
+            (g,) = torch.autograd.grad(val, t)
+        return float(val.detach()), g
+
+    start, g = value_and_grad(theta)
+    best, best_t = start, theta
+    t, buf = theta.clone(), torch.zeros_like(theta)
+    for i in range(iters):
+        buf = momentum * buf + g if i else g.clone()
+        t = t - lr * buf
+        val, g = value_and_grad(t)
+        if not math.isfinite(val):
+            break
+        if val < best:
+            best, best_t = val, t
+    return best_t.detach(), start, best
+
+
+def task_gradient(F: OutputMap, theta: torch.Tensor, y: torch.Tensor, n_classes: int, loss: str) -> torch.Tensor:
+    """``∇_θ`` of the mean task loss at ``θ`` ``(d,)``."""
+    t = theta.detach().requires_grad_(True)
+    with torch.enable_grad():
+        val = task_loss(F(t).reshape(len(y), n_classes), y, loss)
+        (g,) = torch.autograd.grad(val, t)
+    return g
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    na, nb = float(a.norm()), float(b.norm())
+    return float(a @ b) / (na * nb) if na > 0 and nb > 0 else float("nan")
+
+
+# ============================================================================ the probe
+@dataclass(frozen=True)
+class NormParams:
+    loss: str = "auto"            # training loss ("auto": the run's train.loss, else "ce")
+    n_train: int = 256            # training samples used for F (seeded subset when there are more)
+    seed: int = 0                 # subset and power-iteration seed
+    proj_iters: int = 100         # GD steps of the projection θ → θ′ (0: θ′ = θ)
+    proj_lr: float | None = None  # GD step size on the summed loss; None: 1 / (2 λ_max(JJᵀ))
+    proj_momentum: float = 0.9
+    method: str = "auto"          # auto | explicit | cg
+    explicit_max: int = 2_000_000  # auto uses the explicit Jacobian when km·d is at most this
+    damping: float = 1e-5         # δ = damping · λ_max(JJᵀ) (directions with s² ≲ δ count as tangent)
+    cg_iters: int = 200
+    cg_tol: float = 1e-6
+    power_iters: int = 20
+    dtype: str = "float64"        # precision of every computation (the model is not modified)
+
+
+def _manifold_note(loss: str) -> str:
+    if loss == "mse":
+        return "zero-loss set Z = {theta: F(theta) = Y} (MSE); tangent space null(J) at theta'"
+    return ("output level set {theta: F(theta) = F(theta')} (loss %s: the zero-loss set is empty); "
+            "tangent space null(J) at theta'" % loss)
+
+
+def norm_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, params: NormParams,
+                  loss: str, previous: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Every quantity of :class:`NormProbe` for ``model`` on the training subset ``(x, y)``.
+
+    Returns a dict of Python floats plus ``weight_sq_param`` ``{name: float}`` and ``method``.
+    """
+    if params.dtype not in DTYPES:
+        raise ProbeError(f"norm.dtype={params.dtype!r}; valid: {', '.join(DTYPES)}")
+    if params.method not in METHODS:
+        raise ProbeError(f"norm.method={params.method!r}; valid: {', '.join(METHODS)}")
+    if loss not in LOSSES:
+        raise ProbeError(f"norm.loss={loss!r}; valid: auto, {', '.join(LOSSES)}")
+    F = OutputMap(model, x, DTYPES[params.dtype])
+    theta = F.theta
+    km, d = len(y) * n_classes, F.dim
+    method = params.method
+    if method == "auto":
+        method = "explicit" if km * d <= params.explicit_max else "cg"
+
+    out: dict[str, Any] = {"weight_sq": float(theta @ theta),
+                           "weight_sq_param": {n: float(t @ t) for n, t in F.per_tensor(theta).items()},
+                           "method": method, "n_outputs": float(km), "n_params": float(d)}
+
+    # θ′: a short GD projection on the summed training loss
+    lam0 = top_eigenvalue_jjt(F, theta, params.power_iters, params.seed)
+    lr = params.proj_lr if params.proj_lr is not None else (0.5 / lam0 if lam0 > 0 else 0.0)
+    theta_p, loss0, loss1 = (project_to_zero_loss(F, theta, y, n_classes, loss, params.proj_iters, lr,
+                                                  params.proj_momentum)
+                             if params.proj_iters > 0 and lr > 0 else (theta, math.nan, math.nan))
+    if params.proj_iters <= 0 or lr <= 0:
+        loss0 = loss1 = float(summed_loss(F(theta).detach(), y, n_classes, loss))
+    out.update({"dist_zero_loss": float((theta - theta_p).norm()), "proj_lr": float(lr),
+                "train_loss_sum": float(loss0), "proj_loss_sum": float(loss1)})
+
+    # tangent / normal split of the weight-decay direction −θ at θ′
+    v = -theta
+    if method == "explicit":
+        J = F.jacobian(theta_p)
+        lam = float(torch.linalg.matrix_norm(J, ord=2)) ** 2
+        delta = params.damping * lam
+        pn = normal_projection_explicit(J, v, delta)
+        info = {"cg_iters": 0.0, "cg_residual": 0.0}
+    else:
+        lam = top_eigenvalue_jjt(F, theta_p, params.power_iters, params.seed) if params.proj_iters > 0 else lam0
+        delta = params.damping * lam
+        pn, info = normal_projection_cg(F, theta_p, v, delta, params.cg_iters, params.cg_tol)
+    pt = v - pn
+    tn = float(theta.norm())
+    grad = task_gradient(F, theta, y, n_classes, loss)
+    out.update({"lambda_max": lam, "damping_abs": delta, **info,
+                "wd_tangent_frac": float(pt.norm()) / tn if tn > 0 else math.nan,
+                "wd_normal_frac": float(pn.norm()) / tn if tn > 0 else math.nan,
+                "grad_tangent_cos": abs(_cos(grad, pt)),
+                "update_cos": math.nan})
+    if previous is not None:
+        theta_prev = F.flatten(previous, "the previous checkpoint")
+        out["update_cos"] = _cos(theta - theta_prev, pt)
+    return out
+
+
+DESCRIPTIONS = {
+    "weight_sq": "sum of squares of every trainable parameter, ||theta||^2",
+    "weight_sq_param": "sum of squares per parameter tensor",
+    "dist_zero_loss": "||theta - theta'||, theta' = a short GD projection on the summed training loss",
+    "wd_tangent_frac": "||P_T(-theta)|| / ||theta||, tangent space null(J) at theta'",
+    "wd_normal_frac": "||P_N(-theta)|| / ||theta||",
+    "grad_tangent_cos": "|cos(grad L(theta), P_T(-theta))| (Musat Thm 4.14: O(distance))",
+    "update_cos": "cos(theta_t - theta_prev, P_T(-theta_t)); NaN at the first checkpoint",
+    "update_spacing": "step - previous checkpoint's step",
+    "train_loss_sum": "summed training loss at theta on the probe's subset (MSE: sum of squared errors)",
+    "proj_loss_sum": "summed training loss at theta'",
+    "proj_lr": "step size of the GD projection",
+    "lambda_max": "largest eigenvalue of J J^T at theta' (power iteration or SVD)",
+    "damping_abs": "absolute damping delta = damping * lambda_max",
+    "cg_iters": "CG iterations used (0: explicit Jacobian)",
+    "cg_residual": "final relative CG residual",
+}
+
+
+class NormProbe(Probe):
+    name = "norm"
+    description = ("weight norms, distance to the zero-loss manifold, weight decay split into tangent/normal "
+                   "parts (Musat)")
+    Params = NormParams
+    outputs = {
+        "weight_sq": (), "weight_sq_param": ("param",), "dist_zero_loss": (),
+        "wd_tangent_frac": (), "wd_normal_frac": (), "grad_tangent_cos": (), "update_cos": (),
+        "update_spacing": (), "train_loss_sum": (), "proj_loss_sum": (), "proj_lr": (),
+        "lambda_max": (), "damping_abs": (), "cg_iters": (), "cg_residual": (),
+    }
+    needs_data = True
+    needs_grad = True
+    needs_previous = True
+
+    def compute(self, model: nn.Module, data: Any, params: NormParams, ctx: ProbeContext):
+        import xarray as xr
+
+        loss = params.loss
+        if loss == "auto":
+            loss = (ctx.run_spec.get("train") or {}).get("loss", "ce")
+        x, y = data.split("train")
+        if params.n_train < 1:
+            raise ProbeError(f"norm.n_train must be >= 1, got {params.n_train}")
+        if len(y) > params.n_train:
+            idx = seeded_subset(len(y), params.n_train, params.seed)
+            x, y = x[idx], y[idx]
+        device = next(model.parameters()).device
+        x, y = x.to(device), y.to(device)
+        previous = ctx.load_previous()
+        m = norm_measures(model, x, y, int(data.n_classes), params, loss, previous)
+        spacing = (float(ctx.step - ctx.previous_step)
+                   if previous is not None and ctx.previous_step is not None else math.nan)
+        names = list(m["weight_sq_param"])
+        scalars = [v for v in self.outputs if self.outputs[v] == () and v != "update_spacing"]
+        vars_ = {k: ((), np.float64(m[k])) for k in scalars}
+        vars_["update_spacing"] = ((), np.float64(spacing))
+        vars_["weight_sq_param"] = (("param",), np.array([m["weight_sq_param"][n] for n in names]))
+        attrs = {"manifold": _manifold_note(loss), "loss": loss, "method": m["method"],
+                 "n_outputs": int(m["n_outputs"]), "n_params": int(m["n_params"]),
+                 "theta_prime": "heavy-ball GD on the summed training loss from theta (best iterate)",
+                 "update_cos": "cos(theta_t - theta_prev, P_T(-theta_t)); NaN at the first checkpoint"}
+        ds = xr.Dataset(vars_, coords={"param": names}, attrs=attrs)
+        for name in ds.data_vars:  # the engine keeps variable attributes in the store
+            ds[name].attrs["description"] = DESCRIPTIONS[name]
+        for name in ("dist_zero_loss", "wd_tangent_frac", "wd_normal_frac", "grad_tangent_cos", "update_cos"):
+            ds[name].attrs.update({"manifold": attrs["manifold"], "method": attrs["method"]})
+        return ds

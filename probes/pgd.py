@@ -1,0 +1,243 @@
+"""``pgd``: robust accuracy under projected gradient descent attacks (Madry et al.; Humayun et al. §1).
+
+For every radius ``ε`` of a list and every restart, starting from ``x₀ = clip_box(x + U)`` with ``U``
+uniform in the ε-ball (or ``x₀ = x``), iterate ``T`` times
+
+* L∞: ``x_{t+1} = clip_box(x + clip_[-ε, ε](x_t + α sign ∇ₓ L(f(x_t), y) − x))``
+* L2: ``x_{t+1} = clip_box(x + Π_ε(x_t + α g/‖g‖ − x))`` (``Π_ε``: scale into the L2 ball)
+
+with ``L`` the cross-entropy on logits (also for MSE-trained nets, as in the authors' code) or the
+margin ``max_{j≠y} f_j − f_y``. The *last* iterate is classified (as in the authors' code, not the
+best one); a sample is robust at ``ε`` when it is classified correctly after every restart.
+
+All radii and restarts are stacked into one batch (no Python loop over samples, radii or restarts;
+only over steps). Random starts come from a ``torch.Generator`` seeded with ``seed`` so every
+checkpoint sees the same starts. The box is the dataset's input range (never assumed [0, 1]); a clean
+point outside the box widens the box to include it, so iterates always stay in the ε-ball around it.
+Token models are attacked in embedding space (:func:`grokscope.models.adapters.continuous_view`) with
+no box (embeddings are unbounded), ε in embedding units (the paper's GPT run used ε = 0.03 there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from grokscope.models.adapters import continuous_view
+
+from .base import Probe, ProbeContext, ProbeError
+
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "margin")
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-row attack objective to *increase*: CE on logits, or the best wrong logit minus the true one."""
+    if kind == "ce":
+        return torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return other - true
+
+
+def _per_row(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def unit_starts(shape: Sequence[int], norm: str, generator: torch.Generator) -> torch.Tensor:
+    """Random-start offsets for a unit radius, float64 on the CPU, shape ``(n, restarts, *input)``.
+
+    L∞: uniform in ``[-1, 1]`` per coordinate; L2: uniform in the unit ball (``u^{1/d} g/‖g‖``).
+    PGD scales them by each ε, so all radii share the same start directions.
+    """
+    if norm == "linf":
+        return torch.rand(tuple(shape), generator=generator, dtype=torch.float64) * 2 - 1
+    g = torch.randn(tuple(shape), generator=generator, dtype=torch.float64).flatten(2)
+    rad = torch.rand(g.shape[:2], generator=generator, dtype=torch.float64) ** (1.0 / g.shape[2])
+    g = g / g.norm(dim=2, keepdim=True).clamp_min(1e-300) * rad[..., None]
+    return g.view(tuple(shape))
+
+
+def pgd_perturb(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                eps_list: Sequence[float], alpha: float, steps: int, norm: str = "linf",
+                restarts: int = 1, random_start: bool = True, low: torch.Tensor | float | None = None,
+                high: torch.Tensor | float | None = None, seed: int = 0, loss: str = "ce",
+                alpha_relative: bool = False, starts: torch.Tensor | None = None) -> torch.Tensor:
+    """The last PGD iterates for every (ε, restart, sample): shape ``(n_eps, restarts, *x.shape)``.
+
+    ``low``/``high``: box bounds broadcastable to ``x[0]`` (None: unbounded). ``alpha_relative``:
+    the step is ``alpha · ε`` instead of ``alpha``. Random starts are ``x + ε · starts`` with
+    ``starts`` from :func:`unit_starts` (drawn from a generator seeded with ``seed`` if not given), then
+    clipped to the box. Gradients are taken w.r.t. the input only; the parameters of ``f`` are not
+    touched.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if restarts < 1 or steps < 0:
+        raise ValueError(f"need restarts >= 1 and steps >= 0, got restarts={restarts}, steps={steps}")
+    eps_t = torch.as_tensor([float(e) for e in eps_list], dtype=x.dtype, device=x.device)
+    if (eps_t < 0).any():
+        raise ValueError(f"eps must be >= 0, got {list(eps_list)}")
+    n, n_eps = x.shape[0], len(eps_t)
+    rows = n_eps * restarts * n
+    xs = x.detach().unsqueeze(0).expand(n_eps * restarts, *x.shape).reshape(rows, *x.shape[1:])
+    ys = y.repeat(n_eps * restarts)
+    eps = eps_t.repeat_interleave(restarts * n)  # (rows,): row = (e, restart, sample)
+    step = eps * alpha if alpha_relative else torch.full_like(eps, float(alpha))
+    lo = hi = None
+    if low is not None:
+        lo = torch.minimum(torch.as_tensor(low, dtype=x.dtype, device=x.device).expand_as(xs), xs)
+    if high is not None:
+        hi = torch.maximum(torch.as_tensor(high, dtype=x.dtype, device=x.device).expand_as(xs), xs)
+    if norm == "linf":  # the ε-ball and the box are one box: clip once
+        e = _per_row(eps, xs)
+        lo = xs - e if lo is None else torch.maximum(lo, xs - e)
+        hi = xs + e if hi is None else torch.minimum(hi, xs + e)
+
+    def project(z: torch.Tensor) -> torch.Tensor:
+        if norm == "l2":
+            d = (z - xs).flatten(1)
+            scale = (eps / d.norm(dim=1).clamp_min(1e-30)).clamp(max=1.0)
+            z = xs + (d * scale[:, None]).view_as(xs)
+        if lo is not None:
+            z = torch.maximum(z, lo)
+        if hi is not None:
+            z = torch.minimum(z, hi)
+        return z
+
+    if random_start:
+        if starts is None:
+            starts = unit_starts((n, restarts, *x.shape[1:]), norm, torch.Generator().manual_seed(seed))
+        if tuple(starts.shape) != (n, restarts, *x.shape[1:]):
+            raise ValueError(f"starts must have shape {(n, restarts, *x.shape[1:])}, got {tuple(starts.shape)}")
+        noise = starts.to(x.device, x.dtype).transpose(0, 1).unsqueeze(0).expand(n_eps, -1, -1, *x.shape[1:])
+        adv = project(xs + _per_row(eps, xs) * noise.reshape(rows, *x.shape[1:]))
+    else:
+        adv = xs.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        with torch.enable_grad():
+            obj = _loss(f(adv), ys, loss).sum()
+            (g,) = torch.autograd.grad(obj, adv)
+        adv = adv.detach()
+        if norm == "linf":
+            adv = adv + _per_row(step, adv) * g.sign()
+        else:
+            gn = g.flatten(1).norm(dim=1).clamp_min(1e-30)
+            adv = adv + _per_row(step / gn, adv) * g
+        adv = project(adv)
+    return adv.detach().view(n_eps, restarts, *x.shape)
+
+
+def pgd_attack(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+               eps_list: Sequence[float], alpha: float, steps: int, norm: str = "linf", restarts: int = 1,
+               random_start: bool = True, low: torch.Tensor | float | None = None,
+               high: torch.Tensor | float | None = None, seed: int = 0, loss: str = "ce",
+               batch_size: int | None = None) -> torch.Tensor:
+    """Robust correctness: bool ``(n_eps, n)``, True where the last PGD iterate of *every* restart is
+    classified as ``y``. Batched over radii and restarts; ``batch_size`` caps the samples per batch
+    (each batch holds ``n_eps · restarts · batch_size`` rows). See :func:`pgd_perturb`.
+
+    The random starts of all samples are drawn at once from a generator seeded with ``seed``
+    (:func:`unit_starts`), so they do not depend on ``batch_size``.
+    """
+    n = x.shape[0]
+    bs = batch_size or n
+    starts = None
+    if random_start:
+        starts = unit_starts((n, restarts, *x.shape[1:]), norm, torch.Generator().manual_seed(seed))
+    out = []
+    for i in range(0, n, bs):
+        xb, yb = x[i:i + bs], y[i:i + bs]
+        adv = pgd_perturb(f, xb, yb, eps_list, alpha, steps, norm, restarts, random_start, low, high,
+                          seed, loss, starts=None if starts is None else starts[i:i + bs])
+        with torch.no_grad():
+            pred = f(adv.reshape(-1, *xb.shape[1:])).argmax(dim=-1).view(len(eps_list), restarts, -1)
+        out.append((pred == yb).all(dim=1))
+    if not out:
+        return torch.zeros(len(eps_list), 0, dtype=torch.bool)
+    return torch.cat(out, dim=1).cpu()
+
+
+@dataclass(frozen=True)
+class PGDParams:
+    """Parameters of the ``pgd`` probe (defaults: Humayun et al.; use ``steps=100`` for MNIST MLPs)."""
+
+    eps: tuple[float, ...] = (0.03, 0.06, 0.10, 0.13, 0.16, 0.20)
+    alpha: float = 0.0156
+    steps: int = 10
+    norm: str = "linf"
+    restarts: int = 1
+    random_start: bool = True
+    splits: tuple[str, ...] = ("test",)
+    n_points: int = 1024   # a seeded subset of each split (all of it if smaller)
+    seed: int = 0
+    loss: str = "ce"
+    batch_size: int = 0    # samples per attack batch (0: automatic, ~8k rows)
+
+
+class PGDProbe(Probe):
+    """PGD robust accuracy per radius. Outputs ``robust_acc(split, eps)``, ``correct(split, eps,
+    sample)`` (int8: 1 robust, 0 not, -1 padding where a split has fewer points) and ``n_samples(split)``."""
+
+    name = "pgd"
+    description = "robust accuracy under L-inf / L2 PGD attacks at several radii"
+    Params = PGDParams
+    outputs = {"robust_acc": ("split", "eps"), "correct": ("split", "eps", "sample"), "n_samples": ("split",)}
+    needs_grad = True
+
+    def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
+        import xarray as xr
+
+        from grokscope.datasets.base import seeded_subset
+
+        if params.norm not in NORMS:
+            raise ProbeError(f"pgd.norm must be one of {', '.join(NORMS)}, got {params.norm!r}")
+        if params.loss not in LOSSES:
+            raise ProbeError(f"pgd.loss must be one of {', '.join(LOSSES)}, got {params.loss!r}")
+        if not params.eps or any(float(e) < 0 for e in params.eps):
+            raise ProbeError(f"pgd.eps must be a non-empty list of radii >= 0, got {params.eps!r}")
+        splits = [str(s) for s in params.splits]
+        if not splits or any(s not in ("train", "test") for s in splits):
+            raise ProbeError(f"pgd.splits must be train and/or test, got {params.splits!r}")
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        was_training = model.training
+        model.eval()
+        results = []
+        try:
+            for split in splits:
+                x, y = data.split(split)
+                if len(x) > params.n_points:
+                    idx = seeded_subset(len(x), params.n_points, params.seed)
+                    x, y = x[idx], y[idx]
+                f, z = continuous_view(model, x.to(device), data.input_kind)
+                z = z.to(next((p.dtype for p in model.parameters() if p.is_floating_point()), z.dtype))
+                low = high = None
+                if data.input_kind != "tokens":
+                    low, high = data.box_low.to(device, z.dtype), data.box_high.to(device, z.dtype)
+                per_sample_rows = len(params.eps) * params.restarts
+                bs = params.batch_size or max(1, 8192 // per_sample_rows)
+                results.append(pgd_attack(f, z, y.to(device), params.eps, params.alpha, params.steps,
+                                          params.norm, params.restarts, params.random_start, low, high,
+                                          params.seed, params.loss, bs))
+        finally:
+            model.train(was_training)
+        n_samples = np.array([r.shape[1] for r in results], dtype=np.int64)
+        n_max = int(n_samples.max())
+        correct = np.full((len(splits), len(params.eps), n_max), -1, dtype=np.int8)
+        for s, r in enumerate(results):
+            correct[s, :, : r.shape[1]] = r.numpy()
+        with np.errstate(invalid="ignore"):
+            robust = np.array([r.double().mean(dim=1).numpy() if r.shape[1] else
+                               np.full(len(params.eps), np.nan) for r in results])
+        return xr.Dataset(
+            {"robust_acc": (("split", "eps"), robust),
+             "correct": (("split", "eps", "sample"), correct),
+             "n_samples": (("split",), n_samples)},
+            coords={"split": splits, "eps": [float(e) for e in params.eps], "sample": np.arange(n_max)})

@@ -1,0 +1,81 @@
+"""Test helpers: a "third-party" model (its own class, not from grokscope) and tiny run builders.
+
+Importable as ``tests.helpers`` from the repository root (so ``--model tests.helpers:tiny_net`` works
+for subprocesses started there with the root on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+DIGITS = {"name": "digits", "kwargs": {"n_train": 300, "n_test": 200}, "seed": 0}
+MLP = {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 1, "width": 12}}
+
+
+class TinyNet(nn.Module):
+    """A small classifier for 8x8 digits written the way a third party would: its own module names."""
+
+    def __init__(self, in_dim: int = 64, hidden: int = 16, n_classes: int = 10):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def tiny_net(in_dim: int = 64, hidden: int = 16, n_classes: int = 10) -> TinyNet:
+    """Factory of :class:`TinyNet` (``--model tests.helpers:tiny_net``)."""
+    return TinyNet(in_dim, hidden, n_classes)
+
+
+@functools.lru_cache(maxsize=4)
+def digits_data(n_train: int = 300, seed: int = 0):
+    """``load_dataset(DIGITS)`` (with another ``n_train``/``seed`` if asked), cached."""
+    from grokscope.datasets import load_dataset
+
+    return load_dataset({**DIGITS, "kwargs": {**DIGITS["kwargs"], "n_train": n_train}, "seed": seed})
+
+
+def digits_tensors(n_train: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split of ``DIGITS``."""
+    d = digits_data(n_train, seed)
+    return d.x_train, d.y_train
+
+
+def sgd_snapshots(model: nn.Module, steps: list[int], lr: float = 0.5, seed: int = 0
+                  ) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """Full-batch SGD on the digits training split; ``[(step, state_dict copy)]`` at each of ``steps``."""
+    torch.manual_seed(seed)
+    x, y = digits_tensors()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    out, t = [], 0
+    for s in sorted(steps):
+        while t < s:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            t += 1
+        out.append((s, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    return out
+
+
+def make_run(run_dir: Path, steps: list[int], seed: int = 0, model: dict[str, Any] | None = None,
+             dataset: dict[str, Any] | None = None) -> Path:
+    """A grokscope run folder: run.json + ``checkpoints/step-*.safetensors`` of a tiny MLP trained
+    with full-batch SGD on digits (the trainer is not needed)."""
+    from grokscope import runs
+    from grokscope.models import build_model
+
+    spec = model or MLP
+    torch.manual_seed(seed)
+    net = build_model(spec)
+    runs.write_run_json(run_dir, spec, dataset or DIGITS, {"loss": "ce"})
+    for step, sd in sgd_snapshots(net, steps, seed=seed):
+        runs.save_checkpoint(runs.checkpoint_path(run_dir, step), sd, step)
+    return Path(run_dir)
