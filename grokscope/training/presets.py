@@ -105,8 +105,9 @@ def apply_overrides(base: dict[str, Any], where: str = "config", **overrides: An
     """A :class:`TrainConfig` from the fields ``base`` with ``overrides`` applied.
 
     Overrides are TrainConfig fields (``steps=500``, ``lr=3e-3``, ``model={...}``) plus merges:
-    ``model_kwargs={...}`` / ``dataset_kwargs={...}`` update the kwargs key by key; ``model_arch=`` /
-    ``dataset_name=`` switch the model / dataset (dropping the old one's kwargs when the name changes);
+    ``model_kwargs={...}`` / ``dataset_kwargs={...}`` update the kwargs key by key; ``model_arch=`` (a
+    built-in name or ``pkg.module:factory``) / ``dataset_name=`` switch the model / dataset (dropping
+    the old one's kwargs when the name changes);
     ``dataset_seed=`` sets the split seed. Unknown names raise :class:`TrainConfigError`.
     """
     d = copy.deepcopy(base)
@@ -116,8 +117,9 @@ def apply_overrides(base: dict[str, Any], where: str = "config", **overrides: An
         raise TrainConfigError(f"unknown override(s) {', '.join(unknown)} for {where}; valid: "
                                f"{', '.join(TrainConfig.field_names() + list(_MERGES))}")
     d.update(copy.deepcopy(overrides))
-    if merges.get("model_arch") and merges["model_arch"] != d["model"].get("arch"):
-        d["model"] = {"arch": merges["model_arch"], "kwargs": {}}
+    name = merges.get("model_arch")
+    if name and name not in (d["model"].get("arch"), d["model"].get("factory")):
+        d["model"] = {("factory" if ":" in name else "arch"): name, "kwargs": {}}
     if merges.get("dataset_name") and merges["dataset_name"] != d["dataset"].get("name"):
         d["dataset"] = {"name": merges["dataset_name"], "kwargs": {}, "seed": d["dataset"].get("seed", 0)}
     if merges.get("dataset_seed") is not None:

@@ -158,10 +158,10 @@ class _Progress:
             return
         self.last = now
         rate = (step - self.s0) / max(now - self.t0, 1e-9)
-        eta = (self.steps - step) / rate if rate > 0 else float("nan")
+        eta = f"{(self.steps - step) / rate:5.0f}s" if rate > 0 else "    ?"
         sys.stderr.write(f"step {step:>{len(str(self.steps))}}/{self.steps}  {rate:7.1f} steps/s  "
                          f"train acc {100 * rec['train_acc']:5.1f}%  test acc {100 * rec['test_acc']:5.1f}%  "
-                         f"train loss {rec['train_loss']:.3g}  eta {eta:5.0f}s\n")
+                         f"train loss {rec['train_loss']:.3g}  eta {eta}\n")
         sys.stderr.flush()
 
 
@@ -315,6 +315,9 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
         state = _load_state(run_dir) if resume else None
         if state is not None:
             start = int(state["step"])
+            log = runs.read_log(run_dir)
+            if start == config.steps and log and log[-1].get("step") == start:
+                return run_dir  # finished: nothing to redo
             _load_weights(model, runs.checkpoint_path(run_dir, start), start)
             opt.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
