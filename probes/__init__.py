@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from importlib.metadata import entry_points
 
 from .base import Probe, ProbeContext, ProbeError, params_attrs, parse_value
@@ -23,6 +24,7 @@ BUILTIN = {
 }
 
 ENTRY_POINT_GROUP = "grokscope.probes"
+ENV_VAR = "GROKSCOPE_PROBES"
 
 __all__ = ["Probe", "ProbeContext", "ProbeError", "available_probes", "get_probe", "params_attrs",
            "parse_value"]
@@ -34,7 +36,10 @@ def _load(path: str) -> type[Probe]:
 
 
 def available_probes() -> dict[str, str]:
-    """``{name: "module:Class"}`` of every probe that can be loaded: built-ins and entry points.
+    """``{name: "module:Class"}`` of every probe that can be loaded: built-ins, entry points, and
+    probes named in the environment variable ``GROKSCOPE_PROBES`` (``name=pkg.module:Class``,
+    comma-separated; for probes under development, without packaging; worker processes started
+    by the engine inherit it).
 
     Built-in modules that do not exist yet are left out.
     """
@@ -44,6 +49,10 @@ def available_probes() -> dict[str, str]:
             found[name] = path
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(ep.name, ep.value)
+    for item in os.environ.get(ENV_VAR, "").replace(";", ",").split(","):
+        name, eq, path = item.strip().partition("=")
+        if eq and name.strip() and ":" in path:
+            found.setdefault(name.strip(), path.strip())
     return found
 
 

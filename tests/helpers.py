@@ -79,3 +79,66 @@ def make_run(run_dir: Path, steps: list[int], seed: int = 0, model: dict[str, An
     for step, sd in sgd_snapshots(net, steps, seed=seed):
         runs.save_checkpoint(runs.checkpoint_path(run_dir, step), sd, step)
     return Path(run_dir)
+
+
+# -- probes used by the engine tests (registered through GROKSCOPE_PROBES) ------------------------
+
+from dataclasses import dataclass as _dataclass  # noqa: E402
+
+from grokscope.probes import Probe, ProbeContext  # noqa: E402
+
+
+@_dataclass(frozen=True)
+class DeltaParams:
+    scale: float = 1.0
+
+
+class DeltaProbe(Probe):
+    """‖θ_step − θ_previous‖₂ over the state dict (NaN at the first checkpoint): uses load_previous."""
+
+    name = "delta"
+    description = "distance to the previous checkpoint"
+    Params = DeltaParams
+    outputs = {"delta": ()}
+    needs_data = False
+    needs_previous = True
+
+    def compute(self, model, data, params: DeltaParams, ctx: ProbeContext):
+        import numpy as np
+        import xarray as xr
+
+        prev = ctx.load_previous()
+        if prev is None:
+            value = float("nan")
+        else:
+            sd = model.state_dict()
+            value = float(sum(((sd[k].double() - prev[k].double()) ** 2).sum() for k in sd) ** 0.5)
+        return xr.Dataset({"delta": ((), np.float64(params.scale * value)),
+                           "previous_step": ((), np.int64(-1 if ctx.previous_step is None else ctx.previous_step))})
+
+
+@_dataclass(frozen=True)
+class CrashParams:
+    step: int = 2
+
+
+class CrashProbe(Probe):
+    """Ends its worker process (``os._exit``) at ``params.step``: a worker death, not an exception."""
+
+    name = "crash"
+    description = "kills the worker process at one step"
+    Params = CrashParams
+    outputs = {"value": ()}
+    needs_data = False
+
+    def compute(self, model, data, params: CrashParams, ctx: ProbeContext):
+        import os
+
+        import xarray as xr
+
+        if ctx.step == params.step:
+            os._exit(13)
+        return xr.Dataset({"value": ((), float(ctx.step))})
+
+
+TEST_PROBES = "delta=tests.helpers:DeltaProbe,crash=tests.helpers:CrashProbe"

@@ -123,7 +123,7 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     """
     from grokscope import runs as runfmt
 
-    from .discovery import checkpoints_in, find_runs
+    from .discovery import DiscoveryError, checkpoints_in, find_runs
     from .loading import CheckpointError, load_into, read_state_dict
 
     if model is None or dataset is None:
@@ -136,9 +136,13 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     ck_dir = path / runfmt.CHECKPOINT_DIR if (path / runfmt.CHECKPOINT_DIR).is_dir() else path
     ckpts, problems = checkpoints_in(ck_dir, path)
     if not ckpts:
-        runs = find_runs(path) if not problems else []
-        where = f" (runs found below: {', '.join(r.rel for r in runs)})" if runs else ""
-        raise click.ClickException(f"{path}: no checkpoints with a step here{where}")
+        try:
+            below = [r.rel for r in find_runs(path) if r.path != path]
+        except DiscoveryError:
+            below = []
+        where = f" (runs below it: {', '.join(below)}; init each of them)" if below else ""
+        why = f"; {problems[0].path}: {problems[0].reason}" if problems else ""
+        raise click.ClickException(f"{path}: no checkpoints with a step here{where}{why}")
     from grokscope.models import ModelError, build_model
 
     try:
@@ -275,9 +279,10 @@ class _Bar:
               help="A probe parameter, e.g. --param lc.radius=0.01 (repeatable).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="The Zarr store (default: PATH/probes.zarr).")
-@click.option("--scheduler", default=None, metavar="ADDRESS|sync|local",
+@click.option("--scheduler", default=None, metavar="ADDRESS|sync|local", envvar="GROKSCOPE_SCHEDULER",
               help="A Dask scheduler address (tcp://host:8786), 'sync' to run in this process, or "
-                   "'local' (default) for an in-process cluster of worker processes.")
+                   "'local' (default) for an in-process cluster of worker processes. "
+                   "Env: GROKSCOPE_SCHEDULER.")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Worker processes of the local cluster (default: one per core; per GPU with --device cuda).")
 @click.option("--threads", type=click.IntRange(1), default=None,

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -33,13 +32,10 @@ from typing import Any, Callable, Iterator
 
 import grokscope
 
-from .discovery import Checkpoint, Problem, Run, find_runs
+from .discovery import Checkpoint, Run, find_runs
 from .jobs import Outcome, ProbeRequest, Task, run_task
 from .lock import StoreLock
 from .store import GroupInfo, ProbeStore, StoreError, normalise
-
-log = logging.getLogger("grokscope.engine")
-
 
 class EngineError(RuntimeError):
     """The probe run cannot start (no runs, no model spec, no GPU workers, ...)."""
@@ -168,6 +164,9 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
             continue
         ready.append((run, spec))
         stored = store.run_attrs(run.name) or {}
+        if stored.get("path") and stored["path"] != str(run.path.resolve()):
+            warnings.append(f"{run.name}: the store's results came from {stored['path']}, this run is "
+                            f"{run.path.resolve()} (same group name; pass another --out if they differ)")
         want = normalise({"model": spec.get("model"), "dataset": spec.get("dataset")})
         if stored.get("model") is not None:
             d = _diff({"model": stored.get("model"), "dataset": stored.get("dataset")}, want)
@@ -322,8 +321,9 @@ def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
         desc = f"local cluster, {len(gpus)} GPU worker(s)"
     else:
         n = cfg.workers or cores
+        # dashboard ":0": the scheduler's HTTP server on a free port (8787 may be taken)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.CRITICAL)
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
         threads = cfg.threads or max(1, cores // n)
         desc = f"local cluster, {n} worker process(es) x {threads} torch thread(s)"
     client = Client(cluster)
@@ -343,7 +343,7 @@ def _gpu_cluster(gpus: list[str]):
                                                       "env": {"CUDA_VISIBLE_DEVICES": g}}}
                for g in gpus}
     return SpecCluster(workers=workers, scheduler={"cls": Scheduler,
-                                                   "options": {"dashboard_address": None}},
+                                                   "options": {"dashboard_address": ":0"}},
                        silence_logs=logging.CRITICAL)
 
 
@@ -424,7 +424,14 @@ def probe_runs(path: Path, cfg: EngineConfig,
     """
     t0 = time.perf_counter()
     runs = find_runs(Path(path))
+    if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
+        raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi "
+                          "-L); use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
     out = Path(cfg.out)
+    if out.is_dir() and not (out / "zarr.json").exists() and any(
+            p.name != ".grokscope.lock" for p in out.iterdir()):
+        raise EngineError(f"{out}: exists and is not a Zarr store; refusing to write into it "
+                          "(choose a new or existing store with --out)")
     summary = Summary(store=out)
     lock = StoreLock(out)
     lock.acquire()

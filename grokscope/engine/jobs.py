@@ -1,7 +1,7 @@
 """The worker side of the engine: a task probes one checkpoint with one or more probes.
 
 A *job* is (run, checkpoint, probe): it is the unit of results, ``done`` flags, failures and
-progress. The engine sends one Dask task per (run, checkpoint) carrying every probe still to do for
+progress. Each probe gets the model in eval mode with the checkpoint's weights freshly loaded. The engine sends one Dask task per (run, checkpoint) carrying every probe still to do for
 that checkpoint, so each checkpoint is read once. :func:`run_task` never raises: a file that cannot
 be read, a model that does not fit, or a probe that fails becomes an :class:`Outcome` with the error.
 
@@ -16,7 +16,7 @@ import json
 import time
 import traceback
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .discovery import Checkpoint
@@ -60,7 +60,6 @@ class Outcome:
     error: str = ""
     checkpoint_hash: str = ""
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -213,6 +212,7 @@ def run_task(task: Task) -> list[Outcome]:
                 if not first:  # a probe must not see what an earlier probe did to the weights
                     load_into(model, sd, ck.path)
                 first = False
+                model.eval()  # probes get the model in eval mode
                 cls = classes[req.name]
                 result = cls().compute(model, data, req.params, ctx)
                 out.result = check_result(result, cls)

@@ -309,6 +309,7 @@ class ProbeStore:
             return info
         ds, enc = self._data_template(first[new], len(info.steps))
         ds = ds.drop_vars([c for c in ds.coords if c in info.coords or c == "step"])
+        ds.attrs = dict(info.attrs)  # mode="a" rewrites the group's attributes with these
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds.to_zarr(str(self.path), group=f"{info.run}/{info.probe}", mode="a", zarr_format=3,

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import xarray as xr
 
@@ -127,6 +126,10 @@ def test_external_dask_cluster_gives_the_same_store(sweep):
         assert summary["scheduler"] == f"{address} (2 worker(s))"
         assert summary["completed"] == len(RUNS) * N_STEPS
         assert_same_store(store, sweep / "ref.zarr")
+        # GPU jobs need workers that advertise the GPU resource: refused with the recipe
+        r = _grokscope("probe", sweep / "runs", "-o", sweep / "gpu.zarr", "--scheduler", address,
+                       "--device", "cuda")
+        assert r.exit_code == 1 and "offers the GPU resource" in r.output and "--resources GPU=1" in r.output
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -138,3 +141,45 @@ def test_external_dask_cluster_gives_the_same_store(sweep):
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     shutil.rmtree(store, ignore_errors=True)
+
+
+def test_a_worker_that_dies_is_recorded_and_the_rest_completes(tmp_path):
+    """A probe that ends its worker process at step 2: that job (and the other probe of the same
+    checkpoint, computed in the same task) is recorded as a worker death; every other job completes."""
+    from tests.helpers import TEST_PROBES
+
+    run = make_run(tmp_path / "r", [0, 1, 2, 3])
+    env = subprocess_env()
+    env.update(GROKSCOPE_PROBES=TEST_PROBES, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="1",
+               DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION="1.0")
+    r = subprocess.run([str(BIN / "grokscope"), "probe", str(run), "-m", "crash,acc", "--workers", "1",
+                        "--json", "-q"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    summary = json.loads(r.stdout)
+    failed = {(f["step"], f["probe"]): f["reason"] for f in summary["failures"]}
+    assert set(failed) == {(2, "crash"), (2, "acc")}
+    assert all("worker process died" in why and "KilledWorker" in why for why in failed.values())
+    assert summary["completed"] == 6
+    ds = load_group(run / "probes.zarr", "r", "crash")
+    assert list(ds.done.values) == [True, True, False, True] and list(ds.value.values[[0, 1, 3]]) == [0, 1, 3]
+    assert "worker process died" in str(ds.error.values[2])
+    assert "step 2 [crash]" in r.stderr and "worker process died" in r.stderr
+
+
+def _visible_devices() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+
+
+def test_gpu_workers_get_their_own_device_and_the_gpu_resource():
+    """The local GPU cluster's wiring, checked without a GPU: one worker per listed device, each
+    seeing only its own CUDA_VISIBLE_DEVICES and advertising GPU=1 (jobs ask for it)."""
+    from distributed import Client
+
+    from grokscope.engine.driver import _forkserver, _gpu_cluster
+
+    with _forkserver(), _gpu_cluster(["3", "5"]) as cluster, Client(cluster) as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert sorted(w["resources"]["GPU"] for w in workers) == [1, 1]
+        futures = [client.submit(_visible_devices, resources={"GPU": 1}, pure=False) for _ in range(4)]
+        assert set(client.gather(futures)) <= {"3", "5"}
+        assert set(client.run(_visible_devices).values()) == {"3", "5"}

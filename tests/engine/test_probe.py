@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 import xarray as xr
 from safetensors.torch import load_file, save_file
@@ -204,6 +203,12 @@ def test_metrics_and_params_are_validated(tmp_path, cli):
     assert r.exit_code == 2 and "has no parameter 'nope'" in r.output
     r = cli("probe", run, "-m", "acc", "--param", "acc.batch_size=x")
     assert r.exit_code == 2 and "bad value for acc.batch_size" in r.output
+    r = cli("probe", run, "--model", "mlp")
+    assert r.exit_code == 2 and "need both --model and --dataset" in r.output
+    r = cli("probe", run, "--model", "mlp", "--dataset", "digits", "--model-kwargs", "[1]")
+    assert r.exit_code == 2 and "--model-kwargs must be a JSON object" in r.output
+    r = cli("probe", run, "-o", run)
+    assert r.exit_code == 1 and "is not a Zarr store; refusing to write into it" in r.output
     r = cli("probe", run, "-m", "acc", "--metric", "acc", "--dry-run")
     assert r.exit_code == 0 and "1 job(s) over 1 run(s) would be computed" in r.stderr
 
@@ -232,3 +237,29 @@ def test_store_matches_the_trainers_log(tmp_path, cli):
         rec = log[int(step)]
         np.testing.assert_allclose(ds.loss.values[i], [rec["train_loss"], rec["test_loss"]], rtol=1e-6)
         np.testing.assert_allclose(ds.accuracy.values[i], [rec["train_acc"], rec["test_acc"]], atol=1e-12)
+
+
+def test_a_probe_that_needs_the_previous_checkpoint(tmp_path, cli, monkeypatch):
+    from tests.helpers import TEST_PROBES
+
+    monkeypatch.setenv("GROKSCOPE_PROBES", TEST_PROBES)
+    run = make_run(tmp_path / "r", [0, 2, 5])
+    r = cli("probe", run, "--scheduler", "sync", "-m", "delta,acc", "--param", "delta.scale=2")
+    assert r.exit_code == 0, r.output
+    ds = load_group(run / "probes.zarr", "r", "delta")
+    assert list(ds.previous_step.values) == [-1, 0, 2]
+    assert np.isnan(ds.delta.values[0])
+    sds = [load_file(str(runs.checkpoint_path(run, s))) for s in (0, 2, 5)]
+    for i in (1, 2):
+        ref = sum(((sds[i][k].double() - sds[i - 1][k].double()) ** 2).sum() for k in sds[i]) ** 0.5
+        np.testing.assert_allclose(ds.delta.values[i], 2 * float(ref), rtol=1e-9)
+    assert ds.attrs["params"] == {"scale": 2.0}
+    assert load_group(run / "probes.zarr", "r", "acc").done.all()
+
+
+def test_cuda_without_gpus_is_refused_before_any_work(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    run = make_run(tmp_path / "r", [0])
+    r = cli("probe", run, "--device", "cuda", "-o", tmp_path / "s.zarr")
+    assert r.exit_code == 1 and "--device cuda: this host shows no GPU" in r.output
+    assert not (tmp_path / "s.zarr").exists()

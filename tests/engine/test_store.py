@@ -67,6 +67,18 @@ def test_template_fills_writes_and_growth(tmp_path):
     assert again.data_vars == {"density", "count", "flag", "label"}
 
 
+def test_variables_added_after_a_failed_first_job(tmp_path):
+    store = ProbeStore(tmp_path / "s.zarr")
+    info = store.create_group("r", "p", [0, 1, 2], {"probe": "p"})  # the first outcome was an error
+    store.write(info, [(0, Outcome(run="r", step=0, probe="p", label="x", error="unreadable"))])
+    info = store.add_data_vars(info, _result(1))
+    store.write(info, [(1, _ok(1)), (2, _ok(2))])
+    ds = load_group(tmp_path / "s.zarr", "r", "p")
+    assert list(ds.done.values) == [False, True, True] and list(ds.error.values) == ["unreadable", "", ""]
+    assert np.isnan(ds.density.values[0]).all() and float(ds.density[2, 0, 0]) == 2.5
+    assert list(ds.layer.values) == ["l0", "l1", "l2"] and ds.attrs["probe"] == "p"
+
+
 def test_drift_is_detected(tmp_path):
     store = ProbeStore(tmp_path / "s.zarr")
     info = store.create_group("r", "p", [0, 1], {}, _result(0))
