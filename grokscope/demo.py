@@ -9,6 +9,8 @@ import click
 
 TRAIN_THRESHOLD = 0.99
 TEST_THRESHOLD = 0.95
+# Cheap enough for every checkpoint of the default run (norm's tangent-space solve is not: ~5 s each).
+DEMO_PROBES = ("acc", "lc", "align", "fourier")
 
 
 def first_step(records: list[dict[str, Any]], key: str, threshold: float) -> int | None:
@@ -64,11 +66,16 @@ def describe(summary: dict[str, Any]) -> list[str]:
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch threads for training (the default model is small: one thread is nearly as "
                    "fast as two on an idle machine and far faster on a busy one).")
+@click.option("--metrics", default=",".join(DEMO_PROBES), show_default=True,
+              help="Probes to run on the checkpoints after training ('' to skip probing and plots).")
+@click.option("--scheduler", default=None, help="Dask scheduler for probing (default: a local cluster).")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
-def demo(directory: Path, steps: int | None, threads: int, quiet: bool) -> None:
-    """Train the default preset into DIRECTORY (default runs/demo) and summarise what it shows.
+def demo(directory: Path, steps: int | None, threads: int, metrics: str, scheduler: str | None,
+         quiet: bool) -> None:
+    """Train the default preset into DIRECTORY (default runs/demo), probe every checkpoint, plot the
+    probes over steps and summarise what the run shows.
 
-    Re-running continues (or simply re-reads) an existing demo run.
+    Re-running continues (or simply re-reads) an existing demo run and store.
     """
     from grokscope import runs
     from grokscope.training.cli import run
@@ -81,3 +88,35 @@ def demo(directory: Path, steps: int | None, threads: int, quiet: bool) -> None:
     click.echo(f"checkpoints: {len(runs.list_checkpoints(directory))} in {directory / runs.CHECKPOINT_DIR}")
     for line in describe(summarise_log(runs.read_log(directory))):
         click.echo(line)
+    names = [m for m in metrics.split(",") if m.strip()]
+    if names:
+        probe_and_plot(directory, names, scheduler, quiet)
+
+
+def probe_and_plot(run_dir: Path, names: list[str], scheduler: str | None = None, quiet: bool = False) -> None:
+    """Probe every checkpoint of ``run_dir`` with ``names`` into ``run_dir/probes.zarr``, write
+    ``run_dir/plots/*.png`` and print the onsets read off the store."""
+    import xarray as xr
+
+    from grokscope.analysis import run_onsets
+    from grokscope.engine.cli import report_summary, run_with_progress
+    from grokscope.engine.driver import EngineConfig
+    from grokscope.engine.jobs import ProbeRequest
+    from grokscope.plots import iter_runs, plot_run
+    from grokscope.probes import get_probe
+    from grokscope.report import format_onsets
+
+    store = run_dir / "probes.zarr"
+    cfg = EngineConfig(probes=[ProbeRequest(n, get_probe(n).make_params()) for n in names], out=store,
+                       scheduler=scheduler)
+    summary = run_with_progress(run_dir, cfg, quiet=quiet)
+    report_summary(summary)
+    tree = xr.open_datatree(store, engine="zarr", consolidated=False)
+    for path, node in iter_runs(tree):
+        png = plot_run(node, f"{path} ({', '.join(names)})", run_dir / "plots" / "demo.png")
+        click.echo(f"probe store: {store}   figure: {png}")
+        for line in format_onsets(run_onsets(node)):
+            click.echo(line)
+    if not summary.ok:
+        raise click.ClickException(f"{len(summary.failures)} probe job(s) failed (listed above)")
+

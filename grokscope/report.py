@@ -48,5 +48,10 @@ def report(store: Path, mem_threshold: float, grok_threshold: float, robust_thre
         return
     for path, onsets in result.items():
         click.echo(path)
-        for k, v in onsets.items():
-            click.echo(f"  {k:16s} {_fmt(v)}")
+        for line in format_onsets(onsets):
+            click.echo(line)
+
+
+def format_onsets(onsets: dict) -> list[str]:
+    """One indented line per onset/phase value (NaN shown as —)."""
+    return [f"  {k:16s} {_fmt(v)}" for k, v in onsets.items()]

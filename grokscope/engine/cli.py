@@ -311,11 +311,8 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     """
     from grokscope.probes import ProbeError, get_probe
 
-    from .discovery import DiscoveryError
-    from .driver import EngineConfig, EngineError, probe_runs
+    from .driver import EngineConfig
     from .jobs import ProbeRequest
-    from .lock import StoreLocked
-    from .store import StoreError
 
     names: list[str] = []
     for group in metrics or (["acc"],):
@@ -333,19 +330,32 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     cfg = EngineConfig(probes=requests, out=out or path / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
                        flush_interval=flush_interval, dry_run=dry_run)
-    bar = _Bar(quiet or as_json)
-    try:
-        summary = probe_runs(path, cfg, progress=bar.update, start=bar.start)
-    except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
-        raise click.ClickException(str(e)) from e
-    finally:
-        bar.close()
-    _report(summary, as_json, dry_run)
+    summary = run_with_progress(path, cfg, quiet=quiet or as_json)
+    report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)
 
 
-def _report(s: Any, as_json: bool, dry_run: bool) -> None:
+def run_with_progress(path: Path, cfg: Any, quiet: bool = False) -> Any:
+    """``probe_runs(path, cfg)`` with the progress bar on stderr; refusals become ClickExceptions.
+
+    Returns the engine's ``Summary`` (also used by ``grokscope demo``).
+    """
+    from .discovery import DiscoveryError
+    from .driver import EngineError, probe_runs
+    from .lock import StoreLocked
+    from .store import StoreError
+
+    bar = _Bar(quiet)
+    try:
+        return probe_runs(path, cfg, progress=bar.update, start=bar.start)
+    except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        bar.close()
+
+
+def report_summary(s: Any, as_json: bool = False, dry_run: bool = False) -> None:
     if as_json:
         click.echo(json.dumps({
             "store": str(s.store), "runs": s.runs, "jobs": s.jobs, "skipped": s.skipped,

@@ -243,7 +243,10 @@ class ProbeStore:
              "error": (("step",), np.full(n, "", dtype=object)),
              "checkpoint_hash": (("step",), np.full(n, "", dtype=object))},
             coords={"step": np.asarray(steps, dtype=np.int64)},
-            attrs=normalise({**attrs, "missing": MISSING_DOC}))
+            # the probe's own dataset attributes (notes, units) from its first result; the
+            # engine's attributes win on a name clash
+            attrs=normalise({**(dict(first.attrs) if first is not None else {}), **attrs,
+                             "missing": MISSING_DOC}))
         enc = {v: {"chunks": (1,), "shards": (s,)} for v in ENGINE_VARS}
         enc["step"] = {"chunks": (s,)}
         if first is not None:
