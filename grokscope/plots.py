@@ -20,6 +20,8 @@ HEADLINE = {
     "norm": ["weight_sq_total", "weight_sq", "dist_zero_loss", "update_cos", "wd_tangent_frac"],
 }
 MAX_LINES = 12
+# bookkeeping variables that are constant or not a measure
+SKIP = {"done", "neurons", "n_samples", "n_found"}
 
 
 def _plottable(da) -> bool:
@@ -29,11 +31,11 @@ def _plottable(da) -> bool:
     return int(np.prod([da.sizes[d] for d in others])) <= MAX_LINES if others else True
 
 
-def panels_for(probe: str, ds, max_panels: int = 4) -> list[str]:
+def panels_for(probe: str, ds, max_panels: int = 3) -> list[str]:
     """Names of the variables of ``ds`` (a probe group) to draw, headline ones first."""
     names = [v for v in HEADLINE.get(probe, []) if v in ds and _plottable(ds[v])]
     for v in ds.data_vars:
-        if v not in names and v not in ("done",) and _plottable(ds[v]):
+        if v not in names and v not in SKIP and _plottable(ds[v]):
             names.append(v)
     return names[:max_panels]
 
@@ -47,7 +49,9 @@ def plot_run(tree: Any, title: str, out: Path, probes: list[str] | None = None) 
 
     from grokscope.analysis import _done
 
-    groups = [p for p in tree.children if probes is None or p in probes]
+    order = list(HEADLINE) if probes is None else probes
+    groups = sorted((p for p in tree.children if probes is None or p in probes),
+                    key=lambda p: order.index(p) if p in order else len(order))
     panels = []
     for probe in groups:
         ds = _done(tree[probe].to_dataset())
