@@ -63,14 +63,18 @@ def lc_ci(lc, split: str, radius_index: int = 0) -> tuple[np.ndarray, np.ndarray
     total = raw.sum(axis=-1)
     total = np.where((raw >= 0).all(axis=-1), total, np.nan)  # padding (-1) / missing cells
     n = np.sum(~np.isnan(total), axis=1)
-    mean = np.nanmean(total, axis=1)
-    sd = np.nanstd(total, axis=1, ddof=1)
-    return mean, 2.576 * sd / np.sqrt(np.maximum(n, 1))
+    filled = np.where(np.isnan(total), 0.0, total)
+    mean = np.where(n > 0, filled.sum(axis=1) / np.maximum(n, 1), np.nan)
+    var = ((filled - mean[:, None]) ** 2 * ~np.isnan(total)).sum(axis=1) / np.maximum(n - 1, 1)
+    return mean, np.where(n > 1, 2.576 * np.sqrt(var / np.maximum(n, 1)), np.nan)
 
 
 def summarise(acc, lc, pgd, eps_mark: float, radius_index: int = 0) -> dict[str, float]:
-    """The numbers quoted in docs/lc_pgd.md: LC phases per split, onsets of accuracy and robustness."""
-    from grokscope.analysis import first_crossing, lc_phases
+    """The numbers quoted in docs/lc_pgd.md: LC phases per split (``grokscope.analysis.lc_phases``),
+    when accuracy settles, and robust accuracy at ``eps_mark``: its trough after test accuracy has
+    settled, its final level and the step where the (5-checkpoint running median) curve has made half
+    of the rise from the trough to the final level."""
+    from grokscope.analysis import first_crossing, lc_phases, smooth_log_time
 
     out: dict[str, float] = {}
     steps = lc["step"].values
@@ -89,16 +93,23 @@ def summarise(acc, lc, pgd, eps_mark: float, radius_index: int = 0) -> dict[str,
     out["test_acc_final"] = final_test
     out["t_test_95pct_of_final"] = first_crossing(a_steps, test_acc, 0.95 * final_test)
     out["t_test_99pct_of_final"] = first_crossing(a_steps, test_acc, 0.99 * final_test)
+    out["test_acc_max"] = float(np.nanmax(test_acc))
     r = pgd["robust_acc"].sel(split="test", eps=eps_mark, method="nearest").values
     p_steps = pgd["step"].values
-    out["robust_final"] = float(r[-1])
-    out["robust_at_t_test"] = float(np.interp(out["t_test_99pct_of_final"], p_steps, r)) \
-        if not math.isnan(out["t_test_99pct_of_final"]) else math.nan
-    out["robust_max"] = float(np.nanmax(r))
-    lo = out["robust_at_t_test"]
-    half = lo + 0.5 * (np.nanmax(r) - lo) if not math.isnan(lo) else math.nan
-    later = p_steps >= out["t_test_99pct_of_final"]
-    out["t_robust_half_rise"] = first_crossing(p_steps[later], r[later], half) if later.any() else math.nan
+    rs = smooth_log_time(r)  # running median over 5 checkpoints: robust accuracy is noisy step to step
+    settled = p_steps >= out["t_test_99pct_of_final"]
+    out["robust_final_smoothed"] = float(rs[-1])
+    out["robust_max_before_settle"] = float(np.nanmax(r[~settled])) if (~settled).any() else math.nan
+    if settled.any():
+        i_trough = int(np.flatnonzero(settled)[np.nanargmin(rs[settled])])
+        out["robust_trough_smoothed"] = float(rs[i_trough])
+        out["t_robust_trough"] = float(p_steps[i_trough])
+        half = rs[i_trough] + 0.5 * (rs[-1] - rs[i_trough])
+        after = p_steps > p_steps[i_trough]
+        out["t_robust_half_rise"] = first_crossing(p_steps[after], rs[after], half)
+    return out
+
+
     return out
 
 
@@ -128,8 +139,8 @@ def plot(acc, lc, pgd, out_dir: Path, eps_mark: float, radius_index: int = 0, ti
             for a in axes:
                 a.axvline(ph[key] + 1, color="gray", ls=style, lw=1)
     ax.set_ylabel("LC (intersecting neurons, all layers)")
-    ax.set_title(title or f"local complexity, r={r:g}, P={p.get('n_dirs', '?')} "
-                 f"(dotted: end of first descent, dashed: LC(train) peak)")
+    ax.set_title(title or f"local complexity, r={r:g}, P={p.get('n_dirs', '?')}, mean ± 99 % CI\n"
+                 "dotted: end of first descent, dashed: peak of LC(train)", fontsize=10)
     ax.legend(title="points", fontsize=8)
     ax = axes[1]
     tr = lc["lc_mean"].isel(radius=radius_index).sel(split="train")
