@@ -134,8 +134,10 @@ def test_summarise_log() -> None:
 
 def test_demo_trains_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    res = invoke("demo", str(out), "--steps", "150", "--quiet")
+    res = invoke("demo", str(out), "--steps", "150", "--quiet", "--metrics", "acc", "--scheduler", "sync")
     assert res.exit_code == 0, res.output
+    assert (out / "plots" / "demo.png").stat().st_size > 5000
+    assert f"t_mem            {summarise_log(runs.read_log(out))['t_train99']}" in res.stdout
     assert f"checkpoints: {len(runs.list_checkpoints(out))} in {out / 'checkpoints'}" in res.stdout
     summary = summarise_log(runs.read_log(out))
     assert summary["steps"] == 150
@@ -143,7 +145,7 @@ def test_demo_trains_and_reports(tmp_path: Path) -> None:
     assert f"train acc first >= 99 % at step {summary['t_train99']}" in res.stdout
     assert "test acc never reached 95 %" in res.stdout
     assert json.loads((out / "run.json").read_text())["train"]["steps"] == 150
-    again = invoke("demo", str(out), "--steps", "150", "--quiet")  # re-running reuses the finished run
+    again = invoke("demo", str(out), "--steps", "150", "--quiet", "--metrics", "acc", "--scheduler", "sync")  # re-running reuses the finished run
     assert again.exit_code == 0 and again.stdout == res.stdout
 
 
