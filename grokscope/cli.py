@@ -4,6 +4,8 @@ when used, so ``grokscope --help`` stays fast (no torch/dask import)."""
 from __future__ import annotations
 
 import importlib
+import json
+from typing import Any
 
 import click
 
@@ -18,6 +20,22 @@ COMMANDS = {
     "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
     "report": ("grokscope.report:report", "Onsets and phases computed from a probe store."),
 }
+
+
+def json_object(text: str | None, what: str) -> dict[str, Any] | None:
+    """Parse an option's JSON object (``--model-kwargs '{"width": 64}'``); None stays None.
+
+    Raises ``click.BadParameter`` naming ``what`` for invalid JSON or a non-object.
+    """
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise click.BadParameter(f"{what} is not valid JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter(f"{what} must be a JSON object like '{{\"width\": 64}}', got {text!r}")
+    return value
 
 
 class LazyGroup(click.Group):

@@ -45,15 +45,9 @@ PROBE_NAMES = ProbeNames()
 
 
 def _json_option(text: str | None, what: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise click.BadParameter(f"{what} must be a JSON object: {e}") from e
-    if not isinstance(value, dict):
-        raise click.BadParameter(f"{what} must be a JSON object, got {text!r}")
-    return value
+    from grokscope.cli import json_object
+
+    return json_object(text or None, what) or {}
 
 
 def model_spec_from(model: str, kwargs: str | None) -> dict[str, Any]:

@@ -47,19 +47,21 @@ def resolve_factory(path: str):
     return obj
 
 
+def factory_for(spec: dict[str, Any]):
+    """``(callable, label)`` of a model spec: its ``factory`` import path or its built-in ``arch``."""
+    if spec.get("factory"):
+        return resolve_factory(spec["factory"]), spec["factory"]
+    arch = spec.get("arch")
+    if arch not in MODELS:
+        raise ModelError(f"unknown model {arch!r}; valid names: {', '.join(sorted(MODELS))} "
+                         "(or a factory 'pkg.module:function')")
+    return resolve_factory(MODELS[arch]), arch
+
+
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build an ``nn.Module`` from a run's model spec (``{"arch"|"factory", "kwargs"}``)."""
     kwargs = dict(spec.get("kwargs") or {})
-    if "factory" in spec and spec["factory"]:
-        factory = resolve_factory(spec["factory"])
-        label = spec["factory"]
-    else:
-        arch = spec.get("arch")
-        if arch not in MODELS:
-            raise ModelError(f"unknown model {arch!r}; valid names: {', '.join(sorted(MODELS))} "
-                             "(or a factory 'pkg.module:function')")
-        factory = resolve_factory(MODELS[arch])
-        label = arch
+    factory, label = factory_for(spec)
     try:
         model = factory(**kwargs)
     except (TypeError, ValueError) as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +9,9 @@ import click
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict | None:
-    if value is None:
-        return None
-    try:
-        obj = json.loads(value)
-    except ValueError as e:
-        raise click.BadParameter(f"not valid JSON ({e}): {value!r}") from None
-    if not isinstance(obj, dict):
-        raise click.BadParameter(f"expected a JSON object like '{{\"width\": 64}}', got {value!r}")
-    return obj
+    from grokscope.cli import json_object
+
+    return json_object(value, f"--{param.name.replace('_', '-')}")
 
 
 def _betas(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:

@@ -61,17 +61,10 @@ def resolve_model_spec(spec: dict[str, Any], data) -> dict[str, Any]:
     Only kwargs the builder accepts and the spec leaves out are added, so run.json ends up with the
     complete set of arguments needed to rebuild the model without the trainer.
     """
-    from grokscope.models import MODELS, ModelError, resolve_factory
+    from grokscope.models import factory_for
 
     kwargs = dict(spec.get("kwargs") or {})
-    if spec.get("factory"):
-        factory = resolve_factory(spec["factory"])
-    else:
-        arch = spec.get("arch")
-        if arch not in MODELS:
-            raise ModelError(f"unknown model {arch!r}; valid names: {', '.join(sorted(MODELS))} "
-                             "(or a factory 'pkg.module:function')")
-        factory = resolve_factory(MODELS[arch])
+    factory, _ = factory_for(spec)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
