@@ -74,6 +74,8 @@ def command(args, arm: str, seed: int, run: Path) -> list[str]:
            "--out", str(run)]
     if arm == "grokalign":
         cmd += ["--reg", f"grokalign:{args.lam}"]
+    if args.model_kwargs:
+        cmd += ["--model-kwargs", args.model_kwargs]  # merged into the preset's by `grokscope train`
     return cmd
 
 
@@ -94,7 +96,7 @@ def run_all(args) -> list[Result]:
     while pending or running:
         while pending and len(running) < args.jobs:
             arm, seed = pending.pop(0)
-            run = args.out / f"{args.setup}-{arm}-seed{seed}"
+            run = args.out / f"{args.setup}{args.tag}-{arm}-seed{seed}"
             old = finished(run, args)
             if old is not None:
                 old.arm, old.seed = arm, seed
@@ -169,18 +171,21 @@ def main() -> None:
     ap.add_argument("--save", default="log:30", help="checkpoint schedule of each run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--model-kwargs", default="", help="JSON model arguments for every run, replacing "
+                    "the setup's (mlp: '{\"depth\": 2, \"width\": 256, \"bias\": false}' for a bias-free MLP)")
+    ap.add_argument("--tag", default="", help="suffix of the run folder names (for variants)")
     args = ap.parse_args()
     bad = set(args.arms) - {"wd", "grokalign"}
     if bad:
         ap.error(f"unknown arms {sorted(bad)}; valid: wd, grokalign")
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"setup {args.setup}: {' '.join(SETUPS[args.setup])} --steps {args.max_steps} "
+    print(f"setup {args.setup}: {' '.join(SETUPS[args.setup])} {args.model_kwargs} --steps {args.max_steps} "
           f"(wd arm; grokalign arm adds --reg grokalign:{args.lam})", flush=True)
     results = run_all(args)
     summ = summary(results, args)
     print(table(results, args))
     print(json.dumps(summ, indent=1))
-    (args.out / f"results-{args.setup}.json").write_text(json.dumps(
+    (args.out / f"results-{args.setup}{args.tag}.json").write_text(json.dumps(
         {"setup": args.setup, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
          "results": [asdict(r) for r in results], "summary": summ}, indent=1))
 

@@ -258,7 +258,8 @@ def leading_linear(f: Fn, x: torch.Tensor) -> tuple[torch.Tensor, Fn, torch.Tens
         return None
     with torch.no_grad():
         u = lin(_flat(x).to(lin.weight.dtype))
-    return lin.weight.detach(), nn.Sequential(*mods[i + 1:]), u
+    rest = nn.Sequential(*mods[i + 1:])
+    return lin.weight.detach(), (lambda v: rest(v.clone())), u  # clone: rest may start in place
 
 
 def _centroid_stats(mu: torch.Tensor, xf: torch.Tensor, xn: torch.Tensor) -> dict[str, torch.Tensor]:

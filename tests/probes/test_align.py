@@ -133,6 +133,10 @@ def test_folded_path_is_used_and_chunking_does_not_change_results():
     for k in whole:
         np.testing.assert_allclose(tiny[k], whole[k], rtol=1e-12, atol=1e-14, err_msg=k)
         np.testing.assert_allclose(generic[k], whole[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    # third-party style: in-place ReLU right after the folded layer
+    inplace = nn.Sequential(nn.Linear(40, 7), nn.ReLU(inplace=True), nn.Linear(7, 3)).double()
+    a, b = jacobian_alignment(inplace, x), jacobian_alignment(inplace, x, mode="rev")
+    np.testing.assert_allclose(a["pc1"], b["pc1"], rtol=1e-10)
 
 
 def test_model_mode_and_requires_grad_are_restored():
