@@ -20,15 +20,6 @@ from grokscope.training.presets import preset_config
 from grokscope.training.schedule import eval_schedule, parse_schedule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster, and the suite shares two cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(**over) -> TrainConfig:
     """modadd-mlp shrunk: p = 13 (68 train pairs), width 32, 40 steps."""
     kw = dict(steps=40, save="every:10", eval_every="every:5", model_kwargs={"width": 32},
