@@ -32,6 +32,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from grokscope.analysis import first_logged_step
+from grokscope.runs import read_log
+
 SETUPS = {
     "mlp": ["--preset", "modadd-mlp", "--model", "mlp", "--model-kwargs", '{"depth": 2, "width": 256}',
             "--dataset-kwargs", '{"p": 59, "op": "add", "train_fraction": 0.4, "encoding": "onehot_concat"}',
@@ -51,20 +54,8 @@ class Result:
     run: str
 
 
-def read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written
-            break
-    return out
-
-
 def first_hit(log: list[dict], threshold: float) -> int | None:
-    return next((r["step"] for r in log if r.get("test_acc", 0.0) >= threshold), None)
+    return first_logged_step(log, "test_acc", threshold)
 
 
 def command(args, arm: str, seed: int, run: Path) -> list[str]:
@@ -81,7 +72,7 @@ def command(args, arm: str, seed: int, run: Path) -> list[str]:
 
 def finished(run: Path, args) -> Result | None:
     """A result from an earlier invocation, if that run reached the threshold or its cap."""
-    log = read_log(run / "log.jsonl")
+    log = read_log(run)
     hit = first_hit(log, args.threshold)
     if log and (hit is not None or log[-1]["step"] >= args.max_steps):
         return Result("", 0, hit, log[-1]["step"], log[-1]["test_acc"], log[-1].get("wall", float("nan")), str(run))
@@ -112,7 +103,7 @@ def run_all(args) -> list[Result]:
             print(f"  start {run.name} (pid {proc.pid})", flush=True)
         time.sleep(1.0)
         for key, (proc, run, t0) in list(running.items()):
-            log = read_log(run / "log.jsonl")
+            log = read_log(run)
             hit = first_hit(log, args.threshold)
             done = proc.poll() is not None
             if hit is None and not done:

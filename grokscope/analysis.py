@@ -21,6 +21,17 @@ def first_crossing(steps: np.ndarray, values: np.ndarray, threshold: float, abov
     return float(steps[ok][0]) if ok.any() else math.nan
 
 
+def first_logged_step(records: list[dict[str, Any]], key: str, threshold: float) -> int | None:
+    """The first step of ``log.jsonl`` records whose ``key`` is ``>= threshold``; None if never.
+
+    Records without ``key`` are skipped (same rule as :func:`first_crossing`).
+    """
+    steps = np.array([r["step"] for r in records], dtype=np.int64)
+    values = np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=float)
+    t = first_crossing(steps, values, threshold) if len(records) else math.nan
+    return None if math.isnan(t) else int(t)
+
+
 def smooth_log_time(values: np.ndarray, window: int = 5) -> np.ndarray:
     """Running median over ``window`` consecutive checkpoints (checkpoints are log-spaced already)."""
     values = np.asarray(values, dtype=float)
@@ -69,18 +80,18 @@ def run_onsets(tree: Any, mem_threshold: float = 0.99, grok_threshold: float = 0
     out: dict[str, Any] = {}
     children = set(tree.children)
     if "acc" in children:
-        ds = _done(tree["acc"].to_dataset())
+        ds = done_steps(tree["acc"].to_dataset())
         acc = ds["accuracy"]
         out["t_mem"] = first_crossing(ds.step.values, acc.sel(split="train").values, mem_threshold)
         out["t_grok"] = first_crossing(ds.step.values, acc.sel(split="test").values, grok_threshold)
         out["final_test_acc"] = float(acc.sel(split="test").values[-1]) if ds.sizes["step"] else math.nan
     if "pgd" in children:
-        ds = _done(tree["pgd"].to_dataset())
+        ds = done_steps(tree["pgd"].to_dataset())
         ra = ds["robust_acc"].isel(split=0) if "split" in ds["robust_acc"].dims else ds["robust_acc"]
         out["t_robust"] = {float(e): first_crossing(ds.step.values, ra.sel(eps=e).values, robust_threshold)
                            for e in ds["eps"].values}
     if "lc" in children:
-        ds = _done(tree["lc"].to_dataset())
+        ds = done_steps(tree["lc"].to_dataset())
         var = ds["lc_total_mean"]
         if "split" in var.dims:
             var = var.sel(split="train") if "train" in var["split"].values else var.isel(split=0)
@@ -90,7 +101,7 @@ def run_onsets(tree: Any, mem_threshold: float = 0.99, grok_threshold: float = 0
     return out
 
 
-def _done(ds):
+def done_steps(ds):
     """Only the steps whose ``done`` flag is set (all steps if the store has no flag)."""
     if "done" in ds:
         return ds.isel(step=np.flatnonzero(ds["done"].values.astype(bool)))
@@ -109,7 +120,7 @@ def register_accessor() -> None:
         """``ds.grok.onset("accuracy", 0.95, split="test")``; ``ds.grok.lead_lag(a, b)``."""
 
         def __init__(self, ds):
-            self._ds = _done(ds)
+            self._ds = done_steps(ds)
 
         def curve(self, var: str, **sel) -> tuple[np.ndarray, np.ndarray]:
             da = self._ds[var].sel(**sel) if sel else self._ds[var]

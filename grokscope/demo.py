@@ -13,14 +13,6 @@ TEST_THRESHOLD = 0.95
 DEMO_PROBES = ("acc", "lc", "align", "fourier")
 
 
-def first_step(records: list[dict[str, Any]], key: str, threshold: float) -> int | None:
-    """The first logged step whose ``key`` is ``>= threshold`` (records in step order), else None."""
-    for r in sorted(records, key=lambda r: r["step"]):
-        if r.get(key) is not None and r[key] >= threshold:
-            return int(r["step"])
-    return None
-
-
 def summarise_log(records: list[dict[str, Any]]) -> dict[str, Any]:
     """What a training log shows, from ``log.jsonl`` records.
 
@@ -33,8 +25,10 @@ def summarise_log(records: list[dict[str, Any]]) -> dict[str, Any]:
         return {"steps": None, "t_train99": None, "t_test95": None, "ratio": None, "final_train_acc": None,
                 "final_test_acc": None, "wall_s": None, "grokked": False}
     last = max(records, key=lambda r: r["step"])
-    t_mem = first_step(records, "train_acc", TRAIN_THRESHOLD)
-    t_grok = first_step(records, "test_acc", TEST_THRESHOLD)
+    from grokscope.analysis import first_logged_step
+
+    t_mem = first_logged_step(records, "train_acc", TRAIN_THRESHOLD)
+    t_grok = first_logged_step(records, "test_acc", TEST_THRESHOLD)
     ratio = None
     if t_mem is not None and t_grok is not None:
         ratio = t_grok / t_mem if t_mem > 0 else float("inf")

@@ -47,14 +47,14 @@ def plot_run(tree: Any, title: str, out: Path, probes: list[str] | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from grokscope.analysis import _done
+    from grokscope.analysis import done_steps
 
     order = list(HEADLINE) if probes is None else probes
     groups = sorted((p for p in tree.children if probes is None or p in probes),
                     key=lambda p: order.index(p) if p in order else len(order))
     panels = []
     for probe in groups:
-        ds = _done(tree[probe].to_dataset())
+        ds = done_steps(tree[probe].to_dataset())
         if ds.sizes.get("step", 0) == 0:
             continue
         panels += [(probe, v, ds) for v in panels_for(probe, ds)]
