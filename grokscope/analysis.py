@@ -1,24 +1,89 @@
-"""Onsets and phases read off a probe store (ALGORITHMS.md §(f)): the numbers `grokscope report`
-prints and the ``ds.grok`` accessor returns. Every threshold is an argument, never hidden."""
+"""Onsets, phases and lead/lag read off a probe store (ALGORITHMS.md §(f)).
+
+These are the numbers `grokscope report` prints, `grokscope plot` draws as vertical lines and the
+``ds.grok`` / ``dt.grok`` accessors return. Every threshold, window and fraction is an argument, never
+hidden, and every result carries the parameters it was computed with.
+
+Vocabulary (all on the checkpoint axis; checkpoints are log-spaced, so "smoothing" is a running median
+over ``window`` consecutive checkpoints, i.e. over a stretch of log-time):
+
+* an **onset** is the first step at which a (smoothed) curve is past a threshold and stays there for
+  ``patience`` checkpoints — memorisation, generalisation, robustness at each ε;
+* a **change point** is the step at which a curve has completed ``fraction`` of its largest rise (or
+  fall) — used for measures without a natural threshold (LC falling, Fourier Gini rising);
+* **LC phases** (Humayun et al.): first descent, ascent, second descent, found as the largest run-up of
+  the smoothed LC curve and the minima either side of it;
+* **lead/lag** compares two steps on a log scale (decades), since grokking is a log-time phenomenon.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+MEM_THRESHOLD = 0.99
+ROBUST_THRESHOLD = 0.5
+# Test-accuracy threshold of "generalised" per dataset (ALGORITHMS.md §(f)): 0.99 for algorithmic
+# tasks, 0.85 for image classification (GrokAlign Table 1); DEFAULT_GROK_THRESHOLD otherwise.
+GROK_THRESHOLDS = {"modular": 0.99, "xor": 0.99, "mnist": 0.85, "fashion_mnist": 0.85, "digits": 0.85,
+                   "cifar10": 0.85}
+DEFAULT_GROK_THRESHOLD = 0.95
+# A change point needs a move larger than this fraction of the curve's range (else: noise).
+CHANGE_TOL = 0.2
 
-def first_crossing(steps: np.ndarray, values: np.ndarray, threshold: float, above: bool = True) -> float:
-    """The first step at which ``values >= threshold`` (or ``<=`` if ``above`` is False); NaN if never.
 
-    ``steps`` and ``values`` are 1-D of equal length; NaN values (missing cells) are skipped.
-    """
+# --------------------------------------------------------------------------------------------------
+# curves
+
+
+def _sorted_curve(steps: Any, values: Any) -> tuple[np.ndarray, np.ndarray]:
     steps, values = np.asarray(steps), np.asarray(values, dtype=float)
-    order = np.argsort(steps)
-    steps, values = steps[order], values[order]
-    ok = ~np.isnan(values) & ((values >= threshold) if above else (values <= threshold))
-    return float(steps[ok][0]) if ok.any() else math.nan
+    if steps.shape != values.shape or steps.ndim != 1:
+        raise ValueError(f"steps {steps.shape} and values {values.shape} must be 1-D of equal length")
+    order = np.argsort(steps, kind="stable")
+    return steps[order], values[order]
+
+
+def smooth_log_time(values: np.ndarray, window: int = 5) -> np.ndarray:
+    """Running median over ``window`` consecutive checkpoints, centred, NaNs ignored (shape kept)."""
+    values = np.asarray(values, dtype=float)
+    if window <= 1:
+        return values.copy()
+    half = window // 2
+    out = np.empty_like(values)
+    for i in range(len(values)):
+        seg = values[max(0, i - half): i + half + 1]
+        seg = seg[~np.isnan(seg)]
+        out[i] = np.median(seg) if len(seg) else np.nan
+    return out
+
+
+def onset(steps: Any, values: Any, threshold: float, above: bool = True, window: int = 1,
+          patience: int = 1) -> float:
+    """The first step at which the curve, smoothed over ``window`` checkpoints, is ``>= threshold``
+    (``<=`` if not ``above``) and stays so for ``patience`` consecutive checkpoints; NaN if never.
+
+    ``steps`` and ``values`` are 1-D of equal length, in any order; NaN values (missing cells) are
+    dropped before smoothing.
+    """
+    steps, values = _sorted_curve(steps, values)
+    keep = ~np.isnan(values)
+    steps, values = steps[keep], smooth_log_time(values[keep], window)
+    past = (values >= threshold) if above else (values <= threshold)
+    patience = max(1, int(patience))
+    for i in range(len(past) - patience + 1):
+        if past[i: i + patience].all():
+            return float(steps[i])
+    return math.nan
+
+
+def first_crossing(steps: Any, values: Any, threshold: float, above: bool = True) -> float:
+    """The first step at which ``values >= threshold`` (``<=`` if not ``above``), unsmoothed; NaN if
+    never (:func:`onset` with ``window=1, patience=1``)."""
+    return onset(steps, values, threshold, above)
 
 
 def first_logged_step(records: list[dict[str, Any]], key: str, threshold: float) -> int | None:
@@ -32,73 +97,146 @@ def first_logged_step(records: list[dict[str, Any]], key: str, threshold: float)
     return None if math.isnan(t) else int(t)
 
 
-def smooth_log_time(values: np.ndarray, window: int = 5) -> np.ndarray:
-    """Running median over ``window`` consecutive checkpoints (checkpoints are log-spaced already)."""
-    values = np.asarray(values, dtype=float)
-    half = window // 2
-    out = np.empty_like(values)
-    for i in range(len(values)):
-        seg = values[max(0, i - half): i + half + 1]
-        seg = seg[~np.isnan(seg)]
-        out[i] = np.median(seg) if len(seg) else np.nan
+def _range(s: np.ndarray) -> float:
+    finite = s[np.isfinite(s)]
+    return float(finite.max() - finite.min()) if len(finite) else 0.0
+
+
+def largest_move(values: np.ndarray, direction: str) -> tuple[int, int]:
+    """Indices ``(i, j)``, ``i <= j``, of the largest rise ``values[j] - values[i]`` (``direction="rise"``)
+    or the largest fall ``values[i] - values[j]`` (``"fall"``) with ``i`` before ``j``; NaNs ignored.
+
+    ``(0, 0)`` when the curve never moves that way.
+    """
+    if direction not in ("rise", "fall"):
+        raise ValueError(f"direction must be 'rise' or 'fall', not {direction!r}")
+    v = np.asarray(values, dtype=float)
+    v = v if direction == "rise" else -v
+    best, best_ij, i_lo = 0.0, (0, 0), None
+    for j, x in enumerate(v):
+        if np.isnan(x):
+            continue
+        if i_lo is None or x < v[i_lo]:
+            i_lo = j
+        if x - v[i_lo] > best:
+            best, best_ij = x - v[i_lo], (i_lo, j)
+    return best_ij
+
+
+def change_point(steps: Any, values: Any, direction: str = "rise", fraction: float = 0.5,
+                 window: int = 5, tol: float = CHANGE_TOL) -> float:
+    """The step at which the smoothed curve has completed ``fraction`` of its largest rise (or fall).
+
+    The largest move is found by :func:`largest_move` on the curve smoothed over ``window``
+    checkpoints; the result is the first step of that move at which the curve is past
+    ``start + fraction * (end - start)``. NaN if that move is not more than ``tol`` × the curve's
+    range (max − min): a curve that goes the other way has only noise-sized moves in ``direction``.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], not {fraction}")
+    steps, values = _sorted_curve(steps, values)
+    keep = ~np.isnan(values)
+    steps, s = steps[keep], smooth_log_time(values[keep], window)
+    i, j = largest_move(s, direction)
+    if i == j or abs(s[j] - s[i]) <= tol * _range(s):
+        return math.nan
+    level = s[i] + fraction * (s[j] - s[i])
+    seg = s[i: j + 1]
+    hit = np.flatnonzero(seg >= level if direction == "rise" else seg <= level)
+    return float(steps[i + hit[0]])
+
+
+def lc_phases(steps: Any, lc: Any, window: int = 5, tol: float = 0.1) -> dict[str, Any]:
+    """Humayun et al.'s LC phases from a curve LC(step) (ALGORITHMS.md §(a′)).
+
+    On the curve smoothed over ``window`` checkpoints: the **ascent** is its largest run-up, from
+    ``t_min1`` (end of the first descent) to ``t_peak``; ``t_min2`` is the minimum after the peak (end
+    of the second descent, where region migration has finished). ``descent1`` = LC(first) − LC(t_min1),
+    ``rise`` = LC(t_peak) − LC(t_min1), ``depth`` = LC(t_peak) − LC(t_min2), ``t_fall_half`` = the step
+    at which half of that second descent is done. A phase is present (``has_*``) when its size is above
+    ``tol`` × the range of the smoothed curve (max − min). Times are NaN where the curve is too short
+    (< 3 checkpoints).
+    """
+    steps, lc = _sorted_curve(steps, lc)
+    keep = ~np.isnan(lc)
+    steps, s = steps[keep], smooth_log_time(lc[keep], window)
+    out: dict[str, Any] = {"t_min1": math.nan, "t_peak": math.nan, "t_min2": math.nan,
+                           "t_fall_half": math.nan, "descent1": math.nan, "rise": math.nan,
+                           "depth": math.nan, "has_first_descent": False, "has_ascent": False,
+                           "has_second_descent": False, "window": window, "tol": tol}
+    if len(s) < 3:
+        return out
+    i_min1, i_peak = largest_move(s, "rise")
+    if i_min1 == i_peak:  # never rises: all descent
+        i_min1 = i_peak = 0
+    i_min2 = i_peak + int(np.argmin(s[i_peak:]))
+    scale = tol * _range(s)
+    half = s[i_peak] - 0.5 * (s[i_peak] - s[i_min2])
+    i_half = i_peak + int(np.flatnonzero(s[i_peak: i_min2 + 1] <= half)[0])
+    out.update(t_min1=float(steps[i_min1]), t_peak=float(steps[i_peak]), t_min2=float(steps[i_min2]),
+               t_fall_half=float(steps[i_half]) if i_min2 > i_peak else math.nan,
+               descent1=float(s[0] - s[i_min1]), rise=float(s[i_peak] - s[i_min1]),
+               depth=float(s[i_peak] - s[i_min2]))
+    out["has_first_descent"] = out["descent1"] > scale
+    out["has_ascent"] = out["rise"] > scale
+    out["has_second_descent"] = out["depth"] > scale
     return out
 
 
-def lc_phases(steps: np.ndarray, lc: np.ndarray, window: int = 5) -> dict[str, float]:
-    """Humayun et al.'s LC phases from a curve LC(step) (§(a′)).
-
-    After a running median over ``window`` checkpoints: ``t_peak`` = argmax of LC after its first
-    local minimum (the ascent's end, start of the second descent / region migration), ``t_min1`` =
-    argmin before ``t_peak`` (end of the first descent), ``depth`` = LC(t_peak) − LC(last step),
-    ``rise`` = LC(t_peak) − LC(t_min1). NaNs where the curve is too short.
-    """
-    steps, lc = np.asarray(steps), np.asarray(lc, dtype=float)
-    order = np.argsort(steps)
-    steps, s = steps[order], smooth_log_time(lc[order], window)
-    nan = {"t_min1": math.nan, "t_peak": math.nan, "depth": math.nan, "rise": math.nan}
-    if len(s) < 3 or np.all(np.isnan(s)):
-        return nan
-    # first local minimum (or the start if the curve rises at once)
-    i_min = 0
-    for i in range(1, len(s) - 1):
-        if s[i] <= s[i - 1] and s[i] < s[i + 1]:
-            i_min = i
-            break
-    i_peak = i_min + int(np.nanargmax(s[i_min:]))
-    i_min1 = int(np.nanargmin(s[: i_peak + 1]))
-    return {"t_min1": float(steps[i_min1]), "t_peak": float(steps[i_peak]),
-            "depth": float(s[i_peak] - s[-1]), "rise": float(s[i_peak] - s[i_min1])}
-
-
-def run_onsets(tree: Any, mem_threshold: float = 0.99, grok_threshold: float = 0.95,
-               robust_threshold: float = 0.5) -> dict[str, Any]:
-    """Onsets of one run's probe groups (an ``xr.DataTree`` node whose children are probes).
-
-    Keys present only for the probes the run has: ``t_mem``/``t_grok`` (acc), ``t_robust[eps]`` (pgd,
-    on the first split), LC phases on the train split at the first radius (lc).
-    """
-    out: dict[str, Any] = {}
-    children = set(tree.children)
-    if "acc" in children:
-        ds = done_steps(tree["acc"].to_dataset())
-        acc = ds["accuracy"]
-        out["t_mem"] = first_crossing(ds.step.values, acc.sel(split="train").values, mem_threshold)
-        out["t_grok"] = first_crossing(ds.step.values, acc.sel(split="test").values, grok_threshold)
-        out["final_test_acc"] = float(acc.sel(split="test").values[-1]) if ds.sizes["step"] else math.nan
-    if "pgd" in children:
-        ds = done_steps(tree["pgd"].to_dataset())
-        ra = ds["robust_acc"].isel(split=0) if "split" in ds["robust_acc"].dims else ds["robust_acc"]
-        out["t_robust"] = {float(e): first_crossing(ds.step.values, ra.sel(eps=e).values, robust_threshold)
-                           for e in ds["eps"].values}
-    if "lc" in children:
-        ds = done_steps(tree["lc"].to_dataset())
-        var = ds["lc_total_mean"]
-        if "split" in var.dims:
-            var = var.sel(split="train") if "train" in var["split"].values else var.isel(split=0)
-        if "radius" in var.dims:
-            var = var.isel(radius=0)
-        out["lc_phases_train"] = lc_phases(ds.step.values, var.values)
+def lead_lag(t_a: float, t_b: float, name_a: str = "a", name_b: str = "b",
+             together_decades: float = 0.1) -> dict[str, Any]:
+    """Which of two events came first. Returns ``{"a", "b", "t_a", "t_b", "lag_steps": t_b − t_a,
+    "lag_decades": log10((t_b + 1) / (t_a + 1)), "order"}`` with ``order`` one of ``"<a> first"``,
+    ``"<b> first"``, ``"together"`` (within ``together_decades`` of each other) or ``"undetermined"``
+    (either event missing)."""
+    out: dict[str, Any] = {"a": name_a, "b": name_b, "t_a": t_a, "t_b": t_b, "lag_steps": math.nan,
+                           "lag_decades": math.nan, "order": "undetermined",
+                           "together_decades": together_decades}
+    if math.isnan(t_a) or math.isnan(t_b):
+        return out
+    dec = math.log10((t_b + 1.0) / (t_a + 1.0))
+    out.update(lag_steps=t_b - t_a, lag_decades=dec)
+    out["order"] = "together" if abs(dec) <= together_decades else (f"{name_a} first" if dec > 0
+                                                                     else f"{name_b} first")
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# a store's runs
+
+
+@dataclass
+class Onset:
+    """An onset or change point found on one curve, with the parameters that found it.
+
+    ``step`` is NaN when the curve never got there. ``kind`` is ``"threshold"`` (:func:`onset`) or
+    ``"change"`` (:func:`change_point`; then ``threshold`` holds the fraction and ``above`` is True for
+    a rise).
+    """
+
+    name: str
+    step: float
+    probe: str
+    var: str
+    threshold: float
+    above: bool = True
+    window: int = 1
+    patience: int = 1
+    kind: str = "threshold"
+    sel: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def found(self) -> bool:
+        return not math.isnan(self.step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+def grok_threshold_for(dataset_spec: dict[str, Any] | None) -> float:
+    """The test-accuracy threshold of "generalised" for a dataset spec ``{"name": ...}``."""
+    name = (dataset_spec or {}).get("name") if isinstance(dataset_spec, dict) else None
+    return GROK_THRESHOLDS.get(name, DEFAULT_GROK_THRESHOLD)
 
 
 def done_steps(ds):
@@ -108,34 +246,281 @@ def done_steps(ds):
     return ds
 
 
-def register_accessor() -> None:
-    """Register ``ds.grok`` on xarray Datasets (done on ``import grokscope.analysis``)."""
+def probe_dataset(run_node: Any, probe: str):
+    """The finished steps of one probe group of a run node, as a Dataset (None if the run lacks it)."""
+    if probe not in run_node.children:
+        return None
+    return done_steps(run_node[probe].to_dataset())
+
+
+def select_curve(ds, var: str, **sel) -> Any:
+    """``ds[var]`` selected down to a curve over ``step``: keywords select by label; any other
+    remaining dim is reduced to its first element only if it has length 1, otherwise an error names it.
+    """
+    if var not in ds:
+        raise KeyError(f"no variable {var!r} (have: {', '.join(map(str, ds.data_vars))})")
+    da = ds[var]
+    for dim, label in sel.items():
+        if dim not in da.dims:
+            raise KeyError(f"{var} has no dim {dim!r} (dims: {da.dims})")
+        if label not in da[dim].values:
+            raise KeyError(f"{var}: {dim}={label!r} not in {list(da[dim].values)}")
+        da = da.sel({dim: label})
+    extra = [d for d in da.dims if d != "step"]
+    for d in extra:
+        if da.sizes[d] != 1:
+            raise ValueError(f"{var} still has dim {d!r} of size {da.sizes[d]}: select it with {d}=...")
+        da = da.isel({d: 0})
+    return da
+
+
+def _split_label(ds, var: str, preferred: str) -> dict[str, Any]:
+    if "split" not in ds[var].dims:
+        return {}
+    labels = [str(v) for v in ds[var]["split"].values]
+    return {"split": preferred if preferred in labels else labels[0]}
+
+
+def _radius0(ds, var: str) -> dict[str, Any]:
+    return {"radius": ds[var]["radius"].values[0].item()} if "radius" in ds[var].dims else {}
+
+
+def standard_onsets(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = None,
+                    robust: float = ROBUST_THRESHOLD, window: int = 1, patience: int = 1) -> dict[str, Onset]:
+    """The standard onsets of one run (an ``xr.DataTree`` node whose children are probe groups).
+
+    ``memorisation``: train accuracy ≥ ``mem``; ``generalisation``: test accuracy ≥ ``grok`` (default:
+    :func:`grok_threshold_for` the run's dataset); ``robustness@<eps>``: PGD robust accuracy on the
+    pgd probe's first split ≥ ``robust``, one per ε. Only the onsets whose probe the run has.
+    """
+    out: dict[str, Onset] = {}
+    common = {"window": window, "patience": patience}
+    acc = probe_dataset(run_node, "acc")
+    if acc is not None and "accuracy" in acc:
+        if grok is None:
+            grok = grok_threshold_for(run_node.attrs.get("dataset") or acc.attrs.get("dataset"))
+        for name, split, thr in (("memorisation", "train", mem), ("generalisation", "test", grok)):
+            if split in acc["split"].values:
+                da = select_curve(acc, "accuracy", split=split)
+                out[name] = Onset(name, onset(acc.step.values, da.values, thr, True, window, patience),
+                                  "acc", "accuracy", thr, sel={"split": split}, **common)
+    pgd = probe_dataset(run_node, "pgd")
+    if pgd is not None and "robust_acc" in pgd:
+        sel = _split_label(pgd, "robust_acc", "test")
+        for eps in pgd["eps"].values:
+            eps = float(eps)
+            da = select_curve(pgd, "robust_acc", eps=eps, **sel)
+            name = f"robustness@{eps:g}"
+            out[name] = Onset(name, onset(pgd.step.values, da.values, robust, True, window, patience),
+                              "pgd", "robust_acc", robust, sel={**sel, "eps": eps}, **common)
+    return out
+
+
+def _change(run_node: Any, name: str, probe: str, var: str, direction: str, fraction: float, window: int,
+            split: str | None = None) -> Onset | None:
+    ds = probe_dataset(run_node, probe)
+    if ds is None or var not in ds or ds.sizes.get("step", 0) < 3:
+        return None
+    sel = {**(_split_label(ds, var, split) if split else {}), **_radius0(ds, var)}
+    da = select_curve(ds, var, **sel)
+    t = change_point(ds.step.values, da.values, direction, fraction, window)
+    return Onset(name, t, probe, var, fraction, direction == "rise", window, 1, "change", sel)
+
+
+def run_events(run_node: Any, fraction: float = 0.5, change_window: int = 5, **thresholds) -> dict[str, Onset]:
+    """:func:`standard_onsets` plus change points of the measures without a natural threshold:
+    ``lc_fall`` (half of LC's largest fall around training points), ``gini_rise`` (Fourier Gini),
+    ``alignment_rise`` (mean centroid alignment on train), ``weight_norm_fall`` (‖θ‖²), each smoothed
+    over ``change_window`` checkpoints; ``thresholds`` go to :func:`standard_onsets`."""
+    events: dict[str, Onset] = dict(standard_onsets(run_node, **thresholds))
+    for spec in (("lc_fall", "lc", "lc_total_mean", "fall", "train"),
+                 ("gini_rise", "fourier", "gini_real", "rise", None),
+                 ("alignment_rise", "align", "centroid_cos_mean", "rise", "train"),
+                 ("weight_norm_fall", "norm", "weight_sq", "fall", None)):
+        ev = _change(run_node, spec[0], spec[1], spec[2], spec[3], fraction, change_window, spec[4])
+        if ev is not None:
+            events[ev.name] = ev
+    return events
+
+
+# The lead/lag questions a report answers, as (first event, second event) names.
+LEAD_LAG_PAIRS = [("memorisation", "generalisation"), ("lc_fall", "generalisation"),
+                  ("gini_rise", "generalisation"), ("alignment_rise", "generalisation"),
+                  ("weight_norm_fall", "generalisation")]
+
+
+def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = None,
+                robust: float = ROBUST_THRESHOLD, window: int = 1, patience: int = 1,
+                phase_window: int = 5, fraction: float = 0.5) -> dict[str, Any]:
+    """Everything known about one run's timeline, JSON-safe (NaN → None).
+
+    ``{"onsets": {name: Onset.to_dict()}`` (standard onsets and change points, see :func:`run_events`),
+    ``"lc_phases": {split: lc_phases(...)}`` (train/test/random/boundary at the first radius),
+    ``"migration"``: LC(boundary)/LC(train) first, last, max and the step of half its largest rise,
+    ``"lead_lag"``: [lead_lag(...)] for :data:`LEAD_LAG_PAIRS` and generalisation → each robustness onset,
+    ``"grok_phase"``: steps at which test accuracy first reaches 0.2 and the grok threshold,
+    ``"settings"``: the run's model/dataset/train specs, ``"final"``: last train/test accuracy,
+    ``"params"``: the arguments used}.
+    """
+    thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window, "patience": patience}
+    events = run_events(run_node, fraction, phase_window, **thresholds)
+    out: dict[str, Any] = {"onsets": {k: v.to_dict() for k, v in events.items()}}
+    lc = probe_dataset(run_node, "lc")
+    if lc is not None and "lc_total_mean" in lc:
+        var = lc["lc_total_mean"]
+        rad = _radius0(lc, "lc_total_mean")
+        splits = [str(s) for s in var["split"].values] if "split" in var.dims else [None]
+        out["lc_phases"] = {}
+        for split in splits:
+            da = select_curve(lc, "lc_total_mean", **({"split": split} if split else {}), **rad)
+            out["lc_phases"][split or "all"] = lc_phases(lc.step.values, da.values, phase_window)
+        if "boundary" in splits and "train" in splits:
+            ratio = (select_curve(lc, "lc_total_mean", split="boundary", **rad)
+                     / select_curve(lc, "lc_total_mean", split="train", **rad)).values
+            finite = ratio[np.isfinite(ratio)]
+            out["migration"] = {
+                "ratio_first": float(finite[0]) if len(finite) else math.nan,
+                "ratio_last": float(finite[-1]) if len(finite) else math.nan,
+                "ratio_max": float(finite.max()) if len(finite) else math.nan,
+                "t_half_rise": change_point(lc.step.values, np.where(np.isfinite(ratio), ratio, np.nan),
+                                            "rise", fraction, phase_window)}
+    pairs = list(LEAD_LAG_PAIRS) + [("generalisation", k) for k in events if k.startswith("robustness@")]
+    out["lead_lag"] = [lead_lag(events[a].step, events[b].step, a, b) for a, b in pairs
+                       if a in events and b in events]
+    acc = probe_dataset(run_node, "acc")
+    if acc is not None and "accuracy" in acc and acc.sizes["step"]:
+        out["final"] = {f"{s}_acc": float(acc["accuracy"].sel(split=s).values[-1])
+                        for s in acc["split"].values}
+        if "generalisation" in events:
+            test = select_curve(acc, "accuracy", split="test").values
+            out["grok_phase"] = {"t_start": onset(acc.step.values, test, 0.2, True, window, patience),
+                                 "start_threshold": 0.2, "t_end": events["generalisation"].step,
+                                 "end_threshold": events["generalisation"].threshold}
+    out["settings"] = {k: run_node.attrs.get(k) for k in ("model", "dataset", "train", "path")
+                       if k in run_node.attrs}
+    out["params"] = {**thresholds, "phase_window": phase_window, "fraction": fraction,
+                     "change_tol": CHANGE_TOL}
+    return json_safe(out)
+
+
+def run_onsets(tree: Any, mem_threshold: float = MEM_THRESHOLD, grok_threshold: float | None = None,
+               robust_threshold: float = ROBUST_THRESHOLD) -> dict[str, Any]:
+    """Flat onset summary of one run node: ``t_mem``, ``t_grok``, ``final_test_acc``, ``t_robust``
+    {eps: step}, ``lc_phases_train`` (the compact form the text report prints)."""
+    events = standard_onsets(tree, mem_threshold, grok_threshold, robust_threshold)
+    out: dict[str, Any] = {}
+    if "memorisation" in events:
+        out["t_mem"] = events["memorisation"].step
+    if "generalisation" in events:
+        out["t_grok"] = events["generalisation"].step
+        acc = probe_dataset(tree, "acc")
+        out["final_test_acc"] = (float(acc["accuracy"].sel(split="test").values[-1]) if acc.sizes["step"]
+                                 else math.nan)
+    robust = {e.sel["eps"]: e.step for k, e in events.items() if k.startswith("robustness@")}
+    if robust:
+        out["t_robust"] = robust
+    lc = probe_dataset(tree, "lc")
+    if lc is not None and "lc_total_mean" in lc:
+        sel = {**_split_label(lc, "lc_total_mean", "train"), **_radius0(lc, "lc_total_mean")}
+        ph = lc_phases(lc.step.values, select_curve(lc, "lc_total_mean", **sel).values)
+        out["lc_phases_train"] = {k: ph[k] for k in ("t_min1", "t_peak", "t_min2", "rise", "depth")}
+    return out
+
+
+def json_safe(v: Any) -> Any:
+    """NaN → None and numpy scalars → Python, recursively (JSON has no NaN)."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+# --------------------------------------------------------------------------------------------------
+# accessors
+
+
+def register_accessors() -> None:
+    """Register ``ds.grok`` on Datasets and ``dt.grok`` on DataTrees (done on import)."""
     import xarray as xr
 
-    if hasattr(xr.Dataset, "grok"):
-        return
-
-    @xr.register_dataset_accessor("grok")
-    class GrokAccessor:
-        """``ds.grok.onset("accuracy", 0.95, split="test")``; ``ds.grok.lead_lag(a, b)``."""
-
-        def __init__(self, ds):
-            self._ds = done_steps(ds)
-
-        def curve(self, var: str, **sel) -> tuple[np.ndarray, np.ndarray]:
-            da = self._ds[var].sel(**sel) if sel else self._ds[var]
-            if set(da.dims) != {"step"}:
-                raise ValueError(f"{var} still has dims {da.dims}: select down to 'step' with keywords")
-            return self._ds["step"].values, da.values
-
-        def onset(self, var: str, threshold: float, above: bool = True, **sel) -> float:
-            """First step where ``var`` (selected down to a curve over step) crosses ``threshold``."""
-            return first_crossing(*self.curve(var, **sel), threshold, above)
-
-        def lc_phases(self, var: str = "lc_total_mean", window: int = 5, **sel) -> dict[str, float]:
-            return lc_phases(*self.curve(var, **sel), window)
-
-    return None
+    if not hasattr(xr.Dataset, "grok"):
+        xr.register_dataset_accessor("grok")(DatasetGrok)
+    if not hasattr(xr.DataTree, "grok"):
+        xr.register_datatree_accessor("grok")(TreeGrok)
 
 
-register_accessor()
+class DatasetGrok:
+    """``ds.grok`` on one probe group (finished steps only).
+
+    ``ds.grok.onset("accuracy", 0.95, split="test")``, ``ds.grok.change("lc_total_mean", "fall",
+    split="train")``, ``ds.grok.lc_phases(split="train")``; keywords select down to a curve over step.
+    """
+
+    def __init__(self, ds):
+        self._ds = done_steps(ds)
+
+    def curve(self, var: str, **sel) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of ``var`` selected down to a curve over step."""
+        return self._ds["step"].values, select_curve(self._ds, var, **sel).values
+
+    def onset(self, var: str, threshold: float, above: bool = True, window: int = 1, patience: int = 1,
+              **sel) -> float:
+        """:func:`onset` of ``var``'s curve."""
+        return onset(*self.curve(var, **sel), threshold, above, window, patience)
+
+    def change(self, var: str, direction: str = "rise", fraction: float = 0.5, window: int = 5,
+               **sel) -> float:
+        """:func:`change_point` of ``var``'s curve."""
+        return change_point(*self.curve(var, **sel), direction, fraction, window)
+
+    def lc_phases(self, var: str = "lc_total_mean", window: int = 5, **sel) -> dict[str, Any]:
+        """:func:`lc_phases` of ``var``'s curve (a length-1 ``radius`` is dropped automatically)."""
+        return lc_phases(*self.curve(var, **sel), window)
+
+
+class TreeGrok:
+    """``dt.grok`` on a run node (children = probe groups) or a whole store (first run if only one).
+
+    ``dt["run"].grok.onsets()``, ``.summary()``, ``.lead_lag("lc_fall", "generalisation")``.
+    """
+
+    def __init__(self, tree):
+        self._tree = tree
+
+    def _run(self):
+        node = self._tree
+        if any("step" in c.dims for c in node.children.values()):
+            return node
+        runs = [n for n in node.subtree if n.children and any("step" in c.dims for c in n.children.values())]
+        if len(runs) != 1:
+            names = ", ".join(n.path for n in runs) or "none"
+            raise ValueError(f"select one run first (dt['<run>'].grok); runs here: {names}")
+        return runs[0]
+
+    def onsets(self, **thresholds) -> dict[str, Onset]:
+        """:func:`standard_onsets` of the run."""
+        return standard_onsets(self._run(), **thresholds)
+
+    def events(self, fraction: float = 0.5, change_window: int = 5, **thresholds) -> dict[str, Onset]:
+        """:func:`run_events` of the run (onsets and change points)."""
+        return run_events(self._run(), fraction, change_window, **thresholds)
+
+    def summary(self, **kwargs) -> dict[str, Any]:
+        """:func:`run_summary` of the run."""
+        return run_summary(self._run(), **kwargs)
+
+    def lead_lag(self, a: str, b: str, **kwargs) -> dict[str, Any]:
+        """:func:`lead_lag` between two named events of :meth:`events` (e.g. ``"lc_fall"``)."""
+        events = self.events(**kwargs)
+        for name in (a, b):
+            if name not in events:
+                raise KeyError(f"no event {name!r} for this run (have: {', '.join(events)})")
+        return lead_lag(events[a].step, events[b].step, a, b)
+
+
+register_accessors()

@@ -1,8 +1,11 @@
+import json
 import math
 
 import numpy as np
+import pytest
 
-from grokscope.analysis import first_crossing, lc_phases, smooth_log_time
+from grokscope.analysis import (change_point, first_crossing, grok_threshold_for, largest_move, lc_phases,
+                                lead_lag, onset, smooth_log_time)
 
 
 def test_first_crossing_finds_first_step_and_skips_nan():
@@ -48,3 +51,180 @@ def test_grok_accessor_onset_uses_done_steps_only():
         coords={"step": [0, 10, 100, 1000], "split": ["train", "test"]})
     assert ds.grok.onset("accuracy", 0.95, split="test") == 1000  # step 100 is not done
     assert ds.grok.onset("accuracy", 0.99, split="train") == 10
+
+
+# ---- synthetic curves with known answers, noise included ------------------------------------------
+
+STEPS = np.unique(np.logspace(0, 5, 160).astype(int))
+LOGT = np.log10(STEPS)
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_onset_of_noisy_log_time_sigmoid(seed):
+    rng = np.random.default_rng(seed)
+    acc = 0.05 + 0.9 * _sigmoid((LOGT - 3.0) / 0.08) + rng.normal(0, 0.04, LOGT.size)
+    # the noise-free curve crosses 0.5 at exactly 10^3
+    t = onset(STEPS, acc, 0.5, window=5, patience=3)
+    assert abs(math.log10(t) - 3.0) < 0.1
+    # raw first crossing of a high threshold is dragged early by noise spikes; patience guards it
+    assert onset(STEPS, acc, 0.9, window=5, patience=3) >= onset(STEPS, acc, 0.9)
+
+
+def test_onset_never_and_below():
+    vals = np.linspace(1.0, 0.0, 10)
+    assert math.isnan(onset(np.arange(10), vals, 2.0))
+    assert onset(np.arange(10), vals, 0.5, above=False) == 5
+    with pytest.raises(ValueError, match="equal length"):
+        onset(np.arange(3), np.arange(4), 0.5)
+
+
+def _lc_curve(rng, noise):
+    # first descent to 10^1, ascent to a peak at 10^3, second descent to the end (known answers)
+    lc = np.where(LOGT < 1, 50 - 20 * LOGT, np.where(LOGT < 3, 30 + 25 * (LOGT - 1), 80 - 30 * (LOGT - 3)))
+    return lc + rng.normal(0, noise * (lc.max() - lc.min()), LOGT.size)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_lc_phases_of_noisy_curve(seed):
+    ph = lc_phases(STEPS, _lc_curve(np.random.default_rng(seed), 0.03), window=7)
+    assert abs(math.log10(ph["t_min1"]) - 1.0) < 0.25
+    assert abs(math.log10(ph["t_peak"]) - 3.0) < 0.25
+    assert math.log10(ph["t_min2"]) > 4.7
+    # half of the second descent (80 -> 20) is done at LC = 50: log t = 4
+    assert abs(math.log10(ph["t_fall_half"]) - 4.0) < 0.25
+    assert ph["has_first_descent"] and ph["has_ascent"] and ph["has_second_descent"]
+    assert 40 < ph["rise"] < 60 and 50 < ph["depth"] < 70
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lc_phases_rising_curve_has_no_second_descent(seed):
+    rng = np.random.default_rng(seed)
+    lc = 10 + 5 * LOGT + rng.normal(0, 0.5, LOGT.size)
+    ph = lc_phases(STEPS, lc, window=7)
+    assert ph["has_ascent"] and not ph["has_second_descent"] and not ph["has_first_descent"]
+    assert math.isnan(change_point(STEPS, lc, "fall", window=7))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_change_point_half_of_largest_move(seed):
+    rng = np.random.default_rng(seed)
+    # rises 0 -> 1 around 10^2 (the largest move), then falls a little (0.3) around 10^4
+    y = _sigmoid((LOGT - 2) / 0.1) - 0.3 * _sigmoid((LOGT - 4) / 0.1) + rng.normal(0, 0.02, LOGT.size)
+    assert abs(math.log10(change_point(STEPS, y, "rise", 0.5)) - 2.0) < 0.1
+    assert abs(math.log10(change_point(STEPS, y, "rise", 0.9)) - 2.0 - 0.1 * math.log(9)) < 0.15
+    # the fall is 30 % of the range: found; with tol 0.5 it counts as noise
+    assert abs(math.log10(change_point(STEPS, y, "fall", 0.5)) - 4.0) < 0.15
+    assert math.isnan(change_point(STEPS, y, "fall", 0.5, tol=0.5))
+
+
+def test_largest_move_is_max_drawdown():
+    v = np.array([5.0, 1.0, 4.0, 0.5, 3.0, 2.0])
+    assert largest_move(v, "rise") == (1, 2)  # 3.0 beats 2.5: first of the largest
+    assert largest_move(v, "fall") == (0, 3)
+    assert largest_move(np.array([3.0, 2.0, 1.0]), "rise") == (0, 0)
+
+
+def test_lead_lag_order_and_decades():
+    ll = lead_lag(99.0, 9999.0, "lc_fall", "generalisation")
+    assert ll["order"] == "lc_fall first" and ll["lag_decades"] == pytest.approx(2.0)
+    assert lead_lag(1000.0, 1100.0)["order"] == "together"
+    assert lead_lag(1000.0, 100.0, "x", "y")["order"] == "y first"
+    assert lead_lag(math.nan, 100.0)["order"] == "undetermined"
+
+
+# ---- a real store with known curves ----------------------------------------------------------------
+
+def _known_store(path):
+    """A Zarr store laid out like `grokscope probe`'s (run group, probe children, done flags) holding
+    curves whose onsets are known: memorised at 10^2, generalised at 10^3.5, robust at eps 0.1 at 10^4,
+    LC(train) falls (half way) at 10^4; the last step is not done."""
+    import xarray as xr
+
+    steps = STEPS
+    lt = LOGT
+    train = 0.02 + 0.98 * (lt >= 2)
+    test = 0.02 + 0.98 * _sigmoid((lt - 3.5) / 0.05)
+    done = np.ones(steps.size, bool)
+    done[-1] = False
+    acc = xr.Dataset({"accuracy": (("step", "split"), np.stack([train, test], 1)),
+                      "done": (("step",), done)}, coords={"step": steps, "split": ["train", "test"]})
+    robust = np.stack([0.9 * _sigmoid((lt - 4) / 0.05), np.zeros_like(lt)], 1)[:, None, :]
+    pgd = xr.Dataset({"robust_acc": (("step", "split", "eps"), robust), "done": (("step",), done)},
+                     coords={"step": steps, "split": ["test"], "eps": [0.1, 0.3]})
+    lc_train = 10 + 10 * _sigmoid((lt - 2) / 0.1) - 16 * _sigmoid((lt - 4) / 0.1)
+    lc = np.stack([lc_train, lc_train * (1 + lt)], 1)[:, :, None]
+    lcds = xr.Dataset({"lc_total_mean": (("step", "split", "radius"), lc), "done": (("step",), done)},
+                      coords={"step": steps, "split": ["train", "boundary"], "radius": [0.01]})
+    tree = xr.DataTree.from_dict({"/runA": xr.Dataset(attrs={"dataset": {"name": "modular"}}),
+                                  "/runA/acc": acc, "/runA/pgd": pgd, "/runA/lc": lcds})
+    tree.to_zarr(path, zarr_format=3, consolidated=False)
+    return xr.open_datatree(path, engine="zarr", consolidated=False)
+
+
+def test_run_summary_on_a_store_with_known_curves(tmp_path):
+    tree = _known_store(tmp_path / "known.zarr")
+    s = tree.grok.summary()
+    on = s["onsets"]
+    assert on["memorisation"]["step"] == STEPS[np.argmax(LOGT >= 2)]
+    assert on["generalisation"]["threshold"] == 0.99  # modular: the algorithmic threshold
+    assert abs(math.log10(on["generalisation"]["step"]) - (3.5 + 0.05 * math.log(0.97 / 0.01))) < 0.05
+    assert abs(math.log10(on["robustness@0.1"]["step"]) - 4.0 - 0.05 * math.log(0.5 / 0.4)) < 0.05
+    assert on["robustness@0.3"]["step"] is None
+    assert abs(math.log10(on["lc_fall"]["step"]) - 4.0) < 0.1
+    assert on["lc_fall"]["kind"] == "change" and on["lc_fall"]["sel"] == {"split": "train", "radius": 0.01}
+    order = {(x["a"], x["b"]): x["order"] for x in s["lead_lag"]}
+    assert order[("memorisation", "generalisation")] == "memorisation first"
+    assert order[("lc_fall", "generalisation")] == "generalisation first"
+    assert order[("generalisation", "robustness@0.1")] == "generalisation first"
+    assert order[("generalisation", "robustness@0.3")] == "undetermined"
+    ph = s["lc_phases"]["train"]
+    assert ph["has_ascent"] and ph["has_second_descent"] and abs(math.log10(ph["t_peak"]) - 3.0) < 0.5
+    # boundary / train = 1 + log t rises steadily: region migration
+    assert s["migration"]["ratio_last"] > s["migration"]["ratio_first"] + 3
+    # the last step is not done: never used
+    assert s["final"]["test_acc"] == pytest.approx(_test_acc_at(STEPS[-2]))
+    assert s["params"]["grok"] is None and s["settings"]["dataset"] == {"name": "modular"}
+    json.dumps(s, allow_nan=False)  # JSON-safe
+    # a user threshold is carried into the result
+    assert tree["runA"].grok.onsets(grok=0.5)["generalisation"].threshold == 0.5
+    assert tree.grok.lead_lag("lc_fall", "generalisation")["order"] == "generalisation first"
+
+
+def test_run_summary_lc_fall_is_the_big_descent_not_the_first_dip(tmp_path):
+    # The curve dips a little first (first descent), rises, then falls a lot: the change point is
+    # the big fall.
+    tree = _known_store(tmp_path / "known.zarr")
+    ds = tree["runA/lc"].to_dataset()
+    assert abs(math.log10(ds.grok.change("lc_total_mean", "fall", split="train")) - 4.0) < 0.1
+
+
+def test_accessor_errors_name_what_is_wrong(tmp_path):
+    import xarray as xr
+
+    tree = _known_store(tmp_path / "known.zarr")
+    acc = tree["runA/acc"].to_dataset()
+    with pytest.raises(ValueError, match="dim 'split' of size 2"):
+        acc.grok.onset("accuracy", 0.5)
+    with pytest.raises(KeyError, match="split='valid'"):
+        acc.grok.onset("accuracy", 0.5, split="valid")
+    with pytest.raises(KeyError, match="no variable 'acuracy'"):
+        acc.grok.onset("acuracy", 0.5)
+    with pytest.raises(KeyError, match="no event 'gini_rise'"):
+        tree.grok.lead_lag("gini_rise", "generalisation")
+    two = xr.DataTree.from_dict({"/a": tree["runA"].to_dataset(), "/a/acc": acc, "/b/acc": acc})
+    with pytest.raises(ValueError, match="select one run"):
+        two.grok.onsets()
+
+
+def test_grok_threshold_per_dataset():
+    assert grok_threshold_for({"name": "modular"}) == 0.99
+    assert grok_threshold_for({"name": "mnist"}) == 0.85
+    assert grok_threshold_for(None) == grok_threshold_for({"name": "mine"}) == 0.95
+
+
+def _test_acc_at(step):
+    return 0.02 + 0.98 * _sigmoid((math.log10(step) - 3.5) / 0.05)
