@@ -219,7 +219,7 @@ def _load_weights(model: nn.Module, path: Path, step: int) -> None:
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    keys = sorted(set(a) | set(b))
+    keys = sorted((set(a) | set(b)) - {"reg_params"})  # derived from "reg", absent in older runs
     norm = lambda v: json.loads(json.dumps(v))  # noqa: E731 - tuples vs lists
     return [f"{k}: {a.get(k)!r} (run.json) vs {b.get(k)!r} (now)" for k in keys if norm(a.get(k)) != norm(b.get(k))]
 
@@ -272,6 +272,8 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
         reg = build_regulariser(config.reg, config.loss, data.input_kind)
     except ValueError as e:
         raise TrainConfigError(f"train config: reg={config.reg!r}: {e}") from e
+    if reg is not None:  # the resolved parameters (defaults filled in), next to the spec string
+        hyper["reg_params"] = reg.describe()
 
     if _existing_run(run_dir):
         if not resume:

@@ -130,8 +130,13 @@ def test_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_penalty_is_logged_as_reg(tmp_path: Path) -> None:
-    log = runs.read_log(T.train_run(tiny(steps=6, save="every:3", eval_every=None, reg="grokalign:1e-3"),
-                                    tmp_path / "r", progress=False))
+    run_dir = T.train_run(tiny(steps=6, save="every:3", eval_every=None, reg="grokalign:1e-3"),
+                          tmp_path / "r", progress=False)
+    log = runs.read_log(run_dir)
+    train = runs.read_run_json(run_dir)["train"]
+    # the spec string and its resolved parameters (n_proj's default filled in)
+    assert train["reg"] == "grokalign:1e-3"
+    assert train["reg_params"] == {"name": "grokalign", "lambda": 1e-3, "n_proj": 1, "jacobian_wrt": "input"}
     assert [r["step"] for r in log] == [0, 3, 6]
     assert "reg" not in log[0]  # no update before step 0
     assert all(r["reg"] > 0 and math.isfinite(r["reg"]) for r in log[1:])
