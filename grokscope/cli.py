@@ -18,7 +18,8 @@ COMMANDS = {
     "probe": ("grokscope.engine.cli:probe", "Run probes over checkpoints into a Zarr store."),
     "simulate": ("grokscope.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
     "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
-    "report": ("grokscope.report:report", "Onsets and phases computed from a probe store."),
+    "report": ("grokscope.report:report", "One self-contained HTML page (or --json) about a probe store."),
+    "regions": ("grokscope.regions:regions", "Draw linear regions on the plane through three training points."),
 }
 
 

@@ -1,57 +1,601 @@
-"""``grokscope report``: onsets and phases of every run of a probe store (text or ``--json``)."""
+"""``grokscope report STORE``: one self-contained HTML page per probe store.
+
+Per run: its settings, the onset table, the LC phase table, the lead/lag table, the figures and a short
+plain-words summary. Every number comes from :func:`grokscope.analysis.run_summary`; images are embedded
+as base64 ``data:`` URIs and the CSS is inline, so the page opens anywhere (no scripts, no network).
+"""
 
 from __future__ import annotations
 
+import base64
+import datetime
+import html
 import json
 import math
+import re
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
+# how the LC point sets read in sentences
+SPLIT_WORDS = {"train": "training points", "test": "test points", "random": "random points",
+               "boundary": "points near the decision boundary"}
+# LC phase columns, in order, with their headers
+PHASE_COLUMNS = {"t_min1": "first descent ends", "t_peak": "peak (migration starts)",
+                 "t_fall_half": "second descent half-way", "t_min2": "second descent ends",
+                 "descent1": "first descent size", "rise": "ascent size", "depth": "second descent size"}
+# grid points per side of the region picture (regions' default is 400; the report keeps it quick)
+REGION_RESOLUTION = 300
 
-def _fmt(v) -> str:
-    if isinstance(v, dict):
-        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+
+# -- numbers as text ---------------------------------------------------------------------------------
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fmt_step(v: Any) -> str:
+    """A step as text with a space every three digits (``2 400``); ``never`` for None/NaN."""
+    if _missing(v):
+        return "never"
+    return f"{int(round(float(v))):,}".replace(",", " ")
+
+
+def fmt_num(v: Any) -> str:
+    """A value for a table cell: 3 significant digits for floats, ``—`` for None/NaN."""
+    if _missing(v):
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
-        return "—" if math.isnan(v) else (f"{v:.0f}" if v == int(v) and abs(v) >= 1 else f"{v:.3g}")
+        if math.isinf(v) or abs(v) < 1000:
+            return f"{v:.0f}" if math.isfinite(v) and v == int(v) and abs(v) >= 1 else f"{v:.3g}"
+        return f"{v:,.0f}".replace(",", " ")
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={fmt_num(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_num(x) for x in v) + "]"
     return str(v)
 
 
-def _json_safe(v):
-    """NaN → null, recursively (JSON has no NaN)."""
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, float) and math.isnan(v):
+def _ratio_text(later: float, earlier: float, what: str, say_what: bool = False) -> str:
+    """``13× later`` (``… than <what>`` if ``say_what``), ``2 400 steps after <what>`` (from step 0),
+    ``at the same checkpoint as <what>`` or ``before <what>``."""
+    if later == earlier:
+        return f"at the same checkpoint as {what}"
+    if later < earlier:
+        return f"before {what}"
+    if earlier <= 0:
+        return f"{fmt_step(later - earlier)} steps after {what}"
+    r = later / earlier
+    return (f"{r:.0f}× later" if r >= 10 else f"{r:.1f}× later") + (f" than {what}" if say_what else "")
+
+
+# -- plain words -------------------------------------------------------------------------------------
+
+# how the events of run_summary read in sentences
+EVENT_WORDS = {"memorisation": "memorisation", "generalisation": "generalisation",
+               "lc_fall": "the fall of LC around training points", "gini_rise": "the rise of the Fourier Gini",
+               "alignment_rise": "the rise of centroid alignment", "weight_norm_fall": "the fall of ‖θ‖²"}
+
+
+def _event_words(name: str, onset: dict | None = None) -> str:
+    if name.startswith("robustness@"):
+        return f"robustness at ε={_eps_of(name, onset or {})}"
+    return EVENT_WORDS.get(name, name.replace("_", " "))
+
+
+def _eps_of(name: str, onset: dict) -> str:
+    eps = (onset.get("sel") or {}).get("eps")
+    return fmt_num(float(eps)) if eps is not None else name.split("@", 1)[-1]
+
+
+def _threshold_words(onset: dict, measure: str) -> str:
+    sign = "≥" if onset.get("above", True) else "≤"
+    return f"{measure} {sign} {fmt_num(onset.get('threshold'))}"
+
+
+def _step_of(onset: dict | None) -> float | None:
+    return None if onset is None or _missing(onset.get("step")) else float(onset["step"])
+
+
+def describe_run(summary: dict[str, Any]) -> list[str]:
+    """Plain-words sentences about one run from its :func:`~grokscope.analysis.run_summary`.
+
+    In order, for what the summary holds: memorisation; generalisation (how many times later than
+    memorisation) and the grokking phase (test accuracy 0.2 → threshold); the LC phases on the training
+    and test points and the region migration; robustness per ε; which measures moved before
+    generalisation (lead/lag of the change points); the final accuracies. Missing steps read "never".
+    """
+    onsets = summary.get("onsets") or {}
+    final = summary.get("final") or {}
+    lines: list[str] = []
+    mem, gen = onsets.get("memorisation"), onsets.get("generalisation")
+    t_mem, t_gen = _step_of(mem), _step_of(gen)
+    if mem is not None:
+        if t_mem is not None:
+            lines.append(f"memorised ({_threshold_words(mem, 'train accuracy')}) at step {fmt_step(t_mem)}")
+        else:
+            tail = "" if _missing(final.get("train_acc")) else f" (final {_acc(final['train_acc'])})"
+            lines.append(f"never memorised: train accuracy never reached {fmt_num(mem.get('threshold'))}{tail}")
+    if gen is not None:
+        if t_gen is not None:
+            s = f"generalised ({_threshold_words(gen, 'test accuracy')}) at step {fmt_step(t_gen)}"
+            if t_mem is not None:
+                s += f" ({_ratio_text(t_gen, t_mem, 'memorisation')})"
+            lines.append(s)
+            phase = summary.get("grok_phase") or {}
+            if not _missing(phase.get("t_start")) and phase["t_start"] < t_gen:
+                lines.append(f"test accuracy climbed from {fmt_num(phase.get('start_threshold'))} at step "
+                             f"{fmt_step(phase['t_start'])} to {fmt_num(gen.get('threshold'))} at step "
+                             f"{fmt_step(t_gen)}")
+        else:
+            tail = "" if _missing(final.get("test_acc")) else f" (final {_acc(final['test_acc'])})"
+            lines.append(f"never generalised: test accuracy never reached {fmt_num(gen.get('threshold'))}{tail}")
+    lines += _describe_lc(summary.get("lc_phases") or {}, summary.get("migration") or {})
+    lines += _describe_robustness(onsets, t_gen)
+    lead = {(r.get("a"), r.get("b")): r for r in summary.get("lead_lag") or []}
+    for name, o in onsets.items():
+        if o.get("kind") != "change":
+            continue
+        row = lead.get((name, "generalisation"))
+        text = describe_lead_lag(row, onsets) if row else None
+        if text is None:
+            what = _event_words(name, o)
+            t = _step_of(o)
+            text = (f"{what} was half done at step {fmt_step(t)}" if t is not None
+                    else f"no clear {what.removeprefix('the ')}")
+        lines.append(text)
+    acc = [f"{k.split('_')[0]} {_acc(final[k])}" for k in ("train_acc", "test_acc") if not _missing(final.get(k))]
+    if acc:
+        lines.append("final accuracy: " + ", ".join(acc))
+    return lines
+
+
+def _acc(v: float) -> str:
+    return f"{float(v):.3f}"
+
+
+def _describe_robustness(onsets: dict[str, dict], t_gen: float | None) -> list[str]:
+    """One sentence per ε that reached the threshold; one for all the ε that never did."""
+    lines, never = [], []
+    for name, o in onsets.items():
+        if not name.startswith("robustness@"):
+            continue
+        eps, t = _eps_of(name, o), _step_of(o)
+        if t is None:
+            never.append((eps, fmt_num(o.get("threshold"))))
+            continue
+        s = f"robust accuracy at ε={eps} reached {fmt_num(o.get('threshold'))} at step {fmt_step(t)}"
+        if t_gen is not None:
+            s += f" ({_ratio_text(t, t_gen, 'generalisation', say_what=True)})"
+        lines.append(s)
+    for thr in dict.fromkeys(t for _, t in never):
+        eps = [e for e, t in never if t == thr]
+        lines.append(f"robust accuracy at ε={', '.join(eps)} never reached {thr}")
+    return lines
+
+
+def _describe_lc(phases: dict[str, dict], migration: dict[str, Any]) -> list[str]:
+    """Sentences for the LC phases of the training and test points (all point sets are in the table)
+    and for the region migration (LC near the boundary relative to LC near training points)."""
+    shown = [s for s in ("train", "test") if s in phases] or list(phases)[:1]
+    lines = []
+    for split in shown:
+        p = phases[split]
+        where = f"LC around {SPLIT_WORDS.get(split, split + ' points')}"
+        if _missing(p.get("t_peak")):
+            lines.append(f"{where}: too few checkpoints for phases")
+            continue
+        parts = []
+        if p.get("has_first_descent", True) and not _missing(p.get("t_min1")):
+            parts.append(f"fell until step {fmt_step(p['t_min1'])}")
+        second = p.get("has_second_descent", True) and not _missing(p.get("t_min2")) and p["t_min2"] != p["t_peak"]
+        if p.get("has_ascent", True):
+            parts.append(f"peaked at step {fmt_step(p['t_peak'])}" if second else
+                         f"rose to its highest at step {fmt_step(p['t_peak'])} with no second descent after it")
+        if second:
+            parts.append(f"then fell again until step {fmt_step(p['t_min2'])}")
+        lines.append(f"{where} " + (", ".join(parts) if parts else "stayed flat (no phase larger than the noise)"))
+    if migration and not _missing(migration.get("ratio_first")) and not _missing(migration.get("ratio_last")):
+        s = (f"region migration: LC near the decision boundary / LC near training points went from "
+             f"{fmt_num(migration['ratio_first'])} to {fmt_num(migration['ratio_last'])}")
+        if not _missing(migration.get("t_half_rise")):
+            s += f" (half of its largest rise by step {fmt_step(migration['t_half_rise'])})"
+        lines.append(s)
+    return lines
+
+
+def describe_lead_lag(row: dict[str, Any], onsets: dict[str, dict] | None = None) -> str | None:
+    """One lead/lag pair (:func:`grokscope.analysis.lead_lag`) in words, or None when the pair is
+    already said elsewhere (memorisation → generalisation, generalisation → robustness) or undetermined."""
+    a, b = (row or {}).get("a"), (row or {}).get("b")
+    if not row or a is None or b is None or a == "memorisation" or str(b).startswith("robustness@"):
         return None
-    return v
+    ta, tb = row.get("t_a"), row.get("t_b")
+    if _missing(ta) or _missing(tb):
+        return None
+    onsets = onsets or {}
+    wa, wb = _event_words(a, onsets.get(a)), _event_words(b, onsets.get(b))
+
+    def when(name: str, t: float) -> str:
+        half = (onsets.get(name) or {}).get("kind") == "change"
+        return f"{'half done at ' if half else ''}step {fmt_step(t)}"
+
+    dec = row.get("lag_decades")
+    if row.get("order") == "together" or ta == tb:
+        return f"{wa} ({when(a, ta)}) and {wb} ({when(b, tb)}) came together"
+    gap = "" if _missing(dec) else f", {abs(dec):.1f} decades"
+    if ta < tb:
+        return f"{wa} ({when(a, ta)}) came before {wb} ({when(b, tb)}{gap} later)"
+    return f"{wa} ({when(a, ta)}) came after {wb} ({when(b, tb)}{gap} earlier)"
+
+
+# -- HTML pieces -------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1180px;
+     color:#1b1b1b;line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.3em;border-bottom:2px solid #ccc;margin-top:2em}
+h3{font-size:1.05em;margin:1.3em 0 .4em}
+.meta{color:#555;font-size:.9em}
+table{border-collapse:collapse;margin:.3em 0 1em;font-size:.9em}
+th,td{border:1px solid #d4d4d4;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.never{color:#a33;font-style:italic}
+ul.summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.6em 1em .6em 2em;font-size:1.02em}
+.settings{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start} .settings table{margin:0}
+figure{margin:1em 0} figure img{max-width:100%;border:1px solid #e0e0e0}
+figcaption{color:#555;font-size:.85em}
+.note{background:#fff8e1;border-left:4px solid #e0a800;padding:.4em .8em;font-size:.9em}
+nav ul{columns:2}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _table(header: list[str], rows: list[list[tuple[str, str]]]) -> str:
+    """An HTML table; each cell is ``(text, css class)``; text is escaped here."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="{c}">{_e(t)}</td>' if c else f"<td>{_e(t)}</td>"
+                                    for t, c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(d, dict):
+        return [(prefix or "value", d)]
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out += _flatten(v, key) if isinstance(v, dict) and v else [(key, v)]
+    return out
+
+
+def settings_html(settings: dict[str, Any]) -> str:
+    """The model, dataset and training settings as three key/value tables side by side."""
+    parts = []
+    for what in ("model", "dataset", "train"):
+        spec = settings.get(what)
+        if not spec:
+            parts.append(f"<p class='meta'>{what}: not recorded in the store</p>")
+            continue
+        rows = [[(k, ""), (v if isinstance(v, str) else fmt_num(v), "")] for k, v in _flatten(spec)]
+        parts.append(_table([what, "value"], rows))
+    return f"<div class='settings'>{''.join(parts)}</div>"
+
+
+def _rule(o: dict[str, Any]) -> str:
+    if o.get("kind") == "change":
+        return f"{100 * float(o.get('threshold', 0.5)):.0f} % of largest {'rise' if o.get('above', True) else 'fall'}"
+    rule = f"{'≥' if o.get('above', True) else '≤'} {fmt_num(o.get('threshold'))}"
+    return rule + (f" for {o['patience']} checkpoints" if (o.get("patience") or 1) > 1 else "")
+
+
+KEY_TRAIN_SETTINGS = ("optimizer", "lr", "weight_decay", "steps", "batch_size", "loss", "reg", "seed")
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    """The settings in one line: ``mlp(depth=2, width=128) · modular(p=59, op=add) · adamw lr=0.003 …``."""
+    parts = []
+    for what in ("model", "dataset"):
+        spec = settings.get(what)
+        if isinstance(spec, dict):
+            name = spec.get("arch") or spec.get("factory") or spec.get("name") or what
+            kw = ", ".join(f"{k}={fmt_num(v)}" for k, v in (spec.get("kwargs") or {}).items())
+            seed = f" seed {spec['seed']}" if "seed" in spec and what == "dataset" else ""
+            parts.append(f"{what} {name}({kw}){seed}")
+    train = settings.get("train")
+    if isinstance(train, dict):
+        parts.append("train " + " ".join(f"{k}={fmt_num(train[k])}" for k in KEY_TRAIN_SETTINGS
+                                         if k in train and train[k] is not None))
+    return " · ".join(parts)
+
+
+def onset_table_html(onsets: dict[str, dict]) -> str:
+    """Name, measure (probe/variable [selection]), rule, smoothing window and step ("never") per onset
+    or change point."""
+    if not onsets:
+        return "<p class='meta'>No onsets: the run has no <code>acc</code>, <code>pgd</code>, <code>lc</code>, " \
+               "<code>fourier</code>, <code>align</code> or <code>norm</code> results.</p>"
+    rows = []
+    for name, o in onsets.items():
+        sel = o.get("sel") or {}
+        var = "/".join(str(x) for x in (o.get("probe"), o.get("var")) if x)
+        var += f" [{', '.join(f'{k}={fmt_num(v)}' for k, v in sel.items())}]" if sel else ""
+        never = _missing(o.get("step"))
+        rows.append([(name, ""), (var, ""), (_rule(o), ""), (fmt_num(o.get("window", 1)), "num"),
+                     (fmt_step(o.get("step")), "never" if never else "num")])
+    return _table(["onset", "measure", "rule", "window", "step"], rows)
+
+
+def phase_table_html(phases: dict[str, dict]) -> str:
+    """One row per LC point set: the phase steps, the sizes of the smoothed LC moves and which phases
+    are larger than the noise."""
+    if not phases:
+        return "<p class='meta'>No LC phases: the run has no <code>lc</code> probe.</p>"
+    keys = [k for k in PHASE_COLUMNS if any(k in p for p in phases.values())]
+    rows = []
+    for split, p in phases.items():
+        row = [(SPLIT_WORDS.get(split, split), "")]
+        for k in keys:
+            v = p.get(k)
+            row.append((fmt_step(v), "never") if k.startswith("t_") and _missing(v) else
+                       (fmt_step(v) if k.startswith("t_") else fmt_num(v), "num"))
+        found = [w for flag, w in (("has_first_descent", "first descent"), ("has_ascent", "ascent"),
+                                   ("has_second_descent", "second descent")) if p.get(flag)]
+        rows.append(row + [(", ".join(found) or "none", "")])
+    first = next(iter(phases.values()))
+    caption = ""
+    if "window" in first:
+        caption = (f"<p class='meta'>LC (mean over points, first radius) smoothed by a running median over "
+                   f"{fmt_num(first['window'])} checkpoints; a phase counts when its size exceeds "
+                   f"{fmt_num(first.get('tol'))} × the curve's range.</p>")
+    return _table(["points"] + [PHASE_COLUMNS[k] for k in keys] + ["phases found"], rows) + caption
+
+
+def lead_lag_table_html(rows: list[dict[str, Any]]) -> str:
+    """One row per pair of events: their steps, the lag in steps and in decades, and the order."""
+    if not rows:
+        return "<p class='meta'>No lead/lag pairs: needs generalisation and at least one other event.</p>"
+    body = []
+    for r in rows:
+        steps = [(fmt_step(r.get(k)), "never" if _missing(r.get(k)) else "num") for k in ("t_a", "t_b")]
+        lag = r.get("lag_steps")
+        body.append([(str(r.get("a")), ""), (str(r.get("b")), ""), *steps,
+                     ("—" if _missing(lag) else ("−" if lag < 0 else "") + fmt_step(abs(lag)), "num"),
+                     (fmt_num(r.get("lag_decades")), "num"), (str(r.get("order", "")), "")])
+    together = rows[0].get("together_decades")
+    note = "" if _missing(together) else (f"<p class='meta'>lag = step(second) − step(first); decades = "
+                                           f"log10((step₂+1)/(step₁+1)); “together” within {fmt_num(together)} "
+                                           f"decades.</p>")
+    header = ["first event", "second event", "step of first", "step of second", "lag (steps)", "lag (decades)",
+              "order"]
+    return _table(header, body) + note
+
+
+def migration_table_html(migration: dict[str, Any]) -> str:
+    """LC(boundary)/LC(train): first, last and largest value and the step half its rise was done."""
+    names = {"ratio_first": "ratio at first step", "ratio_last": "ratio at last step",
+             "ratio_max": "largest ratio", "t_half_rise": "half of largest rise at step"}
+    keys = list(names) + [k for k in migration if k not in names]
+    cells = [((fmt_step(v), "never" if _missing(v) else "num") if k.startswith("t_") else (fmt_num(v), "num"))
+             for k, v in ((k, migration.get(k)) for k in keys)]
+    return _table([names.get(k, k) for k in keys], [cells])
+
+
+def img_html(png: Path, caption: str) -> str:
+    """``png`` embedded as a base64 ``data:`` URI in a figure with a caption."""
+    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+    return (f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def note_html(text: str) -> str:
+    return f"<p class='note'>{_e(text)}</p>"
+
+
+# -- figures -----------------------------------------------------------------------------------------
+
+def _slug(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path) or "run"
+
+
+# the run_summary thresholds that the plots' onset lines take too
+PLOT_THRESHOLDS = ("mem", "grok", "robust", "window", "patience")
+
+
+def figures(tree: Any, work: Path, thresholds: dict[str, Any], run: str | None = None) -> list[tuple[Path, str]]:
+    """``[(png, caption)]`` of :func:`grokscope.plots.plot_store` for one run (``run``) or for all runs
+    overlaid (``run=None``: its overview only), written under ``work``."""
+    from grokscope.plots import plot_store
+
+    onset_args = {k: v for k, v in thresholds.items() if k in PLOT_THRESHOLDS}
+    out = work / ("all-runs" if run is None else _slug(run))
+    pngs = plot_store(tree, out, runs=None if run is None else [run], formats=["png"], thresholds=onset_args)
+    found = []
+    for png in pngs:
+        if png.stem == "overview":
+            who = "every run overlaid" if run is None else run
+            found.append((png, f"{who}: each measure over log step (0 at the left); dashed lines: onsets"))
+        elif run is not None:
+            found.append((png, f"{run}: Fourier norms of the embedding per frequency over steps"))
+    return found
+
+
+def figures_html(tree: Any, work: Path, thresholds: dict[str, Any], run: str | None = None) -> str:
+    """:func:`figures` embedded, or a note saying why there are none."""
+    try:
+        return "".join(img_html(png, caption) for png, caption in figures(tree, work, thresholds, run))
+    except Exception as e:  # the page still renders; the note says what failed
+        return note_html(f"No figures for {run or 'the store'} ({type(e).__name__}: {e}).")
+
+
+def region_steps(summary: dict[str, Any], available: list[int]) -> dict[int, list[str]]:
+    """Checkpoints worth a region panel, each with why: the first, memorisation, generalisation and
+    the last, snapped to the nearest available checkpoint; ``{step: [roles]}`` in step order."""
+    available = sorted(available)
+    if not available:
+        return {}
+    onsets = summary.get("onsets") or {}
+    wanted = [("first", available[0])] + [(k, float(onsets[k]["step"])) for k in ("memorisation", "generalisation")
+                                          if k in onsets and not _missing(onsets[k].get("step"))]
+    wanted.append(("last", available[-1]))
+    out: dict[int, list[str]] = {}
+    for role, w in wanted:
+        out.setdefault(min(available, key=lambda a: abs(a - w)), []).append(role)
+    return dict(sorted(out.items()))
+
+
+def region_html(node: Any, summary: dict[str, Any], path: str, work: Path, resolution: int = REGION_RESOLUTION
+                ) -> str:
+    """The region picture of a run (:func:`grokscope.regions.regions_figure` at :func:`region_steps`),
+    or a note saying why there is none (not piecewise linear, checkpoints not here, module missing, ...)."""
+    run_dir = (summary.get("settings") or {}).get("path") or node.attrs.get("path")
+    if not run_dir or not Path(run_dir).is_dir():
+        return note_html(f"No region picture: the run folder {run_dir!r} recorded in the store is not on this "
+                         "machine (the picture needs the checkpoints).")
+    try:
+        from grokscope.regions import RegionsError, open_run, regions_figure
+    except ImportError as e:
+        return note_html(f"No region picture: grokscope.regions is not available ({e}).")
+    try:
+        steps = region_steps(summary, open_run(Path(run_dir)).steps)
+        png = regions_figure(Path(run_dir), list(steps), work / f"{_slug(path)}_regions.png", resolution=resolution)
+    except RegionsError as e:
+        return note_html(f"No region picture: {e}")
+    except Exception as e:  # the page still renders; the note says what failed
+        return note_html(f"No region picture: drawing the regions of {run_dir} failed ({type(e).__name__}: {e}).")
+    at = ", ".join(f"{fmt_step(s)} ({', '.join(roles)})" for s, roles in steps.items())
+    return img_html(png, f"{path}: linear regions (grey) and decision boundary (red) on the plane through three "
+                         f"training points, at steps {at}")
+
+
+# -- the page ----------------------------------------------------------------------------------------
+
+def load_runs(store: Path) -> tuple[Any, list[tuple[str, Any]]]:
+    """``(tree, [(run path, run node)])`` of a probe store; ClickException naming the store if it cannot
+    be opened or has no runs with probe results."""
+    from grokscope.plots import iter_runs, open_store
+
+    tree = open_store(Path(store))
+    runs = iter_runs(tree)
+    if not runs:
+        raise click.ClickException(f"{store}: no runs with probe results found (nothing to report)")
+    return tree, runs
+
+
+def summaries(store: Path, **thresholds: Any) -> dict[str, dict[str, Any]]:
+    """``{run path: run_summary(run node, **thresholds)}`` for every run of ``store`` (JSON-safe)."""
+    from grokscope.analysis import run_summary
+
+    _, runs = load_runs(Path(store))
+    return {path: run_summary(node, **thresholds) for path, node in runs}
+
+
+def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: Path,
+                thresholds: dict[str, Any], regions: bool = True) -> str:
+    """The HTML section of one run: settings line, plain words, figures, tables, regions, all settings."""
+    anchor = _slug(path)
+    settings = summary.get("settings") or {}
+    parts = [f"<section id='{_e(anchor)}'><h2>Run {_e(path)}</h2>"]
+    folder = settings.get("path") or node.attrs.get("path")
+    parts.append(f"<p class='meta'>{_e(settings_line(settings))}<br>run folder: <code>{_e(folder)}</code>; "
+                 f"probes: {_e(', '.join(sorted(node.children)))}</p>")
+    lines = describe_run(summary)
+    parts.append("<h3>In plain words</h3>")
+    parts.append("<ul class='summary'>" + "".join(f"<li>{_e(s)}</li>" for s in lines) + "</ul>" if lines
+                 else "<p class='meta'>Nothing to say: no accuracy, LC, PGD or change-point results.</p>")
+    parts.append("<h3>Figures</h3>" + figures_html(tree, work, thresholds, path))
+    parts.append("<h3>Onsets</h3>" + onset_table_html(summary.get("onsets") or {}))
+    parts.append("<h3>LC phases</h3>" + phase_table_html(summary.get("lc_phases") or {}))
+    migration = summary.get("migration") or {}
+    if migration:
+        parts.append("<h3>Region migration (LC near the boundary / LC near training points)</h3>"
+                     + migration_table_html(migration))
+    parts.append("<h3>Lead / lag</h3>" + lead_lag_table_html(summary.get("lead_lag") or []))
+    if regions:
+        parts.append("<h3>Linear regions</h3>" + region_html(node, summary, path, work))
+    parts.append("<h3>Settings</h3>" + settings_html(settings))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_html(store: Path, tree: Any, runs: list[tuple[str, Any]], sums: dict[str, dict],
+                thresholds: dict[str, Any], work: Path, regions: bool = True) -> str:
+    """The whole page as a string: a header, all runs overlaid (if several), one section per run."""
+    from grokscope import __version__
+
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    th = ", ".join(f"{k}={'auto' if v is None else v}" for k, v in thresholds.items()) or "defaults"
+    nav = ""
+    if len(runs) > 1:
+        nav = ("<nav><ul>" + "".join(f"<li><a href='#{_e(_slug(p))}'>{_e(p)}</a></li>" for p, _ in runs)
+               + "</ul></nav><h2>All runs</h2>" + figures_html(tree, work, thresholds))
+    body = "\n".join(run_section(tree, p, n, sums[p], work, thresholds, regions) for p, n in runs)
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>grokscope report: {_e(store.name)}</title><style>{CSS}</style></head><body>"
+            f"<h1>grokscope report</h1><p class='meta'>store <code>{_e(store)}</code> · {len(runs)} run(s) · "
+            f"thresholds {_e(th)} · grokscope {_e(__version__)} · {when}</p>{nav}\n{body}\n</body></html>\n")
+
+
+def write_report(store: Path, out: Path | None = None, regions: bool = True, **thresholds: Any) -> Path:
+    """Write the self-contained HTML report of ``store`` to ``out`` (default ``<store parent>/report.html``).
+
+    ``thresholds`` go to :func:`grokscope.analysis.run_summary` (``mem``, ``grok``, ``robust``,
+    ``window``). Raises ``click.ClickException`` naming the store if it holds no runs.
+    """
+    from grokscope.analysis import run_summary
+
+    store = Path(store)
+    out = Path(out) if out is not None else store.resolve().parent / "report.html"
+    tree, runs = load_runs(store)
+    sums = {path: run_summary(node, **thresholds) for path, node in runs}
+    with tempfile.TemporaryDirectory(prefix="grokscope-report-") as tmp:
+        page = render_html(store, tree, runs, sums, thresholds, Path(tmp), regions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected 'auto' or a number, got {value!r}") from None
 
 
 @click.command()
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
-@click.option("--mem", "mem_threshold", default=0.99, show_default=True, help="Train-accuracy threshold of t_mem.")
-@click.option("--grok", "grok_threshold", default=0.95, show_default=True, help="Test-accuracy threshold of t_grok.")
-@click.option("--robust", "robust_threshold", default=0.5, show_default=True,
-              help="Robust-accuracy threshold of t_robust(eps).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-def report(store: Path, mem_threshold: float, grok_threshold: float, robust_threshold: float, as_json: bool) -> None:
-    """Onset steps (memorisation, grokking, robustness) and LC phases for every run in STORE."""
-    import xarray as xr
-
-    from grokscope.analysis import run_onsets
-    from grokscope.plots import iter_runs
-
-    tree = xr.open_datatree(store, engine="zarr", consolidated=False)
-    result = {path: run_onsets(node, mem_threshold, grok_threshold, robust_threshold)
-              for path, node in iter_runs(tree)}
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default: report.html next to STORE).")
+@click.option("--json", "as_json", is_flag=True, help="Print run_summary of every run as JSON instead.")
+@click.option("--mem", default=0.99, show_default=True, help="Train-accuracy threshold of memorisation.")
+@click.option("--grok", default="auto", show_default=True, callback=_grok_option,
+              help="Test-accuracy threshold of generalisation; 'auto' = the dataset's (0.99 algorithmic, "
+                   "0.85 images, else 0.95).")
+@click.option("--robust", default=0.5, show_default=True, help="Robust-accuracy threshold of robustness@eps.")
+@click.option("--window", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Smoothing window (checkpoints) of the onset curves.")
+@click.option("--regions/--no-regions", default=True, show_default=True,
+              help="Draw the linear-region picture of piecewise-linear runs (needs the checkpoints).")
+def report(store: Path, out: Path | None, as_json: bool, mem: float, grok: float | None, robust: float,
+           window: int, regions: bool) -> None:
+    """Write one self-contained HTML page about every run in a probe STORE and print its path."""
+    thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}
     if as_json:
-        click.echo(json.dumps(_json_safe(result), indent=2))
+        click.echo(json.dumps(summaries(store, **thresholds), indent=2, allow_nan=False))
         return
-    for path, onsets in result.items():
-        click.echo(path)
-        for line in format_onsets(onsets):
-            click.echo(line)
+    path = write_report(store, out, regions=regions, **thresholds)
+    click.echo(str(path))
 
 
 def format_onsets(onsets: dict) -> list[str]:
     """One indented line per onset/phase value (NaN shown as —)."""
-    return [f"  {k:16s} {_fmt(v)}" for k, v in onsets.items()]
+    return [f"  {k:16s} {fmt_num(v)}" for k, v in onsets.items()]

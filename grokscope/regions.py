@@ -1,0 +1,736 @@
+"""Linear-region pictures: the spline partition of a piecewise-linear network on a 2-D plane
+(``grokscope regions``; the paper's SplineCam-style figures, computed on a pixel grid).
+
+The plane goes through three inputs ``x0, x1, x2``: the point with plane coordinates ``(a, b)`` is
+``x0 + a (x1 - x0) + b (x2 - x0)``, so the points sit at ``(0, 0)``, ``(1, 0)``, ``(0, 1)`` and the view
+is ``[-margin, 1 + margin]²``. On a ``resolution x resolution`` grid of that view every kinked unit's
+*activation pattern* is recorded (for each kink value ``k`` of its module, whether the unit's input is
+``> k``). The network is affine on each set of constant pattern, so
+
+* a pixel is a **region boundary** when its pattern differs from its right or upper neighbour (the
+  boundary then passes between the two pixel centres: within one pixel spacing of the pixel);
+* a pixel is on the **decision boundary** when the predicted class (argmax of the logits) differs
+  from its right or upper neighbour;
+* ``n_regions`` counts the distinct patterns in the view (the linear regions the plane meets, up to
+  the grid resolution), using a 64-bit hash of each pattern.
+
+Which modules are kinked, and the hooks that see their inputs, are those of the ``lc`` probe
+(:func:`grokscope.probes.lc.kinks`, its hook class); everything is batched over grid rows. Token
+models are drawn in embedding space (:func:`grokscope.models.adapters.continuous_view`), on the plane
+through the three embedded points of each checkpoint. Models with smooth parts (GELU, tanh,
+softmax attention, LayerNorm, ...) have no linear regions and are refused with the module named;
+a numerical check (the logits must be affine between two grid points of equal pattern) guards the
+rest.
+
+:func:`activation_boundaries` is the functional core (a model and a :class:`Plane` in, a
+:class:`RegionMap` of numpy arrays out); :func:`regions_figure` draws checkpoints of a run as a
+grid of panels (PNG/PDF/SVG) or an animated GIF; ``grokscope regions`` is its command.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+import numpy as np
+import torch
+from torch import nn
+
+from grokscope.probes.lc import _Counter, _model_device, _model_dtype, kinks
+
+#: kinked activation modules that are piecewise linear (their pattern bits pin down the piece).
+PIECEWISE_LINEAR_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.Hardtanh, nn.Threshold, nn.Hardshrink, nn.Softshrink,
+    nn.Hardsigmoid)
+#: modules that make a network smooth (no linear regions at all).
+SMOOTH_MODULES: tuple[type[nn.Module], ...] = tuple(t for t in (
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.LogSigmoid, nn.Softsign,
+    nn.Tanhshrink, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+    nn.InstanceNorm3d, nn.MultiheadAttention, getattr(nn, "RMSNorm", None)) if t is not None)
+#: piecewise-linear modules whose kinks are not hooked (the picture would miss their boundaries).
+UNHOOKED_KINKS: tuple[type[nn.Module], ...] = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d)
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".gif")
+DEFAULT_PANELS = 6   # checkpoints in a still figure when no steps are given
+DEFAULT_FRAMES = 24  # frames of a GIF when no steps are given
+_HASH_SEED = 0x5EED
+
+
+class RegionsError(ValueError):
+    """Bad input for a region picture: the message names the value, file or module at fault."""
+
+
+# -- the plane ----------------------------------------------------------------------------------------
+
+@dataclass
+class Plane:
+    """The plane ``origin + a u + b v`` viewed over ``(a, b) ∈ [-margin, 1 + margin]²``.
+
+    ``origin``, ``u``, ``v`` have the model's (continuous) input shape, without a batch dim.
+    """
+
+    origin: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    margin: float = 0.25
+
+    @classmethod
+    def through(cls, x0: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, margin: float = 0.25) -> "Plane":
+        """The plane through three points (``x0`` at ``(0, 0)``, ``x1`` at ``(1, 0)``, ``x2`` at ``(0, 1)``).
+
+        Raises :class:`RegionsError` when shapes differ, the margin is negative or not finite, or the
+        points are collinear (no plane).
+        """
+        if not (x0.shape == x1.shape == x2.shape):
+            raise RegionsError(f"the three points must have one shape, got {tuple(x0.shape)}, "
+                               f"{tuple(x1.shape)}, {tuple(x2.shape)}")
+        if not math.isfinite(margin) or margin < 0:
+            raise RegionsError(f"margin must be a finite number >= 0, got {margin!r}")
+        u, v = x1 - x0, x2 - x0
+        uu, vv = u.double().flatten(), v.double().flatten()
+        nu, nv = float(uu.norm()), float(vv.norm())
+        if nu == 0 or nv == 0 or abs(float(uu @ vv)) >= (1 - 1e-9) * nu * nv:
+            raise RegionsError("the three points are collinear (or two are equal): they span no plane")
+        return cls(origin=x0, u=u, v=v, margin=float(margin))
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        """``(low, high)`` of both plane coordinates."""
+        return -self.margin, 1.0 + self.margin
+
+    def at(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The inputs at plane coordinates ``a``, ``b`` (each ``(n,)``): shape ``(n, *origin.shape)``."""
+        dt = self.origin.dtype
+        a = a.to(self.origin.device, dt).reshape(-1, *([1] * self.origin.dim()))
+        b = b.to(self.origin.device, dt).reshape(-1, *([1] * self.origin.dim()))
+        return self.origin + a * self.u + b * self.v
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Plane":
+        return Plane(self.origin.to(device, dtype), self.u.to(device, dtype), self.v.to(device, dtype),
+                     self.margin)
+
+
+# -- the functional core ------------------------------------------------------------------------------
+
+@dataclass
+class RegionMap:
+    """What :func:`activation_boundaries` computes on an ``R x R`` grid; images are indexed
+    ``[i_b, i_a]`` (row = coordinate ``b``, column = ``a``, ``origin="lower"`` in ``imshow``).
+
+    ``boundary`` (R, R) bool: the pattern differs from the right or upper neighbour;
+    ``layer_boundary`` (L, R, R) bool: the same per kinked layer (``layers[l]``);
+    ``decision`` (R, R) bool: the predicted class differs from the right or upper neighbour;
+    ``pred`` (R, R) int64: predicted class; ``region`` (R, R) int64: a 64-bit hash of the pattern
+    (equal patterns, equal hashes); ``n_regions``: distinct hashes; ``a``/``b`` (R,): coordinates.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    boundary: np.ndarray
+    layer_boundary: np.ndarray
+    decision: np.ndarray
+    pred: np.ndarray
+    region: np.ndarray
+    n_regions: int
+    layers: list[str]
+    neurons: list[int]
+    seconds: float = 0.0
+
+    @property
+    def spacing(self) -> float:
+        """Distance between neighbouring pixel centres (plane units)."""
+        return float(self.a[1] - self.a[0])
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """``imshow`` extent: pixel edges, half a spacing outside the first and last centres."""
+        h = self.spacing / 2
+        return (float(self.a[0] - h), float(self.a[-1] + h), float(self.b[0] - h), float(self.b[-1] + h))
+
+
+class _PatternHooks(_Counter):
+    """The ``lc`` probe's hooks (same kinked modules, same layer list and call order), keeping each
+    layer's pattern bits ``(rows, neurons * n_kinks)`` instead of counting crossings."""
+
+    bits: list[torch.Tensor | None]
+
+    def record(self, module: nn.Module | None, t: torch.Tensor, k: tuple[float, ...]) -> None:
+        if self.discover:
+            super().record(module, t, k)
+            return
+        j = self.next_layer(module)
+        flat = t.reshape(t.shape[0], -1)
+        self.bits[j] = flat > k[0] if len(k) == 1 else torch.cat([flat > kv for kv in k], dim=1)
+
+
+def check_piecewise_linear(model: nn.Module) -> None:
+    """Raise :class:`RegionsError` naming the modules of ``model`` that have no linear regions.
+
+    Refused: kinked but smooth activations (GELU, SiLU, ELU, ...), smooth modules (tanh, sigmoid,
+    softmax, LayerNorm, attention, ...) and max-pooling (piecewise linear, but its kinks are not hooked).
+    Functional nonlinearities inside ``forward`` cannot be seen here; :func:`activation_boundaries`
+    checks affinity numerically.
+    """
+    bad = []
+    for name, m in model.named_modules():
+        label = f"{name or '<model>'} ({type(m).__name__})"
+        if kinks(m) is not None and not isinstance(m, PIECEWISE_LINEAR_ACTIVATIONS):
+            bad.append(f"{label}: smooth activation")
+        elif isinstance(m, SMOOTH_MODULES) or type(m).__name__.endswith("Attention"):
+            bad.append(f"{label}: smooth")
+        elif isinstance(m, UNHOOKED_KINKS):
+            bad.append(f"{label}: max-pooling kinks are not tracked")
+    if bad:
+        raise RegionsError(f"{type(model).__name__} is not piecewise linear, so it has no linear regions to "
+                           f"draw: {'; '.join(bad[:6])}{'; ...' if len(bad) > 6 else ''}. Region pictures "
+                           "need ReLU / LeakyReLU-type networks (Linear, Conv, ReLU, ...)")
+
+
+def _hash_weights(n: int, layer: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(_HASH_SEED + 7919 * layer)
+    return torch.randint(-(2 ** 62), 2 ** 62, (n,), generator=g, dtype=torch.int64).to(device)
+
+
+def _longest_runs(same: np.ndarray) -> list[tuple[int, int, int]]:
+    """For rows of ``same`` ((rows, R-1) bool: pixel j equals pixel j+1), the longest run of equal
+    pixels per row as ``(row, start, end)`` (pixel indices, end inclusive)."""
+    out = []
+    for i, row in enumerate(same):
+        best, start, cur = (0, 0, 0), 0, 0
+        for j, s in enumerate(row):
+            if s:
+                cur += 1
+                if cur > best[0]:
+                    best = (cur, start, j + 1)
+            else:
+                cur, start = 0, j + 1
+        if best[0] > 0:
+            out.append((i, best[1], best[2]))
+    return out
+
+
+def _check_affine(g: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rmap: RegionMap,
+                  n_rows: int = 12, min_len: int = 4) -> None:
+    """Raise when the logits are not affine between two grid points of one region (row segments of
+    equal pattern: the midpoint must map to the mean of the end points)."""
+    rows = np.unique(np.linspace(0, len(rmap.b) - 1, n_rows).round().astype(int))
+    same = ~rmap.boundary[rows, :-1]
+    segs = [(rows[i], s, e) for i, s, e in _longest_runs(same) if e - s >= min_len]
+    if not segs:
+        return
+    r, s, e = (torch.tensor([x[k] for x in segs]) for k in range(3))
+    a0, a1 = torch.from_numpy(rmap.a)[s], torch.from_numpy(rmap.a)[e]
+    bb = torch.from_numpy(rmap.b)[r]
+    aa = torch.cat([a0, a1, (a0 + a1) / 2])
+    raw = g(aa, bb.repeat(3))
+    tol = 1e-8 if raw.dtype == torch.float64 else 1e-3
+    f = raw.double()
+    n = len(segs)
+    f0, f1, fm = f[:n], f[n:2 * n], f[2 * n:]
+    scale = float(f.abs().max()) + 1.0
+    err = float((fm - (f0 + f1) / 2).abs().max()) / scale
+    if err > tol:
+        raise RegionsError(f"the model is not piecewise linear in its hooked activations: on a linear "
+                           f"region its logits are not affine (relative error {err:.2e} > {tol:g}); it "
+                           "probably applies a smooth or functional nonlinearity (F.relu, softmax, ...) "
+                           "that has no nn.Module to hook")
+
+
+def plane_forward(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], plane: Plane,
+                  fast: bool = True) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``g(a, b)``: the logits at plane coordinates ``a``, ``b`` (each ``(n,)``), ``(n, classes)``.
+
+    For a ``Sequential`` called directly whose first layer (after Flatten / Identity / Dropout) is a
+    ``Linear``, that layer is applied to the plane once: ``W(x0 + a u + b v) + c = (W x0 + c) + a Wu +
+    b Wv``, so grid points never materialise in input space (the kinked modules come later, so the
+    hooks see the same tensors). Otherwise ``forward(plane.at(a, b))``.
+    """
+    if fast and forward is model and isinstance(model, nn.Sequential):
+        mods = list(model)
+        flat = plane.origin.dim() == 1
+        k = 0
+        while k < len(mods) and isinstance(mods[k], (nn.Flatten, nn.Identity, nn.Dropout)):
+            if isinstance(mods[k], nn.Flatten):
+                if not (mods[k].start_dim == 1 and mods[k].end_dim == -1):
+                    break
+                flat = True
+            k += 1
+        if k < len(mods) and isinstance(mods[k], nn.Linear) and flat and kinks(mods[k]) is None:
+            lin, rest = mods[k], model[k + 1:]
+            c0 = torch.nn.functional.linear(plane.origin.reshape(-1), lin.weight, lin.bias)
+            cu = torch.nn.functional.linear(plane.u.reshape(-1), lin.weight)
+            cv = torch.nn.functional.linear(plane.v.reshape(-1), lin.weight)
+
+            def g(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+                a = a.to(c0.device, c0.dtype)[:, None]
+                b = b.to(c0.device, c0.dtype)[:, None]
+                return rest(torch.addcmul(torch.addcmul(c0, a, cu), b, cv))
+            return g
+    return lambda a, b: forward(plane.at(a, b))
+
+
+@torch.no_grad()
+def activation_boundaries(model: nn.Module, plane: Plane, resolution: int = 400, *,
+                          forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                          layers: Sequence[str] | None = None, chunk_points: int = 16384,
+                          check: bool = True) -> RegionMap:
+    """Region and decision boundaries of ``model`` on ``plane`` over a ``resolution²`` grid.
+
+    ``forward`` (default ``model``) maps a batch of plane points (``(n, *plane.origin.shape)``) to
+    logits ``(n, classes)``; hooks are looked up in ``model`` (pass ``model.forward_embedded`` and an
+    embedding-space plane for token models). ``layers`` counts the outputs of these modules (sign
+    at 0) instead of the inputs of the kinked activations (as in the ``lc`` probe). Grid rows are
+    evaluated ``chunk_points`` at a time (one forward pass each, no loop over points). The model runs
+    in eval mode, in its own dtype, and its mode is restored. ``check`` refuses non-piecewise-linear
+    models (see :func:`check_piecewise_linear`, plus a numerical affinity check).
+    """
+    t0 = time.perf_counter()
+    res = int(resolution)
+    if res < 2:
+        raise RegionsError(f"resolution must be >= 2, got {resolution!r}")
+    if check and not layers:
+        check_piecewise_linear(model)
+    plane = plane.to(_model_device(model), _model_dtype(model))
+    fwd = plane_forward(model, forward or model, plane, fast=not layers)
+    lo, hi = plane.limits
+    a = torch.linspace(lo, hi, res, dtype=torch.float64)
+    b = torch.linspace(lo, hi, res, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with _PatternHooks(model, layers) as hooks:
+            out = fwd(a[:1], b[:1])
+            hooks.end_discovery()
+            if out.dim() != 2:
+                raise RegionsError(f"the model's output has shape {tuple(out.shape)}; expected logits "
+                                   "(batch, classes)")
+            n_layers = len(hooks.layers)
+            device = out.device
+            weights = [_hash_weights(l.neurons * len(l.kinks), j, device) for j, l in enumerate(hooks.layers)]
+            pred = np.empty((res, res), dtype=np.int64)
+            region = np.zeros((res, res), dtype=np.int64)
+            layer_boundary = np.zeros((n_layers, res, res), dtype=bool)
+            step = max(1, chunk_points // res)
+            for r0 in range(0, res, step):
+                own = min(step, res - r0)          # rows this chunk is responsible for
+                r1 = min(res, r0 + own + 1)        # plus the next row, for the "upper" neighbour
+                bb, aa = torch.meshgrid(b[r0:r1], a, indexing="ij")
+                hooks.reset()
+                hooks.bits = [None] * n_layers
+                logits = fwd(aa.reshape(-1), bb.reshape(-1))
+                pred[r0:r0 + own] = logits.argmax(dim=-1).view(r1 - r0, res)[:own].cpu().numpy()
+                h = torch.zeros(own * res, dtype=torch.int64, device=device)
+                for j, bits in enumerate(hooks.bits):
+                    if bits is None:
+                        raise RegionsError(f"layer {hooks.layers[j].name!r} was not called on the grid")
+                    p = bits.view(r1 - r0, res, -1)
+                    right = (p[:own, :-1] != p[:own, 1:]).any(dim=-1)
+                    up = (p[:-1] != p[1:]).any(dim=-1)
+                    layer_boundary[j, r0:r0 + own, :-1] |= right.cpu().numpy()
+                    layer_boundary[j, r0:r0 + up.shape[0]] |= up.cpu().numpy()
+                    h += (p[:own].reshape(own * res, -1) * weights[j]).sum(dim=-1)  # wraps mod 2^64
+                region[r0:r0 + own] = h.view(own, res).cpu().numpy()
+            info = list(hooks.layers)
+    finally:
+        model.train(was_training)
+    decision = np.zeros((res, res), dtype=bool)
+    decision[:, :-1] |= pred[:, :-1] != pred[:, 1:]
+    decision[:-1] |= pred[:-1] != pred[1:]
+    rmap = RegionMap(a=a.numpy(), b=b.numpy(), boundary=layer_boundary.any(axis=0),
+                     layer_boundary=layer_boundary, decision=decision, pred=pred, region=region,
+                     n_regions=int(len(np.unique(region))), layers=[l.name for l in info],
+                     neurons=[l.neurons for l in info])
+    if check and not layers:
+        was_training = model.training
+        model.eval()
+        try:
+            _check_affine(fwd, rmap)
+        finally:
+            model.train(was_training)
+    rmap.seconds = time.perf_counter() - t0
+    return rmap
+
+
+# -- runs: checkpoints, steps, points -----------------------------------------------------------------
+
+def open_run(run_dir: Path) -> Any:
+    """The one run in ``run_dir`` (engine discovery), with its ``run.json`` spec and checkpoints.
+
+    Raises :class:`RegionsError` when the folder holds no run, several runs, no ``run.json`` or no
+    checkpoints.
+    """
+    from grokscope.engine.discovery import DiscoveryError, find_runs
+
+    try:
+        found = find_runs(Path(run_dir))
+    except DiscoveryError as e:
+        raise RegionsError(str(e)) from None
+    if len(found) != 1:
+        raise RegionsError(f"{run_dir}: holds {len(found)} runs ({', '.join(r.rel for r in found[:6])}); "
+                           "pass one run folder")
+    run = found[0]
+    if run.spec is None:
+        raise RegionsError(run.spec_error or f"{run_dir}: no run.json (the model and dataset are needed; "
+                           f"write one with `grokscope init {run_dir} --model ... --dataset ...`)")
+    if not run.checkpoints:
+        why = "; ".join(f"{p.path}: {p.reason}" for p in run.problems[:3])
+        raise RegionsError(f"{run_dir}: no usable checkpoints{' (' + why + ')' if why else ''}")
+    return run
+
+
+def _fmt_steps(steps: Sequence[int]) -> str:
+    s = list(steps)
+    return ", ".join(map(str, s)) if len(s) <= 12 else f"{', '.join(map(str, s[:5]))}, ..., " \
+        f"{', '.join(map(str, s[-3:]))} ({len(s)} checkpoints)"
+
+
+def select_steps(spec: str | Sequence[int] | None, available: Sequence[int], default_n: int = DEFAULT_PANELS
+                 ) -> list[int]:
+    """Checkpoint steps to draw: a list of steps (each must exist), ``"log:N"`` (``N`` checkpoints
+    nearest to log-spaced targets from the first to the last, without repeats), ``"all"``, ``"last"``,
+    or None (``log:default_n``). Raises :class:`RegionsError` naming a bad value."""
+    from grokscope.training.schedule import ScheduleError, log_steps
+
+    avail = sorted(int(s) for s in available)
+    if not avail:
+        raise RegionsError("no checkpoints to choose steps from")
+    if spec is None:
+        spec = f"log:{default_n}"
+    if isinstance(spec, str):
+        text = spec.strip()
+        if text == "all":
+            return avail
+        if text == "last":
+            return avail[-1:]
+        if text.startswith("log:"):
+            try:
+                n = int(text[4:])
+                targets = log_steps(n, avail[-1]) if n >= 2 else [avail[-1]]
+            except (ValueError, ScheduleError):
+                raise RegionsError(f"bad steps {spec!r}: log:N needs an integer N >= 1") from None
+            if n >= len(avail):
+                return avail
+            chosen: list[int] = []
+            logs = np.log1p(np.array(avail, dtype=float))
+            for t in targets:
+                order = np.argsort(np.abs(logs - math.log1p(t)), kind="stable")
+                pick = next((avail[i] for i in order if avail[i] not in chosen), None)
+                if pick is not None:
+                    chosen.append(pick)
+            return sorted(chosen)
+        items: Sequence[Any] = [t for t in text.replace(" ", "").split(",") if t]
+    else:
+        items = list(spec)
+    out = []
+    for item in items:
+        try:
+            s = int(item)
+        except (TypeError, ValueError):
+            raise RegionsError(f"bad step {item!r} in {spec!r}: expected integers, 'log:N', 'all' or "
+                               "'last'") from None
+        if s not in avail:
+            near = min(avail, key=lambda x: abs(x - s))
+            raise RegionsError(f"step {s} has no checkpoint (nearest: {near}); available steps: "
+                               f"{_fmt_steps(avail)}")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise RegionsError(f"no steps in {spec!r}")
+    return sorted(out)
+
+
+def default_points(y: torch.Tensor, seed: int = 0) -> list[int]:
+    """Three indices into ``y``: in a seeded permutation, the first point, then the first points of
+    classes not chosen yet (any next points when there are fewer than three classes)."""
+    if len(y) < 3:
+        raise RegionsError(f"the split has {len(y)} points; three are needed")
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    chosen: list[int] = []
+    classes: set[int] = set()
+    for i in order.tolist():
+        c = int(y[i])
+        if c not in classes:
+            chosen.append(i)
+            classes.add(c)
+            if len(chosen) == 3:
+                return chosen
+    for i in order.tolist():
+        if i not in chosen:
+            chosen.append(i)
+            if len(chosen) == 3:
+                break
+    return chosen
+
+
+def parse_points(text: str | Sequence[int], n: int, split: str = "train") -> list[int]:
+    """Three distinct indices ``i,j,k`` into a split of ``n`` points; :class:`RegionsError` names a bad one."""
+    items = [t for t in text.replace(" ", "").split(",") if t] if isinstance(text, str) else list(text)
+    if len(items) != 3:
+        raise RegionsError(f"--points needs three indices like '0,5,17', got {text!r}")
+    out = []
+    for item in items:
+        try:
+            i = int(item)
+        except (TypeError, ValueError):
+            raise RegionsError(f"point index {item!r} in {text!r} is not an integer") from None
+        if not 0 <= i < n:
+            raise RegionsError(f"point index {i} is out of range: the {split} split has {n} points "
+                               f"(indices 0..{n - 1})")
+        out.append(i)
+    if len(set(out)) != 3:
+        raise RegionsError(f"--points {text!r}: the three indices must differ")
+    return out
+
+
+@dataclass
+class _Source:
+    """A run ready to draw: model skeleton, data, point indices and labels."""
+
+    run: Any
+    model: nn.Module
+    data: Any
+    x: torch.Tensor          # the three points, as the model takes them (tokens or continuous)
+    y: list[int]
+    index: list[int]
+    split: str
+    log: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def load(self, step: int) -> nn.Module:
+        """The model with the weights of checkpoint ``step`` (engine loading)."""
+        from grokscope.engine.loading import CheckpointError, load_into, read_state_dict
+
+        ck = next(c for c in self.run.checkpoints if c.step == step)
+        try:
+            return load_into(self.model, read_state_dict(ck), ck.path)
+        except CheckpointError as e:
+            raise RegionsError(str(e)) from None
+
+    def plane(self, model: nn.Module, margin: float) -> tuple[Plane, Callable]:
+        """The plane through the three points for this model (embedding space for token models)."""
+        from grokscope.models.adapters import continuous_view
+
+        try:
+            forward, z = continuous_view(model, self.x.to(_model_device(model)), self.data.input_kind)
+        except TypeError as e:
+            raise RegionsError(str(e)) from None
+        z = z.to(_model_dtype(model)) if z.is_floating_point() else z
+        try:
+            return Plane.through(z[0], z[1], z[2], margin), forward
+        except RegionsError as e:
+            raise RegionsError(f"points {self.index} of the {self.split} split: {e}") from None
+
+
+def _source(run_dir: Path, points: str | Sequence[int] | None, split: str, seed: int,
+            device: str) -> _Source:
+    from grokscope.datasets import load_dataset
+    from grokscope.models import build_model
+    from grokscope.runs import read_log
+
+    run = open_run(run_dir)
+    if split not in ("train", "test"):
+        raise RegionsError(f"split must be 'train' or 'test', got {split!r}")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the skeleton's init is overwritten by every checkpoint
+            model = build_model(run.spec["model"]).to(device)
+        data = load_dataset(run.spec["dataset"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RegionsError(f"{run_dir}/run.json: cannot build the model or dataset: {e}") from None
+    check_piecewise_linear(model)
+    x, y = data.split(split)
+    index = parse_points(points, len(x), split) if points is not None else default_points(y, seed)
+    log = {int(r["step"]): r for r in read_log(Path(run_dir)) if "step" in r}
+    return _Source(run=run, model=model, data=data, x=x[index], y=[int(y[i]) for i in index],
+                   index=index, split=split, log=log)
+
+
+# -- drawing ------------------------------------------------------------------------------------------
+
+_FILL = np.array([[0.99, 0.93, 0.85], [0.87, 0.93, 0.99], [0.90, 0.98, 0.88], [0.98, 0.89, 0.95],
+                  [0.95, 0.95, 0.85], [0.88, 0.97, 0.97], [0.93, 0.90, 0.99], [0.97, 0.97, 0.97],
+                  [0.99, 0.96, 0.80], [0.85, 0.95, 0.92]])
+_EDGE = np.array([0.25, 0.25, 0.30])
+_DECISION = np.array([0.85, 0.05, 0.10])
+
+
+def _thicken(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one pixel to the right and up (lines stay visible when the image is shrunk)."""
+    out = mask.copy()
+    out[:, 1:] |= mask[:, :-1]
+    out[1:] |= mask[:-1]
+    return out
+
+
+def region_image(rmap: RegionMap, thicken: bool = False) -> np.ndarray:
+    """RGB image ``(R, R, 3)`` of a map: regions filled with light colours (by pattern hash), region
+    boundaries dark grey, the decision boundary red on top."""
+    idx = (rmap.region.view(np.uint64) % np.uint64(len(_FILL))).astype(np.int64)
+    img = _FILL[idx]
+    img[rmap.boundary] = _EDGE
+    dec = _thicken(rmap.decision) if thicken else rmap.decision
+    img[dec] = _DECISION
+    return img
+
+
+def _title(step: int, rmap: RegionMap, log: dict[int, dict[str, Any]]) -> str:
+    t = f"step {step}: {rmap.n_regions} regions"
+    rec = log.get(step, {})
+    if "train_acc" in rec and "test_acc" in rec:
+        t += f"\ntrain acc {rec['train_acc']:.2f}, test acc {rec['test_acc']:.2f}"
+    return t
+
+
+def draw_map(ax: Any, rmap: RegionMap, title: str, labels: Sequence[str] = ("x0", "x1", "x2"),
+             thicken: bool = True, axis_labels: tuple[bool, bool] = (True, True)) -> None:
+    """Draw one map into a matplotlib axes: the image, the triangle and the three labelled points."""
+    ax.imshow(region_image(rmap, thicken), origin="lower", extent=rmap.extent, interpolation="nearest")
+    tri = np.array([[0, 0], [1, 0], [0, 1], [0, 0]])
+    ax.plot(tri[:, 0], tri[:, 1], ls=":", lw=0.8, color="0.2")
+    for (pa, pb), lab, off in zip(((0, 0), (1, 0), (0, 1)), labels, ((-5, -11), (5, -11), (-5, 5))):
+        ax.plot(pa, pb, "o", ms=6, mfc="white", mec="black", mew=1.3)
+        ax.annotate(lab, (pa, pb), xytext=off, textcoords="offset points", fontsize=7, fontweight="bold",
+                    ha="right" if off[0] < 0 else "left",
+                    bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="none", alpha=0.85))
+    ax.set_title(title, fontsize=8)
+    if axis_labels[0]:
+        ax.set_xlabel("a  (x0 → x1)", fontsize=7)
+    if axis_labels[1]:
+        ax.set_ylabel("b  (x0 → x2)", fontsize=7)
+    ax.tick_params(labelsize=6)
+
+
+def _heading(run_dir: Path, src: _Source) -> str:
+    pts = ", ".join(f"x{k} = #{i} (class {c})" for k, (i, c) in enumerate(zip(src.index, src.y)))
+    return (f"{Path(run_dir).resolve().name}: plane x0 + a(x1 - x0) + b(x2 - x0) through {src.split} "
+            f"points {pts}\ngrey: linear-region boundaries (activation pattern changes); "
+            "red: decision boundary (predicted class changes)")
+
+
+def regions_figure(run_dir: Path, steps: Sequence[int] | str | None, out: Path, *,
+                   points: str | Sequence[int] | None = None, split: str = "train", resolution: int = 400,
+                   margin: float = 0.25, seed: int = 0, device: str = "cpu", fps: float = 2.0,
+                   columns: int | None = None,
+                   progress: Callable[[int, RegionMap], None] | None = None) -> Path:
+    """Draw the linear regions of a run's checkpoints on the plane through three points of ``split``.
+
+    ``steps``: checkpoint steps, ``"log:N"``, ``"all"``, ``"last"`` or None (6 log-spaced checkpoints,
+    24 for a GIF). ``points``: three indices (``"i,j,k"``) or None (three points of different
+    classes from a permutation seeded with ``seed``). ``out`` ending in ``.gif`` gives an animation
+    (one frame per step, ``fps``), ``.png``/``.pdf``/``.svg`` a grid of panels (``columns`` per row).
+    Panels are drawn at about one screen pixel per grid point. Returns ``out``; ``progress(step,
+    map)`` is called after each checkpoint.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in FIGURE_SUFFIXES:
+        raise RegionsError(f"--out {out}: unsupported format {out.suffix!r}; use one of "
+                           f"{', '.join(FIGURE_SUFFIXES)}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise RegionsError(f"fps must be a positive number, got {fps!r}")
+    src = _source(Path(run_dir), points, split, seed, device)
+    chosen = select_steps(steps, src.run.steps, DEFAULT_FRAMES if suffix == ".gif" else DEFAULT_PANELS)
+    head = _heading(Path(run_dir), src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    panel = 3.2  # inches per panel side; the axes take about 80 % of it
+    dpi = int(min(220, max(80, resolution / (0.8 * panel))))
+
+    def compute(step: int) -> RegionMap:
+        model = src.load(step)
+        plane, forward = src.plane(model, margin)
+        rmap = activation_boundaries(model, plane, resolution, forward=forward)
+        if progress is not None:
+            progress(step, rmap)
+        return rmap
+
+    if suffix == ".gif":
+        from matplotlib.animation import PillowWriter
+
+        fig, ax = plt.subplots(figsize=(panel * 1.45, panel * 1.55))
+        fig.subplots_adjust(left=0.14, right=0.96, bottom=0.1, top=0.8)
+        fig.suptitle(head.replace(" through", "\nthrough").replace("; ", ";\n"), fontsize=6)
+        writer = PillowWriter(fps=fps)
+        with writer.saving(fig, str(out), dpi=max(80, dpi // 1.45)):
+            for step in chosen:
+                rmap = compute(step)
+                ax.clear()
+                draw_map(ax, rmap, _title(step, rmap, src.log))
+                writer.grab_frame()
+        plt.close(fig)
+        return out
+    maps = [compute(step) for step in chosen]
+    ncol = max(1, columns or (len(maps) if len(maps) <= 4 else 3 if len(maps) <= 6 else 4))
+    nrow = math.ceil(len(maps) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(panel * ncol, panel * nrow + 0.7), squeeze=False)
+    for k, (ax, step, rmap) in enumerate(zip(axes.flat, chosen, maps)):
+        draw_map(ax, rmap, _title(step, rmap, src.log),
+                 axis_labels=(k + ncol >= len(maps), k % ncol == 0))
+    for ax in list(axes.flat)[len(maps):]:
+        ax.axis("off")
+    fig.suptitle(head, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    if suffix == ".png":
+        _shrink_png(out)
+    return out
+
+
+def _shrink_png(path: Path, colors: int = 128) -> None:
+    """Re-save a PNG with an adaptive palette (the figure has few colours: about half the bytes)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        q = im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT,
+                                       dither=Image.Dither.NONE)
+    q.save(path, optimize=True)
+
+
+# -- the command --------------------------------------------------------------------------------------
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--steps", default=None, metavar="SPEC",
+              help="Checkpoints: 100,1000,... | log:N | all | last  [default: log:6, GIF log:24].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Figure file: .png/.pdf/.svg (grid of panels) or .gif (animation)  "
+                   "[default: regions-<run>.png].")
+@click.option("--resolution", default=400, show_default=True, type=click.IntRange(min=2),
+              help="Grid points per side.")
+@click.option("--points", default=None, metavar="I,J,K",
+              help="Indices of the three points in the split [default: 3 points of different classes].")
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--margin", default=0.25, show_default=True, type=float,
+              help="View = [-margin, 1 + margin]² in plane coordinates.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the default point choice.")
+@click.option("--fps", default=2.0, show_default=True, type=float, help="GIF frames per second.")
+@click.option("--device", default="cpu", show_default=True, help="torch device.")
+def regions(run_dir: Path, steps: str | None, out: Path | None, resolution: int, points: str | None,
+            split: str, margin: float, seed: int, fps: float, device: str) -> None:
+    """Draw the linear regions of RUN_DIR's checkpoints on the plane through three training points.
+
+    The activation-pattern boundaries of every ReLU-type unit on a dense grid of the plane
+    x0 + a(x1 - x0) + b(x2 - x0), the decision boundary on top, the three points marked; one panel per
+    checkpoint, or one GIF frame per checkpoint.
+    """
+    out = out or Path(f"regions-{run_dir.resolve().name}.png")
+    t0 = time.perf_counter()
+
+    def progress(step: int, rmap: RegionMap) -> None:
+        click.echo(f"step {step}: {rmap.n_regions} regions, {rmap.seconds:.2f} s")
+
+    try:
+        path = regions_figure(run_dir, steps, out, points=points, split=split, resolution=resolution,
+                              margin=margin, seed=seed, device=device, fps=fps, progress=progress)
+    except RegionsError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")
