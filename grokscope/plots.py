@@ -584,7 +584,7 @@ def _events(runs: _Runs, thresholds: Mapping[str, Any] | None) -> dict[str, dict
     return {p: standard_onsets(runs.nodes[p], **dict(thresholds or {})) for p in runs.paths}
 
 
-def describe_run(node: Any) -> str:
+def run_caption(node: Any) -> str:
     """A few words on a run node's settings from its attrs: ``"mlp on modular (p=59, add)"``."""
     model, data = node.attrs.get("model") or {}, node.attrs.get("dataset") or {}
     arch = (model.get("arch") or model.get("factory") or "model") if isinstance(model, dict) else "model"
@@ -639,7 +639,7 @@ def overview_figure(store_or_tree: Any, runs: Sequence[str] | str | None = None,
     _figure_legend(fig, sel, panels)
     if title is None:
         title = (f"{len(sel.paths)} runs: {', '.join(sel.paths)}" if len(sel.paths) > 1
-                 else f"{sel.paths[0]}: {describe_run(sel.nodes[sel.paths[0]])}")
+                 else f"{sel.paths[0]}: {run_caption(sel.nodes[sel.paths[0]])}")
     fig.suptitle(title, fontsize=11)
     return fig
 
