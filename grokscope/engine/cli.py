@@ -236,6 +236,33 @@ def parse_params(items: tuple[str, ...], metrics: list[str]) -> dict[str, dict[s
     return out
 
 
+def parse_steps_options(items: tuple[str, ...], metrics: list[str]) -> dict[str, str | None]:
+    """``("log:20", "norm=0,100,1000")`` → ``{probe: spec}`` for every probe of ``metrics``: a bare
+    spec applies to the probes without their own ``PROBE=SPEC`` (None: all checkpoints). Specs are
+    checked (:func:`.selection.parse_selection`)."""
+    from .selection import SelectionError, parse_selection
+
+    default: str | None = None
+    own: dict[str, str] = {}
+    for item in items:
+        probe, eq, spec = item.partition("=")
+        if not eq:
+            probe, spec = "", item
+        probe, spec = probe.strip(), spec.strip()
+        if probe and probe not in metrics:
+            raise click.BadParameter(f"{item!r}: probe {probe!r} is not among --metrics "
+                                     f"({', '.join(metrics)})", param_hint="--steps")
+        try:
+            parse_selection(spec)
+        except SelectionError as e:
+            raise click.BadParameter(str(e), param_hint="--steps") from None
+        if probe:
+            own[probe] = spec
+        else:
+            default = spec
+    return {n: own.get(n, default) for n in metrics}
+
+
 class _Bar:
     """The progress bar on stderr: jobs done / total, failures, jobs per second."""
 
@@ -284,6 +311,10 @@ class _Bar:
 @click.option("--device", default="cpu", show_default=True,
               help="Device of the probes; 'cuda' jobs need workers with the GPU resource "
                    "(`dask worker ADDRESS --resources GPU=1`).")
+@click.option("--steps", "steps", multiple=True, metavar="[PROBE=]SPEC",
+              help="Which checkpoints to probe: 'all' (default), '0,100,1000' (exactly these steps), "
+                   "'log:N' (about N log-spaced) or 'every:K' (one near every K steps); 'PROBE=SPEC' "
+                   "for one probe only, e.g. --steps norm=log:10 (repeatable).")
 @click.option("--overwrite/--resume", default=False, show_default=True,
               help="Recompute (and replace) results already in the store, or skip them.")
 @click.option("--flush-interval", type=click.FloatRange(0), default=1.0, show_default=True,
@@ -295,10 +326,11 @@ class _Bar:
 @click.pass_context
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
           out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
-          overwrite: bool, flush_interval: float, dry_run: bool, as_json: bool, quiet: bool,
+          steps: tuple[str, ...], overwrite: bool, flush_interval: float, dry_run: bool, as_json: bool, quiet: bool,
           model: str | None, model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None,
           dataset_seed: int, loss: str | None) -> None:
-    """Run probes over every checkpoint under PATH into a Zarr store (one group per run and probe).
+    """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
+    group per run and probe).
 
     Jobs already in the store are skipped (resume); new checkpoints are appended. Exits non-zero when
     any job failed, after listing each failed job and why.
@@ -314,8 +346,9 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
             if n not in names:
                 names.append(n)
     overrides = parse_params(params, names)
+    selections = parse_steps_options(steps, names)
     try:
-        requests = [ProbeRequest(n, get_probe(n).make_params(overrides.get(n))) for n in names]
+        requests = [ProbeRequest(n, get_probe(n).make_params(overrides.get(n)), selections[n]) for n in names]
     except ProbeError as e:
         raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
@@ -330,19 +363,20 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
         ctx.exit(1)
 
 
-def run_with_progress(path: Path, cfg: Any, quiet: bool = False) -> Any:
-    """``probe_runs(path, cfg)`` with the progress bar on stderr; refusals become ClickExceptions.
+def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any = None, **follow: Any) -> Any:
+    """``probe_runs(path, cfg, **follow)`` with the progress bar on stderr (or the callback
+    ``progress(n, done, failed, rate)`` instead); refusals become ClickExceptions.
 
-    Returns the engine's ``Summary`` (also used by ``grokscope demo``).
+    Returns the engine's ``Summary`` (also used by ``grokscope demo``, with ``follow=`` and ``poll=``).
     """
     from .discovery import DiscoveryError
     from .driver import EngineError, probe_runs
     from .lock import StoreLocked
     from .store import StoreError
 
-    bar = _Bar(quiet)
+    bar = _Bar(quiet or progress is not None)
     try:
-        return probe_runs(path, cfg, progress=bar.update, start=bar.start)
+        return probe_runs(path, cfg, progress=progress or bar.update, start=bar.start, **follow)
     except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
         raise click.ClickException(str(e)) from e
     finally:
@@ -353,8 +387,10 @@ def report_summary(s: Any, as_json: bool = False, dry_run: bool = False) -> None
     if as_json:
         click.echo(json.dumps({
             "store": str(s.store), "runs": s.runs, "jobs": s.jobs, "skipped": s.skipped,
+            "excluded": s.excluded,
             "completed": s.completed, "failed": len(s.failures), "seconds": round(s.seconds, 3),
             "probe_seconds": round(s.probe_seconds, 3),
+            "seconds_by_probe": {k: round(v, 3) for k, v in s.seconds_by_probe.items()},
             "scheduler": s.scheduler, "took_over_lock": s.took_over,
             "failures": [vars(f) for f in s.failures], "warnings": s.warnings}, indent=2))
     err = (lambda m: click.echo(m, err=True))
@@ -367,8 +403,9 @@ def report_summary(s: Any, as_json: bool = False, dry_run: bool = False) -> None
         err(f"dry run: {s.jobs} job(s) over {s.runs} run(s) would be computed, {s.skipped} are done")
         return
     rate = s.completed / s.seconds if s.seconds > 0 else 0.0
-    err(f"{s.completed} job(s) done, {len(s.failures)} failed, {s.skipped} skipped (already done) over "
-        f"{s.runs} run(s) in {s.seconds:.1f} s ({rate:.1f} jobs/s) -> {s.store}")
+    left_out = f", {s.excluded} not selected by --steps" if s.excluded else ""
+    err(f"{s.completed} job(s) done, {len(s.failures)} failed, {s.skipped} skipped (already done){left_out} "
+        f"over {s.runs} run(s) in {s.seconds:.1f} s ({rate:.1f} jobs/s) -> {s.store}")
     if s.failures:
         err(f"{len(s.failures)} failed job(s):")
         for f in s.failures:

@@ -6,7 +6,8 @@
    ``run.json`` or from the command line;
 2. lock the store (:mod:`.lock`), refuse groups whose stored parameters or run spec differ from the
    request (``--overwrite`` deletes and recomputes them), grow ``step`` where new checkpoints appeared,
-   and skip every (run, step, probe) whose ``done`` flag is set;
+   and skip every (run, step, probe) whose ``done`` flag is set or that the probe's ``--steps``
+   selection leaves out (:mod:`.selection`; a group still spans every checkpoint of its run);
 3. submit one task per pending (run, checkpoint) (:func:`.jobs.run_task`) to a Dask client: an
    in-process ``LocalCluster`` of worker processes by default, ``--scheduler ADDRESS`` for an existing
    cluster, ``--scheduler sync`` to run in this process; ``--device cuda`` asks for ``GPU=1``;
@@ -15,6 +16,9 @@
    committed in batches at most ``flush_interval`` seconds old, so a killed driver loses at most the
    jobs in flight and those of the last interval;
 5. return a :class:`Summary` (the CLI prints it and exits non-zero when any job failed).
+
+``probe_runs(..., follow=alive)`` keeps searching the path while ``alive()`` is true and adds the
+jobs of new checkpoints as they appear (``grokscope demo`` probes a run while it trains).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import grokscope
 from .discovery import Checkpoint, Run, find_runs
 from .jobs import Outcome, ProbeRequest, Task, run_task
 from .lock import StoreLock
+from .selection import parse_selection, select_steps
 from .store import GroupInfo, ProbeStore, StoreError, normalise
 
 class EngineError(RuntimeError):
@@ -80,11 +85,13 @@ class Summary:
     runs: int = 0
     jobs: int = 0  # jobs submitted this time
     skipped: int = 0  # jobs already done in the store
+    excluded: int = 0  # (checkpoint, probe) pairs left out by the probes' step selections
     completed: int = 0
     failures: list[Failure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     probe_seconds: float = 0.0  # time spent inside probe.compute, summed over jobs
+    seconds_by_probe: dict[str, float] = field(default_factory=dict)  # the same per probe
     took_over: dict[str, Any] | None = None
     scheduler: str = ""
 
@@ -98,6 +105,7 @@ class _Plan:
     tasks: list[Task]
     jobs: int
     skipped: int
+    excluded: int
     runs: dict[str, Run]
     group_attrs: dict[tuple[str, str], dict[str, Any]]
     failures: list[Failure]
@@ -187,7 +195,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
                            "delete those results and recompute them")
     tasks: list[Task] = []
     group_attrs: dict[tuple[str, str], dict[str, Any]] = {}
-    n_jobs = skipped = 0
+    n_jobs = skipped = excluded = 0
     for run, spec in ready:
         if not cfg.dry_run:
             stored = store.run_attrs(run.name) or {}
@@ -204,6 +212,12 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
         pending: dict[int, list[ProbeRequest]] = defaultdict(list)
         for req in cfg.probes:
             group_attrs[(run.name, req.name)] = _group_attrs(run, spec, req)
+            chosen, missing = select_steps(req.steps, run.steps)  # type: ignore[arg-type]
+            wanted_steps = set(chosen)
+            excluded += len(run.checkpoints) - len(wanted_steps)
+            if missing:
+                warnings.append(f"{run.name}: {req.name} --steps {req.steps}: no checkpoint at step(s) "
+                                f"{', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
             info = None
             if cfg.overwrite and not cfg.dry_run:
                 store.delete_group(run.name, req.name)
@@ -212,6 +226,8 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
                 if info is not None and not cfg.dry_run:
                     info = store.grow(info, run.steps)
             for ck in run.checkpoints:
+                if ck.step not in wanted_steps:
+                    continue
                 i = info.index.get(ck.step) if info is not None else None  # type: ignore[arg-type]
                 if info is not None and i is not None and info.done[i]:
                     skipped += 1
@@ -225,7 +241,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
                                   probes=tuple(pending[ck.step]), device=cfg.device,  # type: ignore[index]
                                   threads=threads))
             prev = ck
-    return _Plan(tasks=tasks, jobs=n_jobs, skipped=skipped, runs={r.name: r for r, _ in ready},
+    return _Plan(tasks=tasks, jobs=n_jobs, skipped=skipped, excluded=excluded, runs={r.name: r for r, _ in ready},
                  group_attrs=group_attrs, failures=failures, warnings=warnings)
 
 
@@ -286,18 +302,29 @@ PRELOAD = ["distributed", "numpy", "torch", "safetensors.torch", "xarray", "grok
            "grokscope.probes", "grokscope.models", "grokscope.datasets"]
 
 
+# Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to the worker processes they start. Setting it
+# turns off glibc's dynamic mmap threshold, so every tensor above 128 KiB is mmap'ed and unmapped
+# again, page faults included: the probes ran 1.6-2x slower (CPU time) in local workers than in one
+# process. Our workers are short-lived and hold little memory: keep glibc's default. Their statistical
+# profiler (for the dashboard, sampling every 10 ms) is off too: ~2 % of a core per idle worker.
+LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                       "distributed.worker.profile.enabled": False}
+
+
 @contextmanager
 def _forkserver() -> Iterator[None]:
     """Start local worker processes from a fork server that has torch & co. imported (much faster
-    than spawning each worker and importing everything again; no CUDA is touched there)."""
+    than spawning each worker and importing everything again; no CUDA is touched there), without
+    Dask's malloc trim setting (see ``LOCAL_WORKER_CONFIG``)."""
     import multiprocessing
 
     import dask
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
-        yield
+        with dask.config.set(LOCAL_WORKER_CONFIG):
+            yield
         return
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", **LOCAL_WORKER_CONFIG}):
         from distributed.utils import get_mp_context
 
         ctx = get_mp_context()
@@ -347,29 +374,74 @@ def _gpu_cluster(gpus: list[str]):
                        silence_logs=logging.CRITICAL)
 
 
-def _results(client: Any, tasks: list[Task], device: str) -> Iterator[tuple[Task, list[Outcome] | BaseException]]:
-    """``(task, outcomes or the exception that ended the task)`` in completion order."""
+More = Callable[[], tuple[list[Task], bool]]
+
+
+def _results(client: Any, tasks: list[Task], device: str, more: More | None = None, poll: float = 1.0
+             ) -> Iterator[tuple[Task, list[Outcome] | BaseException]]:
+    """``(task, outcomes or the exception that ended the task)`` in completion order.
+
+    With ``more``: called every ``poll`` seconds for ``(tasks to add, whether that was the last
+    call)``; the iteration ends when the last call was made and every task is done.
+    """
+    following = more is not None
     if client is None:
-        for t in tasks:
-            yield t, run_task(t)
+        queue = list(tasks)
+        while queue or following:
+            while queue:
+                t = queue.pop(0)
+                yield t, run_task(t)
+            if following:
+                new, last = more()  # type: ignore[misc]
+                following = not last
+                if not new and following:
+                    time.sleep(poll)
+                queue.extend(new)
         return
     from distributed import as_completed
 
     resources = {"GPU": 1} if device.startswith("cuda") else None
-    futures = client.map(run_task, tasks, pure=False, resources=resources)
-    by_key = {f.key: t for f, t in zip(futures, tasks)}
-    completed = as_completed(futures)
-    del futures
-    for fut in completed:
+    by_key: dict[str, Task] = {}
+
+    def submit(batch: list[Task]) -> list[Any]:
+        futures = client.map(run_task, batch, pure=False, resources=resources)
+        by_key.update({f.key: t for f, t in zip(futures, batch)})
+        return futures
+
+    completed = as_completed(submit(tasks))
+    next_poll = time.monotonic() + poll
+
+    def collect(fut: Any) -> tuple[Task, list[Outcome] | BaseException]:
         task = by_key.pop(fut.key)
         if fut.status == "error":
-            yield task, fut.exception()
+            res: list[Outcome] | BaseException = fut.exception()
         else:
             try:
-                yield task, fut.result()
+                res = fut.result()
             except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be deserialised
-                yield task, e
+                res = e
         fut.release()
+        return task, res
+
+    if not following:
+        for fut in completed:
+            yield collect(fut)
+        return
+    while True:
+        if completed.has_ready():
+            for fut in completed.next_batch(block=False):
+                yield collect(fut)
+            continue
+        if following and time.monotonic() >= next_poll:
+            new, last = more()  # type: ignore[misc]
+            following = not last
+            next_poll = time.monotonic() + poll
+            if new:
+                completed.update(submit(new))
+                continue
+        if not following and completed.is_empty():
+            return
+        time.sleep(0.05)
 
 
 # -- execution ------------------------------------------------------------------------------------
@@ -415,14 +487,26 @@ class _Writer:
 
 def probe_runs(path: Path, cfg: EngineConfig,
                progress: Callable[[int, int, int, float], None] | None = None,
-               start: Callable[[int, int, str], None] | None = None) -> Summary:
+               start: Callable[[int, int, str], None] | None = None,
+               follow: Callable[[], bool] | None = None, poll: float = 1.0) -> Summary:
     """Run ``cfg.probes`` over every checkpoint under ``path`` into the store ``cfg.out``.
 
     ``start(jobs, skipped, scheduler)`` is called once the plan is known; ``progress(n_new_done,
     done, failed, rate)`` after every completed task. Raises :class:`StoreError` (refusals),
     :class:`~.lock.StoreLocked`, :class:`EngineError` or a discovery error before any computation.
+
+    ``follow``: while ``follow()`` is true (e.g. a training run is still writing checkpoints), the
+    runs under ``path`` are searched again every ``poll`` seconds and the new checkpoints' jobs are
+    added to the ones running; after it turns false, one last search, then the call returns when
+    every job is done. ``summary.jobs`` then counts every job submitted and ``summary.warnings`` are
+    those of the last search.
     """
     t0 = time.perf_counter()
+    for req in cfg.probes:
+        try:
+            parse_selection(req.steps)
+        except ValueError as e:
+            raise EngineError(f"probe {req.name}: {e}") from None
     runs = find_runs(Path(path))
     if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
         raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi "
@@ -439,26 +523,26 @@ def probe_runs(path: Path, cfg: EngineConfig,
         summary.took_over = lock.took_over
         store = ProbeStore(out)
         p = plan(runs, store, cfg, threads=cfg.threads or 1)
-        summary.runs, summary.jobs, summary.skipped = len(p.runs), p.jobs, p.skipped
+        summary.runs, summary.jobs, summary.skipped, summary.excluded = len(p.runs), p.jobs, p.skipped, p.excluded
         summary.failures.extend(p.failures)
         summary.warnings.extend(p.warnings)
-        if cfg.dry_run or not p.tasks:
+        if cfg.dry_run or (not p.tasks and follow is None):
             if start:
                 start(p.jobs, p.skipped, "none")
             return summary
         writer = _Writer(store, p, cfg.flush_interval)
         with dask_client(cfg) as (client, threads, desc):
+            from dataclasses import replace
+
             summary.scheduler = desc
-            tasks = p.tasks
-            if threads != tasks[0].threads:
-                from dataclasses import replace
-                tasks = [replace(t, threads=threads) for t in tasks]
+            tasks = [t if t.threads == threads else replace(t, threads=threads) for t in p.tasks]
             if start:
                 start(p.jobs, p.skipped, desc)
+            more = _follower(Path(path), store, cfg, p, writer, summary, follow, threads) if follow else None
             t1 = time.perf_counter()
             done = failed = 0
             try:
-                for task, res in _results(client, tasks, cfg.device):
+                for task, res in _results(client, tasks, cfg.device, more, poll):
                     if isinstance(res, BaseException):
                         reason = _task_death(res)
                         res = [Outcome(run=task.run, step=int(task.checkpoint.step), probe=r.name,  # type: ignore[arg-type]
@@ -466,6 +550,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
                     for o in res:
                         o = writer.add(o)
                         summary.probe_seconds += o.seconds
+                        summary.seconds_by_probe[o.probe] = summary.seconds_by_probe.get(o.probe, 0.0) + o.seconds
                         if o.ok:
                             summary.completed += 1
                         else:
@@ -480,6 +565,43 @@ def probe_runs(path: Path, cfg: EngineConfig,
         lock.release()
         summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, writer: _Writer,
+              summary: Summary, follow: Callable[[], bool], threads: int) -> More:
+    """The ``more`` callback of :func:`_results` for ``probe_runs(..., follow=...)``: each call
+    searches ``path`` again and returns the tasks of the jobs not submitted yet, and whether
+    ``follow()`` was false (then this search was the last)."""
+    from dataclasses import replace
+
+    from .discovery import DiscoveryError
+
+    again = replace(cfg, overwrite=False)  # never delete what this call is writing
+    submitted = {(t.run, t.checkpoint.step, r.name) for t in first.tasks for r in t.probes}
+
+    def more() -> tuple[list[Task], bool]:
+        last = not follow()  # asked before searching: nothing written after a final search is missed
+        try:
+            p = plan(find_runs(path), store, again, threads)
+        except DiscoveryError:
+            return [], last  # e.g. the run folder is not written yet
+        writer.plan.runs.update(p.runs)
+        writer.plan.group_attrs.update(p.group_attrs)
+        new: list[Task] = []
+        for t in p.tasks:
+            todo = tuple(r for r in t.probes if (t.run, t.checkpoint.step, r.name) not in submitted)
+            if todo:
+                submitted.update((t.run, t.checkpoint.step, r.name) for r in todo)
+                new.append(replace(t, probes=todo, threads=threads))
+        summary.jobs += sum(len(t.probes) for t in new)
+        summary.runs = max(summary.runs, len(p.runs))
+        summary.excluded = p.excluded
+        summary.warnings = list(p.warnings)
+        known = {(f.run, f.file) for f in summary.failures}
+        summary.failures.extend(f for f in p.failures if (f.run, f.file) not in known)
+        return new, last
+
+    return more
 
 
 def _file(p: _Plan, task: Task) -> str:

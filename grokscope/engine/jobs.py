@@ -29,10 +29,12 @@ _PROBES: dict[str, Any] = {}
 
 @dataclass(frozen=True)
 class ProbeRequest:
-    """A probe to run: its registry name and its parameters (an instance of its ``Params``)."""
+    """A probe to run: its registry name, its parameters (an instance of its ``Params``) and which
+    checkpoints it visits (a ``--steps`` spec, see :mod:`.selection`; None: all)."""
 
     name: str
     params: Any
+    steps: str | None = None
 
 
 @dataclass(frozen=True)

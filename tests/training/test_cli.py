@@ -1,8 +1,7 @@
-"""``grokscope train`` and ``grokscope demo`` through click: errors, presets, resume, summaries."""
+"""``grokscope train`` through click: errors, presets, resume, summaries (the demo: tests/test_demo.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -114,30 +113,15 @@ def test_summarise_log() -> None:
     recs = [{"step": s, "train_acc": min(1.0, s / 10), "test_acc": 0.96 if s >= 120 else 0.1, "wall": s / 100}
             for s in range(0, 201, 10)]
     s = summarise_log(list(reversed(recs)))
-    assert (s["t_train99"], s["t_test95"], s["steps"], s["grokked"]) == (10, 120, 200, True)
+    assert (s["t_mem"], s["t_grok"], s["steps"], s["grokked"]) == (10, 120, 200, True)
+    assert (s["mem"], s["grok"]) == (0.99, 0.95)
+    assert summarise_log(recs, grok=0.99)["t_grok"] is None
     assert s["ratio"] == 12.0 and s["final_test_acc"] == 0.96 and s["wall_s"] == 2.0
     s = summarise_log([{"step": 0, "train_acc": 0.5, "test_acc": 0.5}, {"step": 5, "train_acc": 1.0, "test_acc": 0.97}])
-    assert (s["t_train99"], s["t_test95"], s["ratio"], s["grokked"]) == (5, 5, 1.0, False)
+    assert (s["t_mem"], s["t_grok"], s["ratio"], s["grokked"]) == (5, 5, 1.0, False)
     s = summarise_log([{"step": 0, "train_acc": 0.2, "test_acc": 0.1}])
-    assert s["t_train99"] is None and s["ratio"] is None and not s["grokked"]
+    assert s["t_mem"] is None and s["ratio"] is None and not s["grokked"]
     assert summarise_log([])["steps"] is None
-
-
-def test_demo_trains_and_reports(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    res = invoke("demo", str(out), "--steps", "150", "--quiet", "--metrics", "acc", "--scheduler", "sync")
-    assert res.exit_code == 0, res.output
-    assert (out / "plots" / "demo.png").stat().st_size > 5000
-    assert f"t_mem            {summarise_log(runs.read_log(out))['t_train99']}" in res.stdout
-    assert f"checkpoints: {len(runs.list_checkpoints(out))} in {out / 'checkpoints'}" in res.stdout
-    summary = summarise_log(runs.read_log(out))
-    assert summary["steps"] == 150
-    assert summary["t_train99"] is not None and summary["t_test95"] is None  # memorised, not yet grokked
-    assert f"train acc first >= 99 % at step {summary['t_train99']}" in res.stdout
-    assert "test acc never reached 95 %" in res.stdout
-    assert json.loads((out / "run.json").read_text())["train"]["steps"] == 150
-    again = invoke("demo", str(out), "--steps", "150", "--quiet", "--metrics", "acc", "--scheduler", "sync")  # re-running reuses the finished run
-    assert again.exit_code == 0 and again.stdout == res.stdout
 
 
 def test_third_party_factory_model(tmp_path: Path) -> None:
