@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from grokscope.probes.lc import _Counter, _model_device, _model_dtype, kinks
+from grokscope.probes.lc import KinkHooks, model_device, model_dtype, kinks
 
 #: kinked activation modules that are piecewise linear (their pattern bits pin down the piece).
 PIECEWISE_LINEAR_ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -153,7 +153,7 @@ class RegionMap:
         return (float(self.a[0] - h), float(self.a[-1] + h), float(self.b[0] - h), float(self.b[-1] + h))
 
 
-class _PatternHooks(_Counter):
+class _PatternHooks(KinkHooks):
     """The ``lc`` probe's hooks (same kinked modules, same layer list and call order), keeping each
     layer's pattern bits ``(rows, neurons * n_kinks)`` instead of counting crossings."""
 
@@ -295,7 +295,7 @@ def activation_boundaries(model: nn.Module, plane: Plane, resolution: int = 400,
         raise RegionsError(f"resolution must be >= 2, got {resolution!r}")
     if check and not layers:
         check_piecewise_linear(model)
-    plane = plane.to(_model_device(model), _model_dtype(model))
+    plane = plane.to(model_device(model), model_dtype(model))
     fwd = plane_forward(model, forward or model, plane, fast=not layers)
     lo, hi = plane.limits
     a = torch.linspace(lo, hi, res, dtype=torch.float64)
@@ -515,10 +515,10 @@ class _Source:
         from grokscope.models.adapters import continuous_view
 
         try:
-            forward, z = continuous_view(model, self.x.to(_model_device(model)), self.data.input_kind)
+            forward, z = continuous_view(model, self.x.to(model_device(model)), self.data.input_kind)
         except TypeError as e:
             raise RegionsError(str(e)) from None
-        z = z.to(_model_dtype(model)) if z.is_floating_point() else z
+        z = z.to(model_dtype(model)) if z.is_floating_point() else z
         try:
             return Plane.through(z[0], z[1], z[2], margin), forward
         except RegionsError as e:

@@ -138,8 +138,11 @@ class _Layer:
     neurons: int
 
 
-class _Counter:
+class KinkHooks:
     """Hooks that count, per point, the neurons whose sign changes over a point's ``2P`` vertices.
+
+    Also the one place that decides which modules are kinked and in which order they are called:
+    :mod:`grokscope.regions` subclasses it and overrides ``record`` to keep activation patterns.
 
     Layers are identified by (module, call number) in forward order; in ``discover`` mode the hooks
     only record the layer list, neuron counts and the largest per-row tensor.
@@ -160,7 +163,7 @@ class _Counter:
         self.stop_at: int | None = None
         self.max_numel = 0
 
-    def __enter__(self) -> "_Counter":
+    def __enter__(self) -> "KinkHooks":
         modules = dict(self.root.named_modules())
         if self.explicit is not None:
             missing = [n for n in self.explicit if n not in modules]
@@ -273,14 +276,16 @@ def count_crossings(t: torch.Tensor, n_vertices: int, kink_values: Sequence[floa
     return crossing.sum(dim=1)
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter or buffer (torch's default if none)."""
     for p in list(model.parameters()) + list(model.buffers()):
         if p.is_floating_point():
             return p.dtype
     return torch.get_default_dtype()
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU if none)."""
     for p in list(model.parameters()) + list(model.buffers()):
         return p.device
     return torch.device("cpu")
@@ -312,7 +317,7 @@ class _LinearState:
         return torch.cat([c + t, c - t], dim=1)
 
 
-def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tensor, counter: _Counter,
+def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tensor, counter: KinkHooks,
                          include_output: bool) -> None:
     """Count one chunk through a ``Sequential`` model, propagating ``(c, T)`` while it is exact.
 
@@ -438,15 +443,15 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
     radii = (float(radius),) if isinstance(radius, (int, float)) else tuple(float(r) for r in radius)
     if not radii or any(not math.isfinite(r) or r <= 0 for r in radii):
         raise ValueError(f"radius must be positive numbers, got {radius!r}")
-    cdtype = dtype or _model_dtype(model)
+    cdtype = dtype or model_dtype(model)
     if not cdtype.is_floating_point:
         raise ValueError(f"dtype must be a floating dtype, got {cdtype}")
     work = model
-    if _model_dtype(model) != cdtype:
+    if model_dtype(model) != cdtype:
         work = copy.deepcopy(model).to(cdtype)
         if forward is not None and getattr(forward, "__self__", None) is model:
             forward = getattr(work, forward.__name__)
-    device = _model_device(work)
+    device = model_device(work)
     if forward is None:
         forward, x = continuous_view(work, x.to(device), input_kind)
     z = x.to(device=device, dtype=cdtype)
@@ -455,7 +460,7 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
     was_training = work.training
     work.eval()
     try:
-        with _Counter(work, layers) as counter:
+        with KinkHooks(work, layers) as counter:
             if n == 0:
                 raise ValueError("local_complexity needs at least one point")
             out = forward(z[:1])  # discovery: layer list, neurons, sizes
@@ -628,12 +633,12 @@ class LCProbe(Probe):
             raise ProbeError(f"lc.dtype must be one of {', '.join(DTYPES)}, got {params.dtype!r}")
         if params.n_points < 1:
             raise ProbeError(f"lc.n_points must be >= 1, got {params.n_points}")
-        dtype = DTYPES[params.dtype] or _model_dtype(model)
-        work = model if _model_dtype(model) == dtype else copy.deepcopy(model).to(dtype)
+        dtype = DTYPES[params.dtype] or model_dtype(model)
+        work = model if model_dtype(model) == dtype else copy.deepcopy(model).to(dtype)
         was_training = work.training
         work.eval()
         try:
-            device = _model_device(work)
+            device = model_device(work)
             forward, z_train = continuous_view(work, data.x_train.to(device), data.input_kind)
             _, z_test = continuous_view(work, data.x_test.to(device), data.input_kind)
             z_train, z_test = z_train.to(dtype), z_test.to(dtype)
