@@ -318,7 +318,8 @@ class _Bar:
 @click.option("--overwrite/--resume", default=False, show_default=True,
               help="Recompute (and replace) results already in the store, or skip them.")
 @click.option("--flush-interval", type=click.FloatRange(0), default=1.0, show_default=True,
-              help="Seconds between commits of finished jobs to the store (0: commit every job).")
+              help="Seconds between commits of finished jobs to the store, stretched to 10x the "
+                   "last commit's duration when commits are slow (0: commit every job).")
 @click.option("--dry-run", is_flag=True, help="Show what would be computed, compute nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")

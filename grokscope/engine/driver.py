@@ -13,8 +13,9 @@
    cluster, ``--scheduler sync`` to run in this process; ``--device cuda`` asks for ``GPU=1``;
 4. as tasks complete (``distributed.as_completed``), write each job's result or error into the store
    (this process is the store's only writer) and set its ``done`` flag after its data; results are
-   committed in batches at most ``flush_interval`` seconds old, so a killed driver loses at most the
-   jobs in flight and those of the last interval;
+   committed in batches every ``flush_interval`` seconds, or every ten times the last commit's
+   duration when that is longer (commits of many groups are slow), so a killed driver loses at most
+   the jobs in flight and those since the last commit;
 5. return a :class:`Summary` (the CLI prints it and exits non-zero when any job failed).
 
 ``probe_runs(..., follow=alive)`` keeps searching the path while ``alive()`` is true and adds the
@@ -446,11 +447,18 @@ def _results(client: Any, tasks: list[Task], device: str, more: More | None = No
 
 # -- execution ------------------------------------------------------------------------------------
 
+# A commit rewrites the shards it touches (zarr re-encodes every chunk of a shard), so its cost
+# grows with the number of groups and steps; the wait between commits is stretched to this many times
+# the last commit's duration (a killed driver then loses at most that much more work).
+COMMIT_SHARE_INV = 10
+
+
 class _Writer:
     """Buffers outcomes per (run, probe) group and commits them to the store in batches."""
 
     def __init__(self, store: ProbeStore, p: _Plan, interval: float):
         self.store, self.plan, self.interval = store, p, interval
+        self.wait = interval  # the interval, stretched when commits are slow (see flush)
         self.buffer: dict[tuple[str, str], list[tuple[int, Outcome]]] = defaultdict(list)
         self.last = time.monotonic()
         self.pending = 0
@@ -471,11 +479,12 @@ class _Writer:
                 o.error, o.result = why, None
         self.buffer[key].append((o.step, o))
         self.pending += 1
-        if time.monotonic() - self.last >= self.interval or self.pending >= 4096:
+        if time.monotonic() - self.last >= self.wait or self.pending >= 4096:
             self.flush()
         return o
 
     def flush(self) -> None:
+        t0 = time.monotonic()
         for key, items in self.buffer.items():
             info = self.store.group(*key)
             if info is not None and items:
@@ -483,6 +492,8 @@ class _Writer:
         self.buffer.clear()
         self.pending = 0
         self.last = time.monotonic()
+        if self.interval > 0:  # commits take at most ~1/COMMIT_SHARE_INV of the driver's time
+            self.wait = max(self.interval, COMMIT_SHARE_INV * (self.last - t0))
 
 
 def probe_runs(path: Path, cfg: EngineConfig,

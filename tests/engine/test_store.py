@@ -67,6 +67,29 @@ def test_template_fills_writes_and_growth(tmp_path):
     assert again.data_vars == {"density", "count", "flag", "label"}
 
 
+def test_copied_templates_equal_written_ones(tmp_path):
+    """A group whose template is copied from an earlier one (same steps and outputs, other attrs)
+    reads back exactly like one xarray wrote from scratch, and takes writes the same way."""
+    steps = [0, 10, 20, 30]
+    store = ProbeStore(tmp_path / "a.zarr")
+    first = store.create_group("r0", "p", steps, {"params": {"a": 1}, "run": "r0"}, _result(0))
+    copied = store.create_group("r1", "p", steps, {"params": {"a": 1}, "run": "r1"}, _result(0))
+    assert len(store.templates) == 1  # the second group reused the first one's template
+    store.create_group("r2", "p", [0, 10], {"run": "r2"}, _result(0))
+    store.create_group("r3", "p", steps, {"run": "r3"}, _result(0, n_layer=4))
+    assert len(store.templates) == 3  # other steps or other shapes: written by xarray
+    fresh = ProbeStore(tmp_path / "b.zarr")
+    direct = fresh.create_group("r1", "p", steps, {"params": {"a": 1}, "run": "r1"}, _result(0))
+    for s, info in ((store, copied), (fresh, direct)):
+        s.write(info, [(10, _ok(10)), (30, _ok(30))])
+    a = load_group(tmp_path / "a.zarr", "r1", "p")
+    b = load_group(tmp_path / "b.zarr", "r1", "p")
+    xr.testing.assert_identical(a, b)
+    assert a.attrs["run"] == "r1" and load_group(tmp_path / "a.zarr", "r0", "p").attrs["run"] == "r0"
+    assert list(a.done.values) == [False, True, False, True] and first.steps == steps
+    assert not (tmp_path / "a.zarr" / ".grokscope-tmp").exists()
+
+
 def test_variables_added_after_a_failed_first_job(tmp_path):
     store = ProbeStore(tmp_path / "s.zarr")
     info = store.create_group("r", "p", [0, 1, 2], {"probe": "p"})  # the first outcome was an error
