@@ -240,9 +240,12 @@ def grok_threshold_for(dataset_spec: dict[str, Any] | None) -> float:
 
 
 def done_steps(ds):
-    """Only the steps whose ``done`` flag is set (all steps if the store has no flag)."""
+    """Only the steps whose ``done`` flag is set (all steps if the store has no flag), in increasing
+    step order (a store that back-filled earlier checkpoints holds them after the later ones)."""
     if "done" in ds:
-        return ds.isel(step=np.flatnonzero(ds["done"].values.astype(bool)))
+        ds = ds.isel(step=np.flatnonzero(ds["done"].values.astype(bool)))
+    if "step" in ds.dims and np.any(np.diff(ds["step"].values) < 0):
+        ds = ds.sortby("step")
     return ds
 
 

@@ -228,3 +228,14 @@ def test_grok_threshold_per_dataset():
 
 def _test_acc_at(step):
     return 0.02 + 0.98 * _sigmoid((math.log10(step) - 3.5) / 0.05)
+
+
+def test_done_steps_sorts_back_filled_steps():
+    import xarray as xr
+
+    from grokscope.analysis import done_steps
+
+    ds = xr.Dataset({"accuracy": (("step",), [0.1, 0.9, 0.5, 0.7]), "done": (("step",), [True, True, True, False])},
+                    coords={"step": [0, 100, 10, 50]})  # 10 and 50 back-filled after 100
+    out = done_steps(ds)
+    assert list(out.step.values) == [0, 10, 100] and list(out.accuracy.values) == [0.1, 0.5, 0.9]
