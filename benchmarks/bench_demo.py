@@ -29,11 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from grokscope.demo import load_average
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load() -> str:
-    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def run_demo(directory: Path) -> tuple[float, dict]:
@@ -110,7 +108,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-demo-"))
     directory = args.demo_dir or tmp / "demo"
     try:
-        print(f"machine: {os.cpu_count()} cores, load average {load()}", flush=True)
+        print(f"machine: {os.cpu_count()} cores, load average {load_average()}", flush=True)
         timing: dict = {}
         wall = None
         if not args.skip_demo:
@@ -129,7 +127,7 @@ def main() -> int:
                     print(f"  {what:48s} {timing[key]:7.1f} s")
             for name, s in sorted(timing.get("probe_seconds", {}).items(), key=lambda kv: -kv[1]):
                 print(f"  worker seconds {name:33s} {s:7.1f} s")
-        print(f"\n[per probe] one thread, {args.sample} log-spaced checkpoints each (load average {load()})")
+        print(f"\n[per probe] one thread, {args.sample} log-spaced checkpoints each (load average {load_average()})")
         rows = probe_costs(directory, args.sample)
         print(f"  {'probe':8s} {'params':26s} {'s/ckpt':>7s} {'ckpts':>6s} {'CPU s':>7s}")
         for r in rows:
@@ -144,7 +142,7 @@ def main() -> int:
         train_s = timing.get("training_s")
         if args.train_alone:
             train_s = train_alone(tmp / "train-alone")
-            print(f"\n[training alone] {train_s:.1f} s on one thread (load average {load()})")
+            print(f"\n[training alone] {train_s:.1f} s on one thread (load average {load_average()})")
         if wall is not None and train_s:
             bound = (demo_cpu + train_s) / 2
             print(f"\n[demo] lower bound on 2 cores (training + probes, no overhead): {bound:.0f} s; "

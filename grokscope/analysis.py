@@ -406,30 +406,6 @@ def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = 
     return json_safe(out)
 
 
-def run_onsets(tree: Any, mem_threshold: float = MEM_THRESHOLD, grok_threshold: float | None = None,
-               robust_threshold: float = ROBUST_THRESHOLD) -> dict[str, Any]:
-    """Flat onset summary of one run node: ``t_mem``, ``t_grok``, ``final_test_acc``, ``t_robust``
-    {eps: step}, ``lc_phases_train`` (the compact form the text report prints)."""
-    events = standard_onsets(tree, mem_threshold, grok_threshold, robust_threshold)
-    out: dict[str, Any] = {}
-    if "memorisation" in events:
-        out["t_mem"] = events["memorisation"].step
-    if "generalisation" in events:
-        out["t_grok"] = events["generalisation"].step
-        acc = probe_dataset(tree, "acc")
-        out["final_test_acc"] = (float(acc["accuracy"].sel(split="test").values[-1]) if acc.sizes["step"]
-                                 else math.nan)
-    robust = {e.sel["eps"]: e.step for k, e in events.items() if k.startswith("robustness@")}
-    if robust:
-        out["t_robust"] = robust
-    lc = probe_dataset(tree, "lc")
-    if lc is not None and "lc_total_mean" in lc:
-        sel = {**_split_label(lc, "lc_total_mean", "train"), **_radius0(lc, "lc_total_mean")}
-        ph = lc_phases(lc.step.values, select_curve(lc, "lc_total_mean", **sel).values)
-        out["lc_phases_train"] = {k: ph[k] for k in ("t_min1", "t_peak", "t_min2", "rise", "depth")}
-    return out
-
-
 def json_safe(v: Any) -> Any:
     """NaN → None and numpy scalars → Python, recursively (JSON has no NaN)."""
     if isinstance(v, dict):

@@ -306,15 +306,16 @@ def _figures_and_report(store: Path, directory: Path, with_report: bool, timing:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         figures = pool.submit(_plot, str(store), str(directory / "plots"))
         t = time.perf_counter()
-        for path, node in iter_runs(open_store(store)):
+        sums = {path: run_summary(node) for path, node in iter_runs(open_store(store))}
+        for path, summary in sums.items():
             click.echo(f"what {path} shows:")
-            for line in describe_run(run_summary(node)):
+            for line in describe_run(summary):
                 click.echo(f"  {line}")
         timing["summary_s"] = time.perf_counter() - t
         html = None
         if with_report:
             t = time.perf_counter()
-            html = write_report(store, directory / "report.html")
+            html = write_report(store, directory / "report.html", summaries=sums)
             timing["report_s"] = time.perf_counter() - t
         paths, timing["figures_s"] = figures.result()
     timing["figures_and_report_s"] = time.perf_counter() - t0

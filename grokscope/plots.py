@@ -139,13 +139,15 @@ def open_store(store_or_tree: Any):
     """A DataTree from a store path (opened lazily) or the DataTree itself; PlotError naming the path."""
     import xarray as xr
 
+    from grokscope.engine.store import open_store as open_tree
+
     if isinstance(store_or_tree, xr.DataTree):
         return store_or_tree
     path = Path(store_or_tree)
     if not path.exists():
         raise PlotError(f"{path}: no such store")
     try:
-        return xr.open_datatree(path, engine="zarr", consolidated=False)
+        return open_tree(path)
     except Exception as e:
         raise PlotError(f"{path}: cannot open as a probe store ({type(e).__name__}: {e})") from e
 
@@ -670,7 +672,8 @@ def fourier_figure(node: Any, path: str, thresholds: Mapping[str, Any] | None = 
 # files
 
 
-def _slug(path: str) -> str:
+def slug(path: str) -> str:
+    """A run path as a file-name (and HTML anchor) fragment: ``"sweep/run 1"`` → ``"sweep_run_1"``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", path).strip("_") or "run"
 
 
@@ -728,14 +731,14 @@ def plot_store(store_or_tree: Any, out_dir: Path | str, runs: Sequence[str] | st
         for i, (path, node) in enumerate(selected):
             fig = fourier_figure(node, path, thresholds, RUN_COLOURS[i % len(RUN_COLOURS)])
             if fig is not None:
-                name = f"{stem}_fourier_{_slug(path)}" if is_file else f"fourier_{_slug(path)}"
+                name = f"{stem}_fourier_{slug(path)}" if is_file else f"fourier_{slug(path)}"
                 written += _save(fig, folder / name, fmts)
     return written
 
 
 def plot_run(tree: Any, title: str, out: Path, probes: list[str] | None = None) -> Path:
     """The overview of one run (a DataTree run node) into the single file ``out`` (format from its
-    suffix; png if none); ``probes`` restricts the panels. Kept for the demo and the report."""
+    suffix; png if none); ``probes`` restricts the panels."""
     out = Path(out)
     fmt = out.suffix.lstrip(".").lower() or "png"
     if fmt not in FORMATS:

@@ -12,12 +12,13 @@ import datetime
 import html
 import json
 import math
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
+
+from grokscope.plots import slug
 
 # how the LC point sets read in sentences
 SPLIT_WORDS = {"train": "training points", "test": "test points", "random": "random points",
@@ -401,10 +402,6 @@ def note_html(text: str) -> str:
 
 # -- figures -----------------------------------------------------------------------------------------
 
-def _slug(path: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path) or "run"
-
-
 # the run_summary thresholds that the plots' onset lines take too
 PLOT_THRESHOLDS = ("mem", "grok", "robust", "window", "patience")
 
@@ -415,7 +412,7 @@ def figures(tree: Any, work: Path, thresholds: dict[str, Any], run: str | None =
     from grokscope.plots import plot_store
 
     onset_args = {k: v for k, v in thresholds.items() if k in PLOT_THRESHOLDS}
-    out = work / ("all-runs" if run is None else _slug(run))
+    out = work / ("all-runs" if run is None else slug(run))
     pngs = plot_store(tree, out, runs=None if run is None else [run], formats=["png"], thresholds=onset_args)
     found = []
     for png in pngs:
@@ -465,7 +462,7 @@ def region_html(node: Any, summary: dict[str, Any], path: str, work: Path, resol
         return note_html(f"No region picture: grokscope.regions is not available ({e}).")
     try:
         steps = region_steps(summary, open_run(Path(run_dir)).steps)
-        png = regions_figure(Path(run_dir), list(steps), work / f"{_slug(path)}_regions.png", resolution=resolution)
+        png = regions_figure(Path(run_dir), list(steps), work / f"{slug(path)}_regions.png", resolution=resolution)
     except RegionsError as e:
         return note_html(f"No region picture: {e}")
     except Exception as e:  # the page still renders; the note says what failed
@@ -500,7 +497,7 @@ def summaries(store: Path, **thresholds: Any) -> dict[str, dict[str, Any]]:
 def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: Path,
                 thresholds: dict[str, Any], regions: bool = True) -> str:
     """The HTML section of one run: settings line, plain words, figures, tables, regions, all settings."""
-    anchor = _slug(path)
+    anchor = slug(path)
     settings = summary.get("settings") or {}
     parts = [f"<section id='{_e(anchor)}'><h2>Run {_e(path)}</h2>"]
     folder = settings.get("path") or node.attrs.get("path")
@@ -534,7 +531,7 @@ def render_html(store: Path, tree: Any, runs: list[tuple[str, Any]], sums: dict[
     th = ", ".join(f"{k}={'auto' if v is None else v}" for k, v in thresholds.items()) or "defaults"
     nav = ""
     if len(runs) > 1:
-        nav = ("<nav><ul>" + "".join(f"<li><a href='#{_e(_slug(p))}'>{_e(p)}</a></li>" for p, _ in runs)
+        nav = ("<nav><ul>" + "".join(f"<li><a href='#{_e(slug(p))}'>{_e(p)}</a></li>" for p, _ in runs)
                + "</ul></nav><h2>All runs</h2>" + figures_html(tree, work, thresholds))
     body = "\n".join(run_section(tree, p, n, sums[p], work, thresholds, regions) for p, n in runs)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -543,18 +540,20 @@ def render_html(store: Path, tree: Any, runs: list[tuple[str, Any]], sums: dict[
             f"thresholds {_e(th)} · grokscope {_e(__version__)} · {when}</p>{nav}\n{body}\n</body></html>\n")
 
 
-def write_report(store: Path, out: Path | None = None, regions: bool = True, **thresholds: Any) -> Path:
+def write_report(store: Path, out: Path | None = None, regions: bool = True,
+                 summaries: dict[str, dict[str, Any]] | None = None, **thresholds: Any) -> Path:
     """Write the self-contained HTML report of ``store`` to ``out`` (default ``<store parent>/report.html``).
 
     ``thresholds`` go to :func:`grokscope.analysis.run_summary` (``mem``, ``grok``, ``robust``,
-    ``window``). Raises ``click.ClickException`` naming the store if it holds no runs.
+    ``window``); ``summaries`` (``{run path: run_summary(...)}`` computed with the same thresholds)
+    saves computing them again. Raises ``click.ClickException`` naming the store if it holds no runs.
     """
     from grokscope.analysis import run_summary
 
     store = Path(store)
     out = Path(out) if out is not None else store.resolve().parent / "report.html"
     tree, runs = load_runs(store)
-    sums = {path: run_summary(node, **thresholds) for path, node in runs}
+    sums = {path: (summaries or {}).get(path) or run_summary(node, **thresholds) for path, node in runs}
     with tempfile.TemporaryDirectory(prefix="grokscope-report-") as tmp:
         page = render_html(store, tree, runs, sums, thresholds, Path(tmp), regions)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -595,7 +594,3 @@ def report(store: Path, out: Path | None, as_json: bool, mem: float, grok: float
     path = write_report(store, out, regions=regions, **thresholds)
     click.echo(str(path))
 
-
-def format_onsets(onsets: dict) -> list[str]:
-    """One indented line per onset/phase value (NaN shown as —)."""
-    return [f"  {k:16s} {fmt_num(v)}" for k, v in onsets.items()]
