@@ -321,15 +321,18 @@ class _Bar:
               help="Seconds between commits of finished jobs to the store, stretched to 10x the "
                    "last commit's duration when commits are slow (0: commit every job).")
 @click.option("--dry-run", is_flag=True, help="Show what would be computed, compute nothing.")
+@click.option("--follow", is_flag=True,
+              help="While a trainer is writing a run under PATH (its run folder's lock names a live "
+                   "process), keep probing its new checkpoints as they appear; return once it is gone.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @spec_options
 @click.pass_context
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
           out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
-          steps: tuple[str, ...], overwrite: bool, flush_interval: float, dry_run: bool, as_json: bool, quiet: bool,
-          model: str | None, model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None,
-          dataset_seed: int, loss: str | None) -> None:
+          steps: tuple[str, ...], overwrite: bool, flush_interval: float, dry_run: bool, follow: bool,
+          as_json: bool, quiet: bool, model: str | None, model_kwargs: str | None, dataset: str | None,
+          dataset_kwargs: str | None, dataset_seed: int, loss: str | None) -> None:
     """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
     group per run and probe).
 
@@ -358,10 +361,27 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     cfg = EngineConfig(probes=requests, out=out or path / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
                        flush_interval=flush_interval, dry_run=dry_run)
-    summary = run_with_progress(path, cfg, quiet=quiet or as_json)
+    more = {"follow": training_under(path)} if follow and not dry_run else {}
+    summary = run_with_progress(path, cfg, quiet=quiet or as_json, **more)
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)
+
+
+def training_under(path: Path):
+    """A callable telling whether a trainer is writing a run under ``path`` now: whether any run
+    folder found there has a lock held by a live process (:func:`.lock.live_holder`; a store's lock
+    is not a run folder's, so this probe run's own lock does not count)."""
+    from .discovery import DiscoveryError, find_runs
+    from .lock import live_holder
+
+    def live() -> bool:
+        try:
+            return any(live_holder(r.path) for r in find_runs(Path(path)))
+        except DiscoveryError:
+            return False
+
+    return live
 
 
 def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any = None, **follow: Any) -> Any:
