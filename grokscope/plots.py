@@ -146,10 +146,26 @@ def open_store(store_or_tree: Any):
     path = Path(store_or_tree)
     if not path.exists():
         raise PlotError(f"{path}: no such store")
+    if path.is_dir() and not (path / "zarr.json").is_file():
+        raise PlotError(_not_a_store(path))
     try:
         return open_tree(path)
     except Exception as e:
         raise PlotError(f"{path}: cannot open as a probe store ({type(e).__name__}: {e})") from e
+
+
+def _not_a_store(path: Path) -> str:
+    """Why the folder ``path`` (no ``zarr.json``) is not a store, naming the stores inside it if any."""
+    inside = sorted(p for p in path.glob("*.zarr") if (p / "zarr.json").is_file())
+    if not inside:
+        inside = sorted(p for p in path.glob("*/*.zarr") if (p / "zarr.json").is_file())
+    if len(inside) == 1:
+        return f"{path}: a folder, not a probe store; the store in it is {inside[0]} (give that path)"
+    if inside:
+        names = ", ".join(str(p) for p in inside[:5]) + (", ..." if len(inside) > 5 else "")
+        return f"{path}: a folder, not a probe store; the stores in it are {names} (give one of them)"
+    return (f"{path}: not a probe store (no zarr.json) and none inside it; write one with "
+            f"`grokscope probe {path}`")
 
 
 def _where(store_or_tree: Any) -> str:

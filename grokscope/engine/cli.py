@@ -357,6 +357,13 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
         raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise click.BadParameter(f"{device!r}: expected cpu or cuda", param_hint="--device")
+    _refuse_lone_spec_flags(ctx, ("model_kwargs", "dataset_kwargs", "dataset_seed", "loss"),
+                            model is None and dataset is None)
+    if follow and dry_run:
+        click.echo("warning: --follow is ignored with --dry-run (it shows what the store lacks now)", err=True)
+    if workers is not None and scheduler not in (None, "", "local"):
+        click.echo(f"warning: --workers {workers} is ignored with --scheduler {scheduler} (it sizes the "
+                   "local cluster; the scheduler's own workers run the jobs)", err=True)
     spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss)
     cfg = EngineConfig(probes=requests, out=out or path / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
@@ -366,6 +373,19 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)
+
+
+def _refuse_lone_spec_flags(ctx: click.Context, names: tuple[str, ...], alone: bool) -> None:
+    """UsageError when spec options are given without --model/--dataset (they would be ignored)."""
+    from click.core import ParameterSource
+
+    if not alone:
+        return
+    given = [f"--{n.replace('_', '-')}" for n in names
+             if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only apply with --model and --dataset (checkpoints "
+                               "without run.json); each run.json gives its own model, dataset and loss")
 
 
 def training_under(path: Path):
