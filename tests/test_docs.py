@@ -305,3 +305,11 @@ def test_document_blocks_run(doc: str, sandbox, forkserver, monkeypatch) -> None
             last_output = _bash(b.code, work, env, b.where())
         ran += 1
     assert ran > 0
+
+
+def test_quoted_output_is_matched_line_by_line_in_order():
+    got = "training into runs/x\nruns/x: 6 checkpoints, final train acc 99.1%\nrun  ckpts\nx    6\n"
+    _check_output("runs/x: 6 checkpoints, final train acc ...\nx    6\n", got, "here")
+    for wrong in ("x    7", "x    6\nruns/x: 6 checkpoints, final train acc ...", "final train acc 99.1%"):
+        with pytest.raises(AssertionError, match="not found"):
+            _check_output(wrong, got, "here")
