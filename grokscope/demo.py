@@ -298,7 +298,7 @@ def _figures_and_report(store: Path, directory: Path, with_report: bool, timing:
     from concurrent.futures import ProcessPoolExecutor
 
     from grokscope.analysis import run_summary
-    from grokscope.engine.store import open_store
+    from grokscope.reading import open_store
     from grokscope.plots import iter_runs
     from grokscope.report import describe_run, write_report
 

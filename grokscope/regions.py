@@ -29,7 +29,6 @@ grid of panels (PNG/PDF/SVG) or an animated GIF; ``grokscope regions`` is its co
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from grokscope.probes.lc import KinkHooks, model_device, model_dtype, kinks
+from grokscope.errors import GrokscopeError
+from grokscope.probes.lc import KinkHooks, kinks, model_device, model_dtype
 
 #: kinked activation modules that are piecewise linear (their pattern bits pin down the piece).
 PIECEWISE_LINEAR_ACTIVATIONS: tuple[type[nn.Module], ...] = (

@@ -76,16 +76,14 @@ def _ratio_text(later: float, earlier: float, what: str, say_what: bool = False)
 
 # -- plain words -------------------------------------------------------------------------------------
 
-# how the events of run_summary read in sentences
-EVENT_WORDS = {"memorisation": "memorisation", "generalisation": "generalisation",
-               "lc_fall": "the fall of LC around training points", "gini_rise": "the rise of the Fourier Gini",
-               "alignment_rise": "the rise of centroid alignment", "weight_norm_fall": "the fall of ‖θ‖²"}
+# how the onsets of run_summary read in sentences (change points carry their probe's own words)
+EVENT_WORDS = {"memorisation": "memorisation", "generalisation": "generalisation"}
 
 
 def _event_words(name: str, onset: dict | None = None) -> str:
     if name.startswith("robustness@"):
         return f"robustness at ε={_eps_of(name, onset or {})}"
-    return EVENT_WORDS.get(name, name.replace("_", " "))
+    return (onset or {}).get("words") or EVENT_WORDS.get(name, name.replace("_", " "))
 
 
 def _eps_of(name: str, onset: dict) -> str:

@@ -18,7 +18,6 @@ The result is a grokscope run (``run.json`` for ``modular_mlp`` with ``input="on
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import json
 import math
 import shutil
@@ -28,6 +27,8 @@ from typing import Any, Callable
 
 import click
 import torch
+
+from grokscope.errors import GrokscopeError
 
 
 class SimulateError(GrokscopeError, ValueError):
@@ -101,8 +102,15 @@ def simulate_musat(out: Path, p: int = 23, hidden: int = 256, lr: float = 2e-3, 
     from grokscope.datasets import load_dataset
     from grokscope.models import build_model
     from grokscope.probes.acc import loss_and_accuracy
-    from grokscope.runs import LOG_JSONL, RUN_JSON, CHECKPOINT_DIR, append_log, checkpoint_path, \
-        save_checkpoint, write_run_json
+    from grokscope.runs import (
+        CHECKPOINT_DIR,
+        LOG_JSONL,
+        RUN_JSON,
+        append_log,
+        checkpoint_path,
+        save_checkpoint,
+        write_run_json,
+    )
     from grokscope.training.schedule import ScheduleError, eval_schedule, parse_schedule
 
     if p < 3:

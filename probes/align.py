@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -387,6 +387,14 @@ class AlignProbe(Probe):
         "jac_fro_exact": (),
     }
     needs_grad = True
+
+    panels = (
+        PanelSpec("centroid_cos_mean", "Centroid alignment", "mean cos(μ_x, x)", "split"),
+        PanelSpec("jac_align_mean", "Jacobian alignment", "mean ‖J x‖ / (‖J‖_F ‖x‖)", "split"),
+        PanelSpec("jac_fro_mean", "Jacobian norm", "mean ‖J_x‖_F (log scale)", "split", yscale="log"),
+    )
+    events = (EventSpec("alignment_rise", "centroid_cos_mean", "rise", "the rise of centroid alignment",
+                        "train"),)
 
     def compute(self, model: nn.Module, data, params: AlignParams, ctx: ProbeContext):
         import xarray as xr

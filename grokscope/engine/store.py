@@ -38,7 +38,6 @@ with ``2**64-1``; booleans ``False``; strings ``''``. ``done`` says which cells 
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import json
 import os
 import shutil
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 import grokscope
+from grokscope.errors import GrokscopeError
 
 ENGINE_VARS = ("done", "error", "checkpoint_hash")
 TMP_DIR = ".grokscope-tmp"  # templates are built here, then renamed into the hierarchy
@@ -244,7 +244,6 @@ class ProbeStore:
         first result ``first`` (an ``xr.Dataset`` without step) is given, its variables. No data."""
         import dask.array as da
         import xarray as xr
-
         import zarr
 
         n = len(steps)

@@ -191,9 +191,19 @@ def test_region_picture_notes(store, tmp_path):
     assert "<img" not in gone + smooth
 
 
+def _builtin_event_words():
+    from grokscope.probes import BUILTIN, get_probe
+
+    return {e.name: e.words for name in BUILTIN for e in get_probe(name).event_specs()}
+
+
+EVENT_WORDS = _builtin_event_words()
+
+
 def onset(name, step, threshold, kind="threshold", above=True, **sel):
+    """An onset as run_summary writes it; change points carry their probe's declared words."""
     return {"name": name, "step": step, "threshold": threshold, "above": above, "kind": kind, "sel": sel,
-            "window": 1, "patience": 1}
+            "window": 1, "patience": 1, "words": EVENT_WORDS.get(name, "")}
 
 
 def test_describe_run_reached_with_ratio():
