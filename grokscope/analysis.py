@@ -1,4 +1,4 @@
-"""Onsets, phases and lead/lag read off a probe store (ALGORITHMS.md §(f)).
+"""Onsets, phases and lead/lag read off a probe store (docs/algorithms.md#analysis--onsets-and-phases).
 
 These are the numbers `grokscope report` prints, `grokscope plot` draws as vertical lines and the
 ``ds.grok`` / ``dt.grok`` accessors return. Every threshold, window and fraction is an argument, never
@@ -30,7 +30,7 @@ from grokscope.reading import done_steps
 
 MEM_THRESHOLD = 0.99
 ROBUST_THRESHOLD = 0.5
-# Test-accuracy threshold of "generalised" per dataset (ALGORITHMS.md §(f)): 0.99 for algorithmic
+# Test-accuracy threshold of "generalised" per dataset (docs/algorithms.md#onsets): 0.99 for algorithmic
 # tasks, 0.85 for image classification (GrokAlign Table 1); DEFAULT_GROK_THRESHOLD otherwise.
 GROK_THRESHOLDS = {"modular": 0.99, "xor": 0.99, "mnist": 0.85, "fashion_mnist": 0.85, "digits": 0.85,
                    "cifar10": 0.85}
@@ -151,7 +151,7 @@ def change_point(steps: Any, values: Any, direction: str = "rise", fraction: flo
 
 
 def lc_phases(steps: Any, lc: Any, window: int = 5, tol: float = 0.1) -> dict[str, Any]:
-    """Humayun et al.'s LC phases from a curve LC(step) (ALGORITHMS.md §(a′)).
+    """Humayun et al.'s LC phases from a curve LC(step) (``docs/algorithms.md#lc-phases``).
 
     On the curve smoothed over ``window`` checkpoints: the **ascent** is its largest run-up, from
     ``t_min1`` (end of the first descent) to ``t_peak``; ``t_min2`` is the minimum after the peak (end

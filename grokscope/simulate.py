@@ -7,7 +7,8 @@ the minimum-norm interpolant ``W = Hᵀ(HHᵀ)⁻¹Y`` (``H = σ(XE)``, zero tra
 
 .. math::  ΔE = Xᵀ\\big((A Y Yᵀ A H) ⊙ σ′(XE)\\big) − E, \\qquad A = (HHᵀ)^{-1}
 
-(eq. 20 with the sign of App. E's last line corrected; see ``ALGORITHMS.md`` §(e)). The simulation
+(eq. 20 with the sign of App. E's last line corrected; see
+``docs/algorithms.md#simulate--musat-closed-form-dynamics``). The simulation
 runs ``E ← E + η ΔE`` on the training pairs of modular addition with inputs ``e_a + e_b`` over the
 unordered pairs ``a ≤ b < p``, in float64.
 

@@ -1,4 +1,7 @@
-"""``acc``: loss and accuracy on the train and test splits (the trainer's own evaluation)."""
+"""``acc``: loss and accuracy on the train and test splits (the trainer's own evaluation).
+
+Definitions and defaults: ``docs/algorithms.md#acc--loss-and-accuracy``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``align``: Jacobian and centroid alignment of input–output Jacobians with the data (Walker et al.,
-*GrokAlign*; ALGORITHMS.md §(c)).
+*GrokAlign*; ``docs/algorithms.md#align--jacobian-and-centroid-alignment``).
 
 For a network ``f: R^d → R^C`` (logits) and a point ``x`` (flattened), with ``J = ∂f/∂x ∈ R^{C×d}``:
 

@@ -13,7 +13,8 @@ Functional pieces (usable from a notebook; every matrix is float64):
   losses), :func:`neuron_frequencies` and :func:`logit_fourier_coefficients`.
 
 :class:`FourierProbe` (``--metrics fourier``) runs all of them on a checkpoint. Definitions, and where
-our choices differ from the authors' code, are in ``ALGORITHMS.md`` §(d).
+our choices differ from the authors' code, are in
+``docs/algorithms.md#fourier--fourier-structure-of-modular-arithmetic``.
 """
 
 from __future__ import annotations

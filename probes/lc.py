@@ -30,6 +30,8 @@ intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
 :func:`local_complexity` is the notebook entry point; :class:`LCProbe` is the engine's ``lc`` probe
 over the point sets ``train``, ``test``, ``random`` (uniform in the data box) and ``boundary`` (points
 on the model's own decision boundary, :func:`decision_boundary_points`).
+
+Formulas, defaults and deviations from the authors' code: ``docs/algorithms.md#lc--local-complexity``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Functional pieces (usable from a notebook; all in parameter space, flat vectors)
 With damping ``δ > 0`` a direction of ``J``'s row space with singular value ``s`` counts as normal with
 weight ``s²/(s² + δ)``: ``δ`` is the cut-off below which directions count as tangent (the ``rcond`` of
 the pseudo-inverse). The probe sets ``δ = damping · λ_max(JJᵀ)``.
+
+Formulas, defaults and deviations from the paper:
+``docs/algorithms.md#norm--weight-norm-and-the-zero-loss-manifold``.
 """
 
 from __future__ import annotations

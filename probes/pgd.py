@@ -16,6 +16,9 @@ checkpoint sees the same starts. The box is the dataset's input range (never ass
 point outside the box widens the box to include it, so iterates always stay in the ε-ball around it.
 Token models are attacked in embedding space (:func:`grokscope.models.adapters.continuous_view`) with
 no box (embeddings are unbounded), ε in embedding units (the paper's GPT run used ε = 0.03 there).
+
+Formulas, defaults and deviations from the authors' code:
+``docs/algorithms.md#pgd--robust-accuracy-under-pgd``.
 """
 
 from __future__ import annotations
