@@ -373,9 +373,9 @@ class AlignProbe(Probe):
             raise ProbeError(f"align.selection must be 'first' or 'random', not {params.selection!r}")
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
             raise ProbeError(f"align.splits must be train and/or test, got {list(params.splits)}")
-        for field, value, low in (("n_proj", params.n_proj, 0), ("max_rows", params.max_rows, 1)):
+        for key, value, low in (("n_proj", params.n_proj, 0), ("max_rows", params.max_rows, 1)):
             if value < low:
-                raise ProbeError(f"align.{field} must be >= {low}, got {value}")
+                raise ProbeError(f"align.{key} must be >= {low}, got {value}")
 
     def compute(self, model: nn.Module, data, params: AlignParams, ctx: ProbeContext):
         import xarray as xr
