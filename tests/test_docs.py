@@ -172,19 +172,11 @@ PRELUDE: dict[str, str] = {
         data = load_dataset({"name": "digits", "kwargs": {"n_train": 64, "n_test": 32}, "seed": 0})
         model = build_model({"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 1, "width": 12}})
         x, y = data.x_train[:16], data.y_train[:16]
-        x0, x1, x2 = data.x_train[0], data.x_train[1], data.x_train[2]
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from pathlib import Path
-        run_dir = Path("runs/regions")
     """,
 }
-PRELUDES = {"docs/lc_pgd.md": "model", "docs/grokalign.md": "model", "docs/regions.md": "model"}
-# names a document's Python needs that exist only as files (run_dir of regions.md: a run with its steps)
-PY_SETUP: dict[str, list[str]] = {
-    "docs/regions.md": ["grokscope train --out runs/regions --steps 6000 --save 0,1000,6000 --eval-every none"],
-}
+PRELUDES = {"docs/lc_pgd.md": "model", "docs/grokalign.md": "model"}
+# runs a document's Python assumes (run before its first Python block)
+PY_SETUP: dict[str, list[str]] = {}
 
 
 @dataclass

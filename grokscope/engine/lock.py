@@ -3,8 +3,9 @@
 The probe engine locks its store (:class:`StoreLock`, one probe run per store) and the trainer its run
 folder (:class:`RunLock`, one trainer per run folder); readers (probing a run that is training, opening
 a store that is being written) take no lock. ``FOLDER/.grokscope.lock`` holds ``{"pid", "host",
-"started", "time", "command"}`` of the process writing the folder. The lock itself is an exclusive ``flock`` on that file, which the kernel drops when the holder
-dies however it dies (SIGKILL included), so a lock left by a dead process is stale and is taken over;
+"started", "time", "command"}`` of the process writing the folder. The lock itself is an exclusive
+``flock`` on that file, which the kernel drops when the holder dies however it dies (SIGKILL
+included), so a lock left by a dead process is stale and is taken over;
 where ``flock`` is not available (some network filesystems) the holder's pid is checked instead
 (same host: is that process still alive with the same start time). A live holder makes
 :meth:`FolderLock.acquire` raise :class:`FolderLocked` (:class:`StoreLocked` for a store) naming it in one
@@ -21,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grokscope.errors import GrokscopeError
+
 LOCK_NAME = ".grokscope.lock"
 
 
-class FolderLocked(RuntimeError):
+class FolderLocked(GrokscopeError, RuntimeError):
     """Another live process holds the folder's lock."""
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from grokscope import runs
 from grokscope.engine.lock import RunLock, RunLocked, describe
+from grokscope.errors import GrokscopeError
 from grokscope.losses import task_loss
 
 from .config import TrainConfig, TrainConfigError
@@ -53,7 +54,7 @@ _DERIVED_KWARGS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GrokscopeError, RuntimeError):
     """Training cannot start or continue (existing run, mismatched resume, divergence)."""
 
 
