@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,7 +272,9 @@ def test_document_blocks_run(doc: str, sandbox, forkserver, monkeypatch) -> None
         pytest.skip(f"{doc}: every block is marked not-run")
     for cmd in SETUP.get(doc, []):
         _bash(cmd, work, env, f"{doc} (setup)")
-    namespace: dict = {"__name__": "__docs__"}
+    module = types.ModuleType("docs_snippets")  # a real module: dataclasses look their module up
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace = module.__dict__
     monkeypatch.chdir(work)
     last_output, ran = None, 0
     for b in todo:
