@@ -273,7 +273,7 @@ def test_document_blocks_run(doc: str, sandbox, forkserver, monkeypatch) -> None
     env = _env(bin_dir, SHRINK, forkserver)
     todo = blocks(doc)
     if all(b.not_run is not None or b.output for b in todo):
-        pytest.skip(f"{doc}: every block is marked not-run")
+        pytest.skip(f"{doc}: every block is marked not-run" if todo else f"{doc}: no code blocks")
     for cmd in SETUP.get(doc, []):
         _bash(cmd, work, env, f"{doc} (setup)")
     module = types.ModuleType("docs_snippets")  # a real module: dataclasses look their module up
