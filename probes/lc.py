@@ -11,12 +11,18 @@ intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
   ``torch.manual_seed(seed)``, ``W = nn.Linear(D, P).weight`` in the run's dtype, ``Q, R = qr(W.T)``,
   columns sign-fixed so ``diag R > 0``, frame ``= Q.T`` (rows re-normalised). Unlike the authors' code
   the global RNG is left exactly as it was.
-* **Which tensors** (default): the *input* of every kinked nonlinearity module (ReLU, LeakyReLU,
-  GELU, ELU, Hardtanh, ...), captured with forward pre-hooks; a module called several times counts once
-  per call (``name``, ``name#1``, ...). For activations whose kinks are not at 0 (Hardtanh/ReLU6,
-  Hardswish, Threshold, shrinkage) a neuron counts when any kink value is crossed. ``layers=[names]``
-  counts the *outputs* of the named modules instead (sign at 0; H-code's MLP script hooks every
-  ``nn.Linear``), ``include_output=True`` adds the logits as a layer called ``"output"``.
+* **Which tensors** (default): the *input* of every kinked nonlinearity the forward computes, found by
+  :mod:`grokscope.functional.kinks` whichever way it is written: activation modules (ReLU, LeakyReLU,
+  GELU, ELU, Hardtanh, ...) and functional calls (``F.relu``, ``torch.relu``, ``x.relu_()``,
+  ``F.leaky_relu``, ``F.gelu``, ``F.silu``, ``F.hardtanh``/``relu6``, ``x.clamp(min=0)``, in-place
+  forms). A module's layer is named after it (``layer1.0.act1``), a functional call after the module
+  that makes it plus an index (``layer1.0#relu1``); a module or call reached several times counts once
+  per call (``name``, ``name#1``, ...). For kinks not at 0 (Hardtanh/ReLU6, clamp bounds, Hardswish,
+  Threshold, shrinkage) a neuron counts when any kink value is crossed. ``layers=[names]`` counts
+  only what it names: a module name counts that module's *output* (sign at 0; H-code's MLP script
+  hooks every ``nn.Linear``), a call-site name (``block#relu1``) that call's input at its kinks;
+  :func:`~grokscope.functional.kinks.kink_layers` (or ``grokscope probes --model M --dataset D``)
+  lists a model's kinks. ``include_output=True`` adds the logits as a layer called ``"output"``.
   Convolutional maps: every ``(c, h, w)`` element is a neuron; token sequences: every (position, unit).
 * **Token models**: the frame lives in embedding space (:func:`grokscope.models.adapters.continuous_view`).
 * **Batched**: all ``2P`` vertices of a chunk of points go through one forward pass; counts are
@@ -44,13 +50,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from grokscope.functional.kinks import (ZERO_KINK_ACTIVATIONS, KinkLayer, KinkWatch, kink_layers,
+                                        module_kinks)
 from grokscope.models.adapters import continuous_view
 
 from .base import Probe, ProbeContext, ProbeError
-
-#: activation modules whose kink is at 0 (GELU/SiLU/ELU are smooth but the paper counts them too).
-ZERO_KINK_ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish)
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
@@ -58,25 +62,6 @@ PAD = -1
 
 class _StopForward(Exception):
     """Raised by a hook once the last counted layer has been seen (the rest of the forward is waste)."""
-
-
-def kinks(module: nn.Module) -> tuple[float, ...] | None:
-    """Pre-activation values where ``module`` is not linear, or None if it is not a counted activation.
-
-    ReLU-like and GELU-like modules give ``(0,)``; Hardtanh/ReLU6 their clip values; Hardswish and
-    Hardsigmoid ``(-3, 3)``; Threshold its threshold; Hardshrink/Softshrink ``(-λ, λ)``.
-    """
-    if isinstance(module, nn.Hardtanh):  # includes ReLU6
-        return (float(module.min_val), float(module.max_val))
-    if isinstance(module, (nn.Hardswish, nn.Hardsigmoid)):
-        return (-3.0, 3.0)
-    if isinstance(module, nn.Threshold):
-        return (float(module.threshold),)
-    if isinstance(module, (nn.Hardshrink, nn.Softshrink)):
-        return (-float(module.lambd), float(module.lambd))
-    if isinstance(module, ZERO_KINK_ACTIVATIONS):
-        return (0.0,)
-    return None
 
 
 def cross_polytope_frame(dim: int, n_dirs: int, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -131,102 +116,23 @@ class LCResult:
         return self.counts.double() / torch.tensor(self.neurons, dtype=torch.float64)
 
 
-@dataclass
-class _Layer:
-    name: str
-    kinks: tuple[float, ...]
-    neurons: int
+#: the kink values of an activation module (kept under this name for notebooks).
+kinks = module_kinks
 
 
-class KinkHooks:
-    """Hooks that count, per point, the neurons whose sign changes over a point's ``2P`` vertices.
+class KinkHooks(KinkWatch):
+    """Counts, per point, the neurons whose sign changes over a point's ``2P`` vertices, for every
+    kinked module or call that :class:`~grokscope.functional.kinks.KinkWatch` finds.
 
-    Also the one place that decides which modules are kinked and in which order they are called:
-    :mod:`grokscope.regions` subclasses it and overrides ``record`` to keep activation patterns.
-
-    Layers are identified by (module, call number) in forward order; in ``discover`` mode the hooks
-    only record the layer list, neuron counts and the largest per-row tensor.
+    ``n_vertices`` rows per point, consecutive; counts go to ``out[:, j]`` (``(points, layers)``); the
+    forward stops after layer ``stop_at``.
     """
 
     def __init__(self, root: nn.Module, explicit: Sequence[str] | None):
-        self.root = root
-        self.explicit = list(explicit) if explicit else None
-        self.handles: list[Any] = []
-        self.size_handles: list[Any] = []
-        self.calls: dict[int, int] = {}
-        self.names: dict[int, str] = {}
-        self.layers: list[_Layer] = []
-        self.index: dict[tuple[int, int], int] = {}
-        self.discover = True
+        super().__init__(root, explicit)
         self.n_vertices = 1
         self.out: torch.Tensor | None = None
         self.stop_at: int | None = None
-        self.max_numel = 0
-
-    def __enter__(self) -> "KinkHooks":
-        modules = dict(self.root.named_modules())
-        if self.explicit is not None:
-            missing = [n for n in self.explicit if n not in modules]
-            if missing:
-                raise ValueError(f"layers {missing} are not modules of {type(self.root).__name__}; "
-                                 f"valid names include: {', '.join(n for n in list(modules)[1:40] if n)}")
-            for n in self.explicit:
-                m = modules[n]
-                self.names[id(m)] = n
-                self.handles.append(m.register_forward_hook(self._post_hook(m, (0.0,))))
-        else:
-            for n, m in modules.items():
-                k = kinks(m)
-                if k is not None and id(m) not in self.names:
-                    self.names[id(m)] = n
-                    self.handles.append(m.register_forward_pre_hook(self._pre_hook(m, k)))
-        for m in modules.values():  # sizes of every module's output during discovery (memory cap)
-            if not list(m.children()):
-                self.size_handles.append(m.register_forward_hook(self._size_hook))
-        return self
-
-    def end_discovery(self) -> None:
-        """Switch from recording the layer list to counting."""
-        for h in self.size_handles:
-            h.remove()
-        self.size_handles.clear()
-        self.discover = False
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self.handles + self.size_handles:
-            h.remove()
-        self.handles.clear()
-        self.size_handles.clear()
-
-    def _size_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() > 0:
-            self.max_numel = max(self.max_numel, output[0].numel())
-
-    def _pre_hook(self, module: nn.Module, k: tuple[float, ...]) -> Callable:
-        def hook(mod: nn.Module, args: tuple) -> None:
-            self.record(mod, args[0], k)
-        return hook
-
-    def _post_hook(self, module: nn.Module, k: tuple[float, ...]) -> Callable:
-        def hook(mod: nn.Module, args: tuple, output: Any) -> None:
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {self.names[id(mod)]!r} returns {type(output).__name__}, not a tensor")
-            self.record(mod, output, k)
-        return hook
-
-    def reset(self) -> None:
-        self.calls.clear()
-
-    def next_layer(self, module: nn.Module | None) -> int:
-        """Index of the layer that this call of ``module`` (None: the output) feeds; counts the call."""
-        key_id = id(module) if module is not None else 0
-        call = self.calls.get(key_id, 0)
-        self.calls[key_id] = call + 1
-        j = self.index.get((key_id, call))
-        if j is None:
-            raise RuntimeError("the model called its activations differently from the discovery pass "
-                               "(data-dependent control flow is not supported by lc)")
-        return j
 
     def store(self, j: int, counts: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Write layer ``j``'s counts (for the points ``rows``; all points if None)."""
@@ -240,20 +146,8 @@ class KinkHooks:
         """True when layer ``j`` is the last one that has to be counted (the forward can stop)."""
         return self.stop_at is not None and j == self.stop_at
 
-    def record(self, module: nn.Module | None, t: torch.Tensor, k: tuple[float, ...]) -> None:
-        """Count crossings of tensor ``t`` (``(rows, ...)``) produced by ``module`` (None: the output)."""
-        if self.discover:
-            key_id = id(module) if module is not None else 0
-            call = self.calls.get(key_id, 0)
-            self.calls[key_id] = call + 1
-            base = self.names[key_id] if module is not None else "output"
-            name = base if call == 0 else f"{base}#{call}"
-            self.index[(key_id, call)] = len(self.layers)
-            self.layers.append(_Layer(name, k, int(t[0].numel())))
-            self.max_numel = max(self.max_numel, int(t[0].numel()))
-            return
-        j = self.next_layer(module)
-        self.store(j, count_crossings(t, self.n_vertices, k))
+    def on_layer(self, j: int, t: torch.Tensor) -> None:
+        self.store(j, count_crossings(t, self.n_vertices, self.layers[j].kinks))
         if self.done(j):
             raise _StopForward
 
@@ -352,8 +246,8 @@ def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tenso
             if full is not None:
                 full = torch.nn.functional.linear(full, m.weight, m.bias)
             continue
-        if type(m) in _PIECEWISE_LINEAR and flat and id(m) in counter.names:
-            j = counter.next_layer(m)
+        if type(m) in _PIECEWISE_LINEAR and flat and counter.has_layer(counter.module_key(m)):
+            j = counter.next_layer(counter.module_key(m))
             slope = float(m.negative_slope) if isinstance(m, nn.LeakyReLU) else 0.0
             moving = None
             if lin is not None:
@@ -400,9 +294,10 @@ def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tenso
             verts = verts[torch.argsort(full_rows)]
     assert verts is not None
     x = verts.reshape(b * 2 * p, *verts.shape[2:]) if flat else verts.reshape(b * 2 * p, *zc.shape[1:])
-    out = model[k:](x) if k < len(children) else x
+    with counter.watch():
+        out = model[k:](x) if k < len(children) else x
     if include_output:
-        counter.record(None, out, (0.0,))
+        counter.record_output(out)
 
 
 def _auto_rows(max_numel: int, itemsize: int, device: torch.device) -> int:
@@ -463,15 +358,18 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
         with KinkHooks(work, layers) as counter:
             if n == 0:
                 raise ValueError("local_complexity needs at least one point")
-            out = forward(z[:1])  # discovery: layer list, neurons, sizes
+            counter.start_pass(2)  # discovery on two rows: layer list, neurons, sizes
+            with counter.watch():
+                out = forward(torch.cat([z[:1], z[:1]]))
             if include_output:
-                counter.record(None, out, (0.0,))
+                counter.record_output(out)
             counter.end_discovery()
             n_layers = len(counter.layers)
             if n_layers == 0:
-                warnings.warn(f"{type(work).__name__} has no kinked activation module (ReLU, GELU, ...): "
-                              "it is piecewise linear with one piece and its LC is 0 (no layers). If it "
-                              "calls functional activations, pass layers=[module names].", stacklevel=2)
+                warnings.warn(f"{type(work).__name__} has no kinked activation (no ReLU, GELU, ... module "
+                              "or functional call was seen): it is piecewise linear with one piece and its "
+                              "LC is 0 (no layers). To count other tensors, pass layers=[module names].",
+                              stacklevel=2)
                 return LCResult(counts=torch.zeros(n, len(radii), 0, dtype=torch.int64), layers=[],
                                 neurons=[], radius=radii, n_dirs=n_dirs, seed=seed, dtype=cdtype)
             frame = cross_polytope_frame(dim, n_dirs, seed, cdtype, device)
@@ -488,15 +386,16 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
                 b = zc.shape[0]
                 counter.out = torch.zeros(b, n_layers, dtype=torch.int64, device=device)
                 for kr, r in enumerate(radii):
-                    counter.reset()
+                    counter.start_pass(b * v)
                     try:
                         if fast_path:
                             _run_sequential_fast(work, zc, r * frame, counter, include_output)
                         else:
                             verts = zc.reshape(b, 1, dim) + r * signed[None]
-                            out = forward(verts.reshape(b * v, *z.shape[1:]))
+                            with counter.watch():
+                                out = forward(verts.reshape(b * v, *z.shape[1:]))
                             if include_output:
-                                counter.record(None, out, (0.0,))
+                                counter.record_output(out)
                     except _StopForward:
                         pass
                     counts[start:start + b, kr] = counter.out.cpu()
@@ -568,20 +467,29 @@ SPLITS = ("train", "test", "random", "boundary")
 DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64}
 
 
+#: what ``lc.layers`` can name (shown by ``grokscope probes``).
+LAYERS_HELP = ("count only these (default: the input of every kinked activation, module or functional "
+               "call): a module name counts that module's output, sign at 0 (e.g. every Linear or "
+               "BatchNorm, as the authors' hooks do); a kink call site such as 'layer1.0#relu1' (the "
+               "first relu call - F.relu, torch.relu, x.relu_() - in layer1.0's forward; "
+               "'#clamp2': the root's second clamp) counts that call's input at its kinks. "
+               "`grokscope probes --model M --dataset D` lists a model's kinks.")
+
+
 @dataclass(frozen=True)
 class LCParams:
     """Parameters of the ``lc`` probe (defaults: the paper's, §2.2)."""
 
-    radius: tuple[float, ...] = (0.005,)
-    n_dirs: int = 25
-    n_points: int = 1024          # per split (all of a split if it is smaller)
-    splits: tuple[str, ...] = SPLITS
-    seed: int = 0                 # frame, point subsets, random points and boundary pairs
-    include_output: bool = False  # count the logits as a layer "output"
-    layers: tuple[str, ...] = ()  # count the outputs of these modules instead of activation inputs
-    dtype: str = "auto"           # auto (the model's) | float32 | float64
-    max_rows: int = 0             # vertices per forward pass; 0: automatic
-    n_bisect: int = 40            # bisection steps for boundary points
+    radius: tuple[float, ...] = field(default=(0.005,), metadata={"help": "radii r of the cross-polytope"})
+    n_dirs: int = field(default=25, metadata={"help": "P orthonormal directions (2P vertices)"})
+    n_points: int = field(default=1024, metadata={"help": "points per split (all of a smaller split)"})
+    splits: tuple[str, ...] = field(default=SPLITS, metadata={"help": "point sets: " + ", ".join(SPLITS)})
+    seed: int = field(default=0, metadata={"help": "frame, point subsets, random points, boundary pairs"})
+    include_output: bool = field(default=False, metadata={"help": "also count the logits (layer 'output')"})
+    layers: tuple[str, ...] = field(default=(), metadata={"help": LAYERS_HELP})
+    dtype: str = field(default="auto", metadata={"help": "auto (the model's) | float32 | float64"})
+    max_rows: int = field(default=0, metadata={"help": "vertices per forward pass; 0: automatic"})
+    n_bisect: int = field(default=40, metadata={"help": "bisection steps for boundary points"})
 
 
 def lc_points(model: nn.Module, forward: Callable, z_train: torch.Tensor, z_test: torch.Tensor,
