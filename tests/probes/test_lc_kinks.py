@@ -302,3 +302,25 @@ def test_fast_path_agrees_when_a_functional_layer_ends_it():
         assert fast.counts[:, k].tolist() == brute_force_lc(twin, x, r, frame, [twin[2], twin[4], twin[6]],
                                                             [(0.0,)] * 3)
     assert (fast.counts[:, 0, 0] == 0).any() and fast.counts[:, 1].sum() > 0
+
+
+def test_probe_store_of_a_functional_model_equals_its_module_twin():
+    """The lc probe's dataset for a model written with F.relu / clamp_ equals that of its module twin
+    apart from the layer names."""
+    import numpy as np
+
+    from grokscope.probes import ProbeContext, get_probe
+    from tests.helpers import digits_data, functional_net
+
+    data = digits_data()
+    torch.manual_seed(0)
+    functional = functional_net(hidden=12)
+    module = nn.Sequential(nn.Flatten(), functional.fc1, nn.ReLU(), functional.fc2, nn.ReLU(), functional.head)
+    probe = get_probe("lc")
+    params = probe.make_params({"n_points": "24", "radius": "0.005,0.5", "n_dirs": "6"})
+    a = probe().compute(functional, data, params, ProbeContext(step=0))
+    b = probe().compute(module, data, params, ProbeContext(step=0))
+    assert list(a.layer.values) == ["#relu1", "#clamp1"] and list(b.layer.values) == ["2", "4"]
+    for v in ("lc", "lc_mean", "lc_total_mean", "n_samples", "neurons"):
+        np.testing.assert_array_equal(a[v].values, b[v].values)
+    assert a["lc"].values[:, :, 1].sum() > 0
