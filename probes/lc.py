@@ -187,6 +187,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)  # identity maps in eval mode
 _PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _fast_supported(model: nn.Module, forward: Callable, layers: Sequence[str] | None) -> bool:
@@ -197,84 +199,119 @@ def _fast_supported(model: nn.Module, forward: Callable, layers: Sequence[str] |
 class _LinearState:
     """Vertices ``c ± T_p`` of points still inside one linear region of every layer seen so far.
 
-    ``c`` is ``(B, H)`` (the image of each point), ``T`` is ``(P, H)`` (shared: before the first
-    activation) or ``(B, P, H)`` (the image of ``r v_p``; the map is linear on the polytope).
+    ``c`` is ``(B, *S)`` (the image of each point), ``T`` is ``(P, *S)`` (shared: before the first
+    activation) or ``(B, P, *S)`` (the image of ``r v_p``; the map is linear on the polytope).
     """
 
     def __init__(self, c: torch.Tensor, t: torch.Tensor):
         self.c, self.t = c, t
 
+    @property
+    def shared(self) -> bool:
+        return self.t.dim() == self.c.dim()
+
     def vertices(self) -> torch.Tensor:
-        """``(B, 2P, H)``: ``c + T_1..P, c - T_1..P``."""
-        t = self.t if self.t.dim() == 3 else self.t.unsqueeze(0)
+        """``(B, 2P, *S)``: ``c + T_1..P, c - T_1..P``."""
+        t = self.t.unsqueeze(0) if self.shared else self.t
         c = self.c.unsqueeze(1)
-        return torch.cat([c + t, c - t], dim=1)
+        p = t.shape[1]
+        out = torch.empty((c.shape[0], 2 * p) + tuple(c.shape[2:]), dtype=c.dtype, device=c.device)
+        torch.add(c, t, out=out[:, :p])
+        torch.sub(c, t, out=out[:, p:])
+        return out
+
+    def rows(self, keep: torch.Tensor) -> "_LinearState":
+        return _LinearState(self.c[keep], self.t if self.shared else self.t[keep])
+
+
+def _affine_parts(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The linear part ``L`` of a module that is affine in eval mode (``m(x) = L(x) + m(0)``) as a
+    function of a ``(rows, *S)`` tensor, or None when ``m`` is not one of Linear / Conv / BatchNorm
+    with running statistics / Flatten(1, -1)."""
+    if isinstance(m, nn.Linear):
+        return lambda t: torch.nn.functional.linear(t, m.weight)
+    if isinstance(m, _CONV) and m.padding_mode == "zeros":
+        return lambda t: m._conv_forward(t, m.weight, None)
+    if isinstance(m, _BATCHNORM) and not m.training and m.running_var is not None:
+        scale = torch.rsqrt(m.running_var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight
+        return lambda t: t * scale.view(-1, *([1] * (t.dim() - 2)))
+    if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+        return lambda t: t.flatten(1)
+    return None
+
+
+def _rows_apply(f: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor, lead: int) -> torch.Tensor:
+    """``f`` on ``t`` of shape ``(*lead dims, *S)`` with the lead dims merged into one row dim."""
+    head = t.shape[:lead]
+    out = f(t.reshape(-1, *t.shape[lead:]))
+    return out.reshape(*head, *out.shape[1:])
 
 
 def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tensor, counter: KinkHooks,
                          include_output: bool) -> None:
     """Count one chunk through a ``Sequential`` model, propagating ``(c, T)`` while it is exact.
 
-    ``zc``: ``(B, ...)`` points, ``rv``: ``(P, D)`` = ``r ·`` frame. While the modules are Flatten /
-    Identity / Dropout / Linear / ReLU / LeakyReLU, a point whose vertices all lie on one side of every
-    kink so far is carried as its centre ``c`` and the ``P`` images of ``r v_p`` (``P + 1`` rows
-    instead of ``2P``): through a Linear ``c ← Wc + b, T ← TWᵀ``; at an activation the crossing test
-    is the closed form ``|c - b| ≤ max_p |T_p|`` (min and max over ``c ± T_p``, exact in floating
-    point because rounding is monotone), the activation is a fixed 0/1 (or slope) mask on ``T``. Points
-    with a crossing are expanded to their ``2P`` vertices and go on as usual. At the first other module
-    every point is expanded and the rest of the model runs with the counting hooks.
+    ``zc``: ``(B, ...)`` points, ``rv``: ``(P, D)`` = ``r ·`` frame. While the modules are affine
+    (Linear, Conv with zero padding, eval BatchNorm, Flatten; Identity / Dropout pass through) or
+    ReLU / LeakyReLU, a point whose vertices all lie on one side of every kink so far is carried as
+    its centre ``c`` and the ``P`` images of ``r v_p`` (``P + 1`` rows instead of ``2P``; before the
+    first kink the images are shared by all points, so the first layer costs ``B + P`` rows): through
+    an affine module ``c ← m(c), T ← L(T)`` (its linear part); at an activation the crossing test is
+    the closed form ``|c| ≤ max_p |T_p|`` (min and max over ``c ± T_p``, exact in floating point
+    because rounding is monotone), and the activation is a fixed 0/1 (or slope) mask on ``T``. Points
+    with a crossing are expanded to their ``2P`` vertices and go on through the modules themselves.
+    At the first other module every point is expanded and the rest of the model runs with the
+    counting hooks; it stops as soon as the last counted layer is done.
     """
     b = zc.shape[0]
     p = rv.shape[0]
     rows_all = torch.arange(b, device=zc.device)
-    lin: _LinearState | None = _LinearState(zc.reshape(b, -1), rv)
+    lin: _LinearState | None = _LinearState(zc, rv.reshape(p, *zc.shape[1:]))
     lin_rows = rows_all
-    full: torch.Tensor | None = None  # (B_f, 2P, H) vertices of the expanded points
+    full: torch.Tensor | None = None  # (B_f, 2P, *S) vertices of the expanded points
     full_rows = rows_all[:0]
-    flat = zc.dim() == 2
     children = list(model)
     for k, m in enumerate(children):
         if isinstance(m, _PASS_THROUGH):
             continue
-        if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            flat = True
-            continue
-        if isinstance(m, nn.Linear) and flat:
+        part = _affine_parts(m)
+        if part is not None:
             if lin is not None:
-                lin = _LinearState(torch.nn.functional.linear(lin.c, m.weight, m.bias),
-                                   torch.nn.functional.linear(lin.t, m.weight))
+                lin = _LinearState(m(lin.c), _rows_apply(part, lin.t, 1 if lin.shared else 2))
             if full is not None:
-                full = torch.nn.functional.linear(full, m.weight, m.bias)
+                full = _rows_apply(m, full, 2)
             continue
-        if type(m) in _PIECEWISE_LINEAR and flat and counter.has_layer(counter.module_key(m)):
+        if type(m) in _PIECEWISE_LINEAR and counter.has_layer(counter.module_key(m)):
             j = counter.next_layer(counter.module_key(m))
             slope = float(m.negative_slope) if isinstance(m, nn.LeakyReLU) else 0.0
             moving = None
             if lin is not None:
-                reach = torch.maximum(lin.t.amax(dim=-2), lin.t.amin(dim=-2).neg_())  # max_p |T_p|
-                cross = (lin.c.abs() <= reach) & (reach > 0)
+                pdim = 0 if lin.shared else 1
+                reach = torch.maximum(lin.t.amax(dim=pdim), lin.t.amin(dim=pdim).neg_())  # max_p |T_p|
+                cross = ((lin.c.abs() <= reach) & (reach > 0)).flatten(1)
                 counter.store(j, cross.sum(dim=1), lin_rows)
                 moving = cross.any(dim=1)
             if full is not None:
-                counter.store(j, count_crossings(full.reshape(-1, full.shape[-1]), 2 * p), full_rows)
+                counter.store(j, count_crossings(full.reshape(-1, *full.shape[2:]), 2 * p), full_rows)
             if counter.done(j):
                 return
             if lin is not None and moving is not None and bool(moving.any()):
-                new = _LinearState(lin.c[moving], lin.t[moving] if lin.t.dim() == 3 else lin.t).vertices()
+                new = lin.rows(moving).vertices()
                 full = new if full is None else torch.cat([full, new])
                 full_rows = torch.cat([full_rows, lin_rows[moving]])
-                stay = ~moving
-                lin = _LinearState(lin.c[stay], lin.t[stay] if lin.t.dim() == 3 else lin.t)
-                lin_rows = lin_rows[stay]
+                lin = lin.rows(~moving)
+                lin_rows = lin_rows[~moving]
                 if len(lin_rows) == 0:
                     lin = None
             if lin is not None:
-                gain = torch.where(lin.c > 0, 1.0, slope).to(lin.c.dtype)  # (B, H): slope per region
-                t = lin.t if lin.t.dim() == 3 else lin.t.unsqueeze(0)
+                gain = torch.where(lin.c > 0, 1.0, slope).to(lin.c.dtype)  # (B, *S): slope per region
+                t = lin.t.unsqueeze(0) if lin.shared else lin.t
                 act = torch.nn.functional.leaky_relu(lin.c, slope) if slope else torch.relu(lin.c)
                 lin = _LinearState(act, t * gain.unsqueeze(1))
             if full is not None:
-                full = torch.nn.functional.leaky_relu(full, slope) if slope else torch.relu(full)
+                full = torch.nn.functional.leaky_relu_(full, slope) if slope else full.relu_()
             continue
         break  # anything else: expand every point and run the rest with the hooks
     else:
@@ -293,21 +330,28 @@ def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tenso
         if lin is None:
             verts = verts[torch.argsort(full_rows)]
     assert verts is not None
-    x = verts.reshape(b * 2 * p, *verts.shape[2:]) if flat else verts.reshape(b * 2 * p, *zc.shape[1:])
+    x = verts.reshape(b * 2 * p, *verts.shape[2:])
     with counter.watch():
         out = model[k:](x) if k < len(children) else x
     if include_output:
         counter.record_output(out)
 
 
+#: CPU: bytes of the largest per-forward tensor that keep a forward in cache (measured on the
+#: benchmark CNN and ResNet: one point's 40 vertex rows ran 1.4-2x faster than 480 rows).
+_CPU_TENSOR_BYTES = 4 << 20
+
+
 def _auto_rows(max_numel: int, itemsize: int, device: torch.device) -> int:
-    """Rows per forward: about 2k on CPU (the matmul sweet spot: 80-87 % of the measured matmul peak
-    against about 50 % for one huge batch), bounded by memory."""
-    per_row = 4 * max(max_numel, 1) * itemsize
+    """Rows per forward. CPU: as many as keep the largest layer tensor of one forward near
+    ``_CPU_TENSOR_BYTES`` (MLPs: the 2048 cap, the matmul sweet spot at 80-87 % of the measured matmul
+    peak against about 50 % for one huge batch; CNNs: one or two points' vertices); CUDA: an eighth
+    of the free memory."""
+    per_row = max(max_numel, 1) * itemsize
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(max(1, min(1 << 16, 0.125 * free // per_row)))  # x2 headroom for the fast path
-    return int(max(1, min(2048, (256 << 20) // per_row)))
+        return int(max(1, min(1 << 16, 0.125 * free // (4 * per_row))))  # x2 headroom for the fast path
+    return int(max(1, min(2048, _CPU_TENSOR_BYTES // per_row)))
 
 
 @torch.no_grad()
