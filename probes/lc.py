@@ -252,6 +252,26 @@ def _affine_parts(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None
     return None
 
 
+def _folded_pairs(children: Sequence[nn.Module]) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """``{k: conv_k with BatchNorm_{k+1} folded in}`` for every Conv2d directly followed by an eval
+    BatchNorm2d: weights ``w·s``, bias ``(b - μ)·s + β`` with ``s = γ / sqrt(σ² + ε)`` — one pass
+    over the vertices instead of two (values agree with conv-then-BatchNorm up to rounding)."""
+    out: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for k in range(len(children) - 1):
+        conv, bn = children[k], children[k + 1]
+        if not (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and isinstance(bn, nn.BatchNorm2d)
+                and not bn.training and bn.running_var is not None and bn.running_mean is not None):
+            continue
+        s = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            s = s * bn.weight
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        bias = (bias - bn.running_mean) * s + (bn.bias if bn.bias is not None else 0.0)
+        weight = conv.weight * s.view(-1, 1, 1, 1)
+        out[k] = lambda x, conv=conv, weight=weight, bias=bias: conv._conv_forward(x, weight, bias)
+    return out
+
+
 def _rows_apply(f: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor, lead: int) -> torch.Tensor:
     """``f`` on ``t`` of shape ``(*lead dims, *S)`` with the lead dims merged into one row dim."""
     head = t.shape[:lead]
@@ -260,7 +280,8 @@ def _rows_apply(f: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor, lead
 
 
 def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tensor, counter: KinkHooks,
-                         include_output: bool, channels_last: bool = False) -> None:
+                         include_output: bool, channels_last: bool = False,
+                         shared: dict[Any, torch.Tensor] | None = None) -> None:
     """Count one chunk through a ``Sequential`` model, propagating ``(c, T)`` while it is exact.
 
     ``zc``: ``(B, ...)`` points, ``rv``: ``(P, D)`` = ``r ·`` frame. While the modules are affine
@@ -274,36 +295,53 @@ def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tenso
     with a crossing are expanded to their ``2P`` vertices and go on through the modules themselves.
     At the first other module every point is expanded and the rest of the model runs with the
     counting hooks; it stops as soon as the last counted layer is done. ``channels_last``: image
-    inputs go in channels-last memory format (faster convolutions on CPU).
+    inputs go in channels-last memory format (faster convolutions on CPU). ``shared``: a dict kept
+    across the chunks of one radius, holding what does not depend on the points (the direction
+    images before the first kink and their reach), so it is computed once per radius.
     """
     b = zc.shape[0]
     p = rv.shape[0]
     rows_all = torch.arange(b, device=zc.device)
-    t0 = rv.reshape(p, *zc.shape[1:])
+    cache: dict[Any, torch.Tensor] = {} if shared is None else shared
+
+    def once(key: Any, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    t0 = once("t", lambda: rv.reshape(p, *zc.shape[1:]).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format))
     if channels_last:
-        zc, t0 = zc.contiguous(memory_format=torch.channels_last), t0.contiguous(memory_format=torch.channels_last)
+        zc = zc.contiguous(memory_format=torch.channels_last)
     lin: _LinearState | None = _LinearState(zc, t0)
     lin_rows = rows_all
     full: torch.Tensor | None = None  # (B_f, 2P, *S) vertices of the expanded points
     full_rows = rows_all[:0]
     children = list(model)
+    folded = _folded_pairs(children)
     for k, m in enumerate(children):
         if isinstance(m, _PASS_THROUGH):
             continue
         part = _affine_parts(m)
         if part is not None:
             if lin is not None:
-                lin = _LinearState(m(lin.c), _rows_apply(part, lin.t, 1 if lin.shared else 2))
-            if full is not None:
-                full = _rows_apply(m, full, 2)
+                lt = lin.t
+                t = once(("t", k), lambda: part(lt)) if lin.shared else _rows_apply(part, lt, 2)
+                c = m(lin.c)
+                if channels_last and c.dim() == 4:  # a one-row conv may answer in NCHW
+                    c = c.contiguous(memory_format=torch.channels_last)
+                lin = _LinearState(c, t)
+            if full is not None and k - 1 not in folded:  # a folded BatchNorm ran with its conv
+                full = _rows_apply(folded.get(k, m), full, 2)
             continue
         if type(m) in _PIECEWISE_LINEAR and counter.has_layer(counter.module_key(m)):
             j = counter.next_layer(counter.module_key(m))
             slope = float(m.negative_slope) if isinstance(m, nn.LeakyReLU) else 0.0
             moving = None
             if lin is not None:
-                pdim = 0 if lin.shared else 1
-                reach = torch.maximum(lin.t.amax(dim=pdim), lin.t.amin(dim=pdim).neg_())  # max_p |T_p|
+                lt, pdim = lin.t, 0 if lin.shared else 1
+                reach_of = lambda: torch.maximum(lt.amax(dim=pdim), lt.amin(dim=pdim).neg_())  # max_p |T_p|
+                reach = once(("reach", k), reach_of) if lin.shared else reach_of()
                 cross = ((lin.c.abs() <= reach) & (reach > 0)).flatten(1)
                 counter.store(j, cross.sum(dim=1), lin_rows)
                 moving = cross.any(dim=1)
@@ -448,6 +486,7 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
             counter.stop_at = None if include_output else n_layers - 1
             counts = torch.zeros(n, len(radii), n_layers, dtype=torch.int64)
             signed = torch.cat([frame, -frame])  # (2P, D): vertex order x + r v_1..P, x - r v_1..P
+            shared: list[dict[Any, torch.Tensor]] = [{} for _ in radii]  # fast path: per radius
             for start in range(0, n, chunk):
                 zc = z[start:start + chunk]
                 b = zc.shape[0]
@@ -456,7 +495,8 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
                     counter.start_pass(b * v)
                     try:
                         if fast_path:
-                            _run_sequential_fast(work, zc, r * frame, counter, include_output, cl)
+                            _run_sequential_fast(work, zc, r * frame, counter, include_output, cl,
+                                                 shared[kr])
                         else:
                             verts = (zc.reshape(b, 1, dim) + r * signed[None]).reshape(b * v, *z.shape[1:])
                             if cl:
