@@ -237,7 +237,7 @@ def conv_case(name: str, args: argparse.Namespace) -> None:
     verts = (x.reshape(n, 1, -1) + r * torch.cat([frame, -frame])[None]).reshape(n * 2 * p, 3, 32, 32)
     print(f"{name}: {n} random points, P={p} ({len(verts)} vertices), r={r}, float32")
     t_lc, res = best_time(lambda: local_complexity(model, x, r, n_dirs=p), args.repeat)
-    t_fwd, how, sweep = best_plain_forward(model, verts, args.repeat, (40, 80, 160, 320, 640))
+    t_fwd, how, sweep = best_plain_forward(model, verts, args.repeat, tuple(args.sizes))
     batch = min(args.naive_batch, n)
     t_naive, naive = best_time(lambda: naive_batched(model, x, r, frame, batch), 1)
     same = torch.equal(res.counts[:, 0], naive)
@@ -267,6 +267,8 @@ def main() -> None:
     ap.add_argument("--naive-points", type=int, default=100, help="mlp: points for the naive loop (extrapolated)")
     ap.add_argument("--naive-batch", type=int, default=256, help="conv cases: points per batch of the "
                                                                  "authors' algorithm (their CIFAR script: 256)")
+    ap.add_argument("--sizes", type=lambda t: [int(v) for v in t.split(",")], default=[40, 80, 160, 320, 640],
+                    help="conv cases: vertices per forward tried for the best plain forward")
     ap.add_argument("--before", default=None, metavar="FILE", help="conv cases: also time this copy of lc.py")
     ap.add_argument("--cpu-time", action="store_true",
                     help="time with process CPU time (robust to other jobs on a shared machine; use with "
