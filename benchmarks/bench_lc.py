@@ -81,7 +81,7 @@ def naive_per_point(model: nn.Sequential, x: torch.Tensor, r: float, frame: torc
 def mlp_case(args: argparse.Namespace) -> None:
     """The paper's MNIST MLP (see the module docstring)."""
     torch.manual_seed(0)
-    points = points or 1000
+    points = args.points or 1000
     model = mlp(784, 10, depth=4, width=200).eval()
     x = torch.rand(points, 784)
     p, r = 25, 0.005
