@@ -672,13 +672,16 @@ class LCProbe(Probe):
             raise ProbeError(f"lc.n_dirs={params.n_dirs} is larger than the input dimension {dim} "
                              f"(the directions are orthonormal); valid: 1..{dim}")
         forward, z = continuous_view(model, data.x_train[:1].to(device), data.input_kind)
-        found = local_complexity(model, z, radius=tuple(params.radius)[:1], n_dirs=1, seed=params.seed,
-                                 layers=[str(s) for s in params.layers] or None,
-                                 include_output=params.include_output, forward=forward)
-        if not found.layers:
-            raise ProbeError("lc: this model has no layer to count (no activation that lc recognises); "
-                             "name the modules whose outputs to count with lc.layers=name1,name2 "
-                             "(see `grokscope probes`)")
+        try:
+            found = kink_layers(model, z.to(model_dtype(model)), forward=forward,
+                                layers=[str(s) for s in params.layers] or None,
+                                include_output=params.include_output)
+        except ValueError as e:  # a name in lc.layers that is neither a module nor a kink call site
+            raise ProbeError(f"lc.layers: {e}") from None
+        if not found:
+            raise ProbeError("lc: this model has no layer to count (no kinked activation module or "
+                             "functional call such as F.relu was seen); name the modules whose outputs to "
+                             "count with lc.layers=name1,name2 (see `grokscope probes --model M --dataset D`)")
 
     def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
         import xarray as xr

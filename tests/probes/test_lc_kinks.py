@@ -324,3 +324,16 @@ def test_probe_store_of_a_functional_model_equals_its_module_twin():
     for v in ("lc", "lc_mean", "lc_total_mean", "n_samples", "neurons"):
         np.testing.assert_array_equal(a[v].values, b[v].values)
     assert a["lc"].values[:, :, 1].sum() > 0
+
+
+def test_preflight_check_sees_functional_kinks_and_names_bad_call_sites():
+    """The engine's pre-flight (LCProbe.check) accepts a model whose kinks are all functional and
+    refuses an unknown call site in lc.layers with one line naming the sites found."""
+    from grokscope.probes import ProbeError, get_probe
+    from tests.helpers import digits_data, functional_net
+
+    lc = get_probe("lc")
+    model = functional_net(hidden=12).eval()
+    lc().check(model, digits_data(), lc.default_params())
+    with pytest.raises(ProbeError, match=r"lc.layers: .*#relu7.*call sites found: #relu1, #clamp1"):
+        lc().check(model, digits_data(), lc.make_params({"layers": "#relu7"}))
