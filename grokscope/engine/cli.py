@@ -56,12 +56,35 @@ def model_spec_from(model: str, kwargs: str | None) -> dict[str, Any]:
     return {key: model, "kwargs": _json_option(kwargs, "--model-kwargs")}
 
 
+def vouched_by(model: str | None, dataset: str | None) -> list[str]:
+    """The callables this command line names (``--model``/``--dataset`` import paths): vouched for."""
+    return [v for v in (model, dataset) if v and ":" in v and not v.startswith("file:")]
+
+
+def cli_trust(model: str | None, dataset: str | None, trust_code: str | None) -> Any:
+    """The :class:`grokscope.trust.Trust` of this invocation: the user's allow-list, ``--trust-code``
+    and the callables named by ``--model``/``--dataset``."""
+    from grokscope.trust import Trust, split_entries
+
+    return Trust.from_user([*split_entries(trust_code), *vouched_by(model, dataset)])
+
+
+def dataset_name_from(dataset: str) -> str:
+    """``--dataset`` as stored in run.json: a ``file:`` path made absolute (workers and later commands
+    may run in another folder)."""
+    if dataset.startswith("file:"):
+        return "file:" + str(Path(dataset[5:]).expanduser().resolve())
+    return dataset
+
+
 def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
-             dataset_kwargs: str | None, dataset_seed: int, loss: str | None) -> dict[str, Any] | None:
+             dataset_kwargs: str | None, dataset_seed: int, loss: str | None,
+             trust: Any = None) -> dict[str, Any] | None:
     """The run spec given on the command line (None when neither --model nor --dataset is given).
 
     Model kwargs that the data determines (``in_dim``, ``out_dim``, ``p``, ...) are filled in as the
-    trainer does, so ``--model mlp --dataset digits`` is enough for a built-in MLP.
+    trainer does, so ``--model mlp --dataset digits`` is enough for a built-in MLP. ``trust`` is
+    :func:`cli_trust`'s (None: computed here).
     """
     if model is None and dataset is None:
         return None
@@ -69,17 +92,21 @@ def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
         raise click.UsageError("third-party checkpoints need both --model and --dataset")
     if os.getcwd() not in sys.path:  # factories importable from here, as with `python -m`
         sys.path.insert(0, os.getcwd())
+    if trust is None:
+        trust = cli_trust(model, dataset, None)
     mspec = model_spec_from(model, model_kwargs)
-    dspec = {"name": dataset, "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"), "seed": dataset_seed}
+    dspec = {"name": dataset_name_from(dataset), "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"),
+             "seed": dataset_seed}
     from grokscope.datasets import DatasetError, load_dataset
     from grokscope.models import ModelError
+    from grokscope.trust import UntrustedCode
 
     try:
-        data = load_dataset(dspec)
+        data = load_dataset(dspec, trust, "--dataset")
         from grokscope.training.trainer import resolve_model_spec
 
-        mspec = resolve_model_spec(mspec, data)
-    except (DatasetError, ModelError) as e:
+        mspec = resolve_model_spec(mspec, data, trust)
+    except (DatasetError, ModelError, UntrustedCode) as e:
         raise click.UsageError(str(e)) from e
     train = {"loss": loss} if loss else {}
     return {"format": 1, "model": mspec, "dataset": dspec, "train": train}
@@ -96,6 +123,9 @@ def spec_options(f):
         click.option("--dataset-seed", default=0, show_default=True, type=int, help="Seed of the dataset split."),
         click.option("--loss", type=click.Choice(["ce", "mse"]), default=None,
                      help="Loss the model was trained with (acc's loss); default ce."),
+        click.option("--trust-code", default=None, metavar="MODULE[,MODULE]",
+                     help="Modules (or pkg.module:callable) whose code a run.json may name; see "
+                          "'security model' in docs/engine.md. Also $GROKSCOPE_TRUST_CODE."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -109,7 +139,8 @@ def spec_options(f):
 @spec_options
 @click.option("--force", is_flag=True, help="Replace an existing run.json.")
 def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str | None,
-         dataset_kwargs: str | None, dataset_seed: int, loss: str | None, force: bool) -> None:
+         dataset_kwargs: str | None, dataset_seed: int, loss: str | None, trust_code: str | None,
+         force: bool) -> None:
     """Write PATH/run.json for a folder of third-party checkpoints.
 
     The first checkpoint found is loaded into the model as a check (clear errors for key or shape
@@ -125,7 +156,8 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     target = path / runfmt.RUN_JSON
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists (pass --force to replace it)")
-    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss)
+    trust = cli_trust(model, dataset, trust_code)
+    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust)
     assert spec is not None
     ck_dir = path / runfmt.CHECKPOINT_DIR if (path / runfmt.CHECKPOINT_DIR).is_dir() else path
     ckpts, problems = checkpoints_in(ck_dir, path)
@@ -140,7 +172,7 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     from grokscope.models import ModelError, build_model
 
     try:
-        net = build_model(spec["model"])
+        net = build_model(spec["model"], trust, "--model")
         load_into(net, read_state_dict(ckpts[0]), ckpts[0].path)
     except (ModelError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
@@ -150,6 +182,13 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
                err=True)
     for p in problems:
         click.echo(f"  skipped {p.path}: {p.reason}", err=True)
+    from grokscope import trust as trustmod
+
+    for target in vouched_by(model, dataset):
+        added = trustmod.remember(target)
+        if added is not None:
+            click.echo(f"trusting {target} from now on: added to {added} (so `grokscope probe {path}` "
+                       "may import it; delete the line to revoke)", err=True)
 
 
 # -- scan -----------------------------------------------------------------------------------------
@@ -329,7 +368,7 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
           out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
           steps: tuple[str, ...], overwrite: bool, flush_interval: float, dry_run: bool, as_json: bool, quiet: bool,
           model: str | None, model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None,
-          dataset_seed: int, loss: str | None) -> None:
+          dataset_seed: int, loss: str | None, trust_code: str | None) -> None:
     """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
     group per run and probe).
 
@@ -354,10 +393,11 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
         raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise click.BadParameter(f"{device!r}: expected cpu or cuda", param_hint="--device")
-    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss)
+    trust = cli_trust(model, dataset, trust_code)
+    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust)
     cfg = EngineConfig(probes=requests, out=out or path / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
-                       flush_interval=flush_interval, dry_run=dry_run)
+                       flush_interval=flush_interval, dry_run=dry_run, trust=trust)
     summary = run_with_progress(path, cfg, quiet=quiet or as_json)
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
