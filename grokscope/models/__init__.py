@@ -34,7 +34,10 @@ class ModelError(ValueError):
 
 
 ENTRY_POINT_GROUP = "grokscope.models"
-REGISTRY = Registry("model", MODELS, ENTRY_POINT_GROUP, error=ModelError)
+# names that need no vouching: the zoo above and ``hf`` (a transformers model from its config.json,
+# never with remote code: :mod:`grokscope.models.hf`)
+BUILTIN = {**MODELS, "hf": "grokscope.models.hf:hf"}
+REGISTRY = Registry("model", BUILTIN, ENTRY_POINT_GROUP, error=ModelError)
 
 
 def resolve_factory(path: str):
@@ -61,7 +64,12 @@ def check_model_spec(spec: dict[str, Any], trust: Trust | None = None, where: st
     """The import path of ``spec``'s factory once it is allowed (built-in, entry point, or vouched for
     by ``trust``; None: the user's allow-list), and its kwargs checked to be plain JSON. Imports nothing."""
     check_plain_json(spec.get("kwargs") or {}, f"{where}: model kwargs", ModelError)
-    return REGISTRY.check(spec_target(spec), trust, where)
+    target = REGISTRY.check(spec_target(spec), trust, where)
+    if target == BUILTIN["hf"] and isinstance((spec.get("kwargs") or {}).get("config"), dict):
+        from .hf import check_config
+
+        check_config(spec["kwargs"]["config"], where)
+    return target
 
 
 def factory_for(spec: dict[str, Any], trust: Trust | None = None, where: str = "the model spec"):
