@@ -127,6 +127,12 @@ def _run_spec(run: Run, cli_spec: dict[str, Any] | None) -> tuple[dict[str, Any]
                   f"`grokscope init {run.path} --model ... --dataset ...`)")
 
 
+def _data_words(spec: dict[str, Any]) -> str:
+    from grokscope.datasets import describe_data
+
+    return describe_data(spec.get("dataset"))
+
+
 def _spec_file(run: Run) -> str:
     return str(run.path / "run.json") if run.spec is not None else "the command line"
 
@@ -232,7 +238,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
                         store.delete_group(run.name, child.name)
             store.set_run_attrs(run.name, {"path": str(run.path.resolve()), "rel": run.rel,
                                            "model": spec.get("model"), "dataset": spec.get("dataset"),
-                                           "train": spec.get("train", {}),
+                                           "train": spec.get("train", {}), "data": _data_words(spec),
                                            "grokscope_version": grokscope.__version__})
         pending: dict[int, list[ProbeRequest]] = defaultdict(list)
         for req in cfg.probes:
