@@ -36,13 +36,16 @@ class LogError(ValueError):
 
 def find_log(folder: Path) -> tuple[Path, str] | None:
     """``(path, format)`` of a third-party log in ``folder``: ``trainer_state.json`` there or in its
-    last ``checkpoint-N`` (whose ``log_history`` is the longest), else one ``metrics.csv`` below it."""
+    last ``checkpoint-N`` (also under ``checkpoints/``; its ``log_history`` is the longest), else the one
+    ``metrics.csv`` below it."""
     folder = Path(folder)
     if (folder / "trainer_state.json").is_file():
         return folder / "trainer_state.json", "hf"
     from grokscope.engine.discovery import parse_step
 
-    states = [(parse_step(p.parent.name) or -1, p) for p in folder.glob("checkpoint-*/trainer_state.json")]
+    states = [(parse_step(p.parent.name) or -1, p) for pattern in ("checkpoint-*/trainer_state.json",
+                                                                    "checkpoints/checkpoint-*/trainer_state.json")
+              for p in folder.glob(pattern)]
     if states:
         return max(states)[1], "hf"
     csvs = sorted(folder.rglob("metrics.csv"))
@@ -82,6 +85,8 @@ def _rows(path: Path, fmt: str) -> list[dict[str, Any]]:
             return list(csv.DictReader(f))
     except OSError as e:
         raise LogError(f"{path}: unreadable log ({e})") from None
+    except LogError:
+        raise
     except ValueError as e:
         raise LogError(f"{path}: not valid JSON ({e})") from None
 

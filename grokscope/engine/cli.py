@@ -256,12 +256,17 @@ def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str
     from grokscope import runs as runfmt
     from grokscope.runlog import LogError, find_log, import_log
 
+    found = None
     if log_path is None:
         found = find_log(path)
         if found is None:
             return None
         log_path, fmt = found[0], fmt or found[1]
     if (path / runfmt.LOG_JSONL).exists() and not force:
+        if found is not None:
+            click.echo(f"  keeping {path / runfmt.LOG_JSONL} (not importing {log_path}; --force replaces it)",
+                       err=True)
+            return None
         raise click.ClickException(f"{path / runfmt.LOG_JSONL} exists (pass --force to replace it with "
                                    f"the records of {log_path})")
     mapping: dict[str, str] = {}
@@ -274,6 +279,9 @@ def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str
     try:
         records = import_log(log_path, fmt, mapping, step)
     except LogError as e:
+        if found is not None:  # a log found, not asked for: say why it is not used, go on
+            click.echo(f"  not importing {log_path} as the run's log: {e}", err=True)
+            return None
         raise click.ClickException(str(e)) from None
     return log_path, len(records), records
 
