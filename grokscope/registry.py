@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from .errors import GrokscopeError
 from .trust import Trust, UntrustedCode, check
 
 
-class RegistryError(ValueError):
+class RegistryError(GrokscopeError, ValueError):
     """A name or import path cannot be resolved (unknown, defined twice, not importable)."""
 
 

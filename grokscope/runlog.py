@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from grokscope.errors import GrokscopeError
+
 # grokscope's name <- the names third-party trainers log it under (first match wins)
 COLUMN_NAMES = {
     "train_loss": ("train_loss", "loss", "train_loss_epoch", "train/loss"),
@@ -30,7 +32,7 @@ FORMATS = ("hf", "lightning", "jsonl", "csv")
 DEFAULT_TOLERANCE = 0.01
 
 
-class LogError(ValueError):
+class LogError(GrokscopeError, ValueError):
     """An evaluation log cannot be read; the message names the file and the key."""
 
 

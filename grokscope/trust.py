@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grokscope.errors import GrokscopeError
+
 ENV_VAR = "GROKSCOPE_TRUST_CODE"
 CONFIG_DIR_ENV = "GROKSCOPE_CONFIG_DIR"
 CONFIG_FILE = "trusted-code.txt"
 
 
-class UntrustedCode(ValueError):
+class UntrustedCode(GrokscopeError, ValueError):
     """A run folder names code the user has not vouched for; the message says which and how to allow it."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from grokscope.registry import Registry, import_target
 
-from .base import Probe, ProbeContext, ProbeError, params_attrs, parse_value
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, params_attrs, parse_value
 
 BUILTIN = {
     "acc": "grokscope.probes.acc:AccProbe",
@@ -18,13 +18,14 @@ BUILTIN = {
     "align": "grokscope.probes.align:AlignProbe",
     "fourier": "grokscope.probes.fourier:FourierProbe",
     "norm": "grokscope.probes.norm:NormProbe",
+    "regions": "grokscope.probes.regions:RegionsProbe",
 }
 
 ENTRY_POINT_GROUP = "grokscope.probes"
 ENV_VAR = "GROKSCOPE_PROBES"
 
-__all__ = ["Probe", "ProbeContext", "ProbeError", "available_probes", "get_probe", "params_attrs",
-           "parse_value"]
+__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "get_probe",
+           "params_attrs", "parse_value"]
 
 
 REGISTRY = Registry("probe", BUILTIN, ENTRY_POINT_GROUP, env_var=ENV_VAR, error=ProbeError)

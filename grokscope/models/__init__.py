@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from grokscope.errors import GrokscopeError
 from grokscope.registry import Registry, import_target
 from grokscope.trust import Trust, check_plain_json
 
@@ -29,7 +30,7 @@ MODELS = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(GrokscopeError, ValueError):
     """A model spec could not be turned into a model."""
 
 
