@@ -280,3 +280,27 @@ def test_hf_model_from_config_and_auto_map_refused(tmp_path, cli):
     with pytest.raises(ModelError, match="not a model class of transformers"):
         build_model({"arch": "hf", "kwargs": {"config": {**cfg, "architectures": ["os"]}}})
     assert not marker.exists()
+
+
+def test_local_cluster_workers_get_the_decision_with_the_job(tmp_path, cli):
+    """Real worker processes: the vouched run is probed there (its Trust travels with the task), the
+    hostile sibling is refused with its line, and its code never runs anywhere."""
+    from tests.helpers import TinyNet, sgd_snapshots
+
+    good = tmp_path / "runs" / "good"
+    torch.manual_seed(0)
+    runs.write_run_json(good, {"factory": "tests.helpers:tiny_net", "kwargs": {}}, DIGITS, {"loss": "ce"})
+    for step, sd in sgd_snapshots(TinyNet(), [0, 4]):
+        runs.save_checkpoint(runs.checkpoint_path(good, step), sd, step)
+    marker = tmp_path / "MARKER"
+    bad = make_run(tmp_path / "runs" / "bad", [0, 4])
+    runs.write_run_json(bad, {"factory": "subprocess:call", "kwargs": {"args": _touch(marker), "shell": True}},
+                        DIGITS)
+    r = cli("probe", tmp_path / "runs", "--workers", "1", "--trust-code", "tests.helpers", "--json", "-q")
+    assert r.exit_code == 1
+    summary = json.loads(r.stdout)
+    assert "local cluster" in summary["scheduler"] and summary["completed"] == 2
+    (failure,) = summary["failures"]
+    assert failure["run"] == "bad" and "names the model callable 'subprocess:call'" in failure["reason"]
+    assert load_group(tmp_path / "runs" / "probes.zarr", "good", "acc").done.all()
+    assert not marker.exists()
