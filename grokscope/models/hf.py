@@ -11,7 +11,6 @@ probes expect.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,10 @@ class HFError(ModelError):
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The dict of a ``config.json``, refused (:class:`HFError`, naming the file) if it needs remote code."""
-    p = Path(path)
-    try:
-        cfg = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise HFError(f"{p}: unreadable Hugging Face config ({e})") from None
-    if not isinstance(cfg, dict):
-        raise HFError(f"{p}: a Hugging Face config must be a JSON object")
-    check_config(cfg, str(p))
+    from grokscope.runs import read_json_object
+
+    cfg = read_json_object(Path(path), HFError)
+    check_config(cfg, str(path))
     return cfg
 
 
