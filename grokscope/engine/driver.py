@@ -4,7 +4,7 @@
 
 1. discover runs and checkpoints (:mod:`.discovery`); the model/data spec of each run comes from its
    ``run.json`` or from the command line (a command-line spec that a run's run.json overrides is
-   warned about, or refused when no run would use it: :func:`ignored_spec`);
+   warned about: :func:`ignored_spec`);
 2. lock the store (:mod:`.lock`), refuse groups whose stored parameters or run spec differ from the
    request (``--overwrite`` deletes and recomputes them), grow ``step`` where new checkpoints appeared,
    and skip every (run, step, probe) whose ``done`` flag is set or that the probe's ``--steps``
@@ -139,9 +139,8 @@ def ignored_spec(runs: list[Run], cli_spec: dict[str, Any] | None) -> tuple[str 
     """What the command line's model/dataset spec means for ``runs``: ``(refusal, warnings)``.
 
     A run with its own run.json uses that; where the command line names another model or dataset
-    for it, the flags are ignored for that run. When no run under the path would use the flags the
-    request is refused (``refusal``, naming the flags and what is used instead); otherwise each run
-    that ignores them gets a warning.
+    for it, the flags are ignored for that run and it gets a warning naming the flags and what is
+    used instead (``refusal`` is always None: the flags also vouch for a factory, so they are kept).
     """
     if cli_spec is None:
         return None, []
@@ -158,11 +157,9 @@ def ignored_spec(runs: list[Run], cli_spec: dict[str, Any] | None) -> tuple[str 
                          "which are used")
     if not notes:
         return None, []
-    if all(run.spec is not None or run.spec_error for run in runs):
-        return (notes[0] + ("" if len(notes) == 1 else f" (and {len(notes) - 1} more run(s))")
-                + f"; drop the flags, or rewrite the run.json with `grokscope init {first.path} --force "
-                  "--model ... --dataset ...`"), []
-    return None, notes
+    # a warning, not a refusal: naming a factory on the command line is also how a user vouches for it
+    hint = f" (drop the flags, or rewrite the run.json with `grokscope init {first.path} --force --model ... --dataset ...`)"
+    return None, [n + hint for n in notes]
 
 
 def _spec_name(spec: Any) -> str:
