@@ -333,7 +333,7 @@ def probe_listing() -> list[dict[str, Any]]:
     return out
 
 
-def model_kinks(spec: dict[str, Any]) -> list[Any]:
+def model_kinks(spec: dict[str, Any], trust: Any = None) -> list[Any]:
     """The kinks ``lc`` counts (and ``regions`` draws) in the model of a run spec, found by one forward
     pass of a training input (:func:`grokscope.functional.kinks.kink_layers`)."""
     from grokscope.datasets import load_dataset
@@ -341,8 +341,8 @@ def model_kinks(spec: dict[str, Any]) -> list[Any]:
     from grokscope.models import build_model
     from grokscope.models.adapters import continuous_view
 
-    data = load_dataset(spec["dataset"])
-    model = build_model(spec["model"])
+    data = load_dataset(spec["dataset"], trust)
+    model = build_model(spec["model"], trust)
     forward, z = continuous_view(model, data.x_train[:1], data.input_kind)
     return kink_layers(model, z, forward=forward)
 
@@ -351,18 +351,19 @@ def model_kinks(spec: dict[str, Any]) -> list[Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
 @spec_options
 def probes(as_json: bool, model: str | None, model_kwargs: str | None, dataset: str | None,
-           dataset_kwargs: str | None, dataset_seed: int, loss: str | None) -> None:
+           dataset_kwargs: str | None, dataset_seed: int, loss: str | None, trust_code: str | None) -> None:
     """List the available probes with their parameters (and defaults) and outputs (with dims).
 
     With --model and --dataset, also list the kinks that `lc` counts in that model (activation
     modules and functional calls such as F.relu, with the names `lc.layers` accepts).
     """
     listing = probe_listing()
-    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss)
+    trust = cli_trust(model, dataset, trust_code)
+    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust)
     kinks = None
     if spec is not None:
         try:
-            kinks = model_kinks(spec)
+            kinks = model_kinks(spec, trust)
         except Exception as e:  # noqa: BLE001 - a model that cannot run is reported, not a traceback
             raise click.ClickException(f"{model} on {dataset}: the model's forward failed: "
                                        f"{type(e).__name__}: {e}") from e
