@@ -326,7 +326,7 @@ def tangent_split_lanczos(F: OutputMap, theta: torch.Tensor, v: torch.Tensor, da
             t_lo = math.sqrt(max(1.0 - bb * r_t / vv, 0.0)) if math.isfinite(r_t) else 0.0
             n_lo = math.sqrt(max(bb * (g_1 - r_2) / vv, 0.0)) if math.isfinite(r_2) else 0.0
             n_hi = math.sqrt(max(bb * (r_1 - g_2) / vv, 0.0)) if math.isfinite(r_1) else math.inf
-            out.append(((t_lo + t_hi) / 2, (t_hi - t_lo) / 2, (n_lo + n_hi) / 2, (n_hi - n_lo) / 2))
+            out.append(((t_lo + t_hi) / 2, max(t_hi - t_lo, 0.0) / 2, (n_lo + n_hi) / 2, max(n_hi - n_lo, 0.0) / 2))
         return lam, out
 
     gram, start = (lambda z: ops.jv(ops.jtv(z))), b  # noqa: E731
