@@ -477,9 +477,14 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
                 return LCResult(counts=torch.zeros(n, len(radii), 0, dtype=torch.int64), layers=[],
                                 neurons=[], radius=radii, n_dirs=n_dirs, seed=seed, dtype=cdtype)
             frame = cross_polytope_frame(dim, n_dirs, seed, cdtype, device)
+            graph_path = None
             v = 2 * n_dirs
             rows = max_rows or _auto_rows(counter.max_numel, z.element_size(), device)
             fast_path = fast and _fast_supported(work, forward, layers)
+            if fast and not fast_path and not layers:  # other piecewise-linear graphs: probes/lc_fast.py
+                from .lc_fast import graph_fast_path
+                graph_path = graph_fast_path(work, forward, z[:1], set(counter.names))
+                fast_path = graph_path is not None
             chunk = max(1, rows // (n_dirs + 1 if fast_path else v))  # fast path: ~P + 1 rows per point
             counter.n_vertices = v
             counter.stop_at = None if include_output else n_layers - 1
@@ -493,7 +498,7 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
                     counter.reset()
                     try:
                         if fast_path:
-                            _run_sequential_fast(work, zc, r * frame, counter, include_output)
+                            (graph_path or _run_sequential_fast)(work, zc, r * frame, counter, include_output)
                         else:
                             verts = zc.reshape(b, 1, dim) + r * signed[None]
                             out = forward(verts.reshape(b * v, *z.shape[1:]))
