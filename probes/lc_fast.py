@@ -128,6 +128,14 @@ class GraphFastPath:
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
         self.nodes = list(gm.graph.nodes)
+        last: dict[fx.Node, int] = {}
+        for i, node in enumerate(self.nodes):
+            for a in node.all_input_nodes:
+                last[a] = i
+        # values whose last use is node i: dropped after it (so an expansion only touches live values)
+        self.dead: list[list[fx.Node]] = [[] for _ in self.nodes]
+        for node, i in last.items():
+            self.dead[i].append(node)
 
     def __call__(self, model: nn.Module, zc: torch.Tensor, rv: torch.Tensor, counter: Any,
                  include_output: bool) -> None:
@@ -141,7 +149,9 @@ class GraphFastPath:
         full_rows = lin_rows[:0]
         env: dict[fx.Node, _Value] = {}
         out_node = None
-        for node in self.nodes:
+        for i, node in enumerate(self.nodes):
+            for gone in self.dead[i - 1] if i else ():
+                env.pop(gone, None)
             if node.op == "placeholder":
                 env[node] = _Value(zc.reshape(b, -1), rv, None)
                 continue
@@ -183,13 +193,15 @@ class GraphFastPath:
                     return
                 if moving is not None and bool(moving.any()):  # expand these points in every live value
                     stay = ~moving
-                    for key, val in list(env.items()) + [(node, src)]:
+                    dying = set(self.dead[i])
+                    for key, val in [(k, v) for k, v in env.items() if k not in dying] + [(node, src)]:
                         if val.c is None:
                             continue
-                        t = val.t if val.t.dim() == 3 else val.t.expand(len(lin_rows), *val.t.shape)
-                        new = _vertices(val.c[moving], t[moving])
+                        shared = val.t.dim() == 2
+                        new = _vertices(val.c[moving], val.t if shared else val.t[moving])
                         full = new if val.full is None else torch.cat([val.full, new])
-                        kept = (val.c[stay], t[stay]) if bool(stay.any()) else (None, None)
+                        kept = ((val.c[stay], val.t if shared else val.t[stay]) if bool(stay.any())
+                                else (None, None))
                         moved = _Value(kept[0], kept[1], full)
                         if key is node:
                             src = moved
