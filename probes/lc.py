@@ -25,7 +25,8 @@ intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
   all points, so the first layer is ``W(x ± r v) + b = (Wx + b) ± r (Wv)`` with ``Wv`` computed once,
   and as long as a point's polytope meets no kink the network is linear on it, so the point travels
   as its centre and the ``P`` images of ``r v_p`` (``P + 1`` rows instead of ``2P``); a point is
-  expanded to its vertices at the first layer where it crosses a kink.
+  expanded to its vertices at the first layer where it crosses a kink. Other piecewise-linear
+  graphs (residual MLPs, encoder + head modules) take it through torch.fx: ``probes/lc_fast.py``.
 
 :func:`local_complexity` is the notebook entry point; :class:`LCProbe` is the engine's ``lc`` probe
 over the point sets ``train``, ``test``, ``random`` (uniform in the data box) and ``boundary`` (points
