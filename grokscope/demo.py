@@ -18,7 +18,8 @@ Probes of the default preset (one-hot ``a + b mod 59``, a ReLU MLP):
 * ``norm`` (Musat's weight-decay geometry) on every checkpoint too: its Lanczos tangent split costs
   ~0.9 CPU-seconds a checkpoint (it was CG at ~1.7 s, hence a ``log:16`` subset before).
   ``--probe-steps norm=log:16`` still picks a subset, chosen from the preset's save schedule before
-  training, so the choice does not move while the run grows.
+  training, so the choice does not move while the run grows;
+* ``regions`` (the linear-region picture on the plane through three training points) on ``log:12``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ import click
 
 TRAIN_THRESHOLD = 0.99
 TEST_THRESHOLD = 0.95
-DEMO_PROBES = ("acc", "lc", "align", "fourier", "pgd", "norm")
-# every probe on every checkpoint (--probe-steps PROBE=SPEC picks subsets)
-DEMO_STEPS: tuple[str, ...] = ()
+DEMO_PROBES = ("acc", "lc", "align", "fourier", "pgd", "norm", "regions")
+# norm on every checkpoint; the report draws region pictures at a few onsets, chosen among 12
+# log-spaced stored ones
+DEMO_STEPS = ("regions=log:12",)
 # Half the default points for align and pgd (each split still 512 points): on the demo run's store
 # computed with 1024, the means over the first 512 points stay within 1.5 % of each curve's range
 # (align) and 1.5 accuracy points (pgd robust accuracy) at every checkpoint, for half the cost.
@@ -166,7 +168,7 @@ class _Status:
 def demo(directory: Path, steps: int | None, threads: int, metrics: str, probe_steps: tuple[str, ...],
          scheduler: str | None, with_report: bool, quiet: bool) -> None:
     """Train the default preset into DIRECTORY (default runs/demo) and, while it trains, probe every
-    checkpoint with acc, lc, align, fourier, pgd and norm; then write the
+    checkpoint with acc, lc, align, fourier, pgd and norm (regions on a log-spaced subset); then write the
     figures (DIRECTORY/plots), the report (DIRECTORY/report.html) and the onset summary.
 
     Re-running continues (or simply re-reads) an existing demo run and store.
