@@ -201,9 +201,9 @@ def test_lanczos_tridiagonal_has_the_spectrum_and_quadrature_brackets_the_exact_
     for delta in (1e-3, 1e-1, 10.0):
         exact = float((U.T @ b) ** 2 @ (1 / (ev.clamp(min=0) + delta))) / float(b @ b)
         for k in (3, 6, 10):
-            _, [(gauss, radau)] = gauss_radau(a[:k], be[:k], lambda lam: [lambda e: 1 / (e + delta)])
+            _, [(gauss, radau)] = gauss_radau(a[:k], be[:k], lambda lam, d=delta: [lambda e: 1 / (e + d)])
             assert gauss <= exact * (1 + 1e-10) and exact <= radau * (1 + 1e-10), (delta, k)
-        _, [(gauss, radau)] = gauss_radau(a, be, lambda lam: [lambda e: 1 / (e + delta)])
+        _, [(gauss, radau)] = gauss_radau(a, be, lambda lam, d=delta: [lambda e: 1 / (e + d)])
         assert gauss == pytest.approx(exact, rel=1e-8)
 
 
