@@ -47,7 +47,7 @@ def _is_flatten_call(node: fx.Node) -> bool:
     return False
 
 
-def _check_graph(gm: fx.GraphModule, input_flat: bool, counted: set[int]) -> None:
+def _check_graph(gm: fx.GraphModule, input_flat: bool, counted: Callable[[nn.Module], bool]) -> None:
     """Raise :class:`_Unsupported` naming the first node the fast path cannot run."""
     flat: dict[fx.Node, bool] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -80,7 +80,7 @@ def _check_graph(gm: fx.GraphModule, input_flat: bool, counted: set[int]) -> Non
             elif type(m) in _ACT:
                 if not src:
                     raise _Unsupported(f"{node.target}: activation on unflattened input")
-                if id(m) not in counted:
+                if not counted(m):
                     raise _Unsupported(f"{node.target}: activation not counted")
                 flat[node] = True
             else:
@@ -140,8 +140,8 @@ class GraphFastPath:
     def __call__(self, model: nn.Module, zc: torch.Tensor, rv: torch.Tensor, counter: Any,
                  include_output: bool) -> None:
         """Count one chunk ``zc (B, ...)`` with frame images ``rv (P, D)`` into ``counter`` (a
-        :class:`probes.lc.KinkHooks` in counting mode), as the hook path would; ``model`` is the traced
-        model (the signature of :func:`probes.lc._run_sequential_fast`)."""
+        :class:`probes.lc.KinkHooks` in counting mode, its pass started), as the hook path would;
+        ``model``: the traced model (unused: the graph holds its modules)."""
         from .lc import count_crossings
 
         b, p = zc.shape[0], rv.shape[0]
@@ -178,7 +178,7 @@ class GraphFastPath:
                                    None if src.t is None else src.t * scale,
                                    None if src.full is None else src.full * scale + shift)
             else:  # a counted ReLU / LeakyReLU
-                j = counter.next_layer(m)
+                j = counter.next_layer(counter.module_key(m))
                 slope = float(m.negative_slope) if isinstance(m, nn.LeakyReLU) else 0.0
                 moving = None
                 if src.c is not None:
@@ -228,14 +228,14 @@ class GraphFastPath:
                 parts.append(val.full)
                 rows.append(full_rows)
             verts = torch.cat(parts)[torch.argsort(torch.cat(rows))]
-            counter.record(None, verts.reshape(b * 2 * p, -1), (0.0,))
+            counter.record_output(verts.reshape(b * 2 * p, -1))
 
 
-def graph_fast_path(model: nn.Module, forward: Callable, x: torch.Tensor, counted: set[int]
-                    ) -> GraphFastPath | None:
+def graph_fast_path(model: nn.Module, forward: Callable, x: torch.Tensor,
+                    counted: Callable[[nn.Module], bool]) -> GraphFastPath | None:
     """The fx fast path for ``model`` when ``forward`` is the model itself and its traced graph is
-    supported (see the module docstring) with the kinks ``counted`` (ids of the hooked activation
-    modules); None otherwise, with the reason logged at INFO level. ``x``: example input (its
+    supported (see the module docstring), every activation module in it being a counted layer
+    (``counted(module)``); None otherwise, with the reason logged at INFO level. ``x``: example input (its
     dimensionality decides whether the input is already flat)."""
     name = type(model).__name__
     if forward is not model:
