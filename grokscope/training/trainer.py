@@ -376,6 +376,9 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
     xb, yb = (x_train, y_train) if idx is None else (x_train[idx], y_train[idx])
     if reg is not None:
         xb = reg.transform_input(xb, {"train_acc": train_acc, "step": step})
+    wants_grad = reg is not None and reg.wants_input_grad and xb.is_floating_point()
+    if wants_grad:
+        xb = xb.detach().requires_grad_(True)
     logits = model(xb)
     loss = task_loss(logits, yb, config.loss)
     penalty = None
@@ -385,7 +388,10 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
             loss = loss + pen
             penalty = float(pen.detach())
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if wants_grad:  # into the parameters only: no gradient for the batch
+        loss.backward(inputs=[p for p in model.parameters() if p.requires_grad])
+    else:
+        loss.backward()
     if reg is not None:
         reg.after_backward(model)
     params = [p for p in model.parameters() if p.grad is not None]
