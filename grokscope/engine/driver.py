@@ -3,7 +3,8 @@
 ``probe_runs(path, config)`` is what ``grokscope probe`` calls:
 
 1. discover runs and checkpoints (:mod:`.discovery`); the model/data spec of each run comes from its
-   ``run.json`` or from the command line;
+   ``run.json`` or from the command line (a command-line spec that a run's run.json overrides is
+   warned about, or refused when no run would use it: :func:`ignored_spec`);
 2. lock the store (:mod:`.lock`), refuse groups whose stored parameters or run spec differ from the
    request (``--overwrite`` deletes and recomputes them), grow ``step`` where new checkpoints appeared,
    and skip every (run, step, probe) whose ``done`` flag is set or that the probe's ``--steps``
@@ -19,7 +20,8 @@
 5. return a :class:`Summary` (the CLI prints it and exits non-zero when any job failed).
 
 ``probe_runs(..., follow=alive)`` keeps searching the path while ``alive()`` is true and adds the
-jobs of new checkpoints as they appear (``grokscope demo`` probes a run while it trains).
+jobs of new checkpoints as they appear (``grokscope demo`` and ``grokscope probe --follow`` probe a
+run while it trains).
 """
 
 from __future__ import annotations
@@ -128,6 +130,49 @@ def _run_spec(run: Run, cli_spec: dict[str, Any] | None) -> tuple[dict[str, Any]
         return cli_spec, ""
     return None, (f"{run.path}: no run.json and no --model/--dataset given (write one with "
                   f"`grokscope init {run.path} --model ... --dataset ...`)")
+
+
+_SPEC_FLAGS = (("model", "--model/--model-kwargs"), ("dataset", "--dataset/--dataset-kwargs/--dataset-seed"))
+
+
+def ignored_spec(runs: list[Run], cli_spec: dict[str, Any] | None) -> tuple[str | None, list[str]]:
+    """What the command line's model/dataset spec means for ``runs``: ``(refusal, warnings)``.
+
+    A run with its own run.json uses that; where the command line names another model or dataset
+    for it, the flags are ignored for that run. When no run under the path would use the flags the
+    request is refused (``refusal``, naming the flags and what is used instead); otherwise each run
+    that ignores them gets a warning.
+    """
+    if cli_spec is None:
+        return None, []
+    notes, first = [], None
+    for run in runs:
+        if run.spec is None:
+            continue
+        flags = [f"{flag} ({_spec_name(cli_spec.get(key))})" for key, flag in _SPEC_FLAGS
+                 if normalise(cli_spec.get(key)) != normalise(run.spec.get(key))]
+        if flags:
+            first = first or run
+            notes.append(f"{' and '.join(flags)} ignored for run {run.name!r}: {run.path / 'run.json'} gives "
+                         f"model {_spec_name(run.spec.get('model'))}, dataset {_spec_name(run.spec.get('dataset'))}, "
+                         "which are used")
+    if not notes:
+        return None, []
+    if all(run.spec is not None or run.spec_error for run in runs):
+        return (notes[0] + ("" if len(notes) == 1 else f" (and {len(notes) - 1} more run(s))")
+                + f"; drop the flags, or rewrite the run.json with `grokscope init {first.path} --force "
+                  "--model ... --dataset ...`"), []
+    return None, notes
+
+
+def _spec_name(spec: Any) -> str:
+    """A model/dataset spec in a few words: its name and kwargs."""
+    if not isinstance(spec, dict):
+        return repr(spec)
+    name = spec.get("arch") or spec.get("factory") or spec.get("name")
+    parts = [f"{k}={v!r}" for k, v in sorted((spec.get("kwargs") or {}).items())]
+    parts += [f"seed={spec['seed']}"] if "seed" in spec else []
+    return f"{name!r}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _data_words(spec: dict[str, Any]) -> str:
@@ -587,6 +632,9 @@ def probe_runs(path: Path, cfg: EngineConfig,
         except ValueError as e:
             raise EngineError(f"probe {req.name}: {e}") from None
     runs = find_runs(Path(path))
+    refusal, ignored = ignored_spec(runs, cfg.spec)
+    if refusal:
+        raise EngineError(refusal)
     if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
         raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi "
                           "-L); use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
@@ -604,7 +652,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
         p = plan(runs, store, cfg, threads=cfg.threads or 1)
         summary.runs, summary.jobs, summary.skipped, summary.excluded = len(p.runs), p.jobs, p.skipped, p.excluded
         summary.failures.extend(p.failures)
-        summary.warnings.extend(p.warnings)
+        summary.warnings.extend(ignored + p.warnings)
         check_probes(p.tasks)
         if cfg.dry_run or (not p.tasks and follow is None):
             if start:
@@ -662,7 +710,8 @@ def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, wr
     def more() -> tuple[list[Task], bool]:
         last = not follow()  # asked before searching: nothing written after a final search is missed
         try:
-            p = plan(find_runs(path), store, again, threads)
+            found = find_runs(path)
+            p = plan(found, store, again, threads)
         except DiscoveryError:
             return [], last  # e.g. the run folder is not written yet
         writer.plan.runs.update(p.runs)
@@ -676,7 +725,7 @@ def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, wr
         summary.jobs += sum(len(t.probes) for t in new)
         summary.runs = max(summary.runs, len(p.runs))
         summary.excluded = p.excluded
-        summary.warnings = list(p.warnings)
+        summary.warnings = ignored_spec(found, cfg.spec)[1] + list(p.warnings)
         known = {(f.run, f.file) for f in summary.failures}
         summary.failures.extend(f for f in p.failures if (f.run, f.file) not in known)
         return new, last

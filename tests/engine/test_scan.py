@@ -1,4 +1,5 @@
-"""``grokscope scan``: gaps, duplicates, out-of-order writes, drift, unreadable and skipped files."""
+"""``grokscope scan``: gaps, duplicates, out-of-order writes, drift, unreadable and skipped files,
+steps logged twice, and the compact step list of its table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 import torch
 
 from grokscope import runs
-from grokscope.engine.scan import find_gaps
+from grokscope.training.schedule import parse_schedule
+from grokscope.engine.scan import compact_steps, find_gaps
 from tests.helpers import MLP, make_run
 
 
@@ -55,9 +57,46 @@ def test_scan_reports_every_kind_of_finding(tmp_path, cli):
     assert (b["gaps"], b["duplicates"], b["out_of_order"], b["drift"], b["unreadable"]) == ([], [], [], [], [])
     text = cli("scan", tmp_path / "runs").stdout
     header, row_a = text.splitlines()[:2]
-    assert header.split() == ["run", "ckpts", "steps", "gaps", "dups", "order", "drift", "unreadable", "skipped"]
-    assert row_a.split() == ["a", "9", "0..90", "1", "1", "1", "1", "1", "1"]
+    assert header.split() == ["run", "ckpts", "steps", "gaps", "dups", "order", "drift", "unreadable", "skipped",
+                              "logdups"]
+    assert row_a.split() == ["a", "9", "0..40/10,60..90/10", "1", "1", "1", "1", "1", "1", "0"]
     assert "gap 40 -> 60: missing 50" in text and "duplicate weights at steps 60, 70" in text
+
+
+def _expand(text: str) -> list[int]:
+    """The steps a compact list names (an independent reading of its notation)."""
+    out = []
+    for item in text.split(","):
+        lo, dots, rest = item.partition("..")
+        if not dots:
+            out.append(int(item))
+            continue
+        hi, _, k = rest.partition("/")
+        out.extend(range(int(lo), int(hi) + 1, int(k or 1)))
+    return out
+
+
+def test_compact_steps():
+    assert compact_steps([0, 1, 2, 3, 10, 20, 30, 45]) == "0..3,10..30/10,45"
+    assert compact_steps([]) == "" and compact_steps([7]) == "7" and compact_steps([5, 6]) == "5,6"
+    assert compact_steps(list(range(0, 801, 20))) == "0..800/20"
+    for steps in (parse_schedule("log:100", 6000), [0, 1, 2, 4, 8, 16, 17, 18, 30, 40, 50, 51], [3, 5]):
+        assert _expand(compact_steps(steps)) == steps
+
+
+def test_scan_reports_steps_logged_twice_and_lists_long_step_lists(tmp_path, cli):
+    steps = parse_schedule("log:30", 1000)
+    run = make_run(tmp_path / "r", steps)
+    for rec in [{"step": s, "train_acc": 1.0} for s in (0, 20, 40, 20, 40, 40)]:
+        runs.append_log(run, rec)
+    (rep,) = json.loads(cli("scan", run, "--json").stdout)
+    assert rep["log_duplicates"] == [{"step": 20, "count": 2}, {"step": 40, "count": 3}]
+    assert rep["steps"] == steps
+    text = cli("scan", run).stdout
+    row = text.splitlines()[1].split()
+    assert row[-1] == "2" and row[2].endswith(",...") and len(row[2]) <= 40
+    assert f"steps: {compact_steps(steps)}" in text
+    assert "log.jsonl: 2 step(s) logged more than once (20,40): more than one trainer wrote this run" in text
 
 
 def test_scan_uses_the_runs_own_schedule(tmp_path, cli):

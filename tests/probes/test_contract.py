@@ -95,7 +95,8 @@ def test_lc_check_names_a_model_without_layers():
     lc = get_probe("lc")
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
     data = load_dataset(DIGITS)
-    with pytest.raises(ProbeError, match="no layer to count.*lc.layers="):
+    with pytest.raises(ProbeError, match="no layer to count.*lc.layers="), \
+            pytest.warns(UserWarning, match="has no kinked activation module"):
         lc().check(model, data, lc.default_params())
 
 
