@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 
 
-class DatasetError(ValueError):
+class DatasetError(GrokscopeError, ValueError):
     """A dataset could not be built: missing/malformed files or bad arguments."""
 
 

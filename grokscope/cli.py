@@ -40,7 +40,16 @@ def json_object(text: str | None, what: str) -> dict[str, Any] | None:
 
 
 class LazyGroup(click.Group):
-    """A click group whose sub-commands are imported on first use."""
+    """A click group whose sub-commands are imported on first use; a :class:`GrokscopeError` raised by
+    any of them ends as one line (``Error: ...``) and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from grokscope.errors import GrokscopeError
+
+        try:
+            return super().invoke(ctx)
+        except GrokscopeError as e:
+            raise click.ClickException(str(e)) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

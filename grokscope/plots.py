@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from grokscope.errors import GrokscopeError
 import numpy as np
 
 FORMATS = ("png", "pdf", "svg")
@@ -53,7 +55,7 @@ SYMLOG = {"linthresh": 1.0, "linscale": 0.4}
 XLABEL = "step (log scale; 0 at left)"
 
 
-class PlotError(click.ClickException):
+class PlotError(GrokscopeError, ValueError):
     """A store, run or metric that cannot be plotted; the message names it (exit code 1 on the CLI)."""
 
 
@@ -714,7 +716,7 @@ def plot_store(store_or_tree: Any, out_dir: Path | str, runs: Sequence[str] | st
       ``fourier`` among ``metrics`` if given): the heat map of :func:`fourier_figure`, large.
 
     Order: overview files first, then the heat maps run by run. ``runs``/``metrics`` as in
-    :func:`plan_panels`; PlotError (a ``click.ClickException``) names any store, run, metric or format
+    :func:`plan_panels`; PlotError names any store, run, metric or format
     at fault.
     """
     out = Path(out_dir)

@@ -29,6 +29,7 @@ grid of panels (PNG/PDF/SVG) or an animated GIF; ``grokscope regions`` is its co
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import math
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ DEFAULT_FRAMES = 24  # frames of a GIF when no steps are given
 _HASH_SEED = 0x5EED
 
 
-class RegionsError(ValueError):
+class RegionsError(GrokscopeError, ValueError):
     """Bad input for a region picture: the message names the value, file or module at fault."""
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from grokscope.plots import slug
+from grokscope.plots import PlotError, slug
 
 # how the LC point sets read in sentences
 SPLIT_WORDS = {"train": "training points", "test": "test points", "random": "random points",
@@ -475,14 +475,14 @@ def region_html(node: Any, summary: dict[str, Any], path: str, work: Path, resol
 # -- the page ----------------------------------------------------------------------------------------
 
 def load_runs(store: Path) -> tuple[Any, list[tuple[str, Any]]]:
-    """``(tree, [(run path, run node)])`` of a probe store; ClickException naming the store if it cannot
+    """``(tree, [(run path, run node)])`` of a probe store; PlotError naming the store if it cannot
     be opened or has no runs with probe results."""
     from grokscope.plots import iter_runs, open_store
 
     tree = open_store(Path(store))
     runs = iter_runs(tree)
     if not runs:
-        raise click.ClickException(f"{store}: no runs with probe results found (nothing to report)")
+        raise PlotError(f"{store}: no runs with probe results found (nothing to report)")
     return tree, runs
 
 
@@ -546,7 +546,7 @@ def write_report(store: Path, out: Path | None = None, regions: bool = True,
 
     ``thresholds`` go to :func:`grokscope.analysis.run_summary` (``mem``, ``grok``, ``robust``,
     ``window``); ``summaries`` (``{run path: run_summary(...)}`` computed with the same thresholds)
-    saves computing them again. Raises ``click.ClickException`` naming the store if it holds no runs.
+    saves computing them again. Raises ``PlotError`` naming the store if it holds no runs.
     """
     from grokscope.analysis import run_summary
 

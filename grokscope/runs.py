@@ -9,6 +9,7 @@ A run is a folder::
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import json
 import os
 import tempfile
@@ -25,7 +26,7 @@ LOG_JSONL = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class RunError(ValueError):
+class RunError(GrokscopeError, ValueError):
     """A run folder or its run.json is missing or malformed."""
 
 

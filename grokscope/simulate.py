@@ -18,6 +18,7 @@ The result is a grokscope run (``run.json`` for ``modular_mlp`` with ``input="on
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import json
 import math
 import shutil
@@ -29,7 +30,7 @@ import click
 import torch
 
 
-class SimulateError(ValueError):
+class SimulateError(GrokscopeError, ValueError):
     """Bad simulation settings, or an output folder that would be overwritten."""
 
 

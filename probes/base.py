@@ -15,6 +15,7 @@ steps are comparable. The engine stores ``asdict(params)`` as attributes of the 
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 
-class ProbeError(ValueError):
+class ProbeError(GrokscopeError, ValueError):
     """Bad probe name or parameters, or a probe that cannot run on this model/dataset."""
 
 

@@ -23,6 +23,7 @@ safetensors metadata is used. Nothing here reads tensor data.
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import json
 import re
 import struct
@@ -50,7 +51,7 @@ _TRAILING = re.compile(r"(?:^|[_\-=.])(\d+)$")
 _BARE = re.compile(r"^(\d+)$")
 
 
-class DiscoveryError(ValueError):
+class DiscoveryError(GrokscopeError, ValueError):
     """The path cannot be searched for checkpoints (missing, not a folder, nothing found)."""
 
 

@@ -24,6 +24,7 @@ jobs of new checkpoints as they appear (``grokscope demo`` probes a run while it
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import logging
 import os
 import shutil
@@ -43,7 +44,7 @@ from .lock import StoreLock
 from .selection import parse_selection, select_steps
 from .store import GroupInfo, ProbeStore, StoreError, normalise
 
-class EngineError(RuntimeError):
+class EngineError(GrokscopeError, RuntimeError):
     """The probe run cannot start (no runs, no model spec, no GPU workers, ...)."""
 
 

@@ -11,6 +11,7 @@ shape mismatches.
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import json
 import pickle
 import re
@@ -29,7 +30,7 @@ NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "netw
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GrokscopeError, ValueError):
     """A checkpoint could not be read or does not fit the model; the message names file and cause."""
 
 

@@ -10,6 +10,7 @@ where ``flock`` is not available (some network filesystems) the holder's pid is 
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import json
 import os
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 LOCK_NAME = ".grokscope.lock"
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(GrokscopeError, RuntimeError):
     """Another live process holds the store's lock."""
 
 

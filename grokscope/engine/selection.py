@@ -18,12 +18,13 @@ pass an explicit list (see :func:`select_steps` on the planned save steps) for a
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import bisect
 import math
 from dataclasses import dataclass
 
 
-class SelectionError(ValueError):
+class SelectionError(GrokscopeError, ValueError):
     """A ``--steps`` spec that cannot be parsed."""
 
 

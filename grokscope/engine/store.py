@@ -49,6 +49,7 @@ with ``2**64-1``; booleans ``False``; strings ``''``. ``done`` says which cells 
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import json
 import os
 import shutil
@@ -74,7 +75,7 @@ MISSING_DOC = ("missing cells: NaN (floats), -2**63 via _FillValue (ints), False
                "(strings); 'done' marks complete jobs, 'error' why a job failed")
 
 
-class StoreError(ValueError):
+class StoreError(GrokscopeError, ValueError):
     """The store cannot take these results (parameters or run spec differ, shapes drift, ...)."""
 
 

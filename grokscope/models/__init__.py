@@ -8,6 +8,7 @@ To add a built-in model, write a builder function in a module of this package an
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import importlib
 from typing import Any
 
@@ -23,7 +24,7 @@ MODELS = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(GrokscopeError, ValueError):
     """A model spec could not be turned into a model."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -15,7 +16,7 @@ OPTIMIZERS = ("adamw", "sgd")
 DTYPES = ("float32", "float64")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(GrokscopeError, ValueError):
     """A training configuration is inconsistent; the message names the field and the bad value."""
 
 

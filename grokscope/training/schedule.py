@@ -15,12 +15,13 @@ Every schedule includes step 0 and the last step.
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import math
 
 DEFAULT_SAVE = "log:100"
 
 
-class ScheduleError(ValueError):
+class ScheduleError(GrokscopeError, ValueError):
     """A schedule spec could not be parsed or names steps outside ``[0, steps]``."""
 
 

@@ -13,6 +13,7 @@ bytes as an uninterrupted one.
 
 from __future__ import annotations
 
+from grokscope.errors import GrokscopeError
 import inspect
 import io
 import json
@@ -46,7 +47,7 @@ _DERIVED_KWARGS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GrokscopeError, RuntimeError):
     """Training cannot start or continue (existing run, mismatched resume, divergence)."""
 
 
