@@ -278,6 +278,39 @@ class GroupInfo:
         self.index = {s: i for i, s in enumerate(self.steps)}
 
 
+V2_FILES = (".zgroup", ".zarray", ".zattrs", ".zmetadata")
+
+
+def check_store_path(path: str | Path) -> None:
+    """Raise :class:`StoreError` (one line naming what is there) unless ``path`` is absent, an empty
+    folder or a grokscope store: a file, a folder of other things, a Zarr v2 store, a Zarr array or a
+    Zarr v3 group that grokscope did not write are refused, so our groups never mix into them."""
+    from .lock import LOCK_NAME
+
+    p = Path(path)
+    if not p.exists():
+        return
+    refuse = "; refusing to write into it (choose a new or existing grokscope store with --out)"
+    if not p.is_dir():
+        raise StoreError(f"{p}: exists and is a file, not a grokscope store{refuse}")
+    names = {c.name for c in p.iterdir()} - {LOCK_NAME, TMP_DIR}
+    if not names:
+        return
+    if names & set(V2_FILES):
+        raise StoreError(f"{p}: is a Zarr v2 store, not a grokscope store (grokscope writes Zarr v3){refuse}")
+    if "zarr.json" not in names:
+        raise StoreError(f"{p}: exists and is not a Zarr store{refuse}")
+    try:
+        meta = json.loads((p / "zarr.json").read_text())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{p}/zarr.json: unreadable ({e}){refuse}") from None
+    if meta.get("node_type") != "group":
+        raise StoreError(f"{p}: is a Zarr {meta.get('node_type', 'node')}, not a grokscope store{refuse}")
+    if "grokscope_version" not in (meta.get("attributes") or {}) and names - {"zarr.json"}:
+        raise StoreError(f"{p}: is a Zarr v3 store that grokscope did not write (no grokscope_version "
+                         f"attribute at its root){refuse}")
+
+
 class ProbeStore:
     """The driver's handle on a store folder (it alone writes; see the module docstring)."""
 
@@ -285,9 +318,12 @@ class ProbeStore:
         import zarr
 
         self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        check_store_path(self.path)
+        root_attrs = {"grokscope_version": grokscope.__version__, "layout": "run/probe"}
+        # created with its attributes in one write: a root without them would read as foreign
+        self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3, attributes=root_attrs)
         if "grokscope_version" not in self.root.attrs:
-            self.root.attrs.update({"grokscope_version": grokscope.__version__, "layout": "run/probe"})
+            self.root.attrs.update(root_attrs)
         self.groups: dict[tuple[str, str], GroupInfo] = {}
         self.templates: dict[str, Path] = {}  # template_key -> a pristine copy (see create_group)
         self._template_dir: Path | None = None
