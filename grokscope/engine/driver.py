@@ -338,8 +338,9 @@ def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
 
 
 # modules the local workers' fork server imports once, so each worker starts with them loaded
+# (worker_init: the workers ignore Ctrl-C, the driver stops them)
 PRELOAD = ["distributed", "numpy", "torch", "safetensors.torch", "xarray", "grokscope.engine.jobs",
-           "grokscope.probes", "grokscope.models", "grokscope.datasets"]
+           "grokscope.probes", "grokscope.models", "grokscope.datasets", "grokscope.engine.worker_init"]
 
 
 # Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to the worker processes they start. Setting it
