@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from grokscope.errors import GrokscopeError
 
 
 class DatasetError(GrokscopeError, ValueError):

@@ -38,16 +38,14 @@ def load(run: Path, store: Path, group: str):
     """``(acc, lc, pgd)`` Datasets of the run (acc from the ``acc`` probe, else from log.jsonl)."""
     import xarray as xr
 
-    from grokscope.engine.store import load_group
+    import grokscope
 
-    def done(ds):
-        return ds.isel(step=np.flatnonzero(ds["done"].values)).sortby("step")
-
-    lc = done(load_group(store, group, "lc"))
-    pgd = done(load_group(store, group, "pgd"))
+    tree = grokscope.open_store(store)
+    lc = tree[f"{group}/lc"].to_dataset().load()
+    pgd = tree[f"{group}/pgd"].to_dataset().load()
     try:
-        acc = done(load_group(store, group, "acc"))
-    except (OSError, KeyError, FileNotFoundError):
+        acc = tree[f"{group}/acc"].to_dataset().load()
+    except KeyError:
         from grokscope.runs import read_log
 
         log = read_log(run)

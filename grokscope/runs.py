@@ -9,7 +9,6 @@ A run is a folder::
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import json
 import os
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 import grokscope
+from grokscope.errors import GrokscopeError
 
 RUN_FORMAT = 1
 RUN_JSON = "run.json"

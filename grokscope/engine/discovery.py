@@ -23,7 +23,6 @@ safetensors metadata is used. Nothing here reads tensor data.
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import json
 import re
 import struct
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope import runs as runfmt
+from grokscope.errors import GrokscopeError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")

@@ -11,7 +11,6 @@ shape mismatches.
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import json
 import pickle
 import re
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from grokscope.errors import GrokscopeError
 
 from .discovery import Checkpoint
 

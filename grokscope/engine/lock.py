@@ -10,7 +10,6 @@ where ``flock`` is not available (some network filesystems) the holder's pid is 
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import json
 import os
 import socket
@@ -18,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from grokscope.errors import GrokscopeError
 
 LOCK_NAME = ".grokscope.lock"
 

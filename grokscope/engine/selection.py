@@ -18,10 +18,11 @@ pass an explicit list (see :func:`select_steps` on the planned save steps) for a
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import bisect
 import math
 from dataclasses import dataclass
+
+from grokscope.errors import GrokscopeError
 
 
 class SelectionError(GrokscopeError, ValueError):

@@ -49,7 +49,6 @@ with ``2**64-1``; booleans ``False``; strings ``''``. ``done`` says which cells 
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import json
 import os
 import shutil
@@ -63,6 +62,7 @@ import numpy as np
 from zarr.storage import WrapperStore
 
 import grokscope
+from grokscope.errors import GrokscopeError
 
 from . import faults
 
@@ -429,7 +429,6 @@ class ProbeStore:
         first result ``first`` (an ``xr.Dataset`` without step) is given, its variables. No data."""
         import dask.array as da
         import xarray as xr
-
         import zarr
 
         n = len(steps)

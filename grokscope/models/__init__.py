@@ -8,11 +8,12 @@ To add a built-in model, write a builder function in a module of this package an
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import importlib
 from typing import Any
 
 from torch import nn
+
+from grokscope.errors import GrokscopeError
 
 MODELS = {
     "mlp": "grokscope.models.mlp:mlp",

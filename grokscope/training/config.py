@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from grokscope.errors import GrokscopeError
 from grokscope.losses import LOSSES
 
 from .schedule import DEFAULT_SAVE, ScheduleError, eval_schedule, parse_schedule

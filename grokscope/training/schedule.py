@@ -15,8 +15,9 @@ Every schedule includes step 0 and the last step.
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import math
+
+from grokscope.errors import GrokscopeError
 
 DEFAULT_SAVE = "log:100"
 

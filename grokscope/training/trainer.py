@@ -13,7 +13,6 @@ bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-from grokscope.errors import GrokscopeError
 import inspect
 import io
 import json
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from grokscope import runs
+from grokscope.errors import GrokscopeError
 from grokscope.losses import task_loss
 
 from .config import TrainConfig, TrainConfigError
