@@ -840,7 +840,8 @@ def recheck(client: Any, p: _Plan, store: ProbeStore, cfg: EngineConfig
     for name, run in p.runs.items():
         cks = [ck for ck in run.checkpoints if (name, ck.step) in stored]
         for k in range(0, len(cks), HASH_BATCH):
-            tasks.append((name, HashTask(spec=p.specs[name], checkpoints=tuple(cks[k:k + HASH_BATCH]))))
+            tasks.append((name, HashTask(spec=p.specs[name], checkpoints=tuple(cks[k:k + HASH_BATCH]),
+                                         trust=cfg.trust, where=_spec_file(run))))
     if not tasks:
         return set(), []
     if client is None:

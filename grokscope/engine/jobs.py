@@ -123,7 +123,7 @@ def _data(spec: dict[str, Any], device: Any, dtype: Any, trust: Any, where: str)
     return _cached(_DATA, _spec_key([spec, str(device), str(dtype)]), make)
 
 
-def _trust(task: Task) -> Any:
+def _trust(task: Any) -> Any:
     """The trust the job carries; a job without one may import built-ins and entry points only."""
     from grokscope.trust import Trust
 
@@ -222,6 +222,8 @@ class HashTask:
 
     spec: dict[str, Any]
     checkpoints: tuple[Checkpoint, ...]
+    trust: Any = None  # as in Task: the code this job may import
+    where: str = "run.json"
 
 
 def hash_task(task: HashTask) -> dict[int, str]:
@@ -233,7 +235,7 @@ def hash_task(task: HashTask) -> dict[int, str]:
 
         from .loading import read_state_dict
 
-        model = _model(task.spec["model"], torch.device("cpu"))
+        model = _model(task.spec["model"], torch.device("cpu"), _trust(task), task.where)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     except Exception:  # noqa: BLE001 - the probe jobs will report why
         return {int(ck.step): "" for ck in task.checkpoints}  # type: ignore[arg-type]
@@ -272,7 +274,7 @@ def run_task(task: Task) -> list[Outcome]:
             sd = read_state_dict(ck)
         except CheckpointError as e:
             return fail_all(str(e))
-        expected = {k: tuple(v.shape) for k, v in _model(task.spec["model"], device).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in _model(task.spec["model"], device, _trust(task), task.where).state_dict().items()}
         digest, sd = content_hash(sd, expected, ck.path)
         for o in outs.values():
             o.checkpoint_hash = digest
