@@ -114,12 +114,12 @@ def test_batched_iterates_match_the_per_sample_reference(trained):
     m64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     x, y = data.split("test")
     x, y = x[:6].double().reshape(6, 64), y[:6]
-    eps, n_iter = [0.05, 0.15], 100
+    eps, n_iter = [0.05, 0.15, 0.5, 2.0], 100
     starts = unit_starts((6, 1, 64), "linf", torch.Generator().manual_seed(5))
     low, high = data.box_low.double().reshape(64), data.box_high.double().reshape(64)
     x_max, robust = apgd_perturb(m64, x, y, eps, n_iter, "linf", 1, True, low, high, starts=starts)
     with torch.no_grad():
-        f_batched = F.cross_entropy(m64(x_max.reshape(-1, 64)), y.repeat(2), reduction="none").view(2, 6)
+        f_batched = F.cross_entropy(m64(x_max.reshape(-1, 64)), y.repeat(4), reduction="none").view(4, 6)
     halvings = []
     for e_i, e in enumerate(eps):
         for i in range(6):
