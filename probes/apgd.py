@@ -98,15 +98,18 @@ def apgd_perturb(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: 
     for k in range(1, steps + 1):
         a = 1.0 if k == 1 else momentum
         z = project(cur + _per_row(eta, cur) * direction(g_cur))
-        new = project(cur + a * (z - cur) + (1 - a) * (cur - prev))
+        # x + a(z − x) + (1 − a)(x − x_prev), as one lerp from 2x − x_prev towards z
+        new = project(torch.lerp(2 * cur - prev, z, a))
         prev, cur = cur, new
         f_new, g_cur, ok = evaluate(cur)
         robust &= ok
         rises += f_new > f_cur
         f_cur = f_new
-        better = f_new > f_best
-        x_best, g_best = pick(better, cur, x_best), pick(better, g_cur, g_best)
-        f_best = torch.where(better, f_new, f_best)
+        better = (f_new > f_best).nonzero().squeeze(1)
+        if len(better):  # copy only the rows that improved
+            x_best.index_copy_(0, better, cur.index_select(0, better))
+            g_best.index_copy_(0, better, g_cur.index_select(0, better))
+            f_best.index_copy_(0, better, f_new.index_select(0, better))
         if k in checks:
             oscillating = rises <= rho * (k - last_check)
             stalled = ~halved_at_check & (f_best <= best_at_check)
