@@ -17,6 +17,8 @@ point outside the box widens the box to include it, so iterates always stay in t
 Token models are attacked in embedding space (:func:`grokscope.models.adapters.continuous_view`) with
 no box (embeddings are unbounded), ε in embedding units (the paper's GPT run used ε = 0.03 there).
 
+``attack="apgd"`` runs APGD-CE instead (:mod:`grokscope.probes.apgd`) with the same rows, starts and box.
+
 Formulas, defaults and deviations from the authors' code:
 ``docs/algorithms.md#pgd--robust-accuracy-under-pgd``.
 """
