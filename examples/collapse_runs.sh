@@ -11,8 +11,11 @@ $T --wd 0 --out "$OUT/wd0"
 $T --wd 0 --loss stablemax --out "$OUT/wd0_stablemax"
 $T --wd 0 --optim orthograd --out "$OUT/wd0_orthograd"
 grokscope probe "$OUT" --metrics acc,collapse -o "$OUT/probes.zarr"
-# 2. Without weight decay for longer (20 000 steps; ~6 min of CPU)
-$T --wd 0 --steps 20000 --save log:60 --eval-every every:200 --out "$OUT/long/wd0_20k"
+# 2. The three runs without weight decay for longer (20 000 steps; ~6 min of CPU each)
+L="--wd 0 --steps 20000 --save log:60 --eval-every every:200"
+$T $L --out "$OUT/long/wd0_20k"
+$T $L --loss stablemax --out "$OUT/long/wd0_stablemax_20k"
+$T $L --optim orthograd --out "$OUT/long/wd0_orthograd_20k"
 grokscope probe "$OUT/long" --metrics acc,collapse -o "$OUT/long/probes.zarr"
 python examples/collapse_figure.py collapse "$OUT/probes.zarr" "$OUT/long/probes.zarr" --out docs/collapse.png
 
