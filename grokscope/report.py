@@ -28,7 +28,6 @@ PHASE_COLUMNS = {"t_min1": "first descent ends", "t_peak": "peak (migration star
                  "t_fall_half": "second descent half-way", "t_min2": "second descent ends",
                  "descent1": "first descent size", "rise": "ascent size", "depth": "second descent size"}
 # grid points per side of the region picture (regions' default is 400; the report keeps it quick)
-REGION_RESOLUTION = 300
 
 
 # -- numbers as text ---------------------------------------------------------------------------------
@@ -446,25 +445,19 @@ def region_steps(summary: dict[str, Any], available: list[int]) -> dict[int, lis
     return dict(sorted(out.items()))
 
 
-def region_html(node: Any, summary: dict[str, Any], path: str, work: Path, resolution: int = REGION_RESOLUTION
-                ) -> str:
-    """The region picture of a run (:func:`grokscope.regions.regions_figure` at :func:`region_steps`),
-    or a note saying why there is none (not piecewise linear, checkpoints not here, module missing, ...)."""
-    run_dir = (summary.get("settings") or {}).get("path") or node.attrs.get("path")
-    if not run_dir or not Path(run_dir).is_dir():
-        return note_html(f"No region picture: the run folder {run_dir!r} recorded in the store is not on this "
-                         "machine (the picture needs the checkpoints).")
+def region_html(node: Any, summary: dict[str, Any], path: str, work: Path) -> str:
+    """The run's stored region pictures (probe ``regions``) at :func:`region_steps`, or a note saying
+    why there are none. Drawn from the store only: the run folder is not needed."""
+    from grokscope.regions import RegionsError, regions_figure
+
+    if "regions" not in node.children or not node["regions"].ds.sizes.get("step", 0):
+        return note_html(f"No region picture: the store has no finished regions results for {path} "
+                         "(grokscope probe RUN --metrics regions, or grokscope regions RUN).")
+    steps = region_steps(summary, [int(s) for s in node["regions"].ds.step.values])
     try:
-        from grokscope.regions import RegionsError, open_run, regions_figure
-    except ImportError as e:
-        return note_html(f"No region picture: grokscope.regions is not available ({e}).")
-    try:
-        steps = region_steps(summary, open_run(Path(run_dir)).steps)
-        png = regions_figure(Path(run_dir), list(steps), work / f"{slug(path)}_regions.png", resolution=resolution)
+        png = regions_figure(node.root, path, list(steps), work / f"{slug(path)}_regions.png")
     except RegionsError as e:
         return note_html(f"No region picture: {e}")
-    except Exception as e:  # the page still renders; the note says what failed
-        return note_html(f"No region picture: drawing the regions of {run_dir} failed ({type(e).__name__}: {e}).")
     at = ", ".join(f"{fmt_step(s)} ({', '.join(roles)})" for s, roles in steps.items())
     return img_html(png, f"{path}: linear regions (grey) and decision boundary (red) on the plane through three "
                          f"training points, at steps {at}")

@@ -21,6 +21,7 @@ BUILTIN = {
     "align": "grokscope.probes.align:AlignProbe",
     "fourier": "grokscope.probes.fourier:FourierProbe",
     "norm": "grokscope.probes.norm:NormProbe",
+    "regions": "grokscope.probes.regions:RegionsProbe",
     "collapse": "grokscope.probes.collapse:CollapseProbe",
 }
 

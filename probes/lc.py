@@ -640,10 +640,10 @@ class LCProbe(Probe):
             raise ProbeError(f"lc.splits: unknown {bad}; valid: {', '.join(SPLITS)}")
         if params.dtype not in DTYPES:
             raise ProbeError(f"lc.dtype must be one of {', '.join(DTYPES)}, got {params.dtype!r}")
-        for field, value, low in (("n_points", params.n_points, 1), ("n_dirs", params.n_dirs, 1),
+        for key, value, low in (("n_points", params.n_points, 1), ("n_dirs", params.n_dirs, 1),
                                   ("n_bisect", params.n_bisect, 1), ("max_rows", params.max_rows, 0)):
             if value < low:
-                raise ProbeError(f"lc.{field} must be >= {low}, got {value}")
+                raise ProbeError(f"lc.{key} must be >= {low}, got {value}")
         if not params.radius or any(not (float(r) > 0) for r in params.radius):
             raise ProbeError(f"lc.radius must be one or more numbers > 0, got {list(params.radius)}")
 

@@ -35,8 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from grokscope.datasets import seeded_subset
-from grokscope.functional import eval_mode
+from grokscope.functional import eval_mode, subset_indices
 from grokscope.losses import LOSSES, task_loss
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
@@ -369,7 +368,7 @@ class NormProbe(Probe):
         self.check_params(params)
         x, y = data.split("train")
         if len(y) > params.n_train:
-            idx = seeded_subset(len(y), params.n_train, params.seed)
+            idx = subset_indices(len(y), params.n_train, params.seed)
             x, y = x[idx], y[idx]
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device)
