@@ -160,3 +160,18 @@ def test_cli_takes_stablemax_and_optim_orthograd(tmp_path: Path) -> None:
     assert (train["loss"], train["optimizer"]) == ("stablemax", "orthograd")
     res = CliRunner().invoke(main, ["train", "--optim", "nope", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "orthograd" in res.output
+
+
+def test_cli_choices_are_the_library_lists() -> None:
+    """The CLI repeats LOSSES / OPTIMIZERS (to stay torch-free at import); they must not drift."""
+    from grokscope.engine.cli import spec_options
+    from grokscope.training.cli import train
+    from grokscope.training.config import OPTIMIZERS
+
+    opts = {p.name: p for p in train.params}
+    assert list(opts["loss"].type.choices) == list(LOSSES)
+    assert list(opts["optimizer"].type.choices) == list(OPTIMIZERS)
+    import click
+
+    init_opts = {p.name: p for p in spec_options(click.command()(lambda **k: None)).params}
+    assert list(init_opts["loss"].type.choices) == list(LOSSES)
