@@ -138,7 +138,7 @@ def spec_options(f):
         click.option("--dataset", default=None, metavar="NAME", help="Dataset the probes use (see grokscope.datasets)."),
         click.option("--dataset-kwargs", default=None, metavar="JSON", help="Keyword arguments of the dataset."),
         click.option("--dataset-seed", default=0, show_default=True, type=int, help="Seed of the dataset split."),
-        click.option("--loss", type=click.Choice(["ce", "mse"]), default=None,
+        click.option("--loss", type=click.Choice(["ce", "mse", "stablemax"]), default=None,
                      help="Loss the model was trained with (acc's loss); default ce."),
         click.option("--trust-code", default=None, metavar="MODULE[,MODULE]",
                      help="Modules (or pkg.module:callable) whose code a run.json may name; see "

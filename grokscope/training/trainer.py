@@ -37,6 +37,7 @@ from grokscope.errors import GrokscopeError
 from grokscope.losses import task_loss
 
 from .config import TrainConfig, TrainConfigError
+from .orthograd import orthogonalise_grads_
 from .schedule import eval_schedule, parse_schedule
 
 STATE_DIR = "state"
@@ -108,7 +109,9 @@ def _freeze(model: nn.Module, prefixes: list[str]) -> list[str]:
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
+    """The base optimiser (``orthograd`` is AdamW, ``orthograd-sgd`` SGD; :func:`_update` projects
+    their gradients first)."""
+    if config.optimizer in ("adamw", "orthograd"):
         return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas),
                                  weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -430,5 +433,7 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
         torch.nn.utils.clip_grad_value_(params, config.grad_clip_value)
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    if config.optimizer.startswith("orthograd"):
+        orthogonalise_grads_(params)
     opt.step()
     return penalty
