@@ -3,15 +3,22 @@
     python benchmarks/bench_engine.py                 # everything (about 5-10 minutes on 2 cores)
     python benchmarks/bench_engine.py --skip-scale    # overhead and speed-up only
     python benchmarks/bench_engine.py --scale-runs 20 # a smaller sweep
+    python benchmarks/bench_engine.py --only-speedup  # 1 -> 2 workers on 100 checkpoints of lc,align
 
 1. **overhead**: ``acc`` on a tiny MLP with 10 train / 10 test digits (the probe itself takes well
    under a millisecond), 1 run x 200 checkpoints; per-job time of the steady state (first to last
    result) and of the whole command, in-process (``sync``) and on the default local cluster.
-2. **speed-up**: a real probe (``lc`` when it is installed, else ``acc`` on a wide MLP) over
-   40 checkpoints with 1 and 2 local worker processes; steady-state and whole-command ratios.
+2. **speed-up**: real probes (``lc,align`` by default, ``--speedup-probes``; ``acc`` on a wide MLP
+   when they are not installed) over 100 checkpoints (``--speedup-ckpts``) with 1 and 2 local worker
+   processes; steady-state and whole-command ratios and the load average before and after.
 3. **scale**: 100 runs x 100 tiny checkpoints (10 000 jobs) probed with ``acc``: a first attempt is
    SIGKILLed half-way, the rerun finishes the rest; wall time, jobs/s, the store's file count, and the
    per-job time against the 100-job case (1 run x 100 checkpoints), which must stay within 2x.
+4. **integrity** (``--integrity``, on the scale sweep; ``--scale-runs`` to shrink it): the cost of
+   re-hashing every done checkpoint on a rerun (``--recheck``, the default, against ``--no-recheck``),
+   of the atomic growth of ``step`` (every group grown by one checkpoint; the committed-length
+   marker's share of it) and of reading through the committed view (``load_group`` against plain
+   ``xr.open_dataset``).
 
 Numbers taken on a shared machine are contended: run under ``nice`` and read ratios, not absolutes.
 """
@@ -69,7 +76,8 @@ def probe(path: Path, out: Path, metric: str = "acc", **kw) -> dict:
     from grokscope.engine.jobs import ProbeRequest
     from grokscope.probes import get_probe
 
-    cfg = EngineConfig(probes=[ProbeRequest(metric, get_probe(metric).make_params())], out=out, **kw)
+    cfg = EngineConfig(probes=[ProbeRequest(m, get_probe(m).make_params()) for m in metric.split(",")],
+                       out=out, **kw)
     marks: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -102,26 +110,28 @@ def section_overhead(work: Path) -> None:
     print(f"  ratio local/sync steady-state per job: {local['steady_per_job'] / sync['steady_per_job']:.2f}")
 
 
-def section_speedup(work: Path) -> None:
+def section_speedup(work: Path, metrics: str = "lc,align", n_ckpts: int = 100) -> None:
     from grokscope.probes import available_probes
 
-    if "lc" in available_probes():
-        metric, model, data = "lc", {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 3,
-                                                               "width": 64}}, \
+    if all(m in available_probes() for m in metrics.split(",")):
+        metric, model, data = metrics, {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 3,
+                                                                  "width": 64}}, \
             {"name": "digits", "kwargs": {"n_train": 300, "n_test": 200}, "seed": 0}
     else:
         metric, model, data = "acc", {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 3,
                                                                 "width": 1024}}, \
             {"name": "digits", "kwargs": {"n_train": 1500}, "seed": 0}
-    print(f"\n== speed-up from 1 to 2 worker processes ({metric} on {model['kwargs']}, 1 run x 40 checkpoints)")
-    runs = make_runs(work / "speedup", 1, 40, model, data)
+    print(f"\n== speed-up from 1 to 2 worker processes ({metric} on {model['kwargs']}, 1 run x {n_ckpts} "
+          f"checkpoints); load average before: {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    runs = make_runs(work / "speedup", 1, n_ckpts, model, data)
     one = probe(runs, work / "sp1.zarr", metric=metric, workers=1, threads=1)
     two = probe(runs, work / "sp2.zarr", metric=metric, workers=2, threads=1)
     for name, r in (("1 worker", one), ("2 workers", two)):
         print(f"  {name:10s} whole command {r['wall']:6.1f} s   steady state {1e3 * r['steady_per_job']:7.1f} "
               f"ms/job   inside the probe {1e3 * r['probe_per_job']:7.1f} ms/job")
     print(f"  speed-up 1 -> 2 workers: steady state x{one['steady_per_job'] / two['steady_per_job']:.2f}, "
-          f"whole command x{one['wall'] / two['wall']:.2f} (ideal x2.00 on 2 free cores)")
+          f"whole command x{one['wall'] / two['wall']:.2f} (ideal x2.00 on 2 free cores); load average "
+          f"after: {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 def _done(store: Path) -> int:
@@ -176,12 +186,60 @@ def section_scale(work: Path, n_runs: int, n_ckpts: int) -> None:
     assert done == total, f"resume left {total - done} jobs undone"
 
 
+def section_integrity(work: Path, n_runs: int, n_ckpts: int) -> None:
+    import xarray as xr
+
+    from grokscope.engine.store import COMMITTED, ProbeStore, load_group
+
+    total = n_runs * n_ckpts
+    print(f"\n== integrity: {n_runs} runs x {n_ckpts} checkpoints = {total} jobs (acc, tiny MLP)")
+    sweep = work / "sweep"
+    if not (work / "sweep.zarr").exists():
+        make_runs(sweep, n_runs, n_ckpts, TINY_MLP, TINY_DATA)
+        first = probe(sweep, work / "sweep.zarr")
+        print(f"  probed {first['jobs']} jobs in {first['wall']:.1f} s")
+    store = work / "sweep.zarr"
+    trust = probe(sweep, store, recheck=False)
+    check = probe(sweep, store, recheck=True)
+    extra = check["wall"] - trust["wall"]
+    print(f"  rerun of the complete store: --no-recheck {trust['wall']:.2f} s, --recheck {check['wall']:.2f} s "
+          f"(+{extra:.2f} s = {1e3 * extra / total:.2f} ms per checkpoint re-hashed, cluster start-up included)")
+    # atomic growth: every group grown by one step; the marker written last is its commit
+    ps = ProbeStore(store)
+    grow_s = marker_s = 0.0
+    for r in range(n_runs):
+        info = ps.group(f"run{r:03d}", "acc")
+        t = time.perf_counter()
+        info = ps.grow(info, info.steps + [n_ckpts])
+        grow_s += time.perf_counter() - t
+        t = time.perf_counter()
+        info.zgroup.attrs.update({COMMITTED: len(info.steps)})  # the marker alone, written again
+        marker_s += time.perf_counter() - t
+    print(f"  growth of {n_runs} groups by one step: {1e3 * grow_s / n_runs:.1f} ms per group, of which the "
+          f"committed-length marker {1e3 * marker_s / n_runs:.1f} ms ({100 * marker_s / grow_s:.0f} %)")
+    t = time.perf_counter()
+    for r in range(min(n_runs, 20)):
+        load_group(store, f"run{r:03d}", "acc")
+    view = (time.perf_counter() - t) / min(n_runs, 20)
+    t = time.perf_counter()
+    for r in range(min(n_runs, 20)):
+        with xr.open_dataset(store, group=f"run{r:03d}/acc", engine="zarr", consolidated=False) as ds:
+            ds.load()
+    plain = (time.perf_counter() - t) / min(n_runs, 20)
+    print(f"  reading one group: load_group (committed view) {1e3 * view:.1f} ms, plain xr.open_dataset "
+          f"{1e3 * plain:.1f} ms (x{view / plain:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--only-scale", action="store_true")
+    ap.add_argument("--integrity", action="store_true", help="only the integrity section (see above)")
     ap.add_argument("--scale-runs", type=int, default=100)
     ap.add_argument("--scale-ckpts", type=int, default=100)
+    ap.add_argument("--only-speedup", action="store_true")
+    ap.add_argument("--speedup-probes", default="lc,align")
+    ap.add_argument("--speedup-ckpts", type=int, default=100)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -190,11 +248,16 @@ def main() -> None:
     print(f"grokscope engine benchmark in {work} ({os.cpu_count()} cores, load "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})")
     try:
+        if args.integrity:
+            section_integrity(work, args.scale_runs, args.scale_ckpts)
+            return
         if not args.only_scale:
-            section_overhead(work)
-            section_speedup(work)
-        if not args.skip_scale:
+            if not args.only_speedup:
+                section_overhead(work)
+            section_speedup(work, args.speedup_probes, args.speedup_ckpts)
+        if not args.skip_scale and not args.only_speedup:
             section_scale(work, args.scale_runs, args.scale_ckpts)
+            section_integrity(work, args.scale_runs, args.scale_ckpts)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

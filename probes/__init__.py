@@ -19,6 +19,7 @@ BUILTIN = {
     "fourier": "grokscope.probes.fourier:FourierProbe",
     "norm": "grokscope.probes.norm:NormProbe",
     "regions": "grokscope.probes.regions:RegionsProbe",
+    "collapse": "grokscope.probes.collapse:CollapseProbe",
 }
 
 ENTRY_POINT_GROUP = "grokscope.probes"

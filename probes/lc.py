@@ -34,6 +34,8 @@ intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
   ``P`` images of ``r v_p`` (``P + 1`` rows instead of ``2P``), counted in closed form; a point is
   expanded to its vertices at the first layer where it crosses a kink (on CNNs: at the first
   activation, which then costs one pass instead of conv + BatchNorm + counting on ``2P`` rows).
+  Other piecewise-linear graphs (residual MLPs, encoder + head modules) take it through
+  torch.fx: ``probes/lc_fast.py``.
 
 :func:`local_complexity` is the notebook entry point; :class:`LCProbe` is the engine's ``lc`` probe
 over the point sets ``train``, ``test``, ``random`` (uniform in the data box) and ``boundary`` (points
@@ -480,9 +482,15 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
                 return LCResult(counts=torch.zeros(n, len(radii), 0, dtype=torch.int64), layers=[],
                                 neurons=[], radius=radii, n_dirs=n_dirs, seed=seed, dtype=cdtype)
             frame = cross_polytope_frame(dim, n_dirs, seed, cdtype, device)
+            graph_path = None
             v = 2 * n_dirs
             rows = max_rows or _auto_rows(counter.max_numel, z.element_size(), device)
             fast_path = fast and _fast_supported(work, forward, layers)
+            if fast and not fast_path and not layers:  # other piecewise-linear graphs: probes/lc_fast.py
+                from .lc_fast import graph_fast_path
+                graph_path = graph_fast_path(work, forward, z[:1],
+                                             lambda m: counter.has_layer(counter.module_key(m)))
+                fast_path = graph_path is not None
             chunk = max(1, rows // (n_dirs + 1 if fast_path else v))  # fast path: ~P + 1 rows per point
             cl = _channels_last(work, z, device)
             counter.n_vertices = v
@@ -498,8 +506,11 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
                     counter.start_pass(b * v)
                     try:
                         if fast_path:
-                            _run_sequential_fast(work, zc, r * frame, counter, include_output, cl,
-                                                 shared[kr])
+                            if graph_path is not None:
+                                graph_path(work, zc, r * frame, counter, include_output)
+                            else:
+                                _run_sequential_fast(work, zc, r * frame, counter, include_output, cl,
+                                                     shared[kr])
                         else:
                             verts = (zc.reshape(b, 1, dim) + r * signed[None]).reshape(b * v, *z.shape[1:])
                             if cl:

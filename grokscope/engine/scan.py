@@ -3,9 +3,9 @@
 For each run: number of checkpoints, the steps present (compactly, :func:`compact_steps`), gaps in
 the save schedule, duplicates (the same tensor contents at different steps), steps written out of
 order (file modification time against step), dtype/shape/key drift between consecutive checkpoints,
-unreadable files, files discovery could not place, and steps that ``log.jsonl`` holds more than once
-(two trainers wrote the run). Every checkpoint is read (safely, see :mod:`.loading`) to hash its
-tensors.
+checkpoints holding NaN or Inf weights (each tensor named), unreadable files, files discovery could
+not place, and steps that ``log.jsonl`` holds more than once (two trainers wrote the run). Every
+checkpoint is read (safely, see :mod:`.loading`) to hash its tensors.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def find_gaps(steps: list[int], expected: list[int] | None = None) -> list[dict[
 
 def scan_run(run: Run) -> dict[str, Any]:
     """The audit of one run as a JSON-friendly dict (see the module docstring)."""
-    from .hashing import state_dict_hash
+    from .hashing import nonfinite_tensors, state_dict_hash
     from .loading import CheckpointError, read_state_dict
 
     rows = []
@@ -128,7 +128,7 @@ def scan_run(run: Run) -> dict[str, Any]:
             continue
         sig = {k: (str(v.dtype).replace("torch.", ""), list(v.shape)) for k, v in sd.items()}
         rows.append({"step": ck.step, "file": ck.label, "hash": state_dict_hash(sd), "mtime": mtime,
-                     "bytes": size, "sig": sig})
+                     "bytes": size, "sig": sig, "nonfinite": nonfinite_tensors(sd)})
     steps = run.steps
     by_hash: dict[str, list[int]] = {}
     for r in rows:
@@ -168,6 +168,7 @@ def scan_run(run: Run) -> dict[str, Any]:
         "schedule": "run.json" if expected is not None else "inferred",
         "gaps": find_gaps(steps, expected), "duplicates": duplicates, "out_of_order": out_of_order,
         "drift": drift, "unreadable": unreadable, "log_duplicates": log_duplicates(run),
+        "nonfinite": [{"step": r["step"], "file": r["file"], "tensors": r["nonfinite"]} for r in rows if r["nonfinite"]],
         "skipped": [{"file": p.path, "reason": p.reason} for p in run.problems],
         "bytes": sum(r["bytes"] for r in rows),
         "files": [{k: r[k] for k in ("step", "file", "hash", "bytes")} for r in rows],
@@ -190,7 +191,8 @@ def scan(path: Path) -> list[dict[str, Any]]:
 
 def format_report(reports: list[dict[str, Any]]) -> str:
     """A table (one row per run) followed by the details of every finding."""
-    head = ("run", "ckpts", "steps", "gaps", "dups", "order", "drift", "unreadable", "skipped", "logdups")
+    head = ("run", "ckpts", "steps", "gaps", "dups", "order", "drift", "nonfinite", "unreadable", "skipped",
+            "logdups")
     table = []
     listed: dict[str, str] = {}  # step lists too long for the table, shown in the details
     for r in reports:
@@ -199,7 +201,8 @@ def format_report(reports: list[dict[str, Any]]) -> str:
             listed[r["path"]] = steps
         table.append((r["run"], str(r["checkpoints"]), _clip(steps, STEPS_WIDTH) or "-", str(len(r["gaps"])),
                       str(len(r["duplicates"])), str(len(r["out_of_order"])), str(len(r["drift"])),
-                      str(len(r["unreadable"])), str(len(r["skipped"])), str(len(r.get("log_duplicates", [])))))
+                      str(len(r["nonfinite"])), str(len(r["unreadable"])), str(len(r["skipped"])),
+                      str(len(r.get("log_duplicates", [])))))
     widths = [max(len(x) for x in col) for col in zip(head, *table)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *table]]
     for r in reports:
@@ -219,6 +222,10 @@ def format_report(reports: list[dict[str, Any]]) -> str:
             details.append(f"step {o['step']} ({o['file']}) was written after step {o['written_after_step']}")
         for d in r["drift"]:
             details.append(f"drift {d['from_step']} -> {d['to_step']}: {'; '.join(d['changes'])}")
+        for n in r["nonfinite"]:
+            more = f" and {len(n['tensors']) - 8} more" if len(n["tensors"]) > 8 else ""
+            details.append(f"non-finite weights at step {n['step']} ({n['file']}): "
+                           f"{', '.join(n['tensors'][:8])}{more}")
         for u in r["unreadable"]:
             details.append(f"unreadable step {u['step']}: {u['reason']}")
         for s in r["skipped"]:

@@ -37,6 +37,7 @@ from grokscope.errors import GrokscopeError
 from grokscope.losses import task_loss
 
 from .config import TrainConfig, TrainConfigError
+from .orthograd import orthogonalise_grads_
 from .schedule import eval_schedule, parse_schedule
 
 STATE_DIR = "state"
@@ -108,7 +109,9 @@ def _freeze(model: nn.Module, prefixes: list[str]) -> list[str]:
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
+    """The base optimiser (``orthograd`` is AdamW, ``orthograd-sgd`` SGD; :func:`_update` projects
+    their gradients first)."""
+    if config.optimizer in ("adamw", "orthograd"):
         return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas),
                                  weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -407,6 +410,9 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
     xb, yb = (x_train, y_train) if idx is None else (x_train[idx], y_train[idx])
     if reg is not None:
         xb = reg.transform_input(xb, {"train_acc": train_acc, "step": step})
+    wants_grad = reg is not None and reg.wants_input_grad and xb.is_floating_point()
+    if wants_grad:
+        xb = xb.detach().requires_grad_(True)
     logits = model(xb)
     loss = task_loss(logits, yb, config.loss)
     penalty = None
@@ -416,7 +422,10 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
             loss = loss + pen
             penalty = float(pen.detach())
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if wants_grad:  # into the parameters only: no gradient for the batch
+        loss.backward(inputs=[p for p in model.parameters() if p.requires_grad])
+    else:
+        loss.backward()
     if reg is not None:
         reg.after_backward(model)
     params = [p for p in model.parameters() if p.grad is not None]
@@ -424,5 +433,7 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
         torch.nn.utils.clip_grad_value_(params, config.grad_clip_value)
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    if config.optimizer.startswith("orthograd"):
+        orthogonalise_grads_(params)
     opt.step()
     return penalty
