@@ -21,6 +21,7 @@ BUILTIN = {
     "align": "grokscope.probes.align:AlignProbe",
     "fourier": "grokscope.probes.fourier:FourierProbe",
     "norm": "grokscope.probes.norm:NormProbe",
+    "llc": "grokscope.probes.llc:LLCProbe",
 }
 
 ENTRY_POINT_GROUP = "grokscope.probes"
