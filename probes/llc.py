@@ -225,8 +225,9 @@ def llc_warnings(m: dict[str, Any]) -> list[str]:
     if bad:
         return [f"diverged: non-finite loss in chain(s) {bad}; lower llc.lr"]
     noise = np.asarray(m["noise_step"])
-    ratio_g = float(np.mean(np.asarray(m["grad_step"]) / noise))
-    ratio_l = float(np.mean(np.asarray(m["loc_step"]) / noise))
+    with np.errstate(all="ignore"):
+        ratio_g = float(np.mean(np.asarray(m["grad_step"]) / noise))
+        ratio_l = float(np.mean(np.asarray(m["loc_step"]) / noise))
     if ratio_g > STEP_TO_NOISE_MAX:
         out.append(f"step size too large: the loss-gradient step is {ratio_g:.2g} x the noise step "
                    f"(> {STEP_TO_NOISE_MAX}); lower llc.lr")
@@ -244,7 +245,7 @@ def llc_warnings(m: dict[str, Any]) -> list[str]:
     return out
 
 
-def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, *, lr: float = 1e-4,
+def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, *, lr: float = 1e-3,
                  gamma: float = 100.0, beta: float | None = None, n_chains: int = 4, n_draws: int = 200,
                  n_burnin: int = 100, thin: int = 1, batch_size: int = 0, sampler: str = "sgld",
                  rms_alpha: float = 0.99, rms_eps: float = 0.1, seed: int = 0,
@@ -269,25 +270,30 @@ def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
         ch = sgld_chains(flat, x, y, lr=lr, gamma=gamma, nbeta=nbeta, chains=chains, n_draws=n_draws,
                          n_burnin=n_burnin, thin=thin, batch_size=batch_size, sampler=sampler,
                          rms_alpha=rms_alpha, rms_eps=rms_eps, seed=seed)
+    with np.errstate(all="ignore"):  # a diverged chain's inf/NaN gives NaN statistics, and a warning below
+        m = _summary(ch, init, nbeta)
+    m.update({"weight_norm": float(flat.theta.norm()), "nbeta": nbeta, "beta": beta, "n": n, "n_params": flat.dim})
+    m["warnings"] = llc_warnings(m)
+    return m
+
+
+def _summary(ch: Chains, init: float, nbeta: float) -> dict[str, Any]:
+    """The estimate and the trace statistics of :func:`estimate_llc` from the chains and L(w*)."""
     per_chain = nbeta * (ch.loss.mean(axis=1) - init)
-    m: dict[str, Any] = {
+    return {
         "llc": float(per_chain.mean()),
         "llc_std": float(per_chain.std(ddof=1)) if len(per_chain) > 1 else math.nan,
         "llc_chain": per_chain, "loss_init": init, "loss_trace": ch.loss,
         "trace_drift": trace_drift(ch.loss), "rhat": split_rhat(ch.loss), "dist": ch.dist,
         "frac_below": np.mean(ch.loss < init, axis=1),
         "grad_step": ch.grad_step, "loc_step": ch.loc_step, "noise_step": ch.noise_step,
-        "weight_norm": float(flat.theta.norm()),
-        "nbeta": nbeta, "beta": beta, "n": n, "n_params": flat.dim,
     }
-    m["warnings"] = llc_warnings(m)
-    return m
 
 
 # ============================================================================ the probe
 @dataclass(frozen=True)
 class LLCParams:
-    lr: float = 1e-4              # SGLD step size ε
+    lr: float = 1e-3              # SGLD step size ε
     gamma: float = 100.0          # localisation strength γ
     beta: float | None = None     # inverse temperature; None: 1 / log n
     n_chains: int = 4

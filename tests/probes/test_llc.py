@@ -18,7 +18,7 @@ from grokscope.probes import ProbeError, get_probe
 from grokscope.probes.llc import (FlatModel, LLCProbe, chain_seed, estimate_llc, sgld_chains, split_rhat,
                                   trace_drift)
 from grokscope.testing import check_probe
-from tests.helpers import make_run
+from tests.helpers import DIGITS as RUN_DIGITS, MLP as RUN_MLP, make_run
 
 F64 = torch.float64
 
@@ -225,22 +225,25 @@ def test_rhat_and_drift_tell_stationary_from_drifting_traces():
 def test_warnings_name_a_bad_step_size_and_gamma():
     model, x, y, _ = ols_model(n=300, D=3)
     nbeta = 300 / math.log(300)
-    kw = dict(n_chains=2, n_draws=40)
-    diverged = estimate_llc(model, x, y, mse, lr=0.05, gamma=1.0, **kw)  # ε·a ≈ 10: unstable
+    kw = dict(n_chains=2, n_draws=40, n_burnin=20)
+    # |1 − ε·a/2| ≈ 25 per step: float64 overflows within 240 steps
+    diverged = estimate_llc(model, x, y, mse, lr=0.5, gamma=1.0, **{**kw, "n_burnin": 200})
     assert diverged["warnings"] and diverged["warnings"][0].startswith("diverged")
-    large = estimate_llc(model, x, y, mse, lr=4e-3, gamma=1.0, n_burnin=50, **kw)  # ε·a/4 ≈ 0.5
+    # nβ ≈ 52.6 and H ≈ 2I, so a ≈ 106: ε = 1.5e-2 gives ε·a/4 ≈ 0.4, a step-to-noise ratio ≈ 0.8
+    large = estimate_llc(model, x, y, mse, lr=1.5e-2, gamma=1.0, **kw)
     assert any(w.startswith("step size too large") for w in large["warnings"])
-    stiff = estimate_llc(model, x, y, mse, lr=2e-3, gamma=2000.0, n_burnin=50, **kw)  # ε·γ/4 = 1
+    # γ = 600, ε = 2e-3: localisation-to-noise ratio² = εγ²/(4a(1 − εa/4)) ≈ 0.4
+    stiff = estimate_llc(model, x, y, mse, lr=2e-3, gamma=600.0, **kw)
     assert any(w.startswith("gamma too large") for w in stiff["warnings"])
-    slow = estimate_llc(model, x, y, mse, lr=1e-6, gamma=1.0, n_burnin=0, **kw)  # still climbing
+    slow = estimate_llc(model, x, y, mse, lr=1e-6, gamma=1.0, **{**kw, "n_burnin": 0})  # still climbing
     assert any(w.startswith("not stationary") for w in slow["warnings"])
     with torch.no_grad():  # w* off the minimum and no localisation: the chains slide below L(w*)
         model.bias.add_(1.0)
     downhill = estimate_llc(model, x, y, mse, lr=1e-4, gamma=0.0, **kw)
     assert downhill["llc"] < 0 and any(w.startswith("negative LLC") for w in downhill["warnings"])
     assert np.all(downhill["frac_below"] > 0.9)
-    healthy = estimate_llc(model.requires_grad_(True), *ols_model(n=300, D=3)[1:3], mse, lr=2e-4, gamma=1.0,
-                           n_burnin=200, n_chains=4, n_draws=200)
+    fresh, xh, yh, _ = ols_model(n=300, D=3)  # at its minimum; ε·a/4 ≈ 0.05, autocorrelation ≈ 10 steps
+    healthy = estimate_llc(fresh, xh, yh, mse, lr=2e-3, gamma=1.0, n_burnin=100, n_chains=4, n_draws=200)
     assert healthy["warnings"] == [], healthy["warnings"]
     assert nbeta == pytest.approx(healthy["nbeta"])
 
@@ -298,8 +301,8 @@ def test_probe_through_the_engine_and_the_sweep(tmp_path, cli):
     # the stored numbers are the functional core's on the same checkpoint
     from grokscope.engine.loading import load_into, read_state_dict
     from grokscope.runs import checkpoint_path
-    model = load_into(build_model(MLP), read_state_dict(checkpoint_path(run, 20)), "step 20").eval()
-    x, y = load_dataset(DIGITS | {"kwargs": {"n_train": 300, "n_test": 200}}).split("train")
+    model = load_into(build_model(RUN_MLP), read_state_dict(checkpoint_path(run, 20)), "step 20").eval()
+    x, y = load_dataset(RUN_DIGITS).split("train")
     m = estimate_llc(model, x, y, nn.functional.cross_entropy, lr=1e-6, n_chains=2, n_draws=6, n_burnin=2)
     np.testing.assert_allclose(ds.loss_trace.sel(step=20).values, m["loss_trace"], rtol=1e-6)
     assert get_probe("llc") is LLCProbe
