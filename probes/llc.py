@@ -52,7 +52,7 @@ from grokscope.datasets import seeded_subset
 from grokscope.functional import eval_mode
 from grokscope.losses import LOSSES, task_loss
 
-from .base import PanelSpec, Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
 
 SAMPLERS = ("sgld", "rmsprop")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -346,6 +346,7 @@ class LLCProbe(Probe):
         PanelSpec("llc", "Local learning coefficient", "λ̂ (mean over chains)", higher_is_better=None),
         PanelSpec("rhat", "LLC chains: split R-hat", "R̂ of the loss traces", headline=False),
     )
+    events = (EventSpec("llc_fall", "llc", "fall", "the fall of the local learning coefficient"),)
 
     @classmethod
     def check_params(cls, p: LLCParams) -> None:
