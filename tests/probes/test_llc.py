@@ -23,6 +23,15 @@ from tests.helpers import DIGITS as RUN_DIGITS, MLP as RUN_MLP, make_run
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These problems are tiny: one torch thread is fastest and does not fight other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def mse(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return ((out.reshape(-1) - t) ** 2).mean()
 
