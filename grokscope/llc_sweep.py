@@ -1,58 +1,55 @@
-"""``grokscope llc-sweep``: calibrate the ``llc`` probe's step size ε and localisation γ on one checkpoint.
+"""Calibrate the ``llc`` probe's step size ε and localisation γ on one checkpoint.
 
 Runs the probe's sampler (:func:`grokscope.probes.llc.estimate_llc`, the same code the probe runs) for
 every pair of a small grid of ``lr`` × ``gamma`` on one checkpoint of a run, prints one line per pair
 (the estimate, its spread over chains, split R-hat, step-to-noise ratios and the warnings) and draws
 every chain's trace ``nβ (L(w_t) − L(w*))`` in a grid of panels (rows: γ, columns: ε), so a healthy
 setting (flat, overlapping traces, no warning) can be told from a bad one before a whole run is probed.
+The command is ``grokscope llc-sweep`` (:mod:`grokscope.cli.llc_sweep`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
-import click
 import numpy as np
 import torch
 
 from grokscope.errors import GrokscopeError
 
 
-def parse_grid(text: str, what: str) -> list[float]:
-    """``"1e-4,3e-4"`` → ``[1e-4, 3e-4]``; raises ``click.BadParameter`` naming ``what`` otherwise."""
-    try:
-        values = [float(t) for t in text.replace(" ", "").split(",") if t]
-    except ValueError:
-        raise click.BadParameter(f"{what} must be comma-separated numbers like 1e-4,3e-4, got {text!r}") from None
-    if not values or any(not (v >= 0 and math.isfinite(v)) for v in values):
-        raise click.BadParameter(f"{what} must be one or more numbers >= 0, got {text!r}")
-    return values
-
-
 def load_checkpoint(run_dir: Path, step: int | None, device: str = "cpu") -> tuple[Any, Any, dict[str, Any], int]:
-    """``(model with the weights of checkpoint step, data, run spec, step)`` of the run in ``run_dir``
-    (``step=None``: the last checkpoint)."""
+    """``(model with the weights of checkpoint step, data, run spec, step)`` of the one run in ``run_dir``
+    (``step=None``: the last checkpoint). Code the run names is imported only as the user's allow-list
+    permits (:mod:`grokscope.trust`). Raises :class:`GrokscopeError` naming the folder or step at fault."""
     from grokscope.datasets import load_dataset
+    from grokscope.engine.discovery import find_runs
     from grokscope.engine.loading import load_into, read_state_dict
     from grokscope.models import build_model
-    from grokscope.regions import open_run, select_steps
 
-    run = open_run(run_dir)
-    steps = [c.step for c in run.checkpoints]
-    chosen = select_steps("last" if step is None else str(step), steps)[0]
+    found = find_runs(Path(run_dir))
+    if len(found) != 1:
+        raise GrokscopeError(f"{run_dir}: holds {len(found)} runs; pass one run folder")
+    run = found[0]
+    if run.spec is None:
+        raise GrokscopeError(run.spec_error or f"{run_dir}: no run.json (write one with `grokscope init`)")
+    steps = sorted(int(c.step) for c in run.checkpoints)
+    if not steps:
+        raise GrokscopeError(f"{run_dir}: no usable checkpoints")
+    chosen = steps[-1] if step is None else int(step)
+    if chosen not in steps:
+        near = min(steps, key=lambda s: abs(s - chosen))
+        raise GrokscopeError(f"{run_dir}: step {chosen} has no checkpoint (nearest: {near})")
     ck = next(c for c in run.checkpoints if c.step == chosen)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the skeleton's init is overwritten by the checkpoint
-            model = build_model(run.spec["model"]).to(device)
-        data = load_dataset(run.spec["dataset"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise GrokscopeError(f"{run_dir}/run.json: cannot build the model or dataset: {e}") from None
+    where = f"{run_dir}/run.json"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the skeleton's init is overwritten by the checkpoint
+        model = build_model(run.spec["model"], None, where).to(device)
+    data = load_dataset(run.spec["dataset"], None, where)
     load_into(model, read_state_dict(ck), ck.path)
-    return model.eval(), data.to(device) if device != "cpu" else data, run.spec, int(chosen)
+    return model.eval(), data.to(device) if device != "cpu" else data, run.spec, chosen
 
 
 def sweep(model: Any, data: Any, spec: dict[str, Any], params: Any, lrs: Sequence[float],
@@ -113,53 +110,3 @@ def sweep_figure(results: list[dict[str, Any]], lrs: Sequence[float], gammas: Se
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-@click.command("llc-sweep")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--step", type=int, default=None, help="Checkpoint step [default: the last].")
-@click.option("--lr", "lr_text", default="1e-5,1e-4,1e-3", show_default=True, metavar="E1,E2,...",
-              help="SGLD step sizes ε to try.")
-@click.option("--gamma", "gamma_text", default="100", show_default=True, metavar="G1,G2,...",
-              help="Localisation strengths γ to try.")
-@click.option("--param", "param_items", multiple=True, metavar="FIELD=VALUE",
-              help="Any other llc parameter (n_chains=4, n_draws=200, sampler=rmsprop, ...); repeat.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG of the traces [default: RUN_DIR/plots/llc-sweep-step-S.png].")
-@click.option("--device", default="cpu", show_default=True, help="torch device.")
-def llc_sweep(run_dir: Path, step: int | None, lr_text: str, gamma_text: str, param_items: tuple[str, ...],
-              out: Path | None, device: str) -> None:
-    """Try a grid of llc step sizes (--lr) and localisations (--gamma) on one checkpoint of RUN_DIR;
-    print the estimate and diagnostics of each and plot every chain's trace."""
-    from grokscope.probes.llc import LLCProbe
-
-    lrs, gammas = parse_grid(lr_text, "--lr"), parse_grid(gamma_text, "--gamma")
-    overrides = {}
-    for item in param_items:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise click.BadParameter(f"--param needs FIELD=VALUE, got {item!r}")
-        overrides[key.strip().removeprefix("llc.")] = value
-    try:
-        params = LLCProbe.make_params(overrides)
-        for lr in lrs:
-            for gamma in gammas:
-                LLCProbe.check_params(dataclasses.replace(params, lr=lr, gamma=gamma))
-        model, data, spec, chosen = load_checkpoint(run_dir, step, device)
-        LLCProbe().check(model, data, params)
-        results = sweep(model, data, spec, params, lrs, gammas)
-    except GrokscopeError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"{run_dir} step {chosen}: n={results[0]['n']}, nβ={results[0]['nbeta']:.4g}, "
-               f"{params.n_chains} chains x {params.n_draws} draws after {params.n_burnin} burn-in steps, "
-               f"{params.sampler}")
-    click.echo(f"{'lr':>9} {'gamma':>9} {'llc':>10} {'std':>9} {'rhat':>7} {'grad/noise':>10} {'loc/noise':>9}  warnings")
-    for r in results:
-        g = float(np.mean(r["grad_step"] / r["noise_step"]))
-        l_ = float(np.mean(r["loc_step"] / r["noise_step"]))
-        click.echo(f"{r['lr']:>9.3g} {r['gamma']:>9.3g} {r['llc']:>10.4g} {r['llc_std']:>9.3g} {r['rhat']:>7.3f} "
-                   f"{g:>10.3g} {l_:>9.3g}  {'; '.join(r['warnings']) or '-'}")
-    out = out or Path(run_dir) / "plots" / f"llc-sweep-step-{chosen}.png"
-    sweep_figure(results, lrs, gammas, out, f"{Path(run_dir).name}, step {chosen}: llc traces "
-                 f"({params.sampler}, n={results[0]['n']}, nβ={results[0]['nbeta']:.4g})")
-    click.echo(f"wrote {out}")

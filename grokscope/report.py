@@ -28,7 +28,6 @@ PHASE_COLUMNS = {"t_min1": "first descent ends", "t_peak": "peak (migration star
                  "t_fall_half": "second descent half-way", "t_min2": "second descent ends",
                  "descent1": "first descent size", "rise": "ascent size", "depth": "second descent size"}
 # grid points per side of the region picture (regions' default is 400; the report keeps it quick)
-REGION_RESOLUTION = 300
 
 
 # -- numbers as text ---------------------------------------------------------------------------------
@@ -248,6 +247,7 @@ ul.summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.6em 1em .6e
 .settings{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start} .settings table{margin:0}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #e0e0e0}
 figcaption{color:#555;font-size:.85em}
+.warning{color:#a00000;border-left:4px solid #a00000;padding-left:.5em}
 .note{background:#fff8e1;border-left:4px solid #e0a800;padding:.4em .8em;font-size:.9em}
 nav ul{columns:2}
 """
@@ -307,6 +307,10 @@ def settings_line(settings: dict[str, Any]) -> str:
             name = spec.get("arch") or spec.get("factory") or spec.get("name") or what
             kw = ", ".join(f"{k}={fmt_num(v)}" for k, v in (spec.get("kwargs") or {}).items())
             seed = f" seed {spec['seed']}" if "seed" in spec and what == "dataset" else ""
+            if what == "dataset":
+                from grokscope.datasets import describe_split
+
+                seed = f", {describe_split(spec)}"
             parts.append(f"{what} {name}({kw}){seed}")
     train = settings.get("train")
     if isinstance(train, dict):
@@ -446,25 +450,19 @@ def region_steps(summary: dict[str, Any], available: list[int]) -> dict[int, lis
     return dict(sorted(out.items()))
 
 
-def region_html(node: Any, summary: dict[str, Any], path: str, work: Path, resolution: int = REGION_RESOLUTION
-                ) -> str:
-    """The region picture of a run (:func:`grokscope.regions.regions_figure` at :func:`region_steps`),
-    or a note saying why there is none (not piecewise linear, checkpoints not here, module missing, ...)."""
-    run_dir = (summary.get("settings") or {}).get("path") or node.attrs.get("path")
-    if not run_dir or not Path(run_dir).is_dir():
-        return note_html(f"No region picture: the run folder {run_dir!r} recorded in the store is not on this "
-                         "machine (the picture needs the checkpoints).")
+def region_html(node: Any, summary: dict[str, Any], path: str, work: Path) -> str:
+    """The run's stored region pictures (probe ``regions``) at :func:`region_steps`, or a note saying
+    why there are none. Drawn from the store only: the run folder is not needed."""
+    from grokscope.regions import RegionsError, regions_figure
+
+    if "regions" not in node.children or not node["regions"].ds.sizes.get("step", 0):
+        return note_html(f"No region picture: the store has no finished regions results for {path} "
+                         "(grokscope probe RUN --metrics regions, or grokscope regions RUN).")
+    steps = region_steps(summary, [int(s) for s in node["regions"].ds.step.values])
     try:
-        from grokscope.regions import RegionsError, open_run, regions_figure
-    except ImportError as e:
-        return note_html(f"No region picture: grokscope.regions is not available ({e}).")
-    try:
-        steps = region_steps(summary, open_run(Path(run_dir)).steps)
-        png = regions_figure(Path(run_dir), list(steps), work / f"{slug(path)}_regions.png", resolution=resolution)
+        png = regions_figure(node.root, path, list(steps), work / f"{slug(path)}_regions.png")
     except RegionsError as e:
         return note_html(f"No region picture: {e}")
-    except Exception as e:  # the page still renders; the note says what failed
-        return note_html(f"No region picture: drawing the regions of {run_dir} failed ({type(e).__name__}: {e}).")
     at = ", ".join(f"{fmt_step(s)} ({', '.join(roles)})" for s, roles in steps.items())
     return img_html(png, f"{path}: linear regions (grey) and decision boundary (red) on the plane through three "
                          f"training points, at steps {at}")
@@ -488,8 +486,15 @@ def summaries(store: Path, **thresholds: Any) -> dict[str, dict[str, Any]]:
     """``{run path: run_summary(run node, **thresholds)}`` for every run of ``store`` (JSON-safe)."""
     from grokscope.analysis import run_summary
 
+    from grokscope.runlog import store_split_checks
+
     _, runs = load_runs(Path(store))
-    return {path: run_summary(node, **thresholds) for path, node in runs}
+    out = {path: run_summary(node, **thresholds) for path, node in runs}
+    for name, lines in store_split_checks(Path(store)).items():
+        for path in out:
+            if path.strip("/").split("/")[-1] == name:
+                out[path]["split_check"] = lines
+    return out
 
 
 def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: Path,
@@ -502,6 +507,9 @@ def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: 
     parts.append(f"<p class='meta'>{_e(settings_line(settings))}<br>run folder: <code>{_e(folder)}</code>; "
                  f"probes: {_e(', '.join(sorted(node.children)))}</p>")
     lines = describe_run(summary)
+    checks = summary.get("split_check") or []
+    if checks:
+        parts.append("".join(f"<p class='warning'><strong>{_e(c)}</strong></p>" for c in checks))
     parts.append("<h3>In plain words</h3>")
     parts.append("<ul class='summary'>" + "".join(f"<li>{_e(s)}</li>" for s in lines) + "</ul>" if lines
                  else "<p class='meta'>Nothing to say: no accuracy, LC, PGD or change-point results.</p>")

@@ -26,6 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from grokscope.functional import eval_mode, pad_stack, subset_indices
+from grokscope.functional.points import SELECTIONS
+
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -106,7 +109,7 @@ def batched_jacobian(f: Fn, x: torch.Tensor, mode: str = "auto", memory_mb: floa
     cheaper of the two, from one probe forward of a single sample). Samples are processed in chunks
     so that one chunk's Jacobians take about ``memory_mb``. A module is evaluated in eval mode.
     """
-    with eval_mode(f):
+    with eval_mode(f, freeze=True):
         chunks = [j for _, _, j in _jacobian_chunks(f, x, mode, memory_mb)]
     return torch.cat(chunks, dim=0)
 
@@ -181,14 +184,30 @@ def jacobian_sq_norm_estimate(f: Fn, z: torch.Tensor, n_proj: int = 1, *, direct
         raise ValueError(f"n_proj must be >= 1, got {n_proj}")
     with torch.enable_grad():
         zz = z if z.requires_grad else _leaf(z)
-        out = _outputs(f, zz)
-        n, c = out.shape
-        v = random_directions(n_proj, n, c, directions, generator, out.dtype, out.device)
-        total = out.new_zeros(n)
-        for i in range(n_proj):
-            (g,) = torch.autograd.grad(out, zz, grad_outputs=v[i], create_graph=create_graph,
-                                       retain_graph=create_graph or i < n_proj - 1)
-            total = total + _flat(g).pow(2).sum(dim=1)
+        return jacobian_sq_norm_from_outputs(_outputs(f, zz), zz, n_proj, directions=directions,
+                                             generator=generator, create_graph=create_graph)
+
+
+def jacobian_sq_norm_from_outputs(out: torch.Tensor, z: torch.Tensor, n_proj: int = 1, *,
+                                  directions: str = "sphere", generator: torch.Generator | None = None,
+                                  create_graph: bool = False) -> torch.Tensor:
+    """:func:`jacobian_sq_norm_estimate` on a forward pass already done: ``out (n, C)`` computed from
+    ``z`` (which requires grad), e.g. the logits of the task loss, whose graph is then shared. All
+    ``n_proj`` projections go through one batched vector–Jacobian product (``is_grads_batched``).
+    The same directions are drawn as by :func:`jacobian_sq_norm_estimate`. Shape ``(n,)``."""
+    if n_proj < 1:
+        raise ValueError(f"n_proj must be >= 1, got {n_proj}")
+    n, c = out.shape
+    v = random_directions(n_proj, n, c, directions, generator, out.dtype, out.device)
+    with torch.enable_grad():
+        if n_proj == 1:
+            (g,) = torch.autograd.grad(out, z, grad_outputs=v[0], create_graph=create_graph,
+                                       retain_graph=True)
+            total = _flat(g).pow(2).sum(dim=1)
+        else:
+            (g,) = torch.autograd.grad(out, z, grad_outputs=v, create_graph=create_graph, retain_graph=True,
+                                       is_grads_batched=True)
+            total = g.reshape(n_proj, n, -1).pow(2).sum(dim=2).sum(dim=0)
     return total * (c / n_proj)
 
 
@@ -269,27 +288,6 @@ def _centroid_stats(mu: torch.Tensor, xf: torch.Tensor, xn: torch.Tensor) -> dic
             "centroid_norm": norm}
 
 
-@contextlib.contextmanager
-def eval_mode(model: object, freeze: bool = True) -> Iterator[None]:
-    """Put ``model`` (an ``nn.Module``, or the module a bound method belongs to) in eval mode —
-    samples must not interact (no train-mode BatchNorm) — and, with ``freeze``, turn off its
-    parameters' ``requires_grad`` (only input gradients are wanted); both restored afterwards."""
-    module = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
-    if not isinstance(module, nn.Module):
-        yield
-        return
-    was = module.training
-    frozen = [p for p in module.parameters() if p.requires_grad] if freeze else []
-    module.eval()
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        module.train(was)
-        for p in frozen:
-            p.requires_grad_(True)
-
 
 def jacobian_alignment(f: Fn, x: torch.Tensor, *, n_proj: int | None = None, max_rows: int = 256,
                        mode: str = "auto", memory_mb: float = 256.0, seed: int = 0
@@ -314,7 +312,7 @@ def jacobian_alignment(f: Fn, x: torch.Tensor, *, n_proj: int | None = None, max
     if n_proj is not None and n_proj < 1:
         raise ValueError(f"align: n_proj must be >= 1 (or None for exact), got {n_proj}")
     parts: list[dict[str, torch.Tensor]] = []
-    with eval_mode(f):
+    with eval_mode(f, freeze=True):
         with torch.no_grad():
             c = _outputs(f, x[:1]).shape[1]
         exact = n_proj is None and c <= max_rows
@@ -348,17 +346,6 @@ def _stats_estimated(f: Fn, x: torch.Tensor, n_proj: int, gen: torch.Generator, 
     out.update(row_cos=torch.full((x.shape[0], c), math.nan, dtype=xn.dtype, device=xn.device),
                jac_fro=fro, pc1=nan, jac_align=jx.norm(dim=1) / (fro * xn).clamp_min(EPS))
     return out
-
-
-def select_points(n: int, k: int, selection: str = "first", seed: int = 0) -> torch.Tensor:
-    """Indices of the probed points of a split of size ``n``: the first ``min(k, n)`` (``"first"``)
-    or the first ``min(k, n)`` of a permutation seeded by ``seed`` (``"random"``); ``k <= 0``: all."""
-    k = n if k <= 0 else min(k, n)
-    if selection == "first":
-        return torch.arange(k)
-    if selection == "random":
-        return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k]
-    raise ProbeError(f"align.selection must be 'first' or 'random', not {selection!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +383,16 @@ class AlignProbe(Probe):
     events = (EventSpec("alignment_rise", "centroid_cos_mean", "rise", "the rise of centroid alignment",
                         "train"),)
 
+    @classmethod
+    def check_params(cls, params: AlignParams) -> None:
+        if params.selection not in SELECTIONS:
+            raise ProbeError(f"align.selection must be 'first' or 'random', not {params.selection!r}")
+        if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
+            raise ProbeError(f"align.splits must be train and/or test, got {list(params.splits)}")
+        for key, value, low in (("n_proj", params.n_proj, 0), ("max_rows", params.max_rows, 1)):
+            if value < low:
+                raise ProbeError(f"align.{key} must be >= {low}, got {value}")
+
     def compute(self, model: nn.Module, data, params: AlignParams, ctx: ProbeContext):
         import xarray as xr
 
@@ -409,7 +406,7 @@ class AlignProbe(Probe):
         results = []
         for split in params.splits:
             x, _ = data.split(split)
-            x = x[select_points(len(x), params.n_points, params.selection, params.seed)].to(device)
+            x = x[subset_indices(len(x), params.n_points, params.seed, params.selection)].to(device)
             if x.is_floating_point():
                 x = x.to(dtype)
             with eval_mode(model):
@@ -425,15 +422,11 @@ def _to_dataset(xr, splits: list[str], results: list[dict[str, np.ndarray]]):
     n = max(len(r["jac_fro"]) for r in results)
     c = results[0]["row_cos"].shape[1]
 
-    def pad(a: np.ndarray) -> np.ndarray:
-        out = np.full((n,) + a.shape[1:], np.nan)
-        out[: len(a)] = a
-        return out
-
     data_vars = {}
     for v in SCALARS:
-        data_vars[v] = (("split", "sample"), np.stack([pad(r[v]) for r in results]))
-    data_vars["row_cos"] = (("split", "sample", "output"), np.stack([pad(r["row_cos"]) for r in results]))
+        data_vars[v] = (("split", "sample"), pad_stack([r[v] for r in results], n, dtype=np.float64))
+    data_vars["row_cos"] = (("split", "sample", "output"),
+                            pad_stack([r["row_cos"] for r in results], n, dtype=np.float64))
     with np.errstate(all="ignore"), _quiet_nan_warnings():
         for v in (*SCALARS, "row_cos"):
             a = data_vars[v][1].reshape(len(splits), -1)

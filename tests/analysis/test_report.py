@@ -21,7 +21,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """A real store: one tiny digits MLP run, probed with acc, pgd (two ε) and lc at 5 checkpoints."""
+    """A real store: one tiny digits MLP run, probed with acc, pgd (two ε), lc and regions at 5 checkpoints."""
     import torch
 
     torch.set_num_threads(1)
@@ -29,7 +29,8 @@ def store(tmp_path_factory) -> Path:
     make_run(root / "runs" / "r0", steps=[0, 2, 8, 32, 64])
     out = root / "probes.zarr"
     res = CliRunner().invoke(main, [
-        "probe", str(root / "runs"), "-m", "acc,pgd,lc", "--scheduler", "sync", "-q", "--out", str(out),
+        "probe", str(root / "runs"), "-m", "acc,pgd,lc,regions", "--scheduler", "sync", "-q", "--out", str(out),
+        "--param", "regions.resolution=48",
         "--param", "pgd.n_points=64", "--param", "pgd.eps=0.05,0.5", "--param", "pgd.steps=3",
         "--param", "lc.n_points=32", "--param", "lc.n_dirs=4", "--param", "lc.splits=train,test"])
     assert res.exit_code == 0, res.output
@@ -176,19 +177,29 @@ def test_report_options_and_errors(store, tmp_path):
 
 
 def test_region_picture_notes(store, tmp_path):
-    """Where no region picture can be drawn the page says why, instead of failing."""
-    import xarray as xr
+    """Where no region picture can be drawn the page says why, instead of failing; the picture comes
+    from the store alone (the run folder is not needed)."""
+    import shutil
 
+    import grokscope
     from grokscope.report import region_html
 
-    node = xr.open_datatree(store, engine="zarr", consolidated=False)["r0"]
-    gone = region_html(node, {"settings": {"path": str(tmp_path / "moved")}}, "r0", tmp_path)
-    assert "No region picture" in gone and "moved" in gone and "not on this machine" in gone
-    gelu = make_run(tmp_path / "gelu", steps=[0, 1], model={"arch": "mlp", "kwargs": {
-        "in_dim": 64, "out_dim": 10, "depth": 1, "width": 8, "activation_name": "gelu"}})
-    smooth = region_html(node, {"settings": {"path": str(gelu)}}, "gelu", tmp_path)
-    assert "No region picture" in smooth and "not piecewise linear" in smooth and "GELU" in smooth
-    assert "<img" not in gone + smooth
+    tree = grokscope.open_store(store)
+    run_dir = Path(tree["r0"].attrs["path"])
+    moved = tmp_path / "moved"
+    shutil.move(str(run_dir), moved)
+    try:
+        drawn = region_html(tree["r0"], {}, "r0", tmp_path)
+    finally:
+        shutil.move(str(moved), run_dir)
+    assert "<img" in drawn and "linear regions (grey)" in drawn
+    bare = make_run(tmp_path / "bare", steps=[0, 1])
+    out = tmp_path / "bare.zarr"
+    res = CliRunner().invoke(main, ["probe", str(bare), "-m", "acc", "--scheduler", "sync", "-q", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    none = region_html(grokscope.open_store(out)["bare"], {}, "bare", tmp_path)
+    assert "No region picture" in none and "grokscope probe RUN --metrics regions" in none
+    assert "<img" not in none
 
 
 def _builtin_event_words():

@@ -98,3 +98,33 @@ def test_lc_check_names_a_model_without_layers():
     data = load_dataset(DIGITS)
     with pytest.raises(ProbeError, match="no layer to count.*lc.layers="):
         lc().check(model, data, lc.default_params())
+
+
+def test_one_point_selection_and_padding_rule():
+    from grokscope.datasets import seeded_subset
+    from grokscope.functional import pad_stack, subset_indices
+
+    assert subset_indices(10, 0).tolist() == list(range(10))
+    assert subset_indices(10, 10, selection="random").tolist() == list(range(10))  # all: in order
+    assert subset_indices(10, 3, selection="first").tolist() == [0, 1, 2]
+    assert subset_indices(10, 4, seed=3).tolist() == seeded_subset(10, 4, 3).tolist()
+    out = pad_stack([np.array([1, 2, 3], dtype=np.int32), np.array([4], dtype=np.int32)], 3)
+    assert out.dtype == np.int32 and out.tolist() == [[1, 2, 3], [4, -1, -1]]
+    f = pad_stack([np.ones((1, 2)), np.ones((2, 2))], 2)
+    assert np.isnan(f[0, 1]).all() and f.shape == (2, 2, 2)
+    b = pad_stack([np.array([True]), np.array([True, True])], 2)
+    assert b.tolist() == [[True, False], [True, True]]
+
+
+def test_eval_mode_restores_mode_and_grad_flags():
+    from grokscope.functional import eval_mode
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).train()
+    with pytest.raises(RuntimeError):
+        with eval_mode(m, freeze=True):
+            assert not m.training and not any(p.requires_grad for p in m.parameters())
+            raise RuntimeError
+    assert m.training and all(p.requires_grad for p in m.parameters())
+    with eval_mode(m.forward):  # a bound method: its module
+        assert not m.training
+    assert m.training

@@ -16,11 +16,11 @@ COMMANDS = {
     "scan": ("grokscope.engine.cli:scan", "Audit the checkpoints under a path."),
     "probes": ("grokscope.engine.cli:probes", "List the available probes, parameters and outputs."),
     "probe": ("grokscope.engine.cli:probe", "Run probes over checkpoints into a Zarr store."),
-    "simulate": ("grokscope.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
+    "simulate": ("grokscope.cli.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
     "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
     "report": ("grokscope.report:report", "One self-contained HTML page (or --json) about a probe store."),
-    "llc-sweep": ("grokscope.llc_sweep:llc_sweep", "Try llc step sizes and localisations on one checkpoint; plot the traces."),
-    "regions": ("grokscope.regions:regions", "Draw linear regions on the plane through three training points."),
+    "llc-sweep": ("grokscope.cli.llc_sweep:llc_sweep", "Try llc step sizes and localisations on one checkpoint; plot the traces."),
+    "regions": ("grokscope.cli.regions:regions", "Draw linear regions on the plane through three training points."),
 }
 
 
