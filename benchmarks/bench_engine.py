@@ -14,6 +14,11 @@
 3. **scale**: 100 runs x 100 tiny checkpoints (10 000 jobs) probed with ``acc``: a first attempt is
    SIGKILLed half-way, the rerun finishes the rest; wall time, jobs/s, the store's file count, and the
    per-job time against the 100-job case (1 run x 100 checkpoints), which must stay within 2x.
+4. **integrity** (``--integrity``, on the scale sweep; ``--scale-runs`` to shrink it): the cost of
+   re-hashing every done checkpoint on a rerun (``--recheck``, the default, against ``--no-recheck``),
+   of the atomic growth of ``step`` (every group grown by one checkpoint; the committed-length
+   marker's share of it) and of reading through the committed view (``load_group`` against plain
+   ``xr.open_dataset``).
 
 Numbers taken on a shared machine are contended: run under ``nice`` and read ratios, not absolutes.
 """
@@ -181,10 +186,55 @@ def section_scale(work: Path, n_runs: int, n_ckpts: int) -> None:
     assert done == total, f"resume left {total - done} jobs undone"
 
 
+def section_integrity(work: Path, n_runs: int, n_ckpts: int) -> None:
+    import xarray as xr
+
+    from grokscope.engine.store import COMMITTED, ProbeStore, load_group
+
+    total = n_runs * n_ckpts
+    print(f"\n== integrity: {n_runs} runs x {n_ckpts} checkpoints = {total} jobs (acc, tiny MLP)")
+    sweep = work / "sweep"
+    if not (work / "sweep.zarr").exists():
+        make_runs(sweep, n_runs, n_ckpts, TINY_MLP, TINY_DATA)
+        first = probe(sweep, work / "sweep.zarr")
+        print(f"  probed {first['jobs']} jobs in {first['wall']:.1f} s")
+    store = work / "sweep.zarr"
+    trust = probe(sweep, store, recheck=False)
+    check = probe(sweep, store, recheck=True)
+    extra = check["wall"] - trust["wall"]
+    print(f"  rerun of the complete store: --no-recheck {trust['wall']:.2f} s, --recheck {check['wall']:.2f} s "
+          f"(+{extra:.2f} s = {1e3 * extra / total:.2f} ms per checkpoint re-hashed, cluster start-up included)")
+    # atomic growth: every group grown by one step; the marker written last is its commit
+    ps = ProbeStore(store)
+    grow_s = marker_s = 0.0
+    for r in range(n_runs):
+        info = ps.group(f"run{r:03d}", "acc")
+        t = time.perf_counter()
+        info = ps.grow(info, info.steps + [n_ckpts])
+        grow_s += time.perf_counter() - t
+        t = time.perf_counter()
+        info.zgroup.attrs.update({COMMITTED: len(info.steps)})  # the marker alone, written again
+        marker_s += time.perf_counter() - t
+    print(f"  growth of {n_runs} groups by one step: {1e3 * grow_s / n_runs:.1f} ms per group, of which the "
+          f"committed-length marker {1e3 * marker_s / n_runs:.1f} ms ({100 * marker_s / grow_s:.0f} %)")
+    t = time.perf_counter()
+    for r in range(min(n_runs, 20)):
+        load_group(store, f"run{r:03d}", "acc")
+    view = (time.perf_counter() - t) / min(n_runs, 20)
+    t = time.perf_counter()
+    for r in range(min(n_runs, 20)):
+        with xr.open_dataset(store, group=f"run{r:03d}/acc", engine="zarr", consolidated=False) as ds:
+            ds.load()
+    plain = (time.perf_counter() - t) / min(n_runs, 20)
+    print(f"  reading one group: load_group (committed view) {1e3 * view:.1f} ms, plain xr.open_dataset "
+          f"{1e3 * plain:.1f} ms (x{view / plain:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--only-scale", action="store_true")
+    ap.add_argument("--integrity", action="store_true", help="only the integrity section (see above)")
     ap.add_argument("--scale-runs", type=int, default=100)
     ap.add_argument("--scale-ckpts", type=int, default=100)
     ap.add_argument("--only-speedup", action="store_true")
@@ -198,12 +248,16 @@ def main() -> None:
     print(f"grokscope engine benchmark in {work} ({os.cpu_count()} cores, load "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})")
     try:
+        if args.integrity:
+            section_integrity(work, args.scale_runs, args.scale_ckpts)
+            return
         if not args.only_scale:
             if not args.only_speedup:
                 section_overhead(work)
             section_speedup(work, args.speedup_probes, args.speedup_ckpts)
         if not args.skip_scale and not args.only_speedup:
             section_scale(work, args.scale_runs, args.scale_ckpts)
+            section_integrity(work, args.scale_runs, args.scale_ckpts)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,8 +1,9 @@
-"""PGD cost per step against one plain forward + backward (input gradient) of the same batch.
+"""PGD and APGD-CE cost per step against one plain forward + backward (input gradient) of the same batch.
 
 The attack batch stacks every radius and restart: ``n_eps · restarts · n`` rows. Goal: one PGD step
 costs at most 1.3x a plain forward+backward of that batch (the projection, sign and bookkeeping are
-the only extra work).
+the only extra work); APGD adds the momentum step, a second projection and the best-point bookkeeping
+(``torch.where`` over the batch), and reports its ratio beside PGD's.
 
     python benchmarks/bench_pgd.py [--threads 2] [--points 1024] [--steps 10] [--cpu-time]
 
@@ -17,6 +18,7 @@ import time
 import torch
 
 from grokscope.models.mlp import mlp
+from grokscope.probes.apgd import apgd_perturb
 from grokscope.probes.pgd import pgd_attack, pgd_perturb
 
 EPS = (0.03, 0.06, 0.10, 0.13, 0.16, 0.20)
@@ -62,6 +64,9 @@ def main() -> None:
     per_step = (t_attack - t_zero) / args.steps
     t_l2 = best(lambda: pgd_perturb(model, x, y, EPS, 0.0156, args.steps, "l2", args.restarts, low=0.0, high=1.0))
     per_step_l2 = (t_l2 - t_zero) / args.steps
+    t_apgd = best(lambda: apgd_perturb(model, x, y, EPS, args.steps, "linf", args.restarts, low=0.0, high=1.0))
+    t_apgd0 = best(lambda: apgd_perturb(model, x, y, EPS, 0, "linf", args.restarts, low=0.0, high=1.0))
+    per_step_apgd = (t_apgd - t_apgd0) / args.steps
     t_full = best(lambda: pgd_attack(model, x, y, EPS, 0.0156, args.steps, "linf", args.restarts,
                                      low=0.0, high=1.0))
     print(f"threads={args.threads}  timing: {'process CPU time' if args.cpu_time else 'wall clock'}, "
@@ -72,6 +77,8 @@ def main() -> None:
           f"= {per_step / t_plain:.2f}x plain (goal <= 1.3x)")
     print(f"  PGD L2 per step:                                  {1e3 * per_step_l2:8.1f} ms  "
           f"= {per_step_l2 / t_plain:.2f}x plain")
+    print(f"  APGD-CE L-inf per step:                           {1e3 * per_step_apgd:8.1f} ms  "
+          f"= {per_step_apgd / t_plain:.2f}x plain, {per_step_apgd / per_step:.2f}x a PGD step")
     print(f"  set-up (expand, random start, box): {1e3 * t_zero:.1f} ms;  whole attack with "
           f"{args.steps} steps + final classification: {t_full:.3f} s")
 

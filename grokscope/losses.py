@@ -5,14 +5,43 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("ce", "mse")
+LOSSES = ("ce", "mse", "stablemax")
+
+
+def stablemax_s(x: torch.Tensor) -> torch.Tensor:
+    """Prieto et al.'s ``s(x) = x + 1`` for ``x ≥ 0`` and ``1 / (1 − x)`` for ``x < 0`` (elementwise).
+
+    Both branches are evaluated on clamped inputs so that neither the value nor the gradient of the
+    branch ``torch.where`` discards can be infinite (which would turn the kept gradient into NaN).
+    """
+    return torch.where(x >= 0, x.clamp_min(0) + 1, 1 / (1 - x.clamp_max(0)))
+
+
+def log_stablemax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``log(s(z_k) / Σ_j s(z_j))`` along ``dim``, in the dtype of ``logits``."""
+    s = stablemax_s(logits)
+    return torch.log(s) - torch.log(s.sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
+                            dtype: torch.dtype | None = torch.float64) -> torch.Tensor:
+    """StableMax cross-entropy ``−log(s(z_y) / Σ_j s(z_j))`` of ``logits (n, C)`` and ``y (n,)``.
+
+    Computed in ``dtype`` (default float64, as in the authors' code; None: the logits' dtype) and
+    returned in the logits' dtype; ``reduction`` is ``mean``, ``sum`` or ``none`` (``(n,)``).
+    """
+    z = logits if dtype is None else logits.to(dtype)
+    per = -log_stablemax(z).gather(1, y[:, None]).squeeze(1)
+    out = per.mean() if reduction == "mean" else per.sum() if reduction == "sum" else per
+    return out.to(logits.dtype)
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "ce", reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy on logits, or MSE between logits and one-hot targets.
+    """Cross-entropy on logits, MSE between logits and one-hot targets, or StableMax cross-entropy.
 
     ``logits (n, C)``, ``y (n,)`` int64. MSE is averaged over samples *and* classes (PyTorch's
-    ``mse_loss``); with ``reduction="none"`` both return one value per sample ``(n,)``.
+    ``mse_loss``); ``stablemax`` is :func:`stablemax_cross_entropy` (computed in float64); with
+    ``reduction="none"`` each returns one value per sample ``(n,)``.
     """
     if kind == "ce":
         return F.cross_entropy(logits, y, reduction=reduction)
@@ -20,4 +49,6 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "ce", reduction
         target = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
         per = ((logits - target) ** 2).mean(dim=-1)
         return per.mean() if reduction == "mean" else per if reduction == "none" else per.sum()
+    if kind == "stablemax":
+        return stablemax_cross_entropy(logits, y, reduction)
     raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")

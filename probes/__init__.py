@@ -20,6 +20,7 @@ BUILTIN = {
     "norm": "grokscope.probes.norm:NormProbe",
     "regions": "grokscope.probes.regions:RegionsProbe",
     "llc": "grokscope.probes.llc:LLCProbe",
+    "collapse": "grokscope.probes.collapse:CollapseProbe",
 }
 
 ENTRY_POINT_GROUP = "grokscope.probes"

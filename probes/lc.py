@@ -61,6 +61,7 @@ from grokscope.functional.kinks import (ZERO_KINK_ACTIVATIONS, KinkLayer, KinkWa
 from grokscope.models.adapters import continuous_view
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+from .layer_names import producing_modules
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
@@ -641,7 +642,9 @@ class LCProbe(Probe):
     fewer points than the ``sample`` dim (small splits, or fewer boundary points found; the dim is
     ``n_points`` or the largest split if smaller, so it is the same at every checkpoint);
     ``lc_mean(split, radius, layer)`` and ``lc_total_mean(split, radius)`` (means over a split's
-    points, NaN when it has none); ``n_samples(split)``; ``neurons(layer)``.
+    points, NaN when it has none); ``n_samples(split)``; ``neurons(layer)``. The ``layer`` coordinate
+    names the hooked activation module whose input is counted; the ``produced_by(layer)`` coordinate
+    names the module that computed that input (the Linear/Conv before it, :mod:`.layer_names`).
     Token models are probed in embedding space; their ``random`` points are uniform in the per-
     coordinate range of the embedded training points.
     """
@@ -749,6 +752,8 @@ class LCProbe(Probe):
              "neurons": (("layer",), np.array(ref.neurons, dtype=np.int64))},
             coords={"split": list(splits), "sample": np.arange(n_max), "radius": radii,
                     "layer": layer_names})
+        producers = producing_modules(work, forward, z_train[:1], layer_names, counts_output=bool(params.layers))
+        ds = ds.assign_coords(produced_by=("layer", producers))
         ds["lc"].attrs["fill_value_meaning"] = f"{PAD}: no point (split smaller than the sample dim)"
         ds.attrs["frame_dtype"] = str(dtype).replace("torch.", "")
         return ds

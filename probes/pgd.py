@@ -17,6 +17,8 @@ point outside the box widens the box to include it, so iterates always stay in t
 Token models are attacked in embedding space (:func:`grokscope.models.adapters.continuous_view`) with
 no box (embeddings are unbounded), ε in embedding units (the paper's GPT run used ε = 0.03 there).
 
+``attack="apgd"`` runs APGD-CE instead (:mod:`grokscope.probes.apgd`) with the same rows, starts and box.
+
 Formulas, defaults and deviations from the authors' code:
 ``docs/algorithms.md#pgd--robust-accuracy-under-pgd``.
 """
@@ -37,6 +39,7 @@ from .base import PanelSpec, Probe, ProbeContext, ProbeError
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
+ATTACKS = ("pgd", "apgd")
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
@@ -66,25 +69,25 @@ def unit_starts(shape: Sequence[int], norm: str, generator: torch.Generator) -> 
     return g.view(tuple(shape))
 
 
-def pgd_perturb(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                eps_list: Sequence[float], alpha: float, steps: int, norm: str = "linf",
-                restarts: int = 1, random_start: bool = True, low: torch.Tensor | float | None = None,
-                high: torch.Tensor | float | None = None, seed: int = 0, loss: str = "ce",
-                alpha_relative: bool = False, starts: torch.Tensor | None = None) -> torch.Tensor:
-    """The last PGD iterates for every (ε, restart, sample): shape ``(n_eps, restarts, *x.shape)``.
-
-    ``low``/``high``: box bounds broadcastable to ``x[0]`` (None: unbounded). ``alpha_relative``:
-    the step is ``alpha · ε`` instead of ``alpha``. Random starts are ``x + ε · starts`` with
-    ``starts`` from :func:`unit_starts` (drawn from a generator seeded with ``seed`` if not given), then
-    clipped to the box. Gradients are taken w.r.t. the input only; the parameters of ``f`` are not
-    touched.
-    """
+def check_attack_args(norm: str, loss: str, restarts: int, steps: int) -> None:
+    """ValueError naming the first bad attack argument."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if restarts < 1 or steps < 0:
         raise ValueError(f"need restarts >= 1 and steps >= 0, got restarts={restarts}, steps={steps}")
+
+
+def attack_rows(x: torch.Tensor, y: torch.Tensor, eps_list: Sequence[float], restarts: int, norm: str,
+                low: torch.Tensor | float | None = None, high: torch.Tensor | float | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """Every (ε, restart, sample) as one row: ``(xs, ys, eps, project)``.
+
+    ``xs (rows, *x.shape[1:])`` the clean points, ``ys (rows,)``, ``eps (rows,)``, row index
+    ``(e · restarts + r) · n + i``. ``project(z)`` maps rows onto the ε-ball around ``xs`` intersected with
+    the box ``[low, high]`` (widened to contain the clean point; None: unbounded); for L∞ both are one box.
+    """
     eps_t = torch.as_tensor([float(e) for e in eps_list], dtype=x.dtype, device=x.device)
     if (eps_t < 0).any():
         raise ValueError(f"eps must be >= 0, got {list(eps_list)}")
@@ -93,7 +96,6 @@ def pgd_perturb(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: t
     xs = x.detach().unsqueeze(0).expand(n_eps * restarts, *x.shape).reshape(rows, *x.shape[1:])
     ys = y.repeat(n_eps * restarts)
     eps = eps_t.repeat_interleave(restarts * n)  # (rows,): row = (e, restart, sample)
-    step = eps * alpha if alpha_relative else torch.full_like(eps, float(alpha))
     lo = hi = None
     if low is not None:
         lo = torch.minimum(torch.as_tensor(low, dtype=x.dtype, device=x.device).expand_as(xs), xs)
@@ -115,15 +117,44 @@ def pgd_perturb(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: t
             z = torch.minimum(z, hi)
         return z
 
-    if random_start:
-        if starts is None:
-            starts = unit_starts((n, restarts, *x.shape[1:]), norm, torch.Generator().manual_seed(seed))
-        if tuple(starts.shape) != (n, restarts, *x.shape[1:]):
-            raise ValueError(f"starts must have shape {(n, restarts, *x.shape[1:])}, got {tuple(starts.shape)}")
-        noise = starts.to(x.device, x.dtype).transpose(0, 1).unsqueeze(0).expand(n_eps, -1, -1, *x.shape[1:])
-        adv = project(xs + _per_row(eps, xs) * noise.reshape(rows, *x.shape[1:]))
-    else:
-        adv = xs.clone()
+    return xs, ys, eps, project
+
+
+def start_points(x: torch.Tensor, xs: torch.Tensor, eps: torch.Tensor, restarts: int, norm: str,
+                 random_start: bool, project: Callable[[torch.Tensor], torch.Tensor], seed: int = 0,
+                 starts: torch.Tensor | None = None) -> torch.Tensor:
+    """The first iterate of every row: ``project(xs + ε · starts)`` (``starts`` from :func:`unit_starts`,
+    drawn with ``seed`` if not given) or a copy of ``xs`` without a random start."""
+    if not random_start:
+        return xs.clone()
+    n = x.shape[0]
+    n_eps = len(xs) // (restarts * n) if n else 0
+    if starts is None:
+        starts = unit_starts((n, restarts, *x.shape[1:]), norm, torch.Generator().manual_seed(seed))
+    if tuple(starts.shape) != (n, restarts, *x.shape[1:]):
+        raise ValueError(f"starts must have shape {(n, restarts, *x.shape[1:])}, got {tuple(starts.shape)}")
+    noise = starts.to(x.device, x.dtype).transpose(0, 1).unsqueeze(0).expand(n_eps, -1, -1, *x.shape[1:])
+    return project(xs + _per_row(eps, xs) * noise.reshape(len(xs), *x.shape[1:]))
+
+
+def pgd_perturb(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                eps_list: Sequence[float], alpha: float, steps: int, norm: str = "linf",
+                restarts: int = 1, random_start: bool = True, low: torch.Tensor | float | None = None,
+                high: torch.Tensor | float | None = None, seed: int = 0, loss: str = "ce",
+                alpha_relative: bool = False, starts: torch.Tensor | None = None) -> torch.Tensor:
+    """The last PGD iterates for every (ε, restart, sample): shape ``(n_eps, restarts, *x.shape)``.
+
+    ``low``/``high``: box bounds broadcastable to ``x[0]`` (None: unbounded). ``alpha_relative``:
+    the step is ``alpha · ε`` instead of ``alpha``. Random starts are ``x + ε · starts`` with
+    ``starts`` from :func:`unit_starts` (drawn from a generator seeded with ``seed`` if not given), then
+    clipped to the box. Gradients are taken w.r.t. the input only; the parameters of ``f`` are not
+    touched.
+    """
+    check_attack_args(norm, loss, restarts, steps)
+    xs, ys, eps, project = attack_rows(x, y, eps_list, restarts, norm, low, high)
+    step = eps * alpha if alpha_relative else torch.full_like(eps, float(alpha))
+    adv = start_points(x, xs, eps, restarts, norm, random_start, project, seed, starts)
+    n_eps = len(eps_list)
     for _ in range(steps):
         adv.requires_grad_(True)
         with torch.enable_grad():
@@ -184,10 +215,11 @@ class PGDParams:
     seed: int = 0
     loss: str = "ce"
     batch_size: int = 0    # samples per attack batch (0: automatic, ~8k rows)
+    attack: str = "pgd"    # pgd | apgd (APGD-CE, Croce & Hein 2020: probes/apgd.py; alpha unused)
 
 
 class PGDProbe(Probe):
-    """PGD robust accuracy per radius. Outputs ``robust_acc(split, eps)``, ``correct(split, eps,
+    """PGD (or, with ``attack="apgd"``, APGD-CE) robust accuracy per radius. Outputs ``robust_acc(split, eps)``, ``correct(split, eps,
     sample)`` (int8: 1 robust, 0 not, -1 padding where a split has fewer points) and ``n_samples(split)``."""
 
     name = "pgd"
@@ -208,6 +240,8 @@ class PGDProbe(Probe):
             raise ProbeError(f"pgd.norm must be one of {', '.join(NORMS)}, got {params.norm!r}")
         if params.loss not in LOSSES:
             raise ProbeError(f"pgd.loss must be one of {', '.join(LOSSES)}, got {params.loss!r}")
+        if params.attack not in ATTACKS:
+            raise ProbeError(f"pgd.attack must be one of {', '.join(ATTACKS)}, got {params.attack!r}")
         if not params.eps or any(float(e) < 0 for e in params.eps):
             raise ProbeError(f"pgd.eps must be a non-empty list of radii >= 0, got {params.eps!r}")
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
@@ -235,6 +269,13 @@ class PGDProbe(Probe):
                     low, high = data.box_low.to(device, z.dtype), data.box_high.to(device, z.dtype)
                 per_sample_rows = len(params.eps) * params.restarts
                 bs = params.batch_size or max(1, 8192 // per_sample_rows)
+                if params.attack == "apgd":
+                    from .apgd import apgd_attack
+
+                    results.append(apgd_attack(f, z, y.to(device), params.eps, params.steps, params.norm,
+                                               params.restarts, params.random_start, low, high, params.seed,
+                                               params.loss, bs))
+                    continue
                 results.append(pgd_attack(f, z, y.to(device), params.eps, params.alpha, params.steps,
                                           params.norm, params.restarts, params.random_start, low, high,
                                           params.seed, params.loss, bs))

@@ -160,4 +160,45 @@ class CrashProbe(Probe):
         return xr.Dataset({"value": ((), float(ctx.step))})
 
 
-TEST_PROBES = "delta=tests.helpers:DeltaProbe,crash=tests.helpers:CrashProbe"
+@_dataclass(frozen=True)
+class EmptyParams:
+    fail_step: int = -1
+
+
+class EmptyProbe(Probe):
+    """A per-layer output over no layer at all (``lc`` on a model without a kinked layer), with a
+    dataset attribute; raises at ``params.fail_step`` (a group whose first job fails)."""
+
+    name = "empty"
+    description = "an output with a zero-length dim"
+    Params = EmptyParams
+    outputs = {"density": ("layer",), "total": ()}
+    needs_data = False
+
+    def compute(self, model, data, params: EmptyParams, ctx: ProbeContext):
+        import numpy as np
+        import xarray as xr
+
+        if ctx.step == params.fail_step:
+            raise RuntimeError(f"no result at step {ctx.step}")
+        return xr.Dataset({"density": (("layer",), np.zeros(0)), "total": ((), float(ctx.step))},
+                          coords={"layer": np.array([], dtype=object)}, attrs={"frame_dtype": "float32"})
+
+
+class ClashProbe(Probe):
+    """Returns an output named like an engine variable: its store group cannot be created."""
+
+    name = "clash"
+    description = "an output the store refuses"
+    Params = CrashParams
+    outputs = {"done": ()}
+    needs_data = False
+
+    def compute(self, model, data, params, ctx: ProbeContext):
+        import xarray as xr
+
+        return xr.Dataset({"done": ((), 1.0)})
+
+
+TEST_PROBES = ("delta=tests.helpers:DeltaProbe,crash=tests.helpers:CrashProbe,"
+               "empty=tests.helpers:EmptyProbe,clash=tests.helpers:ClashProbe")

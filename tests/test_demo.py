@@ -36,6 +36,7 @@ def test_demo_trains_probes_and_reports(tmp_path: Path) -> None:
             "--probe-steps", "fourier=log:4", "--scheduler", "sync")
     res = invoke(*args)
     assert res.exit_code == 0, res.output
+    assert not (out / ".grokscope.lock").exists()  # the trainer's lock (held while probing beside it) is released
     summary = summarise_log(runs.read_log(out))
     assert summary["steps"] == 150 and summary["t_mem"] is not None and summary["t_grok"] is None
     assert f"run folder: {out}" in res.stdout

@@ -138,7 +138,7 @@ def spec_options(f):
         click.option("--dataset", default=None, metavar="NAME", help="Dataset the probes use (see grokscope.datasets)."),
         click.option("--dataset-kwargs", default=None, metavar="JSON", help="Keyword arguments of the dataset."),
         click.option("--dataset-seed", default=0, show_default=True, type=int, help="Seed of the dataset split."),
-        click.option("--loss", type=click.Choice(["ce", "mse"]), default=None,
+        click.option("--loss", type=click.Choice(["ce", "mse", "stablemax"]), default=None,
                      help="Loss the model was trained with (acc's loss); default ce."),
         click.option("--trust-code", default=None, metavar="MODULE[,MODULE]",
                      help="Modules (or pkg.module:callable) whose code a run.json may name; see "
@@ -497,7 +497,13 @@ class _Bar:
 @click.option("--flush-interval", type=click.FloatRange(0), default=1.0, show_default=True,
               help="Seconds between commits of finished jobs to the store, stretched to 10x the "
                    "last commit's duration when commits are slow (0: commit every job).")
+@click.option("--recheck/--no-recheck", default=True, show_default=True,
+              help="Hash the checkpoints of jobs already done and recompute those whose content "
+                   "changed since (a replaced checkpoint); --no-recheck trusts the store.")
 @click.option("--dry-run", is_flag=True, help="Show what would be computed, compute nothing.")
+@click.option("--follow", is_flag=True,
+              help="While a trainer is writing a run under PATH (its run folder's lock names a live "
+                   "process), keep probing its new checkpoints as they appear; return once it is gone.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--split-tolerance", type=click.FloatRange(0), default=0.01, show_default=True,
@@ -507,9 +513,10 @@ class _Bar:
 @click.pass_context
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
           out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
-          steps: tuple[str, ...], overwrite: bool, flush_interval: float, dry_run: bool, as_json: bool, quiet: bool,
-          split_tolerance: float, model: str | None, model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None,
-          dataset_seed: int, loss: str | None, trust_code: str | None) -> None:
+          steps: tuple[str, ...], overwrite: bool, flush_interval: float, recheck: bool, dry_run: bool,
+          follow: bool, as_json: bool, quiet: bool, split_tolerance: float, model: str | None,
+          model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None, dataset_seed: int,
+          loss: str | None, trust_code: str | None) -> None:
     """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
     group per run and probe).
 
@@ -534,12 +541,20 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
         raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise click.BadParameter(f"{device!r}: expected cpu or cuda", param_hint="--device")
+    _refuse_lone_spec_flags(ctx, ("model_kwargs", "dataset_kwargs", "dataset_seed", "loss"),
+                            model is None and dataset is None)
+    if follow and dry_run:
+        click.echo("warning: --follow is ignored with --dry-run (it shows what the store lacks now)", err=True)
+    if workers is not None and scheduler not in (None, "", "local"):
+        click.echo(f"warning: --workers {workers} is ignored with --scheduler {scheduler} (it sizes the "
+                   "local cluster; the scheduler's own workers run the jobs)", err=True)
     trust = cli_trust(model, dataset, trust_code)
     spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
     cfg = EngineConfig(probes=requests, out=out or path / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
-                       flush_interval=flush_interval, dry_run=dry_run, trust=trust)
-    summary = run_with_progress(path, cfg, quiet=quiet or as_json)
+                       flush_interval=flush_interval, dry_run=dry_run, trust=trust, recheck=recheck)
+    more = {"follow": training_under(path)} if follow and not dry_run else {}
+    summary = run_with_progress(path, cfg, quiet=quiet or as_json, **more)
     if "acc" in names and not dry_run and cfg.out.exists():
         from grokscope.runlog import store_split_checks
 
@@ -550,6 +565,35 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
         ctx.exit(1)
 
 
+def _refuse_lone_spec_flags(ctx: click.Context, names: tuple[str, ...], alone: bool) -> None:
+    """UsageError when spec options are given without --model/--dataset (they would be ignored)."""
+    from click.core import ParameterSource
+
+    if not alone:
+        return
+    given = [f"--{n.replace('_', '-')}" for n in names
+             if ctx.get_parameter_source(n) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only apply with --model and --dataset (checkpoints "
+                               "without run.json); each run.json gives its own model, dataset and loss")
+
+
+def training_under(path: Path):
+    """A callable telling whether a trainer is writing a run under ``path`` now: whether any run
+    folder found there has a lock held by a live process (:func:`.lock.live_holder`; a store's lock
+    is not a run folder's, so this probe run's own lock does not count)."""
+    from .discovery import DiscoveryError, find_runs
+    from .lock import live_holder
+
+    def live() -> bool:
+        try:
+            return any(live_holder(r.path) for r in find_runs(Path(path)))
+        except DiscoveryError:
+            return False
+
+    return live
+
+
 def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any = None, **follow: Any) -> Any:
     """``probe_runs(path, cfg, **follow)`` with the progress bar on stderr (or the callback
     ``progress(n, done, failed, rate)`` instead); refusals become ClickExceptions.
@@ -557,15 +601,19 @@ def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any =
     Returns the engine's ``Summary`` (also used by ``grokscope demo``, with ``follow=`` and ``poll=``).
     """
     from .discovery import DiscoveryError
-    from .driver import EngineError, probe_runs
+    from .driver import EngineError, Interrupted, probe_runs
     from .lock import StoreLocked
     from .store import StoreError
 
     bar = _Bar(quiet or progress is not None)
     try:
         return probe_runs(path, cfg, progress=progress or bar.update, start=bar.start, **follow)
+    except Interrupted as e:
+        bar.close()
+        click.echo(str(e), err=True)
+        sys.exit(130)  # the shell's code for a run ended by SIGINT
     except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
-        raise click.ClickException(str(e)) from e
+        raise click.ClickException(str(e)) from None
     finally:
         bar.close()
 

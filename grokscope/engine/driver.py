@@ -3,7 +3,8 @@
 ``probe_runs(path, config)`` is what ``grokscope probe`` calls:
 
 1. discover runs and checkpoints (:mod:`.discovery`); the model/data spec of each run comes from its
-   ``run.json`` or from the command line;
+   ``run.json`` or from the command line (a command-line spec that a run's run.json overrides is
+   warned about, or refused when no run would use it: :func:`ignored_spec`);
 2. lock the store (:mod:`.lock`), refuse groups whose stored parameters or run spec differ from the
    request (``--overwrite`` deletes and recomputes them), grow ``step`` where new checkpoints appeared,
    and skip every (run, step, probe) whose ``done`` flag is set or that the probe's ``--steps``
@@ -19,11 +20,13 @@
 5. return a :class:`Summary` (the CLI prints it and exits non-zero when any job failed).
 
 ``probe_runs(..., follow=alive)`` keeps searching the path while ``alive()`` is true and adds the
-jobs of new checkpoints as they appear (``grokscope demo`` probes a run while it trains).
+jobs of new checkpoints as they appear (``grokscope demo`` and ``grokscope probe --follow`` probe a
+run while it trains).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -40,14 +43,43 @@ from grokscope.errors import GrokscopeError
 from grokscope.presentation import to_attrs
 
 from .discovery import Checkpoint, Run, find_runs
-from .jobs import Outcome, ProbeRequest, Task, run_task
+from .jobs import HashTask, Outcome, ProbeRequest, Task, describe_error, hash_task, run_task
 from .lock import StoreLock
 from .selection import parse_selection, select_steps
-from .store import GroupInfo, ProbeStore, StoreError, normalise
+from .store import GroupInfo, ProbeStore, StoreError, check_store_path, normalise
+
 
 
 class EngineError(GrokscopeError, RuntimeError):
     """The probe run cannot start (no runs, no model spec, no GPU workers, ...)."""
+
+
+class StoreWriteError(EngineError):
+    """The store cannot be written (disk full, read-only, no permission): the run stops, the lock is
+    released, what was committed stays."""
+
+
+class Interrupted(EngineError):
+    """The run was stopped (Ctrl-C) after committing what had finished."""
+
+
+# errors of the machine, not of a job: every later write would fail the same way
+ENVIRONMENTAL = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+
+def environmental(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is an :data:`ENVIRONMENTAL` ``OSError``."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in ENVIRONMENTAL:
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
+
+
+def _os_cause(e: BaseException) -> OSError:
+    while not (isinstance(e, OSError) and e.errno in ENVIRONMENTAL):
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return e
 
 
 @dataclass
@@ -65,6 +97,7 @@ class EngineConfig:
     flush_interval: float = 1.0
     dry_run: bool = False
     trust: Any = None  # grokscope.trust.Trust: code the user vouched for (None: built-ins/entry points only)
+    recheck: bool = True  # hash the checkpoints of done jobs and recompute those that changed
 
 
 @dataclass
@@ -112,6 +145,7 @@ class _Plan:
     skipped: int
     excluded: int
     runs: dict[str, Run]
+    specs: dict[str, dict[str, Any]]
     group_attrs: dict[tuple[str, str], dict[str, Any]]
     failures: list[Failure]
     warnings: list[str]
@@ -128,6 +162,49 @@ def _run_spec(run: Run, cli_spec: dict[str, Any] | None) -> tuple[dict[str, Any]
         return cli_spec, ""
     return None, (f"{run.path}: no run.json and no --model/--dataset given (write one with "
                   f"`grokscope init {run.path} --model ... --dataset ...`)")
+
+
+_SPEC_FLAGS = (("model", "--model/--model-kwargs"), ("dataset", "--dataset/--dataset-kwargs/--dataset-seed"))
+
+
+def ignored_spec(runs: list[Run], cli_spec: dict[str, Any] | None) -> tuple[str | None, list[str]]:
+    """What the command line's model/dataset spec means for ``runs``: ``(refusal, warnings)``.
+
+    A run with its own run.json uses that; where the command line names another model or dataset
+    for it, the flags are ignored for that run. When no run under the path would use the flags the
+    request is refused (``refusal``, naming the flags and what is used instead); otherwise each run
+    that ignores them gets a warning.
+    """
+    if cli_spec is None:
+        return None, []
+    notes, first = [], None
+    for run in runs:
+        if run.spec is None:
+            continue
+        flags = [f"{flag} ({_spec_name(cli_spec.get(key))})" for key, flag in _SPEC_FLAGS
+                 if normalise(cli_spec.get(key)) != normalise(run.spec.get(key))]
+        if flags:
+            first = first or run
+            notes.append(f"{' and '.join(flags)} ignored for run {run.name!r}: {run.path / 'run.json'} gives "
+                         f"model {_spec_name(run.spec.get('model'))}, dataset {_spec_name(run.spec.get('dataset'))}, "
+                         "which are used")
+    if not notes:
+        return None, []
+    if all(run.spec is not None or run.spec_error for run in runs):
+        return (notes[0] + ("" if len(notes) == 1 else f" (and {len(notes) - 1} more run(s))")
+                + f"; drop the flags, or rewrite the run.json with `grokscope init {first.path} --force "
+                  "--model ... --dataset ...`"), []
+    return None, notes
+
+
+def _spec_name(spec: Any) -> str:
+    """A model/dataset spec in a few words: its name and kwargs."""
+    if not isinstance(spec, dict):
+        return repr(spec)
+    name = spec.get("arch") or spec.get("factory") or spec.get("name")
+    parts = [f"{k}={v!r}" for k, v in sorted((spec.get("kwargs") or {}).items())]
+    parts += [f"seed={spec['seed']}"] if "seed" in spec else []
+    return f"{name!r}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _data_words(spec: dict[str, Any]) -> str:
@@ -185,9 +262,11 @@ def _diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
             for k in keys if stored.get(k) != wanted.get(k)]
 
 
-def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) -> _Plan:
-    """The tasks still to do. Raises :class:`StoreError` listing every group whose stored parameters
-    or run spec differ from the request (unless ``cfg.overwrite``, which deletes those groups)."""
+def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
+         stale: frozenset[tuple[str, int, str]] = frozenset()) -> _Plan:
+    """The tasks still to do: every (run, step, probe) not done, or in ``stale``. Raises
+    :class:`StoreError` listing every group whose stored parameters or run spec differ from the
+    request (unless ``cfg.overwrite``, which deletes those groups)."""
     failures: list[Failure] = []
     warnings: list[str] = []
     refusals: list[str] = []
@@ -267,7 +346,8 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
                 if ck.step not in wanted_steps:
                     continue
                 i = info.index.get(ck.step) if info is not None else None  # type: ignore[arg-type]
-                if info is not None and i is not None and info.done[i]:
+                if info is not None and i is not None and info.done[i] and \
+                        (run.name, ck.step, req.name) not in stale:
                     skipped += 1
                 else:
                     pending[ck.step].append(req)  # type: ignore[index]
@@ -280,7 +360,8 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
                                   threads=threads, trust=cfg.trust, where=_spec_file(run)))
             prev = ck
     return _Plan(tasks=tasks, jobs=n_jobs, skipped=skipped, excluded=excluded, runs={r.name: r for r, _ in ready},
-                 group_attrs=group_attrs, failures=failures, warnings=warnings)
+                 specs={r.name: spec for r, spec in ready}, group_attrs=group_attrs, failures=failures,
+                 warnings=warnings)
 
 
 def check_probes(tasks: list[Task]) -> None:
@@ -351,8 +432,10 @@ def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
         return
     try:
         client = Client(cfg.scheduler, timeout="30s")
-    except OSError as e:
-        raise EngineError(f"cannot connect to the Dask scheduler {cfg.scheduler}: {e}") from e
+    except (OSError, ValueError, TypeError) as e:  # unreachable, timed out, or not an address
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EngineError(f"cannot connect to the Dask scheduler {cfg.scheduler!r}: {first} (expected "
+                          "an address such as tcp://host:8786, or 'local' or 'sync')") from None
     try:
         workers = client.scheduler_info().get("workers", {})
         if cfg.device.startswith("cuda") and not any(
@@ -367,8 +450,9 @@ def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
 
 
 # modules the local workers' fork server imports once, so each worker starts with them loaded
+# (worker_init: the workers ignore Ctrl-C, the driver stops them)
 PRELOAD = ["distributed", "numpy", "torch", "safetensors.torch", "xarray", "grokscope.engine.jobs",
-           "grokscope.probes", "grokscope.models", "grokscope.datasets"]
+           "grokscope.probes", "grokscope.models", "grokscope.datasets", "grokscope.engine.worker_init"]
 
 
 # Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to the worker processes they start. Setting it
@@ -522,30 +606,62 @@ COMMIT_SHARE_INV = 10
 
 
 class _Writer:
-    """Buffers outcomes per (run, probe) group and commits them to the store in batches."""
+    """Buffers outcomes per (run, probe) group, commits them to the store in batches, and keeps the
+    summary's counts: a job is completed once its result is accepted for a group of the store.
 
-    def __init__(self, store: ProbeStore, p: _Plan, interval: float):
-        self.store, self.plan, self.interval = store, p, interval
+    One probe's group that cannot be created, grown or written fails that probe's jobs (the cause
+    named) and no other. An :data:`ENVIRONMENTAL` error (disk full, read-only, ...) ends the run as
+    :class:`StoreWriteError`.
+    """
+
+    def __init__(self, store: ProbeStore, p: _Plan, interval: float, summary: Summary):
+        self.store, self.plan, self.interval, self.summary = store, p, interval, summary
         self.wait = interval  # the interval, stretched when commits are slow (see flush)
-        self.buffer: dict[tuple[str, str], list[tuple[int, Outcome]]] = defaultdict(list)
+        self.buffer: dict[tuple[str, str], list[tuple[int, Outcome, str]]] = defaultdict(list)
+        self.broken: dict[tuple[str, str], str] = {}  # groups that could not be created, and why
         self.last = time.monotonic()
         self.pending = 0
 
-    def add(self, o: Outcome) -> Outcome:
+    def _fail(self, o: Outcome, file: str, why: str, counted: bool = False) -> None:
+        if counted:
+            self.summary.completed -= 1
+        o.error, o.result = why, None
+        self.summary.failures.append(Failure(o.run, o.step, o.probe, file, why))
+
+    def add(self, o: Outcome, file: str) -> Outcome:
         key = (o.run, o.probe)
-        info: GroupInfo | None = self.store.group(*key)
-        if info is None:
-            run = self.plan.runs[o.run]
-            info = self.store.create_group(o.run, o.probe, run.steps, self.plan.group_attrs[key],
-                                           o.result if o.ok else None)
-        elif o.ok and any(v not in info.data_vars for v in o.result.data_vars):
-            self.flush()  # the group's arrays are re-opened after adding variables
-            info = self.store.add_data_vars(info, o.result)
+        if key in self.broken:
+            self._fail(o, file, self.broken[key])
+            return o
+        info: GroupInfo | None = None
+        try:
+            info = self.store.group(*key)
+            if info is None:
+                run = self.plan.runs[o.run]
+                info = self.store.create_group(o.run, o.probe, run.steps, self.plan.group_attrs[key],
+                                               o.result if o.ok else None)
+            elif o.ok and any(v not in info.data_vars for v in o.result.data_vars):
+                self.flush()  # the group's arrays are re-opened after adding variables
+                info = self.store.add_data_vars(info, o.result)
+            if o.ok:
+                why = self.store.check_result(info, o.result)
+                if why:
+                    o.error, o.result = why, None
+        except Exception as e:  # noqa: BLE001 - one probe's group must not end the run
+            if environmental(e):
+                raise
+            why = f"cannot write the store group {o.run}/{o.probe}: {describe_error(e)}"
+            if info is None:
+                self.broken[key] = why
+                self.store.groups.pop(key, None)
+                self._fail(o, file, why)
+                return o
+            o.error, o.result = why, None
         if o.ok:
-            why = self.store.check_result(info, o.result)
-            if why:
-                o.error, o.result = why, None
-        self.buffer[key].append((o.step, o))
+            self.summary.completed += 1
+        else:
+            self.summary.failures.append(Failure(o.run, o.step, o.probe, file, o.error))
+        self.buffer[key].append((o.step, o, file))
         self.pending += 1
         if time.monotonic() - self.last >= self.wait or self.pending >= 4096:
             self.flush()
@@ -553,15 +669,28 @@ class _Writer:
 
     def flush(self) -> None:
         t0 = time.monotonic()
-        for key, items in self.buffer.items():
+        for key, items in list(self.buffer.items()):
             info = self.store.group(*key)
-            if info is not None and items:
-                self.store.write(info, items)
-        self.buffer.clear()
+            if info is None or not items:
+                continue
+            try:
+                self.store.write(info, [(step, o) for step, o, _ in items])
+            except Exception as e:  # noqa: BLE001
+                if environmental(e):
+                    raise
+                why = f"cannot write the results into the store group {key[0]}/{key[1]}: {describe_error(e)}"
+                for _, o, file in items:
+                    if o.ok:
+                        self._fail(o, file, why, counted=True)
+                self.store.groups.pop(key, None)  # re-read from the store next time
+            del self.buffer[key]
         self.pending = 0
         self.last = time.monotonic()
         if self.interval > 0:  # commits take at most ~1/COMMIT_SHARE_INV of the driver's time
             self.wait = max(self.interval, COMMIT_SHARE_INV * (self.last - t0))
+
+    def uncommitted(self) -> int:
+        return sum(len(v) for v in self.buffer.values())
 
 
 def probe_runs(path: Path, cfg: EngineConfig,
@@ -571,8 +700,15 @@ def probe_runs(path: Path, cfg: EngineConfig,
     """Run ``cfg.probes`` over every checkpoint under ``path`` into the store ``cfg.out``.
 
     ``start(jobs, skipped, scheduler)`` is called once the plan is known; ``progress(n_new_done,
-    done, failed, rate)`` after every completed task. Raises :class:`StoreError` (refusals),
-    :class:`~.lock.StoreLocked`, :class:`EngineError` or a discovery error before any computation.
+    done, failed, rate)`` after every completed task. Raises :class:`StoreError` (refusals, an
+    ``--out`` that is not a grokscope store), :class:`~.lock.StoreLocked`, :class:`EngineError` or a
+    discovery error before any computation; :class:`StoreWriteError` when the store cannot be
+    written (disk full, read-only) and :class:`Interrupted` on Ctrl-C, both after committing what
+    could be and releasing the lock.
+
+    With ``cfg.recheck`` the checkpoints of done jobs are hashed again (by the workers) and a job
+    whose checkpoint's content hash differs from the stored ``checkpoint_hash`` is recomputed, with
+    a warning naming it.
 
     ``follow``: while ``follow()`` is true (e.g. a training run is still writing checkpoints), the
     runs under ``path`` are searched again every ``poll`` seconds and the new checkpoints' jobs are
@@ -586,41 +722,54 @@ def probe_runs(path: Path, cfg: EngineConfig,
             parse_selection(req.steps)
         except ValueError as e:
             raise EngineError(f"probe {req.name}: {e}") from None
-    runs = find_runs(Path(path))
+    # workers may run elsewhere (another host, another working directory): absolute paths only
+    path = Path(path).absolute()
+    out = Path(cfg.out).absolute()
+    check_store_path(out)
+    runs = find_runs(path)
+    refusal, ignored = ignored_spec(runs, cfg.spec)
+    if refusal:
+        raise EngineError(refusal)
     if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
         raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi "
                           "-L); use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
-    out = Path(cfg.out)
-    if out.is_dir() and not (out / "zarr.json").exists() and any(
-            p.name != ".grokscope.lock" for p in out.iterdir()):
-        raise EngineError(f"{out}: exists and is not a Zarr store; refusing to write into it "
-                          "(choose a new or existing store with --out)")
     summary = Summary(store=out)
     lock = StoreLock(out)
-    lock.acquire()
+    writer: _Writer | None = None
     try:
+        lock.acquire()
         summary.took_over = lock.took_over
         store = ProbeStore(out)
         p = plan(runs, store, cfg, threads=cfg.threads or 1)
-        summary.runs, summary.jobs, summary.skipped, summary.excluded = len(p.runs), p.jobs, p.skipped, p.excluded
-        summary.failures.extend(p.failures)
-        summary.warnings.extend(p.warnings)
+        writer = _Writer(store, p, cfg.flush_interval, summary)
+        _record_plan(summary, p)
+        summary.warnings[:0] = ignored
         check_probes(p.tasks)
-        if cfg.dry_run or (not p.tasks and follow is None):
+        has_done = cfg.recheck and p.skipped > 0
+        if cfg.dry_run or (not p.tasks and not has_done and follow is None):
             if start:
                 start(p.jobs, p.skipped, "none")
             return summary
-        writer = _Writer(store, p, cfg.flush_interval)
         with dask_client(cfg) as (client, threads, desc):
             from dataclasses import replace
 
             summary.scheduler = desc
+            if has_done and not cfg.dry_run:
+                stale, lines = recheck(client, p, store, cfg)
+                if stale:
+                    p = plan(runs, store, cfg, threads=cfg.threads or 1, stale=frozenset(stale))
+                    writer.plan = p
+                    _record_plan(summary, p)
+                summary.warnings.extend(lines)
             tasks = [t if t.threads == threads else replace(t, threads=threads) for t in p.tasks]
             if start:
                 start(p.jobs, p.skipped, desc)
-            more = _follower(Path(path), store, cfg, p, writer, summary, follow, threads) if follow else None
+            if not tasks and follow is None:
+                return summary
+            more = _follower(path, store, cfg, p, writer, summary, follow, threads) if follow else None
             t1 = time.perf_counter()
-            done = failed = 0
+            done = 0
+            failed0 = len(summary.failures)
             try:
                 for task, res in _results(client, tasks, cfg.device, more, poll):
                     if isinstance(res, BaseException):
@@ -628,23 +777,94 @@ def probe_runs(path: Path, cfg: EngineConfig,
                         res = [Outcome(run=task.run, step=int(task.checkpoint.step), probe=r.name,  # type: ignore[arg-type]
                                        label=task.checkpoint.label, error=reason) for r in task.probes]
                     for o in res:
-                        o = writer.add(o)
+                        writer.add(o, task.checkpoint.path)
                         summary.probe_seconds += o.seconds
                         summary.seconds_by_probe[o.probe] = summary.seconds_by_probe.get(o.probe, 0.0) + o.seconds
-                        if o.ok:
-                            summary.completed += 1
-                        else:
-                            failed += 1
-                            summary.failures.append(Failure(o.run, o.step, o.probe, _file(p, task), o.error))
                     done += len(res)
                     if progress:
-                        progress(len(res), done, failed, done / max(time.perf_counter() - t1, 1e-9))
+                        progress(len(res), done, len(summary.failures) - failed0,
+                                 done / max(time.perf_counter() - t1, 1e-9))
             finally:
-                writer.flush()
+                writer.flush()  # also on Ctrl-C and errors: what finished is committed
+    except KeyboardInterrupt:
+        raise Interrupted(_stopped("interrupted", out, summary, writer)) from None
+    except Exception as e:
+        if not environmental(e):
+            raise
+        cause = _os_cause(e)
+        where = f" ({cause.filename})" if cause.filename else ""
+        raise StoreWriteError(_stopped(f"cannot write the store: {cause.strerror or cause}{where}", out,
+                                       summary, writer)) from None
     finally:
         lock.release()
         summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _record_plan(summary: Summary, p: _Plan) -> None:
+    summary.runs, summary.jobs, summary.skipped, summary.excluded = len(p.runs), p.jobs, p.skipped, p.excluded
+    known = {(f.run, f.file, f.reason) for f in summary.failures}
+    summary.failures.extend(f for f in p.failures if (f.run, f.file, f.reason) not in known)
+    summary.warnings[:] = list(p.warnings)
+
+
+def _stopped(what: str, out: Path, summary: Summary, writer: _Writer | None) -> str:
+    """The one line a stopped run ends with: why, what is safe, what to do."""
+    lost = writer.uncommitted() if writer is not None else 0
+    lost_text = f", {lost} finished job(s) could not be committed" if lost else ""
+    return (f"{out}: {what}; {summary.completed - lost} job(s) of this run committed{lost_text}, the "
+            "store is consistent and the lock released: rerun the same command to continue")
+
+
+HASH_BATCH = 256  # checkpoints per re-hashing task
+
+
+def recheck(client: Any, p: _Plan, store: ProbeStore, cfg: EngineConfig
+            ) -> tuple[set[tuple[str, int, str]], list[str]]:
+    """The done jobs whose checkpoint changed since they were computed, and a line for each
+    changed checkpoint: ``({(run, step, probe)}, lines)``. The checkpoints are hashed by the workers
+    (:func:`.jobs.hash_task`, batches of ``HASH_BATCH``); rows without a stored hash are trusted."""
+    import numpy as np
+
+    stored: dict[tuple[str, int], dict[str, str]] = defaultdict(dict)
+    for name, run in p.runs.items():
+        for req in cfg.probes:
+            info = store.group(name, req.name)
+            if info is None or not info.done.any():
+                continue
+            hashes = np.asarray(info.arrays["checkpoint_hash"][: len(info.steps)], dtype=object)
+            for step, i in info.index.items():
+                if info.done[i] and hashes[i]:
+                    stored[(name, step)][req.name] = str(hashes[i])
+    tasks: list[tuple[str, HashTask]] = []
+    for name, run in p.runs.items():
+        cks = [ck for ck in run.checkpoints if (name, ck.step) in stored]
+        for k in range(0, len(cks), HASH_BATCH):
+            tasks.append((name, HashTask(spec=p.specs[name], checkpoints=tuple(cks[k:k + HASH_BATCH]),
+                                         trust=cfg.trust, where=_spec_file(run))))
+    if not tasks:
+        return set(), []
+    if client is None:
+        results = [hash_task(t) for _, t in tasks]
+    else:
+        futures = client.map(hash_task, [t for _, t in tasks], pure=False)
+        results = client.gather(futures, errors="skip")
+        if len(results) != len(futures):  # a worker died: those checkpoints stay trusted
+            results = [f.result() if f.status == "finished" else {} for f in futures]
+    stale: set[tuple[str, int, str]] = set()
+    lines = []
+    for (name, task), now in zip(tasks, results):
+        labels = {ck.step: ck.label for ck in task.checkpoints}
+        for step, digest in sorted(now.items()):
+            changed = sorted(probe for probe, old in stored[(name, step)].items() if old != digest)
+            if not changed:
+                continue
+            stale.update((name, step, probe) for probe in changed)
+            old = stored[(name, step)][changed[0]]
+            new = f"content hash now {digest[:12]}" if digest else "now unreadable"
+            lines.append(f"{name} step {step} ({labels[step]}): checkpoint changed since it was probed "
+                         f"(stored hash {old[:12]}, {new}); recomputing {', '.join(changed)}")
+    return stale, lines
 
 
 def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, writer: _Writer,
@@ -662,10 +882,12 @@ def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, wr
     def more() -> tuple[list[Task], bool]:
         last = not follow()  # asked before searching: nothing written after a final search is missed
         try:
-            p = plan(find_runs(path), store, again, threads)
+            found = find_runs(path)
+            p = plan(found, store, again, threads)
         except DiscoveryError:
             return [], last  # e.g. the run folder is not written yet
         writer.plan.runs.update(p.runs)
+        writer.plan.specs.update(p.specs)
         writer.plan.group_attrs.update(p.group_attrs)
         new: list[Task] = []
         for t in p.tasks:
@@ -676,16 +898,12 @@ def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, wr
         summary.jobs += sum(len(t.probes) for t in new)
         summary.runs = max(summary.runs, len(p.runs))
         summary.excluded = p.excluded
-        summary.warnings = list(p.warnings)
+        summary.warnings = ignored_spec(found, cfg.spec)[1] + list(p.warnings)
         known = {(f.run, f.file) for f in summary.failures}
         summary.failures.extend(f for f in p.failures if (f.run, f.file) not in known)
         return new, last
 
     return more
-
-
-def _file(p: _Plan, task: Task) -> str:
-    return task.checkpoint.path
 
 
 def _task_death(e: BaseException) -> str:

@@ -123,7 +123,7 @@ def _data(spec: dict[str, Any], device: Any, dtype: Any, trust: Any, where: str)
     return _cached(_DATA, _spec_key([spec, str(device), str(dtype)]), make)
 
 
-def _trust(task: Task) -> Any:
+def _trust(task: Any) -> Any:
     """The trust the job carries; a job without one may import built-ins and entry points only."""
     from grokscope.trust import Trust
 
@@ -139,7 +139,7 @@ def probe_class(name: str):
     return _PROBES[name]
 
 
-def _describe(e: BaseException) -> str:
+def describe_error(e: BaseException) -> str:
     """``Type: message (file:line)`` of the innermost frame, one line."""
     tb = traceback.extract_tb(e.__traceback__)
     where = f" ({tb[-1].filename.rsplit('/', 2)[-1] if tb else '?'}:{tb[-1].lineno})" if tb else ""
@@ -200,6 +200,53 @@ def preflight(task: Task) -> None:
             classes[req.name]().check(model, data, req.params)
 
 
+def content_hash(sd: dict[str, Any], expected: dict[str, tuple[int, ...]], where: str
+                 ) -> tuple[str, dict[str, Any]]:
+    """``(checkpoint_hash, state dict)`` of a checkpoint's state dict ``sd`` for a model whose keys
+    and shapes are ``expected``: the hash of the tensors matched to the model under the model's key
+    names (so DDP, Lightning and compiled layouts of equal weights hash equal), and those tensors.
+    When ``sd`` does not fit the model, the hash of ``sd`` itself and ``sd``."""
+    from .hashing import state_dict_hash
+    from .loading import CheckpointError, match_keys
+
+    try:
+        matched = match_keys(sd, expected, where)
+    except CheckpointError:
+        return state_dict_hash(sd), sd
+    return state_dict_hash(matched), matched
+
+
+@dataclass(frozen=True)
+class HashTask:
+    """The checkpoints of one run whose content hashes ``grokscope probe`` checks against the store."""
+
+    spec: dict[str, Any]
+    checkpoints: tuple[Checkpoint, ...]
+    trust: Any = None  # as in Task: the code this job may import
+    where: str = "run.json"
+
+
+def hash_task(task: HashTask) -> dict[int, str]:
+    """``{step: checkpoint_hash}`` (as :func:`run_task` records it; '' when the file cannot be read
+    or the model not built) of every checkpoint of ``task``; never raises."""
+    out: dict[int, str] = {}
+    try:
+        import torch
+
+        from .loading import read_state_dict
+
+        model = _model(task.spec["model"], torch.device("cpu"), _trust(task), task.where)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    except Exception:  # noqa: BLE001 - the probe jobs will report why
+        return {int(ck.step): "" for ck in task.checkpoints}  # type: ignore[arg-type]
+    for ck in task.checkpoints:
+        try:
+            out[int(ck.step)] = content_hash(read_state_dict(ck), expected, ck.path)[0]  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - unreadable now: recomputing it records why
+            out[int(ck.step)] = ""  # type: ignore[arg-type]
+    return out
+
+
 def run_task(task: Task) -> list[Outcome]:
     """Probe one checkpoint with every requested probe; one :class:`Outcome` per probe, never raises."""
     t0 = time.perf_counter()
@@ -219,19 +266,22 @@ def run_task(task: Task) -> list[Outcome]:
 
         from grokscope.probes import ProbeContext
 
-        from .hashing import state_dict_hash
+        from .hashing import nonfinite_message, nonfinite_tensors
         from .loading import CheckpointError, load_into, match_keys, read_state_dict
 
         device = torch.device(task.device)
         try:
             sd = read_state_dict(ck)
-            digest = state_dict_hash(sd)
         except CheckpointError as e:
             return fail_all(str(e))
+        expected = {k: tuple(v.shape) for k, v in _model(task.spec["model"], device, _trust(task), task.where).state_dict().items()}
+        digest, sd = content_hash(sd, expected, ck.path)
         for o in outs.values():
             o.checkpoint_hash = digest
+        bad = nonfinite_tensors(sd)
+        if bad:
+            return fail_all(nonfinite_message(bad))
         model, data, classes = _prepare(task, sd, device)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
         def load_previous():
             if task.previous is None:
@@ -256,7 +306,7 @@ def run_task(task: Task) -> list[Outcome]:
                 result = cls().compute(model, data, req.params, ctx)
                 out.result = check_result(result, cls)
             except Exception as e:  # noqa: BLE001 - a failing probe is recorded, the rest go on
-                out.error = f"probe {req.name} failed: {_describe(e)}"
+                out.error = f"probe {req.name} failed: {describe_error(e)}"
             out.seconds = time.perf_counter() - t1
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -268,5 +318,5 @@ def run_task(task: Task) -> list[Outcome]:
 
         from .loading import CheckpointError
 
-        msg = str(e) if isinstance(e, (CheckpointError, UntrustedCode, ModelError, DatasetError)) else _describe(e)
+        msg = str(e) if isinstance(e, (CheckpointError, UntrustedCode, ModelError, DatasetError)) else describe_error(e)
         return fail_all(msg)

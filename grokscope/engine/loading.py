@@ -41,16 +41,34 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
-        m = re.search(r"(Unsupported global[^\n]*?)(?: Please use|\n|$)", text)
-        detail = m.group(1).strip() if m else text.splitlines()[0]
-        raise CheckpointError(
-            f"{path}: refused: this pickle needs code to load ({detail}). grokscope reads pickles "
-            "only with torch.load(weights_only=True) and never runs code from a checkpoint; re-save "
-            "the weights as a plain state dict or as safetensors") from None
+        raise CheckpointError(pickle_refusal(path, str(e))) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: unreadable PyTorch file ({type(e).__name__}: {first})") from None
+
+
+# torch < 2.6: "Unsupported global: GLOBAL mod.name was not an allowed global by default";
+# torch 2.13: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+_BLOCKED = re.compile(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.<>]+)(?:\s+whose module ([\w.]+) is blocked)?",
+                      re.IGNORECASE)
+
+
+def pickle_refusal(path: Path | str, torch_message: str) -> str:
+    """The one-line refusal of a pickle that ``torch.load(weights_only=True)`` would not load: the
+    file, the global it needs (from torch's ``torch_message``) and what to do instead. torch's own
+    advice to retry without ``weights_only`` is never repeated: that runs the file's code."""
+    m = _BLOCKED.search(torch_message)
+    if m:
+        what = f"it needs the global {m.group(1)}" + (f" of the blocked module {m.group(2)}" if m.group(2) else "")
+    else:
+        lines = [ln.strip() for ln in torch_message.splitlines() if ln.strip()
+                 and "weights_only" not in ln and "Weights only load failed" not in ln
+                 and "documentation" not in ln]
+        what = lines[0] if lines else "it is not a plain state dict"
+    return (f"{path}: refused: this pickle needs code to load ({what}). grokscope reads pickles only "
+            "with torch.load(weights_only=True) and never runs code from a checkpoint; if you trust "
+            "its source, convert it with your own trusted code into a plain state dict or a "
+            "safetensors file, and probe that")
 
 
 def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:

@@ -1,11 +1,15 @@
-"""One writer per store: a lock file inside the store that names its holder.
+"""One writer per folder: a lock file inside the folder that names its holder.
 
-``STORE/.grokscope.lock`` holds ``{"pid", "host", "started", "command"}`` of the process writing the
-store. The lock itself is an exclusive ``flock`` on that file, which the kernel drops when the holder
-dies however it dies (SIGKILL included), so a lock left by a dead process is stale and is taken over;
+The probe engine locks its store (:class:`StoreLock`, one probe run per store) and the trainer its run
+folder (:class:`RunLock`, one trainer per run folder); readers (probing a run that is training, opening
+a store that is being written) take no lock. ``FOLDER/.grokscope.lock`` holds ``{"pid", "host",
+"started", "time", "command"}`` of the process writing the folder. The lock itself is an exclusive
+``flock`` on that file, which the kernel drops when the holder dies however it dies (SIGKILL
+included), so a lock left by a dead process is stale and is taken over;
 where ``flock`` is not available (some network filesystems) the holder's pid is checked instead
 (same host: is that process still alive with the same start time). A live holder makes
-:meth:`StoreLock.acquire` raise :class:`StoreLocked` naming it.
+:meth:`FolderLock.acquire` raise :class:`FolderLocked` (:class:`StoreLocked` for a store) naming it in one
+line. :func:`live_holder` tells a reader whether a folder is being written now.
 """
 
 from __future__ import annotations
@@ -23,8 +27,16 @@ from grokscope.errors import GrokscopeError
 LOCK_NAME = ".grokscope.lock"
 
 
-class StoreLocked(GrokscopeError, RuntimeError):
+class FolderLocked(GrokscopeError, RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+class StoreLocked(FolderLocked):
     """Another live process holds the store's lock."""
+
+
+class RunLocked(FolderLocked):
+    """Another live process (a trainer) holds the run folder's lock."""
 
 
 def _start_time(pid: int) -> str | None:
@@ -65,28 +77,50 @@ def read_holder(path: Path) -> dict[str, Any] | None:
 
 
 def describe(holder: dict[str, Any] | None) -> str:
+    """``pid N on HOST (since TIME; COMMAND)``: the holder record in words."""
     if not holder:
         return "an unknown process"
     return (f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('time', '?')}; "
-            f"{holder.get('command', '')})")
+            f"{' '.join(str(holder.get('command', '')).split())})")
 
 
-class StoreLock:
-    """The lock of one store folder; use as a context manager or call acquire()/release().
+def live_holder(folder: Path) -> dict[str, Any] | None:
+    """The holder record of ``folder``'s lock when its process is alive, else None.
 
-    ``took_over`` is the record of a stale holder replaced by :meth:`acquire`, else None.
+    Takes no lock (a reader's check): the file exists only while a writer holds it or after a writer
+    died; a holder on another host cannot be checked and counts as alive.
+    """
+    holder = read_holder(Path(folder) / LOCK_NAME)
+    if not holder:
+        return None
+    if holder.get("host") != socket.gethostname():
+        return holder
+    try:
+        pid = int(holder.get("pid", -1))
+    except (TypeError, ValueError):
+        return None
+    return holder if pid > 0 and pid_alive(pid, holder.get("started")) else None
+
+
+class FolderLock:
+    """The lock of one folder; use as a context manager or call acquire()/release().
+
+    ``took_over`` is the record of a stale holder replaced by :meth:`acquire`, else None. Subclasses
+    say what the folder is (:meth:`_held_message`, :attr:`locked_error`).
     """
 
-    def __init__(self, store: Path):
-        self.store = Path(store)
-        self.path = self.store / LOCK_NAME
+    locked_error: type[FolderLocked] = FolderLocked
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
         self.took_over: dict[str, Any] | None = None
 
     def acquire(self) -> "StoreLock":
         import fcntl
 
-        self.store.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid()),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "command": " ".join(os.path.basename(a) if i == 0 else a
@@ -98,7 +132,7 @@ class StoreLock:
                 flocked = True
             except BlockingIOError:
                 os.close(fd)
-                raise StoreLocked(self._held_message(read_holder(self.path))) from None
+                raise self.locked_error(self._held_message(read_holder(self.path))) from None
             except OSError:
                 flocked = False  # no flock on this filesystem: fall back to the pid check
             try:
@@ -114,7 +148,7 @@ class StoreLock:
                     local = holder.get("host") == me["host"]
                     if not local or pid_alive(int(holder.get("pid", -1)), holder.get("started")):
                         os.close(fd)
-                        raise StoreLocked(self._held_message(holder))
+                        raise self.locked_error(self._held_message(holder))
                 self.took_over = holder
             payload = json.dumps(me).encode()
             os.ftruncate(fd, 0)
@@ -122,11 +156,10 @@ class StoreLock:
             os.fsync(fd)
             self._fd = fd
             return self
-        raise StoreLocked(f"{self.path}: could not take the lock (the file keeps changing)")
+        raise self.locked_error(f"{self.path}: could not take the lock (the file keeps changing)")
 
     def _held_message(self, holder: dict[str, Any] | None) -> str:
-        return (f"store {self.store} is being written by {describe(holder)}; one probe run per store "
-                f"at a time (wait for it, or use another --out). The lock is {self.path}.")
+        return f"{self.folder} is being written by {describe(holder)}. The lock is {self.path}."
 
     def release(self) -> None:
         if self._fd is None:
@@ -144,3 +177,28 @@ class StoreLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+class StoreLock(FolderLock):
+    """The lock of a probe store: one probe run per store at a time."""
+
+    locked_error = StoreLocked
+
+    def __init__(self, store: Path):
+        super().__init__(store)
+        self.store = self.folder
+
+    def _held_message(self, holder: dict[str, Any] | None) -> str:
+        return (f"store {self.store} is being written by {describe(holder)}; one probe run per store "
+                f"at a time (wait for it, or use another --out). The lock is {self.path}.")
+
+
+class RunLock(FolderLock):
+    """The lock of a run folder: one trainer per run folder at a time."""
+
+    locked_error = RunLocked
+
+    def _held_message(self, holder: dict[str, Any] | None) -> str:
+        return (f"run folder {self.folder} is being trained by {describe(holder)}; one trainer per run "
+                f"folder at a time (wait for it to finish, then --resume; or train into another --out). "
+                f"The lock is {self.path}.")

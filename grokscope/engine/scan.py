@@ -1,9 +1,11 @@
 """``grokscope scan``: an audit of the checkpoints under a path, run by run.
 
-For each run: number of checkpoints, step range, gaps in the save schedule, duplicates (the same
-tensor contents at different steps), steps written out of order (file modification time against
-step), dtype/shape/key drift between consecutive checkpoints, unreadable files, and files discovery
-could not place. Every checkpoint is read (safely, see :mod:`.loading`) to hash its tensors.
+For each run: number of checkpoints, the steps present (compactly, :func:`compact_steps`), gaps in
+the save schedule, duplicates (the same tensor contents at different steps), steps written out of
+order (file modification time against step), dtype/shape/key drift between consecutive checkpoints,
+checkpoints holding NaN or Inf weights (each tensor named), unreadable files, files discovery could
+not place, and steps that ``log.jsonl`` holds more than once (two trainers wrote the run). Every
+checkpoint is read (safely, see :mod:`.loading`) to hash its tensors.
 """
 
 from __future__ import annotations
@@ -13,6 +15,46 @@ from pathlib import Path
 from typing import Any
 
 from .discovery import Run, find_runs
+
+
+STEPS_WIDTH = 40  # characters of the table's steps column; longer lists are shown in full below it
+
+
+def compact_steps(steps: list[int]) -> str:
+    """Sorted steps as comma-separated items: ``a..b`` (every step from a to b), ``a..b/k`` (every
+    k-th step from a to b) or a single step; a run of equal increments becomes one item when it has
+    at least 3 steps. ``[0, 1, 2, 3, 10, 20, 30, 45]`` → ``"0..3,10..30/10,45"``."""
+    out, i, n = [], 0, len(steps)
+    while i < n:
+        if i + 2 < n and steps[i + 1] - steps[i] == steps[i + 2] - steps[i + 1] > 0:
+            d, j = steps[i + 1] - steps[i], i + 2
+            while j + 1 < n and steps[j + 1] - steps[j] == d:
+                j += 1
+            out.append(f"{steps[i]}..{steps[j]}" + (f"/{d}" if d > 1 else ""))
+            i = j + 1
+        else:
+            out.append(str(steps[i]))
+            i += 1
+    return ",".join(out)
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` cut at the last comma before ``width`` characters, with ``,...`` when cut."""
+    if len(text) <= width:
+        return text
+    cut = text.rfind(",", 0, width - 4)
+    return (text[:cut] if cut > 0 else text[:width - 4]) + ",..."
+
+
+def log_duplicates(run: Run) -> list[dict[str, int]]:
+    """``[{"step", "count"}]`` of the steps that the run's ``log.jsonl`` holds more than once."""
+    from grokscope import runs as runfmt
+
+    counts: dict[int, int] = {}
+    for rec in runfmt.read_log(run.path):
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            counts[rec["step"]] = counts.get(rec["step"], 0) + 1
+    return [{"step": s, "count": c} for s, c in sorted(counts.items()) if c > 1]
 
 
 def expected_steps(run: Run) -> list[int] | None:
@@ -67,7 +109,7 @@ def find_gaps(steps: list[int], expected: list[int] | None = None) -> list[dict[
 
 def scan_run(run: Run) -> dict[str, Any]:
     """The audit of one run as a JSON-friendly dict (see the module docstring)."""
-    from .hashing import state_dict_hash
+    from .hashing import nonfinite_tensors, state_dict_hash
     from .loading import CheckpointError, read_state_dict
 
     rows = []
@@ -86,7 +128,7 @@ def scan_run(run: Run) -> dict[str, Any]:
             continue
         sig = {k: (str(v.dtype).replace("torch.", ""), list(v.shape)) for k, v in sd.items()}
         rows.append({"step": ck.step, "file": ck.label, "hash": state_dict_hash(sd), "mtime": mtime,
-                     "bytes": size, "sig": sig})
+                     "bytes": size, "sig": sig, "nonfinite": nonfinite_tensors(sd)})
     steps = run.steps
     by_hash: dict[str, list[int]] = {}
     for r in rows:
@@ -122,9 +164,11 @@ def scan_run(run: Run) -> dict[str, Any]:
         "run_json_error": run.spec_error, "data": _data_words(run),
         "checkpoints": len(run.checkpoints), "readable": len(rows),
         "first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None,
+        "steps": steps,
         "schedule": "run.json" if expected is not None else "inferred",
         "gaps": find_gaps(steps, expected), "duplicates": duplicates, "out_of_order": out_of_order,
-        "drift": drift, "unreadable": unreadable,
+        "drift": drift, "unreadable": unreadable, "log_duplicates": log_duplicates(run),
+        "nonfinite": [{"step": r["step"], "file": r["file"], "tensors": r["nonfinite"]} for r in rows if r["nonfinite"]],
         "skipped": [{"file": p.path, "reason": p.reason} for p in run.problems],
         "bytes": sum(r["bytes"] for r in rows),
         "files": [{k: r[k] for k in ("step", "file", "hash", "bytes")} for r in rows],
@@ -147,17 +191,24 @@ def scan(path: Path) -> list[dict[str, Any]]:
 
 def format_report(reports: list[dict[str, Any]]) -> str:
     """A table (one row per run) followed by the details of every finding."""
-    head = ("run", "ckpts", "steps", "gaps", "dups", "order", "drift", "unreadable", "skipped")
+    head = ("run", "ckpts", "steps", "gaps", "dups", "order", "drift", "nonfinite", "unreadable", "skipped",
+            "logdups")
     table = []
+    listed: dict[str, str] = {}  # step lists too long for the table, shown in the details
     for r in reports:
-        rng = f"{r['first_step']}..{r['last_step']}" if r["checkpoints"] else "-"
-        table.append((r["run"], str(r["checkpoints"]), rng, str(len(r["gaps"])), str(len(r["duplicates"])),
-                      str(len(r["out_of_order"])), str(len(r["drift"])), str(len(r["unreadable"])),
-                      str(len(r["skipped"]))))
+        steps = compact_steps(r["steps"])
+        if len(steps) > STEPS_WIDTH:
+            listed[r["path"]] = steps
+        table.append((r["run"], str(r["checkpoints"]), _clip(steps, STEPS_WIDTH) or "-", str(len(r["gaps"])),
+                      str(len(r["duplicates"])), str(len(r["out_of_order"])), str(len(r["drift"])),
+                      str(len(r["nonfinite"])), str(len(r["unreadable"])), str(len(r["skipped"])),
+                      str(len(r.get("log_duplicates", [])))))
     widths = [max(len(x) for x in col) for col in zip(head, *table)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *table]]
     for r in reports:
         details = [f"data: {r['data']}"] if r.get("data") else []
+        if r["path"] in listed:
+            details.append(f"steps: {listed[r['path']]}")
         if r["run_json_error"]:
             details.append(f"run.json: {r['run_json_error']}")
         for g in r["gaps"]:
@@ -171,10 +222,19 @@ def format_report(reports: list[dict[str, Any]]) -> str:
             details.append(f"step {o['step']} ({o['file']}) was written after step {o['written_after_step']}")
         for d in r["drift"]:
             details.append(f"drift {d['from_step']} -> {d['to_step']}: {'; '.join(d['changes'])}")
+        for n in r["nonfinite"]:
+            more = f" and {len(n['tensors']) - 8} more" if len(n["tensors"]) > 8 else ""
+            details.append(f"non-finite weights at step {n['step']} ({n['file']}): "
+                           f"{', '.join(n['tensors'][:8])}{more}")
         for u in r["unreadable"]:
             details.append(f"unreadable step {u['step']}: {u['reason']}")
         for s in r["skipped"]:
             details.append(f"skipped {s['file']}: {s['reason']}")
+        dups = r.get("log_duplicates") or []
+        if dups:
+            details.append(f"log.jsonl: {len(dups)} step(s) logged more than once "
+                           f"({compact_steps([d['step'] for d in dups])}): more than one trainer wrote "
+                           "this run; its log and checkpoints may mix them")
         if details:
             lines.append("")
             lines.append(f"{r['run']} ({r['path']}):")

@@ -10,7 +10,8 @@ Layout (``xr.open_datatree(path, engine="zarr", consolidated=False)``)::
         done                (step,) bool: this (run, step, probe) job is complete
         error               (step,) str: why the last attempt failed ('' otherwise)
         checkpoint_hash     (step,) str: content hash of the checkpoint's tensors
-        attrs: probe, params (dict), params_json, seed, model, dataset, grokscope_version, ...
+        attrs: probe, params (dict), params_json, seed, model, dataset, grokscope_version,
+               committed_steps (the rows of every step-dim array that are committed), ...
 
 Write rules (Zarr v3 has no write synchroniser; see DESIGN.md "Store"):
 
@@ -29,7 +30,17 @@ Write rules (Zarr v3 has no write synchroniser; see DESIGN.md "Store"):
   only after the data: a killed writer leaves at most data without a
   ``done`` flag, which a resumed run recomputes;
 * only the driver grows ``step`` when new checkpoints appear (arrays resized, new steps appended
-  after the old ones: use ``ds.sortby("step")`` if a later run back-filled earlier steps).
+  after the old ones: use ``ds.sortby("step")`` if a later run back-filled earlier steps). A growth
+  resizes every step-dim array, writes the new step values, and only then raises the group's
+  ``committed_steps`` attribute: the rows below it are the group. A growth killed before that
+  leaves longer arrays that nobody trusts: readers (:func:`open_store`, :func:`load_group`) clip
+  every step-dim array to ``committed_steps`` and the driver shrinks them back before growing again,
+  so no half-grown row (a ``step = 0`` that no checkpoint has) is ever seen or counted.
+
+Readers see each file whole (zarr writes a file aside and renames it into place) and, through
+:class:`CommittedView`, every file of one open as one version (a shard read in two pieces, its
+index then its chunks, is read once), the arrays clipped to the committed rows, and ``done`` read
+before the data (so a ``done`` flag never shows a cell whose data the reader saw missing).
 
 Missing values: floats are NaN; integers are stored with the fill value ``-2**63`` (``_FillValue``,
 so xarray shows NaN as floats; open with ``mask_and_scale=False`` for raw ints); unsigned integers
@@ -48,9 +59,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from zarr.storage import WrapperStore
 
 import grokscope
 from grokscope.errors import GrokscopeError
+
+from . import faults
 
 ENGINE_VARS = ("done", "error", "checkpoint_hash")
 TMP_DIR = ".grokscope-tmp"  # templates are built here, then renamed into the hierarchy
@@ -65,26 +79,131 @@ class StoreError(GrokscopeError, ValueError):
     """The store cannot take these results (parameters or run spec differ, shapes drift, ...)."""
 
 
+COMMITTED = "committed_steps"  # group attribute: rows of the step-dim arrays that are committed
+
+
 def open_store(path: str | Path):
     """The whole store as an ``xr.DataTree`` (lazy; safe to call while a probe run is writing).
 
-    Same as ``xr.open_datatree(path, engine="zarr", consolidated=False)``, minus zarr's warning about
-    the lock file (``.grokscope.lock``) that exists while a probe run writes the store.
+    Like ``xr.open_datatree(path, engine="zarr", consolidated=False)``, read through a
+    :class:`CommittedView`: every group shows its committed steps only, every file is read as one
+    version, and each group's ``done`` is read at open (a later read of its data is at least as
+    new, so ``done`` never marks a cell that reads as missing).
     """
     import xarray as xr
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*\.grokscope.*not recognized as a component")
-        return xr.open_datatree(str(path), engine="zarr", consolidated=False)
+    tree = xr.open_datatree(committed_view(path), engine="zarr", consolidated=False)
+    for node in tree.subtree:
+        if "done" in node.variables:
+            node["done"].values  # noqa: B018 - reads (and pins in the view) the done flags first
+    return tree
 
 
 def load_group(path: str | Path, run: str, probe: str):
     """One probe group of a store as an in-memory ``xr.Dataset`` (step, probe outputs, done, error,
-    checkpoint_hash; attrs with parameters and provenance)."""
+    checkpoint_hash; attrs with parameters and provenance): its committed steps, read as in
+    :func:`open_store` (``done`` first)."""
     import xarray as xr
 
-    with xr.open_dataset(str(path), group=f"{run}/{probe}", engine="zarr", consolidated=False) as ds:
+    with xr.open_dataset(committed_view(path), group=f"{run}/{probe}", engine="zarr",
+                         consolidated=False) as ds:
+        ds["done"].load()
         return ds.load()
+
+
+def committed_view(path: str | Path):
+    """A read-only :class:`CommittedView` of the store folder ``path`` (for ``xr.open_*``)."""
+    from zarr.storage import LocalStore
+
+    return CommittedView(LocalStore(str(path), read_only=True))
+
+
+class CommittedView(WrapperStore):
+    """A read-only zarr store over a probe store that shows what is committed, consistently.
+
+    * an array whose first dim is ``step`` reads with ``shape[0]`` clipped to its group's
+      ``committed_steps`` (read once per group per view, before the arrays' shapes): rows of a
+      growth in progress are not there (the attribute itself is not shown);
+    * every chunk or shard file is read whole, once per view, and served from that copy (zarr
+      reads a shard's index and then its chunks in separate requests, which could otherwise
+      come from two versions of the file);
+    * the writer's temporary files and the lock file are not listed.
+    """
+
+    def __init__(self, store):
+        super().__init__(store)
+        self._committed: dict[str, int | None] = {}
+        self._files: dict[str, bytes | None] = {}
+
+    def _with_store(self, store):
+        return type(self)(store)
+
+    async def _group_committed(self, group: str, prototype) -> int | None:
+        if group not in self._committed:
+            raw = await self._store.get(f"{group}/zarr.json" if group else "zarr.json", prototype)
+            n = None
+            if raw is not None:
+                n = (json.loads(raw.to_bytes()).get("attributes") or {}).get(COMMITTED)
+            self._committed.setdefault(group, None if n is None else int(n))
+        return self._committed[group]
+
+    async def get(self, key, prototype, byte_range=None):
+        if key == "zarr.json" or key.endswith("/zarr.json"):
+            node = key[: -len("/zarr.json")] if "/" in key else ""
+            parent = node.rsplit("/", 1)[0] if "/" in node else ""
+            # the marker before the array's shape: arrays only grow before the marker rises, so
+            # every array read after it is at least that long
+            n = await self._group_committed(parent, prototype) if node else None
+            raw = await self._store.get(key, prototype, byte_range)
+            if raw is None or byte_range is not None:
+                return raw
+            meta = json.loads(raw.to_bytes())
+            dims = meta.get("dimension_names") or []
+            if meta.get("node_type") == "array" and dims and dims[0] == "step":
+                if n is not None and meta["shape"][0] > n:
+                    meta["shape"][0] = n
+                    return prototype.buffer.from_bytes(json.dumps(meta).encode())
+            elif meta.get("node_type") == "group" and COMMITTED in (meta.get("attributes") or {}):
+                mark = meta["attributes"].pop(COMMITTED)  # applied here; not a property of the data
+                self._committed.setdefault(node, int(mark))
+                return prototype.buffer.from_bytes(json.dumps(meta).encode())
+            return raw
+        if key not in self._files:
+            raw = await self._store.get(key, prototype)
+            self._files.setdefault(key, None if raw is None else raw.to_bytes())
+        data = self._files[key]
+        if data is None:
+            return None
+        return prototype.buffer.from_bytes(_byte_range(data, byte_range))
+
+    async def get_partial_values(self, prototype, key_ranges):
+        return [await self.get(k, prototype, r) for k, r in key_ranges]
+
+    async def _get_many(self, requests):
+        for key, prototype, byte_range in requests:
+            yield key, await self.get(key, prototype, byte_range)
+
+    async def list_dir(self, prefix):
+        async for name in self._store.list_dir(prefix):
+            if not (name.endswith(".partial") or name.startswith(".grokscope")):
+                yield name
+
+
+def _byte_range(data: bytes, request: Any) -> bytes:
+    """The bytes of ``data`` that a zarr ``ByteRequest`` (or None: all) asks for."""
+    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+
+    if request is None:
+        return data
+    if isinstance(request, RangeByteRequest):
+        return data[request.start:request.end]
+    if isinstance(request, OffsetByteRequest):
+        return data[request.offset:]
+    if isinstance(request, SuffixByteRequest):
+        return data[max(0, len(data) - request.suffix):]
+    raise TypeError(f"unexpected byte range {request!r}")
+
+
 
 
 def shard_steps(n_steps: int, bytes_per_step: int) -> int:
@@ -150,12 +269,46 @@ class GroupInfo:
     done: np.ndarray
     attrs: dict[str, Any]
     arrays: dict[str, Any] = field(default_factory=dict)  # zarr arrays by name
+    zgroup: Any = None  # the zarr group (its attributes hold the committed-length marker)
     data_vars: set[str] = field(default_factory=set)
     coords: dict[str, np.ndarray] = field(default_factory=dict)  # non-step coordinates
     index: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = {s: i for i, s in enumerate(self.steps)}
+
+
+V2_FILES = (".zgroup", ".zarray", ".zattrs", ".zmetadata")
+
+
+def check_store_path(path: str | Path) -> None:
+    """Raise :class:`StoreError` (one line naming what is there) unless ``path`` is absent, an empty
+    folder or a grokscope store: a file, a folder of other things, a Zarr v2 store, a Zarr array or a
+    Zarr v3 group that grokscope did not write are refused, so our groups never mix into them."""
+    from .lock import LOCK_NAME
+
+    p = Path(path)
+    if not p.exists():
+        return
+    refuse = "; refusing to write into it (choose a new or existing grokscope store with --out)"
+    if not p.is_dir():
+        raise StoreError(f"{p}: exists and is a file, not a grokscope store{refuse}")
+    names = {c.name for c in p.iterdir()} - {LOCK_NAME, TMP_DIR}
+    if not names:
+        return
+    if names & set(V2_FILES):
+        raise StoreError(f"{p}: is a Zarr v2 store, not a grokscope store (grokscope writes Zarr v3){refuse}")
+    if "zarr.json" not in names:
+        raise StoreError(f"{p}: exists and is not a Zarr store{refuse}")
+    try:
+        meta = json.loads((p / "zarr.json").read_text())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{p}/zarr.json: unreadable ({e}){refuse}") from None
+    if meta.get("node_type") != "group":
+        raise StoreError(f"{p}: is a Zarr {meta.get('node_type', 'node')}, not a grokscope store{refuse}")
+    if "grokscope_version" not in (meta.get("attributes") or {}) and names - {"zarr.json"}:
+        raise StoreError(f"{p}: is a Zarr v3 store that grokscope did not write (no grokscope_version "
+                         f"attribute at its root){refuse}")
 
 
 class ProbeStore:
@@ -165,9 +318,12 @@ class ProbeStore:
         import zarr
 
         self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        check_store_path(self.path)
+        root_attrs = {"grokscope_version": grokscope.__version__, "layout": "run/probe"}
+        # created with its attributes in one write: a root without them would read as foreign
+        self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3, attributes=root_attrs)
         if "grokscope_version" not in self.root.attrs:
-            self.root.attrs.update({"grokscope_version": grokscope.__version__, "layout": "run/probe"})
+            self.root.attrs.update(root_attrs)
         self.groups: dict[tuple[str, str], GroupInfo] = {}
         self.templates: dict[str, Path] = {}  # template_key -> a pristine copy (see create_group)
         self._template_dir: Path | None = None
@@ -207,9 +363,11 @@ class ProbeStore:
         arrays = {name: g[name] for name in g.array_keys()}
         if "step" not in arrays or "done" not in arrays:
             raise StoreError(f"{self.path}/{run}/{probe}: not a grokscope probe group (no step/done)")
-        steps = [int(s) for s in arrays["step"][:]]
-        done = np.asarray(arrays["done"][:], dtype=bool)
-        info = GroupInfo(run=run, probe=probe, steps=steps, done=done, attrs=dict(g.attrs), arrays=arrays)
+        n = self._repair(g, arrays)
+        steps = [int(s) for s in arrays["step"][:n]]
+        done = np.asarray(arrays["done"][:n], dtype=bool)
+        info = GroupInfo(run=run, probe=probe, steps=steps, done=done, attrs=dict(g.attrs), arrays=arrays,
+                         zgroup=g)
         for name, arr in arrays.items():
             dims = tuple(arr.metadata.dimension_names or ())
             if name in ENGINE_VARS or name == "step":
@@ -220,6 +378,33 @@ class ProbeStore:
                 info.coords[name] = np.asarray(arr[...])
         self.groups[key] = info
         return info
+
+    def _repair(self, g: Any, arrays: dict[str, Any]) -> int:
+        """The committed length of a group, its step-dim arrays shrunk back to it if a growth was
+        killed half-way (driver only).
+
+        Groups written before the marker existed get the length every array has, cut before the
+        first repeated step value (the phantom ``step = 0`` rows of a growth killed there).
+        """
+        stepped = {name: a for name, a in arrays.items() if _first_dim(a) == "step"}
+        mark = g.attrs.get(COMMITTED)
+        if mark is None:
+            n = min(int(a.shape[0]) for a in stepped.values())
+            seen: set[int] = set()
+            for i, s in enumerate(int(v) for v in arrays["step"][:n]):
+                if s in seen:
+                    n = i
+                    break
+                seen.add(s)
+        else:
+            n = int(mark)
+        for name, arr in sorted(stepped.items()):
+            if int(arr.shape[0]) != n:
+                arr.resize((n,) + tuple(arr.shape[1:]))
+                faults.point(f"repair:resize:{name}")
+        if mark is None:
+            g.attrs.update({COMMITTED: n})
+        return n
 
     # -- structure (driver only) ----------------------------------------------------------------
     def set_run_attrs(self, run: str, attrs: dict[str, Any]) -> None:
@@ -250,7 +435,7 @@ class ProbeStore:
         # the probe's own dataset attributes (notes, units) from its first result; the engine's
         # attributes win on a name clash
         group_attrs = normalise({**(dict(first.attrs) if first is not None else {}), **attrs,
-                                 "missing": MISSING_DOC})
+                                 "missing": MISSING_DOC, COMMITTED: n})
         # written beside the hierarchy, then renamed into place: readers never see half a template
         tmp = self.path / TMP_DIR / f"{run}--{probe}-{uuid.uuid4().hex[:8]}"
         key = template_key(probe, steps, first)
@@ -278,6 +463,7 @@ class ProbeStore:
                 ds.to_zarr(str(tmp), mode="w", zarr_format=3, consolidated=False, compute=False,
                            encoding=enc)
             self.templates[key] = self._keep_template(tmp)
+        faults.point("create:template")
         target = self.path / run / probe
         if target.exists():
             shutil.rmtree(target)
@@ -285,6 +471,7 @@ class ProbeStore:
         if not (target.parent / "zarr.json").exists():
             self.set_run_attrs(run, {})
         os.rename(tmp, target)
+        faults.point("create:rename")
         try:
             (self.path / TMP_DIR).rmdir()
         except OSError:
@@ -321,13 +508,15 @@ class ProbeStore:
             dtype = _storage_dtype(values)
             fill = fill_value(dtype)
             shape = (n,) + values.shape
-            chunks = (s,) + values.shape
+            # a zero-length dim (e.g. no layer to report) still needs chunks of length >= 1
+            inner = tuple(max(1, d) for d in values.shape)
+            chunks = (s,) + inner
             if dtype == object:
                 data = np.full(shape, "", dtype=object)
             else:
                 data = da.full(shape, fill, dtype=dtype, chunks=chunks)
             out[name] = xr.Variable(("step",) + tuple(var.dims), data, attrs=dict(var.attrs))
-            e: dict[str, Any] = {"chunks": (1,) + values.shape, "shards": chunks}
+            e: dict[str, Any] = {"chunks": (1,) + inner, "shards": chunks}
             if dtype.kind in "fiu":
                 e["_FillValue"] = fill
                 if dtype.kind in "iu":
@@ -343,29 +532,39 @@ class ProbeStore:
             return info
         ds, enc = self._data_template(first[new], len(info.steps))
         ds = ds.drop_vars([c for c in ds.coords if c in info.coords or c == "step"])
-        ds.attrs = dict(info.attrs)  # mode="a" rewrites the group's attributes with these
+        # mode="a" rewrites the group's attributes with these: the engine's (marker included) and
+        # the probe's own from this first result (a group whose first job failed had none)
+        ds.attrs = normalise({**dict(first.attrs), **info.attrs})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds.to_zarr(str(self.path), group=f"{info.run}/{info.probe}", mode="a", zarr_format=3,
                        consolidated=False, compute=False, encoding=enc)
+        faults.point("add-vars")
         self.groups.pop((info.run, info.probe), None)
         new_info = self.group(info.run, info.probe)
         assert new_info is not None
         return new_info
 
     def grow(self, info: GroupInfo, new_steps: list[int]) -> GroupInfo:
-        """Append ``new_steps`` to the group's ``step`` (every step-dim array resized; driver only)."""
+        """Append ``new_steps`` to the group's ``step`` (driver only): every step-dim array resized,
+        the new step values written, then the ``committed_steps`` marker raised (the commit point:
+        killed before it, readers and the next driver see the group as it was)."""
         new_steps = [s for s in new_steps if s not in info.index]
         if not new_steps:
             return info
         n0, n1 = len(info.steps), len(info.steps) + len(new_steps)
         step_arr = info.arrays["step"]
-        for name, arr in info.arrays.items():
-            dims = tuple(arr.metadata.dimension_names or ())
-            if name != "step" and dims and dims[0] == "step":
+        for name, arr in sorted(info.arrays.items()):
+            if name != "step" and _first_dim(arr) == "step":
                 arr.resize((n1,) + tuple(arr.shape[1:]))
+                faults.point(f"grow:resize:{name}")
         step_arr.resize((n1,))
+        faults.point("grow:resize:step")
         step_arr[n0:n1] = np.asarray(new_steps, dtype=np.int64)
+        faults.point("grow:step-values")
+        info.zgroup.attrs.update({COMMITTED: n1})
+        info.attrs[COMMITTED] = n1
+        faults.point("grow:marker")
         info.steps = info.steps + list(new_steps)
         info.index = {s: i for i, s in enumerate(info.steps)}
         info.done = np.concatenate([info.done, np.zeros(len(new_steps), dtype=bool)])
@@ -393,23 +592,36 @@ class ProbeStore:
         return ""
 
     def write(self, info: GroupInfo, items: list[tuple[int, Any]]) -> None:
-        """Write outcomes ``[(step, Outcome)]`` of one group: data, then hashes/errors, then ``done``."""
+        """Write outcomes ``[(step, Outcome)]`` of one group: data, then hashes/errors, then ``done``.
+
+        A failed outcome for a cell that was done (a stale checkpoint recomputed) first clears its
+        ``done`` flag: the old results no longer describe that checkpoint.
+        """
         if not items:
             return
         rows = sorted({info.index[step]: o for step, o in items}.items())  # one row per step: the last
         ok = [(i, o) for i, o in rows if o.ok]
+        undone = [i for i, o in rows if not o.ok and info.done[i]]
+        if undone:
+            _put_rows(info.arrays["done"], undone, np.zeros(len(undone), dtype=bool))
+            info.done[undone] = False
+            faults.point("commit:undone")
         for name in sorted(info.data_vars):
             have = [(i, o) for i, o in ok if name in o.result.data_vars]
             if have:
                 _put_rows(info.arrays[name], [i for i, _ in have],
                           np.stack([np.asarray(o.result[name].values) for _, o in have]))
+                faults.point(f"commit:data:{name}")
         index = [i for i, _ in rows]
         _put_rows(info.arrays["checkpoint_hash"], index, np.array([o.checkpoint_hash for _, o in rows], dtype=object))
+        faults.point("commit:hash")
         _put_rows(info.arrays["error"], index, np.array([o.error for _, o in rows], dtype=object))
+        faults.point("commit:error")
         if ok:
             done = [i for i, _ in ok]
             _put_rows(info.arrays["done"], done, np.ones(len(done), dtype=bool))
             info.done[done] = True
+            faults.point("commit:done")
 
 
 def template_key(probe: str, steps: list[int], first: Any) -> str:
@@ -428,6 +640,11 @@ def template_key(probe: str, steps: list[int], first: Any) -> str:
                          for name, c in sorted(first.coords.items()) if "step" not in c.dims]
     text = json.dumps(sig, sort_keys=True, default=_json_default)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _first_dim(arr: Any) -> str | None:
+    dims = tuple(arr.metadata.dimension_names or ())
+    return dims[0] if dims else None
 
 
 def _put_rows(arr: Any, index: list[int], values: np.ndarray) -> None:

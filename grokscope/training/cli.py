@@ -80,8 +80,9 @@ def collect_overrides(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--eval-every", default=None, metavar="SPEC",
               help="Extra evaluation steps (every:K | log:N | list); every save step is evaluated.")
 @click.option("--reg", default=None, metavar="NAME[:ARGS]", help="Training regulariser (or none).")
-@click.option("--loss", type=click.Choice(["ce", "mse"]), default=None, help="Task loss.")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None)
+@click.option("--loss", type=click.Choice(["ce", "mse", "stablemax"]), default=None, help="Task loss (stablemax: Prieto et al.'s StableMax cross-entropy).")
+@click.option("--optimizer", "--optim", "optimizer", type=click.Choice(["adamw", "sgd", "orthograd", "orthograd-sgd"]),
+              default=None, help="adamw, sgd, or ⊥Grad (Prieto et al.) on top of AdamW (orthograd) or SGD (orthograd-sgd).")
 @click.option("--betas", callback=_betas, default=None, metavar="B1,B2", help="AdamW betas.")
 @click.option("--momentum", type=float, default=None, help="SGD momentum.")
 @click.option("--warmup", type=int, default=None, help="Linear learning-rate warm-up steps.")

@@ -12,7 +12,7 @@ from grokscope.losses import LOSSES
 
 from .schedule import DEFAULT_SAVE, ScheduleError, eval_schedule, parse_schedule
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "orthograd", "orthograd-sgd")  # orthograd*: ⊥Grad on AdamW / SGD
 DTYPES = ("float32", "float64")
 
 

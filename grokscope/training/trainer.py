@@ -9,10 +9,16 @@ values only, read with ``weights_only=True``): the step, the optimiser state, th
 state, the data-order generator state and epoch permutation, and the regulariser's state when it has
 one. Weights come from that step's safetensors checkpoint. A resumed run therefore produces the same
 bytes as an uninterrupted one.
+
+One trainer per run folder: ``train_run`` holds the folder's lock (``.grokscope.lock``, the probe
+engine's lock mechanism, :mod:`grokscope.engine.lock`) while it writes, so a second trainer on a live
+run, with or without ``resume``, is refused naming the first; the lock of a killed trainer is stale
+and taken over by the next one. Readers (the probe engine following a run) take no lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import json
@@ -20,16 +26,18 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from grokscope import runs
+from grokscope.engine.lock import RunLock, RunLocked, describe
 from grokscope.errors import GrokscopeError
 from grokscope.losses import task_loss
 
 from .config import TrainConfig, TrainConfigError
+from .orthograd import orthogonalise_grads_
 from .schedule import eval_schedule, parse_schedule
 
 STATE_DIR = "state"
@@ -101,7 +109,9 @@ def _freeze(model: nn.Module, prefixes: list[str]) -> list[str]:
 
 
 def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
+    """The base optimiser (``orthograd`` is AdamW, ``orthograd-sgd`` SGD; :func:`_update` projects
+    their gradients first)."""
+    if config.optimizer in ("adamw", "orthograd"):
         return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas),
                                  weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -157,6 +167,28 @@ class _Progress:
                          f"train acc {100 * rec['train_acc']:5.1f}%  test acc {100 * rec['test_acc']:5.1f}%  "
                          f"train loss {rec['train_loss']:.3g}  eta {eta}\n")
         sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[RunLock]:
+    """Hold ``run_dir``'s :class:`~grokscope.engine.lock.RunLock` (a live holder: :class:`TrainingError`
+    naming it); a stale lock (its trainer was killed) is taken over, saying so on stderr. A folder
+    this call created and left empty (training failed before writing) is removed again."""
+    created = not run_dir.exists()
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except RunLocked as e:
+        raise TrainingError(str(e)) from None
+    try:
+        if lock.took_over:
+            sys.stderr.write(f"took over the stale lock of {run_dir} left by {describe(lock.took_over)} "
+                             "(that process is gone)\n")
+        yield lock
+    finally:
+        lock.release()
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
 
 
 def _existing_run(run_dir: Path) -> bool:
@@ -251,7 +283,8 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
 
     ``resume=True`` continues the run in ``run_dir`` from its last saved checkpoint (or starts it if
     nothing was saved yet); the config must equal the one in its run.json. Without ``resume`` an
-    existing run in ``run_dir`` is an error. Raises DatasetError / ModelError for bad specs,
+    existing run in ``run_dir`` is an error; so is a run folder another live trainer holds (its lock
+    names it). Raises DatasetError / ModelError for bad specs,
     :class:`TrainConfigError` for bad fields and :class:`TrainingError` for run-folder problems.
     """
     from grokscope.datasets import load_dataset
@@ -279,82 +312,83 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     if reg is not None:  # the resolved parameters (defaults filled in), next to the spec string
         hyper["reg_params"] = reg.describe()
 
-    if _existing_run(run_dir):
-        if not resume:
-            raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it "
-                                "or choose another output folder")
-        rj = run_dir / runs.RUN_JSON
-        if rj.is_file():
-            old = runs.read_run_json(run_dir)
-            diff = _config_diff({"model": old["model"], "dataset": old["dataset"], **old["train"]},
-                                {"model": model_spec, "dataset": dataset_spec, **hyper})
-            if diff:
-                raise TrainingError(f"{rj}: cannot resume with a different configuration:\n  "
-                                    + "\n  ".join(diff))
+    with _run_lock(run_dir):  # one trainer per run folder, from the existing-run check to the last write
+        if _existing_run(run_dir):
+            if not resume:
+                raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it "
+                                    "or choose another output folder")
+            rj = run_dir / runs.RUN_JSON
+            if rj.is_file():
+                old = runs.read_run_json(run_dir)
+                diff = _config_diff({"model": old["model"], "dataset": old["dataset"], **old["train"]},
+                                    {"model": model_spec, "dataset": dataset_spec, **hyper})
+                if diff:
+                    raise TrainingError(f"{rj}: cannot resume with a different configuration:\n  "
+                                        + "\n  ".join(diff))
 
-    fork_devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(config.seed)
-        model = build_model(model_spec, trust)
-        frozen = _freeze(model, config.freeze)
-        model = model.to(device=dev, dtype=dtype)
-        data = _cast(data, dtype)
-        if dev.type != "cpu":
-            data = data.to(dev)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise TrainConfigError(f"train config: freeze={config.freeze!r} leaves nothing to train")
-        opt = _optimizer(config, trainable)
-        x_train, y_train = data.split("train")
-        batches = _Batches(len(x_train), config.batch_size, config.seed)
+        fork_devices = [dev.index or 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            torch.manual_seed(config.seed)
+            model = build_model(model_spec, trust)
+            frozen = _freeze(model, config.freeze)
+            model = model.to(device=dev, dtype=dtype)
+            data = _cast(data, dtype)
+            if dev.type != "cpu":
+                data = data.to(dev)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            if not trainable:
+                raise TrainConfigError(f"train config: freeze={config.freeze!r} leaves nothing to train")
+            opt = _optimizer(config, trainable)
+            x_train, y_train = data.split("train")
+            batches = _Batches(len(x_train), config.batch_size, config.seed)
 
-        start, wall0, last_reg, train_acc = 0, 0.0, None, None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _clean_temp_files(run_dir)
-        state = _load_state(run_dir) if resume else None
-        if state is not None:
-            start = int(state["step"])
-            log = runs.read_log(run_dir)
-            if start == config.steps and log and log[-1].get("step") == start:
-                return run_dir  # finished: nothing to redo
-            _load_weights(model, runs.checkpoint_path(run_dir, start), start)
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
-            if "cuda_rng" in state and dev.type == "cuda":
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            batches.load(state["batches"])
-            if reg is not None and "regulariser" in state and hasattr(reg, "load_state_dict"):
-                reg.load_state_dict(state["regulariser"])
-            wall0, last_reg, train_acc = float(state["wall"]), state["last_reg"], state["train_acc"]
-        # the log keeps what was evaluated before the resume point; later records are redone
-        kept = [r for r in runs.read_log(run_dir) if r.get("step", -1) < start]
-        runs.atomic_write_bytes(run_dir / runs.LOG_JSONL,
-                                "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
-        runs.write_run_json(run_dir, model_spec, dataset_spec, hyper)
+            start, wall0, last_reg, train_acc = 0, 0.0, None, None
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _clean_temp_files(run_dir)
+            state = _load_state(run_dir) if resume else None
+            if state is not None:
+                start = int(state["step"])
+                log = runs.read_log(run_dir)
+                if start == config.steps and log and log[-1].get("step") == start:
+                    return run_dir  # finished: nothing to redo
+                _load_weights(model, runs.checkpoint_path(run_dir, start), start)
+                opt.load_state_dict(state["optimizer"])
+                torch.set_rng_state(state["torch_rng"])
+                if "cuda_rng" in state and dev.type == "cuda":
+                    torch.cuda.set_rng_state_all(state["cuda_rng"])
+                batches.load(state["batches"])
+                if reg is not None and "regulariser" in state and hasattr(reg, "load_state_dict"):
+                    reg.load_state_dict(state["regulariser"])
+                wall0, last_reg, train_acc = float(state["wall"]), state["last_reg"], state["train_acc"]
+            # the log keeps what was evaluated before the resume point; later records are redone
+            kept = [r for r in runs.read_log(run_dir) if r.get("step", -1) < start]
+            runs.atomic_write_bytes(run_dir / runs.LOG_JSONL,
+                                    "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
+            runs.write_run_json(run_dir, model_spec, dataset_spec, hyper)
 
-        meter = _Progress(progress, config.steps, start)
-        t0 = time.perf_counter()
-        model.train()
-        for step in range(start, config.steps + 1):
-            if step in eval_steps:
-                rec = {"step": step, **evaluate(model, data, config.loss),
-                       "wall": round(wall0 + time.perf_counter() - t0, 4)}
-                if reg is not None and last_reg is not None:
-                    rec["reg"] = last_reg
-                runs.append_log(run_dir, rec)
-                train_acc = rec["train_acc"]
-                meter.update(step, rec, force=step == config.steps)
-                if not math.isfinite(rec["train_loss"]):
-                    raise TrainingError(f"training diverged: train loss {rec['train_loss']} at step {step} "
-                                        f"(lower --lr or add --grad-clip)")
-            if step in save_set:
-                runs.save_checkpoint(runs.checkpoint_path(run_dir, step), model.state_dict(), step)
-                _save_state(run_dir, step, opt, batches,
-                            {"wall": wall0 + time.perf_counter() - t0, "last_reg": last_reg,
-                             "train_acc": train_acc, "frozen": frozen}, reg)
-            if step == config.steps:
-                break
-            last_reg = _update(model, opt, config, reg, batches, x_train, y_train, step, train_acc)
+            meter = _Progress(progress, config.steps, start)
+            t0 = time.perf_counter()
+            model.train()
+            for step in range(start, config.steps + 1):
+                if step in eval_steps:
+                    rec = {"step": step, **evaluate(model, data, config.loss),
+                           "wall": round(wall0 + time.perf_counter() - t0, 4)}
+                    if reg is not None and last_reg is not None:
+                        rec["reg"] = last_reg
+                    runs.append_log(run_dir, rec)
+                    train_acc = rec["train_acc"]
+                    meter.update(step, rec, force=step == config.steps)
+                    if not math.isfinite(rec["train_loss"]):
+                        raise TrainingError(f"training diverged: train loss {rec['train_loss']} at step {step} "
+                                            f"(lower --lr or add --grad-clip)")
+                if step in save_set:
+                    runs.save_checkpoint(runs.checkpoint_path(run_dir, step), model.state_dict(), step)
+                    _save_state(run_dir, step, opt, batches,
+                                {"wall": wall0 + time.perf_counter() - t0, "last_reg": last_reg,
+                                 "train_acc": train_acc, "frozen": frozen}, reg)
+                if step == config.steps:
+                    break
+                last_reg = _update(model, opt, config, reg, batches, x_train, y_train, step, train_acc)
     return run_dir
 
 
@@ -399,5 +433,7 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
         torch.nn.utils.clip_grad_value_(params, config.grad_clip_value)
     if config.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    if config.optimizer.startswith("orthograd"):
+        orthogonalise_grads_(params)
     opt.step()
     return penalty

@@ -138,6 +138,12 @@ def test_lead_lag_order_and_decades():
 
 # ---- a real store with known curves ----------------------------------------------------------------
 
+def _strings(*values: str) -> np.ndarray:
+    """Variable-length strings, as the engine stores them (numpy's fixed-width unicode has no Zarr v3
+    specification: zarr warns UnstableSpecificationWarning)."""
+    return np.array(values, dtype=object)
+
+
 def _known_store(path):
     """A Zarr store laid out like `grokscope probe`'s (run group, probe children, done flags) holding
     curves whose onsets are known: memorised at 10^2, generalised at 10^3.5, robust at eps 0.1 at 10^4,
@@ -151,14 +157,14 @@ def _known_store(path):
     done = np.ones(steps.size, bool)
     done[-1] = False
     acc = xr.Dataset({"accuracy": (("step", "split"), np.stack([train, test], 1)),
-                      "done": (("step",), done)}, coords={"step": steps, "split": ["train", "test"]})
+                      "done": (("step",), done)}, coords={"step": steps, "split": _strings("train", "test")})
     robust = np.stack([0.9 * _sigmoid((lt - 4) / 0.05), np.zeros_like(lt)], 1)[:, None, :]
     pgd = xr.Dataset({"robust_acc": (("step", "split", "eps"), robust), "done": (("step",), done)},
-                     coords={"step": steps, "split": ["test"], "eps": [0.1, 0.3]})
+                     coords={"step": steps, "split": _strings("test"), "eps": [0.1, 0.3]})
     lc_train = 10 + 10 * _sigmoid((lt - 2) / 0.1) - 16 * _sigmoid((lt - 4) / 0.1)
     lc = np.stack([lc_train, lc_train * (1 + lt)], 1)[:, :, None]
     lcds = xr.Dataset({"lc_total_mean": (("step", "split", "radius"), lc), "done": (("step",), done)},
-                      coords={"step": steps, "split": ["train", "boundary"], "radius": [0.01]})
+                      coords={"step": steps, "split": _strings("train", "boundary"), "radius": [0.01]})
     tree = xr.DataTree.from_dict({"/runA": xr.Dataset(attrs={"dataset": {"name": "modular"}}),
                                   "/runA/acc": acc, "/runA/pgd": pgd, "/runA/lc": lcds})
     tree.to_zarr(path, zarr_format=3, consolidated=False)

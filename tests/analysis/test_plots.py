@@ -208,3 +208,14 @@ def test_store_without_runs(tmp_path):
     assert res.exit_code == 1 and "no runs with probe results" in res.output
     with pytest.raises(plots.PlotError, match="no runs with probe results"):
         plots.plan_panels(empty)
+
+
+def test_a_folder_given_for_a_store_names_the_store_inside_it(store, tmp_path):
+    """`plot`/`report` on a run folder (not its store) name the store inside it, or say there is none."""
+    for cmd in ("plot", "report"):
+        res = CliRunner().invoke(main, [cmd, str(store.parent), "--out", str(tmp_path / cmd)])
+        assert res.exit_code == 1, res.output
+        assert f"{store.parent}: not a probe store (no zarr.json); it holds probes.zarr: pass {store}" in res.output
+        res = CliRunner().invoke(main, [cmd, str(store.parent / "runs" / "a"), "--out", str(tmp_path / cmd)])
+        assert res.exit_code == 1 and "not a probe store (no zarr.json)" in res.output
+    assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("*.html"))

@@ -95,13 +95,44 @@ def test_sigkill_half_way_then_resume(sweep):
     assert_same_store(store, sweep / "ref.zarr")
 
 
+def test_ctrl_c_stops_quietly_and_the_rerun_finishes(sweep):
+    """SIGINT to the whole process group (what a terminal's Ctrl-C does): the driver commits what
+    finished, releases the lock and ends with one line (exit 130); the workers print nothing."""
+    store = sweep / "interrupted.zarr"
+    proc = subprocess.Popen([str(BIN / "grokscope"), "probe", str(sweep / "runs"), "-o", str(store),
+                             "--workers", "1", "--flush-interval", "0", "-q"], env=subprocess_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and _done(store) < 5:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "interrupted;" in lines[0] and "rerun the same command" in lines[0], err
+    assert not (store / ".grokscope.lock").exists()
+    stopped_at = _done(store)
+    assert 5 <= stopped_at < len(RUNS) * N_STEPS
+    r = _grokscope("probe", sweep / "runs", "-o", store, "--json", "-q", "--workers", "1")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["skipped"] == stopped_at
+    assert_same_store(store, sweep / "ref.zarr")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_external_dask_cluster_gives_the_same_store(sweep):
+def test_external_dask_cluster_gives_the_same_store(sweep, monkeypatch):
+    """Workers started in another working directory; the probe command is given relative paths
+    (made absolute before jobs are sent); a replaced checkpoint is re-hashed on the cluster."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = subprocess_env()
@@ -109,18 +140,21 @@ def test_external_dask_cluster_gives_the_same_store(sweep):
     procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--no-dashboard"], env=env, cwd=ROOT, stdout=logs, stderr=logs,
                               start_new_session=True)]
+    elsewhere = sweep / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
     try:
         for _ in range(2):
             procs.append(subprocess.Popen(
                 [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
                  "--memory-limit", "0", "--host", "127.0.0.1"],
-                env=env, cwd=ROOT, stdout=logs, stderr=logs, start_new_session=True))
+                env=env, cwd=elsewhere, stdout=logs, stderr=logs, start_new_session=True))
         from distributed import Client
 
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=120)
         store = sweep / "cluster.zarr"
-        r = _grokscope("probe", sweep / "runs", "-o", store, "--scheduler", address, "--json", "-q")
+        monkeypatch.chdir(sweep)
+        r = _grokscope("probe", "runs", "-o", "cluster.zarr", "--scheduler", address, "--json", "-q")
         assert r.exit_code == 0, r.output
         summary = json.loads(r.stdout)
         assert summary["scheduler"] == f"{address} (2 worker(s))"
@@ -130,6 +164,21 @@ def test_external_dask_cluster_gives_the_same_store(sweep):
         r = _grokscope("probe", sweep / "runs", "-o", sweep / "gpu.zarr", "--scheduler", address,
                        "--device", "cuda")
         assert r.exit_code == 1 and "offers the GPU resource" in r.output and "--resources GPU=1" in r.output
+        # a replaced checkpoint is found by hashing on the cluster and recomputed there
+        small = make_run(sweep / "small" / "r", [0, 1, 2])
+        r = _grokscope("probe", "small", "-o", "small.zarr", "--scheduler", address, "--json", "-q")
+        assert r.exit_code == 0 and json.loads(r.stdout)["completed"] == 3, r.output
+        from grokscope import runs as runfmt
+        from safetensors.torch import load_file
+
+        runfmt.save_checkpoint(runfmt.checkpoint_path(small, 1),
+                               load_file(str(runfmt.checkpoint_path(small, 2))), 1)
+        r = _grokscope("probe", "small", "-o", "small.zarr", "--scheduler", address, "--json", "-q")
+        summary = json.loads(r.stdout)
+        assert r.exit_code == 0 and summary["completed"] == 1 and summary["skipped"] == 2, r.output
+        assert any("r step 1 " in w and "changed since it was probed" in w for w in summary["warnings"])
+        fixed = load_group(sweep / "small.zarr", "r", "acc")
+        xr.testing.assert_identical(fixed.sel(step=1).drop_vars("step"), fixed.sel(step=2).drop_vars("step"))
     finally:
         for p in reversed(procs):
             if p.poll() is None:

@@ -126,7 +126,10 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
         read_state_dict(tmp_path / "step-1.pt")
     msg = str(e.value)
     assert "refused" in msg and "needs code to load" in msg and "weights_only=True" in msg
-    assert "step-1.pt" in msg and "open" in msg
+    assert "step-1.pt" in msg and "needs the global io.open" in msg  # the blocked global, named
+    assert "convert it with your own trusted code" in msg
+    assert "weights_only=False" not in msg and "likely succeed" not in msg  # torch's unsafe hint, not repeated
+    assert len(msg.splitlines()) == 1
     assert not marker.exists()
     # the payload is real: an unsafe load would have run it
     control = tmp_path / "control"

@@ -263,3 +263,34 @@ def test_cuda_without_gpus_is_refused_before_any_work(tmp_path, cli, monkeypatch
     r = cli("probe", run, "--device", "cuda", "-o", tmp_path / "s.zarr")
     assert r.exit_code == 1 and "--device cuda: this host shows no GPU" in r.output
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_flags_a_run_json_overrides_are_refused_or_warned_about(tmp_path, cli):
+    """--model/--dataset for a run with its own run.json: refused when no run would use them (naming
+    the flags and what is used instead), a warning per run that ignores them otherwise; spec options
+    without --model/--dataset are refused; --workers with another scheduler is warned about."""
+    run = make_run(tmp_path / "runs" / "a", [0, 2])
+    r = cli("probe", run, "--model", "mlp", "--dataset", "modular", "--scheduler", "sync", "-q")
+    assert r.exit_code == 1 and not (run / "probes.zarr").exists(), r.output
+    (line,) = r.output.strip().splitlines()
+    assert line.startswith("Error: --model/--model-kwargs ('mlp' (in_dim=3, out_dim=97)) and "
+                           "--dataset/--dataset-kwargs/--dataset-seed ('modular' (seed=0)) ignored for run 'a': "
+                           f"{run / 'run.json'} gives model 'mlp' (depth=1, ") and "dataset 'digits' (" in line
+    assert line.endswith(f"which are used; drop the flags, or rewrite the run.json with `grokscope init {run} "
+                         "--force --model ... --dataset ...`")
+    r = cli("probe", run, "--model", "mlp", "--model-kwargs", json.dumps(MLP["kwargs"]), *DIGITS_ARGS,
+            "--scheduler", "sync", "-q")
+    assert r.exit_code == 0 and "ignored" not in r.output  # the same spec as its run.json: nothing ignored
+    # a folder with a bare run that uses the flags: the run.json run is probed with its own spec, and warned about
+    (make_run(tmp_path / "runs" / "b", [5]) / "run.json").unlink()
+    r = cli("probe", tmp_path / "runs", "--model", "mlp", "--model-kwargs", json.dumps(MLP["kwargs"]),
+            "--dataset", "modular", "--scheduler", "sync", "-q", "--workers", "2")
+    assert r.exit_code == 1, r.output  # b's mlp does not fit modular's inputs: b fails, a is probed
+    assert "b step 5 [acc]" in r.stderr
+    assert "warning: --workers 2 is ignored with --scheduler sync" in r.stderr
+    assert "warning: --dataset/--dataset-kwargs/--dataset-seed ('modular' (seed=0)) ignored for run 'a'" in r.stderr
+    assert load_group(tmp_path / "runs" / "probes.zarr", "a", "acc").done.all()
+    for flags in (["--loss", "mse"], ["--dataset-seed", "3", "--model-kwargs", "{}"]):
+        r = cli("probe", run, *flags)
+        assert r.exit_code == 2 and "only apply with --model and --dataset" in r.output, r.output
+        assert flags[0] in r.output

@@ -1,11 +1,15 @@
 """Checkpoint selection (``grokscope probe --steps``), probing a run while it is being written
-(``probe_runs(..., follow=...)``), the store's few-writes commit and the local workers' environment."""
+(``probe_runs(..., follow=...)``; ``grokscope probe --follow`` beside a real trainer holding its run
+folder's lock), the store's few-writes commit and the local workers' environment."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -117,6 +121,40 @@ def test_follow_probes_checkpoints_as_they_are_written(tmp_path):
     assert list(ds.step.values) == STEPS and ds.done.all()  # grown in step order, every job once
     ref = load_group(*_probe_all(src, tmp_path / "ref.zarr"))
     np.testing.assert_array_equal(ds.accuracy.values, ref.accuracy.values)
+
+
+def test_probe_follow_reads_a_run_its_trainer_holds(tmp_path, cli):
+    """A real trainer subprocess holds its run folder's lock; it is stopped (alive) when
+    ``probe --follow`` starts and continued a little later: the probe run reads the locked folder,
+    follows the trainer until it exits and ends with every checkpoint probed once."""
+    from grokscope.engine.lock import LOCK_NAME, live_holder
+
+    run = tmp_path / "training"
+    args = ["--preset", "modadd-mlp", "--steps", "400", "--save", "every:20", "--eval-every", "none",
+            "--model-kwargs", '{"width": 32}', "--dataset-kwargs", '{"p": 13}', "--quiet", "--threads", "1"]
+    trainer = subprocess.Popen([sys.executable, "-m", "grokscope.cli", "train", *args, "--out", str(run)],
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
+    resume = threading.Timer(1.5, lambda: trainer.send_signal(signal.SIGCONT))
+    try:
+        deadline = time.monotonic() + 120
+        while len(runs.list_checkpoints(run)) < 3 or not (run / runs.RUN_JSON).is_file():
+            assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
+            time.sleep(0.01)
+        trainer.send_signal(signal.SIGSTOP)
+        at_start = len(runs.list_checkpoints(run))
+        assert live_holder(run)["pid"] == trainer.pid and at_start < 21
+        resume.start()
+        r = cli("probe", run, "--follow", "-m", "acc", "--scheduler", "sync", "-q")
+        assert trainer.wait(timeout=120) == 0, trainer.communicate()
+    finally:
+        resume.cancel()
+        trainer.kill()
+        trainer.wait()
+    assert r.exit_code == 0, r.output
+    assert not (run / LOCK_NAME).exists() and live_holder(run) is None
+    ds = load_group(run / "probes.zarr", run.name, "acc")
+    assert list(ds.step.values) == list(range(0, 401, 20)) and ds.done.all()
+    assert "21 job(s) done, 0 failed" in r.output
 
 
 def _probe_all(run: Path, out: Path) -> tuple[Path, str, str]:

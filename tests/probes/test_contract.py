@@ -29,6 +29,7 @@ CASES = {
     "fourier": (MOD_MLP, MODULAR, {}),
     "norm": (MOD_MLP, MODULAR, {"n_train": "16", "proj_iters": "5", "cg_iters": "20", "power_iters": "5"}),
     "llc": (MOD_MLP, MODULAR, {"n_chains": "2", "n_draws": "6", "n_burnin": "2"}),
+    "collapse": (MOD_MLP, MODULAR, {"n_points": "16"}),
 }
 
 
@@ -96,7 +97,8 @@ def test_lc_check_names_a_model_without_layers():
     lc = get_probe("lc")
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
     data = load_dataset(DIGITS)
-    with pytest.raises(ProbeError, match="no layer to count.*lc.layers="):
+    with pytest.raises(ProbeError, match="no layer to count.*lc.layers="), \
+            pytest.warns(UserWarning, match="has no kinked activation module"):
         lc().check(model, data, lc.default_params())
 
 

@@ -1,5 +1,6 @@
-"""Crash safety with real failures: a write that fails mid-file, and a trainer process killed with
-SIGKILL then resumed by the CLI (checkpoints bit-identical to an uninterrupted run)."""
+"""Crash safety with real failures: a write that fails mid-file, a trainer process killed with
+SIGKILL then resumed by the CLI (its stale lock taken over; checkpoints bit-identical to an
+uninterrupted run), and a second trainer process on a live run folder (refused; the folder intact)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from grokscope import runs
 from grokscope.cli import main
+from grokscope.engine.lock import LOCK_NAME, read_holder
 from grokscope.training import trainer as T
 from grokscope.training.presets import preset_config
 
@@ -60,17 +62,49 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "grokscope.cli", "train", *args]
 
 
-def test_sigkill_mid_run_then_cli_resume_is_bit_identical(tmp_path: Path) -> None:
+def _reference_cfg():
+    return preset_config("modadd-mlp", steps=STEPS, save=f"every:{EVERY}", eval_every=None,
+                         model_kwargs={"width": 48}, dataset_kwargs={"p": 23})
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run of ARGS (in this process, one thread, as the subprocesses)."""
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        return T.train_run(_reference_cfg(), tmp_path_factory.mktemp("ref") / "ref", progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+def _same_run(got: Path, want: Path) -> None:
+    """``got`` holds exactly ``want``'s checkpoints (bytes) and log (wall times aside), no leftovers."""
+    a = {s: p.read_bytes() for s, p in runs.list_checkpoints(got)}
+    b = {s: p.read_bytes() for s, p in runs.list_checkpoints(want)}
+    assert sorted(a) == list(range(0, STEPS + 1, EVERY))
+    assert a == b
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall"} for r in recs]  # noqa: E731
+    assert strip(runs.read_log(got)) == strip(runs.read_log(want))
+    assert not list(got.rglob("*.tmp"))
+    assert not (got / LOCK_NAME).exists()  # released at the end
+
+
+def _wait_for_checkpoints(proc: subprocess.Popen, run_dir: Path, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(runs.list_checkpoints(run_dir)) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "trainer subprocess made no progress"
+        time.sleep(0.01)
+
+
+def test_sigkill_mid_run_then_cli_resume_is_bit_identical(tmp_path: Path, reference: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(_cli(*ARGS, "--out", str(run_dir), "--threads", "1"), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while len(runs.list_checkpoints(run_dir)) < 12:  # 12 of the 41 checkpoints: about step 220
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "trainer subprocess made no progress"
-            time.sleep(0.01)
+        _wait_for_checkpoints(proc, run_dir, 12)  # 12 of the 41 checkpoints: about step 220
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -79,23 +113,48 @@ def test_sigkill_mid_run_then_cli_resume_is_bit_identical(tmp_path: Path) -> Non
     killed_at = torch.load(T.state_path(run_dir), weights_only=True)["step"]
     assert 0 < killed_at < STEPS, "the kill must land mid-run"
     assert len(runs.list_checkpoints(run_dir)) < STEPS // EVERY + 1
+    assert read_holder(run_dir / LOCK_NAME)["pid"] == proc.pid  # the dead trainer's lock is left behind
 
     n = torch.get_num_threads()
     try:
         # resume through the CLI (in this process, same single thread) with nothing but the folder:
-        # run.json supplies the configuration
+        # run.json supplies the configuration; the stale lock is taken over
         res = CliRunner().invoke(main, ["train", "--out", str(run_dir), "--resume", "--quiet", "--threads", "1"])
         assert res.exit_code == 0, res.output
-        # the uninterrupted reference
-        cfg = preset_config("modadd-mlp", steps=STEPS, save=f"every:{EVERY}", eval_every=None,
-                            model_kwargs={"width": 48}, dataset_kwargs={"p": 23})
-        ref = T.train_run(cfg, tmp_path / "ref", progress=False)
     finally:
         torch.set_num_threads(n)
-    got = {s: p.read_bytes() for s, p in runs.list_checkpoints(run_dir)}
-    want = {s: p.read_bytes() for s, p in runs.list_checkpoints(ref)}
-    assert sorted(got) == list(range(0, STEPS + 1, EVERY))
-    assert got == want
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "wall"} for r in recs]  # noqa: E731
-    assert strip(runs.read_log(run_dir)) == strip(runs.read_log(ref))
-    assert not list(run_dir.rglob("*.tmp"))
+    assert f"took over the stale lock of {run_dir} left by pid {proc.pid} " in res.output
+    _same_run(run_dir, reference)
+
+
+def test_second_trainer_on_a_live_run_is_refused_and_the_folder_stays_intact(tmp_path: Path,
+                                                                              reference: Path) -> None:
+    """Trainer A is stopped (SIGSTOP: alive, holding its lock) mid-run; trainers B with and without
+    --resume on A's folder are refused with one line naming A and change nothing; A then finishes
+    with the same bytes as an uninterrupted run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "live"
+    a = subprocess.Popen(_cli(*ARGS, "--out", str(run_dir), "--threads", "1"), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_checkpoints(a, run_dir, 8)
+        a.send_signal(signal.SIGSTOP)
+        before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+        for extra in (["--resume"], [*ARGS]):
+            b = subprocess.run(_cli("--out", str(run_dir), "--threads", "1", "--quiet", *extra), env=env,
+                               capture_output=True, text=True, timeout=120)
+            assert b.returncode == 1, b.stderr
+            lines = b.stderr.strip().splitlines()
+            assert len(lines) == 1, b.stderr
+            assert lines[0].startswith(f"Error: run folder {run_dir} is being trained by pid {a.pid} on ")
+            assert "one trainer per run folder" in lines[0]
+            assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+        a.send_signal(signal.SIGCONT)
+        _, err = a.communicate(timeout=120)
+        assert a.returncode == 0, err
+    finally:
+        a.kill()
+        a.wait()
+    _same_run(run_dir, reference)
+    log_steps = [r["step"] for r in runs.read_log(run_dir)]
+    assert len(log_steps) == len(set(log_steps))  # no step written twice

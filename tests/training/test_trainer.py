@@ -197,6 +197,7 @@ def test_freeze_keeps_parameters_fixed(tmp_path: Path) -> None:
     assert not torch.equal(first["3.weight"], last["3.weight"])
     with pytest.raises(TrainConfigError, match=r"matches no parameter; parameters: 1\.weight"):
         T.train_run(tiny(steps=10, freeze=["embed_tokens"]), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()  # the folder it created for its lock is removed again
 
 
 def test_bad_config_fields_are_named(tmp_path: Path) -> None:

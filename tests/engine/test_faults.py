@@ -1,0 +1,148 @@
+"""Fault injection: a writer killed at every boundary of a commit and of a growth of ``step``
+(``GROKSCOPE_FAULT``, real processes ending with ``os._exit``), and reader processes opening a
+store while it grows. Readers must only ever see committed rows; a rerun must end with the store an
+uninterrupted run writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from grokscope.engine import faults
+from grokscope.engine.store import ProbeStore, load_group, open_store
+from tests.engine import store_scenario as scenario
+from tests.engine.conftest import ROOT, subprocess_env
+
+
+def _record(tmp_path: Path, monkeypatch) -> tuple[Path, list[str]]:
+    """The reference store (an uninterrupted run) and every kill point it passes, as ``NAME@N``."""
+    log = tmp_path / "points.log"
+    monkeypatch.setenv("GROKSCOPE_FAULT_LOG", str(log))
+    ref = tmp_path / "ref.zarr"
+    scenario.run(ref)
+    monkeypatch.delenv("GROKSCOPE_FAULT_LOG")
+    seen: Counter = Counter()
+    points = []
+    for name in log.read_text().split():
+        seen[name] += 1
+        points.append(f"{name}@{seen[name]}")
+    return ref, points
+
+
+def _boundaries(points: list[str]) -> list[str]:
+    """Each distinct point once per phase of the scenario: before the growth (the template and the
+    first commit) and after it (the growth and the first commit into the grown group)."""
+    grown = points.index("grow:marker@1")
+    chosen: list[str] = []
+    for part in (points[:grown + 1], points[grown + 1:]):
+        names: set[str] = set()
+        for p in part:
+            if p.split("@")[0] not in names:
+                names.add(p.split("@")[0])
+                chosen.append(p)
+    return chosen
+
+
+def _kill_at(points: list[str], tmp_path: Path) -> list[Path]:
+    """Run the scenario once per point, killed there (forked children of one subprocess)."""
+    (tmp_path / "points").write_text("\n".join(points))
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    r = subprocess.run([sys.executable, "-m", "tests.engine.store_scenario", "--kill-each",
+                        str(tmp_path / "points"), str(folder)], env=subprocess_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    codes = dict(line.split() for line in r.stdout.splitlines())
+    assert codes == {p: str(faults.FAULT_EXIT) for p in points}, r.stdout  # killed at each point
+    return [folder / f"{i}.zarr" for i in range(len(points))]
+
+
+def _check_killed_then_resume(points: list[str], stores: list[Path], ref: Path) -> None:
+    want = load_group(ref, "r", "p")
+    problems = []
+    for point, store in zip(points, stores):
+        try:
+            if (store / "r" / "p" / "zarr.json").exists():
+                seen = load_group(store, "r", "p")  # a reader after the kill, before any repair
+                steps = [int(s) for s in seen.step.values]
+                if steps not in scenario.PHASES:  # a growth is all or nothing
+                    problems.append(f"{point}: a reader sees steps {steps}")
+                problems.extend(f"{point}: {p}" for p in scenario.check(seen))
+        except Exception as e:  # noqa: BLE001 - a reader that fails is a finding
+            problems.append(f"{point}: a reader fails: {type(e).__name__}: {e}")
+        try:
+            scenario.run(store)  # the rerun
+            info = ProbeStore(store).group("r", "p")
+            if info.steps != scenario.PHASES[-1]:
+                problems.append(f"{point}: the rerun's driver sees steps {info.steps}")
+            xr.testing.assert_identical(load_group(store, "r", "p"), want)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{point}: the rerun fails or differs: {type(e).__name__}: {str(e)[:200]}")
+    bad = sorted({p.split(": ")[0] for p in problems})
+    assert not problems, f"{len(bad)} of {len(points)} kill points go wrong:\n" + "\n".join(problems)
+
+
+def test_kill_at_every_boundary_of_commits_and_growth(tmp_path, monkeypatch):
+    ref, points = _record(tmp_path, monkeypatch)
+    chosen = _boundaries(points)
+    assert {p.split("@")[0] for p in chosen} == {p.split("@")[0] for p in points}
+    assert len(chosen) == 26  # 2 template + 10 growth + 7 x 2 commit boundaries
+    _check_killed_then_resume(chosen, _kill_at(chosen, tmp_path), ref)
+
+
+@pytest.mark.slow
+def test_kill_at_every_point_passed(tmp_path, monkeypatch):
+    """Every occurrence of every point of the scenario (40), not only the first per phase."""
+    ref, points = _record(tmp_path, monkeypatch)
+    assert len(points) == 40
+    _check_killed_then_resume(points, _kill_at(points, tmp_path), ref)
+
+
+def test_readers_of_a_growing_store_see_only_committed_rows(tmp_path):
+    """Two reader processes open the group (load_group and open_store in turn) while a writer
+    grows it 150 times, one step and one commit at a time."""
+    store, stop = tmp_path / "s.zarr", tmp_path / "stop"
+    env = subprocess_env()
+    readers = [subprocess.Popen([sys.executable, "-m", "tests.engine.store_scenario", "--hammer", str(store),
+                                 str(stop)], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    try:
+        writer = subprocess.run([sys.executable, "-m", "tests.engine.store_scenario", "--grow", str(store),
+                                 "150"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert writer.returncode == 0, writer.stderr[-3000:]
+    finally:
+        stop.touch()
+        reports = [json.loads(p.communicate(timeout=120)[0]) for p in readers]
+    opens = sum(r["opens"] for r in reports)
+    problems = [p for r in reports for p in r["problems"]]
+    assert opens >= 10 and not problems, (f"{len(problems)} problems in {opens} opens",
+                                          Counter(p[:60] for p in problems).most_common(5))
+    final = load_group(store, "r", "p")
+    assert list(final.step.values) == [10 * i for i in range(150)]
+    assert [int(s) for s in final.step.values[~final.done.values]] == sorted(scenario.FAILING)
+    ok = final.done.values
+    np.testing.assert_array_equal(final.density.values[ok, 0, 0], (np.arange(150) * 10 + 0.5)[ok])
+    print(f"reader opens: {opens}")
+
+
+def test_a_group_grown_before_the_marker_existed_is_cut_at_its_phantom_rows(tmp_path):
+    """A store written by an older grokscope whose growth was killed between resizing ``step`` and
+    writing its values: the phantom ``step = 0`` rows are dropped, the rest is kept."""
+    store = ProbeStore(tmp_path / "s.zarr")
+    info = store.create_group("r", "p", [0, 10, 20], scenario.ATTRS, scenario.result(0))
+    store.write(info, [(s, scenario.outcome(s)) for s in (0, 10, 20)])
+    del info.zgroup.attrs["committed_steps"]  # as the older version wrote it
+    for arr in info.arrays.values():
+        if (arr.metadata.dimension_names or ("",))[0] == "step":
+            arr.resize((5,) + tuple(arr.shape[1:]))  # two phantom rows, step = 0
+    info = ProbeStore(tmp_path / "s.zarr").group("r", "p")
+    assert info.steps == [0, 10, 20] and list(info.done) == [True, True, True]
+    assert list(load_group(tmp_path / "s.zarr", "r", "p").step.values) == [0, 10, 20]
+    assert dict(open_store(tmp_path / "s.zarr")["r/p"].attrs)["probe"] == "p"
