@@ -19,6 +19,7 @@ BUILTIN = {
     "fourier": "grokscope.probes.fourier:FourierProbe",
     "norm": "grokscope.probes.norm:NormProbe",
     "regions": "grokscope.probes.regions:RegionsProbe",
+    "llc": "grokscope.probes.llc:LLCProbe",
     "collapse": "grokscope.probes.collapse:CollapseProbe",
 }
 

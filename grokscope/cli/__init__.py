@@ -19,6 +19,7 @@ COMMANDS = {
     "simulate": ("grokscope.cli.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
     "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
     "report": ("grokscope.report:report", "One self-contained HTML page (or --json) about a probe store."),
+    "llc-sweep": ("grokscope.cli.llc_sweep:llc_sweep", "Try llc step sizes and localisations on one checkpoint; plot the traces."),
     "regions": ("grokscope.cli.regions:regions", "Draw linear regions on the plane through three training points."),
 }
 

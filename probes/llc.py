@@ -1,0 +1,433 @@
+"""``llc``: the local learning coefficient (LLC) of each checkpoint, estimated by SGLD around its weights
+(Lau, Furman, Wang, Murfet & Wei, AISTATS 2025; Hoogland et al., TMLR 2025; Watanabe's learning
+coefficient).
+
+Around the checkpoint's weights ``w*`` the chains sample the localised tempered posterior
+
+    p(w) ∝ exp(−nβ L_n(w) − (γ/2) ‖w − w*‖²),   β = 1 / log n,
+
+with ``L_n`` the mean training loss over the ``n`` training points used. The estimate is
+
+    λ̂ = nβ (E_chains,draws[L(w_t)] − L_n(w*)).
+
+Update of every chain (SGLD; Welling & Teh 2011 with the localisation of Lau et al.)::
+
+    w ← w − (ε/2) G ⊙ (nβ ∇L_B(w) + γ (w − w*)) + sqrt(ε G) ⊙ ξ,   ξ ~ N(0, I)
+
+``G = 1`` for ``sampler="sgld"``; ``G = 1 / (sqrt(V) + rms_eps)``, ``V ← α V + (1 − α) ∇L_B²`` for
+``sampler="rmsprop"`` (Li et al. 2016; devinterp's ``rmsprop_sgld``). ``L_B`` is the mean loss on a
+batch: the same ``n`` points as ``L_n(w*)`` (``batch_size=0``, full batch: then the trace is exactly
+``L_n(w_t)``) or a fresh seeded batch of ``batch_size`` of them per chain and step (the trace is then the
+unbiased batch estimate of ``L_n(w_t)``; ``L_n(w*)`` is still computed once on all ``n``).
+
+Design: the chains are one computation — the state is a ``(chains, d)`` matrix of flat parameter
+vectors and every step is one ``torch.func.vmap`` of ``grad_and_value`` of a ``functional_call`` of the
+model. Each chain has its own generators seeded from ``(seed, chain)``, so a chain's draws do not
+depend on how many chains run beside it, and one chain at a time gives the same draws
+(:func:`sgld_chains` with ``chains=[c]``).
+
+Functional pieces (usable from a notebook):
+
+* :class:`FlatModel` — the model's trainable parameters as one flat vector, the mean loss as a function
+  of it;
+* :func:`sgld_chains` — the sampler; returns a :class:`Chains` (loss traces and per-chain diagnostics);
+* :func:`estimate_llc` — the estimate and its diagnostics from a model and data; :func:`llc_warnings`
+  the words for a bad run.
+
+Formulas, defaults and the diagnostics' thresholds: ``docs/algorithms.md#llc--local-learning-coefficient``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from grokscope.datasets import seeded_subset
+from grokscope.functional import eval_mode
+from grokscope.losses import LOSSES, task_loss
+
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+
+SAMPLERS = ("sgld", "rmsprop")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Thresholds of llc_warnings (their reasoning: docs/algorithms.md#llc--local-learning-coefficient).
+RHAT_MAX = 1.1
+STEP_TO_NOISE_MAX = 0.5
+
+
+# ============================================================================ the flat model
+class FlatModel:
+    """The trainable parameters of ``model`` as one flat vector ``(d,)`` (``named_parameters`` order) and
+    the mean loss ``loss_fn(model(x), y)`` as a function of it (:meth:`loss`), via ``functional_call``.
+
+    Buffers are taken from the model as they are; the model itself is never modified.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, dtype: torch.dtype | None = None):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ProbeError(f"llc: {type(model).__name__} has no trainable parameters")
+        self.model, self.loss_fn = model, loss_fn
+        self.dtype = dtype or named[0][1].dtype
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.sizes = [p.numel() for _, p in named]
+        self.buffers = {n: (b.to(self.dtype) if b.is_floating_point() else b) for n, b in model.named_buffers()}
+        self.theta = torch.cat([p.detach().to(self.dtype).reshape(-1) for _, p in named])
+
+    @property
+    def dim(self) -> int:
+        return int(self.theta.numel())
+
+    def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: tensor}`` views of the flat vector ``theta (d,)``."""
+        return {n: t.view(s) for n, t, s in zip(self.names, torch.split(theta, self.sizes), self.shapes)}
+
+    def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean loss (a 0-dim tensor) of the parameters ``theta (d,)`` on ``(x, y)``."""
+        out = functional_call(self.model, (self.unflatten(theta), self.buffers), (x,))
+        return self.loss_fn(out, y)
+
+
+def chain_seed(seed: int, chain: int, stream: int) -> int:
+    """The generator seed of one chain's noise (``stream=0``) or batch indices (``stream=1``)."""
+    return int(np.random.SeedSequence([int(seed), int(chain), int(stream)]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def full_loss(flat: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> float:
+    """``L_n(theta)``: the mean loss on all of ``(x, y)``, in chunks of ``chunk`` points (as a float)."""
+    total = 0.0
+    for i in range(0, len(x), chunk):
+        xb, yb = x[i:i + chunk], y[i:i + chunk]
+        total += float(flat.loss(theta, xb, yb)) * len(xb)
+    return total / max(len(x), 1)
+
+
+# ============================================================================ the sampler
+@dataclass
+class Chains:
+    """What :func:`sgld_chains` returns; per-chain arrays have the chains on the first axis.
+
+    ``loss (chains, draws)``: the loss at each draw (the sampler's own evaluation); ``dist (chains,)``:
+    mean ``‖w_t − w*‖`` over the draws; ``grad_step``, ``loc_step``, ``noise_step (chains,)``: mean
+    Euclidean length per step (over the steps after burn-in) of the loss-gradient part
+    ``(ε/2) G nβ ∇L``, the localisation part ``(ε/2) G γ (w − w*)`` and the noise ``sqrt(εG) ξ`` of the
+    update; ``theta (chains, d)``: the last state (for tests)."""
+
+    loss: np.ndarray
+    dist: np.ndarray
+    grad_step: np.ndarray
+    loc_step: np.ndarray
+    noise_step: np.ndarray
+    theta: torch.Tensor = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def sgld_chains(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, lr: float, gamma: float, nbeta: float,
+                chains: Sequence[int], n_draws: int, n_burnin: int = 0, thin: int = 1, batch_size: int = 0,
+                sampler: str = "sgld", rms_alpha: float = 0.99, rms_eps: float = 0.1, seed: int = 0) -> Chains:
+    """Run the SGLD chains numbered ``chains`` together, from ``flat.theta``, on ``(x, y)``.
+
+    ``n_burnin + n_draws · thin`` steps; the draws are the states at steps ``n_burnin + k·thin``
+    (``k < n_draws``; step 0 is ``w*`` itself), each recorded with the loss that the step's gradient
+    evaluation gives. ``batch_size=0``: full batch. See the module docstring for the update.
+    """
+    if sampler not in SAMPLERS:
+        raise ProbeError(f"llc.sampler={sampler!r}; valid: {', '.join(SAMPLERS)}")
+    dev, dt = flat.theta.device, flat.dtype
+    n, C, d = len(x), len(chains), flat.dim
+    w0 = flat.theta
+    w = w0.expand(C, d).clone()
+    noise_gens = [torch.Generator(device=dev).manual_seed(chain_seed(seed, c, 0)) for c in chains]
+    batch_gens = [torch.Generator().manual_seed(chain_seed(seed, c, 1)) for c in chains]
+    minibatch = 0 < batch_size < n
+    if minibatch:
+        step_fn = vmap(grad_and_value(flat.loss), in_dims=(0, 0, 0))
+    else:
+        step_fn = vmap(grad_and_value(flat.loss), in_dims=(0, None, None))
+    V = torch.zeros_like(w) if sampler == "rmsprop" else None
+    xi = torch.empty_like(w)
+    total = n_burnin + n_draws * thin
+    loss = np.full((C, n_draws), np.nan)
+    dist = np.zeros(C)
+    sums = np.zeros((3, C))
+    half = 0.5 * lr
+    for t in range(total):
+        if minibatch:
+            idx = torch.stack([torch.randperm(n, generator=g)[:batch_size] for g in batch_gens]).to(x.device)
+            g, value = step_fn(w, x[idx], y[idx])
+        else:
+            g, value = step_fn(w, x, y)
+        g, value = g.detach(), value.detach()
+        for i, gen in enumerate(noise_gens):
+            torch.randn(d, generator=gen, device=dev, dtype=dt, out=xi[i])
+        delta = w - w0
+        if V is not None:
+            V.mul_(rms_alpha).addcmul_(g, g, value=1.0 - rms_alpha)
+            G = 1.0 / (V.sqrt() + rms_eps)
+            grad_part, loc_part, noise_part = half * G * (nbeta * g), half * G * (gamma * delta), (lr * G).sqrt() * xi
+        else:
+            grad_part, loc_part, noise_part = half * nbeta * g, half * gamma * delta, math.sqrt(lr) * xi
+        if t >= n_burnin:
+            sums += np.stack([p.norm(dim=1).cpu().double().numpy() for p in (grad_part, loc_part, noise_part)])
+            k, r = divmod(t - n_burnin, thin)
+            if r == 0:
+                loss[:, k] = value.cpu().double().numpy()
+                dist += delta.norm(dim=1).cpu().double().numpy()
+        w = w - grad_part - loc_part + noise_part
+    steps = max(total - n_burnin, 1)
+    return Chains(loss=loss, dist=dist / max(n_draws, 1), grad_step=sums[0] / steps, loc_step=sums[1] / steps,
+                  noise_step=sums[2] / steps, theta=w)
+
+
+# ============================================================================ estimate + diagnostics
+def split_rhat(trace: np.ndarray) -> float:
+    """Split-R̂ (Gelman et al., *Bayesian Data Analysis*, 3rd ed., §11.4) of ``trace (chains, draws)``:
+    each chain cut into halves, ``sqrt(((m−1)/m W + B/m) / W)`` with ``W`` the mean within-half variance
+    and ``B/m`` the variance of the half means (``m`` draws per half). NaN with fewer than 4 draws or
+    ``W = 0``."""
+    m = trace.shape[1] // 2
+    if m < 2:
+        return math.nan
+    halves = np.concatenate([trace[:, :m], trace[:, -m:]], axis=0)
+    W = float(np.mean(np.var(halves, axis=1, ddof=1)))
+    B_m = float(np.var(np.mean(halves, axis=1), ddof=1))
+    if not (W > 0 and math.isfinite(W) and math.isfinite(B_m)):
+        return math.nan
+    return math.sqrt(((m - 1) / m * W + B_m) / W)
+
+
+def trace_drift(trace: np.ndarray) -> np.ndarray:
+    """Per chain ``(mean of the second half − mean of the first half) / std of the whole trace`` ``(chains,)``
+    (a stationary trace gives values near 0; NaN for a constant trace)."""
+    m = trace.shape[1] // 2
+    if m < 1:
+        return np.full(trace.shape[0], np.nan)
+    sd = np.std(trace, axis=1, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sd > 0, (trace[:, -m:].mean(axis=1) - trace[:, :m].mean(axis=1)) / sd, np.nan)
+
+
+def llc_warnings(m: dict[str, Any]) -> list[str]:
+    """One ``"label: details; remedy"`` sentence per problem found in a run's diagnostics ``m`` (see
+    :func:`estimate_llc`); empty when none is found."""
+    out = []
+    trace = np.asarray(m["loss_trace"])
+    bad = [int(c) for c in range(trace.shape[0]) if not np.all(np.isfinite(trace[c]))]
+    if bad:
+        return [f"diverged: non-finite loss in chain(s) {bad}; lower llc.lr"]
+    noise = np.asarray(m["noise_step"])
+    with np.errstate(all="ignore"):
+        ratio_g = float(np.mean(np.asarray(m["grad_step"]) / noise))
+        ratio_l = float(np.mean(np.asarray(m["loc_step"]) / noise))
+    if ratio_g > STEP_TO_NOISE_MAX:
+        out.append(f"step size too large: the loss-gradient step is {ratio_g:.2g} x the noise step "
+                   f"(> {STEP_TO_NOISE_MAX}); lower llc.lr")
+    if ratio_l > STEP_TO_NOISE_MAX:
+        out.append(f"gamma too large for this step size: the localisation step is {ratio_l:.2g} x the noise "
+                   f"step (> {STEP_TO_NOISE_MAX}); lower llc.gamma or llc.lr")
+    if m["llc"] < 0:
+        out.append(f"negative LLC: {100 * float(np.mean(m['frac_below'])):.0f} % of draws lie below L(w*), "
+                   "so w* is not a local minimum at this gamma; raise llc.gamma (or the checkpoint is "
+                   "not at a minimum)")
+    rhat = m["rhat"]
+    if math.isfinite(rhat) and rhat > RHAT_MAX:
+        out.append(f"not stationary: split R-hat {rhat:.3g} > {RHAT_MAX} (the traces drift or the chains "
+                   "disagree); more llc.n_burnin, or a larger llc.lr")
+    return out
+
+
+def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, *, lr: float = 1e-3,
+                 gamma: float = 100.0, beta: float | None = None, n_chains: int = 4, n_draws: int = 200,
+                 n_burnin: int = 100, thin: int = 1, batch_size: int = 0, sampler: str = "sgld",
+                 rms_alpha: float = 0.99, rms_eps: float = 0.1, seed: int = 0,
+                 dtype: torch.dtype | None = None, chains: Sequence[int] | None = None) -> dict[str, Any]:
+    """The LLC of ``model`` at its weights on the training points ``(x, y)`` (all of them: ``n = len(x)``),
+    with ``loss_fn(outputs, y)`` the mean loss, and every diagnostic of :class:`LLCProbe`.
+
+    ``beta=None``: ``1 / log n``. ``chains`` (default ``range(n_chains)``) names the chains to run
+    together. Returns a dict of numpy arrays / floats keyed like the probe's outputs, plus ``nbeta``,
+    ``beta``, ``n``, ``n_params`` and ``warnings`` (a list of sentences).
+    """
+    n = len(x)
+    if n < 2:
+        raise ProbeError(f"llc needs at least 2 training points (log n > 0), got {n}")
+    beta = 1.0 / math.log(n) if beta is None else float(beta)
+    nbeta = n * beta
+    chains = list(range(n_chains)) if chains is None else list(chains)
+    with eval_mode(model):
+        flat = FlatModel(model, loss_fn, dtype)
+        x = x.to(flat.dtype) if x.is_floating_point() else x
+        init = full_loss(flat, flat.theta, x, y)
+        ch = sgld_chains(flat, x, y, lr=lr, gamma=gamma, nbeta=nbeta, chains=chains, n_draws=n_draws,
+                         n_burnin=n_burnin, thin=thin, batch_size=batch_size, sampler=sampler,
+                         rms_alpha=rms_alpha, rms_eps=rms_eps, seed=seed)
+    with np.errstate(all="ignore"):  # a diverged chain's inf/NaN gives NaN statistics, and a warning below
+        m = _summary(ch, init, nbeta)
+    m.update({"weight_norm": float(flat.theta.norm()), "nbeta": nbeta, "beta": beta, "n": n, "n_params": flat.dim})
+    m["warnings"] = llc_warnings(m)
+    return m
+
+
+def _summary(ch: Chains, init: float, nbeta: float) -> dict[str, Any]:
+    """The estimate and the trace statistics of :func:`estimate_llc` from the chains and L(w*)."""
+    per_chain = nbeta * (ch.loss.mean(axis=1) - init)
+    return {
+        "llc": float(per_chain.mean()),
+        "llc_std": float(per_chain.std(ddof=1)) if len(per_chain) > 1 else math.nan,
+        "llc_chain": per_chain, "loss_init": init, "loss_trace": ch.loss,
+        "trace_drift": trace_drift(ch.loss), "rhat": split_rhat(ch.loss), "dist": ch.dist,
+        "frac_below": np.mean(ch.loss < init, axis=1),
+        "grad_step": ch.grad_step, "loc_step": ch.loc_step, "noise_step": ch.noise_step,
+    }
+
+
+# ============================================================================ the probe
+@dataclass(frozen=True)
+class LLCParams:
+    lr: float = 1e-3              # SGLD step size ε
+    gamma: float = 100.0          # localisation strength γ
+    beta: float | None = None     # inverse temperature; None: 1 / log n
+    n_chains: int = 4
+    n_draws: int = 200
+    n_burnin: int = 100           # steps before the first draw
+    thin: int = 1                 # steps between draws
+    batch_size: int = 0           # 0: full batch (the same n points as L(w*))
+    n_train: int = 0              # training points used (0: all; else a seeded subset)
+    sampler: str = "sgld"         # sgld | rmsprop
+    rms_alpha: float = 0.99       # RMSProp averaging of the squared gradient
+    rms_eps: float = 0.1          # RMSProp stabiliser (devinterp's default)
+    loss: str = "auto"            # training loss ("auto": the run's train.loss, else "ce")
+    dtype: str = "auto"           # auto (the model's) | float32 | float64
+    seed: int = 0                 # chain noise, batches and the n_train subset
+
+
+DESCRIPTIONS = {
+    "llc": "local learning coefficient: mean over chains of n*beta*(mean trace loss - L(w*))",
+    "llc_std": "standard deviation of the per-chain estimates (ddof=1; NaN for one chain)",
+    "llc_chain": "the estimate of each chain",
+    "loss_init": "L(w*): the mean training loss at the checkpoint's weights, on all n points used",
+    "loss_trace": "the loss at each draw of each chain (full batch: L_n(w); mini-batch: the batch's loss)",
+    "trace_drift": "(mean of the trace's second half - first half) / the trace's std, per chain",
+    "rhat": "split R-hat of the loss traces (Gelman et al.); > 1.1: not stationary or chains disagree",
+    "dist": "mean ||w - w*|| over the draws, per chain",
+    "weight_norm": "||w*||",
+    "frac_below": "fraction of draws with loss below L(w*), per chain",
+    "grad_step": "mean length per step of the loss-gradient part (eps/2) G n beta grad L of the update",
+    "loc_step": "mean length per step of the localisation part (eps/2) G gamma (w - w*)",
+    "noise_step": "mean length per step of the noise sqrt(eps G) xi",
+    "warning": "what the diagnostics say is wrong with this checkpoint's chains ('' when nothing)",
+}
+
+
+class LLCProbe(Probe):
+    name = "llc"
+    description = "local learning coefficient by batched SGLD chains around each checkpoint (Lau et al.)"
+    Params = LLCParams
+    outputs = {
+        "llc": (), "llc_std": (), "llc_chain": ("chain",), "loss_init": (), "loss_trace": ("chain", "draw"),
+        "trace_drift": ("chain",), "rhat": (), "dist": ("chain",), "weight_norm": (),
+        "frac_below": ("chain",), "grad_step": ("chain",), "loc_step": ("chain",), "noise_step": ("chain",),
+        "warning": (),
+    }
+    needs_data = True
+    needs_grad = True
+    version = 1
+
+    panels = (
+        PanelSpec("llc", "Local learning coefficient", "λ̂ (mean over chains)", higher_is_better=None),
+        PanelSpec("rhat", "LLC chains: split R-hat", "R̂ of the loss traces", headline=False),
+    )
+    events = (EventSpec("llc_fall", "llc", "fall", "the fall of the local learning coefficient"),)
+
+    @classmethod
+    def check_params(cls, p: LLCParams) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ProbeError(f"llc.{what}")
+        need(p.lr > 0 and math.isfinite(p.lr), f"lr must be > 0, got {p.lr}")
+        need(p.gamma >= 0 and math.isfinite(p.gamma), f"gamma must be >= 0, got {p.gamma}")
+        need(p.beta is None or (isinstance(p.beta, (int, float)) and p.beta > 0),
+             f"beta must be > 0 or null (1/log n), got {p.beta}")
+        need(p.n_chains >= 1, f"n_chains must be >= 1, got {p.n_chains}")
+        need(p.n_draws >= 4, f"n_draws must be >= 4 (the split R-hat needs two halves of 2), got {p.n_draws}")
+        need(p.n_burnin >= 0, f"n_burnin must be >= 0, got {p.n_burnin}")
+        need(p.thin >= 1, f"thin must be >= 1, got {p.thin}")
+        need(p.batch_size >= 0, f"batch_size must be >= 0 (0: full batch), got {p.batch_size}")
+        need(p.n_train >= 0, f"n_train must be >= 0 (0: all), got {p.n_train}")
+        need(p.sampler in SAMPLERS, f"sampler={p.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        need(0 <= p.rms_alpha < 1, f"rms_alpha must be in [0, 1), got {p.rms_alpha}")
+        need(p.rms_eps > 0, f"rms_eps must be > 0, got {p.rms_eps}")
+        need(p.loss == "auto" or p.loss in LOSSES, f"loss={p.loss!r}; valid: auto, {', '.join(LOSSES)}")
+        need(p.dtype == "auto" or p.dtype in DTYPES, f"dtype={p.dtype!r}; valid: auto, {', '.join(DTYPES)}")
+
+    @staticmethod
+    def training_points(data: Any, params: LLCParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``n`` training points the probe uses: all, or a seeded subset of ``n_train``."""
+        x, y = data.split("train")
+        if params.n_train and params.n_train < len(y):
+            idx = seeded_subset(len(y), params.n_train, params.seed)
+            x, y = x[idx], y[idx]
+        return x, y
+
+    def check(self, model: nn.Module, data: Any, params: LLCParams) -> None:
+        n_all = len(data.split("train")[1])
+        if params.n_train > n_all:
+            raise ProbeError(f"llc.n_train={params.n_train} is larger than the training split ({n_all} points); "
+                             f"valid: 0..{n_all}")
+        n = params.n_train or n_all
+        if n < 2:
+            raise ProbeError(f"llc needs at least 2 training points, the training split has {n_all}")
+        if params.batch_size > n:
+            raise ProbeError(f"llc.batch_size={params.batch_size} is larger than the {n} training points used; "
+                             f"valid: 0 (full batch)..{n}")
+        x, y = self.training_points(data, params)
+        flat = FlatModel(model, lambda out, t: task_loss(out, t, "ce" if params.loss == "auto" else params.loss))
+        device = flat.theta.device
+        xb, yb = x[:2].to(device), y[:2].to(device)
+        xb = xb.to(flat.dtype) if xb.is_floating_point() else xb
+        try:
+            with eval_mode(model):
+                vmap(grad_and_value(flat.loss), in_dims=(0, None, None))(flat.theta.expand(2, -1), xb, yb)
+        except Exception as e:  # any failure of torch.func on this model is reported in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ProbeError(f"llc: {type(model).__name__} cannot run under torch.func.vmap/grad ({first})") from e
+
+    def compute(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext):
+        import xarray as xr
+
+        self.check_params(params)
+        loss = params.loss
+        if loss == "auto":
+            loss = (ctx.run_spec.get("train") or {}).get("loss", "ce")
+        x, y = self.training_points(data, params)
+        device = next(model.parameters()).device
+        x, y = x.to(device), y.to(device)
+        dtype = None if params.dtype == "auto" else DTYPES[params.dtype]
+        m = estimate_llc(model, x, y, lambda out, t: task_loss(out, t, loss), lr=params.lr, gamma=params.gamma,
+                         beta=params.beta, n_chains=params.n_chains, n_draws=params.n_draws,
+                         n_burnin=params.n_burnin, thin=params.thin, batch_size=params.batch_size,
+                         sampler=params.sampler, rms_alpha=params.rms_alpha, rms_eps=params.rms_eps,
+                         seed=params.seed, dtype=dtype)
+        vars_: dict[str, Any] = {}
+        for name, dims in self.outputs.items():
+            if name == "warning":
+                vars_[name] = ((), np.array("; ".join(m["warnings"]), dtype=object))
+            else:
+                vars_[name] = (dims, np.asarray(m[name], dtype=np.float64))
+        attrs = {"loss": loss, "n": int(m["n"]), "beta": float(m["beta"]), "nbeta": float(m["nbeta"]),
+                 "n_params": int(m["n_params"]),
+                 "batch": "full batch" if not 0 < params.batch_size < m["n"] else f"{params.batch_size} per step"}
+        ds = xr.Dataset(vars_, coords={"chain": np.arange(params.n_chains), "draw": np.arange(params.n_draws)},
+                        attrs=attrs)
+        for name in ds.data_vars:  # the engine keeps variable attributes in the store
+            ds[name].attrs["description"] = DESCRIPTIONS[name]
+        return ds
