@@ -15,6 +15,7 @@ DATASETS = {
     "modular": "modular",
     "digits": "digits",
     "mnist": "mnist",
+    "mnist5k": "mnist5k",
     "fashion_mnist": "mnist",
     "cifar10": "cifar10",
     "xor": "xor",

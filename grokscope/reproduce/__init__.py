@@ -1,0 +1,1 @@
+"""``grokscope reproduce NAME``: the papers' headline results, one command each."""
