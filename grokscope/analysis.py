@@ -32,8 +32,8 @@ MEM_THRESHOLD = 0.99
 ROBUST_THRESHOLD = 0.5
 # Test-accuracy threshold of "generalised" per dataset (ALGORITHMS.md §(f)): 0.99 for algorithmic
 # tasks, 0.85 for image classification (GrokAlign Table 1); DEFAULT_GROK_THRESHOLD otherwise.
-GROK_THRESHOLDS = {"modular": 0.99, "xor": 0.99, "mnist": 0.85, "fashion_mnist": 0.85, "digits": 0.85,
-                   "cifar10": 0.85}
+GROK_THRESHOLDS = {"modular": 0.99, "xor": 0.99, "mnist": 0.85, "mnist5k": 0.85, "fashion_mnist": 0.85,
+                   "digits": 0.85, "cifar10": 0.85}
 DEFAULT_GROK_THRESHOLD = 0.95
 # A change point needs a move larger than this fraction of the curve's range (else: noise) ...
 CHANGE_TOL = 0.2

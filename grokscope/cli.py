@@ -20,6 +20,7 @@ COMMANDS = {
     "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
     "report": ("grokscope.report:report", "One self-contained HTML page (or --json) about a probe store."),
     "regions": ("grokscope.regions:regions", "Draw linear regions on the plane through three training points."),
+    "reproduce": ("grokscope.reproduce:reproduce", "A paper's headline result in one command (--list)."),
 }
 
 

@@ -581,7 +581,7 @@ def _title(step: int, rmap: RegionMap, log: dict[int, dict[str, Any]]) -> str:
     t = f"step {step}: {rmap.n_regions} regions"
     rec = log.get(step, {})
     if "train_acc" in rec and "test_acc" in rec:
-        t += f"\ntrain acc {rec['train_acc']:.2f}, test acc {rec['test_acc']:.2f}"
+        t += f"\ntrain acc {rec['train_acc']:.3f}, test acc {rec['test_acc']:.3f}"
     return t
 
 

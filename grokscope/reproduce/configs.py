@@ -19,7 +19,7 @@ def humayun(quick: bool = False) -> TrainConfig:
     the file are the test set), pixels in [0, 1], MSE, AdamW lr 1e-3 wd 0.01, batch 200, 10⁵ steps."""
     steps = QUICK_STEPS if quick else 100_000
     return preset_config("mnist-mlp", dataset={"name": "mnist5k", "kwargs": {"n_train": 1000}, "seed": 0},
-                         steps=steps, save=save_spec(steps, n_log=12 if quick else 60)).validate()
+                         steps=steps, save=save_spec(steps, n_log=8 if quick else 60)).validate()
 
 
 def grokalign(arm: str, quick: bool = False) -> TrainConfig:
@@ -32,6 +32,6 @@ def grokalign(arm: str, quick: bool = False) -> TrainConfig:
     return preset_config("grokalign-mnist",
                          dataset={"name": "mnist5k", "kwargs": {"n_train": 1024, "n_test": 1024,
                                                                 "normalize": True}, "seed": 0},
-                         steps=steps, save="log:12" if quick else "log:40",
+                         steps=steps, save="log:6" if quick else "log:40",
                          eval_every="every:40" if not quick else "every:20",
                          reg="grokalign:1e-4" if arm == "grokalign" else None).validate()

@@ -72,3 +72,29 @@ def train(config: Any, directory: Path, stop: tuple[str, float] | None = None, t
     wall = next((r.get("wall") for r in log if r["step"] == hit), None) if hit is not None else None
     return {"steps": int(log[-1]["step"]), "stop_step": hit,
             "wall_s": float(wall if wall is not None else log[-1].get("wall", float("nan"))), "reused": reused}
+
+
+def probe(run_dir: Path, store: Path, requests: dict[str, tuple[dict[str, str], str | None]],
+          quiet: bool = True) -> Any:
+    """Probe ``run_dir`` into ``store`` with ``{probe: (params as text, steps spec or None)}`` on the
+    local Dask cluster (resumable: what the store has is not recomputed). Returns the engine's Summary;
+    a failed job raises ``click.ClickException`` listing them."""
+    from grokscope.engine.cli import run_with_progress
+    from grokscope.engine.driver import EngineConfig
+    from grokscope.engine.jobs import ProbeRequest
+    from grokscope.probes import get_probe
+
+    cfg = EngineConfig(probes=[ProbeRequest(n, get_probe(n).make_params(p), steps)
+                               for n, (p, steps) in requests.items()], out=Path(store), flush_interval=30.0)
+    summary = run_with_progress(Path(run_dir), cfg, quiet=quiet)
+    if summary.failures:
+        raise click.ClickException(f"{len(summary.failures)} probe job(s) on {run_dir} failed:\n  "
+                                   + "\n  ".join(f.line() for f in summary.failures[:10]))
+    return summary
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (cells as given, ``str()``-ed)."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
