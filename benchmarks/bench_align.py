@@ -27,7 +27,8 @@ import torch
 
 from grokscope.models.mlp import mlp
 from grokscope.models.transformer import transformer
-from grokscope.probes.align import batched_jacobian, eval_mode, jacobian_alignment
+from grokscope.functional import eval_mode
+from grokscope.probes.align import batched_jacobian, jacobian_alignment
 
 
 def best_time(fn, repeat: int) -> tuple[float, object]:
@@ -74,7 +75,7 @@ def main() -> None:
     print(f"MNIST MLP 784-200x4-10, {args.points} points, float32, {args.threads} threads")
     jacobian_alignment(model, x[:10])  # warm-up
 
-    with eval_mode(model):
+    with eval_mode(model, freeze=True):
         t_loop, J_loop = best_time(lambda: per_sample_jacobians(model, x), 1)
     t_batch, J_batch = best_time(lambda: batched_jacobian(model, x), args.repeat)
     err = float((J_loop - J_batch).abs().max())
@@ -82,7 +83,7 @@ def main() -> None:
     print(f"  Jacobians, batched (batched_jacobian)                    : {t_batch:7.3f} s   "
           f"x{t_loop / t_batch:5.1f} faster   max |diff| {err:.1e}")
 
-    with eval_mode(model):
+    with eval_mode(model, freeze=True):
         t_pc1, pc1_loop = best_time(lambda: per_sample_pc1(model, x), 1)
     t_svd, pc1_svd = best_time(lambda: batched_svd_pc1(model, x), args.repeat)
     print(f"  PC1, per-sample Jacobian + SVD (authors' way)            : {t_pc1:7.3f} s")

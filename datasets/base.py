@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from grokscope.errors import GrokscopeError
 
-class DatasetError(ValueError):
+
+class DatasetError(GrokscopeError, ValueError):
     """A dataset could not be built: missing/malformed files or bad arguments."""
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from grokscope.analysis import first_crossing
-from grokscope.engine.store import load_group
+import grokscope
 
 
 def series(store: str, run: str) -> dict[str, np.ndarray]:
     """``{name: values over step}`` of the quantities in the figure (steps with every probe done)."""
-    acc, four, norm = (load_group(store, run, p) for p in ("acc", "fourier", "norm"))
+    tree = grokscope.open_store(store)
+    acc, four, norm = (tree[f"{run}/{p}"].to_dataset().load() for p in ("acc", "fourier", "norm"))
     steps = np.intersect1d(np.intersect1d(acc.step.values, four.step.values), norm.step.values)
     pick = {"step": steps,
             "train_acc": acc.accuracy.sel(split="train", step=steps).values,

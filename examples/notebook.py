@@ -21,12 +21,12 @@ if "ipykernel" not in sys.modules:
 import matplotlib.pyplot as plt
 import xarray as xr
 
-import grokscope.analysis  # noqa: F401  (registers the ds.grok and dt.grok accessors)
+import grokscope  # noqa: F401  (registers the ds.grok and dt.grok accessors)
 
 STORE = Path(os.environ.get("GROKSCOPE_STORE", "runs/demo/probes.zarr"))
 OUT = Path(os.environ.get("GROKSCOPE_NOTEBOOK_OUT", STORE.parent / "notebook"))
 
-dt = xr.open_datatree(STORE, engine="zarr", consolidated=False)
+dt = xr.open_datatree(STORE, engine="grokscope")  # finished steps, in step order
 runs = [node.path for node in dt.subtree if "acc" in node.children]
 print(f"{STORE}: runs with accuracy: {runs}")
 

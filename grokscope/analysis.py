@@ -1,4 +1,4 @@
-"""Onsets, phases and lead/lag read off a probe store (ALGORITHMS.md §(f)).
+"""Onsets, phases and lead/lag read off a probe store (docs/algorithms.md#analysis--onsets-and-phases).
 
 These are the numbers `grokscope report` prints, `grokscope plot` draws as vertical lines and the
 ``ds.grok`` / ``dt.grok`` accessors return. Every threshold, window and fraction is an argument, never
@@ -23,14 +23,18 @@ over ``window`` consecutive checkpoints, i.e. over a stretch of log-time):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from grokscope.presentation import EventSpec, for_group, probe_order
+from grokscope.reading import done_steps
+
 MEM_THRESHOLD = 0.99
 ROBUST_THRESHOLD = 0.5
-# Test-accuracy threshold of "generalised" per dataset (ALGORITHMS.md §(f)): 0.99 for algorithmic
+# Test-accuracy threshold of "generalised" per dataset (docs/algorithms.md#onsets): 0.99 for algorithmic
 # tasks, 0.85 for image classification (GrokAlign Table 1); DEFAULT_GROK_THRESHOLD otherwise.
 GROK_THRESHOLDS = {"modular": 0.99, "xor": 0.99, "mnist": 0.85, "mnist5k": 0.85, "fashion_mnist": 0.85,
                    "digits": 0.85, "cifar10": 0.85}
@@ -213,7 +217,7 @@ def change_point(steps: Any, values: Any, direction: str = "rise", fraction: flo
 
 
 def lc_phases(steps: Any, lc: Any, window: int = 5, tol: float = 0.1, noise_k: float = NOISE_K) -> dict[str, Any]:
-    """Humayun et al.'s LC phases from a curve LC(step) (ALGORITHMS.md §(a′)).
+    """Humayun et al.'s LC phases from a curve LC(step) (``docs/algorithms.md#lc-phases``).
 
     On the curve smoothed over ``window`` checkpoints: the **ascent** is its largest run-up, from
     ``t_min1`` (end of the first descent) to ``t_peak``; ``t_min2`` is the minimum after the peak (end
@@ -295,6 +299,7 @@ class Onset:
     # threshold onsets: {"asked": the threshold asked for, "chance", "max": the curve's highest value};
     # change points: largest_change's result (start/end of the move, size, noise, size needed)
     detail: dict[str, Any] = field(default_factory=dict)
+    words: str = ""
 
     @property
     def found(self) -> bool:
@@ -308,16 +313,6 @@ def grok_threshold_for(dataset_spec: dict[str, Any] | None) -> float:
     """The test-accuracy threshold of "generalised" for a dataset spec ``{"name": ...}``."""
     name = (dataset_spec or {}).get("name") if isinstance(dataset_spec, dict) else None
     return GROK_THRESHOLDS.get(name, DEFAULT_GROK_THRESHOLD)
-
-
-def done_steps(ds):
-    """Only the steps whose ``done`` flag is set (all steps if the store has no flag), in increasing
-    step order (a store that back-filled earlier checkpoints holds them after the later ones)."""
-    if "done" in ds:
-        ds = ds.isel(step=np.flatnonzero(ds["done"].values.astype(bool)))
-    if "step" in ds.dims and np.any(np.diff(ds["step"].values) < 0):
-        ds = ds.sortby("step")
-    return ds
 
 
 def probe_dataset(run_node: Any, probe: str):
@@ -403,38 +398,55 @@ def standard_onsets(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | Non
     return out
 
 
-def _change(run_node: Any, name: str, probe: str, var: str, direction: str, fraction: float, window: int,
-            split: str | None = None) -> Onset | None:
-    ds = probe_dataset(run_node, probe)
-    if ds is None or var not in ds or ds.sizes.get("step", 0) < 3:
+def _change(run_node: Any, event: EventSpec, fraction: float, window: int) -> Onset | None:
+    ds = probe_dataset(run_node, event.probe)
+    if ds is None or event.var not in ds or ds.sizes.get("step", 0) < 3:
         return None
-    sel = {**(_split_label(ds, var, split) if split else {}), **_radius0(ds, var)}
-    da = select_curve(ds, var, **sel)
-    move = largest_change(ds.step.values, da.values, direction, fraction, window)
-    return Onset(name, move["step"], probe, var, fraction, direction == "rise", window, 1, "change", sel,
-                 detail=move)
+    sel = {**(_split_label(ds, event.var, event.split) if event.split else {}), **_radius0(ds, event.var)}
+    for dim in ds[event.var].dims:  # any other dim at its first label
+        if dim not in sel and dim != "step" and dim != "split":
+            sel[dim] = ds[event.var][dim].values[0].item()
+    if "split" in ds[event.var].dims and "split" not in sel:
+        sel["split"] = str(ds[event.var]["split"].values[0])
+    da = select_curve(ds, event.var, **sel)
+    move = largest_change(ds.step.values, da.values, event.direction, fraction, window)
+    return Onset(event.name, move["step"], event.probe, event.var, fraction, event.direction == "rise", window, 1,
+                 "change", sel, words=event.words, detail=move)
+
+
+def declared_events(run_node: Any) -> list[EventSpec]:
+    """The change-point events that the probes of one run declare (``Probe.events``), in panel order."""
+    out: list[EventSpec] = []
+    for probe in probe_order([str(c) for c in run_node.children]):
+        node = run_node[probe]
+        if "step" not in node.dims:
+            continue
+        found = for_group(probe, dict(node.attrs))
+        if found is not None:
+            out += found[1]
+    return out
 
 
 def run_events(run_node: Any, fraction: float = 0.5, change_window: int = 5, **thresholds) -> dict[str, Onset]:
-    """:func:`standard_onsets` plus change points of the measures without a natural threshold:
-    ``lc_fall`` (half of LC's largest fall around training points), ``gini_rise`` (Fourier Gini),
-    ``alignment_rise`` (mean centroid alignment on train), ``weight_norm_fall`` (‖θ‖²), each smoothed
-    over ``change_window`` checkpoints; ``thresholds`` go to :func:`standard_onsets`."""
+    """:func:`standard_onsets` plus the change points that the run's probes declare (``Probe.events``:
+    for the built-ins ``lc_fall``, half of LC's largest fall around training points; ``gini_rise``,
+    the Fourier Gini; ``alignment_rise``, mean centroid alignment on train; ``weight_norm_fall``, ‖θ‖²),
+    each smoothed over ``change_window`` checkpoints; ``thresholds`` go to :func:`standard_onsets`."""
     events: dict[str, Onset] = dict(standard_onsets(run_node, **thresholds))
-    for spec in (("lc_fall", "lc", "lc_total_mean", "fall", "train"),
-                 ("gini_rise", "fourier", "gini_real", "rise", None),
-                 ("alignment_rise", "align", "centroid_cos_mean", "rise", "train"),
-                 ("weight_norm_fall", "norm", "weight_sq", "fall", None)):
-        ev = _change(run_node, spec[0], spec[1], spec[2], spec[3], fraction, change_window, spec[4])
-        if ev is not None:
+    for spec in declared_events(run_node):
+        ev = _change(run_node, spec, fraction, change_window)
+        if ev is not None and ev.name not in events:
             events[ev.name] = ev
     return events
 
 
-# The lead/lag questions a report answers, as (first event, second event) names.
-LEAD_LAG_PAIRS = [("memorisation", "generalisation"), ("lc_fall", "generalisation"),
-                  ("gini_rise", "generalisation"), ("alignment_rise", "generalisation"),
-                  ("weight_norm_fall", "generalisation")]
+def lead_lag_pairs(events: Mapping[str, Onset]) -> list[tuple[str, str]]:
+    """The lead/lag questions a report answers, as (first event, second event) names: memorisation and
+    every change point against generalisation, then generalisation against every robustness onset."""
+    pairs = [("memorisation", "generalisation")]
+    pairs += [(k, "generalisation") for k, v in events.items() if v.kind == "change"]
+    pairs += [("generalisation", k) for k in events if k.startswith("robustness@")]
+    return [(a, b) for a, b in pairs if a in events and b in events]
 
 
 def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = None,
@@ -445,7 +457,7 @@ def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = 
     ``{"onsets": {name: Onset.to_dict()}`` (standard onsets and change points, see :func:`run_events`),
     ``"lc_phases": {split: lc_phases(...)}`` (train/test/random/boundary at the first radius),
     ``"migration"``: LC(boundary)/LC(train) first, last, max and the step of half its largest rise,
-    ``"lead_lag"``: [lead_lag(...)] for :data:`LEAD_LAG_PAIRS` and generalisation → each robustness onset,
+    ``"lead_lag"``: [lead_lag(...)] for :func:`lead_lag_pairs`,
     ``"grok_phase"``: steps at which test accuracy first reaches 0.2 and the grok threshold,
     ``"settings"``: the run's model/dataset/train specs, ``"final"``: last train/test accuracy,
     ``"params"``: the arguments used}.
@@ -472,9 +484,7 @@ def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = 
                 "ratio_max": float(finite.max()) if len(finite) else math.nan,
                 "t_half_rise": change_point(lc.step.values, np.where(np.isfinite(ratio), ratio, np.nan),
                                             "rise", fraction, phase_window)}
-    pairs = list(LEAD_LAG_PAIRS) + [("generalisation", k) for k in events if k.startswith("robustness@")]
-    out["lead_lag"] = [lead_lag(events[a].step, events[b].step, a, b) for a, b in pairs
-                       if a in events and b in events]
+    out["lead_lag"] = [lead_lag(events[a].step, events[b].step, a, b) for a, b in lead_lag_pairs(events)]
     acc = probe_dataset(run_node, "acc")
     if acc is not None and "accuracy" in acc and acc.sizes["step"]:
         out["final"] = {f"{s}_acc": float(acc["accuracy"].sel(split=s).values[-1])

@@ -17,7 +17,8 @@ Probes of the default preset (one-hot ``a + b mod 59``, a ReLU MLP):
   points instead of 1024);
 * ``norm`` (Musat's weight-decay geometry; its tangent-space solve costs ~2 s a checkpoint) on
   ``log:16`` of the checkpoints — chosen from the preset's save schedule before training, so the
-  choice does not move while the run grows.
+  choice does not move while the run grows;
+* ``regions`` (the linear-region picture on the plane through three training points) on ``log:12``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ import click
 
 TRAIN_THRESHOLD = 0.99
 TEST_THRESHOLD = 0.95
-DEMO_PROBES = ("acc", "lc", "align", "fourier", "pgd", "norm")
-# norm's tangent-space solve is ~15x the cost of the other probes together: a log-spaced subset
-DEMO_STEPS = ("norm=log:16",)
+DEMO_PROBES = ("acc", "lc", "align", "fourier", "pgd", "norm", "regions")
+# norm's tangent-space solve is ~15x the cost of the other probes together: a log-spaced subset;
+# the report draws region pictures at a few onsets, chosen among 12 log-spaced stored ones
+DEMO_STEPS = ("norm=log:16", "regions=log:12")
 # Half the default points for align and pgd (each split still 512 points): on the demo run's store
 # computed with 1024, the means over the first 512 points stay within 1.5 % of each curve's range
 # (align) and 1.5 accuracy points (pgd robust accuracy) at every checkpoint, for half the cost.
@@ -323,7 +325,7 @@ def _figures_and_report(store: Path, directory: Path, with_report: bool, timing:
     from concurrent.futures import ProcessPoolExecutor
 
     from grokscope.analysis import run_summary
-    from grokscope.engine.store import open_store
+    from grokscope.reading import open_store
     from grokscope.plots import iter_runs
     from grokscope.report import describe_run, write_report
 

@@ -6,7 +6,8 @@ between 0 and 1, logarithmic above), so step 0 is drawn at 0 and every tick and 
 true step. Onsets (:func:`grokscope.analysis.standard_onsets`) are dashed vertical lines in the run's
 colour, labelled at the top of the panel ("mem", "gen", "ε=0.1").
 
-Panels (see :data:`SPECS`), each only where some selected run has finished steps of it:
+Panels (each probe declares its own, ``Probe.panels``; a probe that declares none gets one generic
+panel per variable), each only where some selected run has finished steps of it:
 
 =========================  ==================================================================
 acc                        accuracy and loss, train/test (line style per split)
@@ -40,6 +41,9 @@ from typing import Any
 import click
 import numpy as np
 
+from grokscope.errors import GrokscopeError
+from grokscope.presentation import PanelSpec, for_group, probe_order
+
 FORMATS = ("png", "pdf", "svg")
 MAX_LINES = 12          # a generic ``probe.var`` panel with more lines than this is refused (or a heat map)
 DPI = 110
@@ -54,47 +58,13 @@ SYMLOG = {"linthresh": 1.0, "linscale": 0.4}
 XLABEL = "step (log scale; 0 at left)"
 
 
-class PlotError(click.ClickException):
+class PlotError(GrokscopeError, ValueError):
     """A store, run or metric that cannot be plotted; the message names it (exit code 1 on the CLI)."""
 
 
-@dataclass(frozen=True)
-class Spec:
-    """How to draw one probe variable: ``hue`` is the dim drawn as line style / shade (None: one line per
-    run); ``prefer`` picks one label of other dims (``"first"`` or a label, else the first label);
-    ``onsets``: which onsets get vertical lines (``"robustness"`` = every ``robustness@ε``)."""
-
-    probe: str
-    var: str
-    title: str
-    ylabel: str
-    hue: str | None = None
-    kind: str = "lines"
-    yscale: str = "linear"
-    ylim: tuple[float, float] | None = None
-    prefer: tuple[tuple[str, Any], ...] = ()
-    onsets: tuple[str, ...] = ("memorisation", "generalisation")
-
-
-ACC_LIM = (-0.03, 1.03)
-SPECS: list[Spec] = [
-    Spec("acc", "accuracy", "Accuracy", "fraction correct", "split", ylim=ACC_LIM),
-    Spec("acc", "loss", "Loss", "task loss (log scale)", "split", yscale="log"),
-    Spec("lc", "lc_total_mean", "Local complexity, all layers", "LC: neurons cut per neighbourhood",
-         "split", prefer=(("radius", "first"),)),
-    Spec("pgd", "robust_acc", "PGD robust accuracy", "fraction correct under attack", "eps", ylim=ACC_LIM,
-         prefer=(("split", "test"),), onsets=("generalisation", "robustness")),
-    Spec("align", "centroid_cos_mean", "Centroid alignment", "mean cos(μ_x, x)", "split"),
-    Spec("align", "jac_align_mean", "Jacobian alignment", "mean ‖J x‖ / (‖J‖_F ‖x‖)", "split"),
-    Spec("align", "jac_fro_mean", "Jacobian norm", "mean ‖J_x‖_F (log scale)", "split", yscale="log"),
-    Spec("fourier", "fourier_norms", "Fourier norms of the embedding", "frequency k", kind="heatmap"),
-    Spec("fourier", "gini_real", "Fourier Gini", "Gini of the norms (1 = one frequency)", ylim=(0, 1)),
-    Spec("norm", "weight_sq", "Squared weight norm", "‖θ‖² (log scale)", yscale="log"),
-    Spec("norm", "wd_tangent_frac", "Weight decay along the zero-loss set", "‖P_T(−θ)‖ / ‖θ‖",
-         ylim=(0, 1.02)),
-]
-LAYER_SPEC = Spec("lc", "lc_mean", "Local complexity, layer {layer}", "LC: neurons cut per neighbourhood",
-                  "split", prefer=(("radius", "first"),))
+# One panel's drawing instructions, as a probe declares them (grokscope.presentation.PanelSpec).
+Spec = PanelSpec
+ENGINE_VARS = ("done", "error", "checkpoint_hash")
 
 
 @dataclass(frozen=True)
@@ -137,20 +107,19 @@ def iter_runs(tree) -> list[tuple[str, Any]]:
 
 
 def open_store(store_or_tree: Any):
-    """A DataTree from a store path (opened lazily) or the DataTree itself; PlotError naming the path."""
+    """A DataTree of finished steps from a store path (:func:`grokscope.open_store`) or the DataTree
+    itself; PlotError naming the path (and the store inside a run folder given instead)."""
     import xarray as xr
 
-    from grokscope.engine.store import open_store as open_tree
+    from grokscope.reading import StoreReadError
+    from grokscope.reading import open_store as open_tree
 
     if isinstance(store_or_tree, xr.DataTree):
         return store_or_tree
-    path = Path(store_or_tree)
-    if not path.exists():
-        raise PlotError(f"{path}: no such store")
     try:
-        return open_tree(path)
-    except Exception as e:
-        raise PlotError(f"{path}: cannot open as a probe store ({type(e).__name__}: {e})") from e
+        return open_tree(Path(store_or_tree))
+    except StoreReadError as e:
+        raise PlotError(str(e)) from e
 
 
 def _where(store_or_tree: Any) -> str:
@@ -262,17 +231,27 @@ def _has_data(block) -> bool:
     return block is not None and block.sizes["step"] > 0 and bool(np.isfinite(block.values).any())
 
 
+DIM_SHORT = {"radius": "r"}
+PARAM_WORDS = {"linf": "L∞", "l2": "L2"}
+
+
 def _panel_title(spec: Spec, ds, sel: Mapping[str, Any]) -> str:
-    title = spec.title.format(**{k: v for k, v in sel.items()})
+    """``spec.title`` with ``{dim}`` filled from ``sel`` and ``{param}`` from the group's parameters,
+    followed by the labels that ``spec.prefer`` chose (``r = 0.005``, ``test split``)."""
+    params = {k: PARAM_WORDS.get(str(v), v) for k, v in (ds.attrs.get("params") or {}).items()}
+    try:
+        title = spec.title.format(**{**params, **dict(sel)})
+    except (KeyError, IndexError, ValueError):
+        title = spec.title
     extra = []
-    if spec.probe == "lc" and "radius" in ds.dims:
-        extra.append(f"r = {_label(ds, 'radius', 'first'):g}")
-    if spec.probe == "pgd":
-        norm = (ds.attrs.get("params") or {}).get("norm")
-        if norm:
-            extra.append({"linf": "L∞", "l2": "L2"}.get(str(norm), str(norm)))
-        if "split" in ds[spec.var].dims:
-            extra.append(f"{_label(ds, 'split', 'test') or _label(ds, 'split', 'first')} split")
+    for dim, want in spec.prefer:
+        if dim in ds[spec.var].dims:
+            lab = _label(ds, dim, want)
+            lab = _label(ds, dim, "first") if lab is None else lab
+            extra.append(f"{lab} split" if dim == "split" else
+                         f"{DIM_SHORT.get(dim, dim)} = {lab:g}" if isinstance(lab, (int, float)) else f"{dim} {lab}")
+    if extra and title.endswith(")"):
+        return f"{title[:-1]}, {', '.join(extra)})"
     return f"{title} ({', '.join(extra)})" if extra else title
 
 
@@ -286,8 +265,8 @@ def _generic_spec(probe: str, var: str, ds) -> Spec:
         raise PlotError(f"metric {probe}.{var}: dims {da.dims} have more than one dim besides step; "
                         f"plot it from a notebook (xarray .sel)")
     if rest and da.sizes[rest[0]] > MAX_LINES:
-        return Spec(probe, var, f"{probe}: {var}", rest[0], kind="heatmap")
-    return Spec(probe, var, f"{probe}: {var}", var, rest[0] if rest else None)
+        return Spec(var, f"{probe}: {var}", rest[0], kind="heatmap", probe=probe)
+    return Spec(var, f"{probe}: {var}", var, rest[0] if rest else None, probe=probe)
 
 
 def _resolve_metrics(runs: _Runs, metrics: Sequence[str] | str | None, where: str
@@ -314,19 +293,47 @@ def _resolve_metrics(runs: _Runs, metrics: Sequence[str] | str | None, where: st
     return probes, extras
 
 
+def _generic_specs(probe: str, ds) -> list[Spec]:
+    """Panels for a probe that declares none: every numeric variable over step that one panel can show."""
+    out = []
+    for var in ds.data_vars:
+        if var in ENGINE_VARS:
+            continue
+        try:
+            out.append(_generic_spec(probe, str(var), ds))
+        except PlotError:
+            continue
+    return out
+
+
+def probe_specs(runs: _Runs, probe: str) -> list[Spec]:
+    """The panels of ``probe`` in the selected runs: those it declares (stored with its groups, or its
+    installed class's), else one generic panel per variable."""
+    for path in runs.paths:
+        ds = runs.get(path, probe)
+        if ds is None:
+            continue
+        found = for_group(probe, dict(ds.attrs))
+        if found is not None and found[0]:
+            return found[0]
+        return _generic_specs(probe, ds)
+    return []
+
+
 def _plan(runs: _Runs, metrics: Sequence[str] | str | None = None, layers: bool = False,
           where: str = "store") -> list[Panel]:
     probes, extras = _resolve_metrics(runs, metrics, where)
     specs: list[Spec] = []
-    for spec in SPECS:
-        if probes is None or spec.probe in probes:
-            specs.append(spec)
-            if layers and spec.var == "lc_total_mean":
-                specs.append(LAYER_SPEC)
-    headline = {(s.probe, s.var) for s in SPECS + [LAYER_SPEC]}
+    declared: list[Spec] = []
+    for probe in probe_order(runs.probes()):
+        mine = probe_specs(runs, probe)
+        declared += mine
+        if probes is None or probe in probes:
+            specs += [s for s in mine if s.headline or layers]
     for probe, var in extras:
-        if (probe, var) in headline:
-            specs.append(next(s for s in SPECS + [LAYER_SPEC] if (s.probe, s.var) == (probe, var)))
+        same = [s for s in declared if (s.probe, s.var) == (probe, var)]
+        if same:
+            specs.append(same[0])
             continue
         ds = next(runs.get(p, probe) for p in runs.paths if runs.get(p, probe) is not None and var in
                   runs.get(p, probe))
@@ -342,21 +349,22 @@ def _plan(runs: _Runs, metrics: Sequence[str] | str | None = None, layers: bool 
 
 
 def _expand(runs: _Runs, spec: Spec) -> list[Panel]:
-    """The panels of one spec: one (lines), one per layer (``lc_mean``), one per run (heat maps)."""
+    """The panels of one spec: one (lines), one per label of ``spec.per`` (``lc_mean`` per layer), one per
+    run (heat maps)."""
     with_data = [(p, runs.get(p, spec.probe)) for p in runs.paths if runs.get(p, spec.probe) is not None]
     with_data = [(p, ds) for p, ds in with_data if spec.var in ds]
     if not with_data:
         return []
     sels: list[dict[str, Any]] = [{}]
-    if spec is LAYER_SPEC:
-        layer_labels: list[Any] = []
+    if spec.per:
+        per_labels: list[Any] = []
         for _, ds in with_data:
-            if "layer" in ds[spec.var].dims:
-                for lab in ds[spec.var]["layer"].values:
+            if spec.per in ds[spec.var].dims:
+                for lab in ds[spec.var][spec.per].values:
                     lab = lab.item() if hasattr(lab, "item") else lab
-                    if lab not in layer_labels:
-                        layer_labels.append(lab)
-        sels = [{"layer": lab} for lab in layer_labels]
+                    if lab not in per_labels:
+                        per_labels.append(lab)
+        sels = [{spec.per: lab} for lab in per_labels]
     out = []
     for sel in sels:
         drawn = [(p, ds) for p, ds in with_data if _has_data(curve_block(ds, spec, sel))]
@@ -670,7 +678,9 @@ def fourier_figure(node: Any, path: str, thresholds: Mapping[str, Any] | None = 
 
     one = _Runs([(path, node)])
     one.colour[path] = colour
-    spec = next(s for s in SPECS if s.var == "fourier_norms")
+    spec = next((s for s in probe_specs(one, "fourier") if s.var == "fourier_norms"), None)
+    if spec is None:
+        return None
     panels = _expand(one, spec)
     if not panels:
         return None
@@ -727,7 +737,7 @@ def plot_store(store_or_tree: Any, out_dir: Path | str, runs: Sequence[str] | st
       ``fourier`` among ``metrics`` if given): the heat map of :func:`fourier_figure`, large.
 
     Order: overview files first, then the heat maps run by run. ``runs``/``metrics`` as in
-    :func:`plan_panels`; PlotError (a ``click.ClickException``) names any store, run, metric or format
+    :func:`plan_panels`; PlotError names any store, run, metric or format
     at fault.
     """
     out = Path(out_dir)

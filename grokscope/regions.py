@@ -23,8 +23,9 @@ a numerical check (the logits must be affine between two grid points of equal pa
 rest.
 
 :func:`activation_boundaries` is the functional core (a model and a :class:`Plane` in, a
-:class:`RegionMap` of numpy arrays out); :func:`regions_figure` draws checkpoints of a run as a
-grid of panels (PNG/PDF/SVG) or an animated GIF; ``grokscope regions`` is its command.
+:class:`RegionMap` of numpy arrays out). The ``regions`` probe (``grokscope.probes.regions``) stores
+its pictures per checkpoint; :func:`regions_figure` draws a run's stored pictures as a grid of panels
+(PNG/PDF/SVG) or an animated GIF; ``grokscope regions`` (``grokscope.cli.regions``) is its command.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import click
 import numpy as np
 import torch
 from torch import nn
 
-from grokscope.probes.lc import KinkHooks, model_device, model_dtype, kinks
+from grokscope.errors import GrokscopeError
+from grokscope.probes.lc import KinkHooks, kinks, model_device, model_dtype
 
 #: kinked activation modules that are piecewise linear (their pattern bits pin down the piece).
 PIECEWISE_LINEAR_ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -61,7 +62,7 @@ DEFAULT_FRAMES = 24  # frames of a GIF when no steps are given
 _HASH_SEED = 0x5EED
 
 
-class RegionsError(ValueError):
+class RegionsError(GrokscopeError, ValueError):
     """Bad input for a region picture: the message names the value, file or module at fault."""
 
 
@@ -150,6 +151,34 @@ class RegionMap:
     def extent(self) -> tuple[float, float, float, float]:
         """``imshow`` extent: pixel edges, half a spacing outside the first and last centres."""
         h = self.spacing / 2
+        return (float(self.a[0] - h), float(self.a[-1] + h), float(self.b[0] - h), float(self.b[-1] + h))
+
+    def picture(self, corners: Sequence[tuple[int, int]] = ()) -> RegionPicture:
+        """The map as :func:`draw_map` draws it."""
+        return RegionPicture(self.a, self.b, self.boundary, self.decision, fill_index(self.region),
+                             self.n_regions, list(corners))
+
+
+@dataclass
+class RegionPicture:
+    """What a region picture shows (a :class:`RegionMap` as the ``regions`` probe stores it):
+    ``boundary``/``decision`` (R, R) bool, ``fill`` (R, R) int colour index of each pixel's region,
+    ``a``/``b`` (R,) plane coordinates, ``n_regions``, the corners ``[(index, class)]`` and the
+    accuracies at that checkpoint (``{"train": 0.98, ...}``, where known)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    boundary: np.ndarray
+    decision: np.ndarray
+    fill: np.ndarray
+    n_regions: int
+    corners: list[tuple[int, int]] = field(default_factory=list)
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def extent(self) -> tuple[float, float, float, float]:
+        """``imshow`` extent: pixel edges, half a spacing outside the first and last centres."""
+        h = float(self.a[1] - self.a[0]) / 2
         return (float(self.a[0] - h), float(self.a[-1] + h), float(self.b[0] - h), float(self.b[-1] + h))
 
 
@@ -356,93 +385,7 @@ def activation_boundaries(model: nn.Module, plane: Plane, resolution: int = 400,
     return rmap
 
 
-# -- runs: checkpoints, steps, points -----------------------------------------------------------------
-
-def open_run(run_dir: Path) -> Any:
-    """The one run in ``run_dir`` (engine discovery), with its ``run.json`` spec and checkpoints.
-
-    Raises :class:`RegionsError` when the folder holds no run, several runs, no ``run.json`` or no
-    checkpoints.
-    """
-    from grokscope.engine.discovery import DiscoveryError, find_runs
-
-    try:
-        found = find_runs(Path(run_dir))
-    except DiscoveryError as e:
-        raise RegionsError(str(e)) from None
-    if len(found) != 1:
-        raise RegionsError(f"{run_dir}: holds {len(found)} runs ({', '.join(r.rel for r in found[:6])}); "
-                           "pass one run folder")
-    run = found[0]
-    if run.spec is None:
-        raise RegionsError(run.spec_error or f"{run_dir}: no run.json (the model and dataset are needed; "
-                           f"write one with `grokscope init {run_dir} --model ... --dataset ...`)")
-    if not run.checkpoints:
-        why = "; ".join(f"{p.path}: {p.reason}" for p in run.problems[:3])
-        raise RegionsError(f"{run_dir}: no usable checkpoints{' (' + why + ')' if why else ''}")
-    return run
-
-
-def _fmt_steps(steps: Sequence[int]) -> str:
-    s = list(steps)
-    return ", ".join(map(str, s)) if len(s) <= 12 else f"{', '.join(map(str, s[:5]))}, ..., " \
-        f"{', '.join(map(str, s[-3:]))} ({len(s)} checkpoints)"
-
-
-def select_steps(spec: str | Sequence[int] | None, available: Sequence[int], default_n: int = DEFAULT_PANELS
-                 ) -> list[int]:
-    """Checkpoint steps to draw: a list of steps (each must exist), ``"log:N"`` (``N`` checkpoints
-    nearest to log-spaced targets from the first to the last, without repeats), ``"all"``, ``"last"``,
-    or None (``log:default_n``). Raises :class:`RegionsError` naming a bad value."""
-    from grokscope.training.schedule import ScheduleError, log_steps
-
-    avail = sorted(int(s) for s in available)
-    if not avail:
-        raise RegionsError("no checkpoints to choose steps from")
-    if spec is None:
-        spec = f"log:{default_n}"
-    if isinstance(spec, str):
-        text = spec.strip()
-        if text == "all":
-            return avail
-        if text == "last":
-            return avail[-1:]
-        if text.startswith("log:"):
-            try:
-                n = int(text[4:])
-                targets = log_steps(n, avail[-1]) if n >= 2 else [avail[-1]]
-            except (ValueError, ScheduleError):
-                raise RegionsError(f"bad steps {spec!r}: log:N needs an integer N >= 1") from None
-            if n >= len(avail):
-                return avail
-            chosen: list[int] = []
-            logs = np.log1p(np.array(avail, dtype=float))
-            for t in targets:
-                order = np.argsort(np.abs(logs - math.log1p(t)), kind="stable")
-                pick = next((avail[i] for i in order if avail[i] not in chosen), None)
-                if pick is not None:
-                    chosen.append(pick)
-            return sorted(chosen)
-        items: Sequence[Any] = [t for t in text.replace(" ", "").split(",") if t]
-    else:
-        items = list(spec)
-    out = []
-    for item in items:
-        try:
-            s = int(item)
-        except (TypeError, ValueError):
-            raise RegionsError(f"bad step {item!r} in {spec!r}: expected integers, 'log:N', 'all' or "
-                               "'last'") from None
-        if s not in avail:
-            near = min(avail, key=lambda x: abs(x - s))
-            raise RegionsError(f"step {s} has no checkpoint (nearest: {near}); available steps: "
-                               f"{_fmt_steps(avail)}")
-        if s not in out:
-            out.append(s)
-    if not out:
-        raise RegionsError(f"no steps in {spec!r}")
-    return sorted(out)
-
+# -- points -------------------------------------------------------------------------------------------
 
 def default_points(y: torch.Tensor, seed: int = 0) -> list[int]:
     """Three indices into ``y``: in a seeded permutation, the first point, then the first points of
@@ -487,66 +430,57 @@ def parse_points(text: str | Sequence[int], n: int, split: str = "train") -> lis
     return out
 
 
-@dataclass
-class _Source:
-    """A run ready to draw: model skeleton, data, point indices and labels."""
 
-    run: Any
-    model: nn.Module
-    data: Any
-    x: torch.Tensor          # the three points, as the model takes them (tokens or continuous)
-    y: list[int]
-    index: list[int]
-    split: str
-    log: dict[int, dict[str, Any]] = field(default_factory=dict)
+# -- pictures from a store ----------------------------------------------------------------------------
 
-    def load(self, step: int) -> nn.Module:
-        """The model with the weights of checkpoint ``step`` (engine loading)."""
-        from grokscope.engine.loading import CheckpointError, load_into, read_state_dict
-
-        ck = next(c for c in self.run.checkpoints if c.step == step)
-        try:
-            return load_into(self.model, read_state_dict(ck), ck.path)
-        except CheckpointError as e:
-            raise RegionsError(str(e)) from None
-
-    def plane(self, model: nn.Module, margin: float) -> tuple[Plane, Callable]:
-        """The plane through the three points for this model (embedding space for token models)."""
-        from grokscope.models.adapters import continuous_view
-
-        try:
-            forward, z = continuous_view(model, self.x.to(model_device(model)), self.data.input_kind)
-        except TypeError as e:
-            raise RegionsError(str(e)) from None
-        z = z.to(model_dtype(model)) if z.is_floating_point() else z
-        try:
-            return Plane.through(z[0], z[1], z[2], margin), forward
-        except RegionsError as e:
-            raise RegionsError(f"points {self.index} of the {self.split} split: {e}") from None
+def _fmt_steps(steps: Sequence[int]) -> str:
+    s = list(steps)
+    return ", ".join(map(str, s)) if len(s) <= 12 else f"{', '.join(map(str, s[:5]))}, ..., " \
+        f"{', '.join(map(str, s[-3:]))} ({len(s)} checkpoints)"
 
 
-def _source(run_dir: Path, points: str | Sequence[int] | None, split: str, seed: int,
-            device: str) -> _Source:
-    from grokscope.datasets import load_dataset
-    from grokscope.models import build_model
-    from grokscope.runs import read_log
+def region_runs(tree: Any) -> list[str]:
+    """Paths of the runs of a store's tree that hold finished ``regions`` results."""
+    return [node.path.strip("/") for node in tree.subtree
+            if "regions" in node.children and node["regions"].ds.sizes.get("step", 0) > 0]
 
-    run = open_run(run_dir)
-    if split not in ("train", "test"):
-        raise RegionsError(f"split must be 'train' or 'test', got {split!r}")
+
+def pictures(tree: Any, run: str, steps: str | Sequence[int] | None = None, default_n: int = DEFAULT_PANELS
+             ) -> list[tuple[int, RegionPicture]]:
+    """``[(step, picture)]`` of ``run``'s stored ``regions`` at the checkpoints ``steps`` selects (the
+    engine's ``--steps`` grammar: ``0,100,1000``, ``log:N``, ``every:K``, ``all``; None: ``log:default_n``),
+    each with the train/test accuracy of the ``acc`` probe at that step when the store has it."""
+    from grokscope.engine.selection import SelectionError, select_steps
+
+    if run not in region_runs(tree):
+        raise RegionsError(f"run {run!r} has no regions results in the store (have: "
+                           f"{', '.join(region_runs(tree)) or 'none'}); compute them with "
+                           f"`grokscope probe RUN --metrics regions` or `grokscope regions RUN`")
+    ds = tree[f"{run}/regions"].to_dataset()
+    avail = [int(s) for s in ds.step.values]
+    spec = steps if isinstance(steps, str) or steps is None else ",".join(map(str, steps))
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # the skeleton's init is overwritten by every checkpoint
-            model = build_model(run.spec["model"]).to(device)
-        data = load_dataset(run.spec["dataset"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise RegionsError(f"{run_dir}/run.json: cannot build the model or dataset: {e}") from None
-    check_piecewise_linear(model)
-    x, y = data.split(split)
-    index = parse_points(points, len(x), split) if points is not None else default_points(y, seed)
-    log = {int(r["step"]): r for r in read_log(Path(run_dir)) if "step" in r}
-    return _Source(run=run, model=model, data=data, x=x[index], y=[int(y[i]) for i in index],
-                   index=index, split=split, log=log)
+        chosen, missing = select_steps(spec or f"log:{default_n}", avail)
+    except SelectionError as e:
+        raise RegionsError(str(e)) from None
+    if missing:
+        raise RegionsError(f"step(s) {', '.join(map(str, missing))} have no regions results; stored steps: "
+                           f"{_fmt_steps(avail)}")
+    acc = tree[f"{run}/acc"].to_dataset() if "acc" in tree[run].children else None
+    out = []
+    for step in chosen:
+        one = ds.sel(step=step).load()
+        accuracy = {}
+        if acc is not None and step in acc.step.values:
+            accuracy = {str(sp): float(acc["accuracy"].sel(step=step, split=sp)) for sp in acc["split"].values}
+        out.append((step, RegionPicture(a=one["a"].values, b=one["b"].values,
+                                        boundary=one["boundary"].values.astype(bool),
+                                        decision=one["decision"].values.astype(bool),
+                                        fill=one["fill"].values, n_regions=int(one["n_regions"]),
+                                        corners=[(int(i), int(c)) for i, c in
+                                                 zip(one["point_index"].values, one["point_class"].values)],
+                                        accuracy=accuracy)))
+    return out
 
 
 # -- drawing ------------------------------------------------------------------------------------------
@@ -566,26 +500,29 @@ def _thicken(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def region_image(rmap: RegionMap, thicken: bool = False) -> np.ndarray:
-    """RGB image ``(R, R, 3)`` of a map: regions filled with light colours (by pattern hash), region
+def fill_index(region: np.ndarray) -> np.ndarray:
+    """The colour index ``(R, R)`` int8 of each pixel's region (its pattern hash modulo the palette)."""
+    return (np.asarray(region).view(np.uint64) % np.uint64(len(_FILL))).astype(np.int8)
+
+
+def region_image(pic: RegionPicture, thicken: bool = False) -> np.ndarray:
+    """RGB image ``(R, R, 3)`` of a picture: regions filled with light colours (by pattern), region
     boundaries dark grey, the decision boundary red on top."""
-    idx = (rmap.region.view(np.uint64) % np.uint64(len(_FILL))).astype(np.int64)
-    img = _FILL[idx]
-    img[rmap.boundary] = _EDGE
-    dec = _thicken(rmap.decision) if thicken else rmap.decision
+    img = _FILL[pic.fill.astype(np.int64) % len(_FILL)]
+    img[pic.boundary] = _EDGE
+    dec = _thicken(pic.decision) if thicken else pic.decision
     img[dec] = _DECISION
     return img
 
 
-def _title(step: int, rmap: RegionMap, log: dict[int, dict[str, Any]]) -> str:
-    t = f"step {step}: {rmap.n_regions} regions"
-    rec = log.get(step, {})
-    if "train_acc" in rec and "test_acc" in rec:
-        t += f"\ntrain acc {rec['train_acc']:.3f}, test acc {rec['test_acc']:.3f}"
+def _title(step: int, pic: RegionPicture) -> str:
+    t = f"step {step}: {pic.n_regions} regions"
+    if pic.accuracy:
+        t += "\n" + ", ".join(f"{k} acc {v:.3f}" for k, v in pic.accuracy.items())
     return t
 
 
-def draw_map(ax: Any, rmap: RegionMap, title: str, labels: Sequence[str] = ("x0", "x1", "x2"),
+def draw_map(ax: Any, rmap: RegionPicture, title: str, labels: Sequence[str] = ("x0", "x1", "x2"),
              thicken: bool = True, axis_labels: tuple[bool, bool] = (True, True)) -> None:
     """Draw one map into a matplotlib axes: the image, the triangle and the three labelled points."""
     ax.imshow(region_image(rmap, thicken), origin="lower", extent=rmap.extent, interpolation="nearest")
@@ -604,31 +541,26 @@ def draw_map(ax: Any, rmap: RegionMap, title: str, labels: Sequence[str] = ("x0"
     ax.tick_params(labelsize=6)
 
 
-def _heading(run_dir: Path, src: _Source) -> str:
-    pts = ", ".join(f"x{k} = #{i} (class {c})" for k, (i, c) in enumerate(zip(src.index, src.y)))
-    return (f"{Path(run_dir).resolve().name}: plane x0 + a(x1 - x0) + b(x2 - x0) through {src.split} "
-            f"points {pts}\ngrey: linear-region boundaries (activation pattern changes); "
-            "red: decision boundary (predicted class changes)")
+def _heading(run: str, ds_attrs: dict[str, Any], pic: RegionPicture) -> str:
+    split = (ds_attrs.get("params") or {}).get("split", "train")
+    pts = ", ".join(f"x{k} = #{i} (class {c})" for k, (i, c) in enumerate(pic.corners))
+    return (f"{run}: plane x0 + a(x1 - x0) + b(x2 - x0) through {split} points {pts}\n"
+            "grey: linear-region boundaries (activation pattern changes); red: decision boundary "
+            "(predicted class changes)")
 
 
-def regions_figure(run_dir: Path, steps: Sequence[int] | str | None, out: Path, *,
-                   points: str | Sequence[int] | None = None, split: str = "train", resolution: int = 400,
-                   margin: float = 0.25, seed: int = 0, device: str = "cpu", fps: float = 2.0,
-                   columns: int | None = None,
-                   progress: Callable[[int, RegionMap], None] | None = None) -> Path:
-    """Draw the linear regions of a run's checkpoints on the plane through three points of ``split``.
-
-    ``steps``: checkpoint steps, ``"log:N"``, ``"all"``, ``"last"`` or None (6 log-spaced checkpoints,
-    24 for a GIF). ``points``: three indices (``"i,j,k"``) or None (three points of different
-    classes from a permutation seeded with ``seed``). ``out`` ending in ``.gif`` gives an animation
-    (one frame per step, ``fps``), ``.png``/``.pdf``/``.svg`` a grid of panels (``columns`` per row).
-    Panels are drawn at about one screen pixel per grid point. Returns ``out``; ``progress(step,
-    map)`` is called after each checkpoint.
-    """
+def regions_figure(store: Any, run: str, steps: Sequence[int] | str | None, out: Path, *,
+                   fps: float = 2.0, columns: int | None = None) -> Path:
+    """Draw ``run``'s stored region pictures (``store``: a path or an opened tree) at the checkpoints
+    ``steps`` selects (see :func:`pictures`; None: 6 log-spaced ones, 24 for a GIF). ``out`` ending in
+    ``.gif`` gives an animation (``fps`` frames per second), ``.png``/``.pdf``/``.svg`` a grid of panels
+    (``columns`` per row), at about one screen pixel per grid point. Returns ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from grokscope.reading import open_store
 
     out = Path(out)
     suffix = out.suffix.lower()
@@ -637,21 +569,12 @@ def regions_figure(run_dir: Path, steps: Sequence[int] | str | None, out: Path, 
                            f"{', '.join(FIGURE_SUFFIXES)}")
     if not (math.isfinite(fps) and fps > 0):
         raise RegionsError(f"fps must be a positive number, got {fps!r}")
-    src = _source(Path(run_dir), points, split, seed, device)
-    chosen = select_steps(steps, src.run.steps, DEFAULT_FRAMES if suffix == ".gif" else DEFAULT_PANELS)
-    head = _heading(Path(run_dir), src)
+    tree = store if not isinstance(store, (str, Path)) else open_store(store)
+    chosen = pictures(tree, run, steps, DEFAULT_FRAMES if suffix == ".gif" else DEFAULT_PANELS)
+    head = _heading(run, dict(tree[f"{run}/regions"].attrs), chosen[0][1])
     out.parent.mkdir(parents=True, exist_ok=True)
     panel = 3.2  # inches per panel side; the axes take about 80 % of it
-    dpi = int(min(220, max(80, resolution / (0.8 * panel))))
-
-    def compute(step: int) -> RegionMap:
-        model = src.load(step)
-        plane, forward = src.plane(model, margin)
-        rmap = activation_boundaries(model, plane, resolution, forward=forward)
-        if progress is not None:
-            progress(step, rmap)
-        return rmap
-
+    dpi = int(min(220, max(80, len(chosen[0][1].a) / (0.8 * panel))))
     if suffix == ".gif":
         from matplotlib.animation import PillowWriter
 
@@ -660,21 +583,18 @@ def regions_figure(run_dir: Path, steps: Sequence[int] | str | None, out: Path, 
         fig.suptitle(head.replace(" through", "\nthrough").replace("; ", ";\n"), fontsize=6)
         writer = PillowWriter(fps=fps)
         with writer.saving(fig, str(out), dpi=max(80, dpi // 1.45)):
-            for step in chosen:
-                rmap = compute(step)
+            for step, pic in chosen:
                 ax.clear()
-                draw_map(ax, rmap, _title(step, rmap, src.log))
+                draw_map(ax, pic, _title(step, pic))
                 writer.grab_frame()
         plt.close(fig)
         return out
-    maps = [compute(step) for step in chosen]
-    ncol = max(1, columns or (len(maps) if len(maps) <= 4 else 3 if len(maps) <= 6 else 4))
-    nrow = math.ceil(len(maps) / ncol)
+    ncol = max(1, columns or (len(chosen) if len(chosen) <= 4 else 3 if len(chosen) <= 6 else 4))
+    nrow = math.ceil(len(chosen) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(panel * ncol, panel * nrow + 0.7), squeeze=False)
-    for k, (ax, step, rmap) in enumerate(zip(axes.flat, chosen, maps)):
-        draw_map(ax, rmap, _title(step, rmap, src.log),
-                 axis_labels=(k + ncol >= len(maps), k % ncol == 0))
-    for ax in list(axes.flat)[len(maps):]:
+    for k, (ax, (step, pic)) in enumerate(zip(axes.flat, chosen)):
+        draw_map(ax, pic, _title(step, pic), axis_labels=(k + ncol >= len(chosen), k % ncol == 0))
+    for ax in list(axes.flat)[len(chosen):]:
         ax.axis("off")
     fig.suptitle(head, fontsize=7)
     fig.tight_layout()
@@ -695,42 +615,3 @@ def _shrink_png(path: Path, colors: int = 128) -> None:
     q.save(path, optimize=True)
 
 
-# -- the command --------------------------------------------------------------------------------------
-
-@click.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--steps", default=None, metavar="SPEC",
-              help="Checkpoints: 100,1000,... | log:N | all | last  [default: log:6, GIF log:24].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Figure file: .png/.pdf/.svg (grid of panels) or .gif (animation)  "
-                   "[default: regions-<run>.png].")
-@click.option("--resolution", default=400, show_default=True, type=click.IntRange(min=2),
-              help="Grid points per side.")
-@click.option("--points", default=None, metavar="I,J,K",
-              help="Indices of the three points in the split [default: 3 points of different classes].")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
-@click.option("--margin", default=0.25, show_default=True, type=float,
-              help="View = [-margin, 1 + margin]² in plane coordinates.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the default point choice.")
-@click.option("--fps", default=2.0, show_default=True, type=float, help="GIF frames per second.")
-@click.option("--device", default="cpu", show_default=True, help="torch device.")
-def regions(run_dir: Path, steps: str | None, out: Path | None, resolution: int, points: str | None,
-            split: str, margin: float, seed: int, fps: float, device: str) -> None:
-    """Draw the linear regions of RUN_DIR's checkpoints on the plane through three training points.
-
-    The activation-pattern boundaries of every ReLU-type unit on a dense grid of the plane
-    x0 + a(x1 - x0) + b(x2 - x0), the decision boundary on top, the three points marked; one panel per
-    checkpoint, or one GIF frame per checkpoint.
-    """
-    out = out or Path(f"regions-{run_dir.resolve().name}.png")
-    t0 = time.perf_counter()
-
-    def progress(step: int, rmap: RegionMap) -> None:
-        click.echo(f"step {step}: {rmap.n_regions} regions, {rmap.seconds:.2f} s")
-
-    try:
-        path = regions_figure(run_dir, steps, out, points=points, split=split, resolution=resolution,
-                              margin=margin, seed=seed, device=device, fps=fps, progress=progress)
-    except RegionsError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"wrote {path} ({time.perf_counter() - t0:.1f} s)")

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from grokscope.plots import slug
+from grokscope.plots import PlotError, slug
 
 # how the LC point sets read in sentences
 SPLIT_WORDS = {"train": "training points", "test": "test points", "random": "random points",
@@ -31,7 +31,6 @@ PHASE_COLUMNS = {"t_min1": "first descent ends", "t_peak": "peak (migration star
 PHASE_FLAGS = {"t_min1": "has_first_descent", "t_peak": "has_ascent", "t_fall_half": "has_second_descent",
                "t_min2": "has_second_descent"}
 # grid points per side of the region picture (regions' default is 400; the report keeps it quick)
-REGION_RESOLUTION = 300
 
 
 # -- numbers as text ---------------------------------------------------------------------------------
@@ -79,16 +78,14 @@ def _ratio_text(later: float, earlier: float, what: str, say_what: bool = False)
 
 # -- plain words -------------------------------------------------------------------------------------
 
-# how the events of run_summary read in sentences
-EVENT_WORDS = {"memorisation": "memorisation", "generalisation": "generalisation",
-               "lc_fall": "the fall of LC around training points", "gini_rise": "the rise of the Fourier Gini",
-               "alignment_rise": "the rise of centroid alignment", "weight_norm_fall": "the fall of ‖θ‖²"}
+# how the onsets of run_summary read in sentences (change points carry their probe's own words)
+EVENT_WORDS = {"memorisation": "memorisation", "generalisation": "generalisation"}
 
 
 def _event_words(name: str, onset: dict | None = None) -> str:
     if name.startswith("robustness@"):
         return f"robustness at ε={_eps_of(name, onset or {})}"
-    return EVENT_WORDS.get(name, name.replace("_", " "))
+    return (onset or {}).get("words") or EVENT_WORDS.get(name, name.replace("_", " "))
 
 
 def _eps_of(name: str, onset: dict) -> str:
@@ -170,9 +167,13 @@ def _chance_words(o: dict[str, Any]) -> str:
     return f" ({fmt_num(asked)} asked, raised to clear chance {fmt_num(chance)})"
 
 
-# what each change point measures, for sentences
-MEASURE_WORDS = {"lc_fall": "LC around training points", "gini_rise": "the Fourier Gini",
-                 "alignment_rise": "centroid alignment on training points", "weight_norm_fall": "‖θ‖²"}
+def _measure_words(name: str, o: dict[str, Any]) -> str:
+    """What a change point measures, from its probe's words: "the fall of ‖θ‖²" → "‖θ‖²"."""
+    words = _event_words(name, o)
+    for lead in ("the rise of ", "the fall of "):
+        if words.startswith(lead):
+            return words[len(lead):]
+    return words
 
 
 def describe_change(name: str, o: dict[str, Any], tol: float | None = None, noise_k: float | None = None) -> str:
@@ -183,7 +184,7 @@ def describe_change(name: str, o: dict[str, Any], tol: float | None = None, nois
 
     tol = CHANGE_TOL if tol is None else tol
     noise_k = NOISE_K if noise_k is None else noise_k
-    measure = MEASURE_WORDS.get(name, name.replace("_", " "))
+    measure = _measure_words(name, o)
     d = o.get("detail") or {}
     if _step_of(o) is not None:
         verb = "rose" if o.get("above", True) else "fell"
@@ -502,25 +503,19 @@ def region_steps(summary: dict[str, Any], available: list[int]) -> dict[int, lis
     return dict(sorted(out.items()))
 
 
-def region_html(node: Any, summary: dict[str, Any], path: str, work: Path, resolution: int = REGION_RESOLUTION
-                ) -> str:
-    """The region picture of a run (:func:`grokscope.regions.regions_figure` at :func:`region_steps`),
-    or a note saying why there is none (not piecewise linear, checkpoints not here, module missing, ...)."""
-    run_dir = (summary.get("settings") or {}).get("path") or node.attrs.get("path")
-    if not run_dir or not Path(run_dir).is_dir():
-        return note_html(f"No region picture: the run folder {run_dir!r} recorded in the store is not on this "
-                         "machine (the picture needs the checkpoints).")
+def region_html(node: Any, summary: dict[str, Any], path: str, work: Path) -> str:
+    """The run's stored region pictures (probe ``regions``) at :func:`region_steps`, or a note saying
+    why there are none. Drawn from the store only: the run folder is not needed."""
+    from grokscope.regions import RegionsError, regions_figure
+
+    if "regions" not in node.children or not node["regions"].ds.sizes.get("step", 0):
+        return note_html(f"No region picture: the store has no finished regions results for {path} "
+                         "(grokscope probe RUN --metrics regions, or grokscope regions RUN).")
+    steps = region_steps(summary, [int(s) for s in node["regions"].ds.step.values])
     try:
-        from grokscope.regions import RegionsError, open_run, regions_figure
-    except ImportError as e:
-        return note_html(f"No region picture: grokscope.regions is not available ({e}).")
-    try:
-        steps = region_steps(summary, open_run(Path(run_dir)).steps)
-        png = regions_figure(Path(run_dir), list(steps), work / f"{slug(path)}_regions.png", resolution=resolution)
+        png = regions_figure(node.root, path, list(steps), work / f"{slug(path)}_regions.png")
     except RegionsError as e:
         return note_html(f"No region picture: {e}")
-    except Exception as e:  # the page still renders; the note says what failed
-        return note_html(f"No region picture: drawing the regions of {run_dir} failed ({type(e).__name__}: {e}).")
     at = ", ".join(f"{fmt_step(s)} ({', '.join(roles)})" for s, roles in steps.items())
     return img_html(png, f"{path}: linear regions (grey) and decision boundary (red) on the plane through three "
                          f"training points, at steps {at}")
@@ -529,14 +524,14 @@ def region_html(node: Any, summary: dict[str, Any], path: str, work: Path, resol
 # -- the page ----------------------------------------------------------------------------------------
 
 def load_runs(store: Path) -> tuple[Any, list[tuple[str, Any]]]:
-    """``(tree, [(run path, run node)])`` of a probe store; ClickException naming the store if it cannot
+    """``(tree, [(run path, run node)])`` of a probe store; PlotError naming the store if it cannot
     be opened or has no runs with probe results."""
     from grokscope.plots import iter_runs, open_store
 
     tree = open_store(Path(store))
     runs = iter_runs(tree)
     if not runs:
-        raise click.ClickException(f"{store}: no runs with probe results found (nothing to report)")
+        raise PlotError(f"{store}: no runs with probe results found (nothing to report)")
     return tree, runs
 
 
@@ -601,7 +596,7 @@ def write_report(store: Path, out: Path | None = None, regions: bool = True,
 
     ``thresholds`` go to :func:`grokscope.analysis.run_summary` (``mem``, ``grok``, ``robust``,
     ``window``); ``summaries`` (``{run path: run_summary(...)}`` computed with the same thresholds)
-    saves computing them again. Raises ``click.ClickException`` naming the store if it holds no runs.
+    saves computing them again. Raises ``PlotError`` naming the store if it holds no runs.
     """
     from grokscope.analysis import run_summary
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import grokscope
+from grokscope.errors import GrokscopeError
 
 RUN_FORMAT = 1
 RUN_JSON = "run.json"
@@ -25,7 +26,7 @@ LOG_JSONL = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class RunError(ValueError):
+class RunError(GrokscopeError, ValueError):
     """A run folder or its run.json is missing or malformed."""
 
 

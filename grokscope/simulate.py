@@ -7,7 +7,8 @@ the minimum-norm interpolant ``W = Hᵀ(HHᵀ)⁻¹Y`` (``H = σ(XE)``, zero tra
 
 .. math::  ΔE = Xᵀ\\big((A Y Yᵀ A H) ⊙ σ′(XE)\\big) − E, \\qquad A = (HHᵀ)^{-1}
 
-(eq. 20 with the sign of App. E's last line corrected; see ``ALGORITHMS.md`` §(e)). The simulation
+(eq. 20 with the sign of App. E's last line corrected; see
+``docs/algorithms.md#simulate--musat-closed-form-dynamics``). The simulation
 runs ``E ← E + η ΔE`` on the training pairs of modular addition with inputs ``e_a + e_b`` over the
 unordered pairs ``a ≤ b < p``, in float64.
 
@@ -18,18 +19,18 @@ The result is a grokscope run (``run.json`` for ``modular_mlp`` with ``input="on
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import click
 import torch
 
+from grokscope.errors import GrokscopeError
 
-class SimulateError(ValueError):
+
+class SimulateError(GrokscopeError, ValueError):
     """Bad simulation settings, or an output folder that would be overwritten."""
 
 
@@ -100,8 +101,15 @@ def simulate_musat(out: Path, p: int = 23, hidden: int = 256, lr: float = 2e-3, 
     from grokscope.datasets import load_dataset
     from grokscope.models import build_model
     from grokscope.probes.acc import loss_and_accuracy
-    from grokscope.runs import LOG_JSONL, RUN_JSON, CHECKPOINT_DIR, append_log, checkpoint_path, \
-        save_checkpoint, write_run_json
+    from grokscope.runs import (
+        CHECKPOINT_DIR,
+        LOG_JSONL,
+        RUN_JSON,
+        append_log,
+        checkpoint_path,
+        save_checkpoint,
+        write_run_json,
+    )
     from grokscope.training.schedule import ScheduleError, eval_schedule, parse_schedule
 
     if p < 3:
@@ -177,46 +185,3 @@ def simulate_musat(out: Path, p: int = 23, hidden: int = 256, lr: float = 2e-3, 
 
 
 # ----------------------------------------------------------------------------- CLI
-@click.group("simulate")
-def simulate() -> None:
-    """Closed-form training dynamics written as ordinary grokscope runs."""
-
-
-@simulate.command("musat")
-@click.option("--p", "p", type=int, default=23, show_default=True, help="Prime modulus (a + b mod p).")
-@click.option("--hidden", type=int, default=256, show_default=True,
-              help="Hidden width h (must exceed the number of training pairs, 0.7·p(p+1)/2).")
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="Step size η of E ← E + η ΔE.")
-@click.option("--steps", type=int, default=2000, show_default=True, help="Number of updates.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of E's init.")
-@click.option("--save", default="log:40", show_default=True,
-              help="Checkpoint schedule: log:N, every:K or a list 1,10,100.")
-@click.option("--eval-every", default="every:50", show_default=True,
-              help="Extra log.jsonl evaluations (a schedule spec, or 'none').")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder to write.")
-@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-@click.option("--threads", type=int, default=0, show_default=True,
-              help="torch CPU threads (0: torch's default).")
-@click.option("--quiet", is_flag=True, help="Do not print progress.")
-def musat(p: int, hidden: int, lr: float, steps: int, seed: int, save: str, eval_every: str, out: Path,
-          overwrite: bool, threads: int, quiet: bool) -> None:
-    """Musat §7: the first layer of a two-layer ReLU net under eq. 20, readout = min-norm interpolant.
-
-    The full setting of the paper is --p 37 --hidden 512 --lr 1e-3 --steps 5000 (about 5 min of CPU);
-    the defaults are a smaller setting that groks in well under a minute.
-    """
-    def show(rec: dict[str, Any]) -> None:
-        if not quiet:
-            click.echo(f"step {rec['step']:>6}  train_acc {rec['train_acc']:.3f}  test_acc {rec['test_acc']:.3f}"
-                       f"  |E|^2 {rec['embed_sq']:.1f}  ({rec['wall']:.1f}s)", err=True)
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        simulate_musat(out, p=p, hidden=hidden, lr=lr, steps=steps, seed=seed, save=save,
-                       eval_every=None if eval_every in ("none", "") else eval_every,
-                       overwrite=overwrite, progress=show)
-    except (SimulateError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    if not quiet:
-        click.echo(json.dumps({"run": str(out)}))

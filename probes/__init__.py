@@ -12,7 +12,7 @@ import importlib.util
 import os
 from importlib.metadata import entry_points
 
-from .base import Probe, ProbeContext, ProbeError, params_attrs, parse_value
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, params_attrs, parse_value
 
 BUILTIN = {
     "acc": "grokscope.probes.acc:AccProbe",
@@ -21,13 +21,14 @@ BUILTIN = {
     "align": "grokscope.probes.align:AlignProbe",
     "fourier": "grokscope.probes.fourier:FourierProbe",
     "norm": "grokscope.probes.norm:NormProbe",
+    "regions": "grokscope.probes.regions:RegionsProbe",
 }
 
 ENTRY_POINT_GROUP = "grokscope.probes"
 ENV_VAR = "GROKSCOPE_PROBES"
 
-__all__ = ["Probe", "ProbeContext", "ProbeError", "available_probes", "get_probe", "params_attrs",
-           "parse_value"]
+__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "get_probe",
+           "params_attrs", "parse_value"]
 
 
 def _load(path: str) -> type[Probe]:

@@ -1,4 +1,7 @@
-"""``acc``: loss and accuracy on the train and test splits (the trainer's own evaluation)."""
+"""``acc``: loss and accuracy on the train and test splits (the trainer's own evaluation).
+
+Definitions and defaults: ``docs/algorithms.md#acc--loss-and-accuracy``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from grokscope.functional import eval_mode
 from grokscope.losses import task_loss
 
-from .base import Probe, ProbeContext
+from .base import PanelSpec, Probe, ProbeContext
 
 
 @torch.no_grad()
@@ -20,17 +24,13 @@ def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: 
 
     Returns ``(loss, accuracy)`` as Python floats. The model's train/eval mode is restored.
     """
-    was_training = model.training
-    model.eval()
     total_loss, correct = 0.0, 0
-    try:
+    with eval_mode(model):
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
             logits = model(xb)
             total_loss += float(task_loss(logits, yb, loss, reduction="sum"))
             correct += int((logits.argmax(dim=-1) == yb).sum())
-    finally:
-        model.train(was_training)
     n = max(len(x), 1)
     return total_loss / n, correct / n
 
@@ -46,6 +46,11 @@ class AccProbe(Probe):
     description = "loss and accuracy on the train and test splits"
     Params = AccParams
     outputs = {"loss": ("split",), "accuracy": ("split",)}
+
+    panels = (
+        PanelSpec("accuracy", "Accuracy", "fraction correct", "split", ylim=(-0.03, 1.03), higher_is_better=True),
+        PanelSpec("loss", "Loss", "task loss (log scale)", "split", yscale="log", higher_is_better=False),
+    )
 
     def compute(self, model, data, params: AccParams, ctx: ProbeContext):
         import xarray as xr

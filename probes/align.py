@@ -1,5 +1,5 @@
 """``align``: Jacobian and centroid alignment of input–output Jacobians with the data (Walker et al.,
-*GrokAlign*; ALGORITHMS.md §(c)).
+*GrokAlign*; ``docs/algorithms.md#align--jacobian-and-centroid-alignment``).
 
 For a network ``f: R^d → R^C`` (logits) and a point ``x`` (flattened), with ``J = ∂f/∂x ∈ R^{C×d}``:
 
@@ -26,7 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Probe, ProbeContext, ProbeError
+from grokscope.functional import eval_mode, pad_stack, subset_indices
+from grokscope.functional.points import SELECTIONS
+
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -106,7 +109,7 @@ def batched_jacobian(f: Fn, x: torch.Tensor, mode: str = "auto", memory_mb: floa
     cheaper of the two, from one probe forward of a single sample). Samples are processed in chunks
     so that one chunk's Jacobians take about ``memory_mb``. A module is evaluated in eval mode.
     """
-    with eval_mode(f):
+    with eval_mode(f, freeze=True):
         chunks = [j for _, _, j in _jacobian_chunks(f, x, mode, memory_mb)]
     return torch.cat(chunks, dim=0)
 
@@ -269,27 +272,6 @@ def _centroid_stats(mu: torch.Tensor, xf: torch.Tensor, xn: torch.Tensor) -> dic
             "centroid_norm": norm}
 
 
-@contextlib.contextmanager
-def eval_mode(model: object, freeze: bool = True) -> Iterator[None]:
-    """Put ``model`` (an ``nn.Module``, or the module a bound method belongs to) in eval mode —
-    samples must not interact (no train-mode BatchNorm) — and, with ``freeze``, turn off its
-    parameters' ``requires_grad`` (only input gradients are wanted); both restored afterwards."""
-    module = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
-    if not isinstance(module, nn.Module):
-        yield
-        return
-    was = module.training
-    frozen = [p for p in module.parameters() if p.requires_grad] if freeze else []
-    module.eval()
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        module.train(was)
-        for p in frozen:
-            p.requires_grad_(True)
-
 
 def jacobian_alignment(f: Fn, x: torch.Tensor, *, n_proj: int | None = None, max_rows: int = 256,
                        mode: str = "auto", memory_mb: float = 256.0, seed: int = 0
@@ -314,7 +296,7 @@ def jacobian_alignment(f: Fn, x: torch.Tensor, *, n_proj: int | None = None, max
     if n_proj is not None and n_proj < 1:
         raise ValueError(f"align: n_proj must be >= 1 (or None for exact), got {n_proj}")
     parts: list[dict[str, torch.Tensor]] = []
-    with eval_mode(f):
+    with eval_mode(f, freeze=True):
         with torch.no_grad():
             c = _outputs(f, x[:1]).shape[1]
         exact = n_proj is None and c <= max_rows
@@ -350,17 +332,6 @@ def _stats_estimated(f: Fn, x: torch.Tensor, n_proj: int, gen: torch.Generator, 
     return out
 
 
-def select_points(n: int, k: int, selection: str = "first", seed: int = 0) -> torch.Tensor:
-    """Indices of the probed points of a split of size ``n``: the first ``min(k, n)`` (``"first"``)
-    or the first ``min(k, n)`` of a permutation seeded by ``seed`` (``"random"``); ``k <= 0``: all."""
-    k = n if k <= 0 else min(k, n)
-    if selection == "first":
-        return torch.arange(k)
-    if selection == "random":
-        return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k]
-    raise ProbeError(f"align.selection must be 'first' or 'random', not {selection!r}")
-
-
 # ---------------------------------------------------------------------------------------------
 # the probe
 # ---------------------------------------------------------------------------------------------
@@ -388,6 +359,24 @@ class AlignProbe(Probe):
     }
     needs_grad = True
 
+    panels = (
+        PanelSpec("centroid_cos_mean", "Centroid alignment", "mean cos(μ_x, x)", "split"),
+        PanelSpec("jac_align_mean", "Jacobian alignment", "mean ‖J x‖ / (‖J‖_F ‖x‖)", "split"),
+        PanelSpec("jac_fro_mean", "Jacobian norm", "mean ‖J_x‖_F (log scale)", "split", yscale="log"),
+    )
+    events = (EventSpec("alignment_rise", "centroid_cos_mean", "rise", "the rise of centroid alignment",
+                        "train"),)
+
+    @classmethod
+    def check_params(cls, params: AlignParams) -> None:
+        if params.selection not in SELECTIONS:
+            raise ProbeError(f"align.selection must be 'first' or 'random', not {params.selection!r}")
+        if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
+            raise ProbeError(f"align.splits must be train and/or test, got {list(params.splits)}")
+        for key, value, low in (("n_proj", params.n_proj, 0), ("max_rows", params.max_rows, 1)):
+            if value < low:
+                raise ProbeError(f"align.{key} must be >= {low}, got {value}")
+
     def compute(self, model: nn.Module, data, params: AlignParams, ctx: ProbeContext):
         import xarray as xr
 
@@ -401,7 +390,7 @@ class AlignProbe(Probe):
         results = []
         for split in params.splits:
             x, _ = data.split(split)
-            x = x[select_points(len(x), params.n_points, params.selection, params.seed)].to(device)
+            x = x[subset_indices(len(x), params.n_points, params.seed, params.selection)].to(device)
             if x.is_floating_point():
                 x = x.to(dtype)
             with eval_mode(model):
@@ -417,15 +406,11 @@ def _to_dataset(xr, splits: list[str], results: list[dict[str, np.ndarray]]):
     n = max(len(r["jac_fro"]) for r in results)
     c = results[0]["row_cos"].shape[1]
 
-    def pad(a: np.ndarray) -> np.ndarray:
-        out = np.full((n,) + a.shape[1:], np.nan)
-        out[: len(a)] = a
-        return out
-
     data_vars = {}
     for v in SCALARS:
-        data_vars[v] = (("split", "sample"), np.stack([pad(r[v]) for r in results]))
-    data_vars["row_cos"] = (("split", "sample", "output"), np.stack([pad(r["row_cos"]) for r in results]))
+        data_vars[v] = (("split", "sample"), pad_stack([r[v] for r in results], n, dtype=np.float64))
+    data_vars["row_cos"] = (("split", "sample", "output"),
+                            pad_stack([r["row_cos"] for r in results], n, dtype=np.float64))
     with np.errstate(all="ignore"), _quiet_nan_warnings():
         for v in (*SCALARS, "row_cos"):
             a = data_vars[v][1].reshape(len(splits), -1)

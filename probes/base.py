@@ -6,6 +6,13 @@ A probe declares:
 * ``Params`` — a dataclass of parameters with defaults (set from the CLI as ``--param name.field=v``);
 * ``outputs`` — ``{variable: dims}`` it writes (dims without ``step``), for listings and docs;
 * ``needs_data`` / ``needs_grad`` / ``needs_previous`` — what the engine must provide;
+* ``version`` — an integer stored with the group; raise it when a change of the algorithm changes the
+  numbers (the engine then treats stored results like results of other parameters);
+* ``panels`` / ``events`` — how the results are shown (:mod:`grokscope.presentation`): the panels of
+  ``grokscope plot`` and the change points the report and ``ds.grok`` name, with their words;
+* ``check_params(params)`` — rejects impossible parameters on the client, before any job runs;
+  ``check(model, data, params)`` — rejects parameters that this model or data cannot take (an input
+  dimension too small, no layer to count), run once on the first checkpoint before the cluster starts;
 * ``compute(model, data, params, ctx) -> xr.Dataset`` — numpy-backed variables with the declared
   dims (no ``step`` dim: the engine adds it) and coordinates for the non-step dims.
 
@@ -23,8 +30,11 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from grokscope.errors import GrokscopeError
+from grokscope.presentation import EventSpec, PanelSpec
 
-class ProbeError(ValueError):
+
+class ProbeError(GrokscopeError, ValueError):
     """Bad probe name or parameters, or a probe that cannot run on this model/dataset."""
 
 
@@ -54,11 +64,34 @@ class Probe:
     needs_data: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = False
     needs_previous: ClassVar[bool] = False
+    version: ClassVar[int] = 1
+    panels: ClassVar[tuple[PanelSpec, ...]] = ()
+    events: ClassVar[tuple[EventSpec, ...]] = ()
 
     def compute(self, model: nn.Module, data: Any, params: Any, ctx: ProbeContext):  # -> xr.Dataset
         raise NotImplementedError
 
+    def check(self, model: nn.Module, data: Any, params: Any) -> None:
+        """Raise :class:`ProbeError` (naming the parameter and its valid range) if this probe cannot run
+        with ``params`` on this model and data; called once on the first checkpoint before any job."""
+
+    # -- presentation ---------------------------------------------------------------------------
+    @classmethod
+    def panel_specs(cls) -> tuple[PanelSpec, ...]:
+        """``panels`` with this probe's name filled in."""
+        return tuple(dataclasses.replace(p, probe=cls.name) for p in cls.panels)
+
+    @classmethod
+    def event_specs(cls) -> tuple[EventSpec, ...]:
+        """``events`` with this probe's name filled in."""
+        return tuple(dataclasses.replace(e, probe=cls.name) for e in cls.events)
+
     # -- parameters ---------------------------------------------------------------------------
+    @classmethod
+    def check_params(cls, params: Any) -> None:
+        """Raise :class:`ProbeError` for values no model could take (a negative radius ...). The default
+        accepts everything; override it, or validate in ``Params.__post_init__``."""
+
     @classmethod
     def default_params(cls):
         return cls.Params()
@@ -82,7 +115,12 @@ class Probe:
                 values[key] = parse_value(text, default)
             except ValueError as e:
                 raise ProbeError(f"bad value for {cls.name}.{key}={text!r}: {e}") from e
-        return dataclasses.replace(params, **values)
+        try:
+            params = dataclasses.replace(params, **values)
+        except ValueError as e:  # a Params.__post_init__ check
+            raise ProbeError(f"probe {cls.name!r}: {e}") from e
+        cls.check_params(params)
+        return params
 
 
 def parse_value(text: Any, like: Any) -> Any:

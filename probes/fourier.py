@@ -13,7 +13,8 @@ Functional pieces (usable from a notebook; every matrix is float64):
   losses), :func:`neuron_frequencies` and :func:`logit_fourier_coefficients`.
 
 :class:`FourierProbe` (``--metrics fourier``) runs all of them on a checkpoint. Definitions, and where
-our choices differ from the authors' code, are in ``ALGORITHMS.md`` §(d).
+our choices differ from the authors' code, are in
+``docs/algorithms.md#fourier--fourier-structure-of-modular-arithmetic``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from grokscope.functional import eval_mode
 from grokscope.losses import task_loss
 
 from grokscope.datasets.modular import encode, pairs
-from .base import Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
 
 F64 = torch.float64
 
@@ -224,12 +226,8 @@ def all_pairs_logits(model: nn.Module, p: int, encoding: str, batch_size: int = 
     """The model's outputs on all ``p²`` pairs ``(p², C)`` float64, row ``a·p + b`` (eval mode)."""
     device = next(model.parameters()).device
     x, _, _ = all_pairs_inputs(p, encoding, device)
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was)
     return out.to(F64)
 
 
@@ -316,14 +314,12 @@ def neuron_activations(model: nn.Module, module: nn.Module, p: int, encoding: st
         got.append(out.reshape(out.shape[0], -1).to(F64))
 
     handle = module.register_forward_hook(hook)
-    was = model.training
-    model.eval()
     try:
-        for i in range(0, len(x), batch_size):
-            model(x[i:i + batch_size])
+        with eval_mode(model):
+            for i in range(0, len(x), batch_size):
+                model(x[i:i + batch_size])
     finally:
         handle.remove()
-        model.train(was)
     acts = torch.cat(got)
     return acts.reshape(p, p, -1)
 
@@ -404,6 +400,12 @@ class FourierProbe(Probe):
         "neurons_per_freq": ("freq",),
     }
     needs_data = True
+
+    panels = (
+        PanelSpec("fourier_norms", "Fourier norms of the embedding", "frequency k", kind="heatmap"),
+        PanelSpec("gini_real", "Fourier Gini", "Gini of the norms (1 = one frequency)", ylim=(0, 1)),
+    )
+    events = (EventSpec("gini_rise", "gini_real", "rise", "the rise of the Fourier Gini"),)
 
     def compute(self, model: nn.Module, data: Any, params: FourierParams, ctx: ProbeContext):
         import xarray as xr

@@ -30,6 +30,8 @@ intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
 :func:`local_complexity` is the notebook entry point; :class:`LCProbe` is the engine's ``lc`` probe
 over the point sets ``train``, ``test``, ``random`` (uniform in the data box) and ``boundary`` (points
 on the model's own decision boundary, :func:`decision_boundary_points`).
+
+Formulas, defaults and deviations from the authors' code: ``docs/algorithms.md#lc--local-complexity``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from torch import nn
 
 from grokscope.models.adapters import continuous_view
 
-from .base import Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
 
 #: activation modules whose kink is at 0 (GELU/SiLU/ELU are smooth but the paper counts them too).
 ZERO_KINK_ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -622,17 +624,50 @@ class LCProbe(Probe):
     outputs = {"lc": ("split", "sample", "radius", "layer"), "lc_mean": ("split", "radius", "layer"),
                "lc_total_mean": ("split", "radius"), "n_samples": ("split",), "neurons": ("layer",)}
 
-    def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
-        import xarray as xr
+    panels = (
+        PanelSpec("lc_total_mean", "Local complexity, all layers", "LC: neurons cut per neighbourhood", "split",
+                  prefer=(("radius", "first"),)),
+        PanelSpec("lc_mean", "Local complexity, layer {layer}", "LC: neurons cut per neighbourhood", "split",
+                  prefer=(("radius", "first"),), per="layer", headline=False),
+    )
+    events = (EventSpec("lc_fall", "lc_total_mean", "fall", "the fall of LC around training points", "train"),)
 
+    @classmethod
+    def check_params(cls, params: LCParams) -> None:
         splits = tuple(params.splits)
         bad = [s for s in splits if s not in SPLITS]
         if bad or not splits:
             raise ProbeError(f"lc.splits: unknown {bad}; valid: {', '.join(SPLITS)}")
         if params.dtype not in DTYPES:
             raise ProbeError(f"lc.dtype must be one of {', '.join(DTYPES)}, got {params.dtype!r}")
-        if params.n_points < 1:
-            raise ProbeError(f"lc.n_points must be >= 1, got {params.n_points}")
+        for key, value, low in (("n_points", params.n_points, 1), ("n_dirs", params.n_dirs, 1),
+                                  ("n_bisect", params.n_bisect, 1), ("max_rows", params.max_rows, 0)):
+            if value < low:
+                raise ProbeError(f"lc.{key} must be >= {low}, got {value}")
+        if not params.radius or any(not (float(r) > 0) for r in params.radius):
+            raise ProbeError(f"lc.radius must be one or more numbers > 0, got {list(params.radius)}")
+
+    def check(self, model: nn.Module, data: Any, params: LCParams) -> None:
+        device = model_device(model)
+        _, z = continuous_view(model, data.x_train[:1].to(device), data.input_kind)
+        dim = int(z[0].numel())
+        if params.n_dirs > dim:
+            raise ProbeError(f"lc.n_dirs={params.n_dirs} is larger than the input dimension {dim} "
+                             f"(the directions are orthonormal); valid: 1..{dim}")
+        forward, z = continuous_view(model, data.x_train[:1].to(device), data.input_kind)
+        found = local_complexity(model, z, radius=tuple(params.radius)[:1], n_dirs=1, seed=params.seed,
+                                 layers=[str(s) for s in params.layers] or None,
+                                 include_output=params.include_output, forward=forward)
+        if not found.layers:
+            raise ProbeError("lc: this model has no layer to count (no activation that lc recognises); "
+                             "name the modules whose outputs to count with lc.layers=name1,name2 "
+                             "(see `grokscope probes`)")
+
+    def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
+        import xarray as xr
+
+        self.check_params(params)
+        splits = tuple(params.splits)
         dtype = DTYPES[params.dtype] or model_dtype(model)
         work = model if model_dtype(model) == dtype else copy.deepcopy(model).to(dtype)
         was_training = work.training

@@ -19,6 +19,9 @@ Functional pieces (usable from a notebook; all in parameter space, flat vectors)
 With damping ``δ > 0`` a direction of ``J``'s row space with singular value ``s`` counts as normal with
 weight ``s²/(s² + δ)``: ``δ`` is the cut-off below which directions count as tangent (the ``rcond`` of
 the pseudo-inverse). The probe sets ``δ = damping · λ_max(JJᵀ)``.
+
+Formulas, defaults and deviations from the paper:
+``docs/algorithms.md#norm--weight-norm-and-the-zero-loss-manifold``.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from grokscope.datasets import seeded_subset
+from grokscope.functional import eval_mode, subset_indices
 from grokscope.losses import LOSSES, task_loss
 
-from .base import Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 METHODS = ("auto", "explicit", "cg")
@@ -345,22 +348,33 @@ class NormProbe(Probe):
     needs_grad = True
     needs_previous = True
 
+    panels = (
+        PanelSpec("weight_sq", "Squared weight norm", "‖θ‖² (log scale)", yscale="log"),
+        PanelSpec("wd_tangent_frac", "Weight decay along the zero-loss set", "‖P_T(−θ)‖ / ‖θ‖", ylim=(0, 1.02)),
+    )
+    events = (EventSpec("weight_norm_fall", "weight_sq", "fall", "the fall of ‖θ‖²"),)
+
+    @classmethod
+    def check_params(cls, params: NormParams) -> None:
+        if params.n_train < 1:
+            raise ProbeError(f"norm.n_train must be >= 1, got {params.n_train}")
+
     def compute(self, model: nn.Module, data: Any, params: NormParams, ctx: ProbeContext):
         import xarray as xr
 
         loss = params.loss
         if loss == "auto":
             loss = (ctx.run_spec.get("train") or {}).get("loss", "ce")
+        self.check_params(params)
         x, y = data.split("train")
-        if params.n_train < 1:
-            raise ProbeError(f"norm.n_train must be >= 1, got {params.n_train}")
         if len(y) > params.n_train:
-            idx = seeded_subset(len(y), params.n_train, params.seed)
+            idx = subset_indices(len(y), params.n_train, params.seed)
             x, y = x[idx], y[idx]
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device)
         previous = ctx.load_previous()
-        m = norm_measures(model, x, y, int(data.n_classes), params, loss, previous)
+        with eval_mode(model):
+            m = norm_measures(model, x, y, int(data.n_classes), params, loss, previous)
         spacing = (float(ctx.step - ctx.previous_step)
                    if previous is not None and ctx.previous_step is not None else math.nan)
         names = list(m["weight_sq_param"])

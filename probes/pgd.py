@@ -16,6 +16,9 @@ checkpoint sees the same starts. The box is the dataset's input range (never ass
 point outside the box widens the box to include it, so iterates always stay in the ε-ball around it.
 Token models are attacked in embedding space (:func:`grokscope.models.adapters.continuous_view`) with
 no box (embeddings are unbounded), ε in embedding units (the paper's GPT run used ε = 0.03 there).
+
+Formulas, defaults and deviations from the authors' code:
+``docs/algorithms.md#pgd--robust-accuracy-under-pgd``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from grokscope.functional import eval_mode
 from grokscope.models.adapters import continuous_view
 
-from .base import Probe, ProbeContext, ProbeError
+from .base import PanelSpec, Probe, ProbeContext, ProbeError
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -212,11 +216,14 @@ class PGDProbe(Probe):
     outputs = {"robust_acc": ("split", "eps"), "correct": ("split", "eps", "sample"), "n_samples": ("split",)}
     needs_grad = True
 
-    def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
-        import xarray as xr
+    panels = (
+        PanelSpec("robust_acc", "PGD robust accuracy ({norm})", "fraction correct under attack", "eps",
+                  ylim=(-0.03, 1.03), prefer=(("split", "test"),), onsets=("generalisation", "robustness"),
+                  higher_is_better=True),
+    )
 
-        from grokscope.datasets.base import seeded_subset
-
+    @classmethod
+    def check_params(cls, params: PGDParams) -> None:
         if params.norm not in NORMS:
             raise ProbeError(f"pgd.norm must be one of {', '.join(NORMS)}, got {params.norm!r}")
         if params.loss not in LOSSES:
@@ -226,16 +233,21 @@ class PGDProbe(Probe):
         if params.alpha < 0 or (params.alpha == 0 and params.alpha_scale <= 0):
             raise ProbeError(f"pgd.alpha must be > 0 (a fixed step) or 0 (alpha_scale · ε / steps with "
                              f"alpha_scale > 0), got alpha={params.alpha!r}, alpha_scale={params.alpha_scale!r}")
+        if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
+            raise ProbeError(f"pgd.splits must be train and/or test, got {params.splits!r}")
+
+    def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
+        import xarray as xr
+
+        from grokscope.datasets.base import seeded_subset
+
+        self.check_params(params)
+        splits = [str(s) for s in params.splits]
         relative = params.alpha == 0
         alpha = params.alpha_scale / max(params.steps, 1) if relative else params.alpha
-        splits = [str(s) for s in params.splits]
-        if not splits or any(s not in ("train", "test") for s in splits):
-            raise ProbeError(f"pgd.splits must be train and/or test, got {params.splits!r}")
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        was_training = model.training
-        model.eval()
         results = []
-        try:
+        with eval_mode(model):
             for split in splits:
                 x, y = data.split(split)
                 if len(x) > params.n_points:
@@ -251,8 +263,6 @@ class PGDProbe(Probe):
                 results.append(pgd_attack(f, z, y.to(device), params.eps, alpha, params.steps,
                                           params.norm, params.restarts, params.random_start, low, high,
                                           params.seed, params.loss, bs, alpha_relative=relative))
-        finally:
-            model.train(was_training)
         n_samples = np.array([r.shape[1] for r in results], dtype=np.int64)
         n_max = int(n_samples.max())
         correct = np.full((len(splits), len(params.eps), n_max), -1, dtype=np.int8)

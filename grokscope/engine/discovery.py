@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope import runs as runfmt
+from grokscope.errors import GrokscopeError
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
@@ -50,7 +51,7 @@ _TRAILING = re.compile(r"(?:^|[_\-=.])(\d+)$")
 _BARE = re.compile(r"^(\d+)$")
 
 
-class DiscoveryError(ValueError):
+class DiscoveryError(GrokscopeError, ValueError):
     """The path cannot be searched for checkpoints (missing, not a folder, nothing found)."""
 
 

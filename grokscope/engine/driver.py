@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grokscope
+from grokscope.errors import GrokscopeError
+from grokscope.presentation import to_attrs
 
 from .discovery import Checkpoint, Run, find_runs
 from .jobs import Outcome, ProbeRequest, Task, run_task
@@ -43,7 +45,8 @@ from .lock import StoreLock
 from .selection import parse_selection, select_steps
 from .store import GroupInfo, ProbeStore, StoreError, normalise
 
-class EngineError(RuntimeError):
+
+class EngineError(GrokscopeError, RuntimeError):
     """The probe run cannot start (no runs, no model spec, no GPU workers, ...)."""
 
 
@@ -134,7 +137,9 @@ def _group_attrs(run: Run, spec: dict[str, Any], req: ProbeRequest) -> dict[str,
     cls = probe_class(req.name)
     params = params_attrs(req.params)
     attrs = {"probe": req.name, "description": cls.description, "params": params,
-             "params_json": _dumps(params), "grokscope_version": grokscope.__version__,
+             "params_json": _dumps(params), "probe_version": int(cls.version),
+             "presentation": to_attrs(cls.panel_specs(), cls.event_specs()),
+             "grokscope_version": grokscope.__version__,
              "model": spec.get("model", {}), "dataset": spec.get("dataset", {}),
              "dataset_seed": int((spec.get("dataset") or {}).get("seed", 0)),
              "run": run.name, "run_rel": run.rel}
@@ -186,8 +191,10 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
             info = store.group(run.name, req.name)
             if info is None:
                 continue
-            wanted = _group_attrs(run, spec, req)["params"]
-            d = _diff(info.attrs.get("params") or {}, wanted)
+            wanted = _group_attrs(run, spec, req)
+            # stores written before probes had versions hold version 1 results
+            d = _diff({**(info.attrs.get("params") or {}), "probe version": info.attrs.get("probe_version", 1)},
+                      {**wanted["params"], "probe version": wanted["probe_version"]})
             if d and not cfg.overwrite:
                 refusals.append(f"{run.name}/{req.name}: stored parameters differ ({'; '.join(d)})")
     if refusals:
@@ -244,6 +251,37 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
             prev = ck
     return _Plan(tasks=tasks, jobs=n_jobs, skipped=skipped, excluded=excluded, runs={r.name: r for r, _ in ready},
                  group_attrs=group_attrs, failures=failures, warnings=warnings)
+
+
+def check_probes(tasks: list[Task]) -> None:
+    """Run each probe's ``check`` once per distinct (run spec, probe set) on the first checkpoint that
+    needs it, in this process, before any job is sent: a parameter that this model or data cannot take
+    (``lc.n_dirs`` above the input dimension ...) raises :class:`EngineError` with one line. Problems of
+    the checkpoint or the model itself are left to the jobs, which record them per checkpoint."""
+    from dataclasses import replace
+
+    from grokscope.probes import ProbeError
+
+    from .jobs import preflight
+
+    seen: set[str] = set()
+    for task in tasks:
+        key = _dumps([task.spec, [[r.name, repr(r.params)] for r in task.probes]])
+        if key in seen:
+            continue
+        seen.add(key)
+        if task.device != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                task = replace(task, device="cpu")
+        try:
+            preflight(task)
+        except ProbeError as e:
+            raise EngineError(f"{task.run}: {e} (checked on {task.checkpoint.path}; nothing was computed)"
+                              ) from None
+        except Exception:  # noqa: BLE001 - reported per job, with the checkpoint named
+            continue
 
 
 # -- Dask -----------------------------------------------------------------------------------------
@@ -537,6 +575,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
         summary.runs, summary.jobs, summary.skipped, summary.excluded = len(p.runs), p.jobs, p.skipped, p.excluded
         summary.failures.extend(p.failures)
         summary.warnings.extend(p.warnings)
+        check_probes(p.tasks)
         if cfg.dry_run or (not p.tasks and follow is None):
             if start:
                 start(p.jobs, p.skipped, "none")

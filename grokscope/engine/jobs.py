@@ -157,6 +157,36 @@ def check_result(ds: Any, probe_cls: Any) -> Any:
     return ds.load()
 
 
+def _prepare(task: Task, sd: dict[str, Any], device: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model with the checkpoint's weights, data or None, {probe name: class})`` of one task."""
+    from .loading import float_dtype, load_into
+
+    model = _model(task.spec["model"], device)
+    load_into(model, sd, task.checkpoint.path)
+    classes = {p.name: probe_class(p.name) for p in task.probes}
+    data = None
+    if any(c.needs_data for c in classes.values()):
+        data = _data(task.spec["dataset"], device, float_dtype(sd))
+    return model, data, classes
+
+
+def preflight(task: Task) -> None:
+    """Load ``task``'s checkpoint, model and data as a job would, and run every requested probe's
+    ``check(model, data, params)`` once; raises the first problem (``ProbeError``, ``CheckpointError``,
+    ``ModelError`` ...) with the run and checkpoint named. The driver calls it before any job is sent."""
+    import torch
+
+    from .loading import read_state_dict
+
+    sd = read_state_dict(task.checkpoint)
+    from grokscope.functional import eval_mode
+
+    model, data, classes = _prepare(task, sd, torch.device(task.device))
+    with eval_mode(model):
+        for req in task.probes:
+            classes[req.name]().check(model, data, req.params)
+
+
 def run_task(task: Task) -> list[Outcome]:
     """Probe one checkpoint with every requested probe; one :class:`Outcome` per probe, never raises."""
     t0 = time.perf_counter()
@@ -177,7 +207,7 @@ def run_task(task: Task) -> list[Outcome]:
         from grokscope.probes import ProbeContext
 
         from .hashing import state_dict_hash
-        from .loading import CheckpointError, float_dtype, load_into, match_keys, read_state_dict
+        from .loading import CheckpointError, load_into, match_keys, read_state_dict
 
         device = torch.device(task.device)
         try:
@@ -187,14 +217,8 @@ def run_task(task: Task) -> list[Outcome]:
             return fail_all(str(e))
         for o in outs.values():
             o.checkpoint_hash = digest
-        model = _model(task.spec["model"], device)
-        load_into(model, sd, ck.path)
-        dtype = float_dtype(sd)
+        model, data, classes = _prepare(task, sd, device)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        classes = {p.name: probe_class(p.name) for p in task.probes}
-        data = None
-        if any(c.needs_data for c in classes.values()):
-            data = _data(task.spec["dataset"], device, dtype)
 
         def load_previous():
             if task.previous is None:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from grokscope.errors import GrokscopeError
+
 from .discovery import Checkpoint
 
 # where trainers nest the model's weights inside a saved dict, in order of preference
@@ -29,7 +31,7 @@ NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "netw
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GrokscopeError, ValueError):
     """A checkpoint could not be read or does not fit the model; the message names file and cause."""
 
 

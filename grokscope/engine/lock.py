@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from grokscope.errors import GrokscopeError
+
 LOCK_NAME = ".grokscope.lock"
 
 
-class StoreLocked(RuntimeError):
+class StoreLocked(GrokscopeError, RuntimeError):
     """Another live process holds the store's lock."""
 
 

@@ -22,8 +22,10 @@ import bisect
 import math
 from dataclasses import dataclass
 
+from grokscope.errors import GrokscopeError
 
-class SelectionError(ValueError):
+
+class SelectionError(GrokscopeError, ValueError):
     """A ``--steps`` spec that cannot be parsed."""
 
 

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 import grokscope
+from grokscope.errors import GrokscopeError
 
 ENGINE_VARS = ("done", "error", "checkpoint_hash")
 TMP_DIR = ".grokscope-tmp"  # templates are built here, then renamed into the hierarchy
@@ -60,7 +61,7 @@ MISSING_DOC = ("missing cells: NaN (floats), -2**63 via _FillValue (ints), False
                "(strings); 'done' marks complete jobs, 'error' why a job failed")
 
 
-class StoreError(ValueError):
+class StoreError(GrokscopeError, ValueError):
     """The store cannot take these results (parameters or run spec differ, shapes drift, ...)."""
 
 
@@ -243,7 +244,6 @@ class ProbeStore:
         first result ``first`` (an ``xr.Dataset`` without step) is given, its variables. No data."""
         import dask.array as da
         import xarray as xr
-
         import zarr
 
         n = len(steps)

@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from grokscope.errors import GrokscopeError
+
 MODELS = {
     "mlp": "grokscope.models.mlp:mlp",
     "modular_mlp": "grokscope.models.modular:modular_mlp",
@@ -23,7 +25,7 @@ MODELS = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(GrokscopeError, ValueError):
     """A model spec could not be turned into a model."""
 
 

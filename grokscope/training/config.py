@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from grokscope.errors import GrokscopeError
 from grokscope.losses import LOSSES
 
 from .schedule import DEFAULT_SAVE, ScheduleError, eval_schedule, parse_schedule
@@ -15,7 +16,7 @@ OPTIMIZERS = ("adamw", "sgd")
 DTYPES = ("float32", "float64")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(GrokscopeError, ValueError):
     """A training configuration is inconsistent; the message names the field and the bad value."""
 
 

@@ -1,4 +1,7 @@
-"""Named training settings from the papers (ALGORITHMS.md, "Reference experiment settings").
+"""Named training settings from the papers.
+
+Which paper each one follows, and where it differs:
+``docs/algorithms.md#training-presets-and-the-papers-settings``.
 
 ``PRESETS[name]`` holds :class:`TrainConfig` fields; ``preset_config(name, **overrides)`` builds the
 config. Kwargs the data fixes (``in_dim``, ``out_dim``, ``p``) are left out: the trainer fills them in.

@@ -8,13 +8,15 @@ Interface used by the trainer (one object per run):
 * ``after_backward(model)`` — e.g. Grokfast's EMA gradient filter, called between backward and step.
 
 ``build_regulariser("grokalign:1e-3", loss_kind="ce", input_kind="continuous")`` parses the spec.
+Formulas, defaults and how they compare with the papers' code:
+``docs/algorithms.md#regularisers--grokalign-grokfast-noise``.
 
 Available (``REGULARISERS``):
 
 * ``grokalign[:λ[,n_proj]]`` — Walker et al.'s GrokAlign: ``λ · mean_b ‖J_{x_b}‖_F`` on the training
   mini-batch, ``‖J‖_F`` estimated with ``n_proj`` (default 1) random unit projections, one
-  vector–Jacobian product each with the graph kept (ALGORITHMS.md §(c)). λ defaults to 1e-3 for CE and
-  1e-4 for MSE. Token models: the Jacobian w.r.t. the embedding output (``model.embed``).
+  vector–Jacobian product each with the graph kept. λ defaults to 1e-3 for CE and 1e-4 for MSE.
+  Token models: the Jacobian w.r.t. the embedding output (``model.embed``).
 * ``grokfast[:α[,λ]]`` — Lee et al.'s Grokfast-EMA gradient filter (defaults α = 0.98, λ = 2.0, the
   Grokfast paper's; GrokAlign's comparison used ``grokfast:0.8,0.1``).
 * ``noise:σ`` / ``noise:auto`` — Gaussian input noise; ``auto`` is GrokAlign's "adversarial training"

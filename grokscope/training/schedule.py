@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 
+from grokscope.errors import GrokscopeError
+
 DEFAULT_SAVE = "log:100"
 
 
-class ScheduleError(ValueError):
+class ScheduleError(GrokscopeError, ValueError):
     """A schedule spec could not be parsed or names steps outside ``[0, steps]``."""
 
 

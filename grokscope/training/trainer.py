@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from grokscope import runs
+from grokscope.errors import GrokscopeError
 from grokscope.losses import task_loss
 
 from .config import TrainConfig, TrainConfigError
@@ -46,7 +47,7 @@ _DERIVED_KWARGS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-class TrainingError(RuntimeError):
+class TrainingError(GrokscopeError, RuntimeError):
     """Training cannot start or continue (existing run, mismatched resume, divergence)."""
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from grokscope.cli import main
 from grokscope.regions import (Plane, RegionsError, activation_boundaries, default_points, parse_points,
-                               regions_figure, select_steps)
+                               pictures, regions_figure)
 from tests.helpers import MLP, make_run
 
 torch.set_num_threads(1)
@@ -192,15 +192,6 @@ def test_plane_and_selection_errors():
     z = torch.zeros(3)
     with pytest.raises(RegionsError, match="collinear"):
         Plane.through(z, z + 1, z + 2)
-    avail = [0, 1, 2, 5, 10, 50, 100, 500, 1000]
-    assert select_steps("0,50,1000", avail) == [0, 50, 1000]
-    assert select_steps("all", avail) == avail and select_steps("last", avail) == [1000]
-    picked = select_steps("log:4", avail)
-    assert len(picked) == 4 and picked[0] == 0 and picked[-1] == 1000 and set(picked) <= set(avail)
-    with pytest.raises(RegionsError, match=r"step 7 has no checkpoint \(nearest: 5\)"):
-        select_steps("0,7", avail)
-    with pytest.raises(RegionsError, match="'x'"):
-        select_steps("1,x", avail)
     assert parse_points("4, 0,9", 10) == [4, 0, 9]
     with pytest.raises(RegionsError, match="point index 12 is out of range: the train split has 10"):
         parse_points("1,2,12", 10)
@@ -217,36 +208,63 @@ def tiny_run(tmp_path_factory):
 
 
 def test_cli_writes_png_gif_pdf(tiny_run, tmp_path):
+    """A run folder: the regions probe runs into its store first, then the pictures come from the store."""
     from PIL import Image
+
+    import grokscope
 
     runner = CliRunner()
     png = tmp_path / "r.png"
     res = runner.invoke(main, ["regions", str(tiny_run), "--steps", "0,10", "--out", str(png),
-                               "--resolution", "48"])
+                               "--resolution", "48", "--store", str(tmp_path / "s.zarr")])
     assert res.exit_code == 0, res.output
-    assert "step 10:" in res.output and f"wrote {png}" in res.output
+    assert f"wrote {png}" in res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as im:
         assert im.size[0] > 300 and im.size[1] > 200
+    tree = grokscope.open_store(tmp_path / "s.zarr")
+    stored = tree["run/regions"].ds
+    assert list(stored.step.values) == [0, 10] and stored["boundary"].shape == (2, 48, 48)
+    # the stored picture is the functional core's map at that checkpoint
+    from grokscope.engine.loading import load_into, read_state_dict
+    from grokscope.models import build_model
+    from grokscope.models.adapters import continuous_view
+    from grokscope.datasets import load_dataset
+    from grokscope.runs import checkpoint_path, read_run_json
+
+    spec = read_run_json(tiny_run)
+    model = load_into(build_model(spec["model"]), read_state_dict(checkpoint_path(tiny_run, 10)), "ck").eval()
+    x, _ = load_dataset(spec["dataset"]).split("train")
+    idx = [int(i) for i in stored["point_index"].sel(step=10).values]
+    _, z = continuous_view(model, x[idx], "continuous")
+    rmap = activation_boundaries(model, Plane.through(z[0], z[1], z[2], 0.25), 48)
+    np.testing.assert_array_equal(stored["boundary"].sel(step=10).values, rmap.boundary)
+    np.testing.assert_array_equal(stored["decision"].sel(step=10).values, rmap.decision)
+    assert int(stored["n_regions"].sel(step=10)) == rmap.n_regions
+
     gif = tmp_path / "r.gif"
-    res = runner.invoke(main, ["regions", str(tiny_run), "--steps", "all", "--out", str(gif),
-                               "--resolution", "40", "--points", "0,1,2"])
+    res = runner.invoke(main, ["regions", str(tmp_path / "s.zarr"), "--steps", "all", "--out", str(gif)])
     assert res.exit_code == 0, res.output
     with Image.open(gif) as im:
-        assert im.format == "GIF" and im.n_frames == 3
-    pdf = regions_figure(tiny_run, [3], tmp_path / "r.pdf", resolution=32, split="test")
+        assert im.format == "GIF" and im.n_frames == 2
+    pdf = regions_figure(tmp_path / "s.zarr", "run", [10], tmp_path / "r.pdf")
     assert pdf.read_bytes()[:5] == b"%PDF-"
+    (step, pic), = pictures(tree, "run", "10")
+    assert step == 10 and set(pic.accuracy) == set() and len(pic.corners) == 3  # no acc probe in this store
+    res = runner.invoke(main, ["regions", str(tmp_path / "s.zarr"), "--resolution", "20"])
+    assert res.exit_code != 0 and "already computed" in res.output
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--steps", "7"], "step 7 has no checkpoint (nearest: 10); available steps: 0, 3, 10"),
+    (["--steps", "7"], "run: no checkpoint at step(s) 7; checkpoints: 0, 3, 10"),
     (["--points", "0,1,999"], "point index 999 is out of range: the train split has 300 points"),
     (["--out", "x.jpg"], "unsupported format '.jpg'"),
 ], ids=["step", "points", "suffix"])
 def test_cli_errors_name_the_value(tiny_run, tmp_path, args, needle):
     args = [a if a != "x.jpg" else str(tmp_path / a) for a in args]
-    res = CliRunner().invoke(main, ["regions", str(tiny_run), "--resolution", "16", *args])
-    assert res.exit_code == 1 and needle in res.output, res.output
+    res = CliRunner().invoke(main, ["regions", str(tiny_run), "--resolution", "16", "--store",
+                                    str(tmp_path / "e.zarr"), *args])
+    assert res.exit_code in (1, 2) and needle in res.output, res.output
 
 
 def test_cli_refuses_a_smooth_run(tmp_path):

@@ -21,7 +21,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """A real store: one tiny digits MLP run, probed with acc, pgd (two ε) and lc at 5 checkpoints."""
+    """A real store: one tiny digits MLP run, probed with acc, pgd (two ε), lc and regions at 5 checkpoints."""
     import torch
 
     torch.set_num_threads(1)
@@ -29,7 +29,8 @@ def store(tmp_path_factory) -> Path:
     make_run(root / "runs" / "r0", steps=[0, 2, 8, 32, 64])
     out = root / "probes.zarr"
     res = CliRunner().invoke(main, [
-        "probe", str(root / "runs"), "-m", "acc,pgd,lc", "--scheduler", "sync", "-q", "--out", str(out),
+        "probe", str(root / "runs"), "-m", "acc,pgd,lc,regions", "--scheduler", "sync", "-q", "--out", str(out),
+        "--param", "regions.resolution=48",
         "--param", "pgd.n_points=64", "--param", "pgd.eps=0.05,0.5", "--param", "pgd.steps=3",
         "--param", "lc.n_points=32", "--param", "lc.n_dirs=4", "--param", "lc.splits=train,test"])
     assert res.exit_code == 0, res.output
@@ -183,24 +184,44 @@ def test_report_options_and_errors(store, tmp_path):
 
 
 def test_region_picture_notes(store, tmp_path):
-    """Where no region picture can be drawn the page says why, instead of failing."""
-    import xarray as xr
+    """Where no region picture can be drawn the page says why, instead of failing; the picture comes
+    from the store alone (the run folder is not needed)."""
+    import shutil
 
+    import grokscope
     from grokscope.report import region_html
 
-    node = xr.open_datatree(store, engine="zarr", consolidated=False)["r0"]
-    gone = region_html(node, {"settings": {"path": str(tmp_path / "moved")}}, "r0", tmp_path)
-    assert "No region picture" in gone and "moved" in gone and "not on this machine" in gone
-    gelu = make_run(tmp_path / "gelu", steps=[0, 1], model={"arch": "mlp", "kwargs": {
-        "in_dim": 64, "out_dim": 10, "depth": 1, "width": 8, "activation_name": "gelu"}})
-    smooth = region_html(node, {"settings": {"path": str(gelu)}}, "gelu", tmp_path)
-    assert "No region picture" in smooth and "not piecewise linear" in smooth and "GELU" in smooth
-    assert "<img" not in gone + smooth
+    tree = grokscope.open_store(store)
+    run_dir = Path(tree["r0"].attrs["path"])
+    moved = tmp_path / "moved"
+    shutil.move(str(run_dir), moved)
+    try:
+        drawn = region_html(tree["r0"], {}, "r0", tmp_path)
+    finally:
+        shutil.move(str(moved), run_dir)
+    assert "<img" in drawn and "linear regions (grey)" in drawn
+    bare = make_run(tmp_path / "bare", steps=[0, 1])
+    out = tmp_path / "bare.zarr"
+    res = CliRunner().invoke(main, ["probe", str(bare), "-m", "acc", "--scheduler", "sync", "-q", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    none = region_html(grokscope.open_store(out)["bare"], {}, "bare", tmp_path)
+    assert "No region picture" in none and "grokscope probe RUN --metrics regions" in none
+    assert "<img" not in none
+
+
+def _builtin_event_words():
+    from grokscope.probes import BUILTIN, get_probe
+
+    return {e.name: e.words for name in BUILTIN for e in get_probe(name).event_specs()}
+
+
+EVENT_WORDS = _builtin_event_words()
 
 
 def onset(name, step, threshold, kind="threshold", above=True, **sel):
+    """An onset as run_summary writes it; change points carry their probe's declared words."""
     return {"name": name, "step": step, "threshold": threshold, "above": above, "kind": kind, "sel": sel,
-            "window": 1, "patience": 1}
+            "window": 1, "patience": 1, "words": EVENT_WORDS.get(name, "")}
 
 
 def test_describe_run_reached_with_ratio():
@@ -256,6 +277,9 @@ def test_describe_run_lead_lag_of_change_points():
                       {"a": "alignment_rise", "b": "generalisation", "t_a": None, "t_b": 3000.0,
                        "order": "undetermined"}],
          "params": {"change_tol": 0.2, "noise_k": 4.0}}
+    for name, words in (("gini_rise", "the rise of the Fourier Gini"), ("weight_norm_fall", "the fall of ‖θ‖²"),
+                        ("alignment_rise", "the rise of centroid alignment")):
+        s["onsets"][name]["words"] = words
     s["onsets"]["gini_rise"]["detail"] = {"t_start": 10.0, "v_start": 0.08, "t_end": 2000.0, "v_end": 0.31}
     s["onsets"]["weight_norm_fall"]["detail"] = {"t_start": 1000.0, "v_start": 52.0, "t_end": 6000.0, "v_end": 11.0}
     s["onsets"]["alignment_rise"]["detail"] = {"size": 0.03, "needed": 0.05, "noise": 0.0125}
@@ -264,14 +288,14 @@ def test_describe_run_lead_lag_of_change_points():
                         "1.0 decades before generalisation (step 3 000)")
     assert lines[2] == ("‖θ‖² fell from 52 (step 1 000) to 11 (step 6 000), half of it by step 3 100, together "
                         "with generalisation (step 3 000)")
-    assert lines[3] == ("centroid alignment on training points: no clear change (its largest rise, 0.03, is not "
+    assert lines[3] == ("centroid alignment: no clear change (its largest rise, 0.03, is not "
                         "above the 0.05 a clear change needs: the larger of 20 % of its range and 4 × its "
                         "checkpoint-to-checkpoint noise 0.0125)")
     # the lead/lag table explains the undetermined row with the same words
     from grokscope.report import lead_lag_table_html
 
     table = lead_lag_table_html(s["lead_lag"], s["onsets"], s["params"])
-    assert "undetermined: centroid alignment on training points: no clear change (its largest rise, 0.03" in table
+    assert "undetermined: centroid alignment: no clear change (its largest rise, 0.03" in table
     s["onsets"]["generalisation"].update(step=None, detail={"asked": 0.5, "chance": 0.5, "max": 0.61})
     s["onsets"]["generalisation"]["threshold"] = 0.625
     row = {"a": "gini_rise", "b": "generalisation", "t_a": 300.0, "t_b": None, "order": "undetermined"}

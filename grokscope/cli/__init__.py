@@ -16,10 +16,10 @@ COMMANDS = {
     "scan": ("grokscope.engine.cli:scan", "Audit the checkpoints under a path."),
     "probes": ("grokscope.engine.cli:probes", "List the available probes, parameters and outputs."),
     "probe": ("grokscope.engine.cli:probe", "Run probes over checkpoints into a Zarr store."),
-    "simulate": ("grokscope.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
+    "simulate": ("grokscope.cli.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
     "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
     "report": ("grokscope.report:report", "One self-contained HTML page (or --json) about a probe store."),
-    "regions": ("grokscope.regions:regions", "Draw linear regions on the plane through three training points."),
+    "regions": ("grokscope.cli.regions:regions", "Draw linear regions on the plane through three training points."),
     "reproduce": ("grokscope.reproduce:reproduce", "A paper's headline result in one command (--list)."),
 }
 
@@ -41,7 +41,16 @@ def json_object(text: str | None, what: str) -> dict[str, Any] | None:
 
 
 class LazyGroup(click.Group):
-    """A click group whose sub-commands are imported on first use."""
+    """A click group whose sub-commands are imported on first use; a :class:`GrokscopeError` raised by
+    any of them ends as one line (``Error: ...``) and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from grokscope.errors import GrokscopeError
+
+        try:
+            return super().invoke(ctx)
+        except GrokscopeError as e:
+            raise click.ClickException(str(e)) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

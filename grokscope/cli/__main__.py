@@ -1,0 +1,5 @@
+"""``python -m grokscope.cli``: the ``grokscope`` command."""
+
+from . import main
+
+main()

@@ -1,0 +1,129 @@
+"""Every built-in probe passes the conformance harness (grokscope.testing.check_probe), and the
+harness catches the faults it promises to catch."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from grokscope.datasets import load_dataset
+from grokscope.models import build_model
+from grokscope.probes import PanelSpec, Probe, ProbeError, get_probe
+from grokscope.testing import ProbeContractError, check_probe
+
+DIGITS = {"name": "digits", "kwargs": {"n_train": 60, "n_test": 40}, "seed": 0}
+MLP = {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 2, "width": 12}}
+MODULAR = {"name": "modular", "kwargs": {"p": 7, "train_fraction": 0.5}, "seed": 0}
+MOD_MLP = {"arch": "modular_mlp", "kwargs": {"p": 7, "width": 8}}
+
+CASES = {
+    "acc": (MLP, DIGITS, {}),
+    "lc": (MLP, DIGITS, {"n_points": "8", "n_dirs": "4", "radius": "0.01,0.1"}),
+    "pgd": (MLP, DIGITS, {"n_points": "16", "steps": "3", "eps": "0.05,0.2"}),
+    "align": (MLP, DIGITS, {"n_points": "16"}),
+    "fourier": (MOD_MLP, MODULAR, {}),
+    "norm": (MOD_MLP, MODULAR, {"n_train": "16", "proj_iters": "5", "cg_iters": "20", "power_iters": "5"}),
+}
+
+
+def _setup(model_spec, data_spec, seed=0):
+    torch.manual_seed(seed)
+    return build_model(model_spec).eval(), load_dataset(data_spec)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_builtin_probe_conforms(name):
+    model_spec, data_spec, overrides = CASES[name]
+    cls = get_probe(name)
+    model, data = _setup(model_spec, data_spec)
+    out = check_probe(cls, model, data, cls.make_params(overrides))
+    assert set(out.data_vars) == set(cls.outputs)
+
+
+@dataclass(frozen=True)
+class _P:
+    seed: int = 0
+
+
+def _probe(compute, outputs=None, panels=()):
+    return type("Bad", (Probe,), {"name": "bad", "Params": _P, "outputs": outputs or {"v": ("k",)},
+                                  "panels": panels, "compute": compute})
+
+
+def _ok(self, model, data, params, ctx):
+    return xr.Dataset({"v": (("k",), np.arange(3.0))}, coords={"k": [0, 1, 2]})
+
+
+@pytest.mark.parametrize("fault, compute, outputs, panels", [
+    ("not a declared output", _ok, None, (PanelSpec("w", "W", "w"),)),
+    ("left the model in train mode", lambda s, m, d, p, c: (m.train(), _ok(s, m, d, p, c))[1], None, ()),
+    ("changed the model's weights",
+     lambda s, m, d, p, c: (next(m.parameters()).data.add_(1.0), _ok(s, m, d, p, c))[1], None, ()),
+    ("differ from the declared outputs", _ok, {"v": ("k",), "w": ()}, ()),
+    ("two runs on the same checkpoint differ",
+     lambda s, m, d, p, c: xr.Dataset({"v": (("k",), np.random.rand(3))}, coords={"k": [0, 1, 2]}), None, ()),
+    ("another checkpoint gives other shapes",
+     lambda s, m, d, p, c: xr.Dataset({"v": (("k",), np.zeros(int(next(m.parameters()).abs().sum() * 7) % 5 + 1))},
+                                      coords={"k": np.arange(int(next(m.parameters()).abs().sum() * 7) % 5 + 1)}),
+     None, ()),
+    ("has dims", lambda s, m, d, p, c: xr.Dataset({"v": (("j",), np.zeros(2))}, coords={"j": [0, 1]}), None, ()),
+])
+def test_harness_catches_each_fault(fault, compute, outputs, panels):
+    model, data = _setup(MLP, DIGITS)
+    with pytest.raises(ProbeContractError, match=fault):
+        check_probe(_probe(compute, outputs, panels), model, data, float64=False)
+
+
+def test_bad_parameters_fail_on_the_client_with_one_line():
+    lc = get_probe("lc")
+    with pytest.raises(ProbeError, match=r"lc.radius must be one or more numbers > 0, got \[-1.0\]"):
+        lc.make_params({"radius": "-1"})
+    with pytest.raises(ProbeError, match=r"lc.n_dirs must be >= 1, got 0"):
+        lc.make_params({"n_dirs": "0"})
+    model, data = _setup(MLP, DIGITS)
+    with pytest.raises(ProbeError, match=r"lc.n_dirs=65 is larger than the input dimension 64.*valid: 1..64"):
+        lc().check(model, data, lc.make_params({"n_dirs": "65"}))
+    assert dataclasses.asdict(lc.make_params({"n_dirs": "64"}))["n_dirs"] == 64
+
+
+def test_lc_check_names_a_model_without_layers():
+    lc = get_probe("lc")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    data = load_dataset(DIGITS)
+    with pytest.raises(ProbeError, match="no layer to count.*lc.layers="):
+        lc().check(model, data, lc.default_params())
+
+
+def test_one_point_selection_and_padding_rule():
+    from grokscope.datasets import seeded_subset
+    from grokscope.functional import pad_stack, subset_indices
+
+    assert subset_indices(10, 0).tolist() == list(range(10))
+    assert subset_indices(10, 10, selection="random").tolist() == list(range(10))  # all: in order
+    assert subset_indices(10, 3, selection="first").tolist() == [0, 1, 2]
+    assert subset_indices(10, 4, seed=3).tolist() == seeded_subset(10, 4, 3).tolist()
+    out = pad_stack([np.array([1, 2, 3], dtype=np.int32), np.array([4], dtype=np.int32)], 3)
+    assert out.dtype == np.int32 and out.tolist() == [[1, 2, 3], [4, -1, -1]]
+    f = pad_stack([np.ones((1, 2)), np.ones((2, 2))], 2)
+    assert np.isnan(f[0, 1]).all() and f.shape == (2, 2, 2)
+    b = pad_stack([np.array([True]), np.array([True, True])], 2)
+    assert b.tolist() == [[True, False], [True, True]]
+
+
+def test_eval_mode_restores_mode_and_grad_flags():
+    from grokscope.functional import eval_mode
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).train()
+    with pytest.raises(RuntimeError):
+        with eval_mode(m, freeze=True):
+            assert not m.training and not any(p.requires_grad for p in m.parameters())
+            raise RuntimeError
+    assert m.training and all(p.requires_grad for p in m.parameters())
+    with eval_mode(m.forward):  # a bound method: its module
+        assert not m.training
+    assert m.training
