@@ -167,15 +167,6 @@ def _chance_words(o: dict[str, Any]) -> str:
     return f" ({fmt_num(asked)} asked, raised to clear chance {fmt_num(chance)})"
 
 
-def _measure_words(name: str, o: dict[str, Any]) -> str:
-    """What a change point measures, from its probe's words: "the fall of ‖θ‖²" → "‖θ‖²"."""
-    words = _event_words(name, o)
-    for lead in ("the rise of ", "the fall of "):
-        if words.startswith(lead):
-            return words[len(lead):]
-    return words
-
-
 def describe_change(name: str, o: dict[str, Any], tol: float | None = None, noise_k: float | None = None) -> str:
     """A change point (:func:`grokscope.analysis.largest_change`) in words: the move with its values
     and steps when it is clear of the noise, else "no clear change" with the sizes that decided it
@@ -184,17 +175,16 @@ def describe_change(name: str, o: dict[str, Any], tol: float | None = None, nois
 
     tol = CHANGE_TOL if tol is None else tol
     noise_k = NOISE_K if noise_k is None else noise_k
-    measure = _measure_words(name, o)
+    what = _event_words(name, o)  # the probe's own words: "the fall of ‖θ‖²"
     d = o.get("detail") or {}
     if _step_of(o) is not None:
-        verb = "rose" if o.get("above", True) else "fell"
-        return (f"{measure} {verb} from {fmt_num(d.get('v_start'))} (step {fmt_step(d.get('t_start'))}) to "
+        return (f"{what} went from {fmt_num(d.get('v_start'))} (step {fmt_step(d.get('t_start'))}) to "
                 f"{fmt_num(d.get('v_end'))} (step {fmt_step(d.get('t_end'))}), half of it by step "
                 f"{fmt_step(o.get('step'))}")
     if _missing(d.get("needed")):
-        return f"{measure}: no clear change"
+        return f"{what}: no clear change"
     move = "rise" if o.get("above", True) else "fall"
-    return (f"{measure}: no clear change (its largest {move}, {fmt_num(d.get('size'))}, is not above the "
+    return (f"{what}: no clear change (its largest {move}, {fmt_num(d.get('size'))}, is not above the "
             f"{fmt_num(d.get('needed'))} a clear change needs: the larger of {100 * tol:.0f} % of its range "
             f"and {fmt_num(noise_k)} × its checkpoint-to-checkpoint noise {fmt_num(d.get('noise'))})")
 

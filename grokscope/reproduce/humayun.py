@@ -7,8 +7,8 @@ test set), MSE, AdamW lr 1e-3 wd 0.01, batch 200, 10⁵ steps (``configs.humayun
 layer); ``pgd`` (L∞, ε ∈ {0.03 … 0.20}, 20 steps of α = 2.5 ε / 20 — the paper used 100 steps of
 α = 0.0156 —, one random start, 1 000 test images). Figures: ``lc_phases.png`` (LC per point set and
 per layer, accuracy), ``delayed_robustness.png`` (robust accuracy per ε beside test accuracy) and
-``regions.png`` (linear regions on the plane through three training points at the start, the LC peak
-and the end: the paper's middle panels). ``paper_vs_run.md`` sets the paper's claims beside our
+``regions.png`` (the ``regions`` probe's linear regions on the plane through three training points
+at 6 log-spaced checkpoints: the paper's middle panels). ``paper_vs_run.md`` sets the paper's claims beside our
 numbers.
 """
 
@@ -28,14 +28,16 @@ NAME = "humayun-mnist"
 TITLE = "Humayun et al. Fig. 2: LC phases, region migration and delayed robustness, MLP on 1 000 MNIST images"
 COLORS = {"train": "tab:blue", "test": "tab:orange", "random": "tab:green", "boundary": "tab:red"}
 EPS_MARK = 0.16  # the radius timed in the table
+REGION_STEPS = "log:6"  # the checkpoints of the region pictures (the paper's middle panels)
 
 
 def probe_requests(quick: bool) -> dict[str, tuple[dict[str, str], str | None]]:
     """The probes of the reproduction: ``{probe: (params, steps)}``."""
     if quick:
         return {"acc": ({}, None), "lc": ({"n_points": "32", "n_dirs": "4"}, None),
-                "pgd": ({"n_points": "32", "steps": "3"}, None)}
-    return {"acc": ({}, None), "lc": ({}, None), "pgd": ({"n_points": "1000", "steps": "20"}, None)}
+                "pgd": ({"n_points": "32", "steps": "3"}, None), "regions": ({"resolution": "40"}, REGION_STEPS)}
+    return {"acc": ({}, None), "lc": ({}, None), "pgd": ({"n_points": "1000", "steps": "20"}, None),
+            "regions": ({"resolution": "300"}, REGION_STEPS)}
 
 
 def _x(steps: np.ndarray) -> np.ndarray:
@@ -253,9 +255,7 @@ def run(out: Path, quick: bool = False, threads: int = 1) -> dict[str, Any]:
     acc, lc, pgd = load(run_dir, store, run_dir.name)
     s = summarise(acc, lc, pgd)
     files = plot(acc, lc, pgd, out)
-    steps = sorted({int(lc["step"].values[0]), int(s["lc_train_t_peak"]) if not math.isnan(s["lc_train_t_peak"])
-                    else int(lc["step"].values[len(lc["step"]) // 2]), int(lc["step"].values[-1])})
-    files.append(regions_figure(run_dir, steps, out / "regions.png", resolution=40 if quick else 300))
+    files.append(regions_figure(store, run_dir.name, REGION_STEPS, out / "regions.png"))
     (out / "paper_vs_run.md").write_text(table(s, quick))
     (out / "results.json").write_text(json.dumps({"name": NAME, "quick": quick, "training": trained,
                                                   "summary": s}, indent=1, default=float))

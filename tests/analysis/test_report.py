@@ -259,7 +259,7 @@ def test_describe_run_never_reached():
         "never memorised: train accuracy never reached 0.99 (final 0.871)",
         "never generalised: test accuracy never reached 0.85 (final 0.310)",
         "robust accuracy at ε=0.1, 0.2 never reached 0.5",
-        "LC around training points: no clear change",
+        "the fall of LC around training points: no clear change",
         "final accuracy: train 0.871, test 0.310",
     ]
     assert describe_run({}) == []
@@ -284,18 +284,18 @@ def test_describe_run_lead_lag_of_change_points():
     s["onsets"]["weight_norm_fall"]["detail"] = {"t_start": 1000.0, "v_start": 52.0, "t_end": 6000.0, "v_end": 11.0}
     s["onsets"]["alignment_rise"]["detail"] = {"size": 0.03, "needed": 0.05, "noise": 0.0125}
     lines = describe_run(s)
-    assert lines[1] == ("the Fourier Gini rose from 0.08 (step 10) to 0.31 (step 2 000), half of it by step 300, "
+    assert lines[1] == ("the rise of the Fourier Gini went from 0.08 (step 10) to 0.31 (step 2 000), half of it by step 300, "
                         "1.0 decades before generalisation (step 3 000)")
-    assert lines[2] == ("‖θ‖² fell from 52 (step 1 000) to 11 (step 6 000), half of it by step 3 100, together "
+    assert lines[2] == ("the fall of ‖θ‖² went from 52 (step 1 000) to 11 (step 6 000), half of it by step 3 100, together "
                         "with generalisation (step 3 000)")
-    assert lines[3] == ("centroid alignment: no clear change (its largest rise, 0.03, is not "
+    assert lines[3] == ("the rise of centroid alignment: no clear change (its largest rise, 0.03, is not "
                         "above the 0.05 a clear change needs: the larger of 20 % of its range and 4 × its "
                         "checkpoint-to-checkpoint noise 0.0125)")
     # the lead/lag table explains the undetermined row with the same words
     from grokscope.report import lead_lag_table_html
 
     table = lead_lag_table_html(s["lead_lag"], s["onsets"], s["params"])
-    assert "undetermined: centroid alignment: no clear change (its largest rise, 0.03" in table
+    assert "undetermined: the rise of centroid alignment: no clear change (its largest rise, 0.03" in table
     s["onsets"]["generalisation"].update(step=None, detail={"asked": 0.5, "chance": 0.5, "max": 0.61})
     s["onsets"]["generalisation"]["threshold"] = 0.625
     row = {"a": "gini_rise", "b": "generalisation", "t_a": 300.0, "t_b": None, "order": "undetermined"}
