@@ -3,12 +3,14 @@
     python benchmarks/bench_engine.py                 # everything (about 5-10 minutes on 2 cores)
     python benchmarks/bench_engine.py --skip-scale    # overhead and speed-up only
     python benchmarks/bench_engine.py --scale-runs 20 # a smaller sweep
+    python benchmarks/bench_engine.py --only-speedup  # 1 -> 2 workers on 100 checkpoints of lc,align
 
 1. **overhead**: ``acc`` on a tiny MLP with 10 train / 10 test digits (the probe itself takes well
    under a millisecond), 1 run x 200 checkpoints; per-job time of the steady state (first to last
    result) and of the whole command, in-process (``sync``) and on the default local cluster.
-2. **speed-up**: a real probe (``lc`` when it is installed, else ``acc`` on a wide MLP) over
-   40 checkpoints with 1 and 2 local worker processes; steady-state and whole-command ratios.
+2. **speed-up**: real probes (``lc,align`` by default, ``--speedup-probes``; ``acc`` on a wide MLP
+   when they are not installed) over 100 checkpoints (``--speedup-ckpts``) with 1 and 2 local worker
+   processes; steady-state and whole-command ratios and the load average before and after.
 3. **scale**: 100 runs x 100 tiny checkpoints (10 000 jobs) probed with ``acc``: a first attempt is
    SIGKILLed half-way, the rerun finishes the rest; wall time, jobs/s, the store's file count, and the
    per-job time against the 100-job case (1 run x 100 checkpoints), which must stay within 2x.
@@ -69,7 +71,8 @@ def probe(path: Path, out: Path, metric: str = "acc", **kw) -> dict:
     from grokscope.engine.jobs import ProbeRequest
     from grokscope.probes import get_probe
 
-    cfg = EngineConfig(probes=[ProbeRequest(metric, get_probe(metric).make_params())], out=out, **kw)
+    cfg = EngineConfig(probes=[ProbeRequest(m, get_probe(m).make_params()) for m in metric.split(",")],
+                       out=out, **kw)
     marks: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -102,26 +105,28 @@ def section_overhead(work: Path) -> None:
     print(f"  ratio local/sync steady-state per job: {local['steady_per_job'] / sync['steady_per_job']:.2f}")
 
 
-def section_speedup(work: Path) -> None:
+def section_speedup(work: Path, metrics: str = "lc,align", n_ckpts: int = 100) -> None:
     from grokscope.probes import available_probes
 
-    if "lc" in available_probes():
-        metric, model, data = "lc", {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 3,
-                                                               "width": 64}}, \
+    if all(m in available_probes() for m in metrics.split(",")):
+        metric, model, data = metrics, {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 3,
+                                                                  "width": 64}}, \
             {"name": "digits", "kwargs": {"n_train": 300, "n_test": 200}, "seed": 0}
     else:
         metric, model, data = "acc", {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 3,
                                                                 "width": 1024}}, \
             {"name": "digits", "kwargs": {"n_train": 1500}, "seed": 0}
-    print(f"\n== speed-up from 1 to 2 worker processes ({metric} on {model['kwargs']}, 1 run x 40 checkpoints)")
-    runs = make_runs(work / "speedup", 1, 40, model, data)
+    print(f"\n== speed-up from 1 to 2 worker processes ({metric} on {model['kwargs']}, 1 run x {n_ckpts} "
+          f"checkpoints); load average before: {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    runs = make_runs(work / "speedup", 1, n_ckpts, model, data)
     one = probe(runs, work / "sp1.zarr", metric=metric, workers=1, threads=1)
     two = probe(runs, work / "sp2.zarr", metric=metric, workers=2, threads=1)
     for name, r in (("1 worker", one), ("2 workers", two)):
         print(f"  {name:10s} whole command {r['wall']:6.1f} s   steady state {1e3 * r['steady_per_job']:7.1f} "
               f"ms/job   inside the probe {1e3 * r['probe_per_job']:7.1f} ms/job")
     print(f"  speed-up 1 -> 2 workers: steady state x{one['steady_per_job'] / two['steady_per_job']:.2f}, "
-          f"whole command x{one['wall'] / two['wall']:.2f} (ideal x2.00 on 2 free cores)")
+          f"whole command x{one['wall'] / two['wall']:.2f} (ideal x2.00 on 2 free cores); load average "
+          f"after: {' / '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 def _done(store: Path) -> int:
@@ -182,6 +187,9 @@ def main() -> None:
     ap.add_argument("--only-scale", action="store_true")
     ap.add_argument("--scale-runs", type=int, default=100)
     ap.add_argument("--scale-ckpts", type=int, default=100)
+    ap.add_argument("--only-speedup", action="store_true")
+    ap.add_argument("--speedup-probes", default="lc,align")
+    ap.add_argument("--speedup-ckpts", type=int, default=100)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -191,9 +199,10 @@ def main() -> None:
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})")
     try:
         if not args.only_scale:
-            section_overhead(work)
-            section_speedup(work)
-        if not args.skip_scale:
+            if not args.only_speedup:
+                section_overhead(work)
+            section_speedup(work, args.speedup_probes, args.speedup_ckpts)
+        if not args.skip_scale and not args.only_speedup:
             section_scale(work, args.scale_runs, args.scale_ckpts)
     finally:
         if args.workdir is None:

@@ -1,13 +1,23 @@
 """Datasets by name. ``load_dataset({"name": ..., "kwargs": {...}, "seed": S})`` returns :class:`Data`.
 
-Each module in this folder defines ``load(seed: int, **kwargs) -> Data``; add a module and list it in
-``DATASETS`` to register a new task.
+A dataset ``name`` is one of
+
+* a built-in (``DATASETS``: each module in this folder defines ``load(seed: int, **kwargs) -> Data``;
+  add a module and list it here to add a task);
+* a name registered by an installed package under the entry point ``grokscope.datasets``
+  (``name = "pkg.module:load"``);
+* ``pkg.module:callable``: a callable following the dataset protocol (:mod:`.protocol`), imported
+  only when the user vouched for it (:mod:`grokscope.trust`);
+* ``file:PATH``: arrays in a file, no code at all (:mod:`.files`).
 """
 
 from __future__ import annotations
 
-import importlib
+import inspect
 from typing import Any
+
+from grokscope.registry import Registry
+from grokscope.trust import Trust, check_plain_json
 
 from .base import Data, DatasetError, box_from_tensor, seeded_subset
 
@@ -20,25 +30,79 @@ DATASETS = {
     "cifar10": "cifar10",
     "xor": "xor",
 }
+ENTRY_POINT_GROUP = "grokscope.datasets"
+FILE_PREFIX = "file:"
+REGISTRY = Registry("dataset", {n: f"{__name__}.{m}:load" for n, m in DATASETS.items()},
+                    ENTRY_POINT_GROUP, error=DatasetError)
 
-__all__ = ["Data", "DatasetError", "DATASETS", "load_dataset", "box_from_tensor", "seeded_subset"]
+__all__ = ["Data", "DatasetError", "DATASETS", "REGISTRY", "check_dataset_spec", "describe_data",
+           "load_dataset", "box_from_tensor", "seeded_subset"]
 
 
-def load_dataset(spec: dict[str, Any]) -> Data:
+def check_dataset_spec(spec: dict[str, Any], trust: Trust | None = None, where: str = "the dataset spec") -> str:
+    """The import path a dataset spec's ``name`` resolves to (``""`` for ``file:``), once it is known
+    to be allowed; its kwargs checked to be plain JSON. Imports nothing."""
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{where}: the dataset needs a 'name'")
+    check_plain_json(spec.get("kwargs") or {}, f"{where}: dataset kwargs", DatasetError)
+    if name.startswith(FILE_PREFIX):
+        return ""
+    return REGISTRY.check(name, trust, where)
+
+
+def load_dataset(spec: dict[str, Any], trust: Trust | None = None, where: str = "the dataset spec") -> Data:
     """Build the dataset described by ``spec = {"name", "kwargs", "seed"}``.
 
-    Raises :class:`DatasetError` naming the valid datasets for an unknown name.
+    ``trust`` decides which callables named by import path may be imported (None: the user's own
+    allow-list); ``where`` names the spec's file in errors. Raises :class:`DatasetError` (naming the
+    valid datasets for an unknown name) or :class:`grokscope.trust.UntrustedCode`.
     """
-    name = spec.get("name")
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
-    module = importlib.import_module(f"{__name__}.{DATASETS[name]}")
+    name = spec["name"] if isinstance(spec.get("name"), str) else ""
+    check_dataset_spec(spec, trust, where)
     kwargs = dict(spec.get("kwargs") or {})
-    if name == "fashion_mnist":
-        kwargs.setdefault("variant", "fashion")
-    try:
-        data = module.load(seed=int(spec.get("seed", 0)), **kwargs)
-    except TypeError as e:
-        raise DatasetError(f"bad arguments for dataset {name!r}: {e}") from e
-    data.spec = {"name": name, "kwargs": dict(spec.get("kwargs") or {}), "seed": int(spec.get("seed", 0))}
+    seed = int(spec.get("seed", 0))
+    if name.startswith(FILE_PREFIX):
+        from .files import load_file_dataset
+
+        data = load_file_dataset(name[len(FILE_PREFIX):], seed=seed, **kwargs)
+    else:
+        fn = REGISTRY.load(name, trust, where)
+        if name == "fashion_mnist":
+            kwargs.setdefault("variant", "fashion")
+        try:
+            takes_seed = "seed" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes_seed = True
+        try:
+            out = fn(seed=seed, **kwargs) if takes_seed else fn(**kwargs)
+        except TypeError as e:
+            raise DatasetError(f"bad arguments for dataset {name!r}: {e}") from e
+        from .protocol import as_data
+
+        data = as_data(out, name, f"dataset {name!r}")
+    data.spec = {"name": name, "kwargs": dict(spec.get("kwargs") or {}), "seed": seed}
+    data.meta.setdefault("split", describe_split(data.spec))
     return data
+
+
+def describe_split(spec: dict[str, Any]) -> str:
+    """Which train/test split a dataset spec gives, in a few words (from the spec alone)."""
+    name, kw = spec.get("name", ""), spec.get("kwargs") or {}
+    if str(name).startswith(FILE_PREFIX):
+        from .files import split_words
+
+        return split_words(kw)
+    split = kw.get("split", "seeded")
+    if split == "seeded":
+        return f"seeded split (seed {int(spec.get('seed', 0))})"
+    return f"split {split}"
+
+
+def describe_data(spec: dict[str, Any] | None) -> str:
+    """``"digits, seeded split (seed 0)"``: the data and split a run was probed on, for captions."""
+    if not isinstance(spec, dict) or not spec.get("name"):
+        return "unknown data"
+    kw = spec.get("kwargs") or {}
+    extra = ", ".join(f"{k}={kw[k]}" for k in ("p", "op", "n_train") if k in kw)
+    return f"{spec['name']}{f' ({extra})' if extra else ''}, {describe_split(spec)}"

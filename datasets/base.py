@@ -110,3 +110,65 @@ def standardise_images(x: torch.Tensor, mean: list[float], std: list[float]
     low = ((0.0 - m) / s).expand(shape).clone()
     high = ((1.0 - m) / s).expand(shape).clone()
     return (x - m) / s, low, high
+
+
+SPLITS = "'seeded', 'first:N' or 'indices:PATH' (a .npz/.json with train_idx and test_idx)"
+
+
+def split_indices(n: int, split: str, seed: int, n_train: int | None, where: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_idx, test_idx)`` over ``n`` samples for a ``split`` option.
+
+    ``"seeded"``: the first ``n_train`` of a seeded permutation train, the rest test (the default of
+    the built-ins); ``"first:N"``: samples ``0..N-1`` train, the rest test (``x[:N]``, as many scripts
+    do); ``"indices:PATH"``: the ``train_idx``/``test_idx`` arrays of a ``.npz`` or ``.json`` file.
+    """
+    split = str(split)
+    if split == "seeded":
+        if n_train is None or not 1 <= n_train < n:
+            raise DatasetError(f"{where}: n_train must be in [1, {n - 1}] for a seeded split, got {n_train}")
+        perm = seeded_subset(n, n, seed)
+        return perm[:n_train], perm[n_train:]
+    kind, _, arg = split.partition(":")
+    if kind == "first":
+        try:
+            k = int(arg)
+        except ValueError:
+            raise DatasetError(f"{where}: split {split!r}: N must be an integer") from None
+        if not 1 <= k < n:
+            raise DatasetError(f"{where}: split {split!r}: N must be in [1, {n - 1}]")
+        return torch.arange(k), torch.arange(k, n)
+    if kind == "indices" and arg:
+        return read_index_file(Path(arg).expanduser(), n)
+    raise DatasetError(f"{where}: unknown split {split!r}; expected {SPLITS}")
+
+
+def read_index_file(path: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train_idx``/``test_idx`` from a ``.npz`` (arrays) or ``.json`` (``{"train_idx": [...], ...}``)
+    file, checked to lie in ``0..n-1``."""
+    import json
+
+    import numpy as np
+
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such index file")
+    try:
+        if path.suffix == ".json":
+            doc = json.loads(path.read_text())
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                doc = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable index file ({e})") from None
+    out = []
+    for key in ("train_idx", "test_idx"):
+        if key not in doc:
+            raise DatasetError(f"{path}: no {key!r} (found {', '.join(map(str, doc)) or 'nothing'})")
+        try:
+            idx = torch.as_tensor(np.asarray(doc[key], dtype=np.int64))
+        except (TypeError, ValueError):
+            raise DatasetError(f"{path}: {key!r} must be integer indices") from None
+        if idx.dim() != 1 or len(idx) == 0 or int(idx.min()) < 0 or int(idx.max()) >= n:
+            raise DatasetError(f"{path}: {key!r} must be a non-empty list of indices in 0..{n - 1}")
+        out.append(idx)
+    return out[0], out[1]

@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import torch
 
-from .base import Data, DatasetError, seeded_subset
+from .base import Data, DatasetError, split_indices
 
 
-def load(seed: int = 0, n_train: int = 1000, n_test: int | None = None) -> Data:
-    """A seeded split of the 1 797 digits: ``n_train`` for training, the rest (or ``n_test``) for test."""
+def load(seed: int = 0, n_train: int = 1000, n_test: int | None = None, split: str = "seeded") -> Data:
+    """A split of the 1 797 digits (in scikit-learn's order): ``split="seeded"`` takes ``n_train`` at
+    random (seeded) for training and the rest (or ``n_test`` of it) for test; ``"first:N"`` the first N
+    for training; ``"indices:PATH"`` the ``train_idx``/``test_idx`` of a file (see
+    :func:`.base.split_indices`)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(bunch.target, dtype=torch.int64)
     n = len(y)
-    if not 1 <= n_train < n:
+    if split == "seeded" and not 1 <= n_train < n:
         raise DatasetError(f"digits: n_train must be in [1, {n - 1}], got {n_train}")
-    perm = seeded_subset(n, n, seed)
-    tr, rest = perm[:n_train], perm[n_train:]
+    tr, rest = split_indices(n, split, seed, n_train, "digits")
     if n_test is not None:
         if n_test > len(rest):
             raise DatasetError(f"digits: n_test={n_test} but only {len(rest)} images remain")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Data, DatasetError
+from .base import Data, DatasetError, split_indices
 
 OPERATIONS = {
     "add": lambda a, b, p: (a + b) % p,
@@ -66,8 +66,10 @@ def encode(a: torch.Tensor, b: torch.Tensor, p: int, encoding: str) -> torch.Ten
 
 
 def load(seed: int = 0, p: int = 97, op: str = "add", train_fraction: float = 0.4,
-         encoding: str = "tokens") -> Data:
-    """The table of ``a op b mod p``, split at random (seeded) into train and test."""
+         encoding: str = "tokens", split: str = "seeded") -> Data:
+    """The table of ``a op b mod p`` (pairs in :func:`pairs`' order), split into train and test:
+    ``split="seeded"`` at random (``train_fraction`` of the pairs), ``"first:N"`` or ``"indices:PATH"``
+    (see :func:`.base.split_indices`)."""
     if op not in OPERATIONS:
         raise DatasetError(f"unknown modular operation {op!r}; valid: {', '.join(OPERATIONS)}")
     if encoding not in ENCODINGS:
@@ -82,13 +84,16 @@ def load(seed: int = 0, p: int = 97, op: str = "add", train_fraction: float = 0.
     a, b = pairs(p, op, unordered)
     y = OPERATIONS[op](a, b, p)
     x = encode(a, b, p, encoding)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(a), generator=g)
-    n_train = int(round(train_fraction * len(a)))
-    if not 1 <= n_train < len(a):
-        raise DatasetError(f"train_fraction={train_fraction} of {len(a)} pairs leaves {n_train} for training "
-                           f"and {len(a) - n_train} for test; both splits must be non-empty")
-    tr, te = perm[:n_train], perm[n_train:]
+    if split == "seeded":
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(a), generator=g)
+        n_train = int(round(train_fraction * len(a)))
+        if not 1 <= n_train < len(a):
+            raise DatasetError(f"train_fraction={train_fraction} of {len(a)} pairs leaves {n_train} for "
+                               f"training and {len(a) - n_train} for test; both splits must be non-empty")
+        tr, te = perm[:n_train], perm[n_train:]
+    else:
+        tr, te = split_indices(len(a), split, seed, None, "modular")
     if encoding == "tokens":
         low, high = torch.zeros(3), torch.full((3,), float(p))
         kind = "tokens"

@@ -608,13 +608,13 @@ def _events(runs: _Runs, thresholds: Mapping[str, Any] | None) -> dict[str, dict
 
 
 def run_caption(node: Any) -> str:
-    """A few words on a run node's settings from its attrs: ``"mlp on modular (p=59, add)"``."""
+    """A few words on a run node's settings from its attrs: ``"mlp on modular (p=59), seeded split
+    (seed 0)"`` (which data and split the run was probed on)."""
+    from grokscope.datasets import describe_data
+
     model, data = node.attrs.get("model") or {}, node.attrs.get("dataset") or {}
     arch = (model.get("arch") or model.get("factory") or "model") if isinstance(model, dict) else "model"
-    name = data.get("name", "data") if isinstance(data, dict) else "data"
-    kw = (data.get("kwargs") or {}) if isinstance(data, dict) else {}
-    extra = ", ".join(f"{k}={kw[k]}" for k in ("p", "op") if k in kw)
-    return f"{arch} on {name}" + (f" ({extra})" if extra else "")
+    return f"{arch} on {describe_data(data if isinstance(data, dict) else None)}"
 
 
 def _figure_legend(fig, runs: _Runs, panels: list[Panel]) -> None:

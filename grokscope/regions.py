@@ -14,13 +14,15 @@ is ``[-margin, 1 + margin]²``. On a ``resolution x resolution`` grid of that vi
 * ``n_regions`` counts the distinct patterns in the view (the linear regions the plane meets, up to
   the grid resolution), using a 64-bit hash of each pattern.
 
-Which modules are kinked, and the hooks that see their inputs, are those of the ``lc`` probe
-(:func:`grokscope.probes.lc.kinks`, its hook class); everything is batched over grid rows. Token
+The kinks are found as the ``lc`` probe finds them (:mod:`grokscope.functional.kinks`: activation
+modules and functional calls such as ``F.relu`` or ``x.clamp(min=0)``, with the same layer names);
+everything is batched over grid rows. Token
 models are drawn in embedding space (:func:`grokscope.models.adapters.continuous_view`), on the plane
 through the three embedded points of each checkpoint. Models with smooth parts (GELU, tanh,
 softmax attention, LayerNorm, ...) have no linear regions and are refused with the module named;
-a numerical check (the logits must be affine between two grid points of equal pattern) guards the
-rest.
+smooth functional calls (``F.gelu``, ``F.silu``, ...) are refused with their call site named; a
+numerical check (the logits must be affine between two grid points of equal pattern) guards the rest
+(smooth maths no kink watch sees, such as ``torch.tanh`` or softmax).
 
 :func:`activation_boundaries` is the functional core (a model and a :class:`Plane` in, a
 :class:`RegionMap` of numpy arrays out). The ``regions`` probe (``grokscope.probes.regions``) stores
@@ -41,7 +43,8 @@ import torch
 from torch import nn
 
 from grokscope.errors import GrokscopeError
-from grokscope.probes.lc import KinkHooks, kinks, model_device, model_dtype
+from grokscope.functional.kinks import KinkLayer, KinkWatch, module_kinks
+from grokscope.probes.lc import model_device, model_dtype
 
 #: kinked activation modules that are piecewise linear (their pattern bits pin down the piece).
 PIECEWISE_LINEAR_ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -182,38 +185,38 @@ class RegionPicture:
         return (float(self.a[0] - h), float(self.a[-1] + h), float(self.b[0] - h), float(self.b[-1] + h))
 
 
-class _PatternHooks(KinkHooks):
-    """The ``lc`` probe's hooks (same kinked modules, same layer list and call order), keeping each
-    layer's pattern bits ``(rows, neurons * n_kinks)`` instead of counting crossings."""
+class _PatternHooks(KinkWatch):
+    """The ``lc`` probe's kink watch (same kinked modules and calls, same layer list and call order),
+    keeping each layer's pattern bits ``(rows, neurons * n_kinks)`` instead of counting crossings."""
 
     bits: list[torch.Tensor | None]
 
-    def record(self, module: nn.Module | None, t: torch.Tensor, k: tuple[float, ...]) -> None:
-        if self.discover:
-            super().record(module, t, k)
-            return
-        j = self.next_layer(module)
+    def on_layer(self, j: int, t: torch.Tensor) -> None:
+        k = self.layers[j].kinks
         flat = t.reshape(t.shape[0], -1)
         self.bits[j] = flat > k[0] if len(k) == 1 else torch.cat([flat > kv for kv in k], dim=1)
 
 
-def check_piecewise_linear(model: nn.Module) -> None:
-    """Raise :class:`RegionsError` naming the modules of ``model`` that have no linear regions.
+def check_piecewise_linear(model: nn.Module, layers: Sequence[KinkLayer] = ()) -> None:
+    """Raise :class:`RegionsError` naming the parts of ``model`` that have no linear regions.
 
-    Refused: kinked but smooth activations (GELU, SiLU, ELU, ...), smooth modules (tanh, sigmoid,
-    softmax, LayerNorm, attention, ...) and max-pooling (piecewise linear, but its kinks are not hooked).
-    Functional nonlinearities inside ``forward`` cannot be seen here; :func:`activation_boundaries`
-    checks affinity numerically.
+    Refused: kinked but smooth activation modules (GELU, SiLU, ELU, ...), smooth modules (tanh, sigmoid,
+    softmax, LayerNorm, attention, ...), max-pooling (piecewise linear, but its kinks are not tracked)
+    and, among the kink ``layers`` a forward pass found, smooth functional calls (``F.gelu``, ...).
+    Other smooth functional maths cannot be seen here; :func:`activation_boundaries` checks affinity
+    numerically.
     """
     bad = []
     for name, m in model.named_modules():
         label = f"{name or '<model>'} ({type(m).__name__})"
-        if kinks(m) is not None and not isinstance(m, PIECEWISE_LINEAR_ACTIVATIONS):
+        if module_kinks(m) is not None and not isinstance(m, PIECEWISE_LINEAR_ACTIVATIONS):
             bad.append(f"{label}: smooth activation")
         elif isinstance(m, SMOOTH_MODULES) or type(m).__name__.endswith("Attention"):
             bad.append(f"{label}: smooth")
         elif isinstance(m, UNHOOKED_KINKS):
             bad.append(f"{label}: max-pooling kinks are not tracked")
+    bad += [f"{l.name} ({l.op}): smooth activation" for l in layers
+            if l.kind == "call" and not l.piecewise_linear]
     if bad:
         raise RegionsError(f"{type(model).__name__} is not piecewise linear, so it has no linear regions to "
                            f"draw: {'; '.join(bad[:6])}{'; ...' if len(bad) > 6 else ''}. Region pictures "
@@ -266,8 +269,8 @@ def _check_affine(g: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rmap:
     if err > tol:
         raise RegionsError(f"the model is not piecewise linear in its hooked activations: on a linear "
                            f"region its logits are not affine (relative error {err:.2e} > {tol:g}); it "
-                           "probably applies a smooth or functional nonlinearity (F.relu, softmax, ...) "
-                           "that has no nn.Module to hook")
+                           "probably applies smooth maths that no kink watch sees (torch.tanh, softmax, "
+                           "x * (x > 0), ...)")
 
 
 def plane_forward(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], plane: Plane,
@@ -289,7 +292,7 @@ def plane_forward(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tens
                     break
                 flat = True
             k += 1
-        if k < len(mods) and isinstance(mods[k], nn.Linear) and flat and kinks(mods[k]) is None:
+        if k < len(mods) and isinstance(mods[k], nn.Linear) and flat:
             lin, rest = mods[k], model[k + 1:]
             c0 = torch.nn.functional.linear(plane.origin.reshape(-1), lin.weight, lin.bias)
             cu = torch.nn.functional.linear(plane.u.reshape(-1), lin.weight)
@@ -333,8 +336,12 @@ def activation_boundaries(model: nn.Module, plane: Plane, resolution: int = 400,
     model.eval()
     try:
         with _PatternHooks(model, layers) as hooks:
-            out = fwd(a[:1], b[:1])
+            hooks.start_pass(2)
+            with hooks.watch():
+                out = fwd(a[:2], b[:2])
             hooks.end_discovery()
+            if check and not layers:
+                check_piecewise_linear(model, hooks.layers)
             if out.dim() != 2:
                 raise RegionsError(f"the model's output has shape {tuple(out.shape)}; expected logits "
                                    "(batch, classes)")
@@ -349,9 +356,10 @@ def activation_boundaries(model: nn.Module, plane: Plane, resolution: int = 400,
                 own = min(step, res - r0)          # rows this chunk is responsible for
                 r1 = min(res, r0 + own + 1)        # plus the next row, for the "upper" neighbour
                 bb, aa = torch.meshgrid(b[r0:r1], a, indexing="ij")
-                hooks.reset()
+                hooks.start_pass(aa.numel())
                 hooks.bits = [None] * n_layers
-                logits = fwd(aa.reshape(-1), bb.reshape(-1))
+                with hooks.watch():
+                    logits = fwd(aa.reshape(-1), bb.reshape(-1))
                 pred[r0:r0 + own] = logits.argmax(dim=-1).view(r1 - r0, res)[:own].cpu().numpy()
                 h = torch.zeros(own * res, dtype=torch.int64, device=device)
                 for j, bits in enumerate(hooks.bits):

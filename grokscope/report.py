@@ -268,6 +268,7 @@ ul.summary{background:#f7f9fc;border-left:4px solid #4a7bd0;padding:.6em 1em .6e
 .settings{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start} .settings table{margin:0}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #e0e0e0}
 figcaption{color:#555;font-size:.85em}
+.warning{color:#a00000;border-left:4px solid #a00000;padding-left:.5em}
 .note{background:#fff8e1;border-left:4px solid #e0a800;padding:.4em .8em;font-size:.9em}
 nav ul{columns:2}
 """
@@ -327,6 +328,10 @@ def settings_line(settings: dict[str, Any]) -> str:
             name = spec.get("arch") or spec.get("factory") or spec.get("name") or what
             kw = ", ".join(f"{k}={fmt_num(v)}" for k, v in (spec.get("kwargs") or {}).items())
             seed = f" seed {spec['seed']}" if "seed" in spec and what == "dataset" else ""
+            if what == "dataset":
+                from grokscope.datasets import describe_split
+
+                seed = f", {describe_split(spec)}"
             parts.append(f"{what} {name}({kw}){seed}")
     train = settings.get("train")
     if isinstance(train, dict):
@@ -529,8 +534,15 @@ def summaries(store: Path, **thresholds: Any) -> dict[str, dict[str, Any]]:
     """``{run path: run_summary(run node, **thresholds)}`` for every run of ``store`` (JSON-safe)."""
     from grokscope.analysis import run_summary
 
+    from grokscope.runlog import store_split_checks
+
     _, runs = load_runs(Path(store))
-    return {path: run_summary(node, **thresholds) for path, node in runs}
+    out = {path: run_summary(node, **thresholds) for path, node in runs}
+    for name, lines in store_split_checks(Path(store)).items():
+        for path in out:
+            if path.strip("/").split("/")[-1] == name:
+                out[path]["split_check"] = lines
+    return out
 
 
 def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: Path,
@@ -543,6 +555,9 @@ def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: 
     parts.append(f"<p class='meta'>{_e(settings_line(settings))}<br>run folder: <code>{_e(folder)}</code>; "
                  f"probes: {_e(', '.join(sorted(node.children)))}</p>")
     lines = describe_run(summary)
+    checks = summary.get("split_check") or []
+    if checks:
+        parts.append("".join(f"<p class='warning'><strong>{_e(c)}</strong></p>" for c in checks))
     parts.append("<h3>In plain words</h3>")
     parts.append("<ul class='summary'>" + "".join(f"<li>{_e(s)}</li>" for s in lines) + "</ul>" if lines
                  else "<p class='meta'>Nothing to say: no accuracy, LC, PGD or change-point results.</p>")

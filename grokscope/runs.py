@@ -56,17 +56,24 @@ def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None
     return path
 
 
+def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in the file ``path``; ``error`` names the file when it is unreadable, not JSON
+    or not an object."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise error(f"{path}: expected a JSON object")
+    return doc
+
+
 def read_run_json(run_dir: Path) -> dict[str, Any]:
     """Read and validate ``run.json``; :class:`RunError` names the file and what is wrong."""
     path = Path(run_dir) / RUN_JSON
     if not path.is_file():
         raise RunError(f"{path}: no run.json (write one with `grokscope init`)")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(doc, dict):
-        raise RunError(f"{path}: expected a JSON object")
+    doc = read_json_object(path, RunError)
     if doc.get("format") != RUN_FORMAT:
         raise RunError(f"{path}: unsupported run format {doc.get('format')!r} (expected {RUN_FORMAT})")
     for key in ("model", "dataset"):

@@ -7,10 +7,7 @@ To add a built-in probe: write ``probes/<name>.py`` with the maths as a plain fu
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import os
-from importlib.metadata import entry_points
+from grokscope.registry import Registry, import_target
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, params_attrs, parse_value
 
@@ -31,38 +28,25 @@ __all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "ava
            "params_attrs", "parse_value"]
 
 
-def _load(path: str) -> type[Probe]:
-    mod, attr = path.split(":", 1)
-    return getattr(importlib.import_module(mod), attr)
+REGISTRY = Registry("probe", BUILTIN, ENTRY_POINT_GROUP, env_var=ENV_VAR, error=ProbeError)
 
 
 def available_probes() -> dict[str, str]:
     """``{name: "module:Class"}`` of every probe that can be loaded: built-ins, entry points, and
     probes named in the environment variable ``GROKSCOPE_PROBES`` (``name=pkg.module:Class``,
     comma-separated; for probes under development, without packaging; worker processes started
-    by the engine inherit it).
+    by the engine inherit it). A name defined twice is listed once; :func:`get_probe` refuses it,
+    naming both sources.
 
     Built-in modules that do not exist yet are left out.
     """
-    found = {}
-    for name, path in BUILTIN.items():
-        if importlib.util.find_spec(path.split(":")[0]) is not None:
-            found[name] = path
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep.value)
-    for item in os.environ.get(ENV_VAR, "").replace(";", ",").split(","):
-        name, eq, path = item.strip().partition("=")
-        if eq and name.strip() and ":" in path:
-            found.setdefault(name.strip(), path.strip())
-    return found
+    return REGISTRY.available()
 
 
 def get_probe(name: str) -> type[Probe]:
     """The probe class called ``name``; :class:`ProbeError` lists the valid names otherwise."""
-    probes = available_probes()
-    if name not in probes:
-        raise ProbeError(f"unknown probe {name!r}; valid: {', '.join(sorted(probes))}")
-    cls = _load(probes[name])
+    entry = REGISTRY.entry(name)
+    cls = import_target(entry.target, ProbeError)
     if not (isinstance(cls, type) and issubclass(cls, Probe)):
-        raise ProbeError(f"{probes[name]} (probe {name!r}) is not a grokscope Probe subclass")
+        raise ProbeError(f"{entry.target} (probe {name!r}) is not a grokscope Probe subclass")
     return cls

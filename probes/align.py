@@ -184,14 +184,30 @@ def jacobian_sq_norm_estimate(f: Fn, z: torch.Tensor, n_proj: int = 1, *, direct
         raise ValueError(f"n_proj must be >= 1, got {n_proj}")
     with torch.enable_grad():
         zz = z if z.requires_grad else _leaf(z)
-        out = _outputs(f, zz)
-        n, c = out.shape
-        v = random_directions(n_proj, n, c, directions, generator, out.dtype, out.device)
-        total = out.new_zeros(n)
-        for i in range(n_proj):
-            (g,) = torch.autograd.grad(out, zz, grad_outputs=v[i], create_graph=create_graph,
-                                       retain_graph=create_graph or i < n_proj - 1)
-            total = total + _flat(g).pow(2).sum(dim=1)
+        return jacobian_sq_norm_from_outputs(_outputs(f, zz), zz, n_proj, directions=directions,
+                                             generator=generator, create_graph=create_graph)
+
+
+def jacobian_sq_norm_from_outputs(out: torch.Tensor, z: torch.Tensor, n_proj: int = 1, *,
+                                  directions: str = "sphere", generator: torch.Generator | None = None,
+                                  create_graph: bool = False) -> torch.Tensor:
+    """:func:`jacobian_sq_norm_estimate` on a forward pass already done: ``out (n, C)`` computed from
+    ``z`` (which requires grad), e.g. the logits of the task loss, whose graph is then shared. All
+    ``n_proj`` projections go through one batched vector–Jacobian product (``is_grads_batched``).
+    The same directions are drawn as by :func:`jacobian_sq_norm_estimate`. Shape ``(n,)``."""
+    if n_proj < 1:
+        raise ValueError(f"n_proj must be >= 1, got {n_proj}")
+    n, c = out.shape
+    v = random_directions(n_proj, n, c, directions, generator, out.dtype, out.device)
+    with torch.enable_grad():
+        if n_proj == 1:
+            (g,) = torch.autograd.grad(out, z, grad_outputs=v[0], create_graph=create_graph,
+                                       retain_graph=True)
+            total = _flat(g).pow(2).sum(dim=1)
+        else:
+            (g,) = torch.autograd.grad(out, z, grad_outputs=v, create_graph=create_graph, retain_graph=True,
+                                       is_grads_batched=True)
+            total = g.reshape(n_proj, n, -1).pow(2).sum(dim=2).sum(dim=0)
     return total * (c / n_proj)
 
 

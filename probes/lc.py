@@ -11,21 +11,31 @@ intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
   ``torch.manual_seed(seed)``, ``W = nn.Linear(D, P).weight`` in the run's dtype, ``Q, R = qr(W.T)``,
   columns sign-fixed so ``diag R > 0``, frame ``= Q.T`` (rows re-normalised). Unlike the authors' code
   the global RNG is left exactly as it was.
-* **Which tensors** (default): the *input* of every kinked nonlinearity module (ReLU, LeakyReLU,
-  GELU, ELU, Hardtanh, ...), captured with forward pre-hooks; a module called several times counts once
-  per call (``name``, ``name#1``, ...). For activations whose kinks are not at 0 (Hardtanh/ReLU6,
-  Hardswish, Threshold, shrinkage) a neuron counts when any kink value is crossed. ``layers=[names]``
-  counts the *outputs* of the named modules instead (sign at 0; H-code's MLP script hooks every
-  ``nn.Linear``), ``include_output=True`` adds the logits as a layer called ``"output"``.
+* **Which tensors** (default): the *input* of every kinked nonlinearity the forward computes, found by
+  :mod:`grokscope.functional.kinks` whichever way it is written: activation modules (ReLU, LeakyReLU,
+  GELU, ELU, Hardtanh, ...) and functional calls (``F.relu``, ``torch.relu``, ``x.relu_()``,
+  ``F.leaky_relu``, ``F.gelu``, ``F.silu``, ``F.hardtanh``/``relu6``, ``x.clamp(min=0)``, in-place
+  forms). A module's layer is named after it (``layer1.0.act1``), a functional call after the module
+  that makes it plus an index (``layer1.0#relu1``); a module or call reached several times counts once
+  per call (``name``, ``name#1``, ...). For kinks not at 0 (Hardtanh/ReLU6, clamp bounds, Hardswish,
+  Threshold, shrinkage) a neuron counts when any kink value is crossed. ``layers=[names]`` counts
+  only what it names: a module name counts that module's *output* (sign at 0; H-code's MLP script
+  hooks every ``nn.Linear``), a call-site name (``block#relu1``) that call's input at its kinks;
+  :func:`~grokscope.functional.kinks.kink_layers` (or ``grokscope probes --model M --dataset D``)
+  lists a model's kinks. ``include_output=True`` adds the logits as a layer called ``"output"``.
   Convolutional maps: every ``(c, h, w)`` element is a neuron; token sequences: every (position, unit).
 * **Token models**: the frame lives in embedding space (:func:`grokscope.models.adapters.continuous_view`).
 * **Batched**: all ``2P`` vertices of a chunk of points go through one forward pass; counts are
   reduced inside the hooks (nothing is kept), and the forward stops after the last counted layer.
-* **Fast path** for ``Sequential`` MLPs (Flatten / Linear / ReLU / LeakyReLU): the frame is shared by
-  all points, so the first layer is ``W(x ± r v) + b = (Wx + b) ± r (Wv)`` with ``Wv`` computed once,
-  and as long as a point's polytope meets no kink the network is linear on it, so the point travels
-  as its centre and the ``P`` images of ``r v_p`` (``P + 1`` rows instead of ``2P``); a point is
-  expanded to its vertices at the first layer where it crosses a kink.
+* **Fast path** for ``Sequential`` models (Flatten / Linear / Conv / eval BatchNorm / ReLU /
+  LeakyReLU): the frame is shared by all points, so the first layer is ``W(x ± r v) + b = (Wx + b) ±
+  r (Wv)`` (a conv: ``conv(x) ± r conv(v)``) with ``Wv`` computed once, and as long as a point's
+  polytope meets no kink the network is affine on it, so the point travels as its centre and the
+  ``P`` images of ``r v_p`` (``P + 1`` rows instead of ``2P``), counted in closed form; a point is
+  expanded to its vertices at the first layer where it crosses a kink (on CNNs: at the first
+  activation, which then costs one pass instead of conv + BatchNorm + counting on ``2P`` rows).
+  Other piecewise-linear graphs (residual MLPs, encoder + head modules) take it through
+  torch.fx: ``probes/lc_fast.py``.
 
 :func:`local_complexity` is the notebook entry point; :class:`LCProbe` is the engine's ``lc`` probe
 over the point sets ``train``, ``test``, ``random`` (uniform in the data box) and ``boundary`` (points
@@ -46,13 +56,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from grokscope.functional.kinks import (ZERO_KINK_ACTIVATIONS, KinkLayer, KinkWatch, kink_layers,
+                                        module_kinks)
 from grokscope.models.adapters import continuous_view
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
-
-#: activation modules whose kink is at 0 (GELU/SiLU/ELU are smooth but the paper counts them too).
-ZERO_KINK_ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish)
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
@@ -60,25 +68,6 @@ PAD = -1
 
 class _StopForward(Exception):
     """Raised by a hook once the last counted layer has been seen (the rest of the forward is waste)."""
-
-
-def kinks(module: nn.Module) -> tuple[float, ...] | None:
-    """Pre-activation values where ``module`` is not linear, or None if it is not a counted activation.
-
-    ReLU-like and GELU-like modules give ``(0,)``; Hardtanh/ReLU6 their clip values; Hardswish and
-    Hardsigmoid ``(-3, 3)``; Threshold its threshold; Hardshrink/Softshrink ``(-λ, λ)``.
-    """
-    if isinstance(module, nn.Hardtanh):  # includes ReLU6
-        return (float(module.min_val), float(module.max_val))
-    if isinstance(module, (nn.Hardswish, nn.Hardsigmoid)):
-        return (-3.0, 3.0)
-    if isinstance(module, nn.Threshold):
-        return (float(module.threshold),)
-    if isinstance(module, (nn.Hardshrink, nn.Softshrink)):
-        return (-float(module.lambd), float(module.lambd))
-    if isinstance(module, ZERO_KINK_ACTIVATIONS):
-        return (0.0,)
-    return None
 
 
 def cross_polytope_frame(dim: int, n_dirs: int, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -133,102 +122,23 @@ class LCResult:
         return self.counts.double() / torch.tensor(self.neurons, dtype=torch.float64)
 
 
-@dataclass
-class _Layer:
-    name: str
-    kinks: tuple[float, ...]
-    neurons: int
+#: the kink values of an activation module (kept under this name for notebooks).
+kinks = module_kinks
 
 
-class KinkHooks:
-    """Hooks that count, per point, the neurons whose sign changes over a point's ``2P`` vertices.
+class KinkHooks(KinkWatch):
+    """Counts, per point, the neurons whose sign changes over a point's ``2P`` vertices, for every
+    kinked module or call that :class:`~grokscope.functional.kinks.KinkWatch` finds.
 
-    Also the one place that decides which modules are kinked and in which order they are called:
-    :mod:`grokscope.regions` subclasses it and overrides ``record`` to keep activation patterns.
-
-    Layers are identified by (module, call number) in forward order; in ``discover`` mode the hooks
-    only record the layer list, neuron counts and the largest per-row tensor.
+    ``n_vertices`` rows per point, consecutive; counts go to ``out[:, j]`` (``(points, layers)``); the
+    forward stops after layer ``stop_at``.
     """
 
     def __init__(self, root: nn.Module, explicit: Sequence[str] | None):
-        self.root = root
-        self.explicit = list(explicit) if explicit else None
-        self.handles: list[Any] = []
-        self.size_handles: list[Any] = []
-        self.calls: dict[int, int] = {}
-        self.names: dict[int, str] = {}
-        self.layers: list[_Layer] = []
-        self.index: dict[tuple[int, int], int] = {}
-        self.discover = True
+        super().__init__(root, explicit)
         self.n_vertices = 1
         self.out: torch.Tensor | None = None
         self.stop_at: int | None = None
-        self.max_numel = 0
-
-    def __enter__(self) -> "KinkHooks":
-        modules = dict(self.root.named_modules())
-        if self.explicit is not None:
-            missing = [n for n in self.explicit if n not in modules]
-            if missing:
-                raise ValueError(f"layers {missing} are not modules of {type(self.root).__name__}; "
-                                 f"valid names include: {', '.join(n for n in list(modules)[1:40] if n)}")
-            for n in self.explicit:
-                m = modules[n]
-                self.names[id(m)] = n
-                self.handles.append(m.register_forward_hook(self._post_hook(m, (0.0,))))
-        else:
-            for n, m in modules.items():
-                k = kinks(m)
-                if k is not None and id(m) not in self.names:
-                    self.names[id(m)] = n
-                    self.handles.append(m.register_forward_pre_hook(self._pre_hook(m, k)))
-        for m in modules.values():  # sizes of every module's output during discovery (memory cap)
-            if not list(m.children()):
-                self.size_handles.append(m.register_forward_hook(self._size_hook))
-        return self
-
-    def end_discovery(self) -> None:
-        """Switch from recording the layer list to counting."""
-        for h in self.size_handles:
-            h.remove()
-        self.size_handles.clear()
-        self.discover = False
-
-    def __exit__(self, *exc: Any) -> None:
-        for h in self.handles + self.size_handles:
-            h.remove()
-        self.handles.clear()
-        self.size_handles.clear()
-
-    def _size_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() > 0:
-            self.max_numel = max(self.max_numel, output[0].numel())
-
-    def _pre_hook(self, module: nn.Module, k: tuple[float, ...]) -> Callable:
-        def hook(mod: nn.Module, args: tuple) -> None:
-            self.record(mod, args[0], k)
-        return hook
-
-    def _post_hook(self, module: nn.Module, k: tuple[float, ...]) -> Callable:
-        def hook(mod: nn.Module, args: tuple, output: Any) -> None:
-            if not isinstance(output, torch.Tensor):
-                raise TypeError(f"layer {self.names[id(mod)]!r} returns {type(output).__name__}, not a tensor")
-            self.record(mod, output, k)
-        return hook
-
-    def reset(self) -> None:
-        self.calls.clear()
-
-    def next_layer(self, module: nn.Module | None) -> int:
-        """Index of the layer that this call of ``module`` (None: the output) feeds; counts the call."""
-        key_id = id(module) if module is not None else 0
-        call = self.calls.get(key_id, 0)
-        self.calls[key_id] = call + 1
-        j = self.index.get((key_id, call))
-        if j is None:
-            raise RuntimeError("the model called its activations differently from the discovery pass "
-                               "(data-dependent control flow is not supported by lc)")
-        return j
 
     def store(self, j: int, counts: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         """Write layer ``j``'s counts (for the points ``rows``; all points if None)."""
@@ -242,20 +152,8 @@ class KinkHooks:
         """True when layer ``j`` is the last one that has to be counted (the forward can stop)."""
         return self.stop_at is not None and j == self.stop_at
 
-    def record(self, module: nn.Module | None, t: torch.Tensor, k: tuple[float, ...]) -> None:
-        """Count crossings of tensor ``t`` (``(rows, ...)``) produced by ``module`` (None: the output)."""
-        if self.discover:
-            key_id = id(module) if module is not None else 0
-            call = self.calls.get(key_id, 0)
-            self.calls[key_id] = call + 1
-            base = self.names[key_id] if module is not None else "output"
-            name = base if call == 0 else f"{base}#{call}"
-            self.index[(key_id, call)] = len(self.layers)
-            self.layers.append(_Layer(name, k, int(t[0].numel())))
-            self.max_numel = max(self.max_numel, int(t[0].numel()))
-            return
-        j = self.next_layer(module)
-        self.store(j, count_crossings(t, self.n_vertices, k))
+    def on_layer(self, j: int, t: torch.Tensor) -> None:
+        self.store(j, count_crossings(t, self.n_vertices, self.layers[j].kinks))
         if self.done(j):
             raise _StopForward
 
@@ -267,6 +165,8 @@ def count_crossings(t: torch.Tensor, n_vertices: int, kink_values: Sequence[floa
     Sign constant ⇔ all ``> b``, all ``< b`` or all ``== b``; with ``mn, mx`` the min and max over the
     vertices that is ``not (mn <= b <= mx and mn < mx)``. Returns int64 ``(B,)``.
     """
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)  # memory order (a view): neurons are summed, their order is free
     z = t.reshape(t.shape[0] // n_vertices, n_vertices, -1)
     mn, mx = z.amin(dim=1), z.amax(dim=1)  # two reductions beat torch.aminmax over a middle dim
     differ = mn < mx
@@ -295,6 +195,8 @@ def model_device(model: nn.Module) -> torch.device:
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)  # identity maps in eval mode
 _PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU)
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _fast_supported(model: nn.Module, forward: Callable, layers: Sequence[str] | None) -> bool:
@@ -305,84 +207,167 @@ def _fast_supported(model: nn.Module, forward: Callable, layers: Sequence[str] |
 class _LinearState:
     """Vertices ``c ± T_p`` of points still inside one linear region of every layer seen so far.
 
-    ``c`` is ``(B, H)`` (the image of each point), ``T`` is ``(P, H)`` (shared: before the first
-    activation) or ``(B, P, H)`` (the image of ``r v_p``; the map is linear on the polytope).
+    ``c`` is ``(B, *S)`` (the image of each point), ``T`` is ``(P, *S)`` (shared: before the first
+    activation) or ``(B, P, *S)`` (the image of ``r v_p``; the map is linear on the polytope).
     """
 
     def __init__(self, c: torch.Tensor, t: torch.Tensor):
         self.c, self.t = c, t
 
+    @property
+    def shared(self) -> bool:
+        return self.t.dim() == self.c.dim()
+
     def vertices(self) -> torch.Tensor:
-        """``(B, 2P, H)``: ``c + T_1..P, c - T_1..P``."""
-        t = self.t if self.t.dim() == 3 else self.t.unsqueeze(0)
+        """``(B, 2P, *S)``: ``c + T_1..P, c - T_1..P``."""
+        t = self.t.unsqueeze(0) if self.shared else self.t
         c = self.c.unsqueeze(1)
-        return torch.cat([c + t, c - t], dim=1)
+        p = t.shape[1]
+        shape = (c.shape[0], 2 * p) + tuple(c.shape[2:])
+        if self.c.dim() == 4 and not self.c.is_contiguous() and \
+                self.c.is_contiguous(memory_format=torch.channels_last):  # keep the conv's layout
+            out = torch.empty(shape[:2] + shape[3:] + shape[2:3], dtype=c.dtype, device=c.device
+                              ).permute(0, 1, 4, 2, 3)
+        else:
+            out = torch.empty(shape, dtype=c.dtype, device=c.device)
+        torch.add(c, t, out=out[:, :p])
+        torch.sub(c, t, out=out[:, p:])
+        return out
+
+    def rows(self, keep: torch.Tensor) -> "_LinearState":
+        return _LinearState(self.c[keep], self.t if self.shared else self.t[keep])
+
+
+def _affine_parts(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The linear part ``L`` of a module that is affine in eval mode (``m(x) = L(x) + m(0)``) as a
+    function of a ``(rows, *S)`` tensor, or None when ``m`` is not one of Linear / Conv / BatchNorm
+    with running statistics / Flatten(1, -1)."""
+    if isinstance(m, nn.Linear):
+        return lambda t: torch.nn.functional.linear(t, m.weight)
+    if isinstance(m, _CONV) and m.padding_mode == "zeros":
+        return lambda t: m._conv_forward(t, m.weight, None)
+    if isinstance(m, _BATCHNORM) and not m.training and m.running_var is not None:
+        scale = torch.rsqrt(m.running_var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight
+        return lambda t: t * scale.view(-1, *([1] * (t.dim() - 2)))
+    if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
+        return lambda t: t.flatten(1)
+    return None
+
+
+def _folded_pairs(children: Sequence[nn.Module]) -> dict[int, Callable[[torch.Tensor], torch.Tensor]]:
+    """``{k: conv_k with BatchNorm_{k+1} folded in}`` for every Conv2d directly followed by an eval
+    BatchNorm2d: weights ``w·s``, bias ``(b - μ)·s + β`` with ``s = γ / sqrt(σ² + ε)`` — one pass
+    over the vertices instead of two (values agree with conv-then-BatchNorm up to rounding)."""
+    out: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+    for k in range(len(children) - 1):
+        conv, bn = children[k], children[k + 1]
+        if not (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and isinstance(bn, nn.BatchNorm2d)
+                and not bn.training and bn.running_var is not None and bn.running_mean is not None):
+            continue
+        s = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            s = s * bn.weight
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        bias = (bias - bn.running_mean) * s + (bn.bias if bn.bias is not None else 0.0)
+        weight = conv.weight * s.view(-1, 1, 1, 1)
+        out[k] = lambda x, conv=conv, weight=weight, bias=bias: conv._conv_forward(x, weight, bias)
+    return out
+
+
+def _rows_apply(f: Callable[[torch.Tensor], torch.Tensor], t: torch.Tensor, lead: int) -> torch.Tensor:
+    """``f`` on ``t`` of shape ``(*lead dims, *S)`` with the lead dims merged into one row dim."""
+    head = t.shape[:lead]
+    out = f(t.reshape(-1, *t.shape[lead:]))
+    return out.reshape(*head, *out.shape[1:])
 
 
 def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tensor, counter: KinkHooks,
-                         include_output: bool) -> None:
+                         include_output: bool, channels_last: bool = False,
+                         shared: dict[Any, torch.Tensor] | None = None) -> None:
     """Count one chunk through a ``Sequential`` model, propagating ``(c, T)`` while it is exact.
 
-    ``zc``: ``(B, ...)`` points, ``rv``: ``(P, D)`` = ``r ·`` frame. While the modules are Flatten /
-    Identity / Dropout / Linear / ReLU / LeakyReLU, a point whose vertices all lie on one side of every
-    kink so far is carried as its centre ``c`` and the ``P`` images of ``r v_p`` (``P + 1`` rows
-    instead of ``2P``): through a Linear ``c ← Wc + b, T ← TWᵀ``; at an activation the crossing test
-    is the closed form ``|c - b| ≤ max_p |T_p|`` (min and max over ``c ± T_p``, exact in floating
-    point because rounding is monotone), the activation is a fixed 0/1 (or slope) mask on ``T``. Points
-    with a crossing are expanded to their ``2P`` vertices and go on as usual. At the first other module
-    every point is expanded and the rest of the model runs with the counting hooks.
+    ``zc``: ``(B, ...)`` points, ``rv``: ``(P, D)`` = ``r ·`` frame. While the modules are affine
+    (Linear, Conv with zero padding, eval BatchNorm, Flatten; Identity / Dropout pass through) or
+    ReLU / LeakyReLU, a point whose vertices all lie on one side of every kink so far is carried as
+    its centre ``c`` and the ``P`` images of ``r v_p`` (``P + 1`` rows instead of ``2P``; before the
+    first kink the images are shared by all points, so the first layer costs ``B + P`` rows): through
+    an affine module ``c ← m(c), T ← L(T)`` (its linear part); at an activation the crossing test is
+    the closed form ``|c| ≤ max_p |T_p|`` (min and max over ``c ± T_p``, exact in floating point
+    because rounding is monotone), and the activation is a fixed 0/1 (or slope) mask on ``T``. Points
+    with a crossing are expanded to their ``2P`` vertices and go on through the modules themselves.
+    At the first other module every point is expanded and the rest of the model runs with the
+    counting hooks; it stops as soon as the last counted layer is done. ``channels_last``: image
+    inputs go in channels-last memory format (faster convolutions on CPU). ``shared``: a dict kept
+    across the chunks of one radius, holding what does not depend on the points (the direction
+    images before the first kink and their reach), so it is computed once per radius.
     """
     b = zc.shape[0]
     p = rv.shape[0]
     rows_all = torch.arange(b, device=zc.device)
-    lin: _LinearState | None = _LinearState(zc.reshape(b, -1), rv)
+    cache: dict[Any, torch.Tensor] = {} if shared is None else shared
+
+    def once(key: Any, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    t0 = once("t", lambda: rv.reshape(p, *zc.shape[1:]).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+    if channels_last:
+        zc = zc.contiguous(memory_format=torch.channels_last)
+    lin: _LinearState | None = _LinearState(zc, t0)
     lin_rows = rows_all
-    full: torch.Tensor | None = None  # (B_f, 2P, H) vertices of the expanded points
+    full: torch.Tensor | None = None  # (B_f, 2P, *S) vertices of the expanded points
     full_rows = rows_all[:0]
-    flat = zc.dim() == 2
     children = list(model)
+    folded = _folded_pairs(children)
     for k, m in enumerate(children):
         if isinstance(m, _PASS_THROUGH):
             continue
-        if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            flat = True
-            continue
-        if isinstance(m, nn.Linear) and flat:
+        part = _affine_parts(m)
+        if part is not None:
             if lin is not None:
-                lin = _LinearState(torch.nn.functional.linear(lin.c, m.weight, m.bias),
-                                   torch.nn.functional.linear(lin.t, m.weight))
-            if full is not None:
-                full = torch.nn.functional.linear(full, m.weight, m.bias)
+                lt = lin.t
+                t = once(("t", k), lambda: part(lt)) if lin.shared else _rows_apply(part, lt, 2)
+                c = m(lin.c)
+                if channels_last and c.dim() == 4:  # a one-row conv may answer in NCHW
+                    c = c.contiguous(memory_format=torch.channels_last)
+                lin = _LinearState(c, t)
+            if full is not None and k - 1 not in folded:  # a folded BatchNorm ran with its conv
+                full = _rows_apply(folded.get(k, m), full, 2)
             continue
-        if type(m) in _PIECEWISE_LINEAR and flat and id(m) in counter.names:
-            j = counter.next_layer(m)
+        if type(m) in _PIECEWISE_LINEAR and counter.has_layer(counter.module_key(m)):
+            j = counter.next_layer(counter.module_key(m))
             slope = float(m.negative_slope) if isinstance(m, nn.LeakyReLU) else 0.0
             moving = None
             if lin is not None:
-                reach = torch.maximum(lin.t.amax(dim=-2), lin.t.amin(dim=-2).neg_())  # max_p |T_p|
-                cross = (lin.c.abs() <= reach) & (reach > 0)
+                lt, pdim = lin.t, 0 if lin.shared else 1
+                reach_of = lambda: torch.maximum(lt.amax(dim=pdim), lt.amin(dim=pdim).neg_())  # max_p |T_p|
+                reach = once(("reach", k), reach_of) if lin.shared else reach_of()
+                cross = ((lin.c.abs() <= reach) & (reach > 0)).flatten(1)
                 counter.store(j, cross.sum(dim=1), lin_rows)
                 moving = cross.any(dim=1)
             if full is not None:
-                counter.store(j, count_crossings(full.reshape(-1, full.shape[-1]), 2 * p), full_rows)
+                counter.store(j, count_crossings(full.reshape(-1, *full.shape[2:]), 2 * p), full_rows)
             if counter.done(j):
                 return
             if lin is not None and moving is not None and bool(moving.any()):
-                new = _LinearState(lin.c[moving], lin.t[moving] if lin.t.dim() == 3 else lin.t).vertices()
+                new = lin.rows(moving).vertices()
                 full = new if full is None else torch.cat([full, new])
                 full_rows = torch.cat([full_rows, lin_rows[moving]])
-                stay = ~moving
-                lin = _LinearState(lin.c[stay], lin.t[stay] if lin.t.dim() == 3 else lin.t)
-                lin_rows = lin_rows[stay]
+                lin = lin.rows(~moving)
+                lin_rows = lin_rows[~moving]
                 if len(lin_rows) == 0:
                     lin = None
             if lin is not None:
-                gain = torch.where(lin.c > 0, 1.0, slope).to(lin.c.dtype)  # (B, H): slope per region
-                t = lin.t if lin.t.dim() == 3 else lin.t.unsqueeze(0)
+                gain = torch.where(lin.c > 0, 1.0, slope).to(lin.c.dtype)  # (B, *S): slope per region
+                t = lin.t.unsqueeze(0) if lin.shared else lin.t
                 act = torch.nn.functional.leaky_relu(lin.c, slope) if slope else torch.relu(lin.c)
                 lin = _LinearState(act, t * gain.unsqueeze(1))
             if full is not None:
-                full = torch.nn.functional.leaky_relu(full, slope) if slope else torch.relu(full)
+                full = torch.nn.functional.leaky_relu_(full, slope) if slope else full.relu_()
             continue
         break  # anything else: expand every point and run the rest with the hooks
     else:
@@ -401,20 +386,35 @@ def _run_sequential_fast(model: nn.Sequential, zc: torch.Tensor, rv: torch.Tenso
         if lin is None:
             verts = verts[torch.argsort(full_rows)]
     assert verts is not None
-    x = verts.reshape(b * 2 * p, *verts.shape[2:]) if flat else verts.reshape(b * 2 * p, *zc.shape[1:])
-    out = model[k:](x) if k < len(children) else x
+    x = verts.reshape(b * 2 * p, *verts.shape[2:])
+    with counter.watch():
+        out = model[k:](x) if k < len(children) else x
     if include_output:
-        counter.record(None, out, (0.0,))
+        counter.record_output(out)
+
+
+def _channels_last(model: nn.Module, z: torch.Tensor, device: torch.device) -> bool:
+    """Feed images in channels-last memory format: CPU, 4-D inputs, a model with 2-D convolutions
+    (measured 5-40 % faster per forward on the benchmark CNN and ResNet). Values agree up to rounding
+    (about 1e-7 relative in float32), so counts agree up to floating-point ties, as on the fast path."""
+    return device.type == "cpu" and z.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+#: CPU: bytes of the largest per-forward tensor that keep a forward in cache (measured on the
+#: benchmark CNN and ResNet: one point's 40 vertex rows ran 1.4-2x faster than 480 rows).
+_CPU_TENSOR_BYTES = 4 << 20
 
 
 def _auto_rows(max_numel: int, itemsize: int, device: torch.device) -> int:
-    """Rows per forward: about 2k on CPU (the matmul sweet spot: 80-87 % of the measured matmul peak
-    against about 50 % for one huge batch), bounded by memory."""
-    per_row = 4 * max(max_numel, 1) * itemsize
+    """Rows per forward. CPU: as many as keep the largest layer tensor of one forward near
+    ``_CPU_TENSOR_BYTES`` (MLPs: 1-2k rows, near the matmul sweet spot of 80-87 % of the measured
+    matmul peak against about 50 % for one huge batch; CNNs: one point's vertices); CUDA: an eighth
+    of the free memory."""
+    per_row = max(max_numel, 1) * itemsize
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(max(1, min(1 << 16, 0.125 * free // per_row)))  # x2 headroom for the fast path
-    return int(max(1, min(2048, (256 << 20) // per_row)))
+        return int(max(1, min(1 << 16, 0.125 * free // (4 * per_row))))  # x2 headroom for the fast path
+    return int(max(1, min(2048, _CPU_TENSOR_BYTES // per_row)))
 
 
 @torch.no_grad()
@@ -433,8 +433,9 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
         is already the continuous input of ``forward`` (hooks are still looked up in ``model``).
     radius : one radius or several (each gets its own forward passes; the frame is shared).
     dtype : computation (and frame) dtype; default the model's. Another dtype works on a copy.
-    max_rows : rows per forward pass: vertices, or ``P + 1`` per point on the fast path (default:
-        about 2048 on CPU, bounded by memory; on GPU an eighth of the free memory).
+    max_rows : rows per forward pass: vertices, or ``P + 1`` per point on the fast path (default on
+        CPU: what keeps the largest layer tensor near 4 MiB, at most 2048, at least one point; on GPU
+        an eighth of the free memory).
     fast : for a ``Sequential`` model, propagate each point's centre and the ``P`` direction images
         while the network is linear on its polytope (see :func:`_run_sequential_fast`); the counts are
         those of the plain path (which ``fast=False`` forces) up to floating-point ties.
@@ -465,40 +466,58 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
         with KinkHooks(work, layers) as counter:
             if n == 0:
                 raise ValueError("local_complexity needs at least one point")
-            out = forward(z[:1])  # discovery: layer list, neurons, sizes
+            counter.start_pass(2)  # discovery on two rows: layer list, neurons, sizes
+            with counter.watch():
+                out = forward(torch.cat([z[:1], z[:1]]))
             if include_output:
-                counter.record(None, out, (0.0,))
+                counter.record_output(out)
             counter.end_discovery()
             n_layers = len(counter.layers)
             if n_layers == 0:
-                warnings.warn(f"{type(work).__name__} has no kinked activation module (ReLU, GELU, ...): "
-                              "it is piecewise linear with one piece and its LC is 0 (no layers). If it "
-                              "calls functional activations, pass layers=[module names].", stacklevel=2)
+                warnings.warn(f"{type(work).__name__} has no kinked activation (no ReLU, GELU, ... module "
+                              "or functional call was seen): it is piecewise linear with one piece and its "
+                              "LC is 0 (no layers). To count other tensors, pass layers=[module names].",
+                              stacklevel=2)
                 return LCResult(counts=torch.zeros(n, len(radii), 0, dtype=torch.int64), layers=[],
                                 neurons=[], radius=radii, n_dirs=n_dirs, seed=seed, dtype=cdtype)
             frame = cross_polytope_frame(dim, n_dirs, seed, cdtype, device)
+            graph_path = None
             v = 2 * n_dirs
             rows = max_rows or _auto_rows(counter.max_numel, z.element_size(), device)
             fast_path = fast and _fast_supported(work, forward, layers)
+            if fast and not fast_path and not layers:  # other piecewise-linear graphs: probes/lc_fast.py
+                from .lc_fast import graph_fast_path
+                graph_path = graph_fast_path(work, forward, z[:1],
+                                             lambda m: counter.has_layer(counter.module_key(m)))
+                fast_path = graph_path is not None
             chunk = max(1, rows // (n_dirs + 1 if fast_path else v))  # fast path: ~P + 1 rows per point
+            cl = _channels_last(work, z, device)
             counter.n_vertices = v
             counter.stop_at = None if include_output else n_layers - 1
             counts = torch.zeros(n, len(radii), n_layers, dtype=torch.int64)
             signed = torch.cat([frame, -frame])  # (2P, D): vertex order x + r v_1..P, x - r v_1..P
+            shared: list[dict[Any, torch.Tensor]] = [{} for _ in radii]  # fast path: per radius
             for start in range(0, n, chunk):
                 zc = z[start:start + chunk]
                 b = zc.shape[0]
                 counter.out = torch.zeros(b, n_layers, dtype=torch.int64, device=device)
                 for kr, r in enumerate(radii):
-                    counter.reset()
+                    counter.start_pass(b * v)
                     try:
                         if fast_path:
-                            _run_sequential_fast(work, zc, r * frame, counter, include_output)
+                            if graph_path is not None:
+                                graph_path(work, zc, r * frame, counter, include_output)
+                            else:
+                                _run_sequential_fast(work, zc, r * frame, counter, include_output, cl,
+                                                     shared[kr])
                         else:
-                            verts = zc.reshape(b, 1, dim) + r * signed[None]
-                            out = forward(verts.reshape(b * v, *z.shape[1:]))
+                            verts = (zc.reshape(b, 1, dim) + r * signed[None]).reshape(b * v, *z.shape[1:])
+                            if cl:
+                                verts = verts.contiguous(memory_format=torch.channels_last)
+                            with counter.watch():
+                                out = forward(verts)
                             if include_output:
-                                counter.record(None, out, (0.0,))
+                                counter.record_output(out)
                     except _StopForward:
                         pass
                     counts[start:start + b, kr] = counter.out.cpu()
@@ -570,20 +589,29 @@ SPLITS = ("train", "test", "random", "boundary")
 DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64}
 
 
+#: what ``lc.layers`` can name (shown by ``grokscope probes``).
+LAYERS_HELP = ("count only these (default: the input of every kinked activation, module or functional "
+               "call): a module name counts that module's output, sign at 0 (e.g. every Linear or "
+               "BatchNorm, as the authors' hooks do); a kink call site such as 'layer1.0#relu1' (the "
+               "first relu call - F.relu, torch.relu, x.relu_() - in layer1.0's forward; "
+               "'#clamp2': the root's second clamp) counts that call's input at its kinks. "
+               "`grokscope probes --model M --dataset D` lists a model's kinks.")
+
+
 @dataclass(frozen=True)
 class LCParams:
     """Parameters of the ``lc`` probe (defaults: the paper's, §2.2)."""
 
-    radius: tuple[float, ...] = (0.005,)
-    n_dirs: int = 25
-    n_points: int = 1024          # per split (all of a split if it is smaller)
-    splits: tuple[str, ...] = SPLITS
-    seed: int = 0                 # frame, point subsets, random points and boundary pairs
-    include_output: bool = False  # count the logits as a layer "output"
-    layers: tuple[str, ...] = ()  # count the outputs of these modules instead of activation inputs
-    dtype: str = "auto"           # auto (the model's) | float32 | float64
-    max_rows: int = 0             # vertices per forward pass; 0: automatic
-    n_bisect: int = 40            # bisection steps for boundary points
+    radius: tuple[float, ...] = field(default=(0.005,), metadata={"help": "radii r of the cross-polytope"})
+    n_dirs: int = field(default=25, metadata={"help": "P orthonormal directions (2P vertices)"})
+    n_points: int = field(default=1024, metadata={"help": "points per split (all of a smaller split)"})
+    splits: tuple[str, ...] = field(default=SPLITS, metadata={"help": "point sets: " + ", ".join(SPLITS)})
+    seed: int = field(default=0, metadata={"help": "frame, point subsets, random points, boundary pairs"})
+    include_output: bool = field(default=False, metadata={"help": "also count the logits (layer 'output')"})
+    layers: tuple[str, ...] = field(default=(), metadata={"help": LAYERS_HELP})
+    dtype: str = field(default="auto", metadata={"help": "auto (the model's) | float32 | float64"})
+    max_rows: int = field(default=0, metadata={"help": "vertices per forward pass; 0: automatic"})
+    n_bisect: int = field(default=40, metadata={"help": "bisection steps for boundary points"})
 
 
 def lc_points(model: nn.Module, forward: Callable, z_train: torch.Tensor, z_test: torch.Tensor,
@@ -655,13 +683,16 @@ class LCProbe(Probe):
             raise ProbeError(f"lc.n_dirs={params.n_dirs} is larger than the input dimension {dim} "
                              f"(the directions are orthonormal); valid: 1..{dim}")
         forward, z = continuous_view(model, data.x_train[:1].to(device), data.input_kind)
-        found = local_complexity(model, z, radius=tuple(params.radius)[:1], n_dirs=1, seed=params.seed,
-                                 layers=[str(s) for s in params.layers] or None,
-                                 include_output=params.include_output, forward=forward)
-        if not found.layers:
-            raise ProbeError("lc: this model has no layer to count (no activation that lc recognises); "
-                             "name the modules whose outputs to count with lc.layers=name1,name2 "
-                             "(see `grokscope probes`)")
+        try:
+            found = kink_layers(model, z.to(model_dtype(model)), forward=forward,
+                                layers=[str(s) for s in params.layers] or None,
+                                include_output=params.include_output)
+        except ValueError as e:  # a name in lc.layers that is neither a module nor a kink call site
+            raise ProbeError(f"lc.layers: {e}") from None
+        if not found:
+            raise ProbeError("lc: this model has no layer to count (no kinked activation module or "
+                             "functional call such as F.relu was seen); name the modules whose outputs to "
+                             "count with lc.layers=name1,name2 (see `grokscope probes --model M --dataset D`)")
 
     def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
         import xarray as xr

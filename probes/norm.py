@@ -41,7 +41,7 @@ from grokscope.losses import LOSSES, task_loss
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-METHODS = ("auto", "explicit", "cg")
+METHODS = ("auto", "explicit", "lanczos", "cg")
 
 
 # ============================================================================ parameter-space maps
@@ -140,10 +140,10 @@ def top_eigenvalue_jjt(F: OutputMap, theta: torch.Tensor, iters: int = 20, seed:
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(F.dim, generator=g, dtype=theta.dtype).to(theta.device)
     v = v / v.norm()
-    jt = F.vjp(theta)
+    ops = JacobianOps(F, theta)
     lam = 0.0
     for _ in range(max(iters, 1)):
-        w = jt(F.jv(theta, v))
+        w = ops.jtv(ops.jv(v))
         lam = float(v @ w)
         n = w.norm()
         if not n > 0:
@@ -175,6 +175,194 @@ def normal_projection_explicit(J: torch.Tensor, v: torch.Tensor, damping: float 
         rc = rcond if rcond is not None else max(J.shape) * torch.finfo(J.dtype).eps
         w = (S > rc * (S[0] if S.numel() else 0)).to(J.dtype)
     return Vh.T @ (w * c)
+
+
+class JacobianOps:
+    """``u ↦ J(θ) u`` and ``z ↦ J(θ)ᵀ z`` on one retained autograd graph of ``F`` at ``θ``.
+
+    ``Jᵀz`` is a backward pass through ``F(θ)``; ``J u`` is the double-backward trick (``Jᵀw`` is built
+    once with ``create_graph=True`` for a dummy ``w``, and ``J u = ∂(uᵀJᵀw)/∂w``). Both reuse the graph
+    built here, so a matrix-vector product costs about two backward passes and no new forward pass
+    (``torch.func.jvp``/``vjp`` rebuild the forward every call, ~1.5× the time on the demo model).
+    """
+
+    def __init__(self, F: OutputMap, theta: torch.Tensor):
+        self._t = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            self._out = F(self._t)
+            self._w = torch.zeros_like(self._out, requires_grad=True)
+            (self._jtw,) = torch.autograd.grad(self._out, self._t, self._w, create_graph=True)
+
+    def jv(self, u: torch.Tensor) -> torch.Tensor:
+        """``J u`` ``(n·C,)`` for ``u (d,)``."""
+        (r,) = torch.autograd.grad(self._jtw, self._w, u, retain_graph=True)
+        return r
+
+    def jtv(self, z: torch.Tensor) -> torch.Tensor:
+        """``Jᵀ z`` ``(d,)`` for ``z (n·C,)``."""
+        (r,) = torch.autograd.grad(self._out, self._t, z, retain_graph=True)
+        return r
+
+
+def lanczos(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int,
+            stop: Callable[[torch.Tensor, torch.Tensor], bool] | None = None, check_every: int = 5
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lanczos tridiagonalisation of the symmetric PSD operator ``apply`` from ``b``, with full
+    re-orthogonalisation (classical Gram–Schmidt, a second pass only where the first cancelled).
+
+    Runs until ``iters`` steps, an invariant subspace (``β ≤ 1e-13·α_1``), or ``stop(α, β)`` returns True
+    (asked every ``check_every`` steps). Returns ``(Q (k, n), α (k,), β (k,))``: the orthonormal basis
+    (``Q[0] = b/‖b‖``), the diagonal and the off-diagonal of ``T_k = Qᵀ A Q`` (``β[j]`` couples steps
+    ``j`` and ``j+1``; the last is the residual norm ``β_k``).
+    """
+    n = b.numel()
+    Q = torch.empty(iters + 1, n, dtype=b.dtype, device=b.device)
+    Q[0] = b / b.norm()
+    alpha = torch.zeros(iters, dtype=torch.float64)
+    beta = torch.zeros(iters, dtype=torch.float64)
+    k = 0
+    for j in range(iters):
+        w = apply(Q[j])
+        if j:
+            w = w - beta[j - 1].item() * Q[j - 1]
+        alpha[j] = float(Q[j] @ w)
+        w = w - alpha[j].item() * Q[j]
+        before = float(w.norm())
+        w = w - Q[:j + 1].T @ (Q[:j + 1] @ w)
+        beta[j] = float(w.norm())
+        if beta[j] < 0.7 * before:  # cancellation: a second pass (Daniel, Gragg, Kaufman & Stewart 1976)
+            w = w - Q[:j + 1].T @ (Q[:j + 1] @ w)
+            beta[j] = float(w.norm())
+        k = j + 1
+        if beta[j] <= 1e-13 * abs(float(alpha[0])) or beta[j] == 0:
+            break
+        Q[j + 1] = w / beta[j]
+        if stop is not None and k % check_every == 0 and stop(alpha[:k], beta[:k]):
+            break
+    return Q[:k], alpha[:k], beta[:k]
+
+
+def gauss_radau(alpha: torch.Tensor, beta: torch.Tensor,
+                fs: Callable[[float], list[Callable[[np.ndarray], np.ndarray]]]
+                ) -> tuple[float, list[tuple[float, float]]]:
+    """Gauss and Gauss–Radau (node prescribed at 0) estimates of ``e₁ᵀ f(A) e₁`` (in units of ``‖b‖²``)
+    from the Lanczos coefficients of a PSD ``A`` started at ``b`` (Golub & Meurant, *Matrices, Moments
+    and Quadrature*, 2010, ch. 6), for each ``f`` of ``fs(λ_max)`` (``λ_max``: the largest Ritz value).
+
+    For ``f`` completely monotone on ``[0, ∞)`` (``(−1)^j f⁽ʲ⁾ ≥ 0``) the exact value lies between the two:
+    Gauss from below, Radau from above. Each ``f`` takes an array of eigenvalues (negative rounding is
+    clamped to 0). Returns ``(λ_max, [(gauss, radau) per f])``; ``radau`` is ``inf`` when the rule
+    cannot be formed (singular ``T_k``).
+    """
+    from scipy.linalg import eigh_tridiagonal, solve_banded
+
+    a, b = alpha.numpy().astype(np.float64), beta.numpy().astype(np.float64)
+    k = a.size
+    ev, Y = eigh_tridiagonal(a, b[:k - 1])
+    lam = float(ev[-1])
+    funcs = fs(lam)
+    w, ev = Y[0] ** 2, np.clip(ev, 0, None)
+    gauss = [float(w @ f(ev)) for f in funcs]
+    last = math.inf
+    if k > 1 or a[0] > 0:
+        ab = np.zeros((3, k))
+        ab[0, 1:], ab[1], ab[2, :-1] = b[:k - 1], a, b[:k - 1]
+        ek = np.zeros(k)
+        ek[-1] = 1.0
+        try:
+            last = float(b[k - 1] ** 2 * solve_banded((1, 1), ab, ek)[-1])
+        except (np.linalg.LinAlgError, ValueError):
+            last = math.inf
+    if not math.isfinite(last):
+        return lam, [(g, math.inf) for g in gauss]
+    ev2, Y2 = eigh_tridiagonal(np.append(a, last), b[:k])
+    w2, ev2 = Y2[0] ** 2, np.clip(ev2, 0, None)
+    return lam, [(g, float(w2 @ f(ev2))) for g, f in zip(gauss, funcs)]
+
+
+def _split_weights(delta: float) -> tuple[Callable, Callable, Callable]:
+    """Completely monotone functions of ``λ`` (an eigenvalue of ``JJᵀ``) that give the damped split of ``v``
+    from the spectral measure ``μ_b`` of ``b = J v``: ``‖v‖² − ‖P_T v‖² = ∫ f_T dμ_b`` with
+    ``f_T = (λ + 2δ)/(λ + δ)²``, and ``‖P_N v‖² = ∫ λ/(λ + δ)² dμ_b = ∫ f_1 − f_2 dμ_b`` with
+    ``f_1 = 1/(λ + δ)``, ``f_2 = δ/(λ + δ)²``. Returns ``(f_T, f_1, f_2)``."""
+    return ((lambda lam: (lam + 2 * delta) / (lam + delta) ** 2), (lambda lam: 1.0 / (lam + delta)),
+            (lambda lam: delta / (lam + delta) ** 2))
+
+
+def tangent_split_lanczos(F: OutputMap, theta: torch.Tensor, v: torch.Tensor, damping: float,
+                          grid: tuple[float, ...] = (), iters: int = 400, tol: float = 1e-3,
+                          matvec_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The damped tangent/normal split of ``v (d,)`` at ``θ`` by Lanczos on ``JJᵀ`` from ``b = J v``, with
+    certified error bounds; ``δ = damping · λ_max`` (relative damping, as :class:`NormParams`).
+
+    ``‖P_T v‖²`` and ``‖P_N v‖²`` are quadratic forms of ``b`` (:func:`_split_weights`), bracketed by Gauss
+    and Gauss–Radau quadrature on the Lanczos coefficients; Lanczos stops once the bracket of
+    ``‖P_T v‖/‖v‖`` at ``damping`` is at most ``2·tol`` wide (or after ``iters`` steps). Each fraction
+    is the bracket's midpoint, within its half-width ``*_err`` of the exact damped value (up to
+    rounding). Every relative damping in ``grid`` comes from the same run. The vector
+    ``P_N v = Jᵀ z`` uses the Lanczos (CG-equivalent) solution ``z`` of ``(JJᵀ + δI) z = b``.
+
+    Returns ``{"pn": P_N v (d,), "lambda_max": largest Ritz value, "delta": δ, "iters",
+    "tangent_frac", "tangent_err", "normal_frac", "normal_err",
+    "curve": [(tangent_frac, tangent_err) per grid entry]}``.
+    """
+    ops = JacobianOps(F, theta)
+    b = ops.jv(v)
+    vv, bb = float(v @ v), float(b @ b)
+    if bb == 0.0 or vv == 0.0:
+        zero = {"tangent_frac": 1.0 if vv > 0 else math.nan, "tangent_err": 0.0, "normal_frac": 0.0,
+                "normal_err": 0.0}
+        return {"pn": torch.zeros_like(v), "lambda_max": 0.0, "delta": 0.0, "iters": 0, **zero,
+                "curve": [(zero["tangent_frac"], 0.0)] * len(grid)}
+
+    def fractions(alpha: torch.Tensor, beta: torch.Tensor, rels: tuple[float, ...]
+                  ) -> tuple[float, list[tuple[float, float, float, float]]]:
+        lam, brackets = gauss_radau(alpha, beta, lambda lam: [f for r in rels for f in _split_weights(r * lam)])
+        out = []
+        for i in range(len(rels)):
+            (g_t, r_t), (g_1, r_1), (g_2, r_2) = brackets[3 * i:3 * i + 3]
+            t_hi = math.sqrt(max(1.0 - bb * g_t / vv, 0.0))  # Gauss underestimates each integral
+            t_lo = math.sqrt(max(1.0 - bb * r_t / vv, 0.0)) if math.isfinite(r_t) else 0.0
+            n_lo = math.sqrt(max(bb * (g_1 - r_2) / vv, 0.0)) if math.isfinite(r_2) else 0.0
+            n_hi = math.sqrt(max(bb * (r_1 - g_2) / vv, 0.0)) if math.isfinite(r_1) else math.inf
+            out.append(((t_lo + t_hi) / 2, max(t_hi - t_lo, 0.0) / 2, (n_lo + n_hi) / 2, max(n_hi - n_lo, 0.0) / 2))
+        return lam, out
+
+    gram, start = (lambda z: ops.jv(ops.jtv(z))), b  # noqa: E731
+    if matvec_dtype is not None and matvec_dtype != F.dtype:  # the Krylov basis in matvec_dtype too
+        low = JacobianOps(OutputMap(F.model, F.x, matvec_dtype), theta.to(matvec_dtype))
+        gram, start = (lambda z: low.jv(low.jtv(z))), b.to(matvec_dtype)  # noqa: E731
+    Q, alpha, beta = lanczos(gram, start, iters,
+                             stop=lambda a, be: fractions(a, be, (damping,))[1][0][1] <= tol)
+    k = alpha.numel()
+    T = torch.diag(alpha)
+    if k > 1:
+        T = T + torch.diag(beta[:k - 1], 1) + torch.diag(beta[:k - 1], -1)
+    lam, split = fractions(alpha, beta, (damping, *grid))
+    delta = damping * lam
+    (t, t_err, nf, n_err), curve = split[0], [s[:2] for s in split[1:]]
+    e1 = torch.zeros(k, dtype=T.dtype)
+    e1[0] = math.sqrt(bb)
+    y = torch.linalg.solve(T + delta * torch.eye(k, dtype=T.dtype), e1)
+    pn = ops.jtv((Q.T @ y.to(Q.dtype)).to(b.dtype))
+    return {"pn": pn, "lambda_max": lam, "delta": delta, "iters": k, "tangent_frac": t, "tangent_err": t_err,
+            "normal_frac": nf, "normal_err": n_err, "curve": curve}
+
+
+def explicit_spectrum(J: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s (r,), c (r,))``: the singular values of ``J (km, d)`` (descending) and the coordinates
+    ``c = V_rᵀ v`` of ``v (d,)`` along its right singular vectors."""
+    _, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    return S, Vh @ v
+
+
+def explicit_tangent_frac(S: torch.Tensor, c: torch.Tensor, vv: float, delta: float) -> float:
+    """``‖P_T v‖/‖v‖`` for the damped projector of :func:`normal_projection_explicit` from the spectrum
+    of :func:`explicit_spectrum` (``vv = ‖v‖²``): ``‖P_T v‖² = ‖v‖² − Σ c_i² (1 − (δ/(s_i² + δ))²)``."""
+    if vv <= 0:
+        return math.nan
+    h = (delta / (S ** 2 + delta)) ** 2 if delta > 0 else (S == 0).to(S.dtype)
+    return math.sqrt(max(vv - float((c ** 2 * (1 - h)).sum()), 0.0) / vv)
 
 
 def summed_loss(out: torch.Tensor, y: torch.Tensor, n_classes: int, loss: str) -> torch.Tensor:
@@ -238,9 +426,13 @@ class NormParams:
     proj_iters: int = 100         # GD steps of the projection θ → θ′ (0: θ′ = θ)
     proj_lr: float | None = None  # GD step size on the summed loss; None: 1 / (2 λ_max(JJᵀ))
     proj_momentum: float = 0.9
-    method: str = "auto"          # auto | explicit | cg
-    explicit_max: int = 2_000_000  # auto uses the explicit Jacobian when km·d is at most this
+    method: str = "auto"          # auto | explicit | lanczos | cg
+    explicit_max: int = 2_000_000  # auto uses the explicit Jacobian when km·d is at most this, else lanczos
     damping: float = 1e-5         # δ = damping · λ_max(JJᵀ) (directions with s² ≲ δ count as tangent)
+    damping_grid: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3)  # relative dampings of the curve
+    lanczos_iters: int = 400
+    lanczos_tol: float = 1e-3     # stop once wd_tangent_frac is certified to within this
+    lanczos_dtype: str = "float32"  # precision of Lanczos' matrix-vector products and basis ("float64": all)
     cg_iters: int = 200
     cg_tol: float = 1e-6
     power_iters: int = 20
@@ -262,6 +454,8 @@ def norm_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes:
     """
     if params.dtype not in DTYPES:
         raise ProbeError(f"norm.dtype={params.dtype!r}; valid: {', '.join(DTYPES)}")
+    if params.lanczos_dtype not in DTYPES:
+        raise ProbeError(f"norm.lanczos_dtype={params.lanczos_dtype!r}; valid: {', '.join(DTYPES)}")
     if params.method not in METHODS:
         raise ProbeError(f"norm.method={params.method!r}; valid: {', '.join(METHODS)}")
     if loss not in LOSSES:
@@ -271,7 +465,7 @@ def norm_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes:
     km, d = len(y) * n_classes, F.dim
     method = params.method
     if method == "auto":
-        method = "explicit" if km * d <= params.explicit_max else "cg"
+        method = "explicit" if km * d <= params.explicit_max else "lanczos"
 
     out: dict[str, Any] = {"weight_sq": float(theta @ theta),
                            "weight_sq_param": {n: float(t @ t) for n, t in F.per_tensor(theta).items()},
@@ -290,22 +484,40 @@ def norm_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes:
 
     # tangent / normal split of the weight-decay direction −θ at θ′
     v = -theta
+    vv = float(v @ v)
+    grid = tuple(float(g) for g in params.damping_grid)
+    nan_curve = [math.nan] * len(grid)
     if method == "explicit":
         J = F.jacobian(theta_p)
-        lam = float(torch.linalg.matrix_norm(J, ord=2)) ** 2
+        S, c = explicit_spectrum(J, v)
+        lam = float(S[0]) ** 2 if S.numel() else 0.0
         delta = params.damping * lam
         pn = normal_projection_explicit(J, v, delta)
-        info = {"cg_iters": 0.0, "cg_residual": 0.0}
+        info = {"cg_iters": 0.0, "cg_residual": 0.0, "wd_tangent_frac_err": 0.0}
+        curve = [explicit_tangent_frac(S, c, vv, g * lam) for g in grid]
+        curve_err = [0.0] * len(grid)
+    elif method == "lanczos":
+        r = tangent_split_lanczos(F, theta_p, v, params.damping, grid, params.lanczos_iters, params.lanczos_tol,
+                                  DTYPES[params.lanczos_dtype])
+        lam, delta, pn = r["lambda_max"], r["delta"], r["pn"]
+        info = {"cg_iters": float(r["iters"]), "cg_residual": math.nan, "wd_tangent_frac_err": r["tangent_err"]}
+        curve, curve_err = [c[0] for c in r["curve"]], [c[1] for c in r["curve"]]
     else:
         lam = top_eigenvalue_jjt(F, theta_p, params.power_iters, params.seed) if params.proj_iters > 0 else lam0
         delta = params.damping * lam
         pn, info = normal_projection_cg(F, theta_p, v, delta, params.cg_iters, params.cg_tol)
+        info["wd_tangent_frac_err"] = math.nan
+        curve, curve_err = nan_curve, nan_curve
     pt = v - pn
     tn = float(theta.norm())
     grad = task_gradient(F, theta, y, n_classes, loss)
+    t_frac = float(pt.norm()) / tn if tn > 0 else math.nan
+    n_frac = float(pn.norm()) / tn if tn > 0 else math.nan
+    if method == "lanczos":  # the certified quadrature values (the vector's norms agree to within the bracket)
+        t_frac, n_frac = r["tangent_frac"], r["normal_frac"]
     out.update({"lambda_max": lam, "damping_abs": delta, **info,
-                "wd_tangent_frac": float(pt.norm()) / tn if tn > 0 else math.nan,
-                "wd_normal_frac": float(pn.norm()) / tn if tn > 0 else math.nan,
+                "wd_tangent_frac": t_frac, "wd_normal_frac": n_frac,
+                "wd_tangent_frac_curve": curve, "wd_tangent_frac_curve_err": curve_err,
                 "grad_tangent_cos": abs(_cos(grad, pt)),
                 "update_cos": math.nan})
     if previous is not None:
@@ -326,10 +538,14 @@ DESCRIPTIONS = {
     "train_loss_sum": "summed training loss at theta on the probe's subset (MSE: sum of squared errors)",
     "proj_loss_sum": "summed training loss at theta'",
     "proj_lr": "step size of the GD projection",
-    "lambda_max": "largest eigenvalue of J J^T at theta' (power iteration or SVD)",
+    "wd_tangent_frac_err": "certified bound on the error of wd_tangent_frac (lanczos: Gauss/Radau half-width; "
+                           "explicit: 0; cg: NaN)",
+    "wd_tangent_frac_curve": "wd_tangent_frac at each relative damping of the damping coordinate",
+    "wd_tangent_frac_curve_err": "certified error bound of each wd_tangent_frac_curve value (NaN with cg)",
+    "lambda_max": "largest eigenvalue of J J^T at theta' (largest Ritz value, SVD or power iteration)",
     "damping_abs": "absolute damping delta = damping * lambda_max",
-    "cg_iters": "CG iterations used (0: explicit Jacobian)",
-    "cg_residual": "final relative CG residual",
+    "cg_iters": "Lanczos or CG iterations used (0: explicit Jacobian)",
+    "cg_residual": "final relative CG residual (cg only; NaN with lanczos, 0 explicit)",
 }
 
 
@@ -342,8 +558,10 @@ class NormProbe(Probe):
         "weight_sq": (), "weight_sq_param": ("param",), "dist_zero_loss": (),
         "wd_tangent_frac": (), "wd_normal_frac": (), "grad_tangent_cos": (), "update_cos": (),
         "update_spacing": (), "train_loss_sum": (), "proj_loss_sum": (), "proj_lr": (),
+        "wd_tangent_frac_err": (), "wd_tangent_frac_curve": ("damping",), "wd_tangent_frac_curve_err": ("damping",),
         "lambda_max": (), "damping_abs": (), "cg_iters": (), "cg_residual": (),
     }
+    version = 2  # 2: Lanczos with certified bounds replaces CG by default; the damping curve
     needs_data = True
     needs_grad = True
     needs_previous = True
@@ -358,6 +576,11 @@ class NormProbe(Probe):
     def check_params(cls, params: NormParams) -> None:
         if params.n_train < 1:
             raise ProbeError(f"norm.n_train must be >= 1, got {params.n_train}")
+        if not params.damping_grid or any(not g > 0 for g in params.damping_grid):
+            raise ProbeError(f"norm.damping_grid must be positive relative dampings, got {params.damping_grid}")
+        if params.lanczos_iters < 1 or not params.lanczos_tol > 0:
+            raise ProbeError(f"norm.lanczos_iters must be >= 1 and lanczos_tol > 0, got "
+                             f"{params.lanczos_iters}, {params.lanczos_tol}")
 
     def compute(self, model: nn.Module, data: Any, params: NormParams, ctx: ProbeContext):
         import xarray as xr
@@ -382,11 +605,14 @@ class NormProbe(Probe):
         vars_ = {k: ((), np.float64(m[k])) for k in scalars}
         vars_["update_spacing"] = ((), np.float64(spacing))
         vars_["weight_sq_param"] = (("param",), np.array([m["weight_sq_param"][n] for n in names]))
+        for k in ("wd_tangent_frac_curve", "wd_tangent_frac_curve_err"):
+            vars_[k] = (("damping",), np.array(m[k], dtype=np.float64))
         attrs = {"manifold": _manifold_note(loss), "loss": loss, "method": m["method"],
                  "n_outputs": int(m["n_outputs"]), "n_params": int(m["n_params"]),
                  "theta_prime": "heavy-ball GD on the summed training loss from theta (best iterate)",
                  "update_cos": "cos(theta_t - theta_prev, P_T(-theta_t)); NaN at the first checkpoint"}
-        ds = xr.Dataset(vars_, coords={"param": names}, attrs=attrs)
+        ds = xr.Dataset(vars_, coords={"param": names,
+                                       "damping": np.array(params.damping_grid, dtype=np.float64)}, attrs=attrs)
         for name in ds.data_vars:  # the engine keeps variable attributes in the store
             ds[name].attrs["description"] = DESCRIPTIONS[name]
         for name in ("dist_zero_loss", "wd_tangent_frac", "wd_normal_frac", "grad_tangent_cos", "update_cos"):

@@ -34,6 +34,25 @@ def tiny_net(in_dim: int = 64, hidden: int = 16, n_classes: int = 10) -> TinyNet
     return TinyNet(in_dim, hidden, n_classes)
 
 
+class FunctionalNet(nn.Module):
+    """:class:`TinyNet` with a second hidden layer, its nonlinearities written as calls (``F.relu``,
+    ``clamp_``) the way many research scripts do: no activation modules."""
+
+    def __init__(self, in_dim: int = 64, hidden: int = 16, n_classes: int = 10):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(in_dim, hidden), nn.Linear(hidden, hidden)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = nn.functional.relu(self.fc1(x.flatten(1)))
+        return self.head(self.fc2(h).clamp_(min=0))
+
+
+def functional_net(in_dim: int = 64, hidden: int = 16, n_classes: int = 10) -> FunctionalNet:
+    """Factory of :class:`FunctionalNet` (``--model tests.helpers:functional_net``)."""
+    return FunctionalNet(in_dim, hidden, n_classes)
+
+
 @functools.lru_cache(maxsize=4)
 def digits_data(n_train: int = 300, seed: int = 0):
     """``load_dataset(DIGITS)`` (with another ``n_train``/``seed`` if asked), cached."""

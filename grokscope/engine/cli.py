@@ -50,36 +50,80 @@ def _json_option(text: str | None, what: str) -> dict[str, Any]:
     return json_object(text or None, what) or {}
 
 
-def model_spec_from(model: str, kwargs: str | None) -> dict[str, Any]:
-    """``--model pkg.module:factory|NAME`` + ``--model-kwargs JSON`` as a run.json model spec."""
+def model_spec_from(model: str, kwargs: str | None, folder: Path | None = None) -> dict[str, Any]:
+    """``--model pkg.module:factory|NAME`` + ``--model-kwargs JSON`` as a run.json model spec.
+
+    ``--model hf`` takes the ``config.json`` of ``folder`` (or of its first ``checkpoint-*``), or the
+    path in ``--model-kwargs '{"config": PATH}'``, into the spec, refused if it needs remote code.
+    """
     key = "factory" if ":" in model else "arch"
-    return {key: model, "kwargs": _json_option(kwargs, "--model-kwargs")}
+    kw = _json_option(kwargs, "--model-kwargs")
+    if model == "hf" and not isinstance(kw.get("config"), dict):
+        from grokscope.models.hf import HFError, find_config, read_config
+
+        where = Path(kw["config"]) if isinstance(kw.get("config"), str) else (
+            find_config(folder) if folder is not None else None)
+        if where is None:
+            raise click.UsageError(f"--model hf: no config.json in {folder or 'the folder'} or its "
+                                   "checkpoint-* folders; pass --model-kwargs '{\"config\": PATH}'")
+        try:
+            kw["config"] = read_config(where)
+        except HFError as e:
+            raise click.UsageError(str(e)) from None
+    return {key: model, "kwargs": kw}
+
+
+def vouched_by(model: str | None, dataset: str | None) -> list[str]:
+    """The callables this command line names (``--model``/``--dataset`` import paths): vouched for."""
+    return [v for v in (model, dataset) if v and ":" in v and not v.startswith("file:")]
+
+
+def cli_trust(model: str | None, dataset: str | None, trust_code: str | None) -> Any:
+    """The :class:`grokscope.trust.Trust` of this invocation: the user's allow-list, ``--trust-code``
+    and the callables named by ``--model``/``--dataset``."""
+    from grokscope.trust import Trust, split_entries
+
+    return Trust.from_user([*split_entries(trust_code), *vouched_by(model, dataset)])
+
+
+def dataset_name_from(dataset: str) -> str:
+    """``--dataset`` as stored in run.json: a ``file:`` path made absolute (workers and later commands
+    may run in another folder)."""
+    if dataset.startswith("file:"):
+        return "file:" + str(Path(dataset[5:]).expanduser().resolve())
+    return dataset
 
 
 def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
-             dataset_kwargs: str | None, dataset_seed: int, loss: str | None) -> dict[str, Any] | None:
+             dataset_kwargs: str | None, dataset_seed: int, loss: str | None,
+             trust: Any = None, folder: Path | None = None) -> dict[str, Any] | None:
     """The run spec given on the command line (None when neither --model nor --dataset is given).
 
     Model kwargs that the data determines (``in_dim``, ``out_dim``, ``p``, ...) are filled in as the
-    trainer does, so ``--model mlp --dataset digits`` is enough for a built-in MLP.
+    trainer does, so ``--model mlp --dataset digits`` is enough for a built-in MLP. ``trust`` is
+    :func:`cli_trust`'s (None: computed here).
     """
     if model is None and dataset is None:
         return None
     if model is None or dataset is None:
         raise click.UsageError("third-party checkpoints need both --model and --dataset")
-    if os.getcwd() not in sys.path:  # factories importable from here, as with `python -m`
-        sys.path.insert(0, os.getcwd())
-    mspec = model_spec_from(model, model_kwargs)
-    dspec = {"name": dataset, "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"), "seed": dataset_seed}
+    if os.getcwd() not in sys.path:  # factories importable from here; last, so nothing here shadows
+        sys.path.append(os.getcwd())  # an installed module
+    if trust is None:
+        trust = cli_trust(model, dataset, None)
+    mspec = model_spec_from(model, model_kwargs, folder)
+    dspec = {"name": dataset_name_from(dataset), "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"),
+             "seed": dataset_seed}
     from grokscope.datasets import DatasetError, load_dataset
     from grokscope.models import ModelError
+    from grokscope.trust import UntrustedCode
 
     try:
-        data = load_dataset(dspec)
+        data = load_dataset(dspec, trust, "--dataset")
         from grokscope.training.trainer import resolve_model_spec
 
-        mspec = resolve_model_spec(mspec, data)
-    except (DatasetError, ModelError) as e:
+        mspec = resolve_model_spec(mspec, data, trust)
+    except (DatasetError, ModelError, UntrustedCode) as e:
         raise click.UsageError(str(e)) from e
     train = {"loss": loss} if loss else {}
     return {"format": 1, "model": mspec, "dataset": dspec, "train": train}
@@ -96,6 +140,9 @@ def spec_options(f):
         click.option("--dataset-seed", default=0, show_default=True, type=int, help="Seed of the dataset split."),
         click.option("--loss", type=click.Choice(["ce", "mse"]), default=None,
                      help="Loss the model was trained with (acc's loss); default ce."),
+        click.option("--trust-code", default=None, metavar="MODULE[,MODULE]",
+                     help="Modules (or pkg.module:callable) whose code a run.json may name; see "
+                          "'security model' in docs/engine.md. Also $GROKSCOPE_TRUST_CODE."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -107,13 +154,25 @@ def spec_options(f):
 @click.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @spec_options
-@click.option("--force", is_flag=True, help="Replace an existing run.json.")
+@click.option("--force", is_flag=True, help="Replace an existing run.json (and imported log.jsonl).")
+@click.option("--log", "log_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The run's own evaluation log to import into PATH/log.jsonl (default: a trainer_state.json "
+                   "or a single metrics.csv found in PATH).")
+@click.option("--log-format", type=click.Choice(["hf", "lightning", "jsonl", "csv"]), default=None,
+              help="Format of --log (default: from its name).")
+@click.option("--log-columns", default=None, metavar="NAME=COLUMN[,...]",
+              help="The log's names for train_acc, test_acc, train_loss, test_loss, e.g. test_acc=val/acc.")
+@click.option("--log-step", default="step", show_default=True, help="The log's step column.")
 def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str | None,
-         dataset_kwargs: str | None, dataset_seed: int, loss: str | None, force: bool) -> None:
+         dataset_kwargs: str | None, dataset_seed: int, loss: str | None, trust_code: str | None,
+         force: bool, log_path: Path | None, log_format: str | None, log_columns: str | None,
+         log_step: str) -> None:
     """Write PATH/run.json for a folder of third-party checkpoints.
 
-    The first checkpoint found is loaded into the model as a check (clear errors for key or shape
-    mismatches), so a wrong --model is caught now rather than by every probe job.
+    The first checkpoint found is loaded into the model and run on two points of the data as a check
+    (clear errors for key or shape mismatches), so a wrong --model or --dataset is caught now rather
+    than by every probe job. The run's own evaluation log, if any, is imported into PATH/log.jsonl, so
+    that `report` can use it and `probe` can check the split against it.
     """
     from grokscope import runs as runfmt
 
@@ -125,7 +184,8 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     target = path / runfmt.RUN_JSON
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists (pass --force to replace it)")
-    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss)
+    trust = cli_trust(model, dataset, trust_code)
+    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
     assert spec is not None
     ck_dir = path / runfmt.CHECKPOINT_DIR if (path / runfmt.CHECKPOINT_DIR).is_dir() else path
     ckpts, problems = checkpoints_in(ck_dir, path)
@@ -140,16 +200,90 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     from grokscope.models import ModelError, build_model
 
     try:
-        net = build_model(spec["model"])
+        net = build_model(spec["model"], trust, "--model")
         load_into(net, read_state_dict(ckpts[0]), ckpts[0].path)
     except (ModelError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
+    _check_forward(net, spec, trust, ckpts[0].path)
+    records = _import_log(path, log_path, log_format, log_columns, log_step, force)
     runfmt.write_run_json(path, spec["model"], spec["dataset"], spec["train"])
+    if records is not None:
+        from grokscope.runlog import write_log
+
+        src, n, recs = records
+        click.echo(f"imported {n} evaluation record(s) from {src} into {write_log(path, recs)}", err=True)
     click.echo(f"wrote {target}: {len(ckpts)} checkpoints, steps {ckpts[0].step}..{ckpts[-1].step}; "
                f"{ckpts[0].label} loads into {spec['model'].get('factory') or spec['model'].get('arch')}",
                err=True)
     for p in problems:
         click.echo(f"  skipped {p.path}: {p.reason}", err=True)
+    from grokscope import trust as trustmod
+
+    for target in vouched_by(model, dataset):
+        added = trustmod.remember(target)
+        if added is not None:
+            click.echo(f"trusting {target} from now on: added to {added} (so `grokscope probe {path}` "
+                       "may import it; delete the line to revoke)", err=True)
+
+
+def _check_forward(net: Any, spec: dict[str, Any], trust: Any, ckpt: str) -> None:
+    """Run the model on two training points: an input shape it rejects is one line, now."""
+    import torch
+
+    from grokscope.datasets import load_dataset
+
+    data = load_dataset(spec["dataset"], trust, "--dataset")
+    x = data.x_train[:2]
+    if x.is_floating_point():
+        x = x.to(next((p.dtype for p in net.parameters()), torch.float32))
+    try:
+        with torch.no_grad():
+            out = net.eval()(x)
+    except Exception as e:  # noqa: BLE001 - whatever the model raises on a wrong input shape
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise click.ClickException(f"{spec['dataset']['name']}: the model loaded from {ckpt} rejects its "
+                                   f"inputs of shape {tuple(data.x_train.shape[1:])} ({type(e).__name__}: "
+                                   f"{first})") from None
+    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= data.n_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise click.ClickException(f"{spec['dataset']['name']}: the model loaded from {ckpt} returns {shape} "
+                                   f"for 2 inputs; expected (2, n_classes) with n_classes >= {data.n_classes}")
+
+
+def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str | None, step: str,
+                force: bool) -> tuple[Path, int, list] | None:
+    """``(source, n, records)`` of the run's own log to import (None: none given or found)."""
+    from grokscope import runs as runfmt
+    from grokscope.runlog import LogError, find_log, import_log
+
+    found = None
+    if log_path is None:
+        found = find_log(path)
+        if found is None:
+            return None
+        log_path, fmt = found[0], fmt or found[1]
+    if (path / runfmt.LOG_JSONL).exists() and not force:
+        if found is not None:
+            click.echo(f"  keeping {path / runfmt.LOG_JSONL} (not importing {log_path}; --force replaces it)",
+                       err=True)
+            return None
+        raise click.ClickException(f"{path / runfmt.LOG_JSONL} exists (pass --force to replace it with "
+                                   f"the records of {log_path})")
+    mapping: dict[str, str] = {}
+    for item in (columns or "").split(","):
+        if item.strip():
+            k, eq, v = item.partition("=")
+            if not eq:
+                raise click.BadParameter(f"{item!r}: expected NAME=COLUMN", param_hint="--log-columns")
+            mapping[k.strip()] = v.strip()
+    try:
+        records = import_log(log_path, fmt, mapping, step)
+    except LogError as e:
+        if found is not None:  # a log found, not asked for: say why it is not used, go on
+            click.echo(f"  not importing {log_path} as the run's log: {e}", err=True)
+            return None
+        raise click.ClickException(str(e)) from None
+    return log_path, len(records), records
 
 
 # -- scan -----------------------------------------------------------------------------------------
@@ -190,19 +324,54 @@ def probe_listing() -> list[dict[str, Any]]:
             out.append({"name": name, "source": where, "error": f"{type(e).__name__}: {e}"})
             continue
         params = params_attrs(cls.default_params()) if dataclasses.is_dataclass(cls.Params) else {}
+        helps = {f.name: f.metadata["help"] for f in dataclasses.fields(cls.Params)
+                 if "help" in f.metadata} if dataclasses.is_dataclass(cls.Params) else {}
         out.append({"name": name, "source": where, "description": cls.description,
                     "needs_data": cls.needs_data, "needs_grad": cls.needs_grad,
-                    "needs_previous": cls.needs_previous, "params": params,
+                    "needs_previous": cls.needs_previous, "params": params, "help": helps,
                     "outputs": {k: list(v) for k, v in cls.outputs.items()}})
     return out
 
 
+def model_kinks(spec: dict[str, Any], trust: Any = None) -> list[Any]:
+    """The kinks ``lc`` counts (and ``regions`` draws) in the model of a run spec, found by one forward
+    pass of a training input (:func:`grokscope.functional.kinks.kink_layers`)."""
+    from grokscope.datasets import load_dataset
+    from grokscope.functional.kinks import kink_layers
+    from grokscope.models import build_model
+    from grokscope.models.adapters import continuous_view
+
+    data = load_dataset(spec["dataset"], trust)
+    model = build_model(spec["model"], trust)
+    forward, z = continuous_view(model, data.x_train[:1], data.input_kind)
+    return kink_layers(model, z, forward=forward)
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
-def probes(as_json: bool) -> None:
-    """List the available probes with their parameters (and defaults) and outputs (with dims)."""
+@spec_options
+def probes(as_json: bool, model: str | None, model_kwargs: str | None, dataset: str | None,
+           dataset_kwargs: str | None, dataset_seed: int, loss: str | None, trust_code: str | None) -> None:
+    """List the available probes with their parameters (and defaults) and outputs (with dims).
+
+    With --model and --dataset, also list the kinks that `lc` counts in that model (activation
+    modules and functional calls such as F.relu, with the names `lc.layers` accepts).
+    """
     listing = probe_listing()
+    trust = cli_trust(model, dataset, trust_code)
+    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust)
+    kinks = None
+    if spec is not None:
+        try:
+            kinks = model_kinks(spec, trust)
+        except Exception as e:  # noqa: BLE001 - a model that cannot run is reported, not a traceback
+            raise click.ClickException(f"{model} on {dataset}: the model's forward failed: "
+                                       f"{type(e).__name__}: {e}") from e
     if as_json:
+        if kinks is not None:
+            import dataclasses
+
+            listing = {"probes": listing, "lc_layers": [dataclasses.asdict(k) for k in kinks]}
         click.echo(json.dumps(listing, indent=2))
         return
     for p in listing:
@@ -212,10 +381,18 @@ def probes(as_json: bool) -> None:
         needs = [k[6:] for k in ("needs_data", "needs_grad", "needs_previous") if p[k]]
         click.echo(f"{p['name']}  {p['description']}" + (f"  [needs {', '.join(needs)}]" if needs else ""))
         for k, v in p["params"].items():
-            click.echo(f"    --param {p['name']}.{k}={json.dumps(v) if not isinstance(v, str) else v}")
+            line = f"    --param {p['name']}.{k}={json.dumps(v) if not isinstance(v, str) else v}"
+            click.echo(line + (f"  ({p['help'][k]})" if k in p.get("help", {}) else ""))
         for k, dims in p["outputs"].items():
             click.echo(f"    -> {k}({', '.join(['step', *dims])})")
         click.echo("")
+    if kinks is not None:
+        from grokscope.functional.kinks import format_kinks
+
+        click.echo(f"lc layers of {model} on {dataset} ({len(kinks)}, counted by default; a call site "
+                   "'module#opK' can be named in --param lc.layers=..., a module name there counts its output):")
+        for line in format_kinks(kinks) or ["(none: no kinked module or call was seen)"]:
+            click.echo(f"    {line}")
 
 
 # -- probe ----------------------------------------------------------------------------------------
@@ -323,13 +500,16 @@ class _Bar:
 @click.option("--dry-run", is_flag=True, help="Show what would be computed, compute nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--split-tolerance", type=click.FloatRange(0), default=0.01, show_default=True,
+              help="How far acc may differ from the run's own logged accuracy at the same step before "
+                   "the split check warns that the data or split is not the run's.")
 @spec_options
 @click.pass_context
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
           out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
           steps: tuple[str, ...], overwrite: bool, flush_interval: float, dry_run: bool, as_json: bool, quiet: bool,
-          model: str | None, model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None,
-          dataset_seed: int, loss: str | None) -> None:
+          split_tolerance: float, model: str | None, model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None,
+          dataset_seed: int, loss: str | None, trust_code: str | None) -> None:
     """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
     group per run and probe).
 
@@ -354,11 +534,17 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
         raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise click.BadParameter(f"{device!r}: expected cpu or cuda", param_hint="--device")
-    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss)
+    trust = cli_trust(model, dataset, trust_code)
+    spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
     cfg = EngineConfig(probes=requests, out=out or path / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
-                       flush_interval=flush_interval, dry_run=dry_run)
+                       flush_interval=flush_interval, dry_run=dry_run, trust=trust)
     summary = run_with_progress(path, cfg, quiet=quiet or as_json)
+    if "acc" in names and not dry_run and cfg.out.exists():
+        from grokscope.runlog import store_split_checks
+
+        for lines in store_split_checks(cfg.out, split_tolerance).values():
+            summary.warnings.extend(lines)
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)

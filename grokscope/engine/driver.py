@@ -64,6 +64,7 @@ class EngineConfig:
     spec: dict[str, Any] | None = None  # model/dataset/train for runs without run.json
     flush_interval: float = 1.0
     dry_run: bool = False
+    trust: Any = None  # grokscope.trust.Trust: code the user vouched for (None: built-ins/entry points only)
 
 
 @dataclass
@@ -129,6 +130,31 @@ def _run_spec(run: Run, cli_spec: dict[str, Any] | None) -> tuple[dict[str, Any]
                   f"`grokscope init {run.path} --model ... --dataset ...`)")
 
 
+def _data_words(spec: dict[str, Any]) -> str:
+    from grokscope.datasets import describe_data
+
+    return describe_data(spec.get("dataset"))
+
+
+def _spec_file(run: Run) -> str:
+    return str(run.path / "run.json") if run.spec is not None else "the command line"
+
+
+def _untrusted(run: Run, spec: dict[str, Any], trust: Any) -> str:
+    """Why ``spec`` names code the user has not vouched for (one line), or ""; imports nothing."""
+    from grokscope.datasets import DatasetError, check_dataset_spec
+    from grokscope.models import ModelError, check_model_spec
+    from grokscope.trust import Trust, UntrustedCode
+
+    t = trust if trust is not None else Trust()
+    try:
+        check_model_spec(spec.get("model") or {}, t, _spec_file(run))
+        check_dataset_spec(spec.get("dataset") or {}, t, _spec_file(run))
+    except (UntrustedCode, ModelError, DatasetError) as e:
+        return str(e)
+    return ""
+
+
 def _group_attrs(run: Run, spec: dict[str, Any], req: ProbeRequest) -> dict[str, Any]:
     from grokscope.probes import params_attrs
 
@@ -173,6 +199,10 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
         if spec is None:
             failures.append(Failure(run.name, None, "*", str(run.path), why))
             continue
+        why = _untrusted(run, spec, cfg.trust)
+        if why:
+            failures.append(Failure(run.name, None, "*", _spec_file(run), why))
+            continue
         if not run.checkpoints:
             warnings.append(f"{run.name}: no checkpoints with a step in {run.checkpoint_dir}")
             continue
@@ -215,7 +245,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
                         store.delete_group(run.name, child.name)
             store.set_run_attrs(run.name, {"path": str(run.path.resolve()), "rel": run.rel,
                                            "model": spec.get("model"), "dataset": spec.get("dataset"),
-                                           "train": spec.get("train", {}),
+                                           "train": spec.get("train", {}), "data": _data_words(spec),
                                            "grokscope_version": grokscope.__version__})
         pending: dict[int, list[ProbeRequest]] = defaultdict(list)
         for req in cfg.probes:
@@ -247,7 +277,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int) ->
             if pending.get(ck.step):  # type: ignore[arg-type]
                 tasks.append(Task(run=run.name, spec=spec, checkpoint=ck, previous=prev,
                                   probes=tuple(pending[ck.step]), device=cfg.device,  # type: ignore[index]
-                                  threads=threads))
+                                  threads=threads, trust=cfg.trust, where=_spec_file(run)))
             prev = ck
     return _Plan(tasks=tasks, jobs=n_jobs, skipped=skipped, excluded=excluded, runs={r.name: r for r, _ in ready},
                  group_attrs=group_attrs, failures=failures, warnings=warnings)

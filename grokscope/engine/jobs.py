@@ -48,6 +48,8 @@ class Task:
     probes: tuple[ProbeRequest, ...]
     device: str = "cpu"
     threads: int = 1  # torch threads per worker process; 0 leaves the process's setting alone
+    trust: Any = None  # the client's grokscope.trust.Trust: the code this job may import
+    where: str = "run.json"  # the file the spec came from, for refusals
 
 
 @dataclass
@@ -91,30 +93,41 @@ def _setup_threads(n: int) -> None:
             torch.set_num_threads(n)
 
 
-def _model(spec: dict[str, Any], device: Any):
-    from grokscope.models import build_model
+def _model(spec: dict[str, Any], device: Any, trust: Any, where: str):
+    from grokscope.models import build_model, check_model_spec
+
+    check_model_spec(spec, trust, where)  # before the cache: a cached model is no way round trust
 
     def make():
         import torch
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the skeleton's init is overwritten; keep global RNG untouched
-            return build_model(spec).to(device)
+            return build_model(spec, trust, where).to(device)
 
     return _cached(_MODELS, _spec_key([spec, str(device)]), make)
 
 
-def _data(spec: dict[str, Any], device: Any, dtype: Any):
-    from grokscope.datasets import load_dataset
+def _data(spec: dict[str, Any], device: Any, dtype: Any, trust: Any, where: str):
+    from grokscope.datasets import check_dataset_spec, load_dataset
+
+    check_dataset_spec(spec, trust, where)
 
     def make():
-        d = load_dataset(spec)
+        d = load_dataset(spec, trust, where)
         if d.x_train.is_floating_point() and d.x_train.dtype != dtype:
             d.x_train, d.x_test = d.x_train.to(dtype), d.x_test.to(dtype)
             d.box_low, d.box_high = d.box_low.to(dtype), d.box_high.to(dtype)
         return d.to(device) if str(device) != "cpu" else d
 
     return _cached(_DATA, _spec_key([spec, str(device), str(dtype)]), make)
+
+
+def _trust(task: Task) -> Any:
+    """The trust the job carries; a job without one may import built-ins and entry points only."""
+    from grokscope.trust import Trust
+
+    return task.trust if task.trust is not None else Trust()
 
 
 def probe_class(name: str):
@@ -161,12 +174,12 @@ def _prepare(task: Task, sd: dict[str, Any], device: Any) -> tuple[Any, Any, dic
     """``(model with the checkpoint's weights, data or None, {probe name: class})`` of one task."""
     from .loading import float_dtype, load_into
 
-    model = _model(task.spec["model"], device)
+    model = _model(task.spec["model"], device, _trust(task), task.where)
     load_into(model, sd, task.checkpoint.path)
     classes = {p.name: probe_class(p.name) for p in task.probes}
     data = None
     if any(c.needs_data for c in classes.values()):
-        data = _data(task.spec["dataset"], device, float_dtype(sd))
+        data = _data(task.spec["dataset"], device, float_dtype(sd), _trust(task), task.where)
     return model, data, classes
 
 
@@ -249,7 +262,11 @@ def run_task(task: Task) -> list[Outcome]:
             torch.cuda.empty_cache()
         return list(outs.values())
     except Exception as e:  # noqa: BLE001 - model/data/checkpoint errors fail this task's jobs
+        from grokscope.datasets import DatasetError
+        from grokscope.models import ModelError
+        from grokscope.trust import UntrustedCode
+
         from .loading import CheckpointError
 
-        msg = str(e) if isinstance(e, CheckpointError) else _describe(e)
+        msg = str(e) if isinstance(e, (CheckpointError, UntrustedCode, ModelError, DatasetError)) else _describe(e)
         return fail_all(msg)

@@ -119,7 +119,7 @@ def scan_run(run: Run) -> dict[str, Any]:
     expected = expected_steps(run)
     return {
         "run": run.name, "path": str(run.path), "has_run_json": run.spec is not None,
-        "run_json_error": run.spec_error,
+        "run_json_error": run.spec_error, "data": _data_words(run),
         "checkpoints": len(run.checkpoints), "readable": len(rows),
         "first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None,
         "schedule": "run.json" if expected is not None else "inferred",
@@ -129,6 +129,15 @@ def scan_run(run: Run) -> dict[str, Any]:
         "bytes": sum(r["bytes"] for r in rows),
         "files": [{k: r[k] for k in ("step", "file", "hash", "bytes")} for r in rows],
     }
+
+
+def _data_words(run: Run) -> str | None:
+    """Which data and split run.json gives the probes (None without run.json)."""
+    if run.spec is None:
+        return None
+    from grokscope.datasets import describe_data
+
+    return describe_data(run.spec.get("dataset"))
 
 
 def scan(path: Path) -> list[dict[str, Any]]:
@@ -148,7 +157,7 @@ def format_report(reports: list[dict[str, Any]]) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *table)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *table]]
     for r in reports:
-        details = []
+        details = [f"data: {r['data']}"] if r.get("data") else []
         if r["run_json_error"]:
             details.append(f"run.json: {r['run_json_error']}")
         for g in r["gaps"]:

@@ -4,6 +4,9 @@
 * :func:`subset_indices` — the points of a split a probe uses (all, the first k, or a seeded k).
 * :func:`pad_stack` — stack ragged per-split results, padded by one rule (:func:`pad_value`: NaN for
   floats, -1 for integers, False for booleans).
+* :mod:`grokscope.functional.kinks` — where a network bends: its kinked nonlinearities, written as
+  activation modules or as functional calls (``F.relu``, ``x.clamp(min=0)``, ...), found and named
+  during a forward pass (used by the ``lc`` and ``regions`` probes; :func:`~.kinks.kink_layers` lists them).
 """
 
 from __future__ import annotations

@@ -2,18 +2,23 @@
 ``build_model({"factory": "pkg.module:function", "kwargs": {...}})``.
 
 To add a built-in model, write a builder function in a module of this package and list it in
-``MODELS``. Token models (inputs are int64 token ids) also provide ``embed(tokens)`` and
-``forward_embedded(h)`` so probes can work in embedding space (see :mod:`grokscope.models.adapters`).
+``MODELS``; an installed package registers its own under the entry point ``grokscope.models``
+(``name = "pkg.module:function"``). A factory named by import path in a run folder's ``run.json`` is
+imported only when the user vouched for it (:mod:`grokscope.trust`).
+
+Token models (inputs are int64 token ids) also provide ``embed(tokens)`` and ``forward_embedded(h)``
+so probes can work in embedding space (see :mod:`grokscope.models.adapters`).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from torch import nn
 
 from grokscope.errors import GrokscopeError
+from grokscope.registry import Registry, import_target
+from grokscope.trust import Trust, check_plain_json
 
 MODELS = {
     "mlp": "grokscope.models.mlp:mlp",
@@ -29,41 +34,67 @@ class ModelError(GrokscopeError, ValueError):
     """A model spec could not be turned into a model."""
 
 
+ENTRY_POINT_GROUP = "grokscope.models"
+# names that need no vouching: the zoo above and ``hf`` (a transformers model from its config.json,
+# never with remote code: :mod:`grokscope.models.hf`)
+BUILTIN = {**MODELS, "hf": "grokscope.models.hf:hf"}
+REGISTRY = Registry("model", BUILTIN, ENTRY_POINT_GROUP, error=ModelError)
+
+
 def resolve_factory(path: str):
-    """Import ``"pkg.module:function"`` and return the callable, with a clear error if it fails."""
-    if ":" not in path:
-        raise ModelError(f"model factory {path!r} must look like 'pkg.module:function'")
-    mod_name, attr = path.split(":", 1)
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ModelError(f"cannot import module {mod_name!r} for model factory {path!r}: {e}") from e
-    try:
-        obj = module
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except AttributeError as e:
-        raise ModelError(f"module {mod_name!r} has no attribute {attr!r}") from e
+    """Import ``"pkg.module:function"`` and return the callable, with a clear error if it fails.
+
+    For code grokscope itself names (built-ins); a path read from a run folder goes through
+    :func:`factory_for`, which checks that the user vouched for it first.
+    """
+    obj = import_target(path, ModelError)
     if not callable(obj):
         raise ModelError(f"model factory {path!r} is not callable")
     return obj
 
 
-def factory_for(spec: dict[str, Any]):
-    """``(callable, label)`` of a model spec: its ``factory`` import path or its built-in ``arch``."""
-    if spec.get("factory"):
-        return resolve_factory(spec["factory"]), spec["factory"]
-    arch = spec.get("arch")
-    if arch not in MODELS:
-        raise ModelError(f"unknown model {arch!r}; valid names: {', '.join(sorted(MODELS))} "
-                         "(or a factory 'pkg.module:function')")
-    return resolve_factory(MODELS[arch]), arch
+def spec_target(spec: dict[str, Any]) -> str:
+    """The name or import path a model spec refers to (``factory`` if given, else ``arch``)."""
+    ref = spec.get("factory") or spec.get("arch")
+    if not isinstance(ref, str) or not ref:
+        raise ModelError(f"model spec {spec!r} needs 'arch' (a built-in name) or 'factory' ('pkg.module:fn')")
+    return ref
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build an ``nn.Module`` from a run's model spec (``{"arch"|"factory", "kwargs"}``)."""
+def check_model_spec(spec: dict[str, Any], trust: Trust | None = None, where: str = "the model spec") -> str:
+    """The import path of ``spec``'s factory once it is allowed (built-in, entry point, or vouched for
+    by ``trust``; None: the user's allow-list), and its kwargs checked to be plain JSON. Imports nothing."""
+    check_plain_json(spec.get("kwargs") or {}, f"{where}: model kwargs", ModelError)
+    target = REGISTRY.check(spec_target(spec), trust, where)
+    if target == BUILTIN["hf"] and isinstance((spec.get("kwargs") or {}).get("config"), dict):
+        from .hf import check_config
+
+        check_config(spec["kwargs"]["config"], where)
+    return target
+
+
+def factory_for(spec: dict[str, Any], trust: Trust | None = None, where: str = "the model spec"):
+    """``(callable, label)`` of a model spec: its ``factory`` import path or its built-in ``arch``.
+
+    A ``factory`` read from a run folder is imported only if ``trust`` allows it (see
+    :mod:`grokscope.trust`); the check comes before the import.
+    """
+    label = spec_target(spec)
+    check_model_spec(spec, trust, where)
+    obj = REGISTRY.load(label, trust, where)
+    if not callable(obj):
+        raise ModelError(f"model factory {label!r} is not callable")
+    return obj, label
+
+
+def build_model(spec: dict[str, Any], trust: Trust | None = None, where: str = "the model spec") -> nn.Module:
+    """Build an ``nn.Module`` from a run's model spec (``{"arch"|"factory", "kwargs"}``).
+
+    ``trust`` decides which factories named by import path may be imported (None: the user's own
+    allow-list, :meth:`grokscope.trust.Trust.from_user`); ``where`` names the spec's file in errors.
+    """
     kwargs = dict(spec.get("kwargs") or {})
-    factory, label = factory_for(spec)
+    factory, label = factory_for(spec, trust, where)
     try:
         model = factory(**kwargs)
     except (TypeError, ValueError) as e:

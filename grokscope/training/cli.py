@@ -110,8 +110,12 @@ def train(preset: str | None, list_presets: bool, out: Path | None, resume: bool
         for name in P.preset_names():
             click.echo(f"{name:20s} {P.DESCRIPTIONS.get(name, '')}")
         return
+    from grokscope.trust import Trust
+
     config, out = build_config(preset, out, resume, opts)
-    run(config, out, resume=resume, device=device, threads=threads, progress=not quiet)
+    vouched = [v for v in (opts.get("model"), opts.get("dataset")) if v and ":" in v and not v.startswith("file:")]
+    run(config, out, resume=resume, device=device, threads=threads, progress=not quiet,
+        trust=Trust.from_user(vouched))
     _echo_summary(out)
 
 
@@ -138,13 +142,14 @@ def build_config(preset: str | None, out: Path | None, resume: bool, opts: dict[
 
 
 def run(config, out: Path, resume: bool = False, device: str = "cpu", threads: int | None = None,
-        progress: bool = True) -> Path:
+        progress: bool = True, trust=None) -> Path:
     """``train_run`` with the library's errors turned into clean CLI errors."""
     import torch
 
     from grokscope.datasets import DatasetError
     from grokscope.models import ModelError
     from grokscope.runs import RunError
+    from grokscope.trust import UntrustedCode
 
     from .config import TrainConfigError
     from .trainer import TrainingError, train_run
@@ -154,8 +159,8 @@ def run(config, out: Path, resume: bool = False, device: str = "cpu", threads: i
     if progress:
         click.echo(f"training into {out} ({'resuming' if resume else 'new run'})", err=True)
     try:
-        return train_run(config, out, resume=resume, progress=progress, device=device)
-    except (DatasetError, ModelError, TrainConfigError, TrainingError, RunError) as e:
+        return train_run(config, out, resume=resume, progress=progress, device=device, trust=trust)
+    except (DatasetError, ModelError, TrainConfigError, TrainingError, RunError, UntrustedCode) as e:
         raise click.ClickException(str(e)) from None
 
 

@@ -4,7 +4,8 @@ Interface used by the trainer (one object per run):
 
 * ``transform_input(x, state)`` — e.g. Gaussian input noise; ``state`` holds ``train_acc``;
 * ``penalty(model, x, y, logits)`` — a differentiable scalar added to the task loss (or None);
-  its value is logged as ``reg`` in ``log.jsonl``;
+  its value is logged as ``reg`` in ``log.jsonl``; with ``wants_input_grad`` the batch ``x`` requires
+  grad and ``logits = model(x)`` keeps its graph, so the penalty can reuse the forward pass;
 * ``after_backward(model)`` — e.g. Grokfast's EMA gradient filter, called between backward and step.
 
 ``build_regulariser("grokalign:1e-3", loss_kind="ce", input_kind="continuous")`` parses the spec.
@@ -35,6 +36,9 @@ class Regulariser:
     """Does nothing; subclasses override what they need."""
 
     name = "none"
+    # True: the trainer hands penalty() a batch that requires grad and the logits computed from it,
+    # and back-propagates into the parameters only (the penalty then reuses the loss's forward pass)
+    wants_input_grad = False
 
     def transform_input(self, x: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
         return x
@@ -95,6 +99,7 @@ class GrokAlign(Regulariser):
     """
 
     name = "grokalign"
+    wants_input_grad = True
     DEFAULT_LAMBDA = {"ce": 1e-3, "mse": 1e-4}
 
     def __init__(self, lam: float, n_proj: int = 1, input_kind: str = "continuous",
@@ -119,10 +124,21 @@ class GrokAlign(Regulariser):
             raise ValueError(f"regulariser 'grokalign': n_proj={n_proj} must be an integer (spec grokalign:{args})")
         return cls(lam, int(n_proj), input_kind)
 
-    def jacobian_norms(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample estimates of ``‖J‖_F`` ``(n,)``, differentiable w.r.t. the parameters."""
-        from grokscope.probes.align import jacobian_sq_norm_estimate
+    def jacobian_norms(self, model: nn.Module, x: torch.Tensor, logits: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Per-sample estimates of ``‖J‖_F`` ``(n,)``, differentiable w.r.t. the parameters.
 
+        When ``x`` requires grad and ``logits = model(x)`` was computed from it (the trainer's forward
+        pass of the task loss), the estimate reuses that pass; otherwise it does a fresh one. Both
+        draw the same directions and give the same value and gradient (to float rounding).
+        """
+        from grokscope.probes.align import jacobian_sq_norm_estimate, jacobian_sq_norm_from_outputs
+
+        if (self.input_kind != "tokens" and logits is not None and x.requires_grad
+                and logits.requires_grad and logits.ndim == 2):
+            sq = jacobian_sq_norm_from_outputs(logits, x, self.n_proj, directions=self.directions,
+                                               create_graph=True)
+            return sq.clamp_min(1e-8).sqrt()
         if self.input_kind == "tokens":
             if not (hasattr(model, "embed") and hasattr(model, "forward_embedded")):
                 raise TypeError(f"grokalign on token inputs needs {type(model).__name__}.embed()/"
@@ -135,7 +151,7 @@ class GrokAlign(Regulariser):
 
     def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 logits: torch.Tensor) -> torch.Tensor | None:
-        return self.lam * self.jacobian_norms(model, x).mean()
+        return self.lam * self.jacobian_norms(model, x, logits).mean()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "lambda": self.lam, "n_proj": self.n_proj,

@@ -56,7 +56,7 @@ def state_path(run_dir: Path) -> Path:
     return Path(run_dir) / STATE_DIR / STATE_FILE
 
 
-def resolve_model_spec(spec: dict[str, Any], data) -> dict[str, Any]:
+def resolve_model_spec(spec: dict[str, Any], data, trust=None) -> dict[str, Any]:
     """``spec`` with the kwargs the data fixes (``in_dim``, ``out_dim``, ``p``, ...) filled in.
 
     Only kwargs the builder accepts and the spec leaves out are added, so run.json ends up with the
@@ -65,7 +65,7 @@ def resolve_model_spec(spec: dict[str, Any], data) -> dict[str, Any]:
     from grokscope.models import factory_for
 
     kwargs = dict(spec.get("kwargs") or {})
-    factory, _ = factory_for(spec)
+    factory, _ = factory_for(spec, trust)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -238,8 +238,11 @@ def evaluate(model: nn.Module, data, loss: str) -> dict[str, float]:
 
 
 def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-              device: str = "cpu") -> Path:
+              device: str = "cpu", trust=None) -> Path:
     """Train ``config`` into ``run_dir`` and return ``run_dir``.
+
+    ``trust`` (a :class:`grokscope.trust.Trust`; None: the user's allow-list) decides which model or
+    dataset callables named by import path may be imported.
 
     Writes ``run.json`` (model spec with the data-derived kwargs filled in, dataset spec, and the
     hyper-parameters as ``train``), ``checkpoints/step-*.safetensors`` at the save schedule (step 0
@@ -262,8 +265,8 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     dtype = getattr(torch, config.dtype)
 
     # --- build everything that can fail on bad input before touching the folder
-    data = load_dataset(_dataset_spec(config.dataset))
-    model_spec = resolve_model_spec(config.model, data)
+    data = load_dataset(_dataset_spec(config.dataset), trust)
+    model_spec = resolve_model_spec(config.model, data, trust)
     dataset_spec = _dataset_spec(config.dataset)
     hyper = config.hyperparameters()
     save_steps = parse_schedule(config.save, config.steps)
@@ -292,7 +295,7 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     fork_devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(config.seed)
-        model = build_model(model_spec)
+        model = build_model(model_spec, trust)
         frozen = _freeze(model, config.freeze)
         model = model.to(device=dev, dtype=dtype)
         data = _cast(data, dtype)
@@ -373,6 +376,9 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
     xb, yb = (x_train, y_train) if idx is None else (x_train[idx], y_train[idx])
     if reg is not None:
         xb = reg.transform_input(xb, {"train_acc": train_acc, "step": step})
+    wants_grad = reg is not None and reg.wants_input_grad and xb.is_floating_point()
+    if wants_grad:
+        xb = xb.detach().requires_grad_(True)
     logits = model(xb)
     loss = task_loss(logits, yb, config.loss)
     penalty = None
@@ -382,7 +388,10 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
             loss = loss + pen
             penalty = float(pen.detach())
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if wants_grad:  # into the parameters only: no gradient for the batch
+        loss.backward(inputs=[p for p in model.parameters() if p.requires_grad])
+    else:
+        loss.backward()
     if reg is not None:
         reg.after_backward(model)
     params = [p for p in model.parameters() if p.grad is not None]

@@ -144,7 +144,7 @@ def test_linear_model_has_no_region_boundaries():
 
 
 class _Functional(nn.Module):
-    """Nonlinearity applied functionally: no module to hook."""
+    """Nonlinearity applied functionally (no activation module): ``inner[2](fn(inner[0](x)))``."""
 
     def __init__(self, fn):
         super().__init__()
@@ -160,12 +160,30 @@ class _Functional(nn.Module):
     (nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 3)), "1 (Tanh)"),
     (nn.Sequential(nn.Linear(2, 4), nn.LayerNorm(4), nn.ReLU(), nn.Linear(4, 3)), "LayerNorm"),
     (_Functional(torch.tanh), "not affine"),
-    (_Functional(torch.relu), "not affine"),
-], ids=["gelu", "tanh", "layernorm", "functional-tanh", "functional-relu"])
+    (_Functional(torch.nn.functional.gelu), "#gelu1 (gelu): smooth"),
+], ids=["gelu", "tanh", "layernorm", "functional-tanh", "functional-gelu"])
 def test_non_piecewise_linear_models_are_refused(model, needle):
     with pytest.raises(RegionsError, match="not piecewise linear") as e:
         activation_boundaries(model.double(), _square(), 48)
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("fn,act,label", [
+    (torch.relu, nn.ReLU(), "relu"),
+    (lambda t: t.clamp_(min=0), nn.ReLU(), "clamp"),
+    (lambda t: torch.nn.functional.leaky_relu(t, 0.1), nn.LeakyReLU(0.1), "leaky_relu"),
+], ids=["torch.relu", "clamp_", "leaky_relu"])
+def test_functional_kinks_draw_the_same_map_as_modules(fn, act, label):
+    """A kink written as a call is drawn like the module it replaces (same boundaries, regions,
+    predictions); only the layer name says where the call happens."""
+    functional = _Functional(fn).double()
+    module = nn.Sequential(functional.inner[0], act, functional.inner[2])
+    a = activation_boundaries(functional, _square(), 96)
+    b = activation_boundaries(module, _square(), 96)
+    assert a.layers == [f"#{label}1"] and b.layers == ["1"] and a.neurons == b.neurons == [8]
+    for f in ("boundary", "layer_boundary", "decision", "pred", "region"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert a.boundary.any() and a.n_regions == b.n_regions > 1
 
 
 def test_token_model_through_embedding_space():

@@ -13,8 +13,8 @@ from grokscope.datasets import load_dataset
 from grokscope.models import build_model
 from grokscope.probes import ProbeContext, ProbeError, get_probe
 from grokscope.probes.norm import (
-    OutputMap, conjugate_gradient, normal_projection_cg, normal_projection_explicit, project_to_zero_loss,
-    summed_loss, top_eigenvalue_jjt,
+    JacobianOps, OutputMap, conjugate_gradient, gauss_radau, lanczos, normal_projection_cg,
+    normal_projection_explicit, project_to_zero_loss, summed_loss, tangent_split_lanczos, top_eigenvalue_jjt,
 )
 
 F64 = torch.float64
@@ -157,3 +157,101 @@ def test_probe_first_checkpoint_ce_attrs_and_bad_params():
     bad_prev = ProbeContext(step=1, previous_step=0, load_previous=lambda: {"other": torch.zeros(1)})
     with pytest.raises(ProbeError, match="previous checkpoint lacks"):
         probe().compute(model, data, probe.default_params(), bad_prev)
+
+
+def small_map(seed: int = 0) -> tuple[OutputMap, torch.Tensor]:
+    """A 6→16→16→3 ReLU MLP on 20 random inputs: ``km = 60`` outputs, ``d = 435`` parameters, with a
+    wide spread of singular values (weights scaled up)."""
+    torch.manual_seed(seed)
+    model = build_model({"arch": "mlp", "kwargs": {"in_dim": 6, "out_dim": 3, "depth": 2, "width": 16}})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(2.0)
+    x = torch.randn(20, 6, generator=torch.Generator().manual_seed(seed + 1))
+    return OutputMap(model, x), OutputMap(model, x).theta
+
+
+def svd_split(J: torch.Tensor, v: torch.Tensor, delta: float) -> tuple[float, float]:
+    """The reference: ``‖P_T v‖/‖v‖`` and ``‖P_N v‖/‖v‖`` for the damped projector, from ``J``'s SVD."""
+    _, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    pn = Vh.T @ ((S ** 2 / (S ** 2 + delta)) * (Vh @ v))
+    return float((v - pn).norm() / v.norm()), float(pn.norm() / v.norm())
+
+
+def test_jacobian_ops_match_the_explicit_jacobian():
+    F, theta = small_map()
+    J = F.jacobian(theta)
+    ops = JacobianOps(F, theta)
+    g = torch.Generator().manual_seed(5)
+    u, z = torch.randn(F.dim, generator=g, dtype=F64), torch.randn(60, generator=g, dtype=F64)
+    torch.testing.assert_close(ops.jv(u), J @ u, atol=1e-10, rtol=1e-12)
+    torch.testing.assert_close(ops.jtv(z), J.T @ z, atol=1e-10, rtol=1e-12)
+
+
+def test_lanczos_tridiagonal_has_the_spectrum_and_quadrature_brackets_the_exact_form():
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(30, 30, generator=g, dtype=F64)
+    A = M @ M.T
+    b = torch.randn(30, generator=g, dtype=F64)
+    Q, a, be = lanczos(lambda u: A @ u, b, 30)
+    T = torch.diag(a) + torch.diag(be[:-1], 1) + torch.diag(be[:-1], -1)
+    torch.testing.assert_close(Q @ Q.T, torch.eye(Q.shape[0], dtype=F64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(torch.linalg.eigvalsh(T), torch.linalg.eigvalsh(A), atol=1e-8, rtol=1e-10)
+    ev, U = torch.linalg.eigh(A)
+    for delta in (1e-3, 1e-1, 10.0):
+        exact = float((U.T @ b) ** 2 @ (1 / (ev.clamp(min=0) + delta))) / float(b @ b)
+        for k in (3, 6, 10):
+            _, [(gauss, radau)] = gauss_radau(a[:k], be[:k], lambda lam, d=delta: [lambda e: 1 / (e + d)])
+            assert gauss <= exact * (1 + 1e-10) and exact <= radau * (1 + 1e-10), (delta, k)
+        _, [(gauss, radau)] = gauss_radau(a, be, lambda lam, d=delta: [lambda e: 1 / (e + d)])
+        assert gauss == pytest.approx(exact, rel=1e-8)
+
+
+@pytest.mark.parametrize("damping", [1e-6, 1e-4, 1e-2])
+def test_lanczos_split_is_within_its_bound_of_the_svd_reference(damping):
+    F, theta = small_map()
+    J = F.jacobian(theta)
+    lam = float(torch.linalg.matrix_norm(J, ord=2)) ** 2
+    v = -theta
+    ref_t, ref_n = svd_split(J, v, damping * lam)
+    for iters, tol in ((5, 1e-12), (15, 1e-12), (400, 1e-9)):
+        r = tangent_split_lanczos(F, theta, v, damping, (), iters=iters, tol=tol)
+        assert r["tangent_err"] >= 0 and r["normal_err"] >= 0
+        assert abs(r["tangent_frac"] - ref_t) <= r["tangent_err"] + 1e-9, iters
+        assert abs(r["normal_frac"] - ref_n) <= r["normal_err"] + 1e-9, iters
+    # run to convergence: the certified values and the vector P_N v agree with the SVD
+    assert r["lambda_max"] == pytest.approx(lam, rel=1e-9)
+    assert r["tangent_frac"] == pytest.approx(ref_t, abs=2e-9)
+    pn_ref = normal_projection_explicit(J, v, damping * lam)
+    torch.testing.assert_close(r["pn"], pn_ref, atol=1e-6 * float(v.norm()), rtol=0)
+
+
+def test_lanczos_damping_curve_and_float32_products_match_the_svd_reference():
+    F, theta = small_map(seed=3)
+    J = F.jacobian(theta)
+    lam = float(torch.linalg.matrix_norm(J, ord=2)) ** 2
+    grid = (1e-5, 1e-3, 1e-1)
+    for dtype, slack in ((None, 1e-9), (torch.float32, 1e-4)):
+        r = tangent_split_lanczos(F, theta, -theta, 1e-3, grid, iters=400, tol=1e-6, matvec_dtype=dtype)
+        for g, (t, err) in zip(grid, r["curve"]):
+            assert abs(t - svd_split(J, -theta, g * lam)[0]) <= err + slack, (dtype, g)
+        assert r["tangent_err"] <= 1e-6
+
+
+def test_probe_lanczos_agrees_with_explicit_and_stores_the_damping_curve():
+    data, model = _tiny_run()
+    probe = get_probe("norm")
+    ctx = ProbeContext(step=3, run_spec={"train": {"loss": "mse"}})
+    ex = probe().compute(model, data, probe.make_params({"method": "explicit"}), ctx)
+    lz = probe().compute(model, data, probe.make_params({"method": "lanczos", "lanczos_tol": "1e-6",
+                                                         "lanczos_dtype": "float64"}), ctx)
+    assert lz.attrs["method"] == "lanczos" and list(lz.damping.values) == list(probe.default_params().damping_grid)
+    assert float(ex.wd_tangent_frac_err) == 0.0 and float(lz.wd_tangent_frac_err) <= 1e-6
+    for v in ("wd_tangent_frac", "wd_normal_frac", "grad_tangent_cos", "lambda_max", "dist_zero_loss"):
+        assert float(lz[v]) == pytest.approx(float(ex[v]), rel=1e-5, abs=1e-6), v
+    err = lz.wd_tangent_frac_curve_err.values
+    assert np.all(np.abs(lz.wd_tangent_frac_curve.values - ex.wd_tangent_frac_curve.values) <= err + 1e-6)
+    i = list(lz.damping.values).index(1e-5)
+    assert float(ex.wd_tangent_frac_curve[i]) == pytest.approx(float(ex.wd_tangent_frac), abs=1e-12)
+    with pytest.raises(ProbeError, match="damping_grid"):
+        probe.make_params({"damping_grid": "0,1e-5"})

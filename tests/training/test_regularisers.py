@@ -206,3 +206,45 @@ def test_regularisers_run_in_the_trainer(tmp_path, spec):
     assert all(np.isfinite(r["train_loss"]) for r in log)
     if spec.startswith("grokalign"):
         assert all(r["reg"] > 0 for r in log[1:])  # the penalty's value is logged
+
+
+@pytest.mark.parametrize("n_proj", [1, 4])
+def test_grokalign_reusing_the_loss_forward_pass_gives_the_same_value_and_gradient(n_proj):
+    """The trainer's path (batch requires grad, the loss's logits reused, all projections in one batched
+    VJP) against a fresh forward pass per penalty (the earlier implementation), same seeds."""
+    from grokscope.losses import task_loss
+    from grokscope.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"arch": "mlp", "kwargs": {"in_dim": 12, "out_dim": 5, "depth": 2, "width": 9}}).double()
+    x, y = torch.randn(16, 12, dtype=torch.float64), torch.randint(0, 5, (16,))
+    params = list(model.parameters())
+    reg = GrokAlign(lam=0.3, n_proj=n_proj)
+    assert reg.wants_input_grad
+
+    def earlier_penalty(xb: torch.Tensor) -> torch.Tensor:
+        """The implementation before the reuse: a fresh forward pass, one VJP per projection."""
+        from grokscope.probes.align import random_directions
+
+        z = xb.detach().clone().requires_grad_(True)
+        out = model(z)
+        v = random_directions(n_proj, out.shape[0], out.shape[1], "sphere", None, out.dtype)
+        total = out.new_zeros(out.shape[0])
+        for i in range(n_proj):
+            (g,) = torch.autograd.grad(out, z, grad_outputs=v[i], create_graph=True)
+            total = total + g.pow(2).sum(dim=1)
+        return 0.3 * (total * (out.shape[1] / n_proj)).clamp_min(1e-8).sqrt().mean()
+
+    def total_grad(reuse: bool) -> tuple[float, torch.Tensor]:
+        torch.manual_seed(11)
+        xb = x.detach().requires_grad_(True) if reuse else x
+        logits = model(xb)
+        pen = reg.penalty(model, xb, y, logits) if reuse else earlier_penalty(xb)
+        loss = task_loss(logits, y, "ce") + pen
+        return float(pen.detach()), torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+
+    (v_fresh, g_fresh), (v_reuse, g_reuse) = total_grad(False), total_grad(True)
+    assert v_reuse == pytest.approx(v_fresh, rel=1e-12)
+    np.testing.assert_allclose(g_reuse.numpy(), g_fresh.numpy(), rtol=1e-10, atol=1e-14)
+    torch.manual_seed(12)  # different directions give a different penalty: the comparison can fail
+    assert float(reg.penalty(model, x.detach().requires_grad_(True), y, None).detach()) != v_fresh
