@@ -25,6 +25,7 @@ DATASETS = {
     "modular": "modular",
     "digits": "digits",
     "mnist": "mnist",
+    "mnist5k": "mnist5k",
     "fashion_mnist": "mnist",
     "cifar10": "cifar10",
     "xor": "xor",

@@ -10,7 +10,11 @@ over ``window`` consecutive checkpoints, i.e. over a stretch of log-time):
 * an **onset** is the first step at which a (smoothed) curve is past a threshold and stays there for
   ``patience`` checkpoints — memorisation, generalisation, robustness at each ε;
 * a **change point** is the step at which a curve has completed ``fraction`` of its largest rise (or
-  fall) — used for measures without a natural threshold (LC falling, Fourier Gini rising);
+  fall) — used for measures without a natural threshold (LC falling, Fourier Gini rising). A move
+  counts only when it is larger than both ``tol`` × the curve's range and ``noise_k`` × the curve's
+  checkpoint-to-checkpoint noise (:func:`noise_level`); otherwise the curve shows "no clear change";
+* accuracy thresholds are raised to **clear chance**: a generalisation or robustness onset needs at
+  least ``chance + CHANCE_MARGIN · (1 − chance)`` (:func:`clear_of_chance`), chance = 1 / classes;
 * **LC phases** (Humayun et al.): first descent, ascent, second descent, found as the largest run-up of
   the smoothed LC curve and the minima either side of it;
 * **lead/lag** compares two steps on a log scale (decades), since grokking is a log-time phenomenon.
@@ -32,11 +36,19 @@ MEM_THRESHOLD = 0.99
 ROBUST_THRESHOLD = 0.5
 # Test-accuracy threshold of "generalised" per dataset (docs/algorithms.md#onsets): 0.99 for algorithmic
 # tasks, 0.85 for image classification (GrokAlign Table 1); DEFAULT_GROK_THRESHOLD otherwise.
-GROK_THRESHOLDS = {"modular": 0.99, "xor": 0.99, "mnist": 0.85, "fashion_mnist": 0.85, "digits": 0.85,
-                   "cifar10": 0.85}
+GROK_THRESHOLDS = {"modular": 0.99, "xor": 0.99, "mnist": 0.85, "mnist5k": 0.85, "fashion_mnist": 0.85,
+                   "digits": 0.85, "cifar10": 0.85}
 DEFAULT_GROK_THRESHOLD = 0.95
-# A change point needs a move larger than this fraction of the curve's range (else: noise).
+# A change point needs a move larger than this fraction of the curve's range (else: noise) ...
 CHANGE_TOL = 0.2
+# ... and larger than NOISE_K x the curve's checkpoint-to-checkpoint noise (noise_level). On pure
+# Gaussian noise over 100 checkpoints smoothed over 5, the largest rise is 2.2 noise widths (median),
+# 3.2 (95th percentile), 3.7 (99th; 2 000 draws): 4 names a noise-only curve's move < 1 % of the time.
+NOISE_K = 4.0
+# A generalisation / robustness threshold is raised to at least chance + CHANCE_MARGIN (1 - chance).
+CHANCE_MARGIN = 0.25
+# The grokking phase starts where test accuracy is GROK_START of the way from chance to 1.
+GROK_START = 0.2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -101,6 +113,42 @@ def first_logged_step(records: list[dict[str, Any]], key: str, threshold: float)
     return None if math.isnan(t) else int(t)
 
 
+def noise_level(values: Any) -> float:
+    """Checkpoint-to-checkpoint noise σ of a curve: a robust standard deviation (1.4826 × the median
+    absolute deviation) of its second differences ``v[i+1] − 2 v[i] + v[i−1]``, divided by √6.
+
+    Second differences cancel any locally linear trend, so a smooth curve has σ ≈ 0 however much it
+    moves, while independent noise of standard deviation σ gives second differences of standard
+    deviation σ√6. NaNs are dropped first; 0.0 for fewer than 3 values.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 3:
+        return 0.0
+    d2 = v[2:] - 2 * v[1:-1] + v[:-2]
+    return float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6))
+
+
+def chance_level(dataset_spec: dict[str, Any] | None) -> float | None:
+    """Accuracy of guessing, 1 / number of classes, for a dataset spec ``{"name", "kwargs"}``; None
+    when the dataset is not one of grokscope's (its number of classes is not known here)."""
+    if not isinstance(dataset_spec, dict):
+        return None
+    name, kw = dataset_spec.get("name"), dataset_spec.get("kwargs") or {}
+    if name == "modular":
+        return 1.0 / int(kw.get("p", 97))
+    classes = {"xor": 2, "mnist": 10, "mnist5k": 10, "fashion_mnist": 10, "digits": 10, "cifar10": 10}
+    return 1.0 / classes[name] if name in classes else None
+
+
+def clear_of_chance(threshold: float, chance: float | None, margin: float = CHANCE_MARGIN) -> float:
+    """``threshold`` raised to ``chance + margin · (1 − chance)`` if below it (unchanged if chance is
+    unknown): on a binary task an onset at accuracy 0.5 is no onset at all."""
+    if chance is None:
+        return float(threshold)
+    return float(max(threshold, chance + margin * (1.0 - chance)))
+
+
 def _range(s: np.ndarray) -> float:
     finite = s[np.isfinite(s)]
     return float(finite.max() - finite.min()) if len(finite) else 0.0
@@ -127,30 +175,48 @@ def largest_move(values: np.ndarray, direction: str) -> tuple[int, int]:
     return best_ij
 
 
-def change_point(steps: Any, values: Any, direction: str = "rise", fraction: float = 0.5,
-                 window: int = 5, tol: float = CHANGE_TOL) -> float:
-    """The step at which the smoothed curve has completed ``fraction`` of its largest rise (or fall).
+def largest_change(steps: Any, values: Any, direction: str = "rise", fraction: float = 0.5,
+                   window: int = 5, tol: float = CHANGE_TOL, noise_k: float = NOISE_K) -> dict[str, Any]:
+    """The largest rise (or fall) of a curve and whether it is clear of the noise.
 
-    The largest move is found by :func:`largest_move` on the curve smoothed over ``window``
-    checkpoints; the result is the first step of that move at which the curve is past
-    ``start + fraction * (end - start)``. NaN if that move is not more than ``tol`` × the curve's
-    range (max − min): a curve that goes the other way has only noise-sized moves in ``direction``.
+    The move is found by :func:`largest_move` on the curve smoothed over ``window`` checkpoints. It is
+    ``clear`` when its size exceeds ``max(tol × range of the smoothed curve, noise_k × noise_level of
+    the raw curve)``. Returns ``{"clear", "step": first step of the move past start + fraction · (end −
+    start) (NaN unless clear), "t_start", "v_start", "t_end", "v_end" (smoothed values), "size",
+    "noise", "needed": the size a clear move needs}``.
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], not {fraction}")
     steps, values = _sorted_curve(steps, values)
     keep = ~np.isnan(values)
-    steps, s = steps[keep], smooth_log_time(values[keep], window)
+    steps, raw = steps[keep], values[keep]
+    s = smooth_log_time(raw, window)
+    out: dict[str, Any] = {"clear": False, "step": math.nan, "t_start": math.nan, "v_start": math.nan,
+                           "t_end": math.nan, "v_end": math.nan, "size": 0.0, "noise": noise_level(raw),
+                           "needed": math.nan}
+    if len(s) == 0:
+        return out
     i, j = largest_move(s, direction)
-    if i == j or abs(s[j] - s[i]) <= tol * _range(s):
-        return math.nan
+    out["needed"] = max(tol * _range(s), noise_k * out["noise"])
+    out.update(t_start=float(steps[i]), v_start=float(s[i]), t_end=float(steps[j]), v_end=float(s[j]),
+               size=float(abs(s[j] - s[i])))
+    if i == j or out["size"] <= out["needed"]:
+        return out
     level = s[i] + fraction * (s[j] - s[i])
     seg = s[i: j + 1]
     hit = np.flatnonzero(seg >= level if direction == "rise" else seg <= level)
-    return float(steps[i + hit[0]])
+    out.update(clear=True, step=float(steps[i + hit[0]]))
+    return out
 
 
-def lc_phases(steps: Any, lc: Any, window: int = 5, tol: float = 0.1) -> dict[str, Any]:
+def change_point(steps: Any, values: Any, direction: str = "rise", fraction: float = 0.5,
+                 window: int = 5, tol: float = CHANGE_TOL, noise_k: float = NOISE_K) -> float:
+    """The step at which the smoothed curve has completed ``fraction`` of its largest rise (or fall);
+    NaN when that move is not clear of the noise (see :func:`largest_change`)."""
+    return largest_change(steps, values, direction, fraction, window, tol, noise_k)["step"]
+
+
+def lc_phases(steps: Any, lc: Any, window: int = 5, tol: float = 0.1, noise_k: float = NOISE_K) -> dict[str, Any]:
     """Humayun et al.'s LC phases from a curve LC(step) (``docs/algorithms.md#lc-phases``).
 
     On the curve smoothed over ``window`` checkpoints: the **ascent** is its largest run-up, from
@@ -158,7 +224,8 @@ def lc_phases(steps: Any, lc: Any, window: int = 5, tol: float = 0.1) -> dict[st
     of the second descent, where region migration has finished). ``descent1`` = LC(first) − LC(t_min1),
     ``rise`` = LC(t_peak) − LC(t_min1), ``depth`` = LC(t_peak) − LC(t_min2), ``t_fall_half`` = the step
     at which half of that second descent is done. A phase is present (``has_*``) when its size is above
-    ``tol`` × the range of the smoothed curve (max − min). Times are NaN where the curve is too short
+    both ``tol`` × the range of the smoothed curve (max − min) and ``noise_k`` × the raw curve's
+    :func:`noise_level` (``noise`` in the result). Times are NaN where the curve is too short
     (< 3 checkpoints).
     """
     steps, lc = _sorted_curve(steps, lc)
@@ -167,14 +234,15 @@ def lc_phases(steps: Any, lc: Any, window: int = 5, tol: float = 0.1) -> dict[st
     out: dict[str, Any] = {"t_min1": math.nan, "t_peak": math.nan, "t_min2": math.nan,
                            "t_fall_half": math.nan, "descent1": math.nan, "rise": math.nan,
                            "depth": math.nan, "has_first_descent": False, "has_ascent": False,
-                           "has_second_descent": False, "window": window, "tol": tol}
+                           "has_second_descent": False, "window": window, "tol": tol,
+                           "noise": noise_level(lc[keep]), "noise_k": noise_k}
     if len(s) < 3:
         return out
     i_min1, i_peak = largest_move(s, "rise")
     if i_min1 == i_peak:  # never rises: all descent
         i_min1 = i_peak = 0
     i_min2 = i_peak + int(np.argmin(s[i_peak:]))
-    scale = tol * _range(s)
+    scale = max(tol * _range(s), noise_k * out["noise"])
     half = s[i_peak] - 0.5 * (s[i_peak] - s[i_min2])
     i_half = i_peak + int(np.flatnonzero(s[i_peak: i_min2 + 1] <= half)[0])
     out.update(t_min1=float(steps[i_min1]), t_peak=float(steps[i_peak]), t_min2=float(steps[i_min2]),
@@ -228,6 +296,9 @@ class Onset:
     patience: int = 1
     kind: str = "threshold"
     sel: dict[str, Any] = field(default_factory=dict)
+    # threshold onsets: {"asked": the threshold asked for, "chance", "max": the curve's highest value};
+    # change points: largest_change's result (start/end of the move, size, noise, size needed)
+    detail: dict[str, Any] = field(default_factory=dict)
     words: str = ""
 
     @property
@@ -284,33 +355,46 @@ def _radius0(ds, var: str) -> dict[str, Any]:
 
 
 def standard_onsets(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = None,
-                    robust: float = ROBUST_THRESHOLD, window: int = 1, patience: int = 1) -> dict[str, Onset]:
+                    robust: float = ROBUST_THRESHOLD, window: int = 1, patience: int = 1,
+                    chance_margin: float = CHANCE_MARGIN) -> dict[str, Onset]:
     """The standard onsets of one run (an ``xr.DataTree`` node whose children are probe groups).
 
     ``memorisation``: train accuracy ≥ ``mem``; ``generalisation``: test accuracy ≥ ``grok`` (default:
     :func:`grok_threshold_for` the run's dataset); ``robustness@<eps>``: PGD robust accuracy on the
-    pgd probe's first split ≥ ``robust``, one per ε. Only the onsets whose probe the run has.
+    pgd probe's first split ≥ ``robust``, one per ε. The generalisation and robustness thresholds are
+    raised by :func:`clear_of_chance` (``chance_margin``) where the dataset's chance level is known;
+    ``detail`` keeps the threshold asked for, the chance level and the curve's highest value. Only the
+    onsets whose probe the run has.
     """
     out: dict[str, Onset] = {}
     common = {"window": window, "patience": patience}
+    dataset = run_node.attrs.get("dataset")
+    chance = chance_level(dataset)
+
+    def make(name: str, probe: str, ds, var: str, asked: float, sel: dict[str, Any],
+             raise_to_chance: bool) -> Onset:
+        da = select_curve(ds, var, **sel)
+        thr = clear_of_chance(asked, chance, chance_margin) if raise_to_chance else float(asked)
+        finite = da.values[np.isfinite(da.values)]
+        detail = {"asked": float(asked), "chance": chance,
+                  "max": float(finite.max()) if len(finite) else math.nan}
+        return Onset(name, onset(ds.step.values, da.values, thr, True, window, patience), probe, var, thr,
+                     sel=sel, detail=detail, **common)
+
     acc = probe_dataset(run_node, "acc")
     if acc is not None and "accuracy" in acc:
         if grok is None:
-            grok = grok_threshold_for(run_node.attrs.get("dataset") or acc.attrs.get("dataset"))
+            grok = grok_threshold_for(dataset or acc.attrs.get("dataset"))
         for name, split, thr in (("memorisation", "train", mem), ("generalisation", "test", grok)):
             if split in acc["split"].values:
-                da = select_curve(acc, "accuracy", split=split)
-                out[name] = Onset(name, onset(acc.step.values, da.values, thr, True, window, patience),
-                                  "acc", "accuracy", thr, sel={"split": split}, **common)
+                out[name] = make(name, "acc", acc, "accuracy", thr, {"split": split}, name == "generalisation")
     pgd = probe_dataset(run_node, "pgd")
     if pgd is not None and "robust_acc" in pgd:
         sel = _split_label(pgd, "robust_acc", "test")
         for eps in pgd["eps"].values:
             eps = float(eps)
-            da = select_curve(pgd, "robust_acc", eps=eps, **sel)
             name = f"robustness@{eps:g}"
-            out[name] = Onset(name, onset(pgd.step.values, da.values, robust, True, window, patience),
-                              "pgd", "robust_acc", robust, sel={**sel, "eps": eps}, **common)
+            out[name] = make(name, "pgd", pgd, "robust_acc", robust, {**sel, "eps": eps}, True)
     return out
 
 
@@ -325,9 +409,9 @@ def _change(run_node: Any, event: EventSpec, fraction: float, window: int) -> On
     if "split" in ds[event.var].dims and "split" not in sel:
         sel["split"] = str(ds[event.var]["split"].values[0])
     da = select_curve(ds, event.var, **sel)
-    t = change_point(ds.step.values, da.values, event.direction, fraction, window)
-    return Onset(event.name, t, event.probe, event.var, fraction, event.direction == "rise", window, 1,
-                 "change", sel, words=event.words)
+    move = largest_change(ds.step.values, da.values, event.direction, fraction, window)
+    return Onset(event.name, move["step"], event.probe, event.var, fraction, event.direction == "rise", window, 1,
+                 "change", sel, words=event.words, detail=move)
 
 
 def declared_events(run_node: Any) -> list[EventSpec]:
@@ -406,15 +490,36 @@ def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = 
         out["final"] = {f"{s}_acc": float(acc["accuracy"].sel(split=s).values[-1])
                         for s in acc["split"].values}
         if "generalisation" in events:
-            test = select_curve(acc, "accuracy", split="test").values
-            out["grok_phase"] = {"t_start": onset(acc.step.values, test, 0.2, True, window, patience),
-                                 "start_threshold": 0.2, "t_end": events["generalisation"].step,
-                                 "end_threshold": events["generalisation"].threshold}
+            out["grok_phase"] = grok_phase(acc, events["generalisation"], window, patience)
     out["settings"] = {k: run_node.attrs.get(k) for k in ("model", "dataset", "train", "path")
                        if k in run_node.attrs}
     out["params"] = {**thresholds, "phase_window": phase_window, "fraction": fraction,
-                     "change_tol": CHANGE_TOL}
+                     "change_tol": CHANGE_TOL, "noise_k": NOISE_K, "chance_margin": CHANCE_MARGIN,
+                     "chance": chance_level(run_node.attrs.get("dataset"))}
     return json_safe(out)
+
+
+def grok_phase(acc, generalisation: Onset, window: int = 1, patience: int = 1,
+               start: float = GROK_START) -> dict[str, Any]:
+    """The grokking phase on the test-accuracy curve of an ``acc`` group: from the first checkpoint at
+    ``chance + start · (1 − chance)`` (chance from ``generalisation.detail``; 0 if unknown) to the
+    generalisation onset. Returns ``{"t_start", "start_threshold", "v_start": accuracy at t_start,
+    "t_before", "v_before": the checkpoint before t_start and its accuracy, "t_end", "end_threshold"}``
+    (NaN where missing) — so that a sentence can say what the curve really did between checkpoints."""
+    steps = acc.step.values
+    test = select_curve(acc, "accuracy", split="test").values
+    chance = generalisation.detail.get("chance") or 0.0
+    thr = chance + start * (1.0 - chance)
+    t = onset(steps, test, thr, True, window, patience)
+    out = {"t_start": t, "start_threshold": thr, "v_start": math.nan, "t_before": math.nan,
+           "v_before": math.nan, "t_end": generalisation.step, "end_threshold": generalisation.threshold}
+    if not math.isnan(t):
+        order = np.argsort(steps)
+        k = int(np.flatnonzero(steps[order] == t)[0])
+        out["v_start"] = float(test[order][k])
+        if k > 0:
+            out["t_before"], out["v_before"] = float(steps[order][k - 1]), float(test[order][k - 1])
+    return out
 
 
 def json_safe(v: Any) -> Any:

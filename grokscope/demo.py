@@ -95,6 +95,26 @@ def describe(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+# Generalisation should come in the first quarter of the run, so that what follows it is seen.
+WINDOW_FRACTION = 0.25
+
+
+def window_lines(summary: dict[str, Any], fraction: float = WINDOW_FRACTION) -> list[str]:
+    """Whether the run's window shows what follows generalisation: one line with ``t_grok / steps``,
+    and a warning when it is above ``fraction`` or generalisation never came."""
+    if summary.get("steps") is None:
+        return []
+    if summary.get("t_grok") is None:
+        return [f"warning: test accuracy never reached {100 * summary['grok']:g} % in {summary['steps']} steps: "
+                "onsets, lead/lag and phases after generalisation are undefined (train longer with --steps)"]
+    share = summary["t_grok"] / max(summary["steps"], 1)
+    line = f"generalisation at {share:.0%} of the run's {summary['steps']} steps"
+    if share > fraction:
+        return [line + f" (more than {fraction:.0%}: the phases after it may be cut short; train longer "
+                       "with --steps)"]
+    return [line + " (the rest of the window shows what follows it)"]
+
+
 def probe_selections(names: list[str], steps_options: tuple[str, ...], save_steps: list[int]
                      ) -> dict[str, str | None]:
     """``{probe: explicit step list or None (all)}``: the ``[PROBE=]SPEC`` options (as for
@@ -151,6 +171,8 @@ class _Status:
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path),
                 default=Path("runs/demo"))
 @click.option("--steps", type=int, default=None, help="Train this many steps instead of the preset's.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the initialisation and data order instead of the preset's (0); the split stays.")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch threads for training (the default model is small: one thread is nearly as "
                    "fast as two on an idle machine and far faster on a busy one).")
@@ -165,7 +187,8 @@ class _Status:
 @click.option("--report/--no-report", "with_report", default=True, show_default=True,
               help="Write DIRECTORY/report.html.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
-def demo(directory: Path, steps: int | None, threads: int, metrics: str, probe_steps: tuple[str, ...],
+def demo(directory: Path, steps: int | None, seed: int | None, threads: int, metrics: str,
+         probe_steps: tuple[str, ...],
          scheduler: str | None, with_report: bool, quiet: bool) -> None:
     """Train the default preset into DIRECTORY (default runs/demo) and, while it trains, probe every
     checkpoint with acc, lc, align, fourier, pgd and norm (regions on a log-spaced subset); then write the
@@ -178,7 +201,8 @@ def demo(directory: Path, steps: int | None, threads: int, metrics: str, probe_s
     from grokscope.training.schedule import parse_schedule
 
     t0 = time.perf_counter()
-    config = preset_config(DEFAULT_PRESET, **({"steps": steps} if steps is not None else {}))
+    overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+    config = preset_config(DEFAULT_PRESET, **overrides)
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     save_steps = parse_schedule(config.save, config.steps)
     if not probe_steps:  # the defaults of the probes that run
@@ -221,7 +245,8 @@ def demo(directory: Path, steps: int | None, threads: int, metrics: str, probe_s
     from grokscope.analysis import grok_threshold_for
 
     grok = grok_threshold_for(runs.read_run_json(directory).get("dataset"))  # the report's threshold
-    for line in describe(summarise_log(runs.read_log(directory), grok=grok)):
+    log_summary = summarise_log(runs.read_log(directory), grok=grok)
+    for line in describe(log_summary) + window_lines(log_summary):
         click.echo(line)
     if summary is None:
         return

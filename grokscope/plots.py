@@ -13,7 +13,8 @@ panel per variable), each only where some selected run has finished steps of it:
 acc                        accuracy and loss, train/test (line style per split)
 lc                         mean LC around each split's points (all layers); ``layers=True``
                            adds one panel per layer (``lc_mean``)
-pgd                        PGD robust accuracy, one shade of the run colour per ε
+pgd                        PGD robust accuracy per ε: a colour scale (plasma, dark = small ε)
+                           for one run, shades of each run's colour when runs are overlaid
 align                      centroid alignment, Jacobian alignment, ‖J‖_F (per split)
 fourier                    Fourier norms of the embedding as a heat map over (step, frequency),
                            one panel per run; Fourier Gini
@@ -402,6 +403,13 @@ def _shade(colour: str, i: int, n: int) -> tuple[float, float, float]:
     return tuple(c * (1 - t) + t for c in to_rgb(colour))  # type: ignore[return-value]
 
 
+def _eps_colour(i: int, n: int) -> tuple[float, float, float]:
+    """Colour ``i`` of ``n`` radii on a sequential scale (plasma, from dark purple to yellow-orange)."""
+    from matplotlib import colormaps
+
+    return tuple(colormaps["plasma"](0.0 if n <= 1 else 0.85 * i / (n - 1))[:3])  # type: ignore[return-value]
+
+
 def _hue_styles(labels: list[Any], dim: str) -> list[dict[str, Any]]:
     """Per hue label: a line style (≤ 4 labels; splits by name) or a shade index (more labels)."""
     if dim == "split" and all(str(lab) in SPLIT_STYLES for lab in labels):
@@ -442,7 +450,7 @@ def _onsets_for(panel: Panel, events: Mapping[str, Any]) -> list[tuple[str, Any]
 
 
 def _draw_onsets(ax, panel: Panel, path: str, events: Mapping[str, Any], colour: Any,
-                 eps_index: Mapping[float, tuple[int, int]] | None = None, text_colour: Any = None) -> None:
+                 eps_index: Mapping[float, Any] | None = None, text_colour: Any = None) -> None:
     """Dashed vertical lines at each onset of ``panel.spec.onsets`` (x = the onset's step), gid
     ``onset:<run>:<name>``, with a short rotated label at the top of the axes (one label per step:
     onsets at the same step share it, "mem, gen")."""
@@ -455,7 +463,7 @@ def _draw_onsets(ax, panel: Panel, path: str, events: Mapping[str, Any], colour:
         if name.startswith("robustness@"):
             eps = float(ev.sel.get("eps", math.nan))
             if eps_index and eps in eps_index:
-                c = _shade(colour, *eps_index[eps]) if isinstance(colour, str) else colour
+                c = eps_index[eps]
             short = f"ε={eps:g}"
         else:
             short = ONSET_SHORT.get(name, name)
@@ -502,15 +510,20 @@ def _draw_lines(ax, panel: Panel, runs: _Runs, events: Mapping[str, Mapping[str,
             dim = block.dims[1]
             labels = list(block[dim].values)
             styles = _hue_styles(labels, dim)
+            scale = dim == "eps" and len(panel.runs) == 1  # one run: radii on a colour scale
+            colours = [_eps_colour(i, len(labels)) if scale else
+                       (_shade(colour, *st["shade"]) if "shade" in st and isinstance(colour, str) else colour)
+                       for i, st in enumerate(styles)]
             if dim == "eps":
-                eps_index = {float(lab): (i, len(labels)) for i, lab in enumerate(labels)}
+                eps_index = {float(lab): c for lab, c in zip(labels, colours)}
             for j, (lab, st) in enumerate(zip(labels, styles)):
-                c = _shade(colour, *st["shade"]) if "shade" in st else colour
-                ax.plot(steps, block.values[:, j], color=c, ls=st.get("ls", "-"), lw=1.3, **_markers(len(steps)))
+                ax.plot(steps, block.values[:, j], color=colours[j], ls=st.get("ls", "-"), lw=1.3,
+                        **_markers(len(steps)))
                 key = _fmt_label(dim, lab)
                 if key not in [k for k, _ in hue_keys]:
-                    grey = _shade("#303030", *st["shade"]) if "shade" in st else "#303030"
-                    hue_keys.append((key, {"color": grey, "ls": st.get("ls", "-")}))
+                    key_colour = colours[j] if scale else (_shade("#303030", *st["shade"]) if "shade" in st
+                                                           else "#303030")
+                    hue_keys.append((key, {"color": key_colour, "ls": st.get("ls", "-")}))
         _draw_onsets(ax, panel, path, events.get(path, {}), colour, eps_index)
     _set_xaxis(ax, xlim)
     ax.set_yscale(spec.yscale)

@@ -526,7 +526,7 @@ def region_image(pic: RegionPicture, thicken: bool = False) -> np.ndarray:
 def _title(step: int, pic: RegionPicture) -> str:
     t = f"step {step}: {pic.n_regions} regions"
     if pic.accuracy:
-        t += "\n" + ", ".join(f"{k} acc {v:.2f}" for k, v in pic.accuracy.items())
+        t += "\n" + ", ".join(f"{k} acc {v:.3f}" for k, v in pic.accuracy.items())
     return t
 
 

@@ -27,6 +27,9 @@ SPLIT_WORDS = {"train": "training points", "test": "test points", "random": "ran
 PHASE_COLUMNS = {"t_min1": "first descent ends", "t_peak": "peak (migration starts)",
                  "t_fall_half": "second descent half-way", "t_min2": "second descent ends",
                  "descent1": "first descent size", "rise": "ascent size", "depth": "second descent size"}
+# the has_* flag that says whether the phase of each step column was found
+PHASE_FLAGS = {"t_min1": "has_first_descent", "t_peak": "has_ascent", "t_fall_half": "has_second_descent",
+               "t_min2": "has_second_descent"}
 # grid points per side of the region picture (regions' default is 400; the report keeps it quick)
 
 
@@ -126,26 +129,25 @@ def describe_run(summary: dict[str, Any]) -> list[str]:
             lines.append(s)
             phase = summary.get("grok_phase") or {}
             if not _missing(phase.get("t_start")) and phase["t_start"] < t_gen:
-                lines.append(f"test accuracy climbed from {fmt_num(phase.get('start_threshold'))} at step "
-                             f"{fmt_step(phase['t_start'])} to {fmt_num(gen.get('threshold'))} at step "
-                             f"{fmt_step(t_gen)}")
+                before = ("" if _missing(phase.get("t_before")) else
+                          f"; {_acc(phase['v_before'])} at the checkpoint before, step {fmt_step(phase['t_before'])}")
+                lines.append(f"test accuracy first reached {fmt_num(phase.get('start_threshold'))} at step "
+                             f"{fmt_step(phase['t_start'])} ({_acc(phase['v_start'])} there{before}) and "
+                             f"{fmt_num(gen.get('threshold'))} at step {fmt_step(t_gen)}")
         else:
             tail = "" if _missing(final.get("test_acc")) else f" (final {_acc(final['test_acc'])})"
-            lines.append(f"never generalised: test accuracy never reached {fmt_num(gen.get('threshold'))}{tail}")
+            lines.append(f"never generalised: test accuracy never reached {fmt_num(gen.get('threshold'))}"
+                         f"{_chance_words(gen)}{tail}")
     lines += _describe_lc(summary.get("lc_phases") or {}, summary.get("migration") or {})
     lines += _describe_robustness(onsets, t_gen)
     lead = {(r.get("a"), r.get("b")): r for r in summary.get("lead_lag") or []}
     for name, o in onsets.items():
         if o.get("kind") != "change":
             continue
-        row = lead.get((name, "generalisation"))
-        text = describe_lead_lag(row, onsets) if row else None
-        if text is None:
-            what = _event_words(name, o)
-            t = _step_of(o)
-            text = (f"{what} was half done at step {fmt_step(t)}" if t is not None
-                    else f"no clear {what.removeprefix('the ')}")
-        lines.append(text)
+        params = summary.get("params") or {}
+        text = describe_change(name, o, params.get("change_tol"), params.get("noise_k"))
+        order = order_words(lead.get((name, "generalisation"))) if _step_of(o) is not None else None
+        lines.append(text + (f", {order}" if order else ""))
     acc = [f"{k.split('_')[0]} {_acc(final[k])}" for k in ("train_acc", "test_acc") if not _missing(final.get(k))]
     if acc:
         lines.append("final accuracy: " + ", ".join(acc))
@@ -156,6 +158,37 @@ def _acc(v: float) -> str:
     return f"{float(v):.3f}"
 
 
+def _chance_words(o: dict[str, Any]) -> str:
+    """`` (0.5 asked, raised to clear chance 0.5)`` when the threshold was raised above the one asked for."""
+    d = o.get("detail") or {}
+    asked, chance = d.get("asked"), d.get("chance")
+    if _missing(asked) or _missing(chance) or _missing(o.get("threshold")) or o["threshold"] <= asked:
+        return ""
+    return f" ({fmt_num(asked)} asked, raised to clear chance {fmt_num(chance)})"
+
+
+def describe_change(name: str, o: dict[str, Any], tol: float | None = None, noise_k: float | None = None) -> str:
+    """A change point (:func:`grokscope.analysis.largest_change`) in words: the move with its values
+    and steps when it is clear of the noise, else "no clear change" with the sizes that decided it
+    (``tol`` and ``noise_k``: the rule's parameters, as in the summary's ``params``)."""
+    from grokscope.analysis import CHANGE_TOL, NOISE_K
+
+    tol = CHANGE_TOL if tol is None else tol
+    noise_k = NOISE_K if noise_k is None else noise_k
+    what = _event_words(name, o)  # the probe's own words: "the fall of ‖θ‖²"
+    d = o.get("detail") or {}
+    if _step_of(o) is not None:
+        return (f"{what} went from {fmt_num(d.get('v_start'))} (step {fmt_step(d.get('t_start'))}) to "
+                f"{fmt_num(d.get('v_end'))} (step {fmt_step(d.get('t_end'))}), half of it by step "
+                f"{fmt_step(o.get('step'))}")
+    if _missing(d.get("needed")):
+        return f"{what}: no clear change"
+    move = "rise" if o.get("above", True) else "fall"
+    return (f"{what}: no clear change (its largest {move}, {fmt_num(d.get('size'))}, is not above the "
+            f"{fmt_num(d.get('needed'))} a clear change needs: the larger of {100 * tol:.0f} % of its range "
+            f"and {fmt_num(noise_k)} × its checkpoint-to-checkpoint noise {fmt_num(d.get('noise'))})")
+
+
 def _describe_robustness(onsets: dict[str, dict], t_gen: float | None) -> list[str]:
     """One sentence per ε that reached the threshold; one for all the ε that never did."""
     lines, never = [], []
@@ -164,9 +197,9 @@ def _describe_robustness(onsets: dict[str, dict], t_gen: float | None) -> list[s
             continue
         eps, t = _eps_of(name, o), _step_of(o)
         if t is None:
-            never.append((eps, fmt_num(o.get("threshold"))))
+            never.append((eps, fmt_num(o.get("threshold")) + _chance_words(o)))
             continue
-        s = f"robust accuracy at ε={eps} reached {fmt_num(o.get('threshold'))} at step {fmt_step(t)}"
+        s = f"robust accuracy at ε={eps} reached {fmt_num(o.get('threshold'))}{_chance_words(o)} at step {fmt_step(t)}"
         if t_gen is not None:
             s += f" ({_ratio_text(t, t_gen, 'generalisation', say_what=True)})"
         lines.append(s)
@@ -206,29 +239,17 @@ def _describe_lc(phases: dict[str, dict], migration: dict[str, Any]) -> list[str
     return lines
 
 
-def describe_lead_lag(row: dict[str, Any], onsets: dict[str, dict] | None = None) -> str | None:
-    """One lead/lag pair (:func:`grokscope.analysis.lead_lag`) in words, or None when the pair is
-    already said elsewhere (memorisation → generalisation, generalisation → robustness) or undetermined."""
-    a, b = (row or {}).get("a"), (row or {}).get("b")
-    if not row or a is None or b is None or a == "memorisation" or str(b).startswith("robustness@"):
+def order_words(row: dict[str, Any] | None) -> str | None:
+    """When event ``a`` of a lead/lag row (:func:`grokscope.analysis.lead_lag`) came relative to ``b``:
+    ``"1.0 decades before generalisation (step 3 000)"``, ``"together with …"`` or ``"… after …"``;
+    None when either step is missing."""
+    if not row or _missing(row.get("t_a")) or _missing(row.get("t_b")):
         return None
-    ta, tb = row.get("t_a"), row.get("t_b")
-    if _missing(ta) or _missing(tb):
-        return None
-    onsets = onsets or {}
-    wa, wb = _event_words(a, onsets.get(a)), _event_words(b, onsets.get(b))
-
-    def when(name: str, t: float) -> str:
-        half = (onsets.get(name) or {}).get("kind") == "change"
-        return f"{'half done at ' if half else ''}step {fmt_step(t)}"
-
-    dec = row.get("lag_decades")
-    if row.get("order") == "together" or ta == tb:
-        return f"{wa} ({when(a, ta)}) and {wb} ({when(b, tb)}) came together"
-    gap = "" if _missing(dec) else f", {abs(dec):.1f} decades"
-    if ta < tb:
-        return f"{wa} ({when(a, ta)}) came before {wb} ({when(b, tb)}{gap} later)"
-    return f"{wa} ({when(a, ta)}) came after {wb} ({when(b, tb)}{gap} earlier)"
+    b, tb, dec = row.get("b"), row["t_b"], row.get("lag_decades")
+    other = f"{_event_words(str(b))} (step {fmt_step(tb)})"
+    if row.get("order") == "together" or row["t_a"] == tb or _missing(dec):
+        return f"together with {other}"
+    return f"{abs(dec):.1f} decades {'before' if row['t_a'] < tb else 'after'} {other}"
 
 
 # -- HTML pieces -------------------------------------------------------------------------------------
@@ -347,8 +368,12 @@ def phase_table_html(phases: dict[str, dict]) -> str:
         row = [(SPLIT_WORDS.get(split, split), "")]
         for k in keys:
             v = p.get(k)
-            row.append((fmt_step(v), "never") if k.startswith("t_") and _missing(v) else
-                       (fmt_step(v) if k.startswith("t_") else fmt_num(v), "num"))
+            flag = PHASE_FLAGS.get(k)
+            if k.startswith("t_") and flag and p.get(flag) is False:
+                row.append(("none", "never"))  # the phase is not larger than the noise: no step to give
+            else:
+                row.append((fmt_step(v), "never") if k.startswith("t_") and _missing(v) else
+                           (fmt_step(v) if k.startswith("t_") else fmt_num(v), "num"))
         found = [w for flag, w in (("has_first_descent", "first descent"), ("has_ascent", "ascent"),
                                    ("has_second_descent", "second descent")) if p.get(flag)]
         rows.append(row + [(", ".join(found) or "none", "")])
@@ -356,22 +381,45 @@ def phase_table_html(phases: dict[str, dict]) -> str:
     caption = ""
     if "window" in first:
         caption = (f"<p class='meta'>LC (mean over points, first radius) smoothed by a running median over "
-                   f"{fmt_num(first['window'])} checkpoints; a phase counts when its size exceeds "
-                   f"{fmt_num(first.get('tol'))} × the curve's range.</p>")
+                   f"{fmt_num(first['window'])} checkpoints; a phase counts when its size exceeds both "
+                   f"{fmt_num(first.get('tol'))} × the curve's range and {fmt_num(first.get('noise_k'))} × its "
+                   f"checkpoint-to-checkpoint noise (robust standard deviation of its second differences / √6); "
+                   f"“none”: that phase is not larger than this.</p>")
     return _table(["points"] + [PHASE_COLUMNS[k] for k in keys] + ["phases found"], rows) + caption
 
 
-def lead_lag_table_html(rows: list[dict[str, Any]]) -> str:
-    """One row per pair of events: their steps, the lag in steps and in decades, and the order."""
+def missing_reason(name: str, o: dict[str, Any] | None, tol: float | None = None,
+                   noise_k: float | None = None) -> str:
+    """Why event ``name`` has no step: a threshold never reached (with the curve's highest value) or a
+    change not clear of the noise (:func:`describe_change`)."""
+    if o is None:
+        return f"{name}: not measured"
+    if o.get("kind") == "change":
+        return describe_change(name, o, tol, noise_k)
+    d = o.get("detail") or {}
+    top = "" if _missing(d.get("max")) else f" (highest {_acc(d['max'])})"
+    return f"{name}: never reached {fmt_num(o.get('threshold'))}{_chance_words(o)}{top}"
+
+
+def lead_lag_table_html(rows: list[dict[str, Any]], onsets: dict[str, dict] | None = None,
+                        params: dict[str, Any] | None = None) -> str:
+    """One row per pair of events: their steps, the lag in steps and in decades, the order and, for an
+    undetermined order, why (:func:`missing_reason` of each missing event, from ``onsets``)."""
     if not rows:
         return "<p class='meta'>No lead/lag pairs: needs generalisation and at least one other event.</p>"
+    onsets, params = onsets or {}, params or {}
     body = []
     for r in rows:
         steps = [(fmt_step(r.get(k)), "never" if _missing(r.get(k)) else "num") for k in ("t_a", "t_b")]
         lag = r.get("lag_steps")
+        order = str(r.get("order", ""))
+        if order == "undetermined":
+            why = [missing_reason(str(r[e]), onsets.get(str(r[e])), params.get("change_tol"), params.get("noise_k"))
+                   for e, t in (("a", "t_a"), ("b", "t_b")) if _missing(r.get(t))]
+            order += ": " + "; ".join(why)
         body.append([(str(r.get("a")), ""), (str(r.get("b")), ""), *steps,
                      ("—" if _missing(lag) else ("−" if lag < 0 else "") + fmt_step(abs(lag)), "num"),
-                     (fmt_num(r.get("lag_decades")), "num"), (str(r.get("order", "")), "")])
+                     (fmt_num(r.get("lag_decades")), "num"), (order, "")])
     together = rows[0].get("together_decades")
     note = "" if _missing(together) else (f"<p class='meta'>lag = step(second) − step(first); decades = "
                                            f"log10((step₂+1)/(step₁+1)); “together” within {fmt_num(together)} "
@@ -520,7 +568,8 @@ def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: 
     if migration:
         parts.append("<h3>Region migration (LC near the boundary / LC near training points)</h3>"
                      + migration_table_html(migration))
-    parts.append("<h3>Lead / lag</h3>" + lead_lag_table_html(summary.get("lead_lag") or []))
+    parts.append("<h3>Lead / lag</h3>" + lead_lag_table_html(summary.get("lead_lag") or [], summary.get("onsets"),
+                                                             summary.get("params")))
     if regions:
         parts.append("<h3>Linear regions</h3>" + region_html(node, summary, path, work))
     parts.append("<h3>Settings</h3>" + settings_html(settings))

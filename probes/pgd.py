@@ -174,10 +174,11 @@ def pgd_attack(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
                eps_list: Sequence[float], alpha: float, steps: int, norm: str = "linf", restarts: int = 1,
                random_start: bool = True, low: torch.Tensor | float | None = None,
                high: torch.Tensor | float | None = None, seed: int = 0, loss: str = "ce",
-               batch_size: int | None = None) -> torch.Tensor:
+               batch_size: int | None = None, alpha_relative: bool = False) -> torch.Tensor:
     """Robust correctness: bool ``(n_eps, n)``, True where the last PGD iterate of *every* restart is
     classified as ``y``. Batched over radii and restarts; ``batch_size`` caps the samples per batch
-    (each batch holds ``n_eps · restarts · batch_size`` rows). See :func:`pgd_perturb`.
+    (each batch holds ``n_eps · restarts · batch_size`` rows). ``alpha_relative``: the step at radius
+    ε is ``alpha · ε``. See :func:`pgd_perturb`.
 
     The random starts of all samples are drawn at once from a generator seeded with ``seed``
     (:func:`unit_starts`), so they do not depend on ``batch_size``.
@@ -191,7 +192,7 @@ def pgd_attack(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
     for i in range(0, n, bs):
         xb, yb = x[i:i + bs], y[i:i + bs]
         adv = pgd_perturb(f, xb, yb, eps_list, alpha, steps, norm, restarts, random_start, low, high,
-                          seed, loss, starts=None if starts is None else starts[i:i + bs])
+                          seed, loss, alpha_relative, starts=None if starts is None else starts[i:i + bs])
         with torch.no_grad():
             pred = f(adv.reshape(-1, *xb.shape[1:])).argmax(dim=-1).view(len(eps_list), restarts, -1)
         out.append((pred == yb).all(dim=1))
@@ -200,12 +201,31 @@ def pgd_attack(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
     return torch.cat(out, dim=1).cpu()
 
 
+# Madry et al.'s step: α = 2.5 ε / steps, so that the steps add up to 2.5 ε — enough to cross the
+# ball (2ε from a random start to the far face) with room to move inside it, at every radius.
+MADRY_ALPHA_SCALE = 2.5
+
+
+def step_sizes(eps: Sequence[float], alpha: float, steps: int, alpha_scale: float = MADRY_ALPHA_SCALE
+               ) -> list[float]:
+    """The PGD step at each radius: ``alpha`` for all when ``alpha > 0``, else ``alpha_scale · ε / steps``."""
+    if alpha > 0:
+        return [float(alpha)] * len(eps)
+    return [alpha_scale * float(e) / max(steps, 1) for e in eps]
+
+
 @dataclass(frozen=True)
 class PGDParams:
-    """Parameters of the ``pgd`` probe (defaults: Humayun et al.; use ``steps=100`` for MNIST MLPs)."""
+    """Parameters of the ``pgd`` probe (radii: Humayun et al.; use ``steps=100`` for MNIST MLPs).
+
+    ``alpha = 0`` (default): the step scales with the radius, ``alpha_scale · ε / steps`` (Madry et
+    al.'s 2.5 ε / steps), so ``α · steps ≥ ε`` at every radius. ``alpha > 0``: that one step for every
+    radius (Humayun et al. used 0.0156, which cannot reach ε > 0.156 in 10 steps).
+    """
 
     eps: tuple[float, ...] = (0.03, 0.06, 0.10, 0.13, 0.16, 0.20)
-    alpha: float = 0.0156
+    alpha: float = 0.0
+    alpha_scale: float = MADRY_ALPHA_SCALE
     steps: int = 10
     norm: str = "linf"
     restarts: int = 1
@@ -244,6 +264,9 @@ class PGDProbe(Probe):
             raise ProbeError(f"pgd.attack must be one of {', '.join(ATTACKS)}, got {params.attack!r}")
         if not params.eps or any(float(e) < 0 for e in params.eps):
             raise ProbeError(f"pgd.eps must be a non-empty list of radii >= 0, got {params.eps!r}")
+        if params.alpha < 0 or (params.alpha == 0 and params.alpha_scale <= 0):
+            raise ProbeError(f"pgd.alpha must be > 0 (a fixed step) or 0 (alpha_scale · ε / steps with "
+                             f"alpha_scale > 0), got alpha={params.alpha!r}, alpha_scale={params.alpha_scale!r}")
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
             raise ProbeError(f"pgd.splits must be train and/or test, got {params.splits!r}")
 
@@ -254,6 +277,8 @@ class PGDProbe(Probe):
 
         self.check_params(params)
         splits = [str(s) for s in params.splits]
+        relative = params.alpha == 0
+        alpha = params.alpha_scale / max(params.steps, 1) if relative else params.alpha
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         results = []
         with eval_mode(model):
@@ -276,9 +301,9 @@ class PGDProbe(Probe):
                                                params.restarts, params.random_start, low, high, params.seed,
                                                params.loss, bs))
                     continue
-                results.append(pgd_attack(f, z, y.to(device), params.eps, params.alpha, params.steps,
+                results.append(pgd_attack(f, z, y.to(device), params.eps, alpha, params.steps,
                                           params.norm, params.restarts, params.random_start, low, high,
-                                          params.seed, params.loss, bs))
+                                          params.seed, params.loss, bs, alpha_relative=relative))
         n_samples = np.array([r.shape[1] for r in results], dtype=np.int64)
         n_max = int(n_samples.max())
         correct = np.full((len(splits), len(params.eps), n_max), -1, dtype=np.int8)
@@ -291,4 +316,5 @@ class PGDProbe(Probe):
             {"robust_acc": (("split", "eps"), robust),
              "correct": (("split", "eps", "sample"), correct),
              "n_samples": (("split",), n_samples)},
-            coords={"split": splits, "eps": [float(e) for e in params.eps], "sample": np.arange(n_max)})
+            coords={"split": splits, "eps": [float(e) for e in params.eps], "sample": np.arange(n_max)},
+            attrs={"alpha_per_eps": step_sizes(params.eps, params.alpha, params.steps, params.alpha_scale)})

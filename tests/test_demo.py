@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from grokscope import runs
 from grokscope.cli import main
-from grokscope.demo import TIMING_FILE, probe_selections, summarise_log
+from grokscope.demo import TIMING_FILE, probe_selections, summarise_log, window_lines
 from grokscope.engine.selection import select_steps
 from grokscope.training.schedule import parse_schedule
 
@@ -43,6 +43,7 @@ def test_demo_trains_probes_and_reports(tmp_path: Path) -> None:
     assert f"checkpoints: {len(runs.list_checkpoints(out))} in {out / 'checkpoints'}" in res.stdout
     assert f"train acc first >= 99 % at step {summary['t_mem']} (training log)" in res.stdout
     assert f"what {out.name} shows:" in res.stdout and "memorised" in res.stdout
+    assert "warning: test accuracy never reached 99 % in 150 steps" in res.stdout
     # every checkpoint probed with acc, the log:4 choice of the save schedule with fourier
     saves = parse_schedule("log:100", 150)
     tree = xr.open_datatree(out / "probes.zarr", engine="zarr", consolidated=False)
@@ -61,6 +62,15 @@ def test_demo_trains_probes_and_reports(tmp_path: Path) -> None:
     assert again.exit_code == 0, again.output
     assert "training_s" not in json.loads((out / TIMING_FILE).read_text())
     assert again.stdout.split("probe store:")[0] == res.stdout.split("probe store:")[0]
+
+
+def test_window_lines_say_whether_the_run_shows_what_follows_generalisation() -> None:
+    base = {"steps": 6000, "grok": 0.99, "t_grok": 600}
+    assert window_lines(base) == ["generalisation at 10% of the run's 6000 steps (the rest of the window "
+                                  "shows what follows it)"]
+    late = window_lines({**base, "t_grok": 5650})[0]
+    assert late.startswith("generalisation at 94% of the run's 6000 steps (more than 25%")
+    assert window_lines({**base, "t_grok": None})[0].startswith("warning: test accuracy never reached 99 %")
 
 
 def test_bad_probe_steps_are_refused_before_training(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ COMMANDS = {
     "report": ("grokscope.report:report", "One self-contained HTML page (or --json) about a probe store."),
     "llc-sweep": ("grokscope.cli.llc_sweep:llc_sweep", "Try llc step sizes and localisations on one checkpoint; plot the traces."),
     "regions": ("grokscope.cli.regions:regions", "Draw linear regions on the plane through three training points."),
+    "reproduce": ("grokscope.reproduce:reproduce", "A paper's headline result in one command (--list)."),
 }
 
 

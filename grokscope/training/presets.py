@@ -17,12 +17,15 @@ from .config import TrainConfig, TrainConfigError
 DEFAULT_PRESET = "modadd-mlp"
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The default: groks on 2 CPU cores in well under 3 minutes (memorises early, generalises late).
+    # The default (the demo's run): memorises by step ~75 and generalises (test acc >= 0.99) at step
+    # ~600-650 (seeds 0-2, measured), about a tenth of its 6 000 steps, so the phases after grokking
+    # fill the rest of the window. With 40 % train and lr 3e-3 it grokked only near the end (step
+    # ~5 650, or not at all within 6 000 steps on another CPU).
     "modadd-mlp": {
         "model": {"arch": "mlp", "kwargs": {"depth": 2, "width": 128}},
-        "dataset": {"name": "modular", "kwargs": {"p": 59, "op": "add", "train_fraction": 0.4,
+        "dataset": {"name": "modular", "kwargs": {"p": 59, "op": "add", "train_fraction": 0.6,
                                                   "encoding": "onehot_concat"}, "seed": 0},
-        "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1.0, "loss": "ce",
+        "optimizer": "adamw", "lr": 6e-3, "weight_decay": 1.0, "loss": "ce",
         "batch_size": None, "steps": 6000, "save": "log:100", "eval_every": "every:50",
     },
     # Nanda et al.: one-layer transformer on (a, b, =) tokens, p = 113, 30 % train.
@@ -76,7 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DESCRIPTIONS = {
-    "modadd-mlp": "a + b mod 59, one-hot pairs, 2x128 MLP, AdamW wd 1 (default; groks on CPU in minutes)",
+    "modadd-mlp": "a + b mod 59, one-hot pairs, 60 % train, 2x128 MLP, AdamW lr 6e-3 wd 1 (default; groks at ~10 % of its 6 000 steps)",
     "modadd-transformer": "Nanda et al.'s one-layer transformer, a + b mod 113, 30 % train, 48k steps",
     "mnist-mlp": "Humayun et al.'s 4x200 ReLU MLP on 1K MNIST images, MSE, batch 200 (needs MNIST files)",
     "digits-mlp": "the mnist-mlp recipe on the offline 8x8 digits",

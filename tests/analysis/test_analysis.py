@@ -90,7 +90,9 @@ def _lc_curve(rng, noise):
 
 @pytest.mark.parametrize("seed", range(10))
 def test_lc_phases_of_noisy_curve(seed):
-    ph = lc_phases(STEPS, _lc_curve(np.random.default_rng(seed), 0.03), window=7)
+    # noise 2 % of the range: the first descent (50 -> 30, truncated at the start by the smoothing
+    # window) is then > 4 x the noise; at 3 % it measures ~4 noise widths and can count as noise
+    ph = lc_phases(STEPS, _lc_curve(np.random.default_rng(seed), 0.02), window=7)
     assert abs(math.log10(ph["t_min1"]) - 1.0) < 0.25
     assert abs(math.log10(ph["t_peak"]) - 3.0) < 0.25
     assert math.log10(ph["t_min2"]) > 4.7
@@ -245,3 +247,66 @@ def test_done_steps_sorts_back_filled_steps():
                     coords={"step": [0, 100, 10, 50]})  # 10 and 50 back-filled after 100
     out = done_steps(ds)
     assert list(out.step.values) == [0, 10, 100] and list(out.accuracy.values) == [0.1, 0.5, 0.9]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noise_level_is_the_noise_not_the_trend(seed):
+    from grokscope.analysis import noise_level
+
+    rng = np.random.default_rng(seed)
+    trend = 3.0 * _sigmoid((LOGT - 2.5) / 0.6)  # moves by 3, smoothly
+    assert noise_level(trend) < 0.01
+    noisy = trend + rng.normal(0, 0.05, LOGT.size)
+    # slow check: the sample standard deviation of the added noise
+    assert noise_level(noisy) == pytest.approx(0.05, rel=0.3)
+    assert noise_level([1.0, np.nan]) == 0.0
+
+
+def test_change_is_named_only_above_the_noise():
+    """The issue's case: a curve whose largest rise is a few noise widths is "no clear change"."""
+    from grokscope.analysis import largest_change, noise_level
+
+    rng = np.random.default_rng(0)
+    flat = 0.08 + rng.normal(0, 0.01, LOGT.size)  # only noise: its largest rise is ~2-3.7 noise widths
+    move = largest_change(STEPS, flat, "rise", window=5)
+    assert not move["clear"] and math.isnan(move["step"])
+    assert move["needed"] == pytest.approx(max(0.2 * (smooth_log_time(flat).max() - smooth_log_time(flat).min()),
+                                               4 * noise_level(flat)))
+    clean = 0.08 + 0.03 * _sigmoid((LOGT - 3) / 0.1) + rng.normal(0, 0.001, LOGT.size)
+    move = largest_change(STEPS, clean, "rise", window=5)
+    assert move["clear"] and abs(math.log10(move["step"]) - 3) < 0.1
+    assert move["v_start"] == pytest.approx(0.08, abs=0.003) and move["v_end"] == pytest.approx(0.11, abs=0.003)
+    assert move["t_start"] < move["step"] < move["t_end"]
+
+
+def test_thresholds_clear_chance():
+    from grokscope.analysis import chance_level, clear_of_chance
+
+    assert chance_level({"name": "xor"}) == 0.5
+    assert chance_level({"name": "modular", "kwargs": {"p": 59}}) == pytest.approx(1 / 59)
+    assert chance_level({"name": "mnist5k"}) == 0.1 and chance_level({"name": "mine"}) is None
+    assert clear_of_chance(0.5, 0.5) == pytest.approx(0.625)  # binary: 0.5 is no onset
+    assert clear_of_chance(0.5, 0.1) == 0.5 and clear_of_chance(0.5, None) == 0.5
+
+
+def test_binary_robustness_onset_needs_more_than_chance(tmp_path):
+    """Robust accuracy 0.5-0.55 on a binary task while clean accuracy is 0.51: no robustness onset."""
+    import xarray as xr
+
+    steps = np.array([0, 1, 3, 8, 20, 50, 100, 200, 400])
+    test = np.array([0.5, 0.5, 0.51, 0.51, 0.6, 0.79, 0.95, 0.99, 0.99])
+    acc = xr.Dataset({"accuracy": (("step", "split"), np.stack([np.minimum(test + 0.01, 1), test], 1)),
+                      "done": (("step",), np.ones(len(steps), bool))},
+                     coords={"step": steps, "split": ["train", "test"]})
+    robust = np.array([0.5, 0.5, 0.51, 0.55, 0.5, 0.6, 0.7, 0.8, 0.8])
+    pgd = xr.Dataset({"robust_acc": (("step", "split", "eps"), robust[:, None, None]),
+                      "done": (("step",), np.ones(len(steps), bool))},
+                     coords={"step": steps, "split": ["test"], "eps": [0.03]})
+    tree = xr.DataTree.from_dict({"/r": xr.Dataset(attrs={"dataset": {"name": "xor"}}), "/r/acc": acc, "/r/pgd": pgd})
+    s = tree.grok.summary()
+    rob = s["onsets"]["robustness@0.03"]
+    assert rob["threshold"] == pytest.approx(0.625) and rob["step"] == 100
+    assert rob["detail"]["asked"] == 0.5 and rob["detail"]["chance"] == 0.5
+    phase = s["grok_phase"]  # starts a fifth of the way from chance: 0.6
+    assert phase["start_threshold"] == pytest.approx(0.6) and phase["t_start"] == 20
+    assert (phase["v_start"], phase["t_before"], phase["v_before"]) == (0.6, 8, 0.51)

@@ -219,3 +219,19 @@ def test_a_folder_given_for_a_store_names_the_store_inside_it(store, tmp_path):
         res = CliRunner().invoke(main, [cmd, str(store.parent / "runs" / "a"), "--out", str(tmp_path / cmd)])
         assert res.exit_code == 1 and "not a probe store (no zarr.json)" in res.output
     assert not list(tmp_path.rglob("*.png")) and not list(tmp_path.rglob("*.html"))
+
+
+def test_pgd_radii_on_a_colour_scale(store):
+    """One run in the PGD panel: each ε its own colour from a sequential scale, also in the legend."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    fig = plots.overview_figure(store)
+    ax = {a.get_label(): a for a in fig.axes if a.get_label()}["pgd.robust_acc"]
+    data = [ln for ln in ax.lines if not (ln.get_gid() or "").startswith("onset")]
+    colours = [to_rgb(ln.get_color()) for ln in data]
+    assert len(data) == 2 and len(set(colours)) == 2  # pgd.eps=0.05,0.2 of run a
+    assert colours == [plots._eps_colour(0, 2), plots._eps_colour(1, 2)]
+    legend = {t.get_text(): to_rgb(h.get_color()) for t, h in zip(ax.get_legend().texts, ax.get_legend().legend_handles)}
+    assert legend == {"ε = 0.05": colours[0], "ε = 0.2": colours[1]}
+    plt.close(fig)

@@ -117,7 +117,12 @@ def test_report_page_of_a_real_store(store):
     header = page.table("points")[0]
     assert set(phases) == {"training points", "test points"}
     col = header.index("peak (migration starts)")
-    assert phases["training points"][col] == step_text(summary["lc_phases"]["train"]["t_peak"])
+    train = summary["lc_phases"]["train"]
+    # a phase smaller than the noise has no step to give: "none"
+    assert phases["training points"][col] == (step_text(train["t_peak"]) if train["has_ascent"] else "none")
+    # every undetermined lead/lag row says why
+    for row in page.table("first event")[1:]:
+        assert row[-1] != "undetermined" and (not row[-1].startswith("undetermined") or ": " in row[-1])
 
     # lead/lag rows and the settings recorded by the run
     assert len(page.table("first event")) - 1 == len(summary["lead_lag"])
@@ -156,7 +161,9 @@ def test_report_json_round_trip(store, tmp_path):
     assert list(got) == ["r0"]
     expected = summary_of(store, mem=0.0, grok=0.3, robust=0.9, window=2)
     assert got["r0"] == json.loads(json.dumps(expected))
-    assert got["r0"]["onsets"]["generalisation"]["threshold"] == 0.3
+    # digits: chance 0.1, so 0.3 is raised to clear it by a quarter of the way to 1
+    assert got["r0"]["onsets"]["generalisation"]["threshold"] == pytest.approx(0.325)
+    assert got["r0"]["onsets"]["generalisation"]["detail"]["asked"] == 0.3
     assert got["r0"]["onsets"]["memorisation"]["step"] == 0  # threshold 0: the first probed step
     assert 0.0 <= got["r0"]["final"]["test_acc"] <= 1.0
     assert got["r0"]["params"]["window"] == 2
@@ -252,7 +259,7 @@ def test_describe_run_never_reached():
         "never memorised: train accuracy never reached 0.99 (final 0.871)",
         "never generalised: test accuracy never reached 0.85 (final 0.310)",
         "robust accuracy at ε=0.1, 0.2 never reached 0.5",
-        "no clear fall of LC around training points",
+        "the fall of LC around training points: no clear change",
         "final accuracy: train 0.871, test 0.310",
     ]
     assert describe_run({}) == []
@@ -261,15 +268,47 @@ def test_describe_run_never_reached():
 def test_describe_run_lead_lag_of_change_points():
     s = {"onsets": {"generalisation": onset("generalisation", 3000.0, 0.99, split="test"),
                     "gini_rise": onset("gini_rise", 300.0, 0.5, kind="change"),
-                    "weight_norm_fall": onset("weight_norm_fall", 3100.0, 0.5, kind="change", above=False)},
+                    "weight_norm_fall": onset("weight_norm_fall", 3100.0, 0.5, kind="change", above=False),
+                    "alignment_rise": onset("alignment_rise", None, 0.5, kind="change")},
          "lead_lag": [{"a": "gini_rise", "b": "generalisation", "t_a": 300.0, "t_b": 3000.0,
                        "lag_decades": 0.9996, "order": "gini_rise first"},
                       {"a": "weight_norm_fall", "b": "generalisation", "t_a": 3100.0, "t_b": 3000.0,
-                       "lag_decades": -0.014, "order": "together"}]}
+                       "lag_decades": -0.014, "order": "together"},
+                      {"a": "alignment_rise", "b": "generalisation", "t_a": None, "t_b": 3000.0,
+                       "order": "undetermined"}],
+         "params": {"change_tol": 0.2, "noise_k": 4.0}}
+    for name, words in (("gini_rise", "the rise of the Fourier Gini"), ("weight_norm_fall", "the fall of ‖θ‖²"),
+                        ("alignment_rise", "the rise of centroid alignment")):
+        s["onsets"][name]["words"] = words
+    s["onsets"]["gini_rise"]["detail"] = {"t_start": 10.0, "v_start": 0.08, "t_end": 2000.0, "v_end": 0.31}
+    s["onsets"]["weight_norm_fall"]["detail"] = {"t_start": 1000.0, "v_start": 52.0, "t_end": 6000.0, "v_end": 11.0}
+    s["onsets"]["alignment_rise"]["detail"] = {"size": 0.03, "needed": 0.05, "noise": 0.0125}
     lines = describe_run(s)
-    assert lines[1] == ("the rise of the Fourier Gini (half done at step 300) came before generalisation "
-                        "(step 3 000, 1.0 decades later)")
-    assert lines[2] == "the fall of ‖θ‖² (half done at step 3 100) and generalisation (step 3 000) came together"
+    assert lines[1] == ("the rise of the Fourier Gini went from 0.08 (step 10) to 0.31 (step 2 000), half of it by step 300, "
+                        "1.0 decades before generalisation (step 3 000)")
+    assert lines[2] == ("the fall of ‖θ‖² went from 52 (step 1 000) to 11 (step 6 000), half of it by step 3 100, together "
+                        "with generalisation (step 3 000)")
+    assert lines[3] == ("the rise of centroid alignment: no clear change (its largest rise, 0.03, is not "
+                        "above the 0.05 a clear change needs: the larger of 20 % of its range and 4 × its "
+                        "checkpoint-to-checkpoint noise 0.0125)")
+    # the lead/lag table explains the undetermined row with the same words
+    from grokscope.report import lead_lag_table_html
+
+    table = lead_lag_table_html(s["lead_lag"], s["onsets"], s["params"])
+    assert "undetermined: the rise of centroid alignment: no clear change (its largest rise, 0.03" in table
+    s["onsets"]["generalisation"].update(step=None, detail={"asked": 0.5, "chance": 0.5, "max": 0.61})
+    s["onsets"]["generalisation"]["threshold"] = 0.625
+    row = {"a": "gini_rise", "b": "generalisation", "t_a": 300.0, "t_b": None, "order": "undetermined"}
+    assert ("undetermined: generalisation: never reached 0.625 (0.5 asked, raised to clear chance 0.5) "
+            "(highest 0.610)") in lead_lag_table_html([row], s["onsets"])
+
+
+def test_describe_run_grok_phase_says_what_the_curve_did():
+    s = {"onsets": {"generalisation": onset("generalisation", 400.0, 0.99, split="test")},
+         "grok_phase": {"t_start": 25.0, "start_threshold": 0.6, "v_start": 0.79, "t_before": 10.0,
+                        "v_before": 0.52, "t_end": 400.0, "end_threshold": 0.99}}
+    assert describe_run(s)[1] == ("test accuracy first reached 0.6 at step 25 (0.790 there; 0.520 at the "
+                                  "checkpoint before, step 10) and 0.99 at step 400")
 
 
 def test_region_steps_snap_to_checkpoints_with_their_roles():

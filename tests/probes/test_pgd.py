@@ -146,3 +146,36 @@ def test_probe_on_digits_and_tokens():
     assert ds["correct"].shape == (1, 2, len(mod.x_test))
     clean = (tm(mod.x_test).argmax(-1) == mod.y_test).double().mean().item()
     assert ds["robust_acc"].values[0, 0] == pytest.approx(clean)
+
+
+def test_default_step_scales_with_eps_and_reaches_every_radius():
+    """Default ``alpha=0``: α = 2.5 ε / steps per radius, so 10 steps reach the L∞ optimum of a linear
+    classifier at ε = 0.16 and 0.20 too; the old fixed α = 0.0156 stops at ‖δ‖∞ = 0.156 < ε there."""
+    from grokscope.probes.pgd import step_sizes
+
+    d, n = 10, 64
+    lin, w, b = linear_binary(d)
+    x, y, s, margin = _data(d, n, w, b)
+    eps = [0.03, 0.16, 0.20]
+    params = PGDProbe.make_params({"eps": "0.03,0.16,0.20", "random_start": "false"})
+    assert params.alpha == 0 and params.steps == 10
+    assert step_sizes(eps, params.alpha, params.steps) == pytest.approx([0.0075, 0.04, 0.05])
+    adv = pgd_perturb(lin, x, y, eps, params.alpha_scale / params.steps, params.steps, "linf",
+                      random_start=False, alpha_relative=True)
+    for k, e in enumerate(eps):
+        assert torch.allclose(adv[k, 0], x - e * s[:, None] * torch.sign(w)[None], atol=1e-12)
+    fixed = pgd_perturb(lin, x, y, eps, 0.0156, 10, "linf", random_start=False)
+    reach = (fixed - x).abs().flatten(2).amax(-1)[:, 0]
+    assert reach[1:].tolist() == pytest.approx([0.156, 0.156])  # the two largest radii coincide
+
+    class Data:  # a box-free continuous dataset for the probe
+        input_kind = "continuous"
+        box_low, box_high = torch.full((d,), -10.0, dtype=torch.float64), torch.full((d,), 10.0, dtype=torch.float64)
+
+        def split(self, name):
+            return x, y
+
+    ds = PGDProbe().compute(lin, Data(), params, ProbeContext(step=0))
+    expected = [(margin > e * w.abs().sum()).double().mean().item() for e in eps]
+    assert ds["robust_acc"].sel(split="test").values.tolist() == pytest.approx(expected)
+    assert ds.attrs["alpha_per_eps"] == pytest.approx([0.0075, 0.04, 0.05])

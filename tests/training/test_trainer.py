@@ -54,7 +54,7 @@ def test_run_files_and_log(tmp_path: Path) -> None:
     assert doc["train"] == json.loads(json.dumps(cfg.hyperparameters()))
     assert doc["model"]["kwargs"] == {"depth": 2, "width": 32, "in_dim": 26, "out_dim": 13}
     assert doc["dataset"] == {"name": "modular", "seed": 0,
-                              "kwargs": {"p": 13, "op": "add", "train_fraction": 0.4, "encoding": "onehot_concat"}}
+                              "kwargs": {"p": 13, "op": "add", "train_fraction": 0.6, "encoding": "onehot_concat"}}
     assert TrainConfig.from_run_json(doc).to_dict() == json.loads(json.dumps({**cfg.to_dict(), "model": doc["model"]}))
     assert [s for s, _ in runs.list_checkpoints(out)] == [0, 10, 20, 30, 40]
     log = runs.read_log(out)
@@ -144,7 +144,7 @@ def test_penalty_is_logged_as_reg(tmp_path: Path) -> None:
 
 def test_resume_refuses_other_config(tmp_path: Path) -> None:
     T.train_run(tiny(steps=10), tmp_path / "r", progress=False)
-    with pytest.raises(T.TrainingError, match=r"lr: 0\.003 \(run\.json\) vs 0\.01"):
+    with pytest.raises(T.TrainingError, match=r"lr: 0\.006 \(run\.json\) vs 0\.01"):
         T.train_run(tiny(steps=10, lr=0.01), tmp_path / "r", resume=True, progress=False)
 
 

@@ -1,0 +1,100 @@
+"""Training runs of the reproductions: train a config into a folder in a child process, reuse a
+finished run, resume an interrupted one, and optionally stop as soon as a logged metric reaches a
+threshold (GrokAlign's "steps to 85 % test accuracy")."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from grokscope import runs
+from grokscope.analysis import first_logged_step
+
+
+def _child(config: Any, directory: str, resume: bool, threads: int) -> None:
+    from grokscope.training.cli import run
+
+    try:
+        run(config, Path(directory), resume=resume, threads=threads, progress=False)
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(1) from None
+
+
+def stop_step(directory: Path, stop: tuple[str, float] | None) -> int | None:
+    """The first logged step of ``directory`` whose ``stop[0]`` is ``>= stop[1]`` (None: not yet / no stop)."""
+    if stop is None:
+        return None
+    return first_logged_step(runs.read_log(directory), stop[0], stop[1])
+
+
+def is_done(config: Any, directory: Path, stop: tuple[str, float] | None = None) -> bool:
+    """Whether ``directory`` holds this run finished: its last step logged, or the stop reached."""
+    log = runs.read_log(directory)
+    return bool(log) and (log[-1]["step"] >= config.steps or stop_step(directory, stop) is not None)
+
+
+def train(config: Any, directory: Path, stop: tuple[str, float] | None = None, threads: int = 1,
+          echo: bool = True) -> dict[str, Any]:
+    """Train ``config`` into ``directory`` (resuming what is there; a finished run is only re-read).
+
+    With ``stop = (log key, threshold)`` the child is terminated once a log record reaches the
+    threshold. Returns ``{"steps": last logged step, "stop_step": first step at the threshold or
+    None, "wall_s": training wall seconds of the log, "reused": bool}``.
+    """
+    directory = Path(directory)
+    reused = is_done(config, directory, stop)
+    if not reused:
+        resume = (directory / runs.RUN_JSON).is_file()
+        if echo:
+            click.echo(f"training {directory} ({'resuming' if resume else 'new run'}, {config.steps} steps"
+                       + (f", stop at {stop[0]} >= {stop[1]}" if stop else "") + ")", err=True)
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_child, args=(config, str(directory), resume, threads), daemon=True)
+        proc.start()
+        try:
+            while proc.is_alive():
+                proc.join(1.0)
+                if stop is not None and stop_step(directory, stop) is not None:
+                    break
+        finally:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        if proc.exitcode not in (0, None) and not is_done(config, directory, stop):
+            raise click.ClickException(f"training into {directory} failed (exit code {proc.exitcode})")
+    log = runs.read_log(directory)
+    hit = stop_step(directory, stop)
+    wall = next((r.get("wall") for r in log if r["step"] == hit), None) if hit is not None else None
+    return {"steps": int(log[-1]["step"]), "stop_step": hit,
+            "wall_s": float(wall if wall is not None else log[-1].get("wall", float("nan"))), "reused": reused}
+
+
+def probe(run_dir: Path, store: Path, requests: dict[str, tuple[dict[str, str], str | None]],
+          quiet: bool = True) -> Any:
+    """Probe ``run_dir`` into ``store`` with ``{probe: (params as text, steps spec or None)}`` on the
+    local Dask cluster (resumable: what the store has is not recomputed). Returns the engine's Summary;
+    a failed job raises ``click.ClickException`` listing them."""
+    from grokscope.engine.cli import run_with_progress
+    from grokscope.engine.driver import EngineConfig
+    from grokscope.engine.jobs import ProbeRequest
+    from grokscope.probes import get_probe
+
+    cfg = EngineConfig(probes=[ProbeRequest(n, get_probe(n).make_params(p), steps)
+                               for n, (p, steps) in requests.items()], out=Path(store), flush_interval=30.0)
+    summary = run_with_progress(Path(run_dir), cfg, quiet=quiet)
+    if summary.failures:
+        raise click.ClickException(f"{len(summary.failures)} probe job(s) on {run_dir} failed:\n  "
+                                   + "\n  ".join(f.line() for f in summary.failures[:10]))
+    return summary
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table (cells as given, ``str()``-ed)."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
