@@ -26,7 +26,6 @@ Numbers taken on a shared machine are contended: run under ``nice`` and read rat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal

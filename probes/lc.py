@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from grokscope.functional.kinks import (ZERO_KINK_ACTIVATIONS, KinkLayer, KinkWatch, kink_layers,
+from grokscope.functional.kinks import (KinkWatch, kink_layers,
                                         module_kinks)
 from grokscope.models.adapters import continuous_view
 

@@ -16,7 +16,6 @@ no shuffling); one optimiser step = one mini-batch (the paper's "steps" are epoc
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 

@@ -5,7 +5,6 @@ threshold (GrokAlign's "steps to 85 % test accuracy")."""
 from __future__ import annotations
 
 import multiprocessing
-import time
 from pathlib import Path
 from typing import Any
 

@@ -16,7 +16,7 @@ from grokscope.datasets import load_dataset
 from grokscope.models import build_model
 from grokscope.probes import ProbeContext, ProbeError, get_probe
 from grokscope.probes.apgd import apgd_attack, apgd_checkpoints, apgd_perturb
-from grokscope.probes.pgd import pgd_attack, unit_starts
+from grokscope.probes.pgd import unit_starts
 
 DIGITS = {"name": "digits", "kwargs": {"n_train": 300, "n_test": 200}, "seed": 0}
 
