@@ -22,7 +22,7 @@ python examples/collapse_figure.py collapse "$OUT/probes.zarr" "$OUT/long/probes
 # 3. PGD vs APGD-CE over a short digits run (the digits-mlp recipe, 5000 steps)
 grokscope train --preset digits-mlp --steps 5000 --save log:30 --threads 1 --quiet --out "$OUT/digits/d5k"
 for attack in pgd apgd; do
-  grokscope probe "$OUT/digits" --metrics pgd --param pgd.steps=20 --param pgd.attack=$attack \
+  grokscope probe "$OUT/digits" --metrics pgd --param pgd.steps=20 --param pgd.alpha=0.0156 --param pgd.attack=$attack \
       -o "$OUT/digits/$attack.zarr"
 done
 python examples/collapse_figure.py attacks "$OUT/digits/pgd.zarr" "$OUT/digits/apgd.zarr" d5k --out docs/pgd_apgd.png
