@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .pgd import _loss, _per_row, attack_rows, check_attack_args, start_points, unit_starts
+from .pgd import _loss, _per_row, attack_rows, check_attack_args, seeded_starts, start_points
 
 RHO = 0.75
 MOMENTUM = 0.75
@@ -132,9 +132,7 @@ def apgd_attack(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: t
     the same points."""
     n = x.shape[0]
     bs = batch_size or n
-    starts = None
-    if random_start:
-        starts = unit_starts((n, restarts, *x.shape[1:]), norm, torch.Generator().manual_seed(seed))
+    starts = seeded_starts(x, restarts, norm, seed) if random_start else None
     out = []
     for i in range(0, n, bs):
         _, robust = apgd_perturb(f, x[i:i + bs], y[i:i + bs], eps_list, steps, norm, restarts, random_start,

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grokscope.functional import eval_mode
+from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import stablemax_cross_entropy, task_loss
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
@@ -200,8 +200,6 @@ class CollapseProbe(Probe):
     def compute(self, model: nn.Module, data: Any, params: CollapseParams, ctx: ProbeContext):
         import xarray as xr
 
-        from grokscope.datasets.base import seeded_subset
-
         self.check_params(params)
         loss = self.resolve_loss(params, ctx)
         splits = [str(s) for s in params.splits]
@@ -210,10 +208,7 @@ class CollapseProbe(Probe):
         rows = []
         with eval_mode(model):
             for split in splits:
-                x, y = data.split(split)
-                if len(x) > params.n_points:
-                    idx = seeded_subset(len(x), params.n_points, params.seed)
-                    x, y = x[idx], y[idx]
+                x, y = split_subset(data, split, params.n_points, params.seed)
                 rows.append(collapse_measures(model, x.to(device), y.to(device), loss, params.precision,
                                               tuple(quantiles), params.batch_size))
         one = lambda k: (("split",), np.array([r[k] for r in rows], dtype=np.float64))  # noqa: E731

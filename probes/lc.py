@@ -56,8 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from grokscope.functional.kinks import (KinkWatch, kink_layers,
-                                        module_kinks)
+from grokscope.functional import subset_indices
+from grokscope.functional.kinks import KinkWatch, kink_layers, module_kinks
 from grokscope.models.adapters import continuous_view
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
@@ -620,13 +620,11 @@ def lc_points(model: nn.Module, forward: Callable, z_train: torch.Tensor, z_test
               n_bisect: int = 40) -> torch.Tensor:
     """The continuous points of one LC point set (``train``/``test``: a seeded subset; ``random``:
     uniform in ``[low, high]``; ``boundary``: :func:`decision_boundary_points` between train points)."""
-    from grokscope.datasets.base import seeded_subset
-
     if split in ("train", "test"):
         src = z_train if split == "train" else z_test
         if len(src) <= n:
             return src
-        return src[seeded_subset(len(src), n, seed).to(src.device)]
+        return src[subset_indices(len(src), n, seed).to(src.device)]
     if split == "random":
         assert low is not None and high is not None
         return uniform_in_box(low, high, n, seed).to(device=z_train.device, dtype=z_train.dtype)

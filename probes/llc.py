@@ -48,8 +48,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from grokscope.datasets import seeded_subset
-from grokscope.functional import eval_mode
+from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import LOSSES, task_loss
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
@@ -372,11 +371,7 @@ class LLCProbe(Probe):
     @staticmethod
     def training_points(data: Any, params: LLCParams) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``n`` training points the probe uses: all, or a seeded subset of ``n_train``."""
-        x, y = data.split("train")
-        if params.n_train and params.n_train < len(y):
-            idx = seeded_subset(len(y), params.n_train, params.seed)
-            x, y = x[idx], y[idx]
-        return x, y
+        return split_subset(data, "train", params.n_train, params.seed)
 
     def check(self, model: nn.Module, data: Any, params: LLCParams) -> None:
         n_all = len(data.split("train")[1])

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from grokscope.functional import eval_mode, subset_indices
+from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import LOSSES, task_loss
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
@@ -589,10 +589,7 @@ class NormProbe(Probe):
         if loss == "auto":
             loss = (ctx.run_spec.get("train") or {}).get("loss", "ce")
         self.check_params(params)
-        x, y = data.split("train")
-        if len(y) > params.n_train:
-            idx = subset_indices(len(y), params.n_train, params.seed)
-            x, y = x[idx], y[idx]
+        x, y = split_subset(data, "train", params.n_train, params.seed)
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device)
         previous = ctx.load_previous()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from grokscope.functional import eval_mode
+from grokscope.functional import eval_mode, split_subset
 from grokscope.models.adapters import continuous_view
 
 from .base import PanelSpec, Probe, ProbeContext, ProbeError
@@ -53,6 +53,12 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
 
 def _per_row(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def seeded_starts(x: torch.Tensor, restarts: int, norm: str, seed: int) -> torch.Tensor:
+    """:func:`unit_starts` of every sample of ``x`` and restart, drawn at once from a generator seeded
+    with ``seed`` (so they do not depend on how the samples are batched); PGD and APGD share them."""
+    return unit_starts((x.shape[0], restarts, *x.shape[1:]), norm, torch.Generator().manual_seed(seed))
 
 
 def unit_starts(shape: Sequence[int], norm: str, generator: torch.Generator) -> torch.Tensor:
@@ -130,7 +136,7 @@ def start_points(x: torch.Tensor, xs: torch.Tensor, eps: torch.Tensor, restarts:
     n = x.shape[0]
     n_eps = len(xs) // (restarts * n) if n else 0
     if starts is None:
-        starts = unit_starts((n, restarts, *x.shape[1:]), norm, torch.Generator().manual_seed(seed))
+        starts = seeded_starts(x, restarts, norm, seed)
     if tuple(starts.shape) != (n, restarts, *x.shape[1:]):
         raise ValueError(f"starts must have shape {(n, restarts, *x.shape[1:])}, got {tuple(starts.shape)}")
     noise = starts.to(x.device, x.dtype).transpose(0, 1).unsqueeze(0).expand(n_eps, -1, -1, *x.shape[1:])
@@ -181,13 +187,11 @@ def pgd_attack(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: to
     ε is ``alpha · ε``. See :func:`pgd_perturb`.
 
     The random starts of all samples are drawn at once from a generator seeded with ``seed``
-    (:func:`unit_starts`), so they do not depend on ``batch_size``.
+    (:func:`seeded_starts`), so they do not depend on ``batch_size``.
     """
     n = x.shape[0]
     bs = batch_size or n
-    starts = None
-    if random_start:
-        starts = unit_starts((n, restarts, *x.shape[1:]), norm, torch.Generator().manual_seed(seed))
+    starts = seeded_starts(x, restarts, norm, seed) if random_start else None
     out = []
     for i in range(0, n, bs):
         xb, yb = x[i:i + bs], y[i:i + bs]
@@ -273,8 +277,6 @@ class PGDProbe(Probe):
     def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
         import xarray as xr
 
-        from grokscope.datasets.base import seeded_subset
-
         self.check_params(params)
         splits = [str(s) for s in params.splits]
         relative = params.alpha == 0
@@ -283,10 +285,7 @@ class PGDProbe(Probe):
         results = []
         with eval_mode(model):
             for split in splits:
-                x, y = data.split(split)
-                if len(x) > params.n_points:
-                    idx = seeded_subset(len(x), params.n_points, params.seed)
-                    x, y = x[idx], y[idx]
+                x, y = split_subset(data, split, params.n_points, params.seed)
                 f, z = continuous_view(model, x.to(device), data.input_kind)
                 z = z.to(next((p.dtype for p in model.parameters() if p.is_floating_point()), z.dtype))
                 low = high = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,16 @@ def subset_indices(n: int, k: int, seed: int = 0, selection: str = "random") -> 
     if selection == "first":
         return torch.arange(k)
     return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k]
+
+
+def split_subset(data: Any, split: str, k: int, seed: int = 0, selection: str = "random"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of the points of ``data``'s ``split`` that a probe uses (:func:`subset_indices`)."""
+    x, y = data.split(split)
+    if 0 < k < len(x):
+        idx = subset_indices(len(x), k, seed, selection)
+        x, y = x[idx], y[idx]
+    return x, y
 
 
 def pad_value(dtype: np.dtype) -> object:
