@@ -90,7 +90,7 @@ def probe_costs(run_dir: Path, sample: int) -> list[dict]:
 
 
 def train_alone(directory: Path) -> float:
-    from grokscope.training.cli import run
+    from grokscope.cli.train import run
     from grokscope.training.presets import DEFAULT_PRESET, preset_config
 
     t = time.perf_counter()

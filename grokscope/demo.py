@@ -120,7 +120,7 @@ def probe_selections(names: list[str], steps_options: tuple[str, ...], save_step
     """``{probe: explicit step list or None (all)}``: the ``[PROBE=]SPEC`` options (as for
     ``grokscope probe --steps``) resolved against the run's planned ``save_steps``, so that a
     ``log:N`` choice is the same while the run is still being written as at its end."""
-    from grokscope.engine.cli import parse_steps_options
+    from grokscope.cli.engine import parse_steps_options
     from grokscope.engine.selection import parse_selection, select_steps
 
     out: dict[str, str | None] = {}
@@ -141,8 +141,8 @@ def load_average() -> str:
 
 
 def _train_child(config: Any, directory: str, resume: bool, threads: int, progress: bool) -> None:
-    """Body of the training process: ``training.cli.run`` with its errors shown the CLI's way."""
-    from grokscope.training.cli import run
+    """Body of the training process: ``cli.train.run`` with its errors shown the CLI's way."""
+    from grokscope.cli.train import run
 
     try:
         run(config, Path(directory), resume=resume, threads=threads, progress=progress)
@@ -250,7 +250,7 @@ def demo(directory: Path, steps: int | None, seed: int | None, threads: int, met
         click.echo(line)
     if summary is None:
         return
-    from grokscope.engine.cli import report_summary
+    from grokscope.cli.engine import report_summary
 
     report_summary(summary)
     store = directory / "probes.zarr"
@@ -288,7 +288,7 @@ def _probe(directory: Path, names: list[str], selections: dict[str, str | None],
     """Probe ``directory`` into ``directory/probes.zarr``, following the training process ``proc``
     (None: the run is complete) until it exits. Returns the engine's Summary."""
     from grokscope import runs
-    from grokscope.engine.cli import run_with_progress
+    from grokscope.cli.engine import run_with_progress
     from grokscope.engine.driver import EngineConfig
     from grokscope.engine.jobs import ProbeRequest
     from grokscope.probes import get_probe

@@ -11,11 +11,11 @@ import click
 
 COMMANDS = {
     "demo": ("grokscope.demo:demo", "Train the default preset, probe it and plot what it shows."),
-    "train": ("grokscope.training.cli:train", "Train a model and save log-spaced checkpoints."),
-    "init": ("grokscope.engine.cli:init", "Write run.json for a folder of third-party checkpoints."),
-    "scan": ("grokscope.engine.cli:scan", "Audit the checkpoints under a path."),
-    "probes": ("grokscope.engine.cli:probes", "List the available probes, parameters and outputs."),
-    "probe": ("grokscope.engine.cli:probe", "Run probes over checkpoints into a Zarr store."),
+    "train": ("grokscope.cli.train:train", "Train a model and save log-spaced checkpoints."),
+    "init": ("grokscope.cli.engine:init", "Write run.json for a folder of third-party checkpoints."),
+    "scan": ("grokscope.cli.engine:scan", "Audit the checkpoints under a path."),
+    "probes": ("grokscope.cli.engine:probes", "List the available probes, parameters and outputs."),
+    "probe": ("grokscope.cli.engine:probe", "Run probes over checkpoints into a Zarr store."),
     "simulate": ("grokscope.cli.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
     "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
     "report": ("grokscope.report:report", "One self-contained HTML page (or --json) about a probe store."),

@@ -15,7 +15,7 @@ from grokscope.analysis import first_logged_step
 
 
 def _child(config: Any, directory: str, resume: bool, threads: int) -> None:
-    from grokscope.training.cli import run
+    from grokscope.cli.train import run
 
     try:
         run(config, Path(directory), resume=resume, threads=threads, progress=False)
@@ -78,7 +78,7 @@ def probe(run_dir: Path, store: Path, requests: dict[str, tuple[dict[str, str], 
     """Probe ``run_dir`` into ``store`` with ``{probe: (params as text, steps spec or None)}`` on the
     local Dask cluster (resumable: what the store has is not recomputed). Returns the engine's Summary;
     a failed job raises ``click.ClickException`` listing them."""
-    from grokscope.engine.cli import run_with_progress
+    from grokscope.cli.engine import run_with_progress
     from grokscope.engine.driver import EngineConfig
     from grokscope.engine.jobs import ProbeRequest
     from grokscope.probes import get_probe

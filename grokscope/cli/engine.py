@@ -176,8 +176,8 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     """
     from grokscope import runs as runfmt
 
-    from .discovery import DiscoveryError, checkpoints_in, find_runs
-    from .loading import CheckpointError, load_into, read_state_dict
+    from grokscope.engine.discovery import DiscoveryError, checkpoints_in, find_runs
+    from grokscope.engine.loading import CheckpointError, load_into, read_state_dict
 
     if model is None or dataset is None:
         raise click.UsageError("grokscope init needs --model and --dataset")
@@ -294,9 +294,9 @@ def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str
 def scan(path: Path, as_json: bool) -> None:
     """Audit the checkpoints under PATH: per run, the number of checkpoints, step range, gaps in the
     save schedule, duplicate weights, steps written out of order, dtype/shape drift, unreadable files."""
-    from .discovery import DiscoveryError
-    from .scan import format_report
-    from .scan import scan as do_scan
+    from grokscope.engine.discovery import DiscoveryError
+    from grokscope.engine.scan import format_report
+    from grokscope.engine.scan import scan as do_scan
 
     try:
         reports = do_scan(path)
@@ -417,7 +417,7 @@ def parse_steps_options(items: tuple[str, ...], metrics: list[str]) -> dict[str,
     """``("log:20", "norm=0,100,1000")`` → ``{probe: spec}`` for every probe of ``metrics``: a bare
     spec applies to the probes without their own ``PROBE=SPEC`` (None: all checkpoints). Specs are
     checked (:func:`.selection.parse_selection`)."""
-    from .selection import SelectionError, parse_selection
+    from grokscope.engine.selection import SelectionError, parse_selection
 
     default: str | None = None
     own: dict[str, str] = {}
@@ -525,8 +525,8 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     """
     from grokscope.probes import ProbeError, get_probe
 
-    from .driver import EngineConfig
-    from .jobs import ProbeRequest
+    from grokscope.engine.driver import EngineConfig
+    from grokscope.engine.jobs import ProbeRequest
 
     names: list[str] = []
     for group in metrics or (["acc"],):
@@ -582,8 +582,8 @@ def training_under(path: Path):
     """A callable telling whether a trainer is writing a run under ``path`` now: whether any run
     folder found there has a lock held by a live process (:func:`.lock.live_holder`; a store's lock
     is not a run folder's, so this probe run's own lock does not count)."""
-    from .discovery import DiscoveryError, find_runs
-    from .lock import live_holder
+    from grokscope.engine.discovery import DiscoveryError, find_runs
+    from grokscope.engine.lock import live_holder
 
     def live() -> bool:
         try:
@@ -600,10 +600,10 @@ def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any =
 
     Returns the engine's ``Summary`` (also used by ``grokscope demo``, with ``follow=`` and ``poll=``).
     """
-    from .discovery import DiscoveryError
-    from .driver import EngineError, Interrupted, probe_runs
-    from .lock import StoreLocked
-    from .store import StoreError
+    from grokscope.engine.discovery import DiscoveryError
+    from grokscope.engine.driver import EngineError, Interrupted, probe_runs
+    from grokscope.engine.lock import StoreLocked
+    from grokscope.engine.store import StoreError
 
     bar = _Bar(quiet or progress is not None)
     try:

@@ -28,7 +28,7 @@ def _betas(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 
 def _optional_number(option: str, value: str, kind=float):
     """``value`` as a number, or None for none/off/0/full (the option is then off)."""
-    from .config import TrainConfigError
+    from grokscope.training.config import TrainConfigError
 
     if value.lower() in ("none", "off", "0", "full"):
         return None
@@ -105,7 +105,7 @@ def collect_overrides(opts: dict[str, Any]) -> dict[str, Any]:
 def train(preset: str | None, list_presets: bool, out: Path | None, resume: bool, device: str,
           threads: int | None, quiet: bool, **opts: Any) -> None:
     """Train a model and save log-spaced checkpoints, a log and run.json into a run folder."""
-    from . import presets as P
+    from grokscope.training import presets as P
 
     if list_presets:
         for name in P.preset_names():
@@ -124,8 +124,8 @@ def build_config(preset: str | None, out: Path | None, resume: bool, opts: dict[
     """The TrainConfig and run folder for the given CLI options (resume: run.json is the base)."""
     from grokscope import runs
 
-    from . import presets as P
-    from .config import TrainConfig, TrainConfigError
+    from grokscope.training import presets as P
+    from grokscope.training.config import TrainConfig, TrainConfigError
 
     try:
         overrides = collect_overrides(opts)
@@ -152,8 +152,8 @@ def run(config, out: Path, resume: bool = False, device: str = "cpu", threads: i
     from grokscope.runs import RunError
     from grokscope.trust import UntrustedCode
 
-    from .config import TrainConfigError
-    from .trainer import TrainingError, train_run
+    from grokscope.training.config import TrainConfigError
+    from grokscope.training.trainer import TrainingError, train_run
 
     if threads:
         torch.set_num_threads(threads)
