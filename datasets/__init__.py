@@ -48,7 +48,23 @@ def check_dataset_spec(spec: dict[str, Any], trust: Trust | None = None, where: 
     check_plain_json(spec.get("kwargs") or {}, f"{where}: dataset kwargs", DatasetError)
     if name.startswith(FILE_PREFIX):
         return ""
-    return REGISTRY.check(name, trust, where)
+    target = REGISTRY.check(name, trust, where)
+    _code_folder(spec, name, trust, where, use=False)
+    return target
+
+
+def _code_folder(spec: dict[str, Any], name: str, trust: Trust | None, where: str, use: bool) -> None:
+    """Check (and with ``use`` put on the import path) the folder the spec's callable is imported
+    from (:mod:`grokscope.codepath`)."""
+    from grokscope import codepath
+    from grokscope.errors import GrokscopeError
+
+    try:
+        (codepath.use if use else codepath.check)(spec, name, trust, "dataset", where)
+    except ValueError as e:
+        if isinstance(e, GrokscopeError):
+            raise
+        raise DatasetError(str(e)) from None
 
 
 def load_dataset(spec: dict[str, Any], trust: Trust | None = None, where: str = "the dataset spec") -> Data:
@@ -67,6 +83,7 @@ def load_dataset(spec: dict[str, Any], trust: Trust | None = None, where: str = 
 
         data = load_file_dataset(name[len(FILE_PREFIX):], seed=seed, **kwargs)
     else:
+        _code_folder(spec, name, trust, where, use=True)
         fn = REGISTRY.load(name, trust, where)
         if name == "fashion_mnist":
             kwargs.setdefault("variant", "fashion")

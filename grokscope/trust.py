@@ -12,8 +12,10 @@ decides that *before* importing anything. The user vouches by
   (``$GROKSCOPE_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/grokscope``, else ``~/.config/grokscope``), one
   entry a line, which ``grokscope init --model pkg.mod:fn`` adds to (and says so).
 
-An allow-list entry is a module (``mylab.models``: that module and its submodules) or one callable
-(``mylab.models:make``). A callable allowed through its module must be defined in that module (so
+An allow-list entry is a module (``mylab.models``: that module and its submodules), one callable
+(``mylab.models:make``) or an absolute folder (``/home/me/proj``: the folder a run.json may put on
+the import path to find a vouched-for callable's module, :mod:`grokscope.codepath`; ``init`` adds
+the folder of the factory it was given). A callable allowed through its module must be defined in that module (so
 ``mylab.models:os.system`` is not allowed by trusting ``mylab.models``). Built-in names need none
 of this. The decision is a :class:`Trust` value that the engine sends with every job, so a worker
 never imports what the client did not vouch for.
@@ -58,19 +60,31 @@ def config_file() -> Path:
     return config_dir() / CONFIG_FILE
 
 
+def is_folder_entry(entry: str) -> bool:
+    """Whether an allow-list entry is a folder (an absolute path) rather than a module or callable."""
+    return os.path.isabs(entry)
+
+
 def read_config() -> list[str]:
-    """The entries of the user's allow-list file (``#`` starts a comment); [] when there is none."""
+    """The entries of the user's allow-list file (``#`` starts a comment; a line holding an absolute
+    folder is one entry, spaces and all); [] when there is none."""
     path = config_file()
     try:
         text = path.read_text()
     except OSError:
         return []
-    return [e for line in text.splitlines() for e in split_entries(line.split("#", 1)[0])]
+    out: list[str] = []
+    for line in text.splitlines():
+        if is_folder_entry(line.strip()):
+            out.append(line.strip())
+        else:
+            out.extend(split_entries(line.split("#", 1)[0]))
+    return out
 
 
 def remember(target: str) -> Path | None:
-    """Add ``target`` (``pkg.module:callable``) to the user's allow-list file; returns the file's path
-    when it was added, None when it was there already."""
+    """Add ``target`` (``pkg.module:callable`` or an absolute folder) to the user's allow-list file;
+    returns the file's path when it was added, None when it was there already."""
     if target in read_config():
         return None
     path = config_file()
@@ -87,18 +101,23 @@ def module_of(target: str) -> str:
 
 @dataclass(frozen=True)
 class Trust:
-    """The code a user vouched for: ``callables`` (exact ``pkg.module:attr``) and ``modules`` (a module
-    and its submodules). Picklable; the engine sends it with each job."""
+    """The code a user vouched for: ``callables`` (exact ``pkg.module:attr``), ``modules`` (a module
+    and its submodules) and ``folders`` (absolute, resolved: where a vouched-for module may be imported
+    from). Picklable; the engine sends it with each job."""
 
     callables: frozenset[str] = frozenset()
     modules: frozenset[str] = frozenset()
+    folders: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, entries: Iterable[str]) -> "Trust":
-        """A Trust from allow-list entries (``MODULE`` or ``MODULE:callable``)."""
+        """A Trust from allow-list entries (``MODULE``, ``MODULE:callable`` or an absolute folder)."""
         entries = [e.strip() for e in entries if e and e.strip()]
-        return cls(callables=frozenset(e for e in entries if ":" in e),
-                   modules=frozenset(e for e in entries if ":" not in e))
+        folders = [e for e in entries if is_folder_entry(e)]
+        rest = [e for e in entries if not is_folder_entry(e)]
+        return cls(callables=frozenset(e for e in rest if ":" in e),
+                   modules=frozenset(e for e in rest if ":" not in e),
+                   folders=frozenset(str(Path(f).resolve()) for f in folders))
 
     @classmethod
     def from_user(cls, extra: Iterable[str] = ()) -> "Trust":
@@ -109,7 +128,7 @@ class Trust:
     def plus(self, entries: Iterable[str]) -> "Trust":
         """This trust with more entries."""
         more = Trust.of(entries)
-        return Trust(self.callables | more.callables, self.modules | more.modules)
+        return Trust(self.callables | more.callables, self.modules | more.modules, self.folders | more.folders)
 
     def exact(self, target: str) -> bool:
         """Whether ``target`` itself was vouched for (not only its module)."""
@@ -118,6 +137,10 @@ class Trust:
     def module_allowed(self, module: str) -> bool:
         """Whether ``module`` is an allowed module or a submodule of one."""
         return any(module == m or module.startswith(m + ".") for m in self.modules)
+
+    def folder_allowed(self, folder: str) -> bool:
+        """Whether ``folder`` (absolute) was vouched for as a place to import code from."""
+        return str(Path(folder).resolve()) in self.folders
 
     def allows(self, target: str) -> bool:
         """Whether ``target`` (``pkg.module:attr``) may be imported."""

@@ -78,12 +78,24 @@ def vouched_by(model: str | None, dataset: str | None) -> list[str]:
     return [v for v in (model, dataset) if v and ":" in v and not v.startswith("file:")]
 
 
+def vouched_folders(model: str | None, dataset: str | None) -> list[str]:
+    """The folders the callables this command line names are imported from (the working directory
+    is searched last): vouched for with them (:mod:`grokscope.codepath`)."""
+    from grokscope.codepath import code_folder
+
+    named = vouched_by(model, dataset)
+    if named and os.getcwd() not in sys.path:  # factories importable from here; last, so nothing
+        sys.path.append(os.getcwd())  # here shadows an installed module
+    return sorted({f for f in map(code_folder, named) if f})
+
+
 def cli_trust(model: str | None, dataset: str | None, trust_code: str | None) -> Any:
     """The :class:`grokscope.trust.Trust` of this invocation: the user's allow-list, ``--trust-code``
-    and the callables named by ``--model``/``--dataset``."""
+    and the callables named by ``--model``/``--dataset`` (with the folders they are imported from)."""
     from grokscope.trust import Trust, split_entries
 
-    return Trust.from_user([*split_entries(trust_code), *vouched_by(model, dataset)])
+    return Trust.from_user([*split_entries(trust_code), *vouched_by(model, dataset),
+                            *vouched_folders(model, dataset)])
 
 
 def dataset_name_from(dataset: str) -> str:
@@ -107,13 +119,15 @@ def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
         return None
     if model is None or dataset is None:
         raise click.UsageError("third-party checkpoints need both --model and --dataset")
-    if os.getcwd() not in sys.path:  # factories importable from here; last, so nothing here shadows
-        sys.path.append(os.getcwd())  # an installed module
     if trust is None:
         trust = cli_trust(model, dataset, None)
-    mspec = model_spec_from(model, model_kwargs, folder)
-    dspec = {"name": dataset_name_from(dataset), "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"),
-             "seed": dataset_seed}
+    vouched_folders(model, dataset)  # the working directory importable, as for cli_trust
+    from grokscope.codepath import with_code_folder
+
+    mspec = with_code_folder(model_spec_from(model, model_kwargs, folder), model)
+    dspec = with_code_folder({"name": dataset_name_from(dataset),
+                              "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"),
+                              "seed": dataset_seed}, dataset)
     from grokscope.datasets import DatasetError, load_dataset
     from grokscope.models import ModelError
     from grokscope.trust import UntrustedCode
@@ -177,7 +191,7 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     from grokscope import runs as runfmt
 
     from grokscope.engine.discovery import DiscoveryError, checkpoints_in, find_runs
-    from grokscope.engine.loading import CheckpointError, load_into, read_state_dict
+    from grokscope.engine.loading import CheckpointError
 
     if model is None or dataset is None:
         raise click.UsageError("grokscope init needs --model and --dataset")
@@ -197,14 +211,12 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
         where = f" (runs below it: {', '.join(below)}; init each of them)" if below else ""
         why = f"; {problems[0].path}: {problems[0].reason}" if problems else ""
         raise click.ClickException(f"{path}: no checkpoints with a step here{where}{why}")
-    from grokscope.models import ModelError, build_model
+    from grokscope.engine.model_check import ModelCheckError, check_model
 
     try:
-        net = build_model(spec["model"], trust, "--model")
-        load_into(net, read_state_dict(ckpts[0]), ckpts[0].path)
-    except (ModelError, CheckpointError) as e:
+        check_model(spec, ckpts[0], trust, "--model")
+    except (ModelCheckError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
-    _check_forward(net, spec, trust, ckpts[0].path)
     records = _import_log(path, log_path, log_format, log_columns, log_step, force)
     runfmt.write_run_json(path, spec["model"], spec["dataset"], spec["train"])
     if records is not None:
@@ -219,35 +231,12 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
         click.echo(f"  skipped {p.path}: {p.reason}", err=True)
     from grokscope import trust as trustmod
 
-    for target in vouched_by(model, dataset):
+    for target in [*vouched_by(model, dataset), *vouched_folders(model, dataset)]:
         added = trustmod.remember(target)
+        what = f"code imported from {target}" if os.path.isabs(target) else target
         if added is not None:
-            click.echo(f"trusting {target} from now on: added to {added} (so `grokscope probe {path}` "
-                       "may import it; delete the line to revoke)", err=True)
-
-
-def _check_forward(net: Any, spec: dict[str, Any], trust: Any, ckpt: str) -> None:
-    """Run the model on two training points: an input shape it rejects is one line, now."""
-    import torch
-
-    from grokscope.datasets import load_dataset
-
-    data = load_dataset(spec["dataset"], trust, "--dataset")
-    x = data.x_train[:2]
-    if x.is_floating_point():
-        x = x.to(next((p.dtype for p in net.parameters()), torch.float32))
-    try:
-        with torch.no_grad():
-            out = net.eval()(x)
-    except Exception as e:  # noqa: BLE001 - whatever the model raises on a wrong input shape
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise click.ClickException(f"{spec['dataset']['name']}: the model loaded from {ckpt} rejects its "
-                                   f"inputs of shape {tuple(data.x_train.shape[1:])} ({type(e).__name__}: "
-                                   f"{first})") from None
-    if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= data.n_classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise click.ClickException(f"{spec['dataset']['name']}: the model loaded from {ckpt} returns {shape} "
-                                   f"for 2 inputs; expected (2, n_classes) with n_classes >= {data.n_classes}")
+            click.echo(f"trusting {what} from now on: added to {added} (so `grokscope probe {path}` "
+                       "may import it from any folder; delete the line to revoke)", err=True)
 
 
 def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str | None, step: str,

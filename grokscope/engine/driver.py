@@ -45,6 +45,7 @@ from grokscope.presentation import to_attrs
 from .discovery import Checkpoint, Run, find_runs
 from .jobs import HashTask, Outcome, ProbeRequest, Task, describe_error, hash_task, run_task
 from .lock import StoreLock
+from .model_check import screen_plan
 from .selection import parse_selection, select_steps
 from .store import GroupInfo, ProbeStore, StoreError, check_store_path, normalise
 
@@ -741,6 +742,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
         writer = _Writer(store, p, cfg.flush_interval, summary)
         _record_plan(summary, p)
         summary.warnings[:0] = ignored
+        unfit = screen_plan(p, summary)  # one line per run whose model does not fit its checkpoints
         check_probes(p.tasks)
         has_done = cfg.recheck and p.skipped > 0
         if cfg.dry_run or (not p.tasks and not has_done and follow is None):
@@ -757,6 +759,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
                     p = plan(runs, store, cfg, threads=cfg.threads or 1, stale=frozenset(stale))
                     writer.plan = p
                     _record_plan(summary, p)
+                    screen_plan(p, summary, unfit)
                 summary.warnings.extend(lines)
             tasks = [t if t.threads == threads else replace(t, threads=threads) for t in p.tasks]
             if start:

@@ -66,11 +66,25 @@ def check_model_spec(spec: dict[str, Any], trust: Trust | None = None, where: st
     by ``trust``; None: the user's allow-list), and its kwargs checked to be plain JSON. Imports nothing."""
     check_plain_json(spec.get("kwargs") or {}, f"{where}: model kwargs", ModelError)
     target = REGISTRY.check(spec_target(spec), trust, where)
+    _code_folder(spec, trust, where, use=False)
     if target == BUILTIN["hf"] and isinstance((spec.get("kwargs") or {}).get("config"), dict):
         from .hf import check_config
 
         check_config(spec["kwargs"]["config"], where)
     return target
+
+
+def _code_folder(spec: dict[str, Any], trust: Trust | None, where: str, use: bool) -> None:
+    """Check (and with ``use`` put on the import path) the folder the spec's factory is imported from
+    (:mod:`grokscope.codepath`)."""
+    from grokscope import codepath
+
+    try:
+        (codepath.use if use else codepath.check)(spec, spec_target(spec), trust, "model", where)
+    except ValueError as e:
+        if isinstance(e, GrokscopeError):
+            raise
+        raise ModelError(str(e)) from None
 
 
 def factory_for(spec: dict[str, Any], trust: Trust | None = None, where: str = "the model spec"):
@@ -81,6 +95,7 @@ def factory_for(spec: dict[str, Any], trust: Trust | None = None, where: str = "
     """
     label = spec_target(spec)
     check_model_spec(spec, trust, where)
+    _code_folder(spec, trust, where, use=True)
     obj = REGISTRY.load(label, trust, where)
     if not callable(obj):
         raise ModelError(f"model factory {label!r} is not callable")

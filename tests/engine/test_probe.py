@@ -14,6 +14,7 @@ from grokscope import runs
 from grokscope.engine.hashing import state_dict_hash
 from grokscope.engine.store import load_group, open_store
 from grokscope.models import build_model
+from tests.engine.conftest import ROOT
 from tests.helpers import DIGITS, MLP, TinyNet, digits_data, make_run, sgd_snapshots, tiny_net
 
 DIGITS_ARGS = ["--dataset", "digits", "--dataset-kwargs", json.dumps(DIGITS["kwargs"])]
@@ -146,7 +147,7 @@ def test_third_party_lightning_and_hf(tmp_path, cli):
     r = cli("init", hf, "--model", "tests.helpers:tiny_net", *DIGITS_ARGS)
     assert r.exit_code == 0, r.output
     spec = runs.read_run_json(hf)
-    assert spec["model"] == {"factory": "tests.helpers:tiny_net",
+    assert spec["model"] == {"factory": "tests.helpers:tiny_net", "path": str(ROOT),  # where `tests` is
                              "kwargs": {"in_dim": 64, "n_classes": 10}}
     r = cli("probe", hf, "--scheduler", "sync")
     assert r.exit_code == 0, r.output
@@ -287,7 +288,10 @@ def test_flags_a_run_json_overrides_are_refused_or_warned_about(tmp_path, cli):
     r = cli("probe", tmp_path / "runs", "--model", "mlp", "--model-kwargs", json.dumps(MLP["kwargs"]),
             "--dataset", "modular", "--scheduler", "sync", "-q", "--workers", "2")
     assert r.exit_code == 1, r.output  # b's mlp does not fit modular's inputs: b fails, a is probed
-    assert "b step 5 [acc]" in r.stderr
+    # one line for run b, from the model check before any job ran
+    assert "b [*] the command line: model check failed, nothing computed for this run: modular: the model " \
+           "loaded from " in r.stderr and "rejects its inputs of shape (3,) and dtype int64" in r.stderr
+    assert "b step 5" not in r.stderr
     assert "warning: --workers 2 is ignored with --scheduler sync" in r.stderr
     assert "warning: --dataset/--dataset-kwargs/--dataset-seed ('modular' (seed=0)) ignored for run 'a'" in r.stderr
     assert load_group(tmp_path / "runs" / "probes.zarr", "a", "acc").done.all()

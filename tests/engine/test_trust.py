@@ -173,7 +173,7 @@ def test_init_records_the_vouching_and_a_bare_probe_works(tmp_path, cli, monkeyp
             "--dataset", "digits", "--dataset-kwargs", json.dumps(DIGITS["kwargs"]))
     assert r.exit_code == 0, r.output
     assert f"trusting mylab3:make from now on: added to {trust.config_file()}" in r.stderr
-    assert trust.read_config() == ["mylab3:make"]
+    assert trust.read_config() == ["mylab3:make", str(lab)]  # the callable and the folder it is imported from
     r = cli("probe", run, "--scheduler", "sync", "-q")
     assert r.exit_code == 0, r.output
     # another user (another configuration) gets the refusal
