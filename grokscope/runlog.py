@@ -100,7 +100,8 @@ def import_log(path: Path, fmt: str | None = None, columns: dict[str, str] | Non
     ``fmt`` is ``hf``, ``lightning``, ``jsonl`` or ``csv`` (None: from the file name); ``columns`` maps
     grokscope names to the file's (``{"test_acc": "val/acc"}``), overriding :data:`COLUMN_NAMES`;
     ``step`` names the step column. Rows of one step are merged (Lightning writes train and
-    validation metrics on separate rows). Raises :class:`LogError` naming the file and key.
+    validation metrics on separate rows); Lightning's validation metrics are moved to the step of the
+    weights they were computed on (:func:`_lightning_steps`). Raises :class:`LogError` naming the file and key.
     """
     path = Path(path)
     if fmt is None:
@@ -119,6 +120,8 @@ def import_log(path: Path, fmt: str | None = None, columns: dict[str, str] | Non
             raise LogError(f"{path}: no column {col!r} (for {k})")
     if not any(step in r for r in rows):
         raise LogError(f"{path}: no {step!r} column (found {', '.join(sorted(rows[0]))}); name it with --log-step")
+    if fmt == "lightning":
+        rows = _lightning_steps(rows, step, {c for k in ("test_acc", "test_loss") for c in names[k]})
     merged: dict[int, dict[str, Any]] = {}
     for r in rows:
         s = _number(r.get(step))
@@ -135,6 +138,25 @@ def import_log(path: Path, fmt: str | None = None, columns: dict[str, str] | Non
     if not out:
         raise LogError(f"{path}: no records with a step and any of {', '.join(COLUMN_NAMES)} "
                        "(map the file's names with --log-columns test_acc=NAME,...)")
+    return out
+
+
+def _lightning_steps(rows: list[dict[str, Any]], step: str, val_columns: set[str]) -> list[dict[str, Any]]:
+    """Lightning's ``metrics.csv`` rows with the validation metrics moved to the step of the weights
+    they were computed on. During ``fit`` Lightning validates after a batch's optimiser step but logs
+    the result before it counts that batch (``_TrainingEpochLoop.on_advance_end`` runs the validation
+    loop, then increments ``_batches_that_stepped``, the logger's step), so a validation logged at
+    ``step`` S saw the weights of ``global_step`` S + 1, which is the step in the name of the
+    checkpoint ``ModelCheckpoint`` saves then. Training metrics keep their step."""
+    out = []
+    for r in rows:
+        s = _number(r.get(step))
+        val = {k: v for k, v in r.items() if k in val_columns and _number(v) is not None}
+        if s is None or not val:
+            out.append(r)
+            continue
+        rest = {k: v for k, v in r.items() if k not in val}
+        out += [rest, {**val, step: s + 1}]
     return out
 
 

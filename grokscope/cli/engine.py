@@ -129,18 +129,34 @@ def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
                               "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"),
                               "seed": dataset_seed}, dataset)
     from grokscope.datasets import DatasetError, load_dataset
+    from grokscope.engine.loading import CheckpointError
     from grokscope.models import ModelError
     from grokscope.trust import UntrustedCode
 
     try:
+        from grokscope.models.lightning import lightning_spec
+
+        mspec = lightning_spec(mspec, _first_checkpoint(folder), trust, "--model")
         data = load_dataset(dspec, trust, "--dataset")
         from grokscope.training.trainer import resolve_model_spec
 
         mspec = resolve_model_spec(mspec, data, trust)
-    except (DatasetError, ModelError, UntrustedCode) as e:
+    except (DatasetError, ModelError, UntrustedCode, CheckpointError) as e:
         raise click.UsageError(str(e)) from e
     train = {"loss": loss} if loss else {}
     return {"format": 1, "model": mspec, "dataset": dspec, "train": train}
+
+
+def _first_checkpoint(folder: Path | None) -> str | None:
+    """The first checkpoint (by step) of the first run under ``folder`` that has one, or None."""
+    from grokscope.engine.discovery import DiscoveryError, find_runs
+
+    if folder is None:
+        return None
+    try:
+        return next((r.checkpoints[0].path for r in find_runs(folder) if r.checkpoints), None)
+    except DiscoveryError:
+        return None
 
 
 def spec_options(f):

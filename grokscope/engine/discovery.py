@@ -18,7 +18,9 @@ holding ``model.safetensors`` (or its sharded index), ``pytorch_model.bin`` (or 
 Steps come from names (``step-500``, ``step_500``, ``step500``, ``global_step=500``,
 ``checkpoint-500``, ``ckpt_500``, ``iter_500``, ``epoch=3-step=1200``, ``model_500``, ``500``); a name
 with an epoch but no step is not guessed. When the name has no step, the ``step`` entry of the
-safetensors metadata is used. Nothing here reads tensor data.
+safetensors metadata is used. Aliases without a step (``last.ckpt``, ``best.pt``, ...) are placed at
+their step or left out with a reason (:mod:`.aliases`, which reads those files); nothing else here
+reads tensor data.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import Any
 
 from grokscope import runs as runfmt
 from grokscope.errors import GrokscopeError
+
+from .aliases import is_alias, resolve_alias
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
@@ -70,7 +74,7 @@ class Checkpoint:
     step: int | None
     label: str
     sharded: bool = False
-    step_source: str = ""  # "name" | "metadata" | ""
+    step_source: str = ""  # "name" | "metadata" | "global_step" (an alias, :mod:`.aliases`) | ""
 
 
 @dataclass(frozen=True)
@@ -228,8 +232,7 @@ def _with_step(c: Checkpoint, names: list[str]) -> tuple[Checkpoint, str | None]
                 return _replace(c, step=int(meta["step"]), step_source="metadata"), None
             except ValueError:
                 return c, f"metadata step {meta['step']!r} is not an integer"
-    hint = " (Lightning's last.ckpt repeats a stepped checkpoint)" if Path(c.path).name == "last.ckpt" else ""
-    return c, f"no step in its name or metadata; skipped{hint}"
+    return c, "no step in its name or metadata; skipped"
 
 
 def _replace(c: Checkpoint, **kw: Any) -> Checkpoint:
@@ -275,15 +278,28 @@ def checkpoints_in(folder: Path, run_dir: Path | None = None) -> tuple[list[Chec
     if _STEP.search(folder.name) or _CKPT.search(folder.name):
         found = [(c, names + [folder.name]) for c, names in found]
     placed: dict[int, Checkpoint] = {}
+    aliases: list[Checkpoint] = []
     for c, names in found:
         c2, why = _with_step(c, names)
         if c2.step is None:
+            if is_alias(_stem(Path(c.path).name)):
+                aliases.append(c)
+                continue
             problems.append(Problem(c.path, why or "no step"))
             continue
         if c2.step in placed:
             problems.append(Problem(c.path, f"duplicate step {c2.step}: {placed[c2.step].label} is used"))
             continue
         placed[c2.step] = c2
+    stepped = dict(placed)
+    for c in aliases:  # last.ckpt, best.pt ...: at their own step, or left out saying why
+        c2, why = resolve_alias(c, stepped)
+        if c2 is not None and c2.step in placed:
+            why, c2 = f"duplicate step {c2.step}: {placed[c2.step].label} is used", None
+        if c2 is None:
+            problems.append(Problem(c.path, why))
+            continue
+        placed[c2.step] = c2  # type: ignore[index]
     return [placed[s] for s in sorted(placed)], problems
 
 

@@ -65,7 +65,7 @@ def test_bare_files_all_formats_and_problems(tmp_path):
     torch.save(SD, tmp_path / "step_400.pth")
     torch.save(SD, tmp_path / "ckpt-500.bin")
     torch.save({"state_dict": SD}, tmp_path / "epoch=1-step=600.ckpt")
-    torch.save({"state_dict": SD}, tmp_path / "last.ckpt")  # no step: skipped with a reason
+    torch.save({"state_dict": SD}, tmp_path / "last.ckpt")  # an alias of equal weights: skipped, saying so
     torch.save(SD, tmp_path / "step-100.pt")  # duplicate step 100
     torch.save({}, tmp_path / "optimizer.pt")  # trainer side file: ignored
     (found,) = find_runs(tmp_path)
@@ -76,7 +76,9 @@ def test_bare_files_all_formats_and_problems(tmp_path):
     assert by_step[600].kind == "torch" and by_step[100].kind == "torch"
     reasons = {p.path.rsplit("/", 1)[-1]: p.reason for p in found.problems}
     assert set(reasons) == {"last.ckpt", "step-100.safetensors"}
-    assert "no step" in reasons["last.ckpt"] and "duplicate step 100" in reasons["step-100.safetensors"]
+    assert "duplicate step 100" in reasons["step-100.safetensors"]
+    assert reasons["last.ckpt"] == ("last.ckpt holds the same weights as epoch=1-step=600.ckpt (step 600); "
+                                    "skipped, an alias")
     assert found.spec is None
 
 
@@ -132,3 +134,33 @@ def test_no_checkpoints_is_an_error(tmp_path):
         find_runs(tmp_path)
     with pytest.raises(DiscoveryError, match="no such"):
         find_runs(tmp_path / "nope")
+
+
+def _sd(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(3, 2, generator=g), "b": torch.randn(3, generator=g)}
+
+
+def test_aliases_are_placed_at_their_step_or_left_out_saying_why(tmp_path):
+    """last.ckpt / best.pt / model_best.pth: global_step inside, a link, equal weights, or none of these."""
+    for s in (10, 20):
+        torch.save({"global_step": s, "state_dict": _sd(s)}, tmp_path / f"epoch=0-step={s}.ckpt")
+    torch.save({"global_step": 20, "state_dict": _sd(20)}, tmp_path / "last.ckpt")  # repeats step 20
+    torch.save({"global_step": 25, "state_dict": _sd(25)}, tmp_path / "last-v1.ckpt")  # a step of its own
+    torch.save(_sd(10), tmp_path / "model_best.pth")  # no global_step: step 10's weights
+    torch.save(_sd(99), tmp_path / "best.pt")  # no step anywhere and weights of no stepped file
+    (tmp_path / "final.ckpt").symlink_to(tmp_path / "epoch=0-step=10.ckpt")
+    (tmp_path / "latest.pt").write_bytes(b"not a pickle")
+    (found,) = find_runs(tmp_path)
+    assert found.steps == [10, 20, 25]
+    by_step = {c.step: c for c in found.checkpoints}
+    assert by_step[25].label == "last-v1.ckpt" and by_step[25].step_source == "global_step"
+    reasons = {p.path.rsplit("/", 1)[-1]: p.reason for p in found.problems}
+    assert reasons["last.ckpt"] == ("last.ckpt is global_step 20 (inside it), the step of epoch=0-step=20.ckpt; "
+                                    "skipped, an alias")
+    assert reasons["model_best.pth"] == ("model_best.pth holds the same weights as epoch=0-step=10.ckpt "
+                                         "(step 10); skipped, an alias")
+    assert reasons["best.pt"].startswith("best.pt: an alias with no step in its name, no global_step inside")
+    assert reasons["final.ckpt"] == "final.ckpt is a link to epoch=0-step=10.ckpt (step 10); skipped, an alias"
+    assert reasons["latest.pt"].startswith("latest.pt: an alias (no step in its name) that cannot be read")
+    assert set(reasons) == {"last.ckpt", "model_best.pth", "best.pt", "final.ckpt", "latest.pt"}
