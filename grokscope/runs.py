@@ -3,6 +3,7 @@
 A run is a folder::
 
     run.json                              {"format": 1, "model": {...}, "dataset": {...}, "train": {...}}
+                                          (+ "checkpoints": "/abs/folder" when they live elsewhere)
     checkpoints/step-00001234.safetensors state dict; metadata carries "step" and provenance
     log.jsonl                             one JSON object per evaluation (step, train/test loss & acc)
 """
@@ -24,6 +25,7 @@ RUN_FORMAT = 1
 RUN_JSON = "run.json"
 LOG_JSONL = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+CHECKPOINTS_KEY = "checkpoints"  # run.json: the checkpoint folder, when it lives elsewhere
 
 
 class RunError(GrokscopeError, ValueError):
@@ -47,10 +49,15 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None = None) -> Path:
-    """Write ``run.json`` (atomically) and return its path."""
+def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None = None,
+                   checkpoints: Path | None = None) -> Path:
+    """Write ``run.json`` (atomically) and return its path. ``checkpoints``: the folder of the run's
+    checkpoints when it is not ``run_dir/checkpoints`` or ``run_dir`` (a workspace kept apart from a
+    third party's folder, ``grokscope init --workspace``), stored absolute."""
     doc = {"format": RUN_FORMAT, "grokscope": grokscope.__version__, "model": model,
            "dataset": dataset, "train": train or {}}
+    if checkpoints is not None:
+        doc[CHECKPOINTS_KEY] = str(Path(checkpoints).absolute())
     path = Path(run_dir) / RUN_JSON
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     return path
@@ -86,6 +93,22 @@ def read_run_json(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"{path}: 'dataset' needs a 'name'")
     doc.setdefault("train", {})
     return doc
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    """The folder holding a run's checkpoints: run.json's ``"checkpoints"`` (a workspace's run.json
+    names the third party's folder; relative to ``run_dir`` if not absolute), else
+    ``run_dir/checkpoints`` when it exists, else ``run_dir``. A malformed run.json gives the default
+    (reading it reports the problem)."""
+    run_dir = Path(run_dir)
+    try:
+        doc = json.loads((run_dir / RUN_JSON).read_text())
+    except (OSError, ValueError):
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get(CHECKPOINTS_KEY), str) and doc[CHECKPOINTS_KEY]:
+        return run_dir / doc[CHECKPOINTS_KEY]
+    ck = run_dir / CHECKPOINT_DIR
+    return ck if ck.is_dir() else run_dir
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

@@ -179,6 +179,15 @@ def spec_options(f):
     return f
 
 
+def workspace_option(f):
+    """``--workspace DIR``: grokscope's files for PATH (run.json, log.jsonl, the store) live in DIR."""
+    return click.option(
+        "--workspace", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+        help="Keep grokscope's files (run.json, the imported log, probes.zarr) in DIR instead of PATH, "
+             "which is then only read (a read-only or shared checkpoint folder). DIR's run.json names "
+             "PATH, so `grokscope probe DIR` works too.")(f)
+
+
 # -- init -----------------------------------------------------------------------------------------
 
 @click.command()
@@ -193,11 +202,13 @@ def spec_options(f):
 @click.option("--log-columns", default=None, metavar="NAME=COLUMN[,...]",
               help="The log's names for train_acc, test_acc, train_loss, test_loss, e.g. test_acc=val/acc.")
 @click.option("--log-step", default="step", show_default=True, help="The log's step column.")
+@workspace_option
 def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str | None,
          dataset_kwargs: str | None, dataset_seed: int, loss: str | None, trust_code: str | None,
          force: bool, log_path: Path | None, log_format: str | None, log_columns: str | None,
-         log_step: str) -> None:
-    """Write PATH/run.json for a folder of third-party checkpoints.
+         log_step: str, workspace: Path | None) -> None:
+    """Write PATH/run.json (or DIR/run.json with --workspace DIR) for a folder of third-party
+    checkpoints.
 
     The first checkpoint found is loaded into the model and run on two points of the data as a check
     (clear errors for key or shape mismatches), so a wrong --model or --dataset is caught now rather
@@ -211,13 +222,14 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
 
     if model is None or dataset is None:
         raise click.UsageError("grokscope init needs --model and --dataset")
-    target = path / runfmt.RUN_JSON
+    home = workspace if workspace is not None else path  # where grokscope's files go
+    target = home / runfmt.RUN_JSON
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists (pass --force to replace it)")
     trust = cli_trust(model, dataset, trust_code)
     spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
     assert spec is not None
-    ck_dir = path / runfmt.CHECKPOINT_DIR if (path / runfmt.CHECKPOINT_DIR).is_dir() else path
+    ck_dir = runfmt.checkpoint_dir(path)
     ckpts, problems = checkpoints_in(ck_dir, path)
     if not ckpts:
         try:
@@ -233,13 +245,15 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
         check_model(spec, ckpts[0], trust, "--model")
     except (ModelCheckError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
-    records = _import_log(path, log_path, log_format, log_columns, log_step, force)
-    runfmt.write_run_json(path, spec["model"], spec["dataset"], spec["train"])
+    records = _import_log(path, log_path, log_format, log_columns, log_step, force, home)
+    home.mkdir(parents=True, exist_ok=True)
+    runfmt.write_run_json(home, spec["model"], spec["dataset"], spec["train"],
+                          checkpoints=ck_dir.absolute() if workspace is not None else None)
     if records is not None:
         from grokscope.runlog import write_log
 
         src, n, recs = records
-        click.echo(f"imported {n} evaluation record(s) from {src} into {write_log(path, recs)}", err=True)
+        click.echo(f"imported {n} evaluation record(s) from {src} into {write_log(home, recs)}", err=True)
     click.echo(f"wrote {target}: {len(ckpts)} checkpoints, steps {ckpts[0].step}..{ckpts[-1].step}; "
                f"{ckpts[0].label} loads into {spec['model'].get('factory') or spec['model'].get('arch')}",
                err=True)
@@ -251,13 +265,14 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
         added = trustmod.remember(target)
         what = f"code imported from {target}" if os.path.isabs(target) else target
         if added is not None:
-            click.echo(f"trusting {what} from now on: added to {added} (so `grokscope probe {path}` "
+            click.echo(f"trusting {what} from now on: added to {added} (so `grokscope probe {home}` "
                        "may import it from any folder; delete the line to revoke)", err=True)
 
 
 def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str | None, step: str,
-                force: bool) -> tuple[Path, int, list] | None:
-    """``(source, n, records)`` of the run's own log to import (None: none given or found)."""
+                force: bool, home: Path | None = None) -> tuple[Path, int, list] | None:
+    """``(source, n, records)`` of the run's own log (given, or found in ``path``) to import into
+    ``home`` (default ``path``); None: none given or found."""
     from grokscope import runs as runfmt
     from grokscope.runlog import LogError, find_log, import_log
 
@@ -267,13 +282,12 @@ def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str
         if found is None:
             return None
         log_path, fmt = found[0], fmt or found[1]
-    if (path / runfmt.LOG_JSONL).exists() and not force:
+    dest = (home if home is not None else path) / runfmt.LOG_JSONL
+    if dest.exists() and not force:
         if found is not None:
-            click.echo(f"  keeping {path / runfmt.LOG_JSONL} (not importing {log_path}; --force replaces it)",
-                       err=True)
+            click.echo(f"  keeping {dest} (not importing {log_path}; --force replaces it)", err=True)
             return None
-        raise click.ClickException(f"{path / runfmt.LOG_JSONL} exists (pass --force to replace it with "
-                                   f"the records of {log_path})")
+        raise click.ClickException(f"{dest} exists (pass --force to replace it with the records of {log_path})")
     mapping: dict[str, str] = {}
     for item in (columns or "").split(","):
         if item.strip():
@@ -481,7 +495,7 @@ class _Bar:
 @click.option("--param", "params", multiple=True, metavar="PROBE.FIELD=VALUE",
               help="A probe parameter, e.g. --param lc.radius=0.01 (repeatable).")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="The Zarr store (default: PATH/probes.zarr).")
+              help="The Zarr store (default: PATH/probes.zarr; DIR/probes.zarr with --workspace DIR).")
 @click.option("--scheduler", default=None, metavar="ADDRESS|sync|local", envvar="GROKSCOPE_SCHEDULER",
               help="A Dask scheduler address (tcp://host:8786), 'sync' to run in this process, or "
                    "'local' (default) for an in-process cluster of worker processes. "
@@ -515,13 +529,14 @@ class _Bar:
               help="How far acc may differ from the run's own logged accuracy at the same step before "
                    "the split check warns that the data or split is not the run's.")
 @spec_options
+@workspace_option
 @click.pass_context
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
           out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
           steps: tuple[str, ...], overwrite: bool, flush_interval: float, recheck: bool, dry_run: bool,
           follow: bool, as_json: bool, quiet: bool, split_tolerance: float, model: str | None,
           model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None, dataset_seed: int,
-          loss: str | None, trust_code: str | None) -> None:
+          loss: str | None, trust_code: str | None, workspace: Path | None) -> None:
     """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
     group per run and probe).
 
@@ -555,7 +570,9 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
                    "local cluster; the scheduler's own workers run the jobs)", err=True)
     trust = cli_trust(model, dataset, trust_code)
     spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
-    cfg = EngineConfig(probes=requests, out=out or path / "probes.zarr", scheduler=scheduler,
+    home = workspace if workspace is not None else path  # where the store goes
+    path = workspace_run(path, workspace)
+    cfg = EngineConfig(probes=requests, out=out or home / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
                        flush_interval=flush_interval, dry_run=dry_run, trust=trust, recheck=recheck)
     more = {"follow": training_under(path)} if follow and not dry_run else {}
@@ -568,6 +585,21 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)
+
+
+def workspace_run(path: Path, workspace: Path | None) -> Path:
+    """The folder to probe for ``PATH --workspace DIR``: DIR when its run.json (``init --workspace``)
+    names PATH's checkpoints, PATH when DIR holds no run.json (the store still goes to DIR); a DIR
+    whose run.json names other checkpoints is refused."""
+    from grokscope import runs as runfmt
+
+    if workspace is None or not (workspace / runfmt.RUN_JSON).is_file():
+        return path
+    named = runfmt.checkpoint_dir(workspace).resolve()
+    if named not in (path.resolve(), runfmt.checkpoint_dir(path).resolve()):
+        raise click.UsageError(f"--workspace {workspace}: its run.json is for the checkpoints in {named}, "
+                               f"not {path}; use another workspace for {path}")
+    return workspace
 
 
 def _refuse_lone_spec_flags(ctx: click.Context, names: tuple[str, ...], alone: bool) -> None:

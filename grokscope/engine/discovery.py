@@ -3,8 +3,8 @@
 A path may be
 
 * one run folder: ``run.json`` + ``checkpoints/`` (a grokscope run, or a third-party folder after
-  ``grokscope init``), or a folder of checkpoints without ``run.json`` (the model then comes from the
-  command line);
+  ``grokscope init``; a workspace's run.json names a checkpoint folder elsewhere, ``"checkpoints"``),
+  or a folder of checkpoints without ``run.json`` (the model then comes from the command line);
 * a folder of runs, searched recursively (a run's own sub-folders are not searched; ``*.zarr``,
   hidden folders and ``__pycache__`` are skipped);
 * a folder of bare checkpoint files or Hugging Face style ``checkpoint-N/`` folders.
@@ -347,8 +347,7 @@ def find_runs(path: Path) -> list[Run]:
 
     def visit(d: Path) -> None:
         if (d / runfmt.RUN_JSON).is_file():
-            ck = d / runfmt.CHECKPOINT_DIR
-            found.append((d, ck if ck.is_dir() else d))
+            found.append((d, runfmt.checkpoint_dir(d)))
             return
         if has_checkpoints(d):
             found.append((d, d))
@@ -388,5 +387,8 @@ def find_runs(path: Path) -> list[Run]:
                 run.spec_error = str(e)
         if ck.is_dir():
             run.checkpoints, run.problems = checkpoints_in(ck, d)
+        elif run.spec is not None and ck != d:
+            run.problems.append(Problem(str(ck), f"the checkpoint folder named by {d / runfmt.RUN_JSON} "
+                                                 "does not exist"))
         out.append(run)
     return out
