@@ -204,6 +204,9 @@ def demo(directory: Path, steps: int | None, seed: int | None, threads: int, met
     overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     config = preset_config(DEFAULT_PRESET, **overrides)
     names = [m.strip() for m in metrics.split(",") if m.strip()]
+    from grokscope.cli.ignored import demo_ignored
+
+    demo_ignored(click.get_current_context(), directory, config, names)
     save_steps = parse_schedule(config.save, config.steps)
     if not probe_steps:  # the defaults of the probes that run
         probe_steps = tuple(s for s in DEMO_STEPS if s.partition("=")[0] in names)

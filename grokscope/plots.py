@@ -786,10 +786,20 @@ def plot_run(tree: Any, title: str, out: Path, probes: list[str] | None = None) 
 @click.option("--grok", type=float, default=None,
               help="Test-accuracy threshold of generalisation (default: per dataset).")
 @click.option("--robust", type=float, default=None, help="Robust-accuracy threshold per ε (0.5).")
-def plot(store: Path, out: Path | None, runs: tuple[str, ...], metrics: tuple[str, ...], formats: str | None,
-         layers: bool, mem: float | None, grok: float | None, robust: float | None) -> None:
+@click.pass_context
+def plot(ctx: click.Context, store: Path, out: Path | None, runs: tuple[str, ...], metrics: tuple[str, ...],
+         formats: str | None, layers: bool, mem: float | None, grok: float | None, robust: float | None) -> None:
     """Plot a probe STORE over log steps: overview.png (every run overlaid, one panel per measure with
     data, onsets as dashed lines) and fourier_<run>.png heat maps."""
+    from grokscope.cli.ignored import warn_ignored
+
+    wanted = [m.strip().split(".")[0] for group in metrics for m in group.split(",") if m.strip()]
+    if wanted and "lc" not in wanted:
+        warn_ignored(ctx, ("layers",), f"with --metrics {','.join(wanted)} (the per-layer panels are lc's)")
+    if out is not None and formats and out.suffix.lstrip(".").lower() in FORMATS and \
+            out.suffix.lstrip(".").lower() not in [f.strip().lower().lstrip(".") for f in formats.split(",")]:
+        click.echo(f"warning: the suffix of --out {out} is ignored: --format {formats} is used "
+                   f"({out.with_suffix('')}.<format>)", err=True)
     thresholds = {k: v for k, v in (("mem", mem), ("grok", grok), ("robust", robust)) if v is not None}
     paths = plot_store(store, out or store.parent / "plots", runs=list(runs) or None,
                        metrics=list(metrics) or None, formats=formats, layers=layers, thresholds=thresholds)

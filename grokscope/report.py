@@ -639,11 +639,15 @@ def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> floa
               help="Smoothing window (checkpoints) of the onset curves.")
 @click.option("--regions/--no-regions", default=True, show_default=True,
               help="Draw the linear-region picture of piecewise-linear runs (needs the checkpoints).")
-def report(store: Path, out: Path | None, as_json: bool, mem: float, grok: float | None, robust: float,
-           window: int, regions: bool) -> None:
+@click.pass_context
+def report(ctx: click.Context, store: Path, out: Path | None, as_json: bool, mem: float, grok: float | None,
+           robust: float, window: int, regions: bool) -> None:
     """Write one self-contained HTML page about every run in a probe STORE and print its path."""
     thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}
     if as_json:
+        from grokscope.cli.ignored import warn_ignored
+
+        warn_ignored(ctx, ("out", "regions"), "with --json (the summaries go to stdout; no page is written)")
         click.echo(json.dumps(summaries(store, **thresholds), indent=2, allow_nan=False))
         return
     path = write_report(store, out, regions=regions, **thresholds)

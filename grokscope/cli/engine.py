@@ -246,6 +246,11 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     except (ModelCheckError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
     records = _import_log(path, log_path, log_format, log_columns, log_step, force, home)
+    if records is None and log_path is None:
+        from grokscope.cli.ignored import warn_ignored
+
+        warn_ignored(click.get_current_context(), ("log_format", "log_columns", "log_step"),
+                     f"without a log (no --log given, and no trainer_state.json or metrics.csv found in {path})")
     home.mkdir(parents=True, exist_ok=True)
     runfmt.write_run_json(home, spec["model"], spec["dataset"], spec["train"],
                           checkpoints=ck_dir.absolute() if workspace is not None else None)

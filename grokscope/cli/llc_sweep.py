@@ -49,7 +49,11 @@ def llc_sweep(run_dir: Path, step: int | None, lr_text: str, gamma_text: str, pa
         key, eq, value = item.partition("=")
         if not eq:
             raise click.BadParameter(f"--param needs FIELD=VALUE, got {item!r}")
-        overrides[key.strip().removeprefix("llc.")] = value
+        field = key.strip().removeprefix("llc.")
+        if field in ("lr", "gamma"):
+            raise click.BadParameter(f"{item!r} would be ignored: the sweep takes {field} from --{field} "
+                                     f"(a grid, e.g. --{field} {value})", param_hint="--param")
+        overrides[field] = value
     try:
         params = LLCProbe.make_params(overrides)
         for lr in lrs:

@@ -29,9 +29,10 @@ REGION_OPTIONS = ("resolution", "points", "split", "margin", "seed")
 @click.option("--fps", default=2.0, show_default=True, type=float, help="GIF frames per second.")
 @click.option("--scheduler", default="sync", show_default=True, metavar="ADDRESS|sync|local",
               help="Where a run folder's pictures are computed (see grokscope probe).")
-def regions(path: Path, run: str | None, steps: str | None, out: Path | None, store: Path | None,
-            resolution: int | None, points: str | None, split: str | None, margin: float | None,
-            seed: int | None, fps: float, scheduler: str) -> None:
+@click.pass_context
+def regions(ctx: click.Context, path: Path, run: str | None, steps: str | None, out: Path | None,
+            store: Path | None, resolution: int | None, points: str | None, split: str | None,
+            margin: float | None, seed: int | None, fps: float, scheduler: str) -> None:
     """Draw the linear regions of a run's checkpoints on the plane through three training points.
 
     PATH is a probe store holding ``regions`` results, or a run folder: then the ``regions`` probe
@@ -50,7 +51,13 @@ def regions(path: Path, run: str | None, steps: str | None, out: Path | None, st
         raise click.BadParameter(f"{out}: unsupported format {out.suffix!r}; use one of "
                                  f"{', '.join(FIGURE_SUFFIXES)}", param_hint="--out")
     steps = steps or f"log:{DEFAULT_FRAMES if gif else DEFAULT_PANELS}"
+    from grokscope.cli.ignored import refuse_ignored, warn_ignored
+
+    if not gif:
+        warn_ignored(ctx, ("fps",), "without a .gif --out (a grid of panels has no frame rate)")
     if is_store:
+        refuse_ignored(ctx, ("store", "scheduler"), f"for {path}, a store whose pictures are already computed "
+                       "(they say where a run folder's pictures are computed; pass the run folder instead)")
         if given:
             raise click.UsageError(f"--{', --'.join(given)}: these set how pictures are computed; {path} is a "
                                    "store whose pictures are already computed (pass the run folder instead)")

@@ -108,6 +108,10 @@ def train(preset: str | None, list_presets: bool, out: Path | None, resume: bool
     from grokscope.training import presets as P
 
     if list_presets:
+        from grokscope.cli.ignored import warn_ignored
+
+        warn_ignored(click.get_current_context(), tuple(p.name for p in train.params if p.name != "list_presets"),
+                     "with --list-presets (it lists the presets and trains nothing)")
         for name in P.preset_names():
             click.echo(f"{name:20s} {P.DESCRIPTIONS.get(name, '')}")
         return

@@ -51,10 +51,15 @@ def run_reproduction(name: str, out: Path, quick: bool = False, threads: int = 1
 @click.option("--quick", is_flag=True, help="A few hundred steps of the same pipeline (for the tests; no claim).")
 @click.option("--list", "list_", is_flag=True, help="List the reproductions and exit.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads for training.")
-def reproduce(name: str | None, out: Path | None, quick: bool, list_: bool, threads: int) -> None:
+@click.pass_context
+def reproduce(ctx: click.Context, name: str | None, out: Path | None, quick: bool, list_: bool, threads: int) -> None:
     """Reproduce a paper's headline result: train, probe, draw its figure and write a table of the
     paper's numbers beside this run's (OUT/paper_vs_run.md)."""
     if list_ or name is None:
+        from grokscope.cli.ignored import warn_ignored
+
+        warn_ignored(ctx, ("out", "quick", "threads"), "when listing the reproductions (nothing is run; "
+                     + ("NAME is ignored too)" if name else "give a NAME to run one)"))
         for key, (_, what, cost) in REPRODUCTIONS.items():
             click.echo(f"{key:16s} {what} [full run: {cost}]")
         for key, why in NOT_INCLUDED.items():
