@@ -7,7 +7,9 @@ Conventions (CONTRIBUTING.md, "Code blocks in the docs"):
   lines must appear, in order, in what that block printed (``...`` in a line matches anything);
 * every other ``bash``/``sh``/``shell``/``text``/unlabelled block runs with ``bash -euo pipefail`` in a
   fresh folder (one per document, blocks in order, so a later block sees an earlier one's runs), and
-  every ``python`` block runs in that folder in one namespace per document.
+  every ``python`` block runs in that folder in one namespace per document, except a ``python`` block
+  whose first line is ``# file: NAME``: it is a file the reader writes (a model module, a training
+  script), written to NAME in that folder for the later blocks to use.
 
 To keep the suite fast the commands run on small real runs: ``grokscope`` is a wrapper that appends
 size flags to each command (:data:`SHRINK`: a smaller model and dataset, fewer steps, a few
@@ -289,7 +291,9 @@ def test_document_blocks_run(doc: str, sandbox, forkserver, monkeypatch) -> None
         last_output = None
         if b.not_run is not None:
             continue
-        if b.lang == "python":
+        if b.lang == "python" and b.code.startswith("# file: "):
+            (work / b.code.splitlines()[0][len("# file: "):].strip()).write_text(b.code)
+        elif b.lang == "python":
             if not namespace.get("__prelude_done__"):
                 for cmd in PY_SETUP.get(doc, []):
                     _bash(cmd, work, env, f"{doc} (python setup)")
