@@ -8,7 +8,8 @@
 2. lock the store (:mod:`.lock`), refuse groups whose stored parameters or run spec differ from the
    request (``--overwrite`` deletes and recomputes them), grow ``step`` where new checkpoints appeared,
    and skip every (run, step, probe) whose ``done`` flag is set or that the probe's ``--steps``
-   selection leaves out (:mod:`.selection`; a group still spans every checkpoint of its run);
+   selection leaves out (:mod:`.selection`; a group still spans every checkpoint of its run); check
+   each run's model on one checkpoint (:mod:`.model_check`: a run that fails is one line, the others go on);
 3. submit one task per pending (run, checkpoint) (:func:`.jobs.run_task`) to a Dask client: an
    in-process ``LocalCluster`` of worker processes by default, ``--scheduler ADDRESS`` for an existing
    cluster, ``--scheduler sync`` to run in this process; ``--device cuda`` asks for ``GPU=1``;
@@ -365,8 +366,8 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
 def check_probes(tasks: list[Task]) -> None:
     """Run each probe's ``check`` once per distinct (run spec, probe set) on the first checkpoint that
     needs it, in this process, before any job is sent: a parameter that this model or data cannot take
-    (``lc.n_dirs`` above the input dimension ...) raises :class:`EngineError` with one line. Problems of
-    the checkpoint or the model itself are left to the jobs, which record them per checkpoint."""
+    (``lc.n_dirs`` above the input dimension ...) raises :class:`EngineError` with one line. The model
+    itself was checked before (:mod:`.model_check`); problems of one checkpoint are left to its jobs."""
     from dataclasses import replace
 
     from grokscope.probes import ProbeError
