@@ -144,7 +144,8 @@ def test_log_import_formats_and_split_check(tmp_path):
                               {"step": 20, "train_loss": 0.9}]
     mc = tmp_path / "metrics.csv"
     mc.write_text("epoch,step,train_acc,val_acc\n0,4,0.7,\n0,4,,0.6\n1,9,0.9,\n")
-    assert import_log(mc) == [{"step": 4, "train_acc": 0.7, "test_acc": 0.6}, {"step": 9, "train_acc": 0.9}]
+    # Lightning's validation logged at step 4 saw the weights of global_step 5
+    assert import_log(mc) == [{"step": 4, "train_acc": 0.7}, {"step": 5, "test_acc": 0.6}, {"step": 9, "train_acc": 0.9}]
     j = tmp_path / "log.csv"
     j.write_text("it,acc_val\n3,0.25\n")
     assert import_log(j, "csv", {"test_acc": "acc_val"}, step="it") == [{"step": 3, "test_acc": 0.25}]

@@ -81,7 +81,7 @@ L.seed_everything(0)
 trainer = L.Trainer(max_steps=40, val_check_interval=10, check_val_every_n_epoch=None,
                     callbacks=[ModelCheckpoint(every_n_train_steps=10, save_top_k=-1, save_last=True)],
                     logger=CSVLogger("."), accelerator="cpu", enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0)
+                    enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=5)
 trainer.fit(LitMLP(hidden=24), train, val)
 '''
 
