@@ -225,3 +225,31 @@ def test_plain_loop_pth_series_analysed_with_no_glue_code(tmp_path, cli, monkeyp
         assert list(acc.accuracy.sel(split=split).values) == [r[f"{split}_acc"] for r in logged]
         np.testing.assert_allclose(acc.loss.sel(split=split).values, [r[f"{split}_loss"] for r in logged],
                                    rtol=1e-6)
+
+
+def test_saved_hyper_parameters_are_passed_as_lightning_passes_them(tmp_path):
+    """One dict argument (``hparams_name``), ``**kwargs``, and arguments the constructor does not take."""
+    import lightning as L
+
+    from grokscope.models.lightning import is_lightning_module, saved_hyper_parameters
+
+    class OneDict(L.LightningModule):
+        def __init__(self, config: dict):
+            super().__init__()
+
+    class Open(L.LightningModule):
+        def __init__(self, d: int = 3, **rest):
+            super().__init__()
+
+    class Closed(L.LightningModule):
+        def __init__(self, d: int = 3):
+            super().__init__()
+
+    path = tmp_path / "a.ckpt"
+    torch.save({"hyper_parameters": {"d": 3, "x": 1}, "hparams_name": "config", "state_dict": {}}, path)
+    assert saved_hyper_parameters(path, OneDict) == {"config": {"d": 3, "x": 1}}
+    torch.save({"hyper_parameters": {"d": 3, "extra": 5, "_instantiator": "x.y"}, "hparams_name": "kwargs",
+                "state_dict": {}}, path)
+    assert saved_hyper_parameters(path, Open) == {"d": 3, "extra": 5}
+    assert saved_hyper_parameters(path, Closed) == {"d": 3}
+    assert is_lightning_module(Closed) and not is_lightning_module(torch.nn.Linear)
