@@ -211,9 +211,11 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     checkpoints.
 
     The first checkpoint found is loaded into the model and run on two points of the data as a check
-    (clear errors for key or shape mismatches), so a wrong --model or --dataset is caught now rather
-    than by every probe job. The run's own evaluation log, if any, is imported into PATH/log.jsonl, so
-    that `report` can use it and `probe` can check the split against it.
+    (grokscope.engine.model_check: one line for a key or shape mismatch, rejected inputs, or an
+    output that is not (n, n_classes) logits), so a wrong --model or --dataset is caught now rather
+    than by every probe job. The run's own evaluation log, if any, is imported into PATH/log.jsonl (or
+    DIR/log.jsonl), so that `report` can use it and `probe` can check the split against it. A
+    LightningModule class given as --model is built from the hyper_parameters its checkpoints saved.
     """
     from grokscope import runs as runfmt
 

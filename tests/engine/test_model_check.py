@@ -71,7 +71,7 @@ def test_each_misfit_is_one_line_naming_the_checkpoint(tmp_path):
 
 
 def test_probe_drops_only_the_run_whose_model_does_not_fit(tmp_path, cli):
-    good = make_run(tmp_path / "runs" / "good", [0, 2])
+    make_run(tmp_path / "runs" / "good", [0, 2])
     bad = make_run(tmp_path / "runs" / "bad", [0, 2, 5])
     doc = runs.read_run_json(bad)
     runs.write_run_json(bad, {**MLP, "kwargs": {**MLP["kwargs"], "width": 13}}, doc["dataset"], doc["train"])
