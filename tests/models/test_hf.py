@@ -25,9 +25,14 @@ from grokscope.models.hf import HFError, HFLogits  # noqa: E402
 from tests.models import hf_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["--param", "lc.n_points=24", "--param", "lc.n_dirs=4", "--param", "align.n_points=24",
-         "--param", "pgd.n_points=24", "--param", "pgd.steps=3", "--param", "norm.n_train=12",
-         "--param", "norm.proj_iters=3", "--param", "norm.power_iters=3"]
+SMALL_PARAMS = {"lc": ["lc.n_points=24", "lc.n_dirs=4"], "align": ["align.n_points=24"],
+                "pgd": ["pgd.n_points=24", "pgd.steps=3"],
+                "norm": ["norm.n_train=12", "norm.proj_iters=3", "norm.power_iters=3"]}
+
+
+def small(metrics: list[str]) -> list[str]:
+    """``--param`` options that keep the probes of ``metrics`` small (sizes only)."""
+    return [x for m in metrics for p in SMALL_PARAMS.get(m, []) for x in ("--param", p)]
 
 
 @pytest.fixture
@@ -232,6 +237,22 @@ def _check_series(folder: Path, run: str, metrics: list[str], x_train: torch.Ten
         assert np.isfinite(load_group(store, run, "norm").wd_tangent_frac.values).all()
 
 
+def test_trainer_gpt2_acc_is_the_trainers_evaluation(tmp_path, cli):
+    """The quick version (the default suite): a short Trainer run, init with no model code, then acc
+    (equal to the Trainer's eval_accuracy at every checkpoint), pgd and fourier."""
+    folder = tmp_path / "gpt2"
+    log = hf_runs.train_modular(folder, p=7, steps=10, every=5)
+    r = cli("init", folder, "--model", "hf", "--dataset", "modular", "--dataset-kwargs", '{"p": 7}')
+    assert r.exit_code == 0, r.output
+    metrics = ["acc", "pgd", "fourier"]
+    r = cli("probe", folder, "--metrics", ",".join(metrics), "--scheduler", "sync", "-q", *small(metrics))
+    assert r.exit_code == 0, r.output
+    from grokscope.datasets import load_dataset
+
+    _check_series(folder, "gpt2", metrics, load_dataset({"name": "modular", "kwargs": {"p": 7}}).x_train, log)
+
+
+@pytest.mark.slow
 def test_trainer_gpt2_on_modular_arithmetic(tmp_path, cli):
     """A GPT-2 sequence classifier trained by ``transformers.Trainer`` on modular addition; every probe
     (fourier included: the data is modular arithmetic) with no glue code: init, then a bare probe."""
@@ -242,7 +263,7 @@ def test_trainer_gpt2_on_modular_arithmetic(tmp_path, cli):
     assert "imported 2 evaluation record(s)" in r.stderr
     metrics = ["acc", "lc", "align", "pgd", "fourier", "norm"]
     t0 = time.perf_counter()
-    r = cli("probe", folder, "--metrics", ",".join(metrics), "--scheduler", "sync", "-q", *SMALL)
+    r = cli("probe", folder, "--metrics", ",".join(metrics), "--scheduler", "sync", "-q", *small(metrics))
     wall = time.perf_counter() - t0
     assert r.exit_code == 0, r.output
     assert "SPLIT CHECK" not in r.stderr
@@ -269,7 +290,7 @@ def test_trainer_bert_on_token_data_local_cluster(tmp_path, cli):
     assert r.exit_code == 0, r.output
     metrics = ["acc", "lc", "align", "pgd", "norm"]
     t0 = time.perf_counter()
-    r = cli("probe", folder, "--metrics", ",".join(metrics), "--workers", "2", "--threads", "1", "-q", *SMALL)
+    r = cli("probe", folder, "--metrics", ",".join(metrics), "--workers", "2", "--threads", "1", "-q", *small(metrics))
     wall = time.perf_counter() - t0
     assert r.exit_code == 0, r.output
     assert "SPLIT CHECK" not in r.stderr
