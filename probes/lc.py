@@ -720,7 +720,8 @@ class LCProbe(Probe):
             _, z_test = continuous_view(work, data.x_test.to(device), data.input_kind)
             z_train, z_test = z_train.to(dtype), z_test.to(dtype)
             unit = radius_unit(params.radius_unit, data.input_kind)
-            scale = radius_scale(work, data.x_train[:4096].to(device), data.input_kind, unit)
+            scale = (1.0 if unit == "absolute" else
+                     radius_scale(work, data.x_train[:4096].to(device), data.input_kind, unit))
             radius_abs = tuple(float(r) * scale for r in params.radius)
             if data.input_kind == "tokens":
                 low, high = z_train.amin(dim=0), z_train.amax(dim=0)

@@ -293,7 +293,8 @@ class PGDProbe(Probe):
         results = []
         unit = radius_unit(params.eps_unit, data.input_kind)
         with eval_mode(model):
-            scale = radius_scale(model, data.x_train[:4096].to(device), data.input_kind, unit)
+            scale = (1.0 if unit == "absolute" else
+                     radius_scale(model, data.x_train[:4096].to(device), data.input_kind, unit))
             eps = [float(e) * scale for e in params.eps]
             for split in splits:
                 x, y = split_subset(data, split, params.n_points, params.seed)

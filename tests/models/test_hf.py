@@ -198,6 +198,10 @@ def test_model_without_countable_layer_gives_one_lc_error(tmp_path, cli):
 
 # -- real Trainer runs ----------------------------------------------------------------------------
 
+def _needs_accelerate() -> None:
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (in the test extra)")
+
+
 def _eval_records(folder: Path) -> dict[int, float]:
     """``{step: eval_accuracy}`` from the Trainer's own trainer_state.json (its last checkpoint)."""
     last = max(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -240,6 +244,7 @@ def _check_series(folder: Path, run: str, metrics: list[str], x_train: torch.Ten
 def test_trainer_gpt2_acc_is_the_trainers_evaluation(tmp_path, cli):
     """The quick version (the default suite): a short Trainer run, init with no model code, then acc
     (equal to the Trainer's eval_accuracy at every checkpoint), pgd and fourier."""
+    _needs_accelerate()
     folder = tmp_path / "gpt2"
     log = hf_runs.train_modular(folder, p=7, steps=10, every=5)
     r = cli("init", folder, "--model", "hf", "--dataset", "modular", "--dataset-kwargs", '{"p": 7}')
@@ -256,6 +261,7 @@ def test_trainer_gpt2_acc_is_the_trainers_evaluation(tmp_path, cli):
 def test_trainer_gpt2_on_modular_arithmetic(tmp_path, cli):
     """A GPT-2 sequence classifier trained by ``transformers.Trainer`` on modular addition; every probe
     (fourier included: the data is modular arithmetic) with no glue code: init, then a bare probe."""
+    _needs_accelerate()
     folder = tmp_path / "gpt2"
     log = hf_runs.train_modular(folder, p=7, steps=20, every=10)
     r = cli("init", folder, "--model", "hf", "--dataset", "modular", "--dataset-kwargs", '{"p": 7}')
@@ -283,6 +289,7 @@ def test_trainer_bert_on_token_data_local_cluster(tmp_path, cli):
     """A BERT sequence classifier trained by ``Trainer`` on a synthetic token task whose data and split
     are in ``data.npz``; probed on a LocalCluster of worker processes. fourier does not apply (the
     task is not modular arithmetic) and is not asked for."""
+    _needs_accelerate()
     folder = tmp_path / "bert"
     log = hf_runs.train_tokens(folder, "bert", steps=30, every=10)
     r = cli("init", folder, "--model", "hf", "--dataset", "file:" + str(folder / "data.npz"),
