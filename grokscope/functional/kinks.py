@@ -12,6 +12,10 @@ pre/post hooks on every module) says *where* each call happens, which gives its 
 
 * a call made by an activation module's own ``forward`` (``nn.ReLU`` calls ``F.relu``) is named
   after the module, e.g. ``layer1.0.act1`` (module-based models keep their module names);
+* an activation module of another library (transformers' ``NewGELUActivation``, timm's GELU classes)
+  whose maths is plain arithmetic is recognised by what it computes
+  (:mod:`grokscope.functional.activations`); its input is taken by a forward pre-hook and it is named
+  after the module too;
 * any other call is ``<module>#<op><k>``: the ``k``-th call of that op (1-based) during one call of
   the module's ``forward``, e.g. ``layer1.0#relu1`` and ``layer1.0#relu2`` for the two ``F.relu`` of
   a pre-activation block, ``#relu1`` for a call in the root model's own ``forward``; the op is the
