@@ -303,7 +303,7 @@ def find_neuron_module(model: nn.Module, name: str = "auto") -> tuple[str, nn.Mo
     if not found:
         hint = [n for n in modules if any(w in n.rsplit(".", 1)[-1].lower() for w in ("act", "mlp", "fc"))]
         raise ProbeError(f"{type(model).__name__} has no activation module for the neuron frequencies; set "
-                         "fourier.neuron_module=NAME (the module whose output are the MLP neurons"
+                         "fourier.neuron_module=NAME (the module whose outputs are the MLP neurons"
                          + (f", e.g. one of {', '.join(hint[:6])}" if hint else "")
                          + ") or fourier.all_pairs=false")
     return found[-1]

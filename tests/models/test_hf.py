@@ -194,6 +194,10 @@ def test_model_without_countable_layer_gives_one_lc_error(tmp_path, cli):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error")]
     assert len(errors) == 1 and "lc: this model has no layer to count" in errors[0]
     assert "nothing was computed" in errors[0] and "Traceback" not in r.stderr
+    from probes.fourier import ProbeError, find_neuron_module
+
+    with pytest.raises(ProbeError, match=r"set fourier.neuron_module=NAME .*e\.g\. one of .*transformer\.h\.0\.mlp"):
+        find_neuron_module(HFLogits(model))
 
 
 # -- real Trainer runs ----------------------------------------------------------------------------
