@@ -50,14 +50,15 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
     from .jobs import _data, _model
     from .loading import CheckpointError, float_dtype, load_into, read_state_dict
 
-    sd = read_state_dict(ckpt)  # CheckpointError: the file, not the model
     dev = torch.device(device)
     try:
         model = _model(spec["model"], dev, trust, where)
+    except (ModelError, UntrustedCode) as e:
+        raise ModelCheckError(str(e)) from None
+    sd = read_state_dict(ckpt)  # CheckpointError: the file, not the model
+    try:
         load_into(model, sd, ckpt.path)
     except CheckpointError as e:
-        raise ModelCheckError(str(e)) from None
-    except (ModelError, UntrustedCode) as e:
         raise ModelCheckError(str(e)) from None
     dtype = float_dtype(sd)
     try:
