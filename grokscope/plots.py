@@ -1,4 +1,4 @@
-"""Figures of a probe store over log-step (``grokscope plot``).
+"""Figures of a probe store over log-step (what ``grokscope plot`` draws).
 
 Small multiples: one panel per measure, every run of the store overlaid in its own colour, only the
 panels whose data exist. The x axis of every panel is the training step on a *symlog* scale (linear
@@ -26,7 +26,7 @@ over ``step`` with at most :data:`MAX_LINES` lines, or one extra dim drawn as a 
 
 Public: :func:`plot_store` (files), :func:`overview_figure` / :func:`fourier_figure` (matplotlib
 Figures), :func:`plan_panels` (which panels would be drawn), :func:`iter_runs`, :func:`select_runs`,
-:func:`plot_run` (one run, one file) and the click command :func:`plot`.
+:func:`plot_run` (one run, one file). The ``grokscope plot`` command is :mod:`grokscope.cli.plot`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from grokscope.errors import GrokscopeError
@@ -769,29 +768,3 @@ def plot_run(tree: Any, title: str, out: Path, probes: list[str] | None = None) 
     fig = overview_figure(tree, metrics=probes or None, title=title)
     out.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, out.with_suffix(""), [fmt])[0]
-
-
-@click.command()
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="Folder for the figures, or a file (fig.png, fig.pdf); default: STORE's parent / plots.")
-@click.option("--runs", "--run", "runs", multiple=True, metavar="RUN[,RUN...]",
-              help="Only these runs (group paths in the store): a comma list and/or repeated.")
-@click.option("--metrics", "--probe", "metrics", multiple=True, metavar="PROBE[,PROBE...]",
-              help="Only these probes' panels (acc, lc, pgd, align, fourier, norm) or probe.variable.")
-@click.option("--format", "formats", default=None, metavar="png,pdf,svg",
-              help="Figure formats, comma list (default: the suffix of --out, else png).")
-@click.option("--layers", is_flag=True, help="Add one LC panel per layer.")
-@click.option("--mem", type=float, default=None, help="Train-accuracy threshold of memorisation (0.99).")
-@click.option("--grok", type=float, default=None,
-              help="Test-accuracy threshold of generalisation (default: per dataset).")
-@click.option("--robust", type=float, default=None, help="Robust-accuracy threshold per ε (0.5).")
-def plot(store: Path, out: Path | None, runs: tuple[str, ...], metrics: tuple[str, ...], formats: str | None,
-         layers: bool, mem: float | None, grok: float | None, robust: float | None) -> None:
-    """Plot a probe STORE over log steps: overview.png (every run overlaid, one panel per measure with
-    data, onsets as dashed lines) and fourier_<run>.png heat maps."""
-    thresholds = {k: v for k, v in (("mem", mem), ("grok", grok), ("robust", robust)) if v is not None}
-    paths = plot_store(store, out or store.parent / "plots", runs=list(runs) or None,
-                       metrics=list(metrics) or None, formats=formats, layers=layers, thresholds=thresholds)
-    for p in paths:
-        click.echo(str(p))

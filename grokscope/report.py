@@ -1,4 +1,4 @@
-"""``grokscope report STORE``: one self-contained HTML page per probe store.
+"""One self-contained HTML page per probe store (the ``grokscope report`` command is :mod:`grokscope.cli.report`).
 
 Per run: its settings, the onset table, the LC phase table, the lead/lag table, the figures and a short
 plain-words summary. Every number comes from :func:`grokscope.analysis.run_summary`; images are embedded
@@ -10,13 +10,11 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import json
 import math
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-import click
 
 from grokscope.plots import PlotError, slug
 
@@ -456,14 +454,20 @@ def note_html(text: str) -> str:
 PLOT_THRESHOLDS = ("mem", "grok", "robust", "window", "patience")
 
 
-def figures(tree: Any, work: Path, thresholds: dict[str, Any], run: str | None = None) -> list[tuple[Path, str]]:
+def figures(tree: Any, work: Path, thresholds: dict[str, Any], run: str | None = None,
+            drawn: Mapping[str | None, Sequence[Path]] | None = None) -> list[tuple[Path, str]]:
     """``[(png, caption)]`` of :func:`grokscope.plots.plot_store` for one run (``run``) or for all runs
-    overlaid (``run=None``: its overview only), written under ``work``."""
-    from grokscope.plots import plot_store
+    overlaid (``run=None``: its overview only), written under ``work`` — or, when ``drawn`` has the
+    key ``run``, the PNGs ``plot_store`` already wrote for it (nothing is drawn a second time)."""
+    if drawn is not None and run in drawn:
+        pngs = [Path(p) for p in drawn[run] if Path(p).suffix == ".png"]
+    else:
+        from grokscope.plots import plot_store
 
-    onset_args = {k: v for k, v in thresholds.items() if k in PLOT_THRESHOLDS}
-    out = work / ("all-runs" if run is None else slug(run))
-    pngs = plot_store(tree, out, runs=None if run is None else [run], formats=["png"], thresholds=onset_args)
+        onset_args = {k: v for k, v in thresholds.items() if k in PLOT_THRESHOLDS}
+        out = work / ("all-runs" if run is None else slug(run))
+        pngs = plot_store(tree, out, runs=None if run is None else [run], formats=["png"],
+                          thresholds=onset_args)
     found = []
     for png in pngs:
         if png.stem == "overview":
@@ -474,10 +478,11 @@ def figures(tree: Any, work: Path, thresholds: dict[str, Any], run: str | None =
     return found
 
 
-def figures_html(tree: Any, work: Path, thresholds: dict[str, Any], run: str | None = None) -> str:
+def figures_html(tree: Any, work: Path, thresholds: dict[str, Any], run: str | None = None,
+                 drawn: Mapping[str | None, Sequence[Path]] | None = None) -> str:
     """:func:`figures` embedded, or a note saying why there are none."""
     try:
-        return "".join(img_html(png, caption) for png, caption in figures(tree, work, thresholds, run))
+        return "".join(img_html(png, caption) for png, caption in figures(tree, work, thresholds, run, drawn))
     except Exception as e:  # the page still renders; the note says what failed
         return note_html(f"No figures for {run or 'the store'} ({type(e).__name__}: {e}).")
 
@@ -546,7 +551,8 @@ def summaries(store: Path, **thresholds: Any) -> dict[str, dict[str, Any]]:
 
 
 def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: Path,
-                thresholds: dict[str, Any], regions: bool = True) -> str:
+                thresholds: dict[str, Any], regions: bool = True,
+                drawn: Mapping[str | None, Sequence[Path]] | None = None) -> str:
     """The HTML section of one run: settings line, plain words, figures, tables, regions, all settings."""
     anchor = slug(path)
     settings = summary.get("settings") or {}
@@ -561,7 +567,7 @@ def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: 
     parts.append("<h3>In plain words</h3>")
     parts.append("<ul class='summary'>" + "".join(f"<li>{_e(s)}</li>" for s in lines) + "</ul>" if lines
                  else "<p class='meta'>Nothing to say: no accuracy, LC, PGD or change-point results.</p>")
-    parts.append("<h3>Figures</h3>" + figures_html(tree, work, thresholds, path))
+    parts.append("<h3>Figures</h3>" + figures_html(tree, work, thresholds, path, drawn))
     parts.append("<h3>Onsets</h3>" + onset_table_html(summary.get("onsets") or {}))
     parts.append("<h3>LC phases</h3>" + phase_table_html(summary.get("lc_phases") or {}))
     migration = summary.get("migration") or {}
@@ -578,7 +584,8 @@ def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: 
 
 
 def render_html(store: Path, tree: Any, runs: list[tuple[str, Any]], sums: dict[str, dict],
-                thresholds: dict[str, Any], work: Path, regions: bool = True) -> str:
+                thresholds: dict[str, Any], work: Path, regions: bool = True,
+                drawn: Mapping[str | None, Sequence[Path]] | None = None) -> str:
     """The whole page as a string: a header, all runs overlaid (if several), one section per run."""
     from grokscope import __version__
 
@@ -587,8 +594,9 @@ def render_html(store: Path, tree: Any, runs: list[tuple[str, Any]], sums: dict[
     nav = ""
     if len(runs) > 1:
         nav = ("<nav><ul>" + "".join(f"<li><a href='#{_e(slug(p))}'>{_e(p)}</a></li>" for p, _ in runs)
-               + "</ul></nav><h2>All runs</h2>" + figures_html(tree, work, thresholds))
-    body = "\n".join(run_section(tree, p, n, sums[p], work, thresholds, regions) for p, n in runs)
+               + "</ul></nav><h2>All runs</h2>" + figures_html(tree, work, thresholds, None, drawn))
+    body = "\n".join(run_section(tree, p, n, sums[p], work, thresholds, regions, drawn)
+                     for p, n in runs)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>grokscope report: {_e(store.name)}</title><style>{CSS}</style></head><body>"
             f"<h1>grokscope report</h1><p class='meta'>store <code>{_e(store)}</code> · {len(runs)} run(s) · "
@@ -596,12 +604,15 @@ def render_html(store: Path, tree: Any, runs: list[tuple[str, Any]], sums: dict[
 
 
 def write_report(store: Path, out: Path | None = None, regions: bool = True,
-                 summaries: dict[str, dict[str, Any]] | None = None, **thresholds: Any) -> Path:
+                 summaries: dict[str, dict[str, Any]] | None = None,
+                 drawn: Mapping[str | None, Sequence[Path]] | None = None, **thresholds: Any) -> Path:
     """Write the self-contained HTML report of ``store`` to ``out`` (default ``<store parent>/report.html``).
 
     ``thresholds`` go to :func:`grokscope.analysis.run_summary` (``mem``, ``grok``, ``robust``,
     ``window``); ``summaries`` (``{run path: run_summary(...)}`` computed with the same thresholds)
-    saves computing them again. Raises ``PlotError`` naming the store if it holds no runs.
+    saves computing them again; ``drawn`` (``{run path, or None for all runs overlaid: PNG paths of
+    plot_store}``, drawn with the same thresholds) saves drawing those figures again. Raises
+    ``PlotError`` naming the store if it holds no runs.
     """
     from grokscope.analysis import run_summary
 
@@ -610,42 +621,7 @@ def write_report(store: Path, out: Path | None = None, regions: bool = True,
     tree, runs = load_runs(store)
     sums = {path: (summaries or {}).get(path) or run_summary(node, **thresholds) for path, node in runs}
     with tempfile.TemporaryDirectory(prefix="grokscope-report-") as tmp:
-        page = render_html(store, tree, runs, sums, thresholds, Path(tmp), regions)
+        page = render_html(store, tree, runs, sums, thresholds, Path(tmp), regions, drawn)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
-
-
-def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
-    if value == "auto":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise click.BadParameter(f"expected 'auto' or a number, got {value!r}") from None
-
-
-@click.command()
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write (default: report.html next to STORE).")
-@click.option("--json", "as_json", is_flag=True, help="Print run_summary of every run as JSON instead.")
-@click.option("--mem", default=0.99, show_default=True, help="Train-accuracy threshold of memorisation.")
-@click.option("--grok", default="auto", show_default=True, callback=_grok_option,
-              help="Test-accuracy threshold of generalisation; 'auto' = the dataset's (0.99 algorithmic, "
-                   "0.85 images, else 0.95).")
-@click.option("--robust", default=0.5, show_default=True, help="Robust-accuracy threshold of robustness@eps.")
-@click.option("--window", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Smoothing window (checkpoints) of the onset curves.")
-@click.option("--regions/--no-regions", default=True, show_default=True,
-              help="Draw the linear-region picture of piecewise-linear runs (needs the checkpoints).")
-def report(store: Path, out: Path | None, as_json: bool, mem: float, grok: float | None, robust: float,
-           window: int, regions: bool) -> None:
-    """Write one self-contained HTML page about every run in a probe STORE and print its path."""
-    thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}
-    if as_json:
-        click.echo(json.dumps(summaries(store, **thresholds), indent=2, allow_nan=False))
-        return
-    path = write_report(store, out, regions=regions, **thresholds)
-    click.echo(str(path))
-
