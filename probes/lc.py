@@ -60,11 +60,12 @@ from grokscope.functional import subset_indices
 from grokscope.functional.kinks import KinkWatch, kink_layers, module_kinks
 from grokscope.models.adapters import continuous_view
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, template_dataset
 from .layer_names import producing_modules
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
+FILL_MEANING = f"{PAD}: no point (split smaller than the sample dim)"
 
 
 class _StopForward(Exception):
@@ -695,6 +696,28 @@ class LCProbe(Probe):
                              "functional call such as F.relu was seen); name the modules whose outputs to "
                              "count with lc.layers=name1,name2 (see `grokscope probes --model M --dataset D`)")
 
+    def template(self, model: nn.Module, data: Any, params: LCParams):
+        """The result's shape from the layers one forward pass finds (:func:`kink_layers`), the
+        splits, ``radius`` and the sample dim (``n_points``, or the largest split if smaller)."""
+        splits = tuple(params.splits)
+        dtype = DTYPES[params.dtype] or model_dtype(model)
+        forward, z = continuous_view(model, data.x_train[:1].to(model_device(model)), data.input_kind)
+        z = z.to(model_dtype(model))
+        layers = [str(s) for s in params.layers] or None
+        names = [k.name for k in kink_layers(model, z, forward=forward, layers=layers,
+                                             include_output=params.include_output)]
+        capacity = {"train": len(data.x_train), "test": len(data.x_test)}
+        n_max = max(min(params.n_points, capacity.get(s, params.n_points)) for s in splits)
+        producers = producing_modules(model, forward, z[:1], names, counts_output=bool(params.layers))
+        return template_dataset(
+            self.outputs,
+            coords={"split": list(splits), "sample": np.arange(n_max),
+                    "radius": [float(r) for r in params.radius], "layer": names,
+                    "produced_by": ("layer", producers)},
+            dtypes={"lc": np.int32, "n_samples": np.int64, "neurons": np.int64},
+            attrs={"frame_dtype": str(dtype).replace("torch.", "")},
+            var_attrs={"lc": {"fill_value_meaning": FILL_MEANING}})
+
     def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
         import xarray as xr
 
@@ -752,6 +775,6 @@ class LCProbe(Probe):
                     "layer": layer_names})
         producers = producing_modules(work, forward, z_train[:1], layer_names, counts_output=bool(params.layers))
         ds = ds.assign_coords(produced_by=("layer", producers))
-        ds["lc"].attrs["fill_value_meaning"] = f"{PAD}: no point (split smaller than the sample dim)"
+        ds["lc"].attrs["fill_value_meaning"] = FILL_MEANING
         ds.attrs["frame_dtype"] = str(dtype).replace("torch.", "")
         return ds
