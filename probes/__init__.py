@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from grokscope.registry import Registry, import_target
 
-from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, params_attrs, parse_value,
-                   template_dataset)
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, params_attrs,
+                   parse_value, template_dataset)
 
 BUILTIN = {
     "acc": "grokscope.probes.acc:AccProbe",
@@ -27,7 +27,7 @@ BUILTIN = {
 ENTRY_POINT_GROUP = "grokscope.probes"
 ENV_VAR = "GROKSCOPE_PROBES"
 
-__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "get_probe",
+__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "check_choice", "get_probe",
            "params_attrs", "parse_value", "template_dataset"]
 
 

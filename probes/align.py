@@ -29,7 +29,7 @@ from torch import nn
 from grokscope.functional import eval_mode, pad_stack, subset_indices
 from grokscope.functional.points import SELECTIONS
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, template_dataset
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -385,8 +385,7 @@ class AlignProbe(Probe):
 
     @classmethod
     def check_params(cls, params: AlignParams) -> None:
-        if params.selection not in SELECTIONS:
-            raise ProbeError(f"align.selection must be 'first' or 'random', not {params.selection!r}")
+        check_choice("align.selection", params.selection, SELECTIONS)
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
             raise ProbeError(f"align.splits must be train and/or test, got {list(params.splits)}")
         for key, value, low in (("n_proj", params.n_proj, 0), ("max_rows", params.max_rows, 1)):

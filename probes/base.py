@@ -173,6 +173,13 @@ def _auto(text: Any) -> Any:
         return text
 
 
+def check_choice(key: str, value: Any, valid: Any) -> None:
+    """:class:`ProbeError` ``"<key> must be one of a, b, got 'v'"`` unless ``value`` is in ``valid``
+    (``key`` names the parameter as the command line does: ``pgd.norm``)."""
+    if value not in valid:
+        raise ProbeError(f"{key} must be one of {', '.join(map(str, valid))}, got {value!r}")
+
+
 def template_dataset(outputs: dict[str, tuple[str, ...]], coords: dict[str, Any],
                      dtypes: dict[str, Any] | None = None, attrs: dict[str, Any] | None = None,
                      var_attrs: dict[str, dict[str, Any]] | None = None):

@@ -60,7 +60,7 @@ from grokscope.functional import subset_indices
 from grokscope.functional.kinks import KinkWatch, kink_layers, module_kinks
 from grokscope.models.adapters import continuous_view
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, template_dataset
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
 from .layer_names import producing_modules
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
@@ -668,8 +668,7 @@ class LCProbe(Probe):
         bad = [s for s in splits if s not in SPLITS]
         if bad or not splits:
             raise ProbeError(f"lc.splits: unknown {bad}; valid: {', '.join(SPLITS)}")
-        if params.dtype not in DTYPES:
-            raise ProbeError(f"lc.dtype must be one of {', '.join(DTYPES)}, got {params.dtype!r}")
+        check_choice("lc.dtype", params.dtype, DTYPES)
         for key, value, low in (("n_points", params.n_points, 1), ("n_dirs", params.n_dirs, 1),
                                   ("n_bisect", params.n_bisect, 1), ("max_rows", params.max_rows, 0)):
             if value < low:
