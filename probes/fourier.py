@@ -284,7 +284,11 @@ def logit_fourier_coefficients(logits: torch.Tensor, p: int) -> torch.Tensor:
 
 def find_neuron_module(model: nn.Module, name: str = "auto") -> tuple[str, nn.Module]:
     """The activation module whose output feeds the readout: ``name`` if given, else the last
-    activation (ReLU/GELU/LeakyReLU, in registration order)."""
+    activation module in registration order: grokscope's ReLU/GELU/LeakyReLU, any module
+    :func:`grokscope.functional.kinks.module_kinks` recognises (torch's activations, and those of other
+    libraries by what they compute: GPT-2's ``transformer.h.N.mlp.act``, BERT's
+    ``encoder.layer.N.intermediate.intermediate_act_fn``, ...)."""
+    from grokscope.functional.kinks import module_kinks
     from grokscope.models.layers import ACTIVATIONS
 
     modules = dict(model.named_modules())
@@ -294,10 +298,14 @@ def find_neuron_module(model: nn.Module, name: str = "auto") -> tuple[str, nn.Mo
                              f"modules: {', '.join(n for n in modules if n)}")
         return name, modules[name]
     kinds = tuple(c for c in ACTIVATIONS.values() if c is not nn.Identity)
-    found = [(n, m) for n, m in modules.items() if isinstance(m, kinds)]
+    found = [(n, m) for n, m in modules.items()
+             if n and (isinstance(m, kinds) or module_kinks(m) is not None)]
     if not found:
-        raise ProbeError(f"{type(model).__name__} has no activation module for the neuron frequencies; "
-                         "set fourier.neuron_module=NAME or fourier.all_pairs=false")
+        hint = [n for n in modules if any(w in n.rsplit(".", 1)[-1].lower() for w in ("act", "mlp", "fc"))]
+        raise ProbeError(f"{type(model).__name__} has no activation module for the neuron frequencies; set "
+                         "fourier.neuron_module=NAME (the module whose outputs are the MLP neurons"
+                         + (f", e.g. one of {', '.join(hint[:6])}" if hint else "")
+                         + ") or fourier.all_pairs=false")
     return found[-1]
 
 

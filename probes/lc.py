@@ -24,7 +24,10 @@ intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
   :func:`~grokscope.functional.kinks.kink_layers` (or ``grokscope probes --model M --dataset D``)
   lists a model's kinks. ``include_output=True`` adds the logits as a layer called ``"output"``.
   Convolutional maps: every ``(c, h, w)`` element is a neuron; token sequences: every (position, unit).
-* **Token models**: the frame lives in embedding space (:func:`grokscope.models.adapters.continuous_view`).
+* **Token models**: the frame lives in embedding space (:func:`grokscope.models.adapters.continuous_view`),
+  and the radius is by default relative to the embedding scale (``radius_unit="auto"`` =
+  ``embedding_rms``: ``r · RMS`` of the embedded training inputs at that checkpoint, stored as
+  ``radius_abs``; ``radius_unit=absolute`` for embedding units).
 * **Batched**: all ``2P`` vertices of a chunk of points go through one forward pass; counts are
   reduced inside the hooks (nothing is kept), and the forward stops after the last counted layer.
 * **Fast path** for ``Sequential`` models (Flatten / Linear / Conv / eval BatchNorm / ReLU /
@@ -58,6 +61,7 @@ from torch import nn
 
 from grokscope.functional import subset_indices
 from grokscope.functional.kinks import KinkWatch, kink_layers, module_kinks
+from grokscope.models.adapters import RADIUS_UNITS, radius_scale, radius_unit
 from grokscope.models.adapters import continuous_view
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
@@ -66,6 +70,12 @@ from .layer_names import producing_modules
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
 FILL_MEANING = f"{PAD}: no point (split smaller than the sample dim)"
+
+
+def _unit_words(unit: str) -> str:
+    """The ``radius_unit`` attribute of a result: the unit and what it means."""
+    return unit + (": radius x RMS of the embedded training inputs (radius_abs, per step)"
+                   if unit == "embedding_rms" else ": input units")
 
 
 class _StopForward(Exception):
@@ -614,6 +624,9 @@ class LCParams:
     dtype: str = field(default="auto", metadata={"help": "auto (the model's) | float32 | float64"})
     max_rows: int = field(default=0, metadata={"help": "vertices per forward pass; 0: automatic"})
     n_bisect: int = field(default=40, metadata={"help": "bisection steps for boundary points"})
+    radius_unit: str = field(default="auto", metadata={
+        "help": "auto | absolute | embedding_rms: radii in input units, or as multiples of the RMS of the "
+                "embedded training inputs (auto: embedding_rms for token models)"})
 
 
 def lc_points(model: nn.Module, forward: Callable, z_train: torch.Tensor, z_test: torch.Tensor,
@@ -652,7 +665,8 @@ class LCProbe(Probe):
     description = "local complexity (linear-region density) around train/test/random/boundary points"
     Params = LCParams
     outputs = {"lc": ("split", "sample", "radius", "layer"), "lc_mean": ("split", "radius", "layer"),
-               "lc_total_mean": ("split", "radius"), "n_samples": ("split",), "neurons": ("layer",)}
+               "lc_total_mean": ("split", "radius"), "n_samples": ("split",), "neurons": ("layer",),
+               "radius_abs": ("radius",)}
 
     panels = (
         PanelSpec("lc_total_mean", "Local complexity, all layers", "LC: neurons cut per neighbourhood", "split",
@@ -675,6 +689,7 @@ class LCProbe(Probe):
                 raise ProbeError(f"lc.{key} must be >= {low}, got {value}")
         if not params.radius or any(not (float(r) > 0) for r in params.radius):
             raise ProbeError(f"lc.radius must be one or more numbers > 0, got {list(params.radius)}")
+        check_choice("lc.radius_unit", params.radius_unit, RADIUS_UNITS)
 
     def check(self, model: nn.Module, data: Any, params: LCParams) -> None:
         device = model_device(model)
@@ -714,7 +729,8 @@ class LCProbe(Probe):
                     "radius": [float(r) for r in params.radius], "layer": names,
                     "produced_by": ("layer", producers)},
             dtypes={"lc": np.int32, "n_samples": np.int64, "neurons": np.int64},
-            attrs={"frame_dtype": str(dtype).replace("torch.", "")},
+            attrs={"frame_dtype": str(dtype).replace("torch.", ""),
+                   "radius_unit": _unit_words(radius_unit(params.radius_unit, data.input_kind))},
             var_attrs={"lc": {"fill_value_meaning": FILL_MEANING}})
 
     def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
@@ -731,6 +747,10 @@ class LCProbe(Probe):
             forward, z_train = continuous_view(work, data.x_train.to(device), data.input_kind)
             _, z_test = continuous_view(work, data.x_test.to(device), data.input_kind)
             z_train, z_test = z_train.to(dtype), z_test.to(dtype)
+            unit = radius_unit(params.radius_unit, data.input_kind)
+            scale = (1.0 if unit == "absolute" else
+                     radius_scale(work, data.x_train[:4096].to(device), data.input_kind, unit))
+            radius_abs = tuple(float(r) * scale for r in params.radius)
             if data.input_kind == "tokens":
                 low, high = z_train.amin(dim=0), z_train.amax(dim=0)
             else:
@@ -743,7 +763,7 @@ class LCProbe(Probe):
                     results.append(None)
                     continue
                 results.append(local_complexity(
-                    work, pts, radius=tuple(params.radius), n_dirs=params.n_dirs, seed=params.seed,
+                    work, pts, radius=radius_abs, n_dirs=params.n_dirs, seed=params.seed,
                     layers=[str(s) for s in params.layers] or None, include_output=params.include_output,
                     dtype=dtype, max_rows=params.max_rows or None, forward=forward))
         finally:
@@ -755,7 +775,7 @@ class LCProbe(Probe):
         # the sample dim is each split's capacity, not what was found: the same at every checkpoint
         capacity = {"train": len(data.x_train), "test": len(data.x_test)}
         n_max = max(min(params.n_points, capacity.get(s, params.n_points)) for s in splits)
-        radii, layer_names = list(ref.radius), ref.layers
+        radii, layer_names = [float(r) for r in params.radius], ref.layers
         lc = np.full((len(splits), n_max, len(radii), len(layer_names)), PAD, dtype=np.int32)
         for s, r in enumerate(results):
             if r is not None:
@@ -769,11 +789,13 @@ class LCProbe(Probe):
              "lc_mean": (("split", "radius", "layer"), lc_mean),
              "lc_total_mean": (("split", "radius"), lc_mean.sum(axis=-1)),
              "n_samples": (("split",), n_samples),
-             "neurons": (("layer",), np.array(ref.neurons, dtype=np.int64))},
+             "neurons": (("layer",), np.array(ref.neurons, dtype=np.int64)),
+             "radius_abs": (("radius",), np.array(radius_abs, dtype=np.float64))},
             coords={"split": list(splits), "sample": np.arange(n_max), "radius": radii,
                     "layer": layer_names})
         producers = producing_modules(work, forward, z_train[:1], layer_names, counts_output=bool(params.layers))
         ds = ds.assign_coords(produced_by=("layer", producers))
         ds["lc"].attrs["fill_value_meaning"] = FILL_MEANING
         ds.attrs["frame_dtype"] = str(dtype).replace("torch.", "")
+        ds.attrs["radius_unit"] = _unit_words(unit)
         return ds

@@ -37,6 +37,7 @@ from torch.func import functional_call, jvp, vjp
 
 from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import LOSSES, task_loss
+from grokscope.models.adapters import differentiable_attention
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice
 
@@ -589,7 +590,7 @@ class NormProbe(Probe):
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device)
         previous = ctx.load_previous()
-        with eval_mode(model):
+        with eval_mode(model), differentiable_attention(model) as eager:
             m = norm_measures(model, x, y, int(data.n_classes), params, loss, previous)
         spacing = (float(ctx.step - ctx.previous_step)
                    if previous is not None and ctx.previous_step is not None else math.nan)
@@ -604,6 +605,9 @@ class NormProbe(Probe):
                  "n_outputs": int(m["n_outputs"]), "n_params": int(m["n_params"]),
                  "theta_prime": "heavy-ball GD on the summed training loss from theta (best iterate)",
                  "update_cos": "cos(theta_t - theta_prev, P_T(-theta_t)); NaN at the first checkpoint"}
+        if eager:
+            attrs["attention"] = (f"eager attention in {', '.join(eager)} (its fused kernels have no double "
+                                  "backward or forward-mode derivative); the same function")
         ds = xr.Dataset(vars_, coords={"param": names,
                                        "damping": np.array(params.damping_grid, dtype=np.float64)}, attrs=attrs)
         for name in ds.data_vars:  # the engine keeps variable attributes in the store

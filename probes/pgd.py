@@ -15,7 +15,11 @@ only over steps). Random starts come from a ``torch.Generator`` seeded with ``se
 checkpoint sees the same starts. The box is the dataset's input range (never assumed [0, 1]); a clean
 point outside the box widens the box to include it, so iterates always stay in the ε-ball around it.
 Token models are attacked in embedding space (:func:`grokscope.models.adapters.continuous_view`) with
-no box (embeddings are unbounded), ε in embedding units (the paper's GPT run used ε = 0.03 there).
+no box (embeddings are unbounded). There ε is by default relative to the embedding scale
+(``eps_unit="auto"`` = ``embedding_rms``: the attack radius is ``ε · RMS`` of the embedded training
+inputs at that checkpoint, :func:`grokscope.models.adapters.radius_scale`, stored as ``eps_abs``), so
+the default radii mean the same on a model whose embeddings average 0.02 as on one at 1;
+``eps_unit=absolute`` gives ε in embedding units (the paper's GPT run used ε = 0.03 there).
 
 ``attack="apgd"`` runs APGD-CE instead (:mod:`grokscope.probes.apgd`) with the same rows, starts and box.
 
@@ -33,7 +37,7 @@ import torch
 from torch import nn
 
 from grokscope.functional import eval_mode, split_subset
-from grokscope.models.adapters import continuous_view
+from grokscope.models.adapters import RADIUS_UNITS, continuous_view, radius_scale, radius_unit
 
 from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_choice
 
@@ -240,6 +244,7 @@ class PGDParams:
     loss: str = "ce"
     batch_size: int = 0    # samples per attack batch (0: automatic, ~8k rows)
     attack: str = "pgd"    # pgd | apgd (APGD-CE, Croce & Hein 2020: probes/apgd.py; alpha unused)
+    eps_unit: str = "auto"  # auto | absolute | embedding_rms (auto: embedding_rms for token models)
 
 
 class PGDProbe(Probe):
@@ -249,7 +254,8 @@ class PGDProbe(Probe):
     name = "pgd"
     description = "robust accuracy under L-inf / L2 PGD attacks at several radii"
     Params = PGDParams
-    outputs = {"robust_acc": ("split", "eps"), "correct": ("split", "eps", "sample"), "n_samples": ("split",)}
+    outputs = {"robust_acc": ("split", "eps"), "correct": ("split", "eps", "sample"), "n_samples": ("split",),
+               "eps_abs": ("eps",)}
     needs_grad = True
 
     panels = (
@@ -270,6 +276,7 @@ class PGDProbe(Probe):
                              f"alpha_scale > 0), got alpha={params.alpha!r}, alpha_scale={params.alpha_scale!r}")
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
             raise ProbeError(f"pgd.splits must be train and/or test, got {params.splits!r}")
+        check_choice("pgd.eps_unit", params.eps_unit, RADIUS_UNITS)
 
     def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
         import xarray as xr
@@ -280,7 +287,11 @@ class PGDProbe(Probe):
         alpha = params.alpha_scale / max(params.steps, 1) if relative else params.alpha
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         results = []
+        unit = radius_unit(params.eps_unit, data.input_kind)
         with eval_mode(model):
+            scale = (1.0 if unit == "absolute" else
+                     radius_scale(model, data.x_train[:4096].to(device), data.input_kind, unit))
+            eps = [float(e) * scale for e in params.eps]
             for split in splits:
                 x, y = split_subset(data, split, params.n_points, params.seed)
                 f, z = continuous_view(model, x.to(device), data.input_kind)
@@ -288,16 +299,16 @@ class PGDProbe(Probe):
                 low = high = None
                 if data.input_kind != "tokens":
                     low, high = data.box_low.to(device, z.dtype), data.box_high.to(device, z.dtype)
-                per_sample_rows = len(params.eps) * params.restarts
+                per_sample_rows = len(eps) * params.restarts
                 bs = params.batch_size or max(1, 8192 // per_sample_rows)
                 if params.attack == "apgd":
                     from .apgd import apgd_attack
 
-                    results.append(apgd_attack(f, z, y.to(device), params.eps, params.steps, params.norm,
+                    results.append(apgd_attack(f, z, y.to(device), eps, params.steps, params.norm,
                                                params.restarts, params.random_start, low, high, params.seed,
                                                params.loss, bs))
                     continue
-                results.append(pgd_attack(f, z, y.to(device), params.eps, alpha, params.steps,
+                results.append(pgd_attack(f, z, y.to(device), eps, alpha, params.steps,
                                           params.norm, params.restarts, params.random_start, low, high,
                                           params.seed, params.loss, bs, alpha_relative=relative))
         n_samples = np.array([r.shape[1] for r in results], dtype=np.int64)
@@ -311,6 +322,9 @@ class PGDProbe(Probe):
         return xr.Dataset(
             {"robust_acc": (("split", "eps"), robust),
              "correct": (("split", "eps", "sample"), correct),
-             "n_samples": (("split",), n_samples)},
+             "n_samples": (("split",), n_samples),
+             "eps_abs": (("eps",), np.array(eps, dtype=np.float64))},
             coords={"split": splits, "eps": [float(e) for e in params.eps], "sample": np.arange(n_max)},
-            attrs={"alpha_per_eps": step_sizes(params.eps, params.alpha, params.steps, params.alpha_scale)})
+            attrs={"alpha_per_eps": step_sizes(params.eps, params.alpha, params.steps, params.alpha_scale),
+                   "eps_unit": unit + (": eps x RMS of the embedded training inputs (eps_abs, per step)"
+                                       if unit == "embedding_rms" else ": input units")})

@@ -10,3 +10,39 @@ import pytest
 def _own_config(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GROKSCOPE_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
     monkeypatch.delenv("GROKSCOPE_TRUST_CODE", raising=False)
+
+
+def _no_repository_datasets_as_hf_datasets() -> None:
+    """With the repository root on ``sys.path`` (``python -m pytest`` from it) the folder ``datasets/``
+    (installed as ``grokscope.datasets``), and with ``tests/`` on it (pytest's rootdir insertion) the
+    test folder ``tests/datasets/``, would pass for the Hugging Face ``datasets`` package: transformers'
+    Trainer then fails on ``datasets.Dataset``. Import the real package if it is installed; otherwise
+    record that there is none (``sys.modules["datasets"] = None``: ``find_spec`` gives None,
+    ``import datasets`` raises ImportError), as for an installed grokscope."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def inside(p: str) -> bool:
+        return Path(p or ".").resolve().is_relative_to(root)
+
+    spec = importlib.util.find_spec("datasets")
+    places = ([spec.origin] if spec and spec.origin else []) + list(spec.submodule_search_locations or []) if spec else []
+    if not places or not all(inside(p) for p in places):
+        return
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if not inside(p)]
+    for name in [n for n in sys.modules if n == "datasets" or n.startswith("datasets.")]:
+        del sys.modules[name]  # ours, imported under the wrong name
+    try:
+        importlib.invalidate_caches()
+        importlib.import_module("datasets")
+    except ImportError:
+        sys.modules["datasets"] = None  # type: ignore[assignment]
+    finally:
+        sys.path[:] = saved
+
+
+_no_repository_datasets_as_hf_datasets()

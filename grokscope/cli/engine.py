@@ -188,7 +188,9 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
     assert spec is not None
     ck_dir = path / runfmt.CHECKPOINT_DIR if (path / runfmt.CHECKPOINT_DIR).is_dir() else path
-    ckpts, problems = checkpoints_in(ck_dir, path)
+    from grokscope.engine.hub_cache import hub_checkpoints, is_hub_repo
+
+    ckpts, problems = hub_checkpoints(path) if is_hub_repo(path) else checkpoints_in(ck_dir, path)
     if not ckpts:
         try:
             below = [r.rel for r in find_runs(path) if r.path != path]

@@ -7,7 +7,10 @@ A path may be
   command line);
 * a folder of runs, searched recursively (a run's own sub-folders are not searched; ``*.zarr``,
   hidden folders and ``__pycache__`` are skipped);
-* a folder of bare checkpoint files or Hugging Face style ``checkpoint-N/`` folders.
+* a folder of bare checkpoint files or Hugging Face style ``checkpoint-N/`` folders;
+* a Hugging Face hub cache repository ``models--ORG--NAME/`` (``refs/``, ``snapshots/``, ``blobs/``),
+  one checkpoint per revision named like ``step1000`` or ``checkpoint-500`` (:mod:`.hub_cache`), or a
+  hub cache folder holding several.
 
 Recognised checkpoints: ``*.safetensors``; sharded safetensors (``*.safetensors.index.json`` naming
 its shards); ``*.pt``/``*.pth``/``*.bin`` state dicts; Lightning ``*.ckpt``; ``checkpoint-N/`` folders
@@ -329,7 +332,12 @@ def find_runs(path: Path) -> list[Run]:
         raise DiscoveryError(f"{root}: expected a folder (a run, a folder of runs or of checkpoints)")
     found: list[tuple[Path, Path]] = []
 
+    from .hub_cache import hub_checkpoints, is_hub_repo
+
     def visit(d: Path) -> None:
+        if is_hub_repo(d):
+            found.append((d, d))
+            return
         if (d / runfmt.RUN_JSON).is_file():
             ck = d / runfmt.CHECKPOINT_DIR
             found.append((d, ck if ck.is_dir() else d))
@@ -353,7 +361,8 @@ def find_runs(path: Path) -> list[Run]:
     visit(root)
     if not found:
         raise DiscoveryError(f"{root}: no checkpoints found (looked for run.json, checkpoints/, "
-                             f"{', '.join(CHECKPOINT_SUFFIXES)} files and checkpoint-N/ folders)")
+                             f"{', '.join(CHECKPOINT_SUFFIXES)} files, checkpoint-N/ folders and hub "
+                             "cache models--*/ folders)")
     out: list[Run] = []
     used: set[str] = set()
     base = root.resolve()
@@ -370,7 +379,9 @@ def find_runs(path: Path) -> list[Run]:
                 run.spec = runfmt.read_run_json(d)
             except runfmt.RunError as e:
                 run.spec_error = str(e)
-        if ck.is_dir():
+        if is_hub_repo(ck):
+            run.checkpoints, run.problems = hub_checkpoints(ck)
+        elif ck.is_dir():
             run.checkpoints, run.problems = checkpoints_in(ck, d)
         out.append(run)
     return out

@@ -1,7 +1,8 @@
 """``grokscope scan``: an audit of the checkpoints under a path, run by run.
 
 For each run: number of checkpoints, the steps present (compactly, :func:`compact_steps`), gaps in
-the save schedule, duplicates (the same tensor contents at different steps), steps written out of
+the save schedule, duplicates (the same tensor contents at different steps; "the same file" when both
+resolve to one file, as a hub cache's revisions sharing a blob do), steps written out of
 order (file modification time against step), dtype/shape/key drift between consecutive checkpoints,
 checkpoints holding NaN or Inf weights (each tensor named), unreadable files, files discovery could
 not place, and steps that ``log.jsonl`` holds more than once (two trainers wrote the run). Every
@@ -11,6 +12,7 @@ checkpoint is read (safely, see :mod:`.loading`) to hash its tensors.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,12 +130,17 @@ def scan_run(run: Run) -> dict[str, Any]:
             continue
         sig = {k: (str(v.dtype).replace("torch.", ""), list(v.shape)) for k, v in sd.items()}
         rows.append({"step": ck.step, "file": ck.label, "hash": state_dict_hash(sd), "mtime": mtime,
+                     "real": sorted(os.path.realpath(f) for f in files),
                      "bytes": size, "sig": sig, "nonfinite": nonfinite_tensors(sd)})
     steps = run.steps
     by_hash: dict[str, list[int]] = {}
     for r in rows:
         by_hash.setdefault(r["hash"], []).append(r["step"])
     duplicates = [{"hash": h, "steps": s} for h, s in by_hash.items() if len(s) > 1]
+    for d in duplicates:  # the same file behind both (a hub cache's revisions sharing one blob)
+        reals = {tuple(r["real"]) for r in rows if r["step"] in d["steps"]}
+        if len(reals) == 1:
+            d["same_file"] = list(next(iter(reals)))
     order = sorted(rows, key=lambda r: (r["mtime"], r["step"]))
     out_of_order = []
     top = None
@@ -217,7 +224,9 @@ def format_report(reports: list[dict[str, Any]]) -> str:
                 "larger jump than the schedule's"
             details.append(f"gap {g['after']} -> {g['before']}: {what} ({r['schedule']} schedule)")
         for d in r["duplicates"]:
-            details.append(f"duplicate weights at steps {', '.join(map(str, d['steps']))} (hash {d['hash'][:12]})")
+            same = (f"; the same file {', '.join(os.path.basename(f) for f in d['same_file'])}"
+                    if d.get("same_file") else "")
+            details.append(f"duplicate weights at steps {', '.join(map(str, d['steps']))} (hash {d['hash'][:12]}{same})")
         for o in r["out_of_order"]:
             details.append(f"step {o['step']} ({o['file']}) was written after step {o['written_after_step']}")
         for d in r["drift"]:

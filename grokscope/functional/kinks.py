@@ -12,6 +12,10 @@ pre/post hooks on every module) says *where* each call happens, which gives its 
 
 * a call made by an activation module's own ``forward`` (``nn.ReLU`` calls ``F.relu``) is named
   after the module, e.g. ``layer1.0.act1`` (module-based models keep their module names);
+* an activation module of another library (transformers' ``NewGELUActivation``, timm's GELU classes)
+  whose maths is plain arithmetic is recognised by what it computes
+  (:mod:`grokscope.functional.activations`); its input is taken by a forward pre-hook and it is named
+  after the module too;
 * any other call is ``<module>#<op><k>``: the ``k``-th call of that op (1-based) during one call of
   the module's ``forward``, e.g. ``layer1.0#relu1`` and ``layer1.0#relu2`` for the two ``F.relu`` of
   a pre-activation block, ``#relu1`` for a call in the root model's own ``forward``; the op is the
@@ -45,6 +49,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .activations import Activation, recognise
+
 # -- which calls are kinks ----------------------------------------------------------------------------
 
 #: activation modules whose kink is at 0 (GELU/SiLU/ELU are smooth but the paper counts them too).
@@ -57,7 +63,9 @@ def module_kinks(module: nn.Module) -> tuple[float, ...] | None:
     not one (then a kinked call inside its ``forward`` is named ``<module>#<op><k>``).
 
     ReLU-like and GELU-like modules give ``(0,)``; Hardtanh/ReLU6 their clip values; Hardswish and
-    Hardsigmoid ``(-3, 3)``; Threshold its threshold; Hardshrink/Softshrink ``(-λ, λ)``.
+    Hardsigmoid ``(-3, 3)``; Threshold its threshold; Hardshrink/Softshrink ``(-λ, λ)``. Modules of
+    other libraries (transformers' ``NewGELUActivation``, timm's ``GELUTanh``, ...) are recognised by
+    what they compute (:func:`grokscope.functional.activations.recognise`).
     """
     if isinstance(module, nn.Hardtanh):  # includes ReLU6
         return (float(module.min_val), float(module.max_val))
@@ -69,7 +77,8 @@ def module_kinks(module: nn.Module) -> tuple[float, ...] | None:
         return (-float(module.lambd), float(module.lambd))
     if isinstance(module, ZERO_KINK_ACTIVATIONS):
         return (0.0,)
-    return None
+    act = recognise(module)
+    return act.kinks if act is not None else None
 
 
 #: torch layers (exact types) whose forward is one kink-free functional call: they need no frame
@@ -263,6 +272,8 @@ class KinkWatch:
         self._stack: list[_Frame] = []
         self._root_frame = _Frame(root, "", module_kinks(root) is not None)
         self._explicit_calls: set[str] = set()
+        self._activation: dict[int, bool] = {}          # module id -> is an activation module
+        self._recognised: dict[int, Activation] = {}    # module id -> what a foreign activation computes
         self._handles: list[Any] = []
         self._size_handles: list[Any] = []
 
@@ -278,6 +289,12 @@ class KinkWatch:
                                  f"valid names include: {', '.join(n for n in list(modules)[1:40] if n)} "
                                  "(and kink call sites such as 'block#relu1', see kink_layers)")
             self._explicit_calls = {n for n in self.explicit if "#" in n}
+        for n, m in modules.items():
+            self._activation[id(m)] = module_kinks(m) is not None
+            act = recognise(m)
+            if act is not None:  # an activation of another library: its input is taken by a hook
+                self._recognised[id(m)] = act
+                self._handles.append(m.register_forward_pre_hook(self._recognised_hook))
         for n, m in modules.items():
             if type(m) in _KINK_FREE:  # no frame needed: its forward makes no kinked call
                 continue
@@ -325,8 +342,17 @@ class KinkWatch:
 
     # -- hooks ------------------------------------------------------------------------------------
     def _push(self, module: nn.Module, args: Any) -> None:
+        act = self._activation.get(id(module))
         self._stack.append(_Frame(module, self._names.get(id(module), type(module).__name__),
-                                  module_kinks(module) is not None))
+                                  module_kinks(module) is not None if act is None else act))
+
+    def _recognised_hook(self, module: nn.Module, args: Any) -> None:
+        t = args[0] if args else None
+        if self.explicit is not None or not _is_rows(t):
+            return
+        act = self._recognised[id(module)]
+        self._seen((id(module),), self._names.get(id(module), type(module).__name__), t, act.kinks,
+                   type(module).__name__, "module", act.piecewise_linear)
 
     def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._stack and self._stack[-1].module is module:
@@ -347,6 +373,8 @@ class KinkWatch:
         t = args[0] if args else kwargs.get("input", kwargs.get("self"))
         frame = self._stack[-1] if self._stack else self._root_frame
         if frame.activation:  # the activation module's own call: named after the module
+            if id(frame.module) in self._recognised:  # its input was taken by _recognised_hook
+                return
             values = op.values(args, kwargs)
             if self.explicit is not None or values is None or not _is_rows(t):
                 return

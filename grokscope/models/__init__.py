@@ -97,6 +97,8 @@ def build_model(spec: dict[str, Any], trust: Trust | None = None, where: str = "
     factory, label = factory_for(spec, trust, where)
     try:
         model = factory(**kwargs)
+    except ModelError:  # the factory's own message (a refused hf config, a missing extra)
+        raise
     except (TypeError, ValueError) as e:
         raise ModelError(f"bad arguments for model {label!r}: {e}") from e
     if not isinstance(model, nn.Module):

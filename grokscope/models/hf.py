@@ -4,9 +4,23 @@ remote code.
 The config (the dict of a ``config.json``, kept in run.json as ``kwargs.config``) names a
 ``model_type`` known to the installed transformers and an ``architectures`` class that transformers
 itself defines; a config with ``auto_map`` (a model whose code lives in the checkpoint's repository
-and that transformers only runs with ``trust_remote_code=True``) is refused. The model is wrapped so
-that ``model(x)`` returns logits ``(n, n_classes)`` (the last position's for sequence outputs), as the
-probes expect.
+and that transformers only runs with ``trust_remote_code=True``) is refused.
+
+The model is wrapped in :class:`HFLogits` so that it looks like every other grokscope model:
+
+* ``model(x)`` returns logits ``(n, n_classes)``: the ``head`` field of the ``ModelOutput``
+  (``logits`` by default; e.g. ``start_logits`` for a question-answering head), and for outputs with a
+  sequence dim ``(n, seq, C)`` (language-model or token-classification heads) the position chosen by
+  ``position`` (``"last"`` by default, ``"first"``, ``"mean"`` or an index). Sequence-classification
+  models (``...ForSequenceClassification``) pool internally and already return ``(n, C)``.
+* token models get ``embed(tokens)`` (the model's input embeddings) and ``forward_embedded(h)``
+  (``inputs_embeds=h``), so probes work in embedding space (:mod:`grokscope.models.adapters`).
+  Position, token-type embeddings and layer norms are part of the forward. A GPT-2 style classifier
+  pools the last non-pad token from ids but the last position from embeddings, so data with padding
+  is not supported in embedding space.
+
+transformers is an optional extra: without it, building the model raises one line saying
+``pip install grokscope[hf]``.
 """
 
 from __future__ import annotations
@@ -14,15 +28,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from grokscope.models import ModelError
 
 CONFIG_FILE = "config.json"
+POSITIONS = ("last", "first", "mean")
+INSTALL_HINT = "--model hf needs the transformers package: pip install grokscope[hf]"
 
 
 class HFError(ModelError):
     """A Hugging Face config cannot be used (needs remote code, unknown type, unreadable)."""
+
+
+def require_transformers():
+    """The ``transformers`` module, or :class:`HFError` saying how to install it."""
+    try:
+        import transformers
+    except ImportError:
+        raise HFError(INSTALL_HINT) from None
+    return transformers
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -45,34 +71,77 @@ def check_config(cfg: dict[str, Any], where: str) -> None:
 
 
 def find_config(folder: Path) -> Path | None:
-    """``config.json`` in ``folder`` or, failing that, in its first ``checkpoint-*`` sub-folder."""
+    """``config.json`` in ``folder``, in its first ``checkpoint-*`` sub-folder, or in the first snapshot
+    of a hub cache (``models--org--name/snapshots/*``, also one level down)."""
+    folder = Path(folder)
     if (folder / CONFIG_FILE).is_file():
         return folder / CONFIG_FILE
-    for sub in sorted(folder.glob("checkpoint-*")):
-        if (sub / CONFIG_FILE).is_file():
-            return sub / CONFIG_FILE
+    for pattern in ("checkpoint-*", "checkpoints/checkpoint-*", "snapshots/*", "models--*/snapshots/*"):
+        for sub in sorted(folder.glob(pattern)):
+            if (sub / CONFIG_FILE).is_file():
+                return sub / CONFIG_FILE
     return None
 
 
-class HFLogits(nn.Module):
-    """``model(x).logits`` of a transformers model (its last position for ``(n, seq, vocab)`` outputs)."""
+def check_position(position: Any) -> str | int:
+    """``position`` if it is one of :data:`POSITIONS` or an int, else :class:`HFError`."""
+    if isinstance(position, bool) or not (isinstance(position, int) or position in POSITIONS):
+        raise HFError(f"hf: position must be one of {', '.join(POSITIONS)} or an integer index, "
+                      f"got {position!r}")
+    return position
 
-    def __init__(self, model: nn.Module):
+
+class HFLogits(nn.Module):
+    """A transformers model whose forward returns a logits tensor ``(n, C)``; see the module docstring
+    for ``head`` (the ``ModelOutput`` field) and ``position`` (for ``(n, seq, C)`` outputs)."""
+
+    def __init__(self, model: nn.Module, head: str = "logits", position: str | int = "last"):
         super().__init__()
         self.model = model
+        self.head = str(head)
+        self.position = check_position(position)
 
-    def forward(self, x):
-        out = self.model(x)
-        logits = out.logits if hasattr(out, "logits") else out[0]
-        return logits[:, -1] if logits.dim() == 3 else logits
+    def logits(self, out: Any) -> torch.Tensor:
+        """The ``(n, C)`` logits in a model's output (a ``ModelOutput``, a tuple or a tensor)."""
+        if isinstance(out, torch.Tensor):
+            t = out
+        elif hasattr(out, "keys") and self.head in out.keys():
+            t = out[self.head]
+        elif isinstance(out, tuple) and self.head == "logits":
+            t = out[0]
+        else:
+            fields = ", ".join(out.keys()) if hasattr(out, "keys") else type(out).__name__
+            raise HFError(f"hf: the model's output has no {self.head!r} (it has {fields}); choose one with "
+                          "--model-kwargs '{\"head\": NAME}'")
+        if not isinstance(t, torch.Tensor):
+            raise HFError(f"hf: the model's {self.head!r} is a {type(t).__name__}, not a tensor")
+        if t.dim() == 3:
+            p = self.position
+            t = t.mean(dim=1) if p == "mean" else t[:, 0] if p == "first" else t[:, -1] if p == "last" else t[:, p]
+        return t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_floating_point():  # continuous inputs (an image model): the model's own argument
+            return self.logits(self.model(x))
+        return self.logits(self.model(input_ids=x))
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The input embeddings ``(n, seq, d)`` of token ids ``(n, seq)``."""
+        return self.model.get_input_embeddings()(tokens)
+
+    def forward_embedded(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, C)`` for input embeddings ``h`` ``(n, seq, d)``."""
+        return self.logits(self.model(inputs_embeds=h))
 
 
-def hf(config: dict[str, Any] | str, architecture: str | None = None) -> nn.Module:
+def hf(config: dict[str, Any] | str, architecture: str | None = None, head: str = "logits",
+       position: str | int = "last") -> nn.Module:
     """The transformers model ``config`` describes (a config dict or a ``config.json`` path), freshly
     initialised and wrapped in :class:`HFLogits`; ``architecture`` overrides ``architectures[0]``."""
     cfg = read_config(config) if isinstance(config, str) else dict(config)
     check_config(cfg, "the hf model config")
-    import transformers
+    check_position(position)
+    transformers = require_transformers()
     from transformers import AutoConfig, AutoModel, PreTrainedModel
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -84,10 +153,10 @@ def hf(config: dict[str, Any] | str, architecture: str | None = None) -> nn.Modu
     conf = AutoConfig.for_model(model_type, **rest)
     arch = architecture or (cfg.get("architectures") or [None])[0]
     if arch is None:
-        return HFLogits(AutoModel.from_config(conf))
+        return HFLogits(AutoModel.from_config(conf), head, position)
     cls = getattr(transformers, str(arch), None)
     if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)
             and cls.__module__.startswith("transformers.")):
         raise HFError(f"the hf model config names architecture {arch!r}, which is not a model class of "
                       "transformers (no remote code is run)")
-    return HFLogits(cls(conf))
+    return HFLogits(cls(conf), head, position)

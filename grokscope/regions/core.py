@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from grokscope.errors import GrokscopeError
+from grokscope.functional.activations import recognise
 from grokscope.functional.kinks import KinkLayer, KinkWatch, module_kinks
 from grokscope.probes.lc import model_device, model_dtype
 
@@ -206,7 +207,9 @@ def check_piecewise_linear(model: nn.Module, layers: Sequence[KinkLayer] = ()) -
     bad = []
     for name, m in model.named_modules():
         label = f"{name or '<model>'} ({type(m).__name__})"
-        if module_kinks(m) is not None and not isinstance(m, PIECEWISE_LINEAR_ACTIVATIONS):
+        foreign = recognise(m)  # another library's activation class, by what it computes
+        if module_kinks(m) is not None and not (isinstance(m, PIECEWISE_LINEAR_ACTIVATIONS)
+                                                or (foreign is not None and foreign.piecewise_linear)):
             bad.append(f"{label}: smooth activation")
         elif isinstance(m, SMOOTH_MODULES) or type(m).__name__.endswith("Attention"):
             bad.append(f"{label}: smooth")

@@ -168,6 +168,28 @@ def test_non_piecewise_linear_models_are_refused(model, needle):
     assert needle in str(e.value)
 
 
+class _OwnReLU(nn.Module):
+    """A third party's own ReLU class (recognised by what it computes)."""
+
+    def forward(self, x):
+        return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+class _OwnGELU(nn.Module):
+    def forward(self, x):
+        return 0.5 * x * (1.0 + torch.erf(x / 2 ** 0.5))
+
+
+def test_foreign_activation_classes_are_judged_by_what_they_compute():
+    own = nn.Sequential(nn.Linear(2, 8), _OwnReLU(), nn.Linear(8, 3)).double()
+    ref = nn.Sequential(own[0], nn.ReLU(), own[2])
+    a, b = activation_boundaries(own, _square(), 64), activation_boundaries(ref, _square(), 64)
+    assert a.layers == b.layers == ["1"]
+    np.testing.assert_array_equal(a.region, b.region)
+    with pytest.raises(RegionsError, match=r"1 \(_OwnGELU\): smooth activation"):
+        activation_boundaries(nn.Sequential(nn.Linear(2, 8), _OwnGELU(), nn.Linear(8, 3)).double(), _square(), 48)
+
+
 @pytest.mark.parametrize("fn,act,label", [
     (torch.relu, nn.ReLU(), "relu"),
     (lambda t: t.clamp_(min=0), nn.ReLU(), "clamp"),
