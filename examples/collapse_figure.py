@@ -103,7 +103,7 @@ def attacks_figure(pgd_store: str, apgd_store: str, run: str, out: Path) -> None
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
-    steps = pgd.step.values
+    steps = np.intersect1d(pgd.step.values, apgd.step.values)  # the checkpoints both attacks saw
     worst = (apgd.robust_acc - pgd.robust_acc).sel(split="test").max()
     print(f"max over steps and radii of APGD − PGD robust accuracy: {float(worst):+.4f}")
     for s in (0, 10, 100, 1000, int(steps.max())):

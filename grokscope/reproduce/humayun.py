@@ -80,6 +80,15 @@ def summarise(acc, lc, pgd, eps_mark: float = EPS_MARK, radius_index: int = 0) -
         sm = smooth_log_time(mean)
         out[f"lc_{split}_init"], out[f"lc_{split}_final"] = float(sm[0]), float(sm[-1])
         out[f"lc_{split}_max"] = float(np.nanmax(sm))
+        # the ascent's peak: the smoothed curve at the phase's peak step (NaN without an ascent)
+        i = np.flatnonzero(steps == ph.get("t_peak", math.nan))
+        out[f"lc_{split}_peak"] = float(sm[i[0]]) if len(i) else math.nan
+    i_train = np.flatnonzero(steps == out.get("lc_train_t_peak", math.nan))
+    if len(i_train):  # every split at the step where LC(train) peaks, with the 99 % half-width of its mean
+        for split in lc["split"].values:
+            out[f"lc_{split}_at_train_peak"] = float(smooth_log_time(
+                lc["lc_total_mean"].isel(radius=radius_index).sel(split=split).values)[i_train[0]])
+            out[f"lc_{split}_at_train_peak_ci"] = float(lc_ci(lc, split, radius_index)[1][i_train[0]])
     if "boundary" in lc["split"].values:
         b = lc["lc_total_mean"].isel(radius=radius_index).sel(split="boundary").values
         t = lc["lc_total_mean"].isel(radius=radius_index).sel(split="train").values
@@ -198,12 +207,23 @@ def _fmt(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _train_above_test(s: dict[str, float]) -> str:
+    """"yes" when, at the step where LC(train) peaks, LC(train) is above LC(test) by more than both 99 %
+    half-widths together,
+    "no" when it is below by as much, else "no clear difference"."""
+    diff = s.get("lc_train_at_train_peak", math.nan) - s.get("lc_test_at_train_peak", math.nan)
+    margin = s.get("lc_train_at_train_peak_ci", math.nan) + s.get("lc_test_at_train_peak_ci", math.nan)
+    if not (math.isfinite(diff) and math.isfinite(margin)):
+        return "—"
+    return "yes" if diff > margin else "no" if diff < -margin else "no clear difference"
+
+
 def table(s: dict[str, float], quick: bool) -> str:
     """The Markdown table "paper vs this run" from :func:`summarise`'s numbers."""
     def yes(flag: bool) -> str:
         return "yes" if flag else "no"
 
-    fall = {k: s.get(f"lc_{k}_final", math.nan) / s.get(f"lc_{k}_max", math.nan) for k in ("train", "test", "random")}
+    fall = {k: s.get(f"lc_{k}_final", math.nan) / s.get(f"lc_{k}_peak", math.nan) for k in ("train", "test", "random")}
     rows = [
         ["train accuracy reaches 100 %, test accuracy saturates early",
          "Fig. 2: train 100 % within the first ~10³ steps",
@@ -212,16 +232,18 @@ def table(s: dict[str, float], quick: bool) -> str:
         ["LC phases around training points: descent, ascent, second descent",
          "§3.1: three phases; LC accumulates until interpolation, then falls",
          f"first descent {yes(bool(s.get('lc_train_has_first_descent')))} (to step {_step(s.get('lc_train_t_min1'))}), "
-         f"ascent {yes(bool(s.get('lc_train_has_ascent')))} (peak {_fmt(s.get('lc_train_max'))} at step "
+         f"ascent {yes(bool(s.get('lc_train_has_ascent')))} (peak {_fmt(s.get('lc_train_peak'))} at step "
          f"{_step(s.get('lc_train_t_peak'))}), second descent {yes(bool(s.get('lc_train_has_second_descent')))} "
          f"(to {_fmt(s.get('lc_train_final'))} at the end)",
          yes(bool(s.get("lc_train_has_ascent")) and bool(s.get("lc_train_has_second_descent")))],
         ["ascent larger around training than test points", "§3.1: LC accumulates around train more than test",
-         f"peak LC train {_fmt(s.get('lc_train_max'))} vs test {_fmt(s.get('lc_test_max'))}",
-         yes(s.get("lc_train_max", 0) > s.get("lc_test_max", math.inf))],
+         f"at the peak of LC(train) (step {_step(s.get('lc_train_t_peak'))}): train "
+         f"{_fmt(s.get('lc_train_at_train_peak'))} ± {_fmt(s.get('lc_train_at_train_peak_ci'))} vs test "
+         f"{_fmt(s.get('lc_test_at_train_peak'))} ± {_fmt(s.get('lc_test_at_train_peak_ci'))} (99 % intervals)",
+         _train_above_test(s)],
         ["second descent around train, test and random points",
          "§3.1: LC around train, test *and random* points falls",
-         "LC at the end / at its peak (smoothed): " + ", ".join(f"{k} {_fmt(v)}" for k, v in fall.items()),
+         "LC at the end / at its ascent's peak (smoothed): " + ", ".join(f"{k} {_fmt(v)}" for k, v in fall.items()),
          yes(all(v < 0.8 for v in fall.values()))],
         ["region migration towards the decision boundary",
          "§3.1: regions concentrate near the decision boundary",
