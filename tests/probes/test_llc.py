@@ -278,7 +278,7 @@ def test_probe_conforms_and_stores_what_it_declares():
 def test_bad_parameters_are_refused_in_one_line():
     with pytest.raises(ProbeError, match=r"llc.lr must be > 0, got -1.0"):
         LLCProbe.make_params({"lr": "-1"})
-    with pytest.raises(ProbeError, match=r"llc.sampler='adam'; valid: sgld, rmsprop"):
+    with pytest.raises(ProbeError, match=r"llc.sampler must be one of sgld, rmsprop, got 'adam'"):
         LLCProbe.make_params({"sampler": "adam"})
     with pytest.raises(ProbeError, match=r"llc.n_draws must be >= 4"):
         LLCProbe.make_params({"n_draws": "3"})
