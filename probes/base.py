@@ -72,6 +72,17 @@ class Probe:
     version: ClassVar[int] = 1
     panels: ClassVar[tuple[PanelSpec, ...]] = ()
     events: ClassVar[tuple[EventSpec, ...]] = ()
+    # parameters added to ``Params`` after stores were written at this ``version``: name -> the value
+    # that a group stored without the parameter was computed with (read into its stored parameters)
+    added_params: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
+        """``params`` (as stored: a dict) with every ``auto`` choice whose meaning depends on the data
+        replaced by what it means for inputs of ``input_kind`` (``"continuous"``/``"tokens"``). The
+        engine compares a stored group with a request through it when the group lacks one of
+        :attr:`added_params`. The default resolves nothing."""
+        return params
 
     def compute(self, model: nn.Module, data: Any, params: Any, ctx: ProbeContext):  # -> xr.Dataset
         raise NotImplementedError

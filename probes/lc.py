@@ -676,6 +676,15 @@ class LCProbe(Probe):
     )
     events = (EventSpec("lc_fall", "lc_total_mean", "fall", "the fall of LC around training points", "train"),)
 
+    # stores written before ``radius_unit`` existed used absolute radii
+    added_params = {"radius_unit": "absolute"}
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
+        if params.get("radius_unit") == "auto":
+            return {**params, "radius_unit": radius_unit("auto", input_kind)}
+        return params
+
     @classmethod
     def check_params(cls, params: LCParams) -> None:
         splits = tuple(params.splits)

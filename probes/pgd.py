@@ -264,6 +264,15 @@ class PGDProbe(Probe):
                   higher_is_better=True),
     )
 
+    # stores written before ``eps_unit`` existed used absolute radii
+    added_params = {"eps_unit": "absolute"}
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
+        if params.get("eps_unit") == "auto":
+            return {**params, "eps_unit": radius_unit("auto", input_kind)}
+        return params
+
     @classmethod
     def check_params(cls, params: PGDParams) -> None:
         check_choice("pgd.norm", params.norm, NORMS)

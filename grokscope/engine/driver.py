@@ -233,6 +233,27 @@ def _dumps(obj: Any) -> str:
     return json.dumps(normalise(obj), sort_keys=True)
 
 
+def _comparable_params(probe: str, stored: dict[str, Any], wanted: dict[str, Any], spec: dict[str, Any],
+                       trust: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stored group's parameters and the requested ones, made comparable: a parameter the probe
+    added after the group was written (``Probe.added_params``) is read into the stored ones at the
+    value its results were computed with, and both sides' data-dependent ``auto`` choices are resolved
+    for this run's inputs (which loads the run's dataset, only in that case)."""
+    from .jobs import probe_class
+
+    cls = probe_class(probe)
+    missing = {k: v for k, v in cls.added_params.items() if k not in stored and k in wanted}
+    if not missing:
+        return stored, wanted
+    from grokscope.datasets import load_dataset
+
+    try:
+        kind = load_dataset(spec.get("dataset") or {}, trust).input_kind
+    except Exception:  # noqa: BLE001 - the jobs report the dataset's error; here the group is refused
+        return {**stored, **missing}, wanted
+    return cls.resolve_params({**stored, **missing}, kind), cls.resolve_params(wanted, kind)
+
+
 def _diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     keys = sorted(set(stored) | set(wanted))
     return [f"{k}: stored {stored.get(k, '<absent>')!r}, requested {wanted.get(k, '<absent>')!r}"
@@ -279,9 +300,11 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
             if info is None:
                 continue
             wanted = _group_attrs(run, spec, req)
+            stored_params, wanted_params = _comparable_params(req.name, info.attrs.get("params") or {},
+                                                              wanted["params"], spec, cfg.trust)
             # stores written before probes had versions hold version 1 results
-            d = _diff({**(info.attrs.get("params") or {}), "probe version": info.attrs.get("probe_version", 1)},
-                      {**wanted["params"], "probe version": wanted["probe_version"]})
+            d = _diff({**stored_params, "probe version": info.attrs.get("probe_version", 1)},
+                      {**wanted_params, "probe version": wanted["probe_version"]})
             if d and not cfg.overwrite:
                 refusals.append(f"{run.name}/{req.name}: stored parameters differ ({'; '.join(d)})")
     if refusals:
