@@ -7,7 +7,7 @@
 1. **demo**: ``grokscope demo DIR`` in a subprocess, as after a fresh clone (the venv install is not
    timed): wall time of the command, and the phases it records in ``DIR/demo_timing.json`` — training
    (probing runs beside it), when the last probe job finished, worker seconds per probe, the driver's
-   CPU seconds, figures and report (side by side) and the load average before and after.
+   CPU seconds, figures (beside the onset summary) and report and the load average before and after.
 2. **per probe**: each probe alone, in this process on one thread, over a log-spaced sample of the
    demo run's checkpoints, with the demo's parameters and, where they differ, the defaults:
    seconds per checkpoint x the checkpoints the demo gives it = its CPU seconds in the demo.
@@ -55,7 +55,8 @@ def probe_costs(run_dir: Path, sample: int) -> list[dict]:
     import torch
 
     from grokscope import runs
-    from grokscope.demo import DEMO_PARAMS, DEMO_PROBES, DEMO_STEPS, probe_selections
+    from grokscope.cli.demo import probe_selections
+    from grokscope.demo import DEMO_PARAMS, DEMO_PROBES, DEMO_STEPS
     from grokscope.engine.discovery import find_runs
     from grokscope.engine.jobs import ProbeRequest, Task, run_task
     from grokscope.engine.selection import select_steps
@@ -121,7 +122,7 @@ def main() -> int:
                               ("probing_done_s", "last probe job done at"),
                               ("driver_cpu_s", "driver CPU (scheduler, store writes, imports)"),
                               ("summary_s", "onset summary"), ("figures_s", "figures (second process)"),
-                              ("report_s", "report"), ("figures_and_report_s", "figures + report side by side"),
+                              ("report_s", "report"), ("figures_and_report_s", "figures + report"),
                               ("total_s", "total inside the command")):
                 if key in timing:
                     print(f"  {what:48s} {timing[key]:7.1f} s")

@@ -46,7 +46,9 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "ce", reduction
     if kind == "ce":
         return F.cross_entropy(logits, y, reduction=reduction)
     if kind == "mse":
-        target = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
+        # a comparison, not F.one_hot: one_hot checks y's range with a data-dependent .item(), which
+        # torch.func.vmap cannot run (the llc probe's chains draw their own mini-batches)
+        target = (y.unsqueeze(-1) == torch.arange(logits.shape[-1], device=y.device)).to(logits.dtype)
         per = ((logits - target) ** 2).mean(dim=-1)
         return per.mean() if reduction == "mean" else per if reduction == "none" else per.sum()
     if kind == "stablemax":

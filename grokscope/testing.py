@@ -6,6 +6,8 @@ raises :class:`ProbeContractError` naming the probe and what is wrong:
 * the result is an ``xr.Dataset`` with every declared output, each with its declared dims, no ``step``
   dim, and a coordinate for every dim; no variable that is not declared;
 * the panels and events it declares name declared outputs;
+* a declared template (``Probe.template``) describes the result exactly: variables, dims, sizes,
+  storage dtypes, attributes and coordinates (also in float64);
 * the same checkpoint gives bit-identical results twice (randomness comes from ``params.seed``), and
   other weights give the same shapes (a store's template holds for every checkpoint);
 * every parameter survives the command line (``--param name.field=text``) unchanged;
@@ -128,6 +130,7 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
     run(model, data)
     model.eval()
     first = run(model, data)
+    _check_template(probe, probe_cls, model, data, params, first)
     if not _identical(first, run(model, data)):
         _fail(probe_cls, "two runs on the same checkpoint differ (seed the randomness with params.seed)")
     if other_model is None:
@@ -147,6 +150,28 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
             t = getattr(data, name, None)
             if isinstance(t, torch.Tensor) and t.is_floating_point():
                 setattr(d64, name, t.double())
-        if _shapes(run(m64, d64)) != _shapes(first):
+        out64 = run(m64, d64)
+        if _shapes(out64) != _shapes(first):
             _fail(probe_cls, "float64 gives other shapes than float32")
+        _check_template(probe, probe_cls, m64, d64, params, out64)
     return first
+
+
+def _check_template(probe: Any, probe_cls: type, model: Any, data: Any, params: Any, result: Any) -> None:
+    """A declared template (``probe.template``) must describe ``result`` exactly."""
+    from grokscope.engine.jobs import check_result
+    from grokscope.engine.store import template_mismatch
+
+    mode = model.training
+    template = probe.template(model, data, params)
+    if model.training != mode:
+        _fail(probe_cls, "template left the model in another train/eval mode")
+    if template is None:
+        return
+    try:
+        template = check_result(template, probe_cls)
+    except (TypeError, ValueError) as e:
+        _fail(probe_cls, f"template: {e}")
+    why = template_mismatch(template, result)
+    if why:
+        _fail(probe_cls, f"its declared template does not describe its result: {why}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from grokscope.registry import Registry, import_target
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, params_attrs, parse_value
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, params_attrs,
+                   parse_value, template_dataset)
 
 BUILTIN = {
     "acc": "grokscope.probes.acc:AccProbe",
@@ -26,8 +27,8 @@ BUILTIN = {
 ENTRY_POINT_GROUP = "grokscope.probes"
 ENV_VAR = "GROKSCOPE_PROBES"
 
-__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "get_probe",
-           "params_attrs", "parse_value"]
+__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "check_choice", "get_probe",
+           "params_attrs", "parse_value", "template_dataset"]
 
 
 REGISTRY = Registry("probe", BUILTIN, ENTRY_POINT_GROUP, env_var=ENV_VAR, error=ProbeError)

@@ -14,7 +14,7 @@ from torch import nn
 from grokscope.functional import eval_mode
 from grokscope.losses import task_loss
 
-from .base import PanelSpec, Probe, ProbeContext
+from .base import PanelSpec, Probe, ProbeContext, template_dataset
 
 
 @torch.no_grad()
@@ -51,6 +51,10 @@ class AccProbe(Probe):
         PanelSpec("accuracy", "Accuracy", "fraction correct", "split", ylim=(-0.03, 1.03), higher_is_better=True),
         PanelSpec("loss", "Loss", "task loss (log scale)", "split", yscale="log", higher_is_better=False),
     )
+
+    def template(self, model, data, params: AccParams):
+        """Loss and accuracy per split (train, test), whatever the model."""
+        return template_dataset(self.outputs, coords={"split": ["train", "test"]})
 
     def compute(self, model, data, params: AccParams, ctx: ProbeContext):
         import xarray as xr

@@ -29,7 +29,7 @@ from torch import nn
 from grokscope.functional import eval_mode, pad_stack, subset_indices
 from grokscope.functional.points import SELECTIONS
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -385,13 +385,28 @@ class AlignProbe(Probe):
 
     @classmethod
     def check_params(cls, params: AlignParams) -> None:
-        if params.selection not in SELECTIONS:
-            raise ProbeError(f"align.selection must be 'first' or 'random', not {params.selection!r}")
+        check_choice("align.selection", params.selection, SELECTIONS)
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
             raise ProbeError(f"align.splits must be train and/or test, got {list(params.splits)}")
         for key, value, low in (("n_proj", params.n_proj, 0), ("max_rows", params.max_rows, 1)):
             if value < low:
                 raise ProbeError(f"align.{key} must be >= {low}, got {value}")
+
+    def template(self, model: nn.Module, data, params: AlignParams):
+        """The result's shape from the splits' point counts and the output size ``C`` of one forward
+        pass (which also decides whether ``‖J‖_F`` is exact: ``n_proj = 0`` and ``C <= max_rows``)."""
+        from grokscope.models.adapters import continuous_view
+
+        splits = list(params.splits)
+        n = max(len(subset_indices(len(data.split(s)[0]), params.n_points, params.seed, params.selection))
+                for s in splits)
+        x = data.x_train[:1].to(next(model.parameters()).device)
+        with eval_mode(model), torch.no_grad():
+            f, z = continuous_view(model, x, data.input_kind)
+            c = _outputs(f, z[:1]).shape[1]
+        exact = not params.n_proj and c <= params.max_rows
+        return template_dataset(self.outputs, coords={"split": splits, "sample": np.arange(n), "output": np.arange(c)},
+                                attrs={"jac_fro_exact": int(exact)})
 
     def compute(self, model: nn.Module, data, params: AlignParams, ctx: ProbeContext):
         import xarray as xr

@@ -5,6 +5,11 @@ A probe declares:
 * ``name`` — the ``--metrics`` name and the store group name;
 * ``Params`` — a dataclass of parameters with defaults (set from the CLI as ``--param name.field=v``);
 * ``outputs`` — ``{variable: dims}`` it writes (dims without ``step``), for listings and docs;
+* ``template(model, data, params)`` — optional: the result's shape without computing it (every
+  declared output with its dims, sizes, dtype and attributes, the coordinates, the dataset's
+  attributes; :func:`template_dataset` builds it). The engine writes each group's template from it
+  before any job runs, so a group whose first job fails still holds its variables and attributes;
+  a probe that returns None (the default) gets its template from its first result;
 * ``needs_data`` / ``needs_grad`` / ``needs_previous`` — what the engine must provide;
 * ``version`` — an integer stored with the group; raise it when a change of the algorithm changes the
   numbers (the engine then treats stored results like results of other parameters);
@@ -67,6 +72,17 @@ class Probe:
     version: ClassVar[int] = 1
     panels: ClassVar[tuple[PanelSpec, ...]] = ()
     events: ClassVar[tuple[EventSpec, ...]] = ()
+    # parameters added to ``Params`` after stores were written at this ``version``: name -> the value
+    # that a group stored without the parameter was computed with (read into its stored parameters)
+    added_params: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
+        """``params`` (as stored: a dict) with every ``auto`` choice whose meaning depends on the data
+        replaced by what it means for inputs of ``input_kind`` (``"continuous"``/``"tokens"``). The
+        engine compares a stored group with a request through it when the group lacks one of
+        :attr:`added_params`. The default resolves nothing."""
+        return params
 
     def compute(self, model: nn.Module, data: Any, params: Any, ctx: ProbeContext):  # -> xr.Dataset
         raise NotImplementedError
@@ -74,6 +90,14 @@ class Probe:
     def check(self, model: nn.Module, data: Any, params: Any) -> None:
         """Raise :class:`ProbeError` (naming the parameter and its valid range) if this probe cannot run
         with ``params`` on this model and data; called once on the first checkpoint before any job."""
+
+    def template(self, model: nn.Module, data: Any, params: Any):  # -> xr.Dataset | None
+        """What ``compute(model, data, params, ...)`` will return, up to its values: the same variables,
+        dims, sizes, storage dtypes, variable and dataset attributes and coordinates (any values in
+        the variables), found without computing (sizes come from ``params``, the data and at most a
+        forward pass of one point). None: not declared (the store's template then comes from the
+        first result). ``grokscope.testing.check_probe`` holds a declared template to the results."""
+        return None
 
     # -- presentation ---------------------------------------------------------------------------
     @classmethod
@@ -158,6 +182,35 @@ def _auto(text: Any) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def check_choice(key: str, value: Any, valid: Any) -> None:
+    """:class:`ProbeError` ``"<key> must be one of a, b, got 'v'"`` unless ``value`` is in ``valid``
+    (``key`` names the parameter as the command line does: ``pgd.norm``)."""
+    if value not in valid:
+        raise ProbeError(f"{key} must be one of {', '.join(map(str, valid))}, got {value!r}")
+
+
+def template_dataset(outputs: dict[str, tuple[str, ...]], coords: dict[str, Any],
+                     dtypes: dict[str, Any] | None = None, attrs: dict[str, Any] | None = None,
+                     var_attrs: dict[str, dict[str, Any]] | None = None):
+    """A result-shaped ``xr.Dataset`` for :meth:`Probe.template`: each variable of ``outputs``
+    (``{name: dims}``) with its dims sized by ``coords`` (the result's coordinates, as ``xr.Dataset``
+    takes them: one per dim, plus any others such as ``(dim, labels)``), of dtype ``dtypes[name]``
+    (default float64), filled with zeros; ``attrs`` the dataset's attributes, ``var_attrs`` each
+    variable's."""
+    import numpy as np
+    import xarray as xr
+
+    ds = xr.Dataset(coords=coords, attrs=dict(attrs or {}))
+    for name, dims in outputs.items():
+        missing = [d for d in dims if d not in ds.sizes]
+        if missing:
+            raise ProbeError(f"template of {name!r}: no coordinate gives the size of dim(s) {missing}")
+        shape = tuple(ds.sizes[d] for d in dims)
+        ds[name] = xr.Variable(dims, np.zeros(shape, dtype=(dtypes or {}).get(name, np.float64)),
+                               attrs=dict((var_attrs or {}).get(name, {})))
+    return ds
 
 
 def params_attrs(params: Any) -> dict[str, Any]:

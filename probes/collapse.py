@@ -37,7 +37,7 @@ from torch import nn
 from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import stablemax_cross_entropy, task_loss
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice
 
 LOSSES = ("ce", "stablemax")
 PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -173,10 +173,8 @@ class CollapseProbe(Probe):
 
     @classmethod
     def check_params(cls, params: CollapseParams) -> None:
-        if params.loss not in ("auto",) + LOSSES:
-            raise ProbeError(f"collapse.loss must be one of auto, {', '.join(LOSSES)}, got {params.loss!r}")
-        if params.precision not in PRECISIONS:
-            raise ProbeError(f"collapse.precision must be one of {', '.join(PRECISIONS)}, got {params.precision!r}")
+        check_choice("collapse.loss", params.loss, ("auto",) + tuple(LOSSES))
+        check_choice("collapse.precision", params.precision, PRECISIONS)
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
             raise ProbeError(f"collapse.splits must be train and/or test, got {params.splits!r}")
         if not params.quantiles or any(not 0 <= float(q) <= 1 for q in params.quantiles):

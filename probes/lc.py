@@ -64,11 +64,18 @@ from grokscope.functional.kinks import KinkWatch, kink_layers, module_kinks
 from grokscope.models.adapters import RADIUS_UNITS, radius_scale, radius_unit
 from grokscope.models.adapters import continuous_view
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
 from .layer_names import producing_modules
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
+FILL_MEANING = f"{PAD}: no point (split smaller than the sample dim)"
+
+
+def _unit_words(unit: str) -> str:
+    """The ``radius_unit`` attribute of a result: the unit and what it means."""
+    return unit + (": radius x RMS of the embedded training inputs (radius_abs, per step)"
+                   if unit == "embedding_rms" else ": input units")
 
 
 class _StopForward(Exception):
@@ -669,22 +676,29 @@ class LCProbe(Probe):
     )
     events = (EventSpec("lc_fall", "lc_total_mean", "fall", "the fall of LC around training points", "train"),)
 
+    # stores written before ``radius_unit`` existed used absolute radii
+    added_params = {"radius_unit": "absolute"}
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
+        if params.get("radius_unit") == "auto":
+            return {**params, "radius_unit": radius_unit("auto", input_kind)}
+        return params
+
     @classmethod
     def check_params(cls, params: LCParams) -> None:
         splits = tuple(params.splits)
         bad = [s for s in splits if s not in SPLITS]
         if bad or not splits:
             raise ProbeError(f"lc.splits: unknown {bad}; valid: {', '.join(SPLITS)}")
-        if params.dtype not in DTYPES:
-            raise ProbeError(f"lc.dtype must be one of {', '.join(DTYPES)}, got {params.dtype!r}")
+        check_choice("lc.dtype", params.dtype, DTYPES)
         for key, value, low in (("n_points", params.n_points, 1), ("n_dirs", params.n_dirs, 1),
                                   ("n_bisect", params.n_bisect, 1), ("max_rows", params.max_rows, 0)):
             if value < low:
                 raise ProbeError(f"lc.{key} must be >= {low}, got {value}")
         if not params.radius or any(not (float(r) > 0) for r in params.radius):
             raise ProbeError(f"lc.radius must be one or more numbers > 0, got {list(params.radius)}")
-        if params.radius_unit not in RADIUS_UNITS:
-            raise ProbeError(f"lc.radius_unit must be one of {', '.join(RADIUS_UNITS)}, got {params.radius_unit!r}")
+        check_choice("lc.radius_unit", params.radius_unit, RADIUS_UNITS)
 
     def check(self, model: nn.Module, data: Any, params: LCParams) -> None:
         device = model_device(model)
@@ -704,6 +718,29 @@ class LCProbe(Probe):
             raise ProbeError("lc: this model has no layer to count (no kinked activation module or "
                              "functional call such as F.relu was seen); name the modules whose outputs to "
                              "count with lc.layers=name1,name2 (see `grokscope probes --model M --dataset D`)")
+
+    def template(self, model: nn.Module, data: Any, params: LCParams):
+        """The result's shape from the layers one forward pass finds (:func:`kink_layers`), the
+        splits, ``radius`` and the sample dim (``n_points``, or the largest split if smaller)."""
+        splits = tuple(params.splits)
+        dtype = DTYPES[params.dtype] or model_dtype(model)
+        forward, z = continuous_view(model, data.x_train[:1].to(model_device(model)), data.input_kind)
+        z = z.to(model_dtype(model))
+        layers = [str(s) for s in params.layers] or None
+        names = [k.name for k in kink_layers(model, z, forward=forward, layers=layers,
+                                             include_output=params.include_output)]
+        capacity = {"train": len(data.x_train), "test": len(data.x_test)}
+        n_max = max(min(params.n_points, capacity.get(s, params.n_points)) for s in splits)
+        producers = producing_modules(model, forward, z[:1], names, counts_output=bool(params.layers))
+        return template_dataset(
+            self.outputs,
+            coords={"split": list(splits), "sample": np.arange(n_max),
+                    "radius": [float(r) for r in params.radius], "layer": names,
+                    "produced_by": ("layer", producers)},
+            dtypes={"lc": np.int32, "n_samples": np.int64, "neurons": np.int64},
+            attrs={"frame_dtype": str(dtype).replace("torch.", ""),
+                   "radius_unit": _unit_words(radius_unit(params.radius_unit, data.input_kind))},
+            var_attrs={"lc": {"fill_value_meaning": FILL_MEANING}})
 
     def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
         import xarray as xr
@@ -767,8 +804,7 @@ class LCProbe(Probe):
                     "layer": layer_names})
         producers = producing_modules(work, forward, z_train[:1], layer_names, counts_output=bool(params.layers))
         ds = ds.assign_coords(produced_by=("layer", producers))
-        ds["lc"].attrs["fill_value_meaning"] = f"{PAD}: no point (split smaller than the sample dim)"
+        ds["lc"].attrs["fill_value_meaning"] = FILL_MEANING
         ds.attrs["frame_dtype"] = str(dtype).replace("torch.", "")
-        ds.attrs["radius_unit"] = unit + (": radius x RMS of the embedded training inputs (radius_abs, per step)"
-                                          if unit == "embedding_rms" else ": input units")
+        ds.attrs["radius_unit"] = _unit_words(unit)
         return ds

@@ -51,7 +51,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import LOSSES, task_loss
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice
 
 SAMPLERS = ("sgld", "rmsprop")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -139,8 +139,7 @@ def sgld_chains(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, lr: float,
     (``k < n_draws``; step 0 is ``w*`` itself), each recorded with the loss that the step's gradient
     evaluation gives. ``batch_size=0``: full batch. See the module docstring for the update.
     """
-    if sampler not in SAMPLERS:
-        raise ProbeError(f"llc.sampler={sampler!r}; valid: {', '.join(SAMPLERS)}")
+    check_choice("llc.sampler", sampler, SAMPLERS)
     dev, dt = flat.theta.device, flat.dtype
     n, C, d = len(x), len(chains), flat.dim
     w0 = flat.theta
@@ -362,7 +361,7 @@ class LLCProbe(Probe):
         need(p.thin >= 1, f"thin must be >= 1, got {p.thin}")
         need(p.batch_size >= 0, f"batch_size must be >= 0 (0: full batch), got {p.batch_size}")
         need(p.n_train >= 0, f"n_train must be >= 0 (0: all), got {p.n_train}")
-        need(p.sampler in SAMPLERS, f"sampler={p.sampler!r}; valid: {', '.join(SAMPLERS)}")
+        check_choice("llc.sampler", p.sampler, SAMPLERS)
         need(0 <= p.rms_alpha < 1, f"rms_alpha must be in [0, 1), got {p.rms_alpha}")
         need(p.rms_eps > 0, f"rms_eps must be > 0, got {p.rms_eps}")
         need(p.loss == "auto" or p.loss in LOSSES, f"loss={p.loss!r}; valid: auto, {', '.join(LOSSES)}")

@@ -39,7 +39,7 @@ from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import LOSSES, task_loss
 from grokscope.models.adapters import differentiable_attention
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 METHODS = ("auto", "explicit", "lanczos", "cg")
@@ -453,14 +453,10 @@ def norm_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes:
 
     Returns a dict of Python floats plus ``weight_sq_param`` ``{name: float}`` and ``method``.
     """
-    if params.dtype not in DTYPES:
-        raise ProbeError(f"norm.dtype={params.dtype!r}; valid: {', '.join(DTYPES)}")
-    if params.lanczos_dtype not in DTYPES:
-        raise ProbeError(f"norm.lanczos_dtype={params.lanczos_dtype!r}; valid: {', '.join(DTYPES)}")
-    if params.method not in METHODS:
-        raise ProbeError(f"norm.method={params.method!r}; valid: {', '.join(METHODS)}")
-    if loss not in LOSSES:
-        raise ProbeError(f"norm.loss={loss!r}; valid: auto, {', '.join(LOSSES)}")
+    check_choice("norm.dtype", params.dtype, DTYPES)
+    check_choice("norm.lanczos_dtype", params.lanczos_dtype, DTYPES)
+    check_choice("norm.method", params.method, METHODS)
+    check_choice("norm.loss", loss, LOSSES)
     F = OutputMap(model, x, DTYPES[params.dtype])
     theta = F.theta
     km, d = len(y) * n_classes, F.dim

@@ -39,7 +39,7 @@ from torch import nn
 from grokscope.functional import eval_mode, split_subset
 from grokscope.models.adapters import RADIUS_UNITS, continuous_view, radius_scale, radius_unit
 
-from .base import PanelSpec, Probe, ProbeContext, ProbeError
+from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_choice
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -264,14 +264,20 @@ class PGDProbe(Probe):
                   higher_is_better=True),
     )
 
+    # stores written before ``eps_unit`` existed used absolute radii
+    added_params = {"eps_unit": "absolute"}
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
+        if params.get("eps_unit") == "auto":
+            return {**params, "eps_unit": radius_unit("auto", input_kind)}
+        return params
+
     @classmethod
     def check_params(cls, params: PGDParams) -> None:
-        if params.norm not in NORMS:
-            raise ProbeError(f"pgd.norm must be one of {', '.join(NORMS)}, got {params.norm!r}")
-        if params.loss not in LOSSES:
-            raise ProbeError(f"pgd.loss must be one of {', '.join(LOSSES)}, got {params.loss!r}")
-        if params.attack not in ATTACKS:
-            raise ProbeError(f"pgd.attack must be one of {', '.join(ATTACKS)}, got {params.attack!r}")
+        check_choice("pgd.norm", params.norm, NORMS)
+        check_choice("pgd.loss", params.loss, LOSSES)
+        check_choice("pgd.attack", params.attack, ATTACKS)
         if not params.eps or any(float(e) < 0 for e in params.eps):
             raise ProbeError(f"pgd.eps must be a non-empty list of radii >= 0, got {params.eps!r}")
         if params.alpha < 0 or (params.alpha == 0 and params.alpha_scale <= 0):
@@ -279,8 +285,7 @@ class PGDProbe(Probe):
                              f"alpha_scale > 0), got alpha={params.alpha!r}, alpha_scale={params.alpha_scale!r}")
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
             raise ProbeError(f"pgd.splits must be train and/or test, got {params.splits!r}")
-        if params.eps_unit not in RADIUS_UNITS:
-            raise ProbeError(f"pgd.eps_unit must be one of {', '.join(RADIUS_UNITS)}, got {params.eps_unit!r}")
+        check_choice("pgd.eps_unit", params.eps_unit, RADIUS_UNITS)
 
     def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
         import xarray as xr

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from grokscope import runs
 from grokscope.cli import main
-from grokscope.demo import TIMING_FILE, probe_selections, summarise_log, window_lines
+from grokscope.cli.demo import probe_selections
+from grokscope.demo import TIMING_FILE, summarise_log, window_lines
 from grokscope.engine.selection import select_steps
 from grokscope.training.schedule import parse_schedule
 

@@ -10,18 +10,18 @@ from typing import Any
 import click
 
 COMMANDS = {
-    "demo": ("grokscope.demo:demo", "Train the default preset, probe it and plot what it shows."),
+    "demo": ("grokscope.cli.demo:demo", "Train the default preset, probe it and plot what it shows."),
     "train": ("grokscope.cli.train:train", "Train a model and save log-spaced checkpoints."),
     "init": ("grokscope.cli.engine:init", "Write run.json for a folder of third-party checkpoints."),
     "scan": ("grokscope.cli.engine:scan", "Audit the checkpoints under a path."),
     "probes": ("grokscope.cli.engine:probes", "List the available probes, parameters and outputs."),
     "probe": ("grokscope.cli.engine:probe", "Run probes over checkpoints into a Zarr store."),
     "simulate": ("grokscope.cli.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
-    "plot": ("grokscope.plots:plot", "Plot a probe store over steps."),
-    "report": ("grokscope.report:report", "One self-contained HTML page (or --json) about a probe store."),
+    "plot": ("grokscope.cli.plot:plot", "Plot a probe store over steps."),
+    "report": ("grokscope.cli.report:report", "One self-contained HTML page (or --json) about a probe store."),
     "llc-sweep": ("grokscope.cli.llc_sweep:llc_sweep", "Try llc step sizes and localisations on one checkpoint; plot the traces."),
     "regions": ("grokscope.cli.regions:regions", "Draw linear regions on the plane through three training points."),
-    "reproduce": ("grokscope.reproduce:reproduce", "A paper's headline result in one command (--list)."),
+    "reproduce": ("grokscope.cli.reproduce:reproduce", "A paper's headline result in one command (--list)."),
 }
 
 

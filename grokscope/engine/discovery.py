@@ -196,6 +196,16 @@ def _hf_weights(folder: Path) -> Path | None:
     return None
 
 
+def _weights_checkpoint(w: Path, root: Path, problems: list[Problem], where: str = "") -> Checkpoint | None:
+    """The checkpoint of a weights file or shard index ``w`` (paths relative to ``root``); None, with a
+    problem (``where`` prefixed, e.g. ``"revision main: "``) appended, when the shard index is unreadable."""
+    try:
+        return _sharded(w, root) if w.name.endswith(INDEX_SUFFIXES) else _single(w, root)
+    except (OSError, ValueError) as e:
+        problems.append(Problem(str(w), f"{where}unreadable shard index: {e}"))
+        return None
+
+
 def _sharded(index: Path, run_dir: Path) -> Checkpoint:
     doc = json.loads(index.read_text())
     wm = doc.get("weight_map")
@@ -271,10 +281,8 @@ def checkpoints_in(folder: Path, run_dir: Path | None = None) -> tuple[list[Chec
             w = _hf_weights(p)
             if w is None:
                 continue
-            try:
-                c = _sharded(w, run_dir) if w.name.endswith(INDEX_SUFFIXES) else _single(w, run_dir)
-            except (OSError, ValueError) as e:
-                problems.append(Problem(str(w), f"unreadable shard index: {e}"))
+            c = _weights_checkpoint(w, run_dir, problems)
+            if c is None:
                 continue
             found.append((c, [p.name, w.name]))
     # a folder that is itself an HF checkpoint: its name carries the step

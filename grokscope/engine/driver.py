@@ -8,8 +8,7 @@
 2. lock the store (:mod:`.lock`), refuse groups whose stored parameters or run spec differ from the
    request (``--overwrite`` deletes and recomputes them), grow ``step`` where new checkpoints appeared,
    and skip every (run, step, probe) whose ``done`` flag is set or that the probe's ``--steps``
-   selection leaves out (:mod:`.selection`; a group still spans every checkpoint of its run); check
-   each run's model on one checkpoint (:mod:`.model_check`: a run that fails is one line, the others go on);
+   selection leaves out (:mod:`.selection`; a group still spans every checkpoint of its run);
 3. submit one task per pending (run, checkpoint) (:func:`.jobs.run_task`) to a Dask client: an
    in-process ``LocalCluster`` of worker processes by default, ``--scheduler ADDRESS`` for an existing
    cluster, ``--scheduler sync`` to run in this process; ``--device cuda`` asks for ``GPU=1``;
@@ -28,21 +27,17 @@ run while it trains).
 from __future__ import annotations
 
 import errno
-import logging
-import os
-import shutil
-import subprocess
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grokscope
-from grokscope.errors import GrokscopeError
 from grokscope.presentation import to_attrs
 
+from .cluster import dask_client, visible_gpus
+from .config import EngineConfig, EngineError
 from .discovery import Checkpoint, Run, find_runs
 from .jobs import HashTask, Outcome, ProbeRequest, Task, describe_error, hash_task, run_task
 from .lock import StoreLock
@@ -50,10 +45,6 @@ from .model_check import screen_plan
 from .selection import parse_selection, select_steps
 from .store import GroupInfo, ProbeStore, StoreError, check_store_path, normalise
 
-
-
-class EngineError(GrokscopeError, RuntimeError):
-    """The probe run cannot start (no runs, no model spec, no GPU workers, ...)."""
 
 
 class StoreWriteError(EngineError):
@@ -82,24 +73,6 @@ def _os_cause(e: BaseException) -> OSError:
     while not (isinstance(e, OSError) and e.errno in ENVIRONMENTAL):
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
     return e
-
-
-@dataclass
-class EngineConfig:
-    """Everything ``grokscope probe`` decides besides the path (see the CLI's help for each)."""
-
-    probes: list[ProbeRequest]
-    out: Path
-    scheduler: str | None = None  # None / "local": in-process LocalCluster; "sync"; or an address
-    workers: int | None = None
-    threads: int | None = None
-    device: str = "cpu"
-    overwrite: bool = False
-    spec: dict[str, Any] | None = None  # model/dataset/train for runs without run.json
-    flush_interval: float = 1.0
-    dry_run: bool = False
-    trust: Any = None  # grokscope.trust.Trust: code the user vouched for (None: built-ins/entry points only)
-    recheck: bool = True  # hash the checkpoints of done jobs and recompute those that changed
 
 
 @dataclass
@@ -142,6 +115,8 @@ class Summary:
 
 @dataclass
 class _Plan:
+    """What :func:`plan` found to do; :func:`apply` makes the store ready for it (nothing before)."""
+
     tasks: list[Task]
     jobs: int
     skipped: int
@@ -151,6 +126,10 @@ class _Plan:
     group_attrs: dict[tuple[str, str], dict[str, Any]]
     failures: list[Failure]
     warnings: list[str]
+    run_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # written on every planned run
+    clear_runs: list[str] = field(default_factory=list)  # runs whose groups --overwrite deletes (spec changed)
+    clear_groups: list[tuple[str, str]] = field(default_factory=list)  # groups --overwrite deletes
+    grow: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # existing groups: every step
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -255,6 +234,27 @@ def _dumps(obj: Any) -> str:
     return json.dumps(normalise(obj), sort_keys=True)
 
 
+def _comparable_params(probe: str, stored: dict[str, Any], wanted: dict[str, Any], spec: dict[str, Any],
+                       trust: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A stored group's parameters and the requested ones, made comparable: a parameter the probe
+    added after the group was written (``Probe.added_params``) is read into the stored ones at the
+    value its results were computed with, and both sides' data-dependent ``auto`` choices are resolved
+    for this run's inputs (which loads the run's dataset, only in that case)."""
+    from .jobs import probe_class
+
+    cls = probe_class(probe)
+    missing = {k: v for k, v in cls.added_params.items() if k not in stored and k in wanted}
+    if not missing:
+        return stored, wanted
+    from grokscope.datasets import load_dataset
+
+    try:
+        kind = load_dataset(spec.get("dataset") or {}, trust).input_kind
+    except Exception:  # noqa: BLE001 - the jobs report the dataset's error; here the group is refused
+        return {**stored, **missing}, wanted
+    return cls.resolve_params({**stored, **missing}, kind), cls.resolve_params(wanted, kind)
+
+
 def _diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     keys = sorted(set(stored) | set(wanted))
     return [f"{k}: stored {stored.get(k, '<absent>')!r}, requested {wanted.get(k, '<absent>')!r}"
@@ -263,9 +263,10 @@ def _diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
 
 def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
          stale: frozenset[tuple[str, int, str]] = frozenset()) -> _Plan:
-    """The tasks still to do: every (run, step, probe) not done, or in ``stale``. Raises
+    """The tasks still to do: every (run, step, probe) not done, or in ``stale``, and what
+    :func:`apply` must change in the store first. Reads the store, never writes it. Raises
     :class:`StoreError` listing every group whose stored parameters or run spec differ from the
-    request (unless ``cfg.overwrite``, which deletes those groups)."""
+    request (unless ``cfg.overwrite``: ``apply`` then deletes those groups)."""
     failures: list[Failure] = []
     warnings: list[str] = []
     refusals: list[str] = []
@@ -300,9 +301,11 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
             if info is None:
                 continue
             wanted = _group_attrs(run, spec, req)
+            stored_params, wanted_params = _comparable_params(req.name, info.attrs.get("params") or {},
+                                                              wanted["params"], spec, cfg.trust)
             # stores written before probes had versions hold version 1 results
-            d = _diff({**(info.attrs.get("params") or {}), "probe version": info.attrs.get("probe_version", 1)},
-                      {**wanted["params"], "probe version": wanted["probe_version"]})
+            d = _diff({**stored_params, "probe version": info.attrs.get("probe_version", 1)},
+                      {**wanted_params, "probe version": wanted["probe_version"]})
             if d and not cfg.overwrite:
                 refusals.append(f"{run.name}/{req.name}: stored parameters differ ({'; '.join(d)})")
     if refusals:
@@ -311,20 +314,21 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
                            "delete those results and recompute them")
     tasks: list[Task] = []
     group_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+    run_attrs: dict[str, dict[str, Any]] = {}
+    clear_runs: list[str] = []
+    clear_groups: list[tuple[str, str]] = []
+    grow: dict[tuple[str, str], list[int]] = {}
     n_jobs = skipped = excluded = 0
     for run, spec in ready:
-        if not cfg.dry_run:
-            stored = store.run_attrs(run.name) or {}
-            want = normalise({"model": spec.get("model"), "dataset": spec.get("dataset")})
-            if cfg.overwrite and stored.get("model") is not None and _diff(
-                    {"model": stored.get("model"), "dataset": stored.get("dataset")}, want):
-                for child in list((store.path / run.name).iterdir()):
-                    if child.is_dir():
-                        store.delete_group(run.name, child.name)
-            store.set_run_attrs(run.name, {"path": str(run.path.resolve()), "rel": run.rel,
-                                           "model": spec.get("model"), "dataset": spec.get("dataset"),
-                                           "train": spec.get("train", {}), "data": _data_words(spec),
-                                           "grokscope_version": grokscope.__version__})
+        stored = store.run_attrs(run.name) or {}
+        want = normalise({"model": spec.get("model"), "dataset": spec.get("dataset")})
+        if cfg.overwrite and stored.get("model") is not None and _diff(
+                {"model": stored.get("model"), "dataset": stored.get("dataset")}, want):
+            clear_runs.append(run.name)
+        run_attrs[run.name] = {"path": str(run.path.resolve()), "rel": run.rel,
+                               "model": spec.get("model"), "dataset": spec.get("dataset"),
+                               "train": spec.get("train", {}), "data": _data_words(spec),
+                               "grokscope_version": grokscope.__version__}
         pending: dict[int, list[ProbeRequest]] = defaultdict(list)
         for req in cfg.probes:
             group_attrs[(run.name, req.name)] = _group_attrs(run, spec, req)
@@ -336,14 +340,15 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
                                 f"{', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
             info = None
             if cfg.overwrite and not cfg.dry_run:
-                store.delete_group(run.name, req.name)
+                clear_groups.append((run.name, req.name))
             else:
                 info = store.group(run.name, req.name)
-                if info is not None and not cfg.dry_run:
-                    info = store.grow(info, run.steps)
+                if info is not None:
+                    grow[(run.name, req.name)] = list(run.steps)
             for ck in run.checkpoints:
                 if ck.step not in wanted_steps:
                     continue
+                # a step the group lacks (apply() appends it) is pending like one not done
                 i = info.index.get(ck.step) if info is not None else None  # type: ignore[arg-type]
                 if info is not None and i is not None and info.done[i] and \
                         (run.name, ck.step, req.name) not in stale:
@@ -360,170 +365,83 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
             prev = ck
     return _Plan(tasks=tasks, jobs=n_jobs, skipped=skipped, excluded=excluded, runs={r.name: r for r, _ in ready},
                  specs={r.name: spec for r, spec in ready}, group_attrs=group_attrs, failures=failures,
-                 warnings=warnings)
+                 warnings=warnings, run_attrs=run_attrs, clear_runs=clear_runs, clear_groups=clear_groups,
+                 grow=grow)
 
 
-def check_probes(tasks: list[Task]) -> None:
-    """Run each probe's ``check`` once per distinct (run spec, probe set) on the first checkpoint that
-    needs it, in this process, before any job is sent: a parameter that this model or data cannot take
-    (``lc.n_dirs`` above the input dimension ...) raises :class:`EngineError` with one line. The model
-    itself was checked before (:mod:`.model_check`); problems of one checkpoint are left to its jobs."""
+def apply(p: _Plan, store: ProbeStore, templates: dict[tuple[str, str], Any] | None = None) -> None:
+    """Make ``store`` ready for plan ``p`` (driver only, under the store's lock): delete what
+    ``--overwrite`` replaces, write each run's attributes, grow existing groups to every checkpoint
+    of their run, and write the template of each group that does not exist yet and whose probe
+    declared one (``templates``: ``{(run, probe): Dataset}`` of :func:`check_probes`), so the group
+    has its variables and attributes whatever its first job does. A template that cannot be written
+    is left to the first result (the writer names the cause then)."""
+    for run in p.clear_runs:
+        for child in list((store.path / run).iterdir()):
+            if child.is_dir():
+                store.delete_group(run, child.name)
+    for run, attrs in p.run_attrs.items():
+        store.set_run_attrs(run, attrs)
+    for run, probe in p.clear_groups:
+        store.delete_group(run, probe)
+    for (run, probe), steps in p.grow.items():
+        info = store.group(run, probe)
+        if info is not None:
+            store.grow(info, steps)
+    for (run, probe), template in (templates or {}).items():
+        if run not in p.runs or (run, probe) not in p.group_attrs or store.group(run, probe) is not None:
+            continue
+        try:
+            store.create_group(run, probe, p.runs[run].steps, p.group_attrs[(run, probe)], template)
+        except Exception as e:  # noqa: BLE001 - the first result tries again and names the cause
+            if environmental(e):
+                raise
+            store.groups.pop((run, probe), None)
+
+
+PREFLIGHT_TRIES = 3  # checkpoints tried per (run spec, probe set) until one loads
+
+
+def check_probes(tasks: list[Task], runs: dict[str, Run] | None = None) -> dict[tuple[str, str], Any]:
+    """Run each probe's ``check`` once per distinct (run spec, probe set), in this process, before any
+    job is sent, and collect the templates the probes declare (``Probe.template``): a parameter that
+    this model or data cannot take (``lc.n_dirs`` above the input dimension ...) raises
+    :class:`EngineError` with one line. The first checkpoint that needs it is used, or, when that one
+    does not load, the next ones of its run (``runs``; at most :data:`PREFLIGHT_TRIES` in all);
+    the model itself was checked before (:mod:`.model_check`), problems of one checkpoint are left to
+    its jobs. Returns ``{(run, probe): template}`` for every task's run and probe that has one."""
     from dataclasses import replace
 
     from grokscope.probes import ProbeError
 
     from .jobs import preflight
 
-    seen: set[str] = set()
+    found: dict[str, dict[str, Any]] = {}
+    out: dict[tuple[str, str], Any] = {}
     for task in tasks:
         key = _dumps([task.spec, [[r.name, repr(r.params)] for r in task.probes]])
-        if key in seen:
-            continue
-        seen.add(key)
-        if task.device != "cpu":
-            import torch
+        if key not in found:
+            if task.device != "cpu":
+                import torch
 
-            if not torch.cuda.is_available():
-                task = replace(task, device="cpu")
-        try:
-            preflight(task)
-        except ProbeError as e:
-            raise EngineError(f"{task.run}: {e} (checked on {task.checkpoint.path}; nothing was computed)"
-                              ) from None
-        except Exception:  # noqa: BLE001 - reported per job, with the checkpoint named
-            continue
-
-
-# -- Dask -----------------------------------------------------------------------------------------
-
-def visible_gpus() -> list[str]:
-    """GPU ids this host offers, from ``CUDA_VISIBLE_DEVICES`` or ``nvidia-smi -L`` (never via torch,
-    so the client process does not initialise CUDA)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-@contextmanager
-def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
-    """``(client or None for sync, torch threads per worker, description)`` for ``cfg``."""
-    if cfg.scheduler == "sync":
-        import torch
-
-        before = torch.get_num_threads()
-        try:
-            yield None, cfg.threads or 0, "in-process (sync)"
-        finally:
-            torch.set_num_threads(before)
-        return
-    from distributed import Client
-
-    if cfg.scheduler in (None, "", "local"):
-        with _forkserver():
-            yield from _local_client(cfg)
-        return
-    try:
-        client = Client(cfg.scheduler, timeout="30s")
-    except (OSError, ValueError, TypeError) as e:  # unreachable, timed out, or not an address
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EngineError(f"cannot connect to the Dask scheduler {cfg.scheduler!r}: {first} (expected "
-                          "an address such as tcp://host:8786, or 'local' or 'sync')") from None
-    try:
-        workers = client.scheduler_info().get("workers", {})
-        if cfg.device.startswith("cuda") and not any(
-                (w.get("resources") or {}).get("GPU") for w in workers.values()):
-            raise EngineError(f"--device cuda: no worker of {cfg.scheduler} offers the GPU resource; "
-                              "start GPU workers with `dask worker ADDRESS --nthreads 1 --resources GPU=1` "
-                              "(one per GPU, each with its own CUDA_VISIBLE_DEVICES) or `dask cuda worker "
-                              "ADDRESS --resources GPU=1` (dask-cuda)")
-        yield client, cfg.threads or 1, f"{cfg.scheduler} ({len(workers)} worker(s))"
-    finally:
-        client.close()
-
-
-# modules the local workers' fork server imports once, so each worker starts with them loaded
-# (worker_init: the workers ignore Ctrl-C, the driver stops them)
-PRELOAD = ["distributed", "numpy", "torch", "safetensors.torch", "xarray", "grokscope.engine.jobs",
-           "grokscope.probes", "grokscope.models", "grokscope.datasets", "grokscope.engine.worker_init"]
-
-
-# Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to the worker processes they start. Setting it
-# turns off glibc's dynamic mmap threshold, so every tensor above 128 KiB is mmap'ed and unmapped
-# again, page faults included: the probes ran 1.6-2x slower (CPU time) in local workers than in one
-# process. Our workers are short-lived and hold little memory: keep glibc's default. Their statistical
-# profiler (for the dashboard, sampling every 10 ms) is off too: ~2 % of a core per idle worker.
-LOCAL_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                       "distributed.worker.profile.enabled": False}
-
-
-@contextmanager
-def _forkserver() -> Iterator[None]:
-    """Start local worker processes from a fork server that has torch & co. imported (much faster
-    than spawning each worker and importing everything again; no CUDA is touched there), without
-    Dask's malloc trim setting (see ``LOCAL_WORKER_CONFIG``)."""
-    import multiprocessing
-
-    import dask
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        with dask.config.set(LOCAL_WORKER_CONFIG):
-            yield
-        return
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver", **LOCAL_WORKER_CONFIG}):
-        from distributed.utils import get_mp_context
-
-        ctx = get_mp_context()
-        ctx.set_forkserver_preload(PRELOAD)
-        yield
-
-
-def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
-    from distributed import Client, LocalCluster
-
-    cores = os.cpu_count() or 1
-    if cfg.device.startswith("cuda"):
-        gpus = visible_gpus()
-        if not gpus:
-            raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / "
-                              "nvidia-smi -L); use --device cpu or --scheduler ADDRESS of a cluster "
-                              "with GPU workers")
-        gpus = gpus[: cfg.workers] if cfg.workers else gpus
-        cluster = _gpu_cluster(gpus)
-        threads = cfg.threads or max(1, cores // len(gpus))
-        desc = f"local cluster, {len(gpus)} GPU worker(s)"
-    else:
-        n = cfg.workers or cores
-        # dashboard ":0": the scheduler's HTTP server on a free port (8787 may be taken)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", silence_logs=logging.CRITICAL)
-        threads = cfg.threads or max(1, cores // n)
-        desc = f"local cluster, {n} worker process(es) x {threads} torch thread(s)"
-    client = Client(cluster)
-    try:
-        yield client, threads, desc
-    finally:
-        client.close()
-        cluster.close()
-
-
-def _gpu_cluster(gpus: list[str]):
-    """A local cluster of one single-threaded worker process per GPU, each seeing only its GPU and
-    advertising ``GPU=1`` (what dask-cuda's LocalCUDACluster does, without the dependency)."""
-    from distributed import Nanny, Scheduler, SpecCluster
-
-    workers = {f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
-                                                      "env": {"CUDA_VISIBLE_DEVICES": g}}}
-               for g in gpus}
-    return SpecCluster(workers=workers, scheduler={"cls": Scheduler,
-                                                   "options": {"dashboard_address": ":0"}},
-                       silence_logs=logging.CRITICAL)
+                if not torch.cuda.is_available():
+                    task = replace(task, device="cpu")
+            run = (runs or {}).get(task.run)
+            others = [ck for ck in (run.checkpoints if run is not None else []) if ck != task.checkpoint]
+            found[key] = {}
+            for candidate in [task] + [replace(task, checkpoint=ck, previous=None)
+                                       for ck in others[: PREFLIGHT_TRIES - 1]]:
+                try:
+                    found[key] = preflight(candidate)
+                    break
+                except ProbeError as e:
+                    raise EngineError(f"{task.run}: {e} (checked on {candidate.checkpoint.path}; nothing "
+                                      "was computed)") from None
+                except Exception:  # noqa: BLE001 - reported per job, with the checkpoint named
+                    continue
+        for name, template in found[key].items():
+            out[(task.run, name)] = template
+    return out
 
 
 More = Callable[[], tuple[list[Task], bool]]
@@ -744,8 +662,10 @@ def probe_runs(path: Path, cfg: EngineConfig,
         _record_plan(summary, p)
         summary.warnings[:0] = ignored
         unfit = screen_plan(p, summary)  # one line per run whose model does not fit its checkpoints
-        check_probes(p.tasks)
+        templates = check_probes(p.tasks, p.runs)
         has_done = cfg.recheck and p.skipped > 0
+        if not cfg.dry_run:  # the store changes only now, after every check passed
+            apply(p, store, templates)
         if cfg.dry_run or (not p.tasks and not has_done and follow is None):
             if start:
                 start(p.jobs, p.skipped, "none")
@@ -758,6 +678,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
                 stale, lines = recheck(client, p, store, cfg)
                 if stale:
                     p = plan(runs, store, cfg, threads=cfg.threads or 1, stale=frozenset(stale))
+                    apply(p, store)
                     writer.plan = p
                     _record_plan(summary, p)
                     screen_plan(p, summary, unfit)
@@ -887,6 +808,7 @@ def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, wr
             p = plan(found, store, again, threads)
         except DiscoveryError:
             return [], last  # e.g. the run folder is not written yet
+        apply(p, store)  # grows the groups of new checkpoints (as the first plan's apply did)
         writer.plan.runs.update(p.runs)
         writer.plan.specs.update(p.specs)
         writer.plan.group_attrs.update(p.group_attrs)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .discovery import INDEX_SUFFIXES, Checkpoint, Problem, _hf_weights, _rel, _replace, _sharded, _single, parse_step
+from .discovery import Checkpoint, Problem, _hf_weights, _rel, _replace, _weights_checkpoint, parse_step
 
 REPO_PREFIXES = ("models--",)
 
@@ -75,10 +75,8 @@ def hub_checkpoints(repo: Path) -> tuple[list[Checkpoint], list[Problem]]:
         if w is None:
             problems.append(Problem(str(snap), f"revision {name}: no model weights in its snapshot"))
             continue
-        try:
-            c = _sharded(w, repo) if w.name.endswith(INDEX_SUFFIXES) else _single(w, repo)
-        except (OSError, ValueError) as e:
-            problems.append(Problem(str(w), f"revision {name}: unreadable shard index: {e}"))
+        c = _weights_checkpoint(w, repo, problems, f"revision {name}: ")
+        if c is None:
             continue
         c = _replace(c, step=step, step_source="name", label=f"{name}: {_rel(w, repo)}")
         if step in found:

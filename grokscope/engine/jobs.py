@@ -183,10 +183,14 @@ def _prepare(task: Task, sd: dict[str, Any], device: Any) -> tuple[Any, Any, dic
     return model, data, classes
 
 
-def preflight(task: Task) -> None:
+def preflight(task: Task) -> dict[str, Any]:
     """Load ``task``'s checkpoint, model and data as a job would, and run every requested probe's
     ``check(model, data, params)`` once; raises the first problem (``ProbeError``, ``CheckpointError``,
-    ``ModelError`` ...) with the run and checkpoint named. The driver calls it before any job is sent."""
+    ``ModelError`` ...) with the run and checkpoint named. The driver calls it before any job is sent.
+
+    Returns ``{probe name: template}`` of the probes that declare one (``Probe.template``, loaded
+    into numpy); a template that fails is left out (the store's template then comes from the first
+    result, and ``grokscope.testing.check_probe`` shows the probe's error)."""
     import torch
 
     from .loading import read_state_dict
@@ -195,9 +199,18 @@ def preflight(task: Task) -> None:
     from grokscope.functional import eval_mode
 
     model, data, classes = _prepare(task, sd, torch.device(task.device))
+    templates: dict[str, Any] = {}
     with eval_mode(model):
         for req in task.probes:
-            classes[req.name]().check(model, data, req.params)
+            probe = classes[req.name]()
+            probe.check(model, data, req.params)
+            try:
+                template = probe.template(model, data, req.params)
+                if template is not None:
+                    templates[req.name] = check_result(template, classes[req.name])
+            except Exception:  # noqa: BLE001 - a declared template is optional, the results are not
+                continue
+    return templates
 
 
 def content_hash(sd: dict[str, Any], expected: dict[str, tuple[int, ...]], where: str

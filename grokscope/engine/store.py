@@ -18,7 +18,8 @@ Write rules (Zarr v3 has no write synchroniser; see DESIGN.md "Store"):
 * only the driver process writes (workers return numpy results), so no two writers ever touch a chunk;
 * the template of a (run, probe) group is written once by xarray (``compute=False``, ``zarr_format=3``,
   ``consolidated=False``), sized to every step known at the time; its output variables are shaped
-  from the first result of that probe for that run (shapes and coordinates are only known then);
+  from the probe's declared template (``Probe.template``, built before any job runs from the
+  parameters, the model and the data) or, for a probe that declares none, from its first result;
   it is built in ``STORE/.grokscope-tmp/`` and renamed into place, so readers see all of it or none;
 * ``step`` is chunked at 1 and chunks are grouped into shards along ``step`` (Zarr v3 sharding), so
   10 000 checkpoints make a few shard files per variable, not 10 000; a shard holds at most 1024 steps
@@ -624,20 +625,42 @@ class ProbeStore:
             faults.point("commit:done")
 
 
+def output_signature(ds: Any) -> dict[str, Any]:
+    """What a group's template takes from a result (or a declared template) ``ds``: its variables
+    (names, dims, shapes, storage dtypes, attributes) and the coordinates of its dims (names, dims,
+    dtypes, values, attributes), JSON-friendly."""
+    return {"vars": [(name, list(var.dims), list(np.shape(var.values)),
+                      str(_storage_dtype(np.asarray(var.values))), normalise(dict(var.attrs)))
+                     for name, var in sorted(ds.data_vars.items())],
+            "coords": [(name, list(c.dims), str(c.dtype), np.asarray(c.values).tolist(), normalise(dict(c.attrs)))
+                       for name, c in sorted(ds.coords.items()) if "step" not in c.dims]}
+
+
+def template_mismatch(template: Any, result: Any) -> str:
+    """'' if a probe's declared ``template`` describes ``result`` (the same :func:`output_signature`
+    and dataset attributes), else the first difference, in words."""
+    a, b = output_signature(template), output_signature(result)
+    for part in ("vars", "coords"):
+        mine, theirs = {x[0]: x for x in a[part]}, {x[0]: x for x in b[part]}
+        for name in sorted(set(mine) | set(theirs)):
+            if mine.get(name) != theirs.get(name):
+                return (f"{part[:-1]} {name!r}: the template declares {mine.get(name, '<absent>')!r}, the "
+                        f"result has {theirs.get(name, '<absent>')!r}")
+    ta, ra = normalise(dict(template.attrs)), normalise(dict(result.attrs))
+    if ta != ra:
+        return f"dataset attributes: the template declares {ta!r}, the result has {ra!r}"
+    return ""
+
+
 def template_key(probe: str, steps: list[int], first: Any) -> str:
     """What a group template depends on besides its attributes: the probe, the steps and the
-    first result's variables and coordinates (names, dims, shapes, storage dtypes, variable
-    attributes, coordinate values). Equal keys give byte-identical templates up to group attrs."""
+    first result's (or declared template's) :func:`output_signature`. Equal keys give
+    byte-identical templates up to group attrs."""
     import hashlib
 
     sig: dict[str, Any] = {"probe": probe, "steps": [int(s) for s in steps]}
     if first is not None:
-        sig["vars"] = [(name, list(var.dims), list(np.shape(var.values)),
-                        str(_storage_dtype(np.asarray(var.values))), normalise(dict(var.attrs)))
-                       for name, var in sorted(first.data_vars.items())]
-        sig["coords"] = [(name, list(c.dims), str(c.dtype), np.asarray(c.values).tolist(),
-                          normalise(dict(c.attrs)))
-                         for name, c in sorted(first.coords.items()) if "step" not in c.dims]
+        sig.update(output_signature(first))
     text = json.dumps(sig, sort_keys=True, default=_json_default)
     return hashlib.sha256(text.encode()).hexdigest()
 

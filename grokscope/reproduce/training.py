@@ -5,22 +5,28 @@ threshold (GrokAlign's "steps to 85 % test accuracy")."""
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from pathlib import Path
 from typing import Any
 
-import click
-
 from grokscope import runs
 from grokscope.analysis import first_logged_step
+from grokscope.errors import GrokscopeError
+from grokscope.reproduce import ReproduceError
 
 
 def _child(config: Any, directory: str, resume: bool, threads: int) -> None:
-    from grokscope.cli.train import run
+    """Body of the training process: ``train_run``; a domain error ends it with one line and exit 1."""
+    import torch
 
+    from grokscope.training.trainer import train_run
+
+    if threads:
+        torch.set_num_threads(threads)
     try:
-        run(config, Path(directory), resume=resume, threads=threads, progress=False)
-    except click.ClickException as e:
-        e.show()
+        train_run(config, Path(directory), resume=resume, progress=False)
+    except GrokscopeError as e:
+        print(f"Error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
@@ -50,8 +56,8 @@ def train(config: Any, directory: Path, stop: tuple[str, float] | None = None, t
     if not reused:
         resume = (directory / runs.RUN_JSON).is_file()
         if echo:
-            click.echo(f"training {directory} ({'resuming' if resume else 'new run'}, {config.steps} steps"
-                       + (f", stop at {stop[0]} >= {stop[1]}" if stop else "") + ")", err=True)
+            print(f"training {directory} ({'resuming' if resume else 'new run'}, {config.steps} steps"
+                  + (f", stop at {stop[0]} >= {stop[1]}" if stop else "") + ")", file=sys.stderr)
         proc = multiprocessing.get_context("spawn").Process(
             target=_child, args=(config, str(directory), resume, threads), daemon=True)
         proc.start()
@@ -65,7 +71,7 @@ def train(config: Any, directory: Path, stop: tuple[str, float] | None = None, t
                 proc.terminate()
                 proc.join()
         if proc.exitcode not in (0, None) and not is_done(config, directory, stop):
-            raise click.ClickException(f"training into {directory} failed (exit code {proc.exitcode})")
+            raise ReproduceError(f"training into {directory} failed (exit code {proc.exitcode})")
     log = runs.read_log(directory)
     hit = stop_step(directory, stop)
     wall = next((r.get("wall") for r in log if r["step"] == hit), None) if hit is not None else None
@@ -73,21 +79,19 @@ def train(config: Any, directory: Path, stop: tuple[str, float] | None = None, t
             "wall_s": float(wall if wall is not None else log[-1].get("wall", float("nan"))), "reused": reused}
 
 
-def probe(run_dir: Path, store: Path, requests: dict[str, tuple[dict[str, str], str | None]],
-          quiet: bool = True) -> Any:
+def probe(run_dir: Path, store: Path, requests: dict[str, tuple[dict[str, str], str | None]]) -> Any:
     """Probe ``run_dir`` into ``store`` with ``{probe: (params as text, steps spec or None)}`` on the
     local Dask cluster (resumable: what the store has is not recomputed). Returns the engine's Summary;
-    a failed job raises ``click.ClickException`` listing them."""
-    from grokscope.cli.engine import run_with_progress
-    from grokscope.engine.driver import EngineConfig
+    a failed job raises :class:`ReproduceError` listing them."""
+    from grokscope.engine.driver import EngineConfig, probe_runs
     from grokscope.engine.jobs import ProbeRequest
     from grokscope.probes import get_probe
 
     cfg = EngineConfig(probes=[ProbeRequest(n, get_probe(n).make_params(p), steps)
                                for n, (p, steps) in requests.items()], out=Path(store), flush_interval=30.0)
-    summary = run_with_progress(Path(run_dir), cfg, quiet=quiet)
+    summary = probe_runs(Path(run_dir), cfg)
     if summary.failures:
-        raise click.ClickException(f"{len(summary.failures)} probe job(s) on {run_dir} failed:\n  "
+        raise ReproduceError(f"{len(summary.failures)} probe job(s) on {run_dir} failed:\n  "
                                    + "\n  ".join(f.line() for f in summary.failures[:10]))
     return summary
 

@@ -231,7 +231,7 @@ def test_pgd_radii_on_a_colour_scale(store):
     data = [ln for ln in ax.lines if not (ln.get_gid() or "").startswith("onset")]
     colours = [to_rgb(ln.get_color()) for ln in data]
     assert len(data) == 2 and len(set(colours)) == 2  # pgd.eps=0.05,0.2 of run a
-    assert colours == [plots._eps_colour(0, 2), plots._eps_colour(1, 2)]
+    assert colours == [plots.draw.eps_colour(0, 2), plots.draw.eps_colour(1, 2)]
     legend = {t.get_text(): to_rgb(h.get_color()) for t, h in zip(ax.get_legend().texts, ax.get_legend().legend_handles)}
     assert legend == {"ε = 0.05": colours[0], "ε = 0.2": colours[1]}
     plt.close(fig)

@@ -170,7 +170,25 @@ def test_report_json_round_trip(store, tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
+def test_report_embeds_figures_already_drawn(store, tmp_path):
+    """``write_report(drawn=...)`` (what the demo passes) embeds the figures plot_store wrote instead of
+    drawing them again: the same images, byte for byte, and none drawn in the report's work folder."""
+    import re
+
+    from grokscope.plots import plot_store
+    from grokscope.report import write_report
+
+    paths = plot_store(store, tmp_path / "plots")
+    drawn = write_report(store, tmp_path / "drawn.html", regions=False, drawn={"r0": paths}).read_text()
+    again = write_report(store, tmp_path / "again.html", regions=False).read_text()
+    images = [re.findall(r"data:image/png;base64,([^']+)", page) for page in (drawn, again)]
+    assert [p.name for p in paths] == ["overview.png"]  # no fourier probe in this store
+    assert len(images[0]) == 1 and images[0] == images[1]
+    assert images[0][0] == base64.b64encode(paths[0].read_bytes()).decode("ascii")
+
+
 def test_report_options_and_errors(store, tmp_path):
+
     import xarray as xr
 
     res = CliRunner().invoke(main, ["report", str(store), "--grok", "high"])

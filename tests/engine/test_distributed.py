@@ -224,7 +224,7 @@ def test_gpu_workers_get_their_own_device_and_the_gpu_resource():
     seeing only its own CUDA_VISIBLE_DEVICES and advertising GPU=1 (jobs ask for it)."""
     from distributed import Client
 
-    from grokscope.engine.driver import _forkserver, _gpu_cluster
+    from grokscope.engine.cluster import _forkserver, _gpu_cluster
 
     with _forkserver(), _gpu_cluster(["3", "5"]) as cluster, Client(cluster) as client:
         workers = client.scheduler_info()["workers"].values()

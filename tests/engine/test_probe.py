@@ -299,3 +299,42 @@ def test_flags_a_run_json_overrides_are_refused_or_warned_about(tmp_path, cli):
         r = cli("probe", run, *flags)
         assert r.exit_code == 2 and "only apply with --model and --dataset" in r.output, r.output
         assert flags[0] in r.output
+
+
+def _forget_param(store, group: str, name: str) -> None:
+    """Make a stored group look as if it was written before the probe had parameter ``name``."""
+    import zarr
+
+    g = zarr.open_group(str(store), path=group, mode="r+")
+    params = {k: v for k, v in g.attrs["params"].items() if k != name}
+    g.attrs.update({"params": params, "params_json": json.dumps(params, sort_keys=True)})
+
+
+def test_a_parameter_added_later_keeps_old_stores_valid_where_its_default_is_the_old_behaviour(tmp_path, cli):
+    """pgd's ``eps_unit`` (added with embedding-relative radii): a group stored without it was computed
+    with absolute radii. On continuous inputs ``auto`` means absolute, so the old group is reused; on
+    token inputs ``auto`` means embedding-relative, so the old group is refused, naming the parameter."""
+    from grokscope import runs
+
+    digits = make_run(tmp_path / "digits", [0, 1])
+    args = ["--metrics", "pgd", "--param", "pgd.n_points=8", "--param", "pgd.steps=2", "--scheduler", "sync",
+            "--json", "-q"]
+    store = tmp_path / "d.zarr"
+    assert json.loads(cli("probe", digits, "-o", store, *args).stdout)["jobs"] == 2
+    _forget_param(store, "digits/pgd", "eps_unit")
+    again = json.loads(cli("probe", digits, "-o", store, *args).stdout)
+    assert (again["jobs"], again["skipped"]) == (0, 2)
+
+    tokens = tmp_path / "tokens"
+    model = {"arch": "modular_mlp", "kwargs": {"p": 7, "width": 16, "input": "tokens"}}
+    runs.write_run_json(tokens, model, {"name": "modular", "kwargs": {"p": 7, "encoding": "tokens"}, "seed": 0},
+                        {"loss": "ce"})
+    for step in (0, 1):
+        torch.manual_seed(step)
+        runs.save_checkpoint(runs.checkpoint_path(tokens, step), build_model(model).state_dict(), step)
+    store = tmp_path / "t.zarr"
+    assert json.loads(cli("probe", tokens, "-o", store, *args).stdout)["jobs"] == 2
+    _forget_param(store, "tokens/pgd", "eps_unit")
+    r = cli("probe", tokens, "-o", store, *args[:-2])
+    assert r.exit_code == 1
+    assert "tokens/pgd: stored parameters differ (eps_unit: stored 'absolute', requested 'embedding_rms')" in r.output

@@ -81,6 +81,37 @@ def test_harness_catches_each_fault(fault, compute, outputs, panels):
         check_probe(_probe(compute, outputs, panels), model, data, float64=False)
 
 
+def _template(shape_k=3, attrs=None, dtype=np.float64):
+    def template(self, model, data, params):
+        from grokscope.probes import template_dataset
+
+        return template_dataset({"v": ("k",)}, {"k": list(range(shape_k))}, {"v": dtype}, attrs)
+    return template
+
+
+@pytest.mark.parametrize("template, fault", [
+    (_template(4), "declared template does not describe its result: var 'v'.*\\[4\\]"),
+    (_template(3, dtype=np.float32), "var 'v'"),
+    (_template(3, attrs={"unit": "m"}), "dataset attributes"),
+])
+def test_harness_holds_a_declared_template_to_the_result(template, fault):
+    model, data = _setup(MLP, DIGITS)
+    cls = type("Declared", (_probe(_ok),), {"template": template})
+    with pytest.raises(ProbeContractError, match=fault):
+        check_probe(cls, model, data, float64=False)
+    check_probe(type("Declared", (_probe(_ok),), {"template": _template(3)}), model, data, float64=False)
+
+
+@pytest.mark.parametrize("name, params", [("lc", {"n_points": "8", "n_dirs": "4"}), ("align", {"n_points": "8"})])
+def test_declared_templates_of_token_models(name, params):
+    """lc and align declare their templates; on a token model too (embedding space, other sizes)."""
+    cls = get_probe(name)
+    model, data = _setup({"arch": "transformer", "kwargs": {"p": 7, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32}},
+                         MODULAR)
+    check_probe(cls, model, data, cls.make_params(params), float64=False)
+    assert cls().template(model, data, cls.make_params(params)) is not None
+
+
 def test_bad_parameters_fail_on_the_client_with_one_line():
     lc = get_probe("lc")
     with pytest.raises(ProbeError, match=r"lc.radius must be one or more numbers > 0, got \[-1.0\]"):

@@ -278,7 +278,7 @@ def test_probe_conforms_and_stores_what_it_declares():
 def test_bad_parameters_are_refused_in_one_line():
     with pytest.raises(ProbeError, match=r"llc.lr must be > 0, got -1.0"):
         LLCProbe.make_params({"lr": "-1"})
-    with pytest.raises(ProbeError, match=r"llc.sampler='adam'; valid: sgld, rmsprop"):
+    with pytest.raises(ProbeError, match=r"llc.sampler must be one of sgld, rmsprop, got 'adam'"):
         LLCProbe.make_params({"sampler": "adam"})
     with pytest.raises(ProbeError, match=r"llc.n_draws must be >= 4"):
         LLCProbe.make_params({"n_draws": "3"})
@@ -325,3 +325,19 @@ def test_probe_through_the_engine_and_the_sweep(tmp_path, cli):
     assert png.stat().st_size > 10_000
     r = cli("llc-sweep", run, "--lr", "0", "--param", "n_draws=6")
     assert r.exit_code != 0 and "llc.lr must be > 0" in r.output
+
+
+def test_mse_task_loss_runs_under_the_chains_minibatches():
+    """The run's MSE loss (``task_loss(kind="mse")``) inside vmapped chains with their own mini-batches:
+    equal to the same loss written with a one-hot table lookup (regression: F.one_hot cannot be vmapped)."""
+    from grokscope.losses import task_loss
+
+    torch.manual_seed(0)
+    model = build_model({"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 2, "width": 8}}).double()
+    data = load_dataset({"name": "digits", "kwargs": {"n_train": 40, "n_test": 10}, "seed": 0})
+    x, y = data.x_train.double(), data.y_train
+    eye = torch.eye(10, dtype=torch.float64)
+    kw = dict(lr=1e-3, gamma=50.0, nbeta=40 / math.log(40), batch_size=16, sampler="sgld", seed=3, n_draws=10)
+    ours = sgld_chains(FlatModel(model, lambda o, t: task_loss(o, t, "mse")), x, y, chains=[0, 1], **kw)
+    ref = sgld_chains(FlatModel(model, lambda o, t: ((o - eye[t]) ** 2).mean()), x, y, chains=[0, 1], **kw)
+    np.testing.assert_allclose(ours.loss, ref.loss, rtol=1e-12, atol=0)

@@ -1,0 +1,94 @@
+"""The ``ds.grok`` and ``dt.grok`` accessors (:func:`register_accessors`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from grokscope.reading import done_steps
+
+from .curves import change_point, lc_phases, lead_lag, onset
+from .runs import Onset, run_events, run_summary, select_curve, standard_onsets
+
+
+def register_accessors() -> None:
+    """Register ``ds.grok`` on Datasets and ``dt.grok`` on DataTrees (done on import)."""
+    import xarray as xr
+
+    if not hasattr(xr.Dataset, "grok"):
+        xr.register_dataset_accessor("grok")(DatasetGrok)
+    if not hasattr(xr.DataTree, "grok"):
+        xr.register_datatree_accessor("grok")(TreeGrok)
+
+
+class DatasetGrok:
+    """``ds.grok`` on one probe group (finished steps only).
+
+    ``ds.grok.onset("accuracy", 0.95, split="test")``, ``ds.grok.change("lc_total_mean", "fall",
+    split="train")``, ``ds.grok.lc_phases(split="train")``; keywords select down to a curve over step.
+    """
+
+    def __init__(self, ds):
+        self._ds = done_steps(ds)
+
+    def curve(self, var: str, **sel) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of ``var`` selected down to a curve over step."""
+        return self._ds["step"].values, select_curve(self._ds, var, **sel).values
+
+    def onset(self, var: str, threshold: float, above: bool = True, window: int = 1, patience: int = 1,
+              **sel) -> float:
+        """:func:`onset` of ``var``'s curve."""
+        return onset(*self.curve(var, **sel), threshold, above, window, patience)
+
+    def change(self, var: str, direction: str = "rise", fraction: float = 0.5, window: int = 5,
+               **sel) -> float:
+        """:func:`change_point` of ``var``'s curve."""
+        return change_point(*self.curve(var, **sel), direction, fraction, window)
+
+    def lc_phases(self, var: str = "lc_total_mean", window: int = 5, **sel) -> dict[str, Any]:
+        """:func:`lc_phases` of ``var``'s curve (a length-1 ``radius`` is dropped automatically)."""
+        return lc_phases(*self.curve(var, **sel), window)
+
+
+class TreeGrok:
+    """``dt.grok`` on a run node (children = probe groups) or a whole store (first run if only one).
+
+    ``dt["run"].grok.onsets()``, ``.summary()``, ``.lead_lag("lc_fall", "generalisation")``.
+    """
+
+    def __init__(self, tree):
+        self._tree = tree
+
+    def _run(self):
+        node = self._tree
+        if any("step" in c.dims for c in node.children.values()):
+            return node
+        runs = [n for n in node.subtree if n.children and any("step" in c.dims for c in n.children.values())]
+        if len(runs) != 1:
+            names = ", ".join(n.path for n in runs) or "none"
+            raise ValueError(f"select one run first (dt['<run>'].grok); runs here: {names}")
+        return runs[0]
+
+    def onsets(self, **thresholds) -> dict[str, Onset]:
+        """:func:`standard_onsets` of the run."""
+        return standard_onsets(self._run(), **thresholds)
+
+    def events(self, fraction: float = 0.5, change_window: int = 5, **thresholds) -> dict[str, Onset]:
+        """:func:`run_events` of the run (onsets and change points)."""
+        return run_events(self._run(), fraction, change_window, **thresholds)
+
+    def summary(self, **kwargs) -> dict[str, Any]:
+        """:func:`run_summary` of the run."""
+        return run_summary(self._run(), **kwargs)
+
+    def lead_lag(self, a: str, b: str, **kwargs) -> dict[str, Any]:
+        """:func:`lead_lag` between two named events of :meth:`events` (e.g. ``"lc_fall"``)."""
+        events = self.events(**kwargs)
+        for name in (a, b):
+            if name not in events:
+                raise KeyError(f"no event {name!r} for this run (have: {', '.join(events)})")
+        return lead_lag(events[a].step, events[b].step, a, b)
+
+
+register_accessors()

@@ -1,0 +1,276 @@
+"""A store's runs read as events: the standard onsets, the probes' declared change points, lead/lag
+between them and :func:`run_summary` (what ``grokscope report`` prints), from a run's DataTree node."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from grokscope.presentation import EventSpec, for_group, probe_order
+from grokscope.reading import done_steps
+
+from .curves import (CHANCE_MARGIN, CHANGE_TOL, DEFAULT_GROK_THRESHOLD, GROK_START, GROK_THRESHOLDS,
+                     MEM_THRESHOLD, NOISE_K, ROBUST_THRESHOLD, chance_level, change_point, clear_of_chance,
+                     largest_change, lc_phases, lead_lag, onset)
+
+
+@dataclass
+class Onset:
+    """An onset or change point found on one curve, with the parameters that found it.
+
+    ``step`` is NaN when the curve never got there. ``kind`` is ``"threshold"`` (:func:`onset`) or
+    ``"change"`` (:func:`change_point`; then ``threshold`` holds the fraction and ``above`` is True for
+    a rise).
+    """
+
+    name: str
+    step: float
+    probe: str
+    var: str
+    threshold: float
+    above: bool = True
+    window: int = 1
+    patience: int = 1
+    kind: str = "threshold"
+    sel: dict[str, Any] = field(default_factory=dict)
+    # threshold onsets: {"asked": the threshold asked for, "chance", "max": the curve's highest value};
+    # change points: largest_change's result (start/end of the move, size, noise, size needed)
+    detail: dict[str, Any] = field(default_factory=dict)
+    words: str = ""
+
+    @property
+    def found(self) -> bool:
+        return not math.isnan(self.step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+def grok_threshold_for(dataset_spec: dict[str, Any] | None) -> float:
+    """The test-accuracy threshold of "generalised" for a dataset spec ``{"name": ...}``."""
+    name = (dataset_spec or {}).get("name") if isinstance(dataset_spec, dict) else None
+    return GROK_THRESHOLDS.get(name, DEFAULT_GROK_THRESHOLD)
+
+
+def probe_dataset(run_node: Any, probe: str):
+    """The finished steps of one probe group of a run node, as a Dataset (None if the run lacks it)."""
+    if probe not in run_node.children:
+        return None
+    return done_steps(run_node[probe].to_dataset())
+
+
+def select_curve(ds, var: str, **sel) -> Any:
+    """``ds[var]`` selected down to a curve over ``step``: keywords select by label; any other
+    remaining dim is reduced to its first element only if it has length 1, otherwise an error names it.
+    """
+    if var not in ds:
+        raise KeyError(f"no variable {var!r} (have: {', '.join(map(str, ds.data_vars))})")
+    da = ds[var]
+    for dim, label in sel.items():
+        if dim not in da.dims:
+            raise KeyError(f"{var} has no dim {dim!r} (dims: {da.dims})")
+        if label not in da[dim].values:
+            raise KeyError(f"{var}: {dim}={label!r} not in {list(da[dim].values)}")
+        da = da.sel({dim: label})
+    extra = [d for d in da.dims if d != "step"]
+    for d in extra:
+        if da.sizes[d] != 1:
+            raise ValueError(f"{var} still has dim {d!r} of size {da.sizes[d]}: select it with {d}=...")
+        da = da.isel({d: 0})
+    return da
+
+
+def _split_label(ds, var: str, preferred: str) -> dict[str, Any]:
+    if "split" not in ds[var].dims:
+        return {}
+    labels = [str(v) for v in ds[var]["split"].values]
+    return {"split": preferred if preferred in labels else labels[0]}
+
+
+def _radius0(ds, var: str) -> dict[str, Any]:
+    return {"radius": ds[var]["radius"].values[0].item()} if "radius" in ds[var].dims else {}
+
+
+def standard_onsets(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = None,
+                    robust: float = ROBUST_THRESHOLD, window: int = 1, patience: int = 1,
+                    chance_margin: float = CHANCE_MARGIN) -> dict[str, Onset]:
+    """The standard onsets of one run (an ``xr.DataTree`` node whose children are probe groups).
+
+    ``memorisation``: train accuracy ≥ ``mem``; ``generalisation``: test accuracy ≥ ``grok`` (default:
+    :func:`grok_threshold_for` the run's dataset); ``robustness@<eps>``: PGD robust accuracy on the
+    pgd probe's first split ≥ ``robust``, one per ε. The generalisation and robustness thresholds are
+    raised by :func:`clear_of_chance` (``chance_margin``) where the dataset's chance level is known;
+    ``detail`` keeps the threshold asked for, the chance level and the curve's highest value. Only the
+    onsets whose probe the run has.
+    """
+    out: dict[str, Onset] = {}
+    common = {"window": window, "patience": patience}
+    dataset = run_node.attrs.get("dataset")
+    chance = chance_level(dataset)
+
+    def make(name: str, probe: str, ds, var: str, asked: float, sel: dict[str, Any],
+             raise_to_chance: bool) -> Onset:
+        da = select_curve(ds, var, **sel)
+        thr = clear_of_chance(asked, chance, chance_margin) if raise_to_chance else float(asked)
+        finite = da.values[np.isfinite(da.values)]
+        detail = {"asked": float(asked), "chance": chance,
+                  "max": float(finite.max()) if len(finite) else math.nan}
+        return Onset(name, onset(ds.step.values, da.values, thr, True, window, patience), probe, var, thr,
+                     sel=sel, detail=detail, **common)
+
+    acc = probe_dataset(run_node, "acc")
+    if acc is not None and "accuracy" in acc:
+        if grok is None:
+            grok = grok_threshold_for(dataset or acc.attrs.get("dataset"))
+        for name, split, thr in (("memorisation", "train", mem), ("generalisation", "test", grok)):
+            if split in acc["split"].values:
+                out[name] = make(name, "acc", acc, "accuracy", thr, {"split": split}, name == "generalisation")
+    pgd = probe_dataset(run_node, "pgd")
+    if pgd is not None and "robust_acc" in pgd:
+        sel = _split_label(pgd, "robust_acc", "test")
+        for eps in pgd["eps"].values:
+            eps = float(eps)
+            name = f"robustness@{eps:g}"
+            out[name] = make(name, "pgd", pgd, "robust_acc", robust, {**sel, "eps": eps}, True)
+    return out
+
+
+def _change(run_node: Any, event: EventSpec, fraction: float, window: int) -> Onset | None:
+    ds = probe_dataset(run_node, event.probe)
+    if ds is None or event.var not in ds or ds.sizes.get("step", 0) < 3:
+        return None
+    sel = {**(_split_label(ds, event.var, event.split) if event.split else {}), **_radius0(ds, event.var)}
+    for dim in ds[event.var].dims:  # any other dim at its first label
+        if dim not in sel and dim != "step" and dim != "split":
+            sel[dim] = ds[event.var][dim].values[0].item()
+    if "split" in ds[event.var].dims and "split" not in sel:
+        sel["split"] = str(ds[event.var]["split"].values[0])
+    da = select_curve(ds, event.var, **sel)
+    move = largest_change(ds.step.values, da.values, event.direction, fraction, window)
+    return Onset(event.name, move["step"], event.probe, event.var, fraction, event.direction == "rise", window, 1,
+                 "change", sel, words=event.words, detail=move)
+
+
+def declared_events(run_node: Any) -> list[EventSpec]:
+    """The change-point events that the probes of one run declare (``Probe.events``), in panel order."""
+    out: list[EventSpec] = []
+    for probe in probe_order([str(c) for c in run_node.children]):
+        node = run_node[probe]
+        if "step" not in node.dims:
+            continue
+        found = for_group(probe, dict(node.attrs))
+        if found is not None:
+            out += found[1]
+    return out
+
+
+def run_events(run_node: Any, fraction: float = 0.5, change_window: int = 5, **thresholds) -> dict[str, Onset]:
+    """:func:`standard_onsets` plus the change points that the run's probes declare (``Probe.events``:
+    for the built-ins ``lc_fall``, half of LC's largest fall around training points; ``gini_rise``,
+    the Fourier Gini; ``alignment_rise``, mean centroid alignment on train; ``weight_norm_fall``, ‖θ‖²),
+    each smoothed over ``change_window`` checkpoints; ``thresholds`` go to :func:`standard_onsets`."""
+    events: dict[str, Onset] = dict(standard_onsets(run_node, **thresholds))
+    for spec in declared_events(run_node):
+        ev = _change(run_node, spec, fraction, change_window)
+        if ev is not None and ev.name not in events:
+            events[ev.name] = ev
+    return events
+
+
+def lead_lag_pairs(events: Mapping[str, Onset]) -> list[tuple[str, str]]:
+    """The lead/lag questions a report answers, as (first event, second event) names: memorisation and
+    every change point against generalisation, then generalisation against every robustness onset."""
+    pairs = [("memorisation", "generalisation")]
+    pairs += [(k, "generalisation") for k, v in events.items() if v.kind == "change"]
+    pairs += [("generalisation", k) for k in events if k.startswith("robustness@")]
+    return [(a, b) for a, b in pairs if a in events and b in events]
+
+
+def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = None,
+                robust: float = ROBUST_THRESHOLD, window: int = 1, patience: int = 1,
+                phase_window: int = 5, fraction: float = 0.5) -> dict[str, Any]:
+    """Everything known about one run's timeline, JSON-safe (NaN → None).
+
+    ``{"onsets": {name: Onset.to_dict()}`` (standard onsets and change points, see :func:`run_events`),
+    ``"lc_phases": {split: lc_phases(...)}`` (train/test/random/boundary at the first radius),
+    ``"migration"``: LC(boundary)/LC(train) first, last, max and the step of half its largest rise,
+    ``"lead_lag"``: [lead_lag(...)] for :func:`lead_lag_pairs`,
+    ``"grok_phase"``: steps at which test accuracy first reaches 0.2 and the grok threshold,
+    ``"settings"``: the run's model/dataset/train specs, ``"final"``: last train/test accuracy,
+    ``"params"``: the arguments used}.
+    """
+    thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window, "patience": patience}
+    events = run_events(run_node, fraction, phase_window, **thresholds)
+    out: dict[str, Any] = {"onsets": {k: v.to_dict() for k, v in events.items()}}
+    lc = probe_dataset(run_node, "lc")
+    if lc is not None and "lc_total_mean" in lc:
+        var = lc["lc_total_mean"]
+        rad = _radius0(lc, "lc_total_mean")
+        splits = [str(s) for s in var["split"].values] if "split" in var.dims else [None]
+        out["lc_phases"] = {}
+        for split in splits:
+            da = select_curve(lc, "lc_total_mean", **({"split": split} if split else {}), **rad)
+            out["lc_phases"][split or "all"] = lc_phases(lc.step.values, da.values, phase_window)
+        if "boundary" in splits and "train" in splits:
+            ratio = (select_curve(lc, "lc_total_mean", split="boundary", **rad)
+                     / select_curve(lc, "lc_total_mean", split="train", **rad)).values
+            finite = ratio[np.isfinite(ratio)]
+            out["migration"] = {
+                "ratio_first": float(finite[0]) if len(finite) else math.nan,
+                "ratio_last": float(finite[-1]) if len(finite) else math.nan,
+                "ratio_max": float(finite.max()) if len(finite) else math.nan,
+                "t_half_rise": change_point(lc.step.values, np.where(np.isfinite(ratio), ratio, np.nan),
+                                            "rise", fraction, phase_window)}
+    out["lead_lag"] = [lead_lag(events[a].step, events[b].step, a, b) for a, b in lead_lag_pairs(events)]
+    acc = probe_dataset(run_node, "acc")
+    if acc is not None and "accuracy" in acc and acc.sizes["step"]:
+        out["final"] = {f"{s}_acc": float(acc["accuracy"].sel(split=s).values[-1])
+                        for s in acc["split"].values}
+        if "generalisation" in events:
+            out["grok_phase"] = grok_phase(acc, events["generalisation"], window, patience)
+    out["settings"] = {k: run_node.attrs.get(k) for k in ("model", "dataset", "train", "path")
+                       if k in run_node.attrs}
+    out["params"] = {**thresholds, "phase_window": phase_window, "fraction": fraction,
+                     "change_tol": CHANGE_TOL, "noise_k": NOISE_K, "chance_margin": CHANCE_MARGIN,
+                     "chance": chance_level(run_node.attrs.get("dataset"))}
+    return json_safe(out)
+
+
+def grok_phase(acc, generalisation: Onset, window: int = 1, patience: int = 1,
+               start: float = GROK_START) -> dict[str, Any]:
+    """The grokking phase on the test-accuracy curve of an ``acc`` group: from the first checkpoint at
+    ``chance + start · (1 − chance)`` (chance from ``generalisation.detail``; 0 if unknown) to the
+    generalisation onset. Returns ``{"t_start", "start_threshold", "v_start": accuracy at t_start,
+    "t_before", "v_before": the checkpoint before t_start and its accuracy, "t_end", "end_threshold"}``
+    (NaN where missing) — so that a sentence can say what the curve really did between checkpoints."""
+    steps = acc.step.values
+    test = select_curve(acc, "accuracy", split="test").values
+    chance = generalisation.detail.get("chance") or 0.0
+    thr = chance + start * (1.0 - chance)
+    t = onset(steps, test, thr, True, window, patience)
+    out = {"t_start": t, "start_threshold": thr, "v_start": math.nan, "t_before": math.nan,
+           "v_before": math.nan, "t_end": generalisation.step, "end_threshold": generalisation.threshold}
+    if not math.isnan(t):
+        order = np.argsort(steps)
+        k = int(np.flatnonzero(steps[order] == t)[0])
+        out["v_start"] = float(test[order][k])
+        if k > 0:
+            out["t_before"], out["v_before"] = float(steps[order][k - 1]), float(test[order][k - 1])
+    return out
+
+
+def json_safe(v: Any) -> Any:
+    """NaN → None and numpy scalars → Python, recursively (JSON has no NaN)."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v

@@ -1,0 +1,49 @@
+"""``grokscope report STORE``: one self-contained HTML page (or ``--json``) about a probe store
+(:mod:`grokscope.report` builds it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"expected 'auto' or a number, got {value!r}") from None
+
+
+@click.command()
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default: report.html next to STORE).")
+@click.option("--json", "as_json", is_flag=True, help="Print run_summary of every run as JSON instead.")
+@click.option("--mem", default=0.99, show_default=True, help="Train-accuracy threshold of memorisation.")
+@click.option("--grok", default="auto", show_default=True, callback=_grok_option,
+              help="Test-accuracy threshold of generalisation; 'auto' = the dataset's (0.99 algorithmic, "
+                   "0.85 images, else 0.95).")
+@click.option("--robust", default=0.5, show_default=True, help="Robust-accuracy threshold of robustness@eps.")
+@click.option("--window", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Smoothing window (checkpoints) of the onset curves.")
+@click.option("--regions/--no-regions", default=True, show_default=True,
+              help="Draw the linear-region picture of piecewise-linear runs (needs the checkpoints).")
+@click.pass_context
+def report(ctx: click.Context, store: Path, out: Path | None, as_json: bool, mem: float, grok: float | None,
+           robust: float, window: int, regions: bool) -> None:
+    """Write one self-contained HTML page about every run in a probe STORE and print its path."""
+    from grokscope.report import summaries, write_report
+
+    thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}
+    if as_json:
+        from grokscope.cli.ignored import warn_ignored
+
+        warn_ignored(ctx, ("out", "regions"), "with --json (the summaries go to stdout; no page is written)")
+        click.echo(json.dumps(summaries(store, **thresholds), indent=2, allow_nan=False))
+        return
+    path = write_report(store, out, regions=regions, **thresholds)
+    click.echo(str(path))
