@@ -1,10 +1,12 @@
 """Figure and numbers of the `llc` probe over one run: the LLC estimate (mean ± std over chains, each
 chain's value) beside train/test accuracy, and the split R-hat of each checkpoint's chains.
 
-    python examples/llc.py STORE RUN [--out docs/llc.png]
+    python examples/llc.py STORE RUN [--out docs/llc.png] [--acc-store S] [--lc-store S]
 
 STORE is the Zarr store written by ``grokscope probe RUN_DIR --metrics acc,llc`` and RUN the run's group
-name in it (the run folder's name). See ``examples/llc.sh`` and ``docs/llc.md``.
+name in it (the run folder's name). ``--acc-store`` reads ``acc`` from another store; ``--lc-store`` adds
+a panel of the run's ``lc`` (mean total LC per point set, first radius) from that store. See
+``examples/llc.sh`` and ``docs/llc.md``.
 """
 
 from __future__ import annotations
@@ -21,17 +23,29 @@ def main() -> None:
     ap.add_argument("store")
     ap.add_argument("run")
     ap.add_argument("--out", default="docs/llc.png")
+    ap.add_argument("--acc-store", default=None, help="the store holding acc (default: STORE)")
+    ap.add_argument("--lc-store", default=None, help="a store holding the run's lc: drawn in a panel")
     args = ap.parse_args()
     tree = grokscope.open_store(args.store)
-    acc = tree[f"{args.run}/acc"].to_dataset().load()
+    acc = grokscope.open_store(args.acc_store or args.store)[f"{args.run}/acc"].to_dataset().load()
     llc = tree[f"{args.run}/llc"].to_dataset().load()
+    lc = grokscope.open_store(args.lc_store)[f"{args.run}/lc"].to_dataset().load() if args.lc_store else None
     steps = llc.step.values
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax3) = plt.subplots(2, 1, figsize=(7.5, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    rows = [3, 2, 1] if lc is not None else [3, 1]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7.5, 5.6 + 2.2 * (lc is not None)), sharex=True,
+                             gridspec_kw={"height_ratios": rows})
+    ax1, ax3 = axes[0], axes[-1]
+    if lc is not None:
+        for split, colour in zip(lc.split.values, ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+            da = lc.lc_total_mean.isel(radius=0).sel(split=split)
+            axes[1].plot(np.maximum(da.step.values, 1), da.values, color=colour, lw=1.2, label=str(split))
+        axes[1].set_ylabel(f"LC (r={float(lc.radius.values[0]):g})")
+        axes[1].legend(fontsize=7, ncol=4, loc="upper right")
     x = np.maximum(steps, 1)
     ax1.fill_between(x, llc.llc - llc.llc_std, llc.llc + llc.llc_std, color="tab:purple", alpha=0.2, lw=0)
     for c in llc.chain.values:
