@@ -200,5 +200,30 @@ class ClashProbe(Probe):
         return xr.Dataset({"done": ((), 1.0)})
 
 
+@_dataclass(frozen=True)
+class SlowParams:
+    seconds: float = 0.2
+
+
+class SlowProbe(Probe):
+    """Sleeps ``params.seconds`` per checkpoint, then stores the step: keeps a job stream running long
+    enough for a test to interrupt it half-way, however fast the machine."""
+
+    name = "slow"
+    description = "a job that takes a while"
+    Params = SlowParams
+    outputs = {"value": ()}
+    needs_data = False
+
+    def compute(self, model, data, params: SlowParams, ctx: ProbeContext):
+        import time
+
+        import numpy as np
+        import xarray as xr
+
+        time.sleep(params.seconds)
+        return xr.Dataset({"value": ((), np.int64(ctx.step))})
+
+
 TEST_PROBES = ("delta=tests.helpers:DeltaProbe,crash=tests.helpers:CrashProbe,"
-               "empty=tests.helpers:EmptyProbe,clash=tests.helpers:ClashProbe")
+               "empty=tests.helpers:EmptyProbe,clash=tests.helpers:ClashProbe,slow=tests.helpers:SlowProbe")

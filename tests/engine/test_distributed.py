@@ -66,11 +66,15 @@ def sweep(tmp_path_factory):
 
 
 def test_sigkill_half_way_then_resume(sweep):
+    """SIGKILL half-way (``slow`` beside ``acc`` keeps the stream long enough), then the rerun."""
+    from tests.helpers import TEST_PROBES
+
     store = sweep / "killed.zarr"
     log = open(sweep / "killed.log", "w")
-    proc = subprocess.Popen([str(BIN / "grokscope"), "probe", str(sweep / "runs"), "-o", str(store),
+    proc = subprocess.Popen([str(BIN / "grokscope"), "probe", str(sweep / "runs"), "-o", str(store), "-m", "acc,slow",
                              "--workers", "1", "--flush-interval", "0", "-q"],
-                            env=subprocess_env(), cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
+                            env={**subprocess_env(), "GROKSCOPE_PROBES": TEST_PROBES}, cwd=ROOT, stdout=log,
+                            stderr=log, start_new_session=True)
     total = len(RUNS) * N_STEPS
     deadline = time.monotonic() + 240
     try:
@@ -97,10 +101,15 @@ def test_sigkill_half_way_then_resume(sweep):
 
 def test_ctrl_c_stops_quietly_and_the_rerun_finishes(sweep):
     """SIGINT to the whole process group (what a terminal's Ctrl-C does): the driver commits what
-    finished, releases the lock and ends with one line (exit 130); the workers print nothing."""
+    finished, releases the lock and ends with one line (exit 130); the workers print nothing. The
+    ``slow`` probe beside ``acc`` (0.2 s per checkpoint) keeps the jobs running long enough to be
+    interrupted half-way on a fast or a loaded machine."""
+    from tests.helpers import TEST_PROBES
+
     store = sweep / "interrupted.zarr"
-    proc = subprocess.Popen([str(BIN / "grokscope"), "probe", str(sweep / "runs"), "-o", str(store),
-                             "--workers", "1", "--flush-interval", "0", "-q"], env=subprocess_env(), cwd=ROOT,
+    env = {**subprocess_env(), "GROKSCOPE_PROBES": TEST_PROBES}
+    proc = subprocess.Popen([str(BIN / "grokscope"), "probe", str(sweep / "runs"), "-o", str(store), "-m", "acc,slow",
+                             "--workers", "1", "--flush-interval", "0", "-q"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     try:
