@@ -415,16 +415,28 @@ class FourierProbe(Probe):
     )
     events = (EventSpec("gini_rise", "gini_real", "rise", "the rise of the Fourier Gini"),)
 
-    def compute(self, model: nn.Module, data: Any, params: FourierParams, ctx: ProbeContext):
-        import xarray as xr
+    @classmethod
+    def check_params(cls, params: FourierParams) -> None:
+        if params.n_key < 1:
+            raise ProbeError(f"fourier.n_key must be >= 1, got {params.n_key}")
 
+    def check(self, model: nn.Module, data: Any, params: FourierParams) -> None:
+        """Refuses, before any job, a dataset that is not modular arithmetic (one line for the run)."""
+        self._modular_meta(data)
+
+    @staticmethod
+    def _modular_meta(data: Any) -> tuple[int, str, str]:
         meta = getattr(data, "meta", None) or {}
         if not all(k in meta for k in ("p", "op", "encoding")):
             raise ProbeError(f"probe 'fourier' needs a modular-arithmetic dataset (data.meta with p, op, "
                              f"encoding); dataset {getattr(data, 'name', '?')!r} has none")
-        p, op, encoding = int(meta["p"]), str(meta["op"]), str(meta["encoding"])
-        if params.n_key < 1:
-            raise ProbeError(f"fourier.n_key must be >= 1, got {params.n_key}")
+        return int(meta["p"]), str(meta["op"]), str(meta["encoding"])
+
+    def compute(self, model: nn.Module, data: Any, params: FourierParams, ctx: ProbeContext):
+        import xarray as xr
+
+        self.check_params(params)
+        p, op, encoding = self._modular_meta(data)
         K = n_freqs(p)
         ref = locate_embedding(model, p)
         E = ref.matrix.to(F64)
@@ -467,7 +479,7 @@ class FourierProbe(Probe):
                 raise ProbeError(f"the model has {logits.shape[1]} outputs, fewer than p = {p}")
             logits = logits[:, :p]
             if op == "add":
-                rows = (torch.as_tensor(meta["a_train"]) * p + torch.as_tensor(meta["b_train"])).to(logits.device)
+                rows = (torch.as_tensor(data.meta["a_train"]) * p + torch.as_tensor(data.meta["b_train"])).to(logits.device)
                 y_all = _addition_labels(p, logits.device)
                 full = float(task_loss(logits, y_all, loss_kind))
                 restricted = restricted_loss(logits, p, keys, loss_kind)

@@ -233,3 +233,18 @@ def test_probe_refuses_a_non_modular_dataset():
     probe = get_probe("fourier")
     with pytest.raises(ProbeError, match="modular-arithmetic dataset"):
         probe().compute(nn.Linear(3, 3), data, probe.default_params(), ProbeContext(step=0))
+
+
+def test_a_non_modular_run_is_refused_once_before_any_job(tmp_path):
+    """``probe -m acc,fourier`` on a digits run: one line naming fourier and the dataset, nothing computed."""
+    from click.testing import CliRunner
+
+    from grokscope.cli import main
+    from tests.helpers import make_run
+
+    run = make_run(tmp_path / "r", [0, 1, 2])
+    r = CliRunner().invoke(main, ["probe", str(run), "-m", "acc,fourier", "--scheduler", "sync"])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "'fourier' needs a modular-arithmetic dataset" in lines[0] and "'digits'" in lines[0]
+    assert "nothing was computed" in lines[0] and not (run / "probes.zarr" / "r").exists()
