@@ -99,6 +99,14 @@ def test_sigkill_half_way_then_resume(sweep):
     assert_same_store(store, sweep / "ref.zarr")
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default and unblocked, as a terminal's foreground job has it.
+    A child inherits an ignored or blocked SIGINT (Python then installs no KeyboardInterrupt handler), and
+    in the full suite this test process had come to ignore it: the probe ran to the end, exit 0."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_stops_quietly_and_the_rerun_finishes(sweep):
     """SIGINT to the whole process group (what a terminal's Ctrl-C does): the driver commits what
     finished, releases the lock and ends with one line (exit 130); the workers print nothing. The
@@ -112,7 +120,8 @@ def test_ctrl_c_stops_quietly_and_the_rerun_finishes(sweep):
     env = {**subprocess_env(), "GROKSCOPE_PROBES": TEST_PROBES, "GROKSCOPE_TEST_MARKS": str(marks)}
     proc = subprocess.Popen([str(BIN / "grokscope"), "probe", str(sweep / "runs"), "-o", str(store), "-m", "acc,slow",
                              "--workers", "1", "--flush-interval", "0", "-q"], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None and len(list(marks.iterdir())) < 8:
