@@ -75,14 +75,18 @@ class Probe:
     # parameters added to ``Params`` after stores were written at this ``version``: name -> the value
     # that a group stored without the parameter was computed with (read into its stored parameters)
     added_params: ClassVar[dict[str, Any]] = {}
+    # radius-unit parameters (``auto`` | ``absolute`` | ``embedding_rms``) whose ``auto`` depends on the data
+    unit_params: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
-        """``params`` (as stored: a dict) with every ``auto`` choice whose meaning depends on the data
-        replaced by what it means for inputs of ``input_kind`` (``"continuous"``/``"tokens"``). The
-        engine compares a stored group with a request through it when the group lacks one of
-        :attr:`added_params`. The default resolves nothing."""
-        return params
+        """``params`` (as stored: a dict) with every ``auto`` in :attr:`unit_params` replaced by what it
+        means for inputs of ``input_kind`` (``"continuous"``/``"tokens"``). The engine compares a stored
+        group with a request through it when the group lacks one of :attr:`added_params`."""
+        from grokscope.models.adapters import radius_unit
+
+        return {k: radius_unit(v, input_kind) if k in cls.unit_params and v == "auto" else v
+                for k, v in params.items()}
 
     def compute(self, model: nn.Module, data: Any, params: Any, ctx: ProbeContext):  # -> xr.Dataset
         raise NotImplementedError

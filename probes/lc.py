@@ -678,12 +678,7 @@ class LCProbe(Probe):
 
     # stores written before ``radius_unit`` existed used absolute radii
     added_params = {"radius_unit": "absolute"}
-
-    @classmethod
-    def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
-        if params.get("radius_unit") == "auto":
-            return {**params, "radius_unit": radius_unit("auto", input_kind)}
-        return params
+    unit_params = ("radius_unit",)
 
     @classmethod
     def check_params(cls, params: LCParams) -> None:

@@ -266,12 +266,7 @@ class PGDProbe(Probe):
 
     # stores written before ``eps_unit`` existed used absolute radii
     added_params = {"eps_unit": "absolute"}
-
-    @classmethod
-    def resolve_params(cls, params: dict[str, Any], input_kind: str) -> dict[str, Any]:
-        if params.get("eps_unit") == "auto":
-            return {**params, "eps_unit": radius_unit("auto", input_kind)}
-        return params
+    unit_params = ("eps_unit",)
 
     @classmethod
     def check_params(cls, params: PGDParams) -> None:

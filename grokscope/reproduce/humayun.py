@@ -73,11 +73,12 @@ def summarise(acc, lc, pgd, eps_mark: float = EPS_MARK, radius_index: int = 0) -
 
     out: dict[str, float] = {}
     steps = lc["step"].values
+    smoothed: dict[str, np.ndarray] = {}
     for split in lc["split"].values:
         mean = lc["lc_total_mean"].isel(radius=radius_index).sel(split=split).values
         ph = lc_phases(steps, mean)
         out.update({f"lc_{split}_{k}": float(v) for k, v in ph.items() if isinstance(v, (int, float))})
-        sm = smooth_log_time(mean)
+        sm = smoothed[str(split)] = smooth_log_time(mean)
         out[f"lc_{split}_init"], out[f"lc_{split}_final"] = float(sm[0]), float(sm[-1])
         out[f"lc_{split}_max"] = float(np.nanmax(sm))
         # the ascent's peak: the smoothed curve at the phase's peak step (NaN without an ascent)
@@ -86,8 +87,7 @@ def summarise(acc, lc, pgd, eps_mark: float = EPS_MARK, radius_index: int = 0) -
     i_train = np.flatnonzero(steps == out.get("lc_train_t_peak", math.nan))
     if len(i_train):  # every split at the step where LC(train) peaks, with the 99 % half-width of its mean
         for split in lc["split"].values:
-            out[f"lc_{split}_at_train_peak"] = float(smooth_log_time(
-                lc["lc_total_mean"].isel(radius=radius_index).sel(split=split).values)[i_train[0]])
+            out[f"lc_{split}_at_train_peak"] = float(smoothed[str(split)][i_train[0]])
             out[f"lc_{split}_at_train_peak_ci"] = float(lc_ci(lc, split, radius_index)[1][i_train[0]])
     if "boundary" in lc["split"].values:
         b = lc["lc_total_mean"].isel(radius=radius_index).sel(split="boundary").values
