@@ -44,7 +44,7 @@ _FIELD_OPTIONS = {
     "eval_every": "eval_every", "loss": "loss", "optimizer": "optimizer", "betas": "betas",
     "momentum": "momentum", "warmup": "warmup_steps", "dtype": "dtype", "model": "model_arch",
     "model_kwargs": "model_kwargs", "dataset": "dataset_name", "dataset_kwargs": "dataset_kwargs",
-    "dataset_seed": "dataset_seed",
+    "dataset_seed": "dataset_seed", "shuffle": "shuffle",
 }
 
 
@@ -87,6 +87,8 @@ def collect_overrides(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--momentum", type=float, default=None, help="SGD momentum.")
 @click.option("--warmup", type=int, default=None, help="Linear learning-rate warm-up steps.")
 @click.option("--batch-size", default=None, metavar="N", help="Mini-batch size (0 or full: full batch).")
+@click.option("--shuffle/--no-shuffle", default=None,
+              help="A fresh random batch order every epoch (default), or the training set's own order.")
 @click.option("--grad-clip", default=None, metavar="NORM", help="Clip the gradient norm (none: off).")
 @click.option("--grad-clip-value", default=None, metavar="V", help="Clip each gradient entry (none: off).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)

@@ -28,7 +28,9 @@ class TrainConfig:
     the data fixes (``in_dim``, ``out_dim``, ``p``, ...) may be left out and are filled in from the
     dataset. ``dataset`` is ``{"name": NAME, "kwargs": {...}, "seed": S}`` (``seed`` fixes the
     train/test split, ``TrainConfig.seed`` the initialisation and the data order).
-    ``batch_size`` None or 0 means full batch. ``save`` and ``eval_every`` are schedule specs
+    ``batch_size`` None or 0 means full batch; ``shuffle`` draws a fresh random order of the training
+    set every epoch (False: the training set's own order, the same batches every epoch, as a PyTorch
+    ``DataLoader(shuffle=False)``). ``save`` and ``eval_every`` are schedule specs
     (``log:N``, ``every:K``, ``1,10,100``; see :mod:`grokscope.training.schedule`); evaluation
     happens at every save step too. ``warmup_steps`` ramps the learning rate linearly,
     ``lr · min(1, (t + 1) / warmup_steps)`` at update ``t``. ``grad_clip`` clips the global gradient
@@ -46,6 +48,7 @@ class TrainConfig:
     warmup_steps: int = 0
     loss: str = "ce"
     batch_size: int | None = None
+    shuffle: bool = True
     steps: int = 1000
     grad_clip: float | None = None
     grad_clip_value: float | None = None
@@ -98,6 +101,8 @@ class TrainConfig:
             raise bad("warmup_steps", "must be an integer >= 0")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 0):
             raise bad("batch_size", "must be a positive integer, or 0/None for full batch")
+        if not isinstance(self.shuffle, bool):
+            raise bad("shuffle", "must be true or false")
         for name in ("grad_clip", "grad_clip_value"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or not v > 0):

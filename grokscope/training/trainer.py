@@ -119,12 +119,13 @@ def _optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.O
 
 
 class _Batches:
-    """Mini-batches in a seeded random order: a fresh permutation per epoch, equal-sized batches
-    (the remainder of an epoch is dropped). Full batch (``batch_size`` None or ``>= n``) has no
-    randomness. Its state round-trips through :meth:`state` / :meth:`load`."""
+    """Mini-batches in a seeded random order: a fresh permutation per epoch (``shuffle=False``: the
+    training set's own order every epoch), equal-sized batches (the remainder of an epoch is
+    dropped). Full batch (``batch_size`` None or ``>= n``) has no randomness. Its state round-trips
+    through :meth:`state` / :meth:`load`."""
 
-    def __init__(self, n: int, batch_size: int | None, seed: int):
-        self.n = n
+    def __init__(self, n: int, batch_size: int | None, seed: int, shuffle: bool = True):
+        self.n, self.shuffle = n, shuffle
         self.bs = None if batch_size is None or batch_size >= n else batch_size
         self.gen = torch.Generator().manual_seed(seed + 1_000_003)
         self.perm: torch.Tensor | None = None
@@ -135,7 +136,7 @@ class _Batches:
         if self.bs is None:
             return None
         if self.perm is None or self.pos + self.bs > self.n:
-            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.perm = torch.randperm(self.n, generator=self.gen) if self.shuffle else torch.arange(self.n)
             self.pos = 0
         idx = self.perm[self.pos:self.pos + self.bs]
         self.pos += self.bs
@@ -251,7 +252,12 @@ def _load_weights(model: nn.Module, path: Path, step: int) -> None:
             v.copy_(tensors[k])
 
 
+# training fields added after runs were written: a run.json without one was trained with this value
+_ADDED_FIELDS = {"shuffle": True}
+
+
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    a, b = {**_ADDED_FIELDS, **a}, {**_ADDED_FIELDS, **b}
     keys = sorted((set(a) | set(b)) - {"reg_params"})  # derived from "reg", absent in older runs
     norm = lambda v: json.loads(json.dumps(v))  # noqa: E731 - tuples vs lists
     return [f"{k}: {a.get(k)!r} (run.json) vs {b.get(k)!r} (now)" for k in keys if norm(a.get(k)) != norm(b.get(k))]
@@ -340,7 +346,7 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
                 raise TrainConfigError(f"train config: freeze={config.freeze!r} leaves nothing to train")
             opt = _optimizer(config, trainable)
             x_train, y_train = data.split("train")
-            batches = _Batches(len(x_train), config.batch_size, config.seed)
+            batches = _Batches(len(x_train), config.batch_size, config.seed, config.shuffle)
 
             start, wall0, last_reg, train_acc = 0, 0.0, None, None
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -134,3 +134,13 @@ def test_third_party_factory_model(tmp_path: Path) -> None:
                                                 "kwargs": {"depth": 1, "width": 8, "in_dim": 14, "out_dim": 7}}
     res = invoke("train", "--model", "nowhere.mod:fn", "--steps", "2", "--out", str(tmp_path / "s"))
     assert res.exit_code == 1 and "cannot import module 'nowhere.mod'" in res.stderr
+
+
+def test_no_shuffle_flag_is_stored_and_kept_on_resume(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    res = invoke("train", "--out", str(out), "--steps", "4", "--batch-size", "16", "--no-shuffle", *SMALL)
+    assert res.exit_code == 0, res.output
+    assert runs.read_run_json(out)["train"]["shuffle"] is False
+    res = invoke("train", "--out", str(out), "--resume", "--shuffle", "--quiet")
+    assert res.exit_code == 1 and "shuffle: False (run.json) vs True (now)" in res.stderr
+    assert invoke("train", "--out", str(out), "--resume", "--quiet").exit_code == 0
