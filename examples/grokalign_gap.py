@@ -19,11 +19,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from grokscope import runs
+from grokscope.analysis import first_logged_step
 from grokscope.reproduce import configs
 from grokscope.reproduce.grokalign import ARMS, STEPS_PER_EPOCH, THRESHOLD
 from grokscope.reproduce.training import train
 
 
+# test accuracies at which the ratio of steps is also given (the runs stop at THRESHOLD)
+THRESHOLDS = (0.5, 0.7, 0.8, THRESHOLD)
 # the arms: reproduce's two, and GrokAlign without weight decay (the penalty *instead of* weight decay)
 ARM_CHOICES = (*ARMS, "grokalign-nowd")
 
@@ -40,7 +44,8 @@ def run_one(out: Path, shuffle: bool, seed: int, arm: str) -> dict:
     config = arm_config(arm, seed, shuffle)
     directory = out / f"shuffle-{'on' if shuffle else 'off'}" / f"seed{seed}" / arm
     r = train(config, directory, stop=("test_acc", THRESHOLD), threads=1)
-    return {"shuffle": shuffle, "seed": seed, "arm": arm, **r}
+    reached = {t: first_logged_step(runs.read_log(directory), "test_acc", t) for t in THRESHOLDS}
+    return {"shuffle": shuffle, "seed": seed, "arm": arm, "reached": reached, **r}
 
 
 def _cell(r: dict | None) -> str:
@@ -72,6 +77,17 @@ def table(results: list[dict]) -> str:
             else:
                 cells.append("—")
         lines.append(f"| {'shuffled' if shuffle else 'fixed (authors)'} | {seed} | " + " | ".join(cells) + " |")
+    lines += ["", "Ratio of steps wd / GrokAlign arm to reach each test accuracy:", "",
+              "| batch order | seed | arm | " + " | ".join(f"{t:g}" for t in THRESHOLDS) + " |",
+              "| --- " * (3 + len(THRESHOLDS)) + "|"]
+    for shuffle, seed in sorted({(r["shuffle"], r["seed"]) for r in results}, key=lambda k: (not k[0], k[1])):
+        wd = by.get((shuffle, seed, "wd"))
+        for a in others:
+            ga = by.get((shuffle, seed, a))
+            if wd and ga:
+                cells = [f"{wd['reached'][t] / ga['reached'][t]:.2f}×" if wd["reached"][t] and ga["reached"][t]
+                         else "—" for t in THRESHOLDS]
+                lines.append(f"| {'shuffled' if shuffle else 'fixed'} | {seed} | {a} | " + " | ".join(cells) + " |")
     lines.append("")
     for (shuffle, a), xs in ratios.items():
         spread = f", range {min(xs):.2f}–{max(xs):.2f}×" if len(xs) > 1 else ""

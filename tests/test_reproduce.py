@@ -62,3 +62,20 @@ def test_musat_quick(tmp_path):
     out = tmp_path / "musat"
     res, table = _quick("musat", out)
     assert (out / "musat.png").is_file() and "perfect by ~2 000 steps" in table
+
+
+def test_a_folder_holding_another_configuration_is_refused_not_reused(tmp_path):
+    """``reproduce`` re-reads a finished run only when it is the run the command would train: a run
+    folder of another configuration (here: a fixed batch order) is refused, naming the field."""
+    import dataclasses
+
+    from grokscope.reproduce import ReproduceError
+    from grokscope.reproduce.training import train
+    from grokscope.training.presets import preset_config
+
+    config = preset_config("modadd-mlp", steps=6, save="every:3", eval_every="every:3", batch_size=32,
+                           model_kwargs={"width": 16}, dataset_kwargs={"p": 11})
+    first = train(config, tmp_path / "r", echo=False)
+    assert train(config, tmp_path / "r", echo=False)["reused"] and first["steps"] == 6
+    with pytest.raises(ReproduceError, match=r"another configuration.*\n  shuffle: True \(run\.json\) vs False"):
+        train(dataclasses.replace(config, shuffle=False), tmp_path / "r", echo=False)

@@ -46,12 +46,20 @@ def is_done(config: Any, directory: Path, stop: tuple[str, float] | None = None)
 def train(config: Any, directory: Path, stop: tuple[str, float] | None = None, threads: int = 1,
           echo: bool = True) -> dict[str, Any]:
     """Train ``config`` into ``directory`` (resuming what is there; a finished run is only re-read).
+    A run of another configuration in ``directory`` is refused, naming the fields that differ.
 
     With ``stop = (log key, threshold)`` the child is terminated once a log record reaches the
     threshold. Returns ``{"steps": last logged step, "stop_step": first step at the threshold or
     None, "wall_s": training wall seconds of the log, "reused": bool}``.
     """
+    from grokscope.training.trainer import config_differences
+
     directory = Path(directory)
+    if (directory / runs.RUN_JSON).is_file():
+        diff = config_differences(config, directory)
+        if diff:
+            raise ReproduceError(f"{directory} holds a run of another configuration (another --out, or "
+                                 f"remove the folder):\n  " + "\n  ".join(diff))
     reused = is_done(config, directory, stop)
     if not reused:
         resume = (directory / runs.RUN_JSON).is_file()

@@ -263,6 +263,23 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k}: {a.get(k)!r} (run.json) vs {b.get(k)!r} (now)" for k in keys if norm(a.get(k)) != norm(b.get(k))]
 
 
+def _run_json_diff(run_dir: Path, model_spec: dict[str, Any], dataset_spec: dict[str, Any],
+                   hyper: dict[str, Any]) -> list[str]:
+    old = runs.read_run_json(run_dir)
+    return _config_diff({"model": old["model"], "dataset": old["dataset"], **old["train"]},
+                        {"model": model_spec, "dataset": dataset_spec, **hyper})
+
+
+def config_differences(config: TrainConfig, run_dir: str | Path, trust=None) -> list[str]:
+    """How the run in ``run_dir`` (its run.json) differs from ``config``, one line per field
+    (``"lr: 0.001 (run.json) vs 0.01 (now)"``); empty when ``config`` would resume it."""
+    from grokscope.datasets import load_dataset
+
+    dataset_spec = _dataset_spec(config.dataset)
+    model_spec = resolve_model_spec(config.model, load_dataset(dataset_spec, trust), trust)
+    return _run_json_diff(Path(run_dir), model_spec, dataset_spec, config.hyperparameters())
+
+
 def evaluate(model: nn.Module, data, loss: str) -> dict[str, float]:
     """Train and test loss/accuracy with the ``acc`` probe's own function (so probes match the log)."""
     from grokscope.probes.acc import loss_and_accuracy
@@ -325,9 +342,7 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
                                     "or choose another output folder")
             rj = run_dir / runs.RUN_JSON
             if rj.is_file():
-                old = runs.read_run_json(run_dir)
-                diff = _config_diff({"model": old["model"], "dataset": old["dataset"], **old["train"]},
-                                    {"model": model_spec, "dataset": dataset_spec, **hyper})
+                diff = _run_json_diff(run_dir, model_spec, dataset_spec, hyper)
                 if diff:
                     raise TrainingError(f"{rj}: cannot resume with a different configuration:\n  "
                                         + "\n  ".join(diff))
