@@ -56,6 +56,7 @@ def test_grokalign_quick(tmp_path):
     assert "not reached by step 300" in table and "1.69×" in table
     runs = {arm: json.loads((out / arm / "run.json").read_text())["train"] for arm in r}
     assert runs["wd"]["reg"] is None and runs["grokalign"]["reg"] == "grokalign:1e-4"
+    assert runs["wd"]["shuffle"] is False and runs["grokalign"]["shuffle"] is False  # the authors' loader
 
 
 def test_musat_quick(tmp_path):

