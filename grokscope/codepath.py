@@ -1,10 +1,11 @@
 """Where a vouched-for factory's code lives, so any process can rebuild the model from run.json.
 
-``grokscope init --model mymodule:make`` in a folder that holds ``mymodule.py`` imports it from the
+``grokscope init --model mymodule:make`` (or ``grokscope train --model mymodule:make``) in a folder that holds ``mymodule.py`` imports it from the
 working directory. A later ``grokscope probe RUN`` may run elsewhere, and its workers are other
 processes: so the model spec (and a dataset spec naming a callable) keeps the folder the module was
 imported from, ``"path": "/abs/folder"``, resolved once by :func:`code_folder`. A module found in an
-installed location (site-packages, the standard library) needs no folder and gets none.
+installed location (site-packages, the standard library) or of an installed distribution (also an
+editable ``pip install -e``) needs no folder and gets none.
 
 The folder is data of the run folder like the rest of run.json: it is put on the import path
 (appended, so it never shadows an installed module) only when the user vouched for that folder
@@ -44,6 +45,14 @@ def _installed(folder: Path) -> bool:
     return any(folder == r or r in folder.parents for r in _installed_roots())
 
 
+def _distributed(top: str) -> bool:
+    """Whether ``top`` is a top-level package of an installed distribution (``pip install``, also
+    editable): importable from any folder, so it needs no folder in run.json."""
+    import importlib.metadata
+
+    return top in importlib.metadata.packages_distributions()
+
+
 def code_folder(target: str) -> str | None:
     """The absolute folder from which the top-level package of ``target``'s module (``pkg.mod:attr``)
     is imported, or None when it is not found or lives in an installed location. Imports nothing
@@ -61,7 +70,7 @@ def code_folder(target: str) -> str | None:
         where = Path(spec.origin).resolve().parent
     else:
         return None
-    return None if _installed(where) else str(where)
+    return None if _installed(where) or _distributed(top) else str(where)
 
 
 def with_code_folder(spec: dict[str, Any], target: str | None) -> dict[str, Any]:

@@ -268,6 +268,13 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
                err=True)
     for p in problems:
         click.echo(f"  skipped {p.path}: {p.reason}", err=True)
+    remember_vouched(model, dataset, home)
+
+
+def remember_vouched(model: str | None, dataset: str | None, home: Path) -> None:
+    """Add the callables ``--model``/``--dataset`` named, and their folders, to the user's allow-list
+    (after ``init`` or ``train`` wrote ``home``), saying so, so a later probe of ``home`` from any
+    folder may import them."""
     from grokscope import trust as trustmod
 
     for target in [*vouched_by(model, dataset), *vouched_folders(model, dataset)]:

@@ -117,12 +117,17 @@ def train(preset: str | None, list_presets: bool, out: Path | None, resume: bool
         for name in P.preset_names():
             click.echo(f"{name:20s} {P.DESCRIPTIONS.get(name, '')}")
         return
-    from grokscope.trust import Trust
+    from grokscope.cli.engine import cli_trust, remember_vouched
+    from grokscope.codepath import with_code_folder
 
     config, out = build_config(preset, out, resume, opts)
-    vouched = [v for v in (opts.get("model"), opts.get("dataset")) if v and ":" in v and not v.startswith("file:")]
-    run(config, out, resume=resume, device=device, threads=threads, progress=not quiet,
-        trust=Trust.from_user(vouched))
+    model, dataset = opts.get("model"), opts.get("dataset")
+    trust = cli_trust(model, dataset, None)  # the callables named here and the folders they come from
+    # run.json keeps those folders, so a probe from anywhere (and its workers) can rebuild the model
+    config.model = with_code_folder(config.model, model)
+    config.dataset = with_code_folder(config.dataset, dataset)
+    run(config, out, resume=resume, device=device, threads=threads, progress=not quiet, trust=trust)
+    remember_vouched(model, dataset, out)
     _echo_summary(out)
 
 

@@ -84,3 +84,24 @@ def test_code_folder_is_none_for_installed_modules(tmp_path):
     assert codepath.code_folder("tests.helpers:tiny_net") == str(Path(__file__).resolve().parents[2])
     assert trust.Trust.of([str(tmp_path), "a.b", "a.b:c"]) == trust.Trust(
         callables=frozenset({"a.b:c"}), modules=frozenset({"a.b"}), folders=frozenset({str(tmp_path.resolve())}))
+
+
+def test_train_with_a_factory_then_a_bare_probe_from_another_folder(tmp_path):
+    """``grokscope train --model mymodule:make`` keeps the factory's folder in run.json and vouches for
+    it as ``init`` does, so ``probe`` from elsewhere rebuilds the model (here and on a worker)."""
+    proj, elsewhere, config = tmp_path / "proj", tmp_path / "elsewhere", tmp_path / "config"
+    proj.mkdir()
+    elsewhere.mkdir()
+    (proj / "mymodule.py").write_text(MODULE.format(marker=str(tmp_path / "imported")))
+    r = _grokscope(proj, "train", "--model", "mymodule:make", "--model-kwargs",
+                   '{"in_dim": 64, "out_dim": 10, "depth": 1, "width": 16}', "--dataset", "digits", "--steps", "4", "--save", "every:2", "--quiet", "--out", "run",
+                   config=config)
+    assert r.returncode == 0, r.stderr
+    run = proj / "run"
+    spec = json.loads((run / "run.json").read_text())
+    assert spec["model"]["factory"] == "mymodule:make" and spec["model"]["path"] == str(proj.resolve())
+    assert (config / trust.CONFIG_FILE).read_text().splitlines() == ["mymodule:make", str(proj.resolve())]
+    assert "trusting mymodule:make from now on" in r.stderr
+    r = _grokscope(elsewhere, "probe", run, "--workers", "1", "--threads", "1", "-q", config=config)
+    assert r.returncode == 0, r.stderr
+    assert load_group(run / "probes.zarr", "run", "acc").done.all()
