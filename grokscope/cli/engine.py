@@ -222,6 +222,8 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     from grokscope.engine.discovery import DiscoveryError, checkpoints_in, find_runs
     from grokscope.engine.loading import CheckpointError
 
+    if model is None:
+        model = _hf_default(path)
     if model is None or dataset is None:
         raise click.UsageError("grokscope init needs --model and --dataset")
     home = workspace if workspace is not None else path  # where grokscope's files go
@@ -283,6 +285,22 @@ def remember_vouched(model: str | None, dataset: str | None, home: Path) -> None
         if added is not None:
             click.echo(f"trusting {what} from now on: added to {added} (so `grokscope probe {home}` "
                        "may import it from any folder; delete the line to revoke)", err=True)
+
+
+def _hf_default(path: Path) -> str | None:
+    """``"hf"`` when ``path`` holds a Hugging Face ``config.json`` (one naming a ``model_type`` or
+    ``architectures``; :func:`grokscope.models.hf.find_config`), said on stderr; else None."""
+    from grokscope.models.hf import find_config
+
+    found = find_config(path)
+    try:
+        doc = json.loads(found.read_text()) if found is not None else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not (doc.get("model_type") or doc.get("architectures")):
+        return None
+    click.echo(f"--model hf: the model is the one {found} describes", err=True)
+    return "hf"
 
 
 def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str | None, step: str,

@@ -245,13 +245,17 @@ def _check_series(folder: Path, run: str, metrics: list[str], x_train: torch.Ten
 
 
 def test_trainer_gpt2_acc_is_the_trainers_evaluation(tmp_path, cli):
-    """The quick version (the default suite): a short Trainer run, init with no model code, then acc
+    """The quick version (the default suite): a short Trainer run, init with no model code (not even
+    ``--model hf``: the config.json tells), then acc
     (equal to the Trainer's eval_accuracy at every checkpoint), pgd and fourier."""
     _needs_accelerate()
     folder = tmp_path / "gpt2"
     log = hf_runs.train_modular(folder, p=7, steps=10, every=5)
-    r = cli("init", folder, "--model", "hf", "--dataset", "modular", "--dataset-kwargs", '{"p": 7}')
+    # no --model: the folder's config.json says it is a Hugging Face model
+    r = cli("init", folder, "--dataset", "modular", "--dataset-kwargs", '{"p": 7}')
     assert r.exit_code == 0, r.output
+    assert f"--model hf: the model is the one {folder}/checkpoint-" in r.stderr
+    assert json.loads((folder / "run.json").read_text())["model"]["arch"] == "hf"
     metrics = ["acc", "pgd", "fourier"]
     r = cli("probe", folder, "--metrics", ",".join(metrics), "--scheduler", "sync", "-q", *small(metrics))
     assert r.exit_code == 0, r.output
@@ -374,3 +378,17 @@ def test_hub_cache_checkpoint_revisions(tmp_path):
     net = build_model({"arch": "hf", "kwargs": {"config": json.loads(
         (Path(run.checkpoints[0].path).parent / "config.json").read_text())}})
     assert isinstance(net, HFLogits)
+
+
+def test_init_takes_hf_only_from_a_hugging_face_config(tmp_path):
+    """Without ``--model``, ``init`` uses ``hf`` only for a config.json that names a model type or
+    architectures (a training script's own config.json is not one)."""
+    from grokscope.cli.engine import _hf_default
+
+    (tmp_path / "config.json").write_text('{"lr": 0.001, "epochs": 3}')
+    assert _hf_default(tmp_path) is None
+    (tmp_path / "config.json").write_text("{not json")
+    assert _hf_default(tmp_path) is None
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
+    assert _hf_default(tmp_path) == "hf"
+    assert _hf_default(tmp_path / "missing") is None
