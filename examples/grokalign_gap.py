@@ -4,6 +4,7 @@ our batch order (a fresh permutation every epoch) and with the authors' (``shuff
 four batches every epoch), each run stopped at 85 % test accuracy.
 
     python examples/grokalign_gap.py --out runs/gap --seeds 0,1 --shuffle on,off --jobs 2
+    python examples/grokalign_gap.py --out runs/gap --seeds 0 --shuffle off --arms grokalign-nowd
 
 Prints (and writes ``OUT/gap.md``) the steps to 85 % of every run, the ratio wd / GrokAlign per seed
 and per batch order. Runs already in ``OUT`` are reused, interrupted ones resume. Each run is tens of
@@ -23,7 +24,7 @@ from grokscope import runs
 from grokscope.analysis import first_logged_step
 from grokscope.reproduce import configs
 from grokscope.reproduce.grokalign import ARMS, STEPS_PER_EPOCH, THRESHOLD
-from grokscope.reproduce.training import train
+from grokscope.reproduce.training import is_done, train
 
 
 # test accuracies at which the ratio of steps is also given (the runs stop at THRESHOLD)
@@ -39,10 +40,13 @@ def arm_config(arm: str, seed: int, shuffle: bool):
     return dataclasses.replace(base, seed=seed, shuffle=shuffle, weight_decay=wd).validate()
 
 
-def run_one(out: Path, shuffle: bool, seed: int, arm: str) -> dict:
-    """Train one arm (stopped at 85 % test) into ``out/shuffle-{on,off}/seed{S}/{arm}``."""
+def run_one(out: Path, shuffle: bool, seed: int, arm: str, train_missing: bool = True) -> dict | None:
+    """Train one arm (stopped at 85 % test) into ``out/shuffle-{on,off}/seed{S}/{arm}``; with
+    ``train_missing=False`` only a finished run is read (None otherwise)."""
     config = arm_config(arm, seed, shuffle)
     directory = out / f"shuffle-{'on' if shuffle else 'off'}" / f"seed{seed}" / arm
+    if not train_missing and not is_done(config, directory, ("test_acc", THRESHOLD)):
+        return None
     r = train(config, directory, stop=("test_acc", THRESHOLD), threads=1)
     reached = {t: first_logged_step(runs.read_log(directory), "test_acc", t) for t in THRESHOLDS}
     return {"shuffle": shuffle, "seed": seed, "arm": arm, "reached": reached, **r}
@@ -96,6 +100,33 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figure(results: list[dict], out: Path, path: Path) -> Path:
+    """Test accuracy over steps of every run: colour = arm, solid = shuffled, dashed = fixed order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"wd": "tab:gray", "grokalign": "tab:purple", "grokalign-nowd": "tab:orange"}
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for r in sorted(results, key=lambda r: (r["arm"], not r["shuffle"], r["seed"])):
+        log = runs.read_log(out / f"shuffle-{'on' if r['shuffle'] else 'off'}" / f"seed{r['seed']}" / r["arm"])
+        ax.plot([x["step"] for x in log], [x["test_acc"] for x in log], color=colours[r["arm"]], lw=0.9,
+                ls="-" if r["shuffle"] else "--", alpha=0.85,
+                label=f"{r['arm']}, {'shuffled' if r['shuffle'] else 'fixed'}, seed {r['seed']}")
+    ax.axhline(THRESHOLD, color="k", lw=0.7, ls=":")
+    ax.set_xlabel("optimiser step (4 steps = 1 epoch)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("GrokAlign vs weight decay on MNIST, by seed and batch order (each run stops at 85 %)",
+                 fontsize=9)
+    ax.legend(fontsize=6.5, ncol=2, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -103,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shuffle", default="on,off", help="batch orders: on (ours), off (the authors')")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARM_CHOICES)}")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    ap.add_argument("--table-only", action="store_true", help="train nothing: tabulate the finished runs")
+    ap.add_argument("--figure", type=Path, default=None, help="also draw every run's test accuracy here")
     a = ap.parse_args(argv)
     orders = [{"on": True, "off": False}[s.strip()] for s in a.shuffle.split(",")]
     arms = [x.strip() for x in a.arms.split(",")]
@@ -111,12 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(sh, int(s), arm) for sh in orders for s in a.seeds.split(",") for arm in arms]
     results = []
     with ThreadPoolExecutor(a.jobs) as pool:
-        for r in pool.map(lambda t: run_one(a.out, *t), todo):
+        for r in pool.map(lambda t: run_one(a.out, *t, train_missing=not a.table_only), todo):
+            if r is None:
+                continue
             results.append(r)
             print(f"shuffle={'on' if r['shuffle'] else 'off'} seed={r['seed']} {r['arm']}: "
                   f"85 % at step {r['stop_step']} (wall {r['wall_s']:.0f} s)", file=sys.stderr, flush=True)
             (a.out / "gap.md").write_text(table(results))
     print(table(results))
+    if a.figure is not None:
+        print(f"wrote {figure(results, a.out, a.figure)}", file=sys.stderr)
     return 0
 
 
