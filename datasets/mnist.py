@@ -30,6 +30,7 @@ FILES = {
 IMAGE_MAGIC = 0x00000803
 LABEL_MAGIC = 0x00000801
 VARIANTS = {"mnist": "mnist", "fashion": "fashion_mnist"}
+SELECTIONS = ("random", "first")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the usual MNIST constants (GrokAlign's Table 1 run)
 
 
@@ -110,18 +111,30 @@ def _take(images: np.ndarray, labels: np.ndarray, idx: torch.Tensor) -> tuple[to
     return x, torch.from_numpy(labels[i].astype(np.int64))
 
 
+def _indices(n: int, k: int | None, seed: int, selection: str) -> torch.Tensor:
+    """``k`` of ``range(n)``: a seeded random subset, or the first ``k`` (all when ``k`` is None)."""
+    if selection == "random" or k is None:
+        return seeded_subset(n, k, seed)
+    seeded_subset(n, k, seed)  # the same range check and message
+    return torch.arange(k)
+
+
 def load(seed: int = 0, root: str | None = None, n_train: int | None = 1000, n_test: int | None = None,
-         variant: str = "mnist", normalize: bool = False) -> Data:
+         variant: str = "mnist", normalize: bool = False, selection: str = "random") -> Data:
     """MNIST (``variant="mnist"``) or Fashion-MNIST (``"fashion"``) from IDX files in ``root``.
 
     ``root`` defaults to ``$GROKSCOPE_DATA/mnist`` (``.../fashion_mnist`` for Fashion), else
     ``~/.grokscope/data/<same>``. ``n_train`` / ``n_test`` pick a seeded random subset of the 60 000 /
-    10 000 images (None: all; the papers use 1 000 training images). ``normalize`` maps pixels to
+    10 000 images (None: all; the papers use 1 000 training images); ``selection="first"`` takes the
+    first ``n_train`` / ``n_test`` images of each file instead, in file order (torchvision's
+    ``Subset(dataset, range(n))``, GrokAlign's split). ``normalize`` maps pixels to
     ``(x - 0.1307) / 0.3081``; the box is then ``[(0 - 0.1307)/0.3081, (1 - 0.1307)/0.3081]`` and the
     constants are recorded in ``meta["normalize"]``.
     """
     if variant not in VARIANTS:
         raise DatasetError(f"unknown MNIST variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if selection not in SELECTIONS:
+        raise DatasetError(f"{variant}: selection={selection!r}; valid: {', '.join(SELECTIONS)}")
     folder = Path(root).expanduser() if root is not None else default_data_root(VARIANTS[variant])
     files = find_files(folder)
     tr_images, tr_labels = _split(files["train_images"], files["train_labels"])
@@ -129,8 +142,8 @@ def load(seed: int = 0, root: str | None = None, n_train: int | None = 1000, n_t
     if tr_images.shape[1:] != te_images.shape[1:]:
         raise DatasetError(f"{folder}: train images are {tr_images.shape[1:]} but test images {te_images.shape[1:]}")
     try:
-        tr = seeded_subset(len(tr_labels), n_train, seed)
-        te = seeded_subset(len(te_labels), n_test, seed + 1)
+        tr = _indices(len(tr_labels), n_train, seed, selection)
+        te = _indices(len(te_labels), n_test, seed + 1, selection)
     except DatasetError as e:
         raise DatasetError(f"{variant} in {folder}: {e}") from e
     x_train, y_train = _take(tr_images, tr_labels, tr)
@@ -144,5 +157,5 @@ def load(seed: int = 0, root: str | None = None, n_train: int | None = 1000, n_t
         x_test, _, _ = standardise_images(x_test, norm["mean"], norm["std"])
     return Data(name=VARIANTS[variant], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                 n_classes=10, box_low=low, box_high=high,
-                meta={"variant": variant, "source": str(folder), "normalize": norm,
+                meta={"variant": variant, "source": str(folder), "normalize": norm, "selection": selection,
                       "n_available": {"train": int(len(tr_labels)), "test": int(len(te_labels))}})

