@@ -130,7 +130,7 @@ def figure(results: list[dict], out: Path, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title("GrokAlign vs weight decay on MNIST, by seed and batch order (each run stops at 85 %)",
                  fontsize=9)
-    ax.legend(fontsize=6.5, ncol=2, loc="upper left")
+    ax.legend(fontsize=6.5, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
