@@ -74,8 +74,9 @@ def box_from_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.amin(dim=0).float(), x.amax(dim=0).float()
 
 
-def seeded_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
-    """The first ``k`` indices of a seeded permutation of ``range(n)`` (all of them if ``k`` is None).
+def seeded_subset(n: int, k: int | None, seed: int, first: bool = False) -> torch.Tensor:
+    """The first ``k`` indices of a seeded permutation of ``range(n)`` (all of them if ``k`` is None;
+    ``first=True``: ``range(k)``, in order).
 
     Deterministic given ``seed``; raises :class:`DatasetError` if ``k > n``.
     """
@@ -83,6 +84,8 @@ def seeded_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
         return torch.arange(n)
     if k > n or k < 1:
         raise DatasetError(f"asked for {k} samples but only {n} are available")
+    if first:
+        return torch.arange(k)
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g)[:k]
 

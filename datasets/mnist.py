@@ -111,14 +111,6 @@ def _take(images: np.ndarray, labels: np.ndarray, idx: torch.Tensor) -> tuple[to
     return x, torch.from_numpy(labels[i].astype(np.int64))
 
 
-def _indices(n: int, k: int | None, seed: int, selection: str) -> torch.Tensor:
-    """``k`` of ``range(n)``: a seeded random subset, or the first ``k`` (all when ``k`` is None)."""
-    if selection == "random" or k is None:
-        return seeded_subset(n, k, seed)
-    seeded_subset(n, k, seed)  # the same range check and message
-    return torch.arange(k)
-
-
 def load(seed: int = 0, root: str | None = None, n_train: int | None = 1000, n_test: int | None = None,
          variant: str = "mnist", normalize: bool = False, selection: str = "random") -> Data:
     """MNIST (``variant="mnist"``) or Fashion-MNIST (``"fashion"``) from IDX files in ``root``.
@@ -142,8 +134,8 @@ def load(seed: int = 0, root: str | None = None, n_train: int | None = 1000, n_t
     if tr_images.shape[1:] != te_images.shape[1:]:
         raise DatasetError(f"{folder}: train images are {tr_images.shape[1:]} but test images {te_images.shape[1:]}")
     try:
-        tr = _indices(len(tr_labels), n_train, seed, selection)
-        te = _indices(len(te_labels), n_test, seed + 1, selection)
+        tr = seeded_subset(len(tr_labels), n_train, seed, first=selection == "first")
+        te = seeded_subset(len(te_labels), n_test, seed + 1, first=selection == "first")
     except DatasetError as e:
         raise DatasetError(f"{variant} in {folder}: {e}") from e
     x_train, y_train = _take(tr_images, tr_labels, tr)

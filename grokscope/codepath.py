@@ -17,6 +17,7 @@ is importable without it (then the folder is ignored and the module is found as 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import site
@@ -45,12 +46,17 @@ def _installed(folder: Path) -> bool:
     return any(folder == r or r in folder.parents for r in _installed_roots())
 
 
+@functools.lru_cache(maxsize=1)
+def _distribution_packages() -> frozenset[str]:
+    import importlib.metadata
+
+    return frozenset(importlib.metadata.packages_distributions())
+
+
 def _distributed(top: str) -> bool:
     """Whether ``top`` is a top-level package of an installed distribution (``pip install``, also
     editable): importable from any folder, so it needs no folder in run.json."""
-    import importlib.metadata
-
-    return top in importlib.metadata.packages_distributions()
+    return top in _distribution_packages()
 
 
 def code_folder(target: str) -> str | None:

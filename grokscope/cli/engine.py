@@ -290,14 +290,15 @@ def remember_vouched(model: str | None, dataset: str | None, home: Path) -> None
 def _hf_default(path: Path) -> str | None:
     """``"hf"`` when ``path`` holds a Hugging Face ``config.json`` (one naming a ``model_type`` or
     ``architectures``; :func:`grokscope.models.hf.find_config`), said on stderr; else None."""
-    from grokscope.models.hf import find_config
+    from grokscope.models.hf import HFError, find_config
+    from grokscope.runs import read_json_object
 
     found = find_config(path)
     try:
-        doc = json.loads(found.read_text()) if found is not None else None
-    except (OSError, ValueError):
+        doc = read_json_object(found, HFError) if found is not None else {}
+    except HFError:
         return None
-    if not isinstance(doc, dict) or not (doc.get("model_type") or doc.get("architectures")):
+    if not (doc.get("model_type") or doc.get("architectures")):
         return None
     click.echo(f"--model hf: the model is the one {found} describes", err=True)
     return "hf"

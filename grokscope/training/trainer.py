@@ -252,12 +252,10 @@ def _load_weights(model: nn.Module, path: Path, step: int) -> None:
             v.copy_(tensors[k])
 
 
-# training fields added after runs were written: a run.json without one was trained with this value
-_ADDED_FIELDS = {"shuffle": True}
-
-
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    a, b = {**_ADDED_FIELDS, **a}, {**_ADDED_FIELDS, **b}
+    # a field that run.json lacks (added later) was trained with its default
+    defaults = json.loads(json.dumps(TrainConfig.defaults()))
+    a, b = {**defaults, **a}, {**defaults, **b}
     keys = sorted((set(a) | set(b)) - {"reg_params"})  # derived from "reg", absent in older runs
     norm = lambda v: json.loads(json.dumps(v))  # noqa: E731 - tuples vs lists
     return [f"{k}: {a.get(k)!r} (run.json) vs {b.get(k)!r} (now)" for k in keys if norm(a.get(k)) != norm(b.get(k))]
