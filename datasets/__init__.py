@@ -19,7 +19,7 @@ from typing import Any
 from grokscope.registry import Registry
 from grokscope.trust import Trust, check_plain_json
 
-from .base import Data, DatasetError, box_from_tensor, seeded_subset
+from .base import DEFAULT_GROK_THRESHOLD, Data, DatasetError, box_from_tensor, seeded_subset, task_facts
 
 DATASETS = {
     "modular": "modular",
@@ -35,7 +35,7 @@ FILE_PREFIX = "file:"
 REGISTRY = Registry("dataset", {n: f"{__name__}.{m}:load" for n, m in DATASETS.items()},
                     ENTRY_POINT_GROUP, error=DatasetError)
 
-__all__ = ["Data", "DatasetError", "DATASETS", "REGISTRY", "check_dataset_spec", "describe_data",
+__all__ = ["DEFAULT_GROK_THRESHOLD", "Data", "DatasetError", "DATASETS", "task_facts", "REGISTRY", "check_dataset_spec", "describe_data",
            "load_dataset", "box_from_tensor", "seeded_subset"]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from grokscope.analysis.curves import DEFAULT_GROK_THRESHOLD  # a dataset that states none
 from grokscope.errors import GrokscopeError
 
 
@@ -26,7 +27,10 @@ class Data:
     ``box_low``/``box_high`` bound every input coordinate (shape ``input_shape``, float); they are the
     range for random points and the clip bounds of attacks. ``spec`` is the stable description that
     goes into ``run.json`` (``{"name", "kwargs", "seed"}``); ``meta`` carries task facts (``p``, the
-    operation, normalisation constants, ...).
+    operation, normalisation constants, ...). ``grok_threshold`` is the test accuracy at which this
+    task counts as generalised (None: :data:`DEFAULT_GROK_THRESHOLD`); ``classes_from`` says where
+    ``n_classes`` came from (``"stated"`` by the dataset, or ``"labels"``: read as ``max(y) + 1``).
+    :func:`task_facts` is what the probe engine stores with each run.
     """
 
     name: str
@@ -40,6 +44,8 @@ class Data:
     input_kind: str = "continuous"
     spec: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    grok_threshold: float | None = None
+    classes_from: str = "stated"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -66,7 +72,20 @@ class Data:
         t = {k: getattr(self, k).to(device) for k in
              ("x_train", "y_train", "x_test", "y_test", "box_low", "box_high")}
         return Data(name=self.name, n_classes=self.n_classes, input_kind=self.input_kind,
-                    spec=self.spec, meta=self.meta, **t)
+                    spec=self.spec, meta=self.meta, grok_threshold=self.grok_threshold,
+                    classes_from=self.classes_from, **t)
+
+
+
+def task_facts(data: Data) -> dict[str, Any]:
+    """What the analysis needs to know about a task, stored with each run by ``grokscope probe``:
+    ``{"n_classes", "chance": 1 / n_classes, "classes_from": "stated" | "labels", "grok_threshold",
+    "threshold_from": "stated" | "default"}`` (JSON values)."""
+    n = int(data.n_classes)
+    thr = data.grok_threshold
+    return {"n_classes": n, "chance": 1.0 / n if n > 0 else None, "classes_from": data.classes_from,
+            "grok_threshold": float(thr if thr is not None else DEFAULT_GROK_THRESHOLD),
+            "threshold_from": "stated" if thr is not None else "default"}
 
 
 def box_from_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,9 @@ import torch
 
 from .base import Data, DatasetError, split_indices
 
+# test accuracy at which this task counts as generalised (image classification, GrokAlign Table 1)
+GROK_THRESHOLD = 0.85
+
 
 def load(seed: int = 0, n_train: int = 1000, n_test: int | None = None, split: str = "seeded") -> Data:
     """A split of the 1 797 digits (in scikit-learn's order): ``split="seeded"`` takes ``n_train`` at
@@ -28,6 +31,6 @@ def load(seed: int = 0, n_train: int = 1000, n_test: int | None = None, split: s
         if n_test > len(rest):
             raise DatasetError(f"digits: n_test={n_test} but only {len(rest)} images remain")
         rest = rest[:n_test]
-    return Data(name="digits", x_train=x[tr], y_train=y[tr], x_test=x[rest], y_test=y[rest],
+    return Data(grok_threshold=GROK_THRESHOLD, name="digits", x_train=x[tr], y_train=y[tr], x_test=x[rest], y_test=y[rest],
                 n_classes=10, box_low=torch.zeros(1, 8, 8), box_high=torch.ones(1, 8, 8),
                 meta={"scale": "[0, 1]"})

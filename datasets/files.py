@@ -13,7 +13,8 @@ The arrays are ``x_train, y_train, x_test, y_test``, or ``x, y`` with ``train_id
 '{"x_train": "X_tr", "y_train": "labels_tr", ...}'``; for a Hugging Face folder the options name the
 columns (``x``, ``y``, defaults ``"x"`` and ``"y"``) and the splits (``train_split``,
 ``test_split``, defaults ``"train"`` and ``"test"``). ``n_classes``, ``box`` (``[low, high]``) and
-``input_kind`` override what is inferred. Only the indexed points of a memory-mapped array are read.
+``input_kind`` override what is inferred (the number of classes is read from the labels, ``max(y) + 1``);
+``grok_threshold`` sets the test accuracy at which the task counts as generalised (default 0.95). Only the indexed points of a memory-mapped array are read.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def _hf_arrays(path: Path, x: str, y: str, train_split: str, test_split: str) ->
 
 def load_file_dataset(path: str, split: str | None = None, seed: int = 0, n_classes: int | None = None,
                       box: Any = None, input_kind: str | None = None, x: str = "x", y: str = "y",
-                      train_split: str = "train", test_split: str = "test", **names: str) -> Data:
+                      train_split: str = "train", test_split: str = "test", grok_threshold: float | None = None,
+                      **names: str) -> Data:
     """The dataset in the file or folder ``path`` (see the module docstring).
 
     ``names`` rename the arrays (``x_train="X_tr"``, ...); ``split`` splits ``x, y`` when the file has
@@ -148,7 +150,7 @@ def load_file_dataset(path: str, split: str | None = None, seed: int = 0, n_clas
     if p.is_dir() and any((p / m).is_file() for m in HF_MARKERS):
         arrays = _hf_arrays(p, x, y, train_split, test_split)
         return from_arrays(f"file:{p.name}", arrays, where, n_classes=n_classes, box=box,
-                           input_kind=input_kind, meta={"path": str(p)})
+                           input_kind=input_kind, meta={"path": str(p)}, grok_threshold=grok_threshold)
     found = _open(p)
     want = {role: names.get(role, role) for role in ROLES}
     want["x"], want["y"] = names.get("x", x), names.get("y", y)
@@ -176,7 +178,7 @@ def load_file_dataset(path: str, split: str | None = None, seed: int = 0, n_clas
         raise DatasetError(f"{where}: missing array(s) {', '.join(missing)}{hint} (the file holds "
                            f"{', '.join(sorted(found)) or 'nothing'})")
     return from_arrays(f"file:{p.name}", arrays, where, n_classes=n_classes, box=box,
-                       input_kind=input_kind, meta={"path": str(p)})
+                       input_kind=input_kind, meta={"path": str(p)}, grok_threshold=grok_threshold)
 
 
 def split_words(kwargs: dict[str, Any]) -> str:

