@@ -99,13 +99,12 @@ def describe_run(summary: dict[str, Any]) -> list[str]:
     onsets = summary.get("onsets") or {}
     final = summary.get("final") or {}
     lines: list[str] = []
-    task_line = describe_task(summary)
-    if task_line:
-        lines.append(task_line)
+    if "task" in summary:
+        lines.append(describe_task(summary))
     source = summary.get("accuracy_from")
     if source and source != "acc":
         lines.append(f"accuracies from the run's own log ({source}): acc was not probed")
-    elif not source and "onsets" in summary:
+    elif not source and "accuracy_from" in summary:
         lines.append("no accuracy curve (acc was not probed and the run folder has no log.jsonl with "
                      "train_acc/test_acc): add acc to --metrics for memorisation and generalisation")
     mem, gen = onsets.get("memorisation"), onsets.get("generalisation")

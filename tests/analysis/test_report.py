@@ -9,6 +9,7 @@ import math
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -164,7 +165,15 @@ def test_report_json_round_trip(store, tmp_path):
     # digits: chance 0.1, so 0.3 is raised to clear it by a quarter of the way to 1
     assert got["r0"]["onsets"]["generalisation"]["threshold"] == pytest.approx(0.325)
     assert got["r0"]["onsets"]["generalisation"]["detail"]["asked"] == 0.3
-    assert got["r0"]["onsets"]["memorisation"]["step"] == 0  # threshold 0: the first probed step
+    # memorisation too: 0 asked is raised to 0.325, so no onset is ever at or below chance
+    assert got["r0"]["onsets"]["memorisation"]["threshold"] == pytest.approx(0.325)
+    import xarray as xr
+
+    acc = xr.open_datatree(store, engine="zarr", consolidated=False)["r0/acc"].to_dataset()
+    v = acc["accuracy"].sel(split="train").values
+    smoothed = [np.median(v[max(0, i - 1): i + 2]) for i in range(len(v))]  # --window 2: i-1..i+1
+    first = [int(s) for s, m in zip(acc.step.values, smoothed) if m >= 0.325]
+    assert got["r0"]["onsets"]["memorisation"]["step"] == (first[0] if first else None)
     assert 0.0 <= got["r0"]["final"]["test_acc"] <= 1.0
     assert got["r0"]["params"]["window"] == 2
     assert not (tmp_path / "report.html").exists()
