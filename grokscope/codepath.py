@@ -122,3 +122,76 @@ def use(spec: dict[str, Any], target: str, trust: Trust | None, kind: str, where
     folder = check(spec, target, trust, kind, where)
     if folder is not None and folder not in sys.path:
         sys.path.append(folder)
+
+
+# -- user code that acts when imported -------------------------------------------------------------
+
+WATCH_LIMIT = 50_000  # entries of a watched folder compared before and after an import
+
+
+class ImportSideEffects(ValueError):
+    """Importing the user's module changed a watched folder (it trains, or writes files, at import)."""
+
+
+def folder_state(folder: Path, limit: int = WATCH_LIMIT) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of the files and folders below ``folder`` (the first
+    ``limit`` entries of a walk in name order); ``{}`` when it is not a local folder."""
+    out: dict[str, tuple[int, int]] = {}
+    if not Path(folder).is_dir():
+        return out
+    for top, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(dirs) + sorted(files):
+            p = os.path.join(top, name)
+            try:
+                st = os.stat(p, follow_symlinks=False)
+            except OSError:
+                continue
+            out[os.path.relpath(p, folder)] = (st.st_size if name in files else -1, st.st_mtime_ns)
+            if len(out) >= limit:
+                return out
+    return out
+
+
+def import_modules(*targets: str | None) -> list[str]:
+    """The modules that the ``pkg.module:name`` targets import (built-in names and ``file:`` paths
+    import none)."""
+    out = []
+    for t in targets:
+        if isinstance(t, str) and ":" in t and not t.startswith("file:"):
+            out.append(t.partition(":")[0])
+    return out
+
+
+class watch_imports:
+    """``with watch_imports(folders, targets, where): ...`` — the folders listed before the block and
+    again after it; when one of ``targets``' modules was first imported inside the block and a folder
+    changed meanwhile, :class:`ImportSideEffects` names the module, the folder, what changed and the
+    fix (a module without side effects). A folder that changes without a new import (another
+    process writing) is not blamed on the import."""
+
+    def __init__(self, folders: list[Path], targets: list[str | None], where: str):
+        self.folders = list(dict.fromkeys(Path(f).absolute() for f in folders if f is not None))
+        self.modules = import_modules(*targets)
+        self.where = where
+
+    def __enter__(self) -> "watch_imports":
+        self.loaded = {m for m in self.modules if m in sys.modules}
+        self.before = {f: folder_state(f) for f in self.folders} if len(self.loaded) < len(self.modules) else {}
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        new = [m for m in self.modules if m not in self.loaded and m in sys.modules]
+        if not new:
+            return
+        for folder, before in self.before.items():
+            after = folder_state(folder)
+            changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+            if changed:
+                shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+                raise ImportSideEffects(
+                    f"{self.where}: importing module {new[0]!r} changed {folder} ({len(changed)} file(s) or "
+                    f"folder(s) new or changed: {shown}): the module runs code such as training when it is "
+                    "imported, so grokscope refuses to use it (it took nothing from the changed folder). "
+                    f"Put the class or function in a module without side effects (move the training of "
+                    f"{new[0]}.py under `if __name__ == \"__main__\":`, or the class into a file of its own)")

@@ -128,19 +128,25 @@ def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
     dspec = with_code_folder({"name": dataset_name_from(dataset),
                               "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"),
                               "seed": dataset_seed}, dataset)
+    from grokscope.codepath import ImportSideEffects, watch_imports
     from grokscope.datasets import DatasetError, load_dataset
     from grokscope.engine.loading import CheckpointError
     from grokscope.models import ModelError
     from grokscope.trust import UntrustedCode
 
     try:
-        from grokscope.models.lightning import lightning_spec
+        # the checkpoint folder and the working directory, listed before the user's module is
+        # imported and checked after: a module that trains when imported is refused, named
+        with watch_imports([folder, Path.cwd()], [model, dataset], "--model/--dataset"):
+            from grokscope.models.lightning import lightning_spec
 
-        mspec = lightning_spec(mspec, _first_checkpoint(folder), trust, "--model")
-        data = load_dataset(dspec, trust, "--dataset")
-        from grokscope.training.trainer import resolve_model_spec
+            mspec = lightning_spec(mspec, _first_checkpoint(folder), trust, "--model")
+            data = load_dataset(dspec, trust, "--dataset")
+            from grokscope.training.trainer import resolve_model_spec
 
-        mspec = resolve_model_spec(mspec, data, trust)
+            mspec = resolve_model_spec(mspec, data, trust)
+    except ImportSideEffects as e:
+        raise click.ClickException(str(e)) from None
     except (DatasetError, ModelError, UntrustedCode, CheckpointError) as e:
         raise click.UsageError(str(e)) from e
     train = {"loss": loss} if loss else {}

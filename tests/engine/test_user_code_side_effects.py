@@ -1,0 +1,106 @@
+"""User code that ``--model``/``--dataset`` imports and that acts when imported: a real Lightning script
+that defines its LightningModule at top level and trains below it (no ``__main__`` guard). ``init``
+imports it, which trains again and writes new checkpoints and logs; grokscope refuses it in one line
+naming the module and the fix, and takes nothing from the changed folder."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from grokscope.cli import main
+
+pytest.importorskip("lightning")
+
+TRAIN_PL = '''
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Net(L.LightningModule):
+    def __init__(self, in_dim: int = 6, n_classes: int = 3):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Linear(in_dim, 8), nn.ReLU(), nn.Linear(8, n_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+# the training, at top level: it runs whenever this module is imported
+rng = np.random.default_rng(0)
+x = rng.normal(size=(60, 6)).astype(np.float32)
+y = rng.integers(0, 3, size=60)
+np.savez("data.npz", x=x, y=y, train_idx=np.arange(40), test_idx=np.arange(40, 60))
+L.seed_everything(0)
+trainer = L.Trainer(max_steps=4, callbacks=[ModelCheckpoint(every_n_train_steps=2, save_top_k=-1)],
+                    logger=CSVLogger("."), accelerator="cpu", enable_progress_bar=False,
+                    enable_model_summary=False, log_every_n_steps=1)
+trainer.fit(Net(), DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=20))
+'''
+
+
+def test_a_module_that_trains_when_imported_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "train_pl.py").write_text(textwrap.dedent(TRAIN_PL))
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:  # the user's own `python train_pl.py`
+        m.syspath_prepend(str(tmp_path))
+        runpy.run_path(str(tmp_path / "train_pl.py"), run_name="__main__")
+    sys.modules.pop("train_pl", None)
+    run = tmp_path / "lightning_logs" / "version_0"
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert before and not (tmp_path / "lightning_logs" / "version_1").exists()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        res = CliRunner().invoke(main, ["init", str(run), "--model", "train_pl:Net",
+                                        "--dataset", f"file:{tmp_path / 'data.npz'}"])
+    finally:
+        sys.modules.pop("train_pl", None)
+    assert res.exit_code == 1, res.output
+    err = res.output.strip().splitlines()
+    print(res.output)
+    assert len(err) == 1 and "Traceback" not in res.output, res.output
+    assert "importing module 'train_pl' changed" in err[0]
+    assert "lightning_logs/version_1" in err[0]  # what the import wrote
+    assert "a module without side effects" in err[0] and 'if __name__ == "__main__":' in err[0]
+    assert not (run / "run.json").exists()  # nothing taken from the changed folder
+
+
+def test_a_module_without_side_effects_is_used(tmp_path, monkeypatch):
+    """The fix the message names: the same class in a module of its own; init then succeeds."""
+    text = textwrap.dedent(TRAIN_PL)
+    cls, _, training = text.partition("# the training, at top level")
+    (tmp_path / "netmod.py").write_text(cls)
+    (tmp_path / "train.py").write_text("from netmod import Net\n" + "\n".join(
+        line for line in cls.splitlines() if line.startswith(("import", "from"))) + "\n# " + training)
+    monkeypatch.chdir(tmp_path)
+    with monkeypatch.context() as m:
+        m.syspath_prepend(str(tmp_path))
+        runpy.run_path(str(tmp_path / "train.py"), run_name="__main__")
+    sys.modules.pop("netmod", None)
+    run = tmp_path / "lightning_logs" / "version_0"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        res = CliRunner().invoke(main, ["init", str(run), "--model", "netmod:Net",
+                                        "--dataset", f"file:{tmp_path / 'data.npz'}"])
+    finally:
+        sys.modules.pop("netmod", None)
+    assert res.exit_code == 0, res.output
+    assert (run / "run.json").exists()
