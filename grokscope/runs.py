@@ -32,12 +32,29 @@ class RunError(GrokscopeError, ValueError):
     """A run folder or its run.json is missing or malformed."""
 
 
+def user_umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux
+    ``/proc/self/status``), else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    """Write ``payload`` to ``path`` via a temporary file in the same folder and an atomic rename.
+    The file gets the mode a plain ``open(path, "w")`` gives (0666 less the user's umask), not the
+    temporary file's 0600, so a colleague reads a shared run as they read its checkpoints."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~user_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

@@ -236,6 +236,7 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     target = home / runfmt.RUN_JSON
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists (pass --force to replace it)")
+    _refuse_unwritable(home, path, workspace)
     trust = cli_trust(model, dataset, trust_code)
     spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
     assert spec is not None
@@ -263,20 +264,45 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
 
         warn_ignored(click.get_current_context(), ("log_format", "log_columns", "log_step"),
                      f"without a log (no --log given, and no trainer_state.json or metrics.csv found in {path})")
-    home.mkdir(parents=True, exist_ok=True)
-    runfmt.write_run_json(home, spec["model"], spec["dataset"], spec["train"],
-                          checkpoints=ck_dir.absolute() if workspace is not None else None)
-    if records is not None:
-        from grokscope.runlog import write_log
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        runfmt.write_run_json(home, spec["model"], spec["dataset"], spec["train"],
+                              checkpoints=ck_dir.absolute() if workspace is not None else None)
+        if records is not None:
+            from grokscope.runlog import write_log
 
-        src, n, recs = records
-        click.echo(f"imported {n} evaluation record(s) from {src} into {write_log(home, recs)}", err=True)
+            src, n, recs = records
+            click.echo(f"imported {n} evaluation record(s) from {src} into {write_log(home, recs)}", err=True)
+    except OSError as e:
+        raise click.ClickException(_unwritable_words(home, path, workspace, e)) from None
     click.echo(f"wrote {target}: {len(ckpts)} checkpoints, steps {ckpts[0].step}..{ckpts[-1].step}; "
                f"{ckpts[0].label} loads into {spec['model'].get('factory') or spec['model'].get('arch')}",
                err=True)
     for p in problems:
         click.echo(f"  skipped {p.path}: {p.reason}", err=True)
     remember_vouched(model, dataset, home)
+
+
+def _unwritable_words(home: Path, path: Path, workspace: Path | None, e: OSError) -> str:
+    fix = ("choose a --workspace DIR you can write" if workspace is not None else
+           f"keep grokscope's files in a folder you can write: grokscope init {path} --workspace DIR ... "
+           "(PATH is then only read; `grokscope probe DIR` uses it)")
+    return f"{home}: cannot write grokscope's run.json there ({e.strerror or e}); {fix}"
+
+
+def _refuse_unwritable(home: Path, path: Path, workspace: Path | None) -> None:
+    """One line naming ``home`` and the fix (``--workspace``) when run.json cannot be written there,
+    before anything is imported or loaded."""
+    import tempfile
+
+    folder = home
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise click.ClickException(_unwritable_words(home, path, workspace, e)) from None
 
 
 def remember_vouched(model: str | None, dataset: str | None, home: Path) -> None:

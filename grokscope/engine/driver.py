@@ -716,7 +716,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
         cause = _os_cause(e)
         where = f" ({cause.filename})" if cause.filename else ""
         raise StoreWriteError(_stopped(f"cannot write the store: {cause.strerror or cause}{where}", out,
-                                       summary, writer)) from None
+                                       summary, writer, cause.errno)) from None
     finally:
         lock.release()
         summary.seconds = time.perf_counter() - t0
@@ -730,12 +730,19 @@ def _record_plan(summary: Summary, p: _Plan) -> None:
     summary.warnings[:] = list(p.warnings)
 
 
-def _stopped(what: str, out: Path, summary: Summary, writer: _Writer | None) -> str:
-    """The one line a stopped run ends with: why, what is safe, what to do."""
+NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}  # a rerun fails the same way
+
+
+def _stopped(what: str, out: Path, summary: Summary, writer: _Writer | None, code: int | None = None) -> str:
+    """The one line a stopped run ends with: why, what is safe, what to do (``code``: the errno that
+    stopped it; a folder that cannot be written gets the way around it, not "rerun")."""
     lost = writer.uncommitted() if writer is not None else 0
     lost_text = f", {lost} finished job(s) could not be committed" if lost else ""
+    todo = ("rerun the same command to continue" if code not in NOT_WRITABLE else
+            "a rerun fails the same way: put the store in a folder you can write with --out DIR/probes.zarr, "
+            "or keep all of grokscope's files out of a read-only checkpoint folder with --workspace DIR")
     return (f"{out}: {what}; {summary.completed - lost} job(s) of this run committed{lost_text}, the "
-            "store is consistent and the lock released: rerun the same command to continue")
+            f"store is consistent and the lock released: {todo}")
 
 
 HASH_BATCH = 256  # checkpoints per re-hashing task

@@ -1,0 +1,80 @@
+"""A new user's first hour (issue 32): a read-only checkpoint folder without ``--workspace`` (one line
+naming the fix, never "rerun"), files written with the user's umask, a failing dataset callable of one
+run (one line, the other runs go on)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from grokscope.cli import main
+from tests.helpers import MLP, make_run
+
+MLP_FLAGS = ["--model", "mlp", "--model-kwargs", json.dumps(MLP["kwargs"]), "--dataset", "digits",
+             "--dataset-kwargs", '{"n_train": 300, "n_test": 200}']
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A tmpfs at ``tmp_path/fs`` holding a third party's checkpoints (no run.json), remounted
+    read-only (needs root; skipped otherwise): root ignores file modes, a read-only mount does not."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        make_run(mnt / "ckpts", [0, 1, 2])
+        (mnt / "ckpts" / "run.json").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield mnt / "ckpts"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_read_only_folder_without_workspace_is_one_line_naming_it(read_only_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["init", str(read_only_folder), *MLP_FLAGS])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1, r.output
+    assert "cannot write grokscope's run.json there (Read-only file system)" in lines[0]
+    assert f"grokscope init {read_only_folder} --workspace DIR" in lines[0]
+    r = CliRunner().invoke(main, ["probe", str(read_only_folder), *MLP_FLAGS, "-m", "acc", "--scheduler", "sync"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and "Read-only file system" in errors[0], r.output
+    assert "rerun the same command" not in errors[0] and "--workspace DIR" in errors[0] and "--out" in errors[0]
+    # the fix the lines name works
+    ws = tmp_path / "ws"
+    assert CliRunner().invoke(main, ["init", str(read_only_folder), *MLP_FLAGS, "--workspace", str(ws)]).exit_code == 0
+    r = CliRunner().invoke(main, ["probe", str(ws), "-m", "acc", "--scheduler", "sync", "-q"])
+    assert r.exit_code == 0, r.output
+
+
+def test_run_json_and_log_follow_the_users_umask(tmp_path):
+    from grokscope import runs
+
+    old = os.umask(0o022)
+    try:
+        r = CliRunner().invoke(main, ["train", "--preset", "modadd-mlp", "--steps", "3", "--save", "every:3",
+                                      "--out", str(tmp_path / "run"), "--threads", "1"])
+        assert r.exit_code == 0, r.output
+        for name in (runs.RUN_JSON, runs.LOG_JSONL):
+            assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o644, name
+        ckpt = next((tmp_path / "run" / "checkpoints").iterdir())
+        assert stat.S_IMODE(ckpt.stat().st_mode) == 0o644
+        os.umask(0o077)  # a private umask gives private files
+        runs.atomic_write_bytes(tmp_path / "private.json", b"{}")
+        assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+        os.umask(0o002)
+        runs.atomic_write_bytes(tmp_path / "group.json", b"{}")
+        assert stat.S_IMODE((tmp_path / "group.json").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
