@@ -93,8 +93,16 @@ def load_dataset(spec: dict[str, Any], trust: Trust | None = None, where: str = 
             takes_seed = True
         try:
             out = fn(seed=seed, **kwargs) if takes_seed else fn(**kwargs)
+        except DatasetError:
+            raise
         except TypeError as e:
             raise DatasetError(f"bad arguments for dataset {name!r}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - a callable's own failure: one line naming it
+            if name in DATASETS:
+                raise  # a built-in's failure is a bug: keep its traceback
+            from grokscope.errors import user_code_failure
+
+            raise DatasetError(user_code_failure(f"{where}: dataset {name!r}", e)) from None
         from .protocol import as_data
 
         data = as_data(out, name, f"dataset {name!r}")

@@ -46,6 +46,10 @@ def import_target(target: str, error: type[Exception] = RegistryError) -> Any:
         obj: Any = importlib.import_module(mod_name)
     except ImportError as e:
         raise error(f"cannot import module {mod_name!r} for {target!r}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - the module's own code failed when imported
+        from grokscope.errors import user_code_failure
+
+        raise error(user_code_failure(f"importing module {mod_name!r} for {target!r}", e)) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)

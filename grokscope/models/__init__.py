@@ -116,6 +116,12 @@ def build_model(spec: dict[str, Any], trust: Trust | None = None, where: str = "
         raise
     except (TypeError, ValueError) as e:
         raise ModelError(f"bad arguments for model {label!r}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a factory is the user's code: one line, naming it
+        if not spec.get("factory"):
+            raise  # a built-in's failure is a bug: keep its traceback
+        from grokscope.errors import user_code_failure
+
+        raise ModelError(user_code_failure(f"model factory {label!r}", e)) from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model factory {label!r} returned {type(model).__name__}, not an nn.Module")
     return model

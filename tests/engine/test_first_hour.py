@@ -78,3 +78,47 @@ def test_run_json_and_log_follow_the_users_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "group.json").stat().st_mode) == 0o664
     finally:
         os.umask(old)
+
+
+BAD_DATA = '''
+import numpy as np
+
+
+def load(seed=0):
+    z = np.load("./data.npz")  # relative: the folder it was written in, not the one it runs in
+    return {"x": z["x"], "y": z["y"], "train_idx": z["train_idx"], "test_idx": z["test_idx"]}
+'''
+
+
+def test_a_failing_dataset_callable_is_one_line_and_the_other_runs_go_on(tmp_path, monkeypatch):
+    from grokscope import runs
+    from grokscope.engine.store import load_group
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "baddata.py").write_text(BAD_DATA)
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", f"{code}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    make_run(tmp_path / "runs" / "good", [0, 1])
+    bad = make_run(tmp_path / "runs" / "bad", [0, 1])
+    runs.write_run_json(bad, MLP, {"name": "baddata:load", "kwargs": {}, "seed": 0}, {"loss": "ce"})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = CliRunner().invoke(main, ["probe", str(tmp_path / "runs"), "-m", "acc", "--scheduler", "sync",
+                                  "--trust-code", "baddata"])
+    assert "Traceback" not in r.output, r.output
+    assert r.exit_code == 1, r.output
+    bad_lines = [ln for ln in r.output.splitlines() if "baddata" in ln]
+    assert len(bad_lines) == 1, r.output
+    assert "dataset 'baddata:load' raised FileNotFoundError" in bad_lines[0]
+    assert f"the relative path './data.npz' is opened from the working directory {elsewhere}" in bad_lines[0]
+    assert "Path(__file__).parent" in bad_lines[0]
+    assert bool(load_group(tmp_path / "runs" / "probes.zarr", "good", "acc").done.all())  # the other run went on
+    sys_modules_drop("baddata")
+
+
+def sys_modules_drop(name: str) -> None:
+    import sys
+
+    sys.modules.pop(name, None)
