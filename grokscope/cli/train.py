@@ -102,7 +102,9 @@ def collect_overrides(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--freeze", multiple=True, metavar="PREFIX",
               help="Parameter-name prefixes to keep fixed (repeat or comma-separate).")
 @click.option("--device", default="cpu", show_default=True, help="Torch device.")
-@click.option("--threads", type=int, default=None, help="torch.set_num_threads for this run.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads for this run (default: chosen from the model's size, the batch and the "
+                   "machine's free cores; one for the presets' small models; the first line says which).")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 def train(preset: str | None, list_presets: bool, out: Path | None, resume: bool, device: str,
           threads: int | None, quiet: bool, **opts: Any) -> None:
@@ -155,9 +157,8 @@ def build_config(preset: str | None, out: Path | None, resume: bool, opts: dict[
 
 def run(config, out: Path, resume: bool = False, device: str = "cpu", threads: int | None = None,
         progress: bool = True, trust=None) -> Path:
-    """``train_run`` with the library's errors turned into clean CLI errors."""
-    import torch
-
+    """``train_run`` with the library's errors turned into clean CLI errors (``threads`` None: chosen,
+    see :mod:`grokscope.training.threads`)."""
     from grokscope.datasets import DatasetError
     from grokscope.models import ModelError
     from grokscope.runs import RunError
@@ -166,12 +167,9 @@ def run(config, out: Path, resume: bool = False, device: str = "cpu", threads: i
     from grokscope.training.config import TrainConfigError
     from grokscope.training.trainer import TrainingError, train_run
 
-    if threads:
-        torch.set_num_threads(threads)
-    if progress:
-        click.echo(f"training into {out} ({'resuming' if resume else 'new run'})", err=True)
     try:
-        return train_run(config, out, resume=resume, progress=progress, device=device, trust=trust)
+        return train_run(config, out, resume=resume, progress=progress, device=device, trust=trust,
+                         threads=threads or "auto")
     except (DatasetError, ModelError, TrainConfigError, TrainingError, RunError, UntrustedCode) as e:
         raise click.ClickException(str(e)) from None
 

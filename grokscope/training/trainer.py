@@ -170,6 +170,22 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _set_threads(threads: int | str | None, model: nn.Module, rows: int, dev: torch.device) -> str:
+    """Set torch's threads as ``train_run``'s ``threads`` asks; returns why, in a few words."""
+    if threads == "auto":
+        if dev.type != "cpu":
+            return "torch's default: the model runs on " + dev.type
+        from .threads import choose_threads
+
+        n, why = choose_threads(sum(p.numel() for p in model.parameters()), rows)
+        torch.set_num_threads(n)
+        return f"chosen: {why}; --threads N to choose"
+    if threads:
+        torch.set_num_threads(int(threads))
+        return "--threads"
+    return "torch's setting"
+
+
 @contextlib.contextmanager
 def _run_lock(run_dir: Path) -> Iterator[RunLock]:
     """Hold ``run_dir``'s :class:`~grokscope.engine.lock.RunLock` (a live holder: :class:`TrainingError`
@@ -291,8 +307,12 @@ def evaluate(model: nn.Module, data, loss: str) -> dict[str, float]:
 
 
 def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-              device: str = "cpu", trust=None) -> Path:
+              device: str = "cpu", trust=None, threads: int | str | None = None) -> Path:
     """Train ``config`` into ``run_dir`` and return ``run_dir``.
+
+    ``threads``: torch threads (``"auto"``: :func:`.threads.choose_threads` from the model's size, the
+    batch and the machine's free cores; None: leave torch's setting). With ``progress`` the first
+    line on stderr names the folder and the threads used, and why.
 
     ``trust`` (a :class:`grokscope.trust.Trust`; None: the user's allow-list) decides which model or
     dataset callables named by import path may be imported.
@@ -360,6 +380,10 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
             opt = _optimizer(config, trainable)
             x_train, y_train = data.split("train")
             batches = _Batches(len(x_train), config.batch_size, config.seed, config.shuffle)
+            why = _set_threads(threads, model, config.batch_size or len(x_train), dev)
+            if progress:
+                sys.stderr.write(f"training into {run_dir} ({'resuming' if resume else 'new run'}) with "
+                                 f"{torch.get_num_threads()} torch thread(s) ({why})\n")
 
             start, wall0, last_reg, train_acc = 0, 0.0, None, None
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -122,3 +122,33 @@ def sys_modules_drop(name: str) -> None:
     import sys
 
     sys.modules.pop(name, None)
+
+
+def test_training_threads_are_chosen_and_stated(tmp_path):
+    from grokscope.training.threads import MIN_STEP_FLOPS, choose_threads
+
+    assert choose_threads(40_000, 2_000, cores=2, load=0.0)[0] == 1  # modadd-mlp: 0.5 GFLOP a step
+    assert choose_threads(10**7, 1_000, cores=8, load=0.5)[0] == 7  # large, 7.5 cores free
+    n, why = choose_threads(10**7, 1_000, cores=2, load=4.4)
+    assert n == 1 and "load average 4.4 on 2 cores" in why
+    assert choose_threads(10**7, 1_000, cores=1, load=0.0) == (1, "one core")
+    assert 6 * 10**7 * 1_000 > MIN_STEP_FLOPS
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        _train_twice(tmp_path)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_twice(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--preset", "modadd-mlp", "--steps", "2", "--save", "every:2",
+                                  "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    first = r.output.splitlines()[0]
+    assert first.startswith(f"training into {tmp_path / 'run'} (new run) with 1 torch thread(s) (chosen: a step is ")
+    assert "--threads N to choose" in first
+    r = CliRunner().invoke(main, ["train", "--preset", "modadd-mlp", "--steps", "2", "--save", "every:2",
+                                  "--out", str(tmp_path / "run2"), "--threads", "2"])
+    assert r.exit_code == 0 and "with 2 torch thread(s) (--threads)" in r.output.splitlines()[0], r.output
