@@ -1,7 +1,8 @@
 """A run's own evaluation log: imported from third-party trainers, and checked against ``acc``.
 
 :func:`import_log` reads a Hugging Face ``trainer_state.json`` (``log_history``), a Lightning
-``metrics.csv``, or any JSONL/CSV file with a ``step`` column, and returns records in grokscope's log
+``metrics.csv``, any JSONL/CSV file with a ``step`` column, or the printed output of a training script
+(``text``: a regular expression whose named groups name the values, :func:`text_rows`), and returns records in grokscope's log
 vocabulary (``step, train_loss, train_acc, test_loss, test_acc``; :data:`COLUMN_NAMES` lists the names
 recognised), which ``grokscope init`` writes to the run's ``log.jsonl``.
 
@@ -28,7 +29,7 @@ COLUMN_NAMES = {
     "test_acc": ("test_acc", "test_accuracy", "eval_accuracy", "eval_acc", "val_acc", "val_accuracy",
                  "valid_acc", "val_acc_epoch", "val/acc", "eval/accuracy"),
 }
-FORMATS = ("hf", "lightning", "jsonl", "csv")
+FORMATS = ("hf", "lightning", "jsonl", "csv", "text")
 DEFAULT_TOLERANCE = 0.01
 
 
@@ -66,8 +67,43 @@ def _number(v: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _rows(path: Path, fmt: str) -> list[dict[str, Any]]:
+def text_rows(text: str, pattern: str, where: str) -> list[dict[str, Any]]:
+    """One row per line of ``text`` that ``pattern`` matches (``re.search``): its named groups, e.g.
+    ``step (?P<step>\\d+) .* test acc (?P<test_acc>[\\d.]+)`` for ``step 500 loss 0.1 test acc 0.93``.
+    Group names are grokscope's (``step``, ``train_acc``, ``test_acc``, ``train_loss``, ``test_loss``)
+    or the names :data:`COLUMN_NAMES` recognises. A value ending in ``%`` is divided by 100."""
+    import re
+
     try:
+        rx = re.compile(pattern)
+    except re.error as e:
+        raise LogError(f"{where}: --log-pattern is not a regular expression ({e})") from None
+    if not rx.groupindex:
+        raise LogError(f"{where}: --log-pattern has no named groups; name the values, e.g. "
+                       "'step (?P<step>\\d+).*acc (?P<test_acc>[\\d.]+)'")
+    rows = []
+    for line in text.splitlines():
+        m = rx.search(line)
+        if m:
+            row = {}
+            for k, v in m.groupdict().items():
+                if v is not None and v.endswith("%"):
+                    x = _number(v[:-1])
+                    v = None if x is None else x / 100
+                row[k] = v
+            rows.append(row)
+    if not rows:
+        raise LogError(f"{where}: no line matches --log-pattern {pattern!r}")
+    return rows
+
+
+def _rows(path: Path, fmt: str, pattern: str | None = None) -> list[dict[str, Any]]:
+    try:
+        if fmt == "text":
+            if not pattern:
+                raise LogError(f"{path}: a printed log needs --log-pattern (a regular expression with named "
+                               "groups: step, train_acc, test_acc, ...)")
+            return text_rows(path.read_text(errors="replace"), pattern, str(path))
         if fmt == "hf":
             doc = json.loads(path.read_text())
             rows = doc.get("log_history") if isinstance(doc, dict) else None
@@ -94,22 +130,25 @@ def _rows(path: Path, fmt: str) -> list[dict[str, Any]]:
 
 
 def import_log(path: Path, fmt: str | None = None, columns: dict[str, str] | None = None,
-               step: str = "step") -> list[dict[str, Any]]:
+               step: str = "step", pattern: str | None = None) -> list[dict[str, Any]]:
     """The evaluation records of a third-party log, one per step, sorted by step.
 
-    ``fmt`` is ``hf``, ``lightning``, ``jsonl`` or ``csv`` (None: from the file name); ``columns`` maps
+    ``fmt`` is ``hf``, ``lightning``, ``jsonl``, ``csv`` or ``text`` (None: from the file name, ``text``
+    when ``pattern`` is given: :func:`text_rows`); ``columns`` maps
     grokscope names to the file's (``{"test_acc": "val/acc"}``), overriding :data:`COLUMN_NAMES`;
     ``step`` names the step column. Rows of one step are merged (Lightning writes train and
     validation metrics on separate rows); Lightning's validation metrics are moved to the step of the
     weights they were computed on (:func:`_lightning_steps`). Raises :class:`LogError` naming the file and key.
     """
     path = Path(path)
+    if fmt is None and pattern:
+        fmt = "text"
     if fmt is None:
         fmt = ("hf" if path.name.endswith(".json") else "jsonl" if path.suffix == ".jsonl"
                else "lightning" if path.name == "metrics.csv" else "csv")
     if fmt not in FORMATS:
         raise LogError(f"{path}: unknown log format {fmt!r}; expected {', '.join(FORMATS)}")
-    rows = _rows(path, fmt)
+    rows = _rows(path, fmt, pattern)
     if not rows:
         raise LogError(f"{path}: the log has no records")
     names = {k: ((columns or {})[k],) if k in (columns or {}) else v for k, v in COLUMN_NAMES.items()}

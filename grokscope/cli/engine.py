@@ -203,16 +203,20 @@ def workspace_option(f):
 @click.option("--log", "log_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="The run's own evaluation log to import into PATH/log.jsonl (default: a trainer_state.json "
                    "or a single metrics.csv found in PATH).")
-@click.option("--log-format", type=click.Choice(["hf", "lightning", "jsonl", "csv"]), default=None,
-              help="Format of --log (default: from its name).")
+@click.option("--log-format", type=click.Choice(["hf", "lightning", "jsonl", "csv", "text"]), default=None,
+              help="Format of --log (default: from its name; text with --log-pattern).")
+@click.option("--log-pattern", default=None, metavar="REGEX",
+              help="--log is the printed output of a training script: a regular expression matched on each "
+                   "line, whose named groups are the values, e.g. 'step (?P<step>\\d+).*test acc "
+                   "(?P<test_acc>[\\d.]+)'.")
 @click.option("--log-columns", default=None, metavar="NAME=COLUMN[,...]",
               help="The log's names for train_acc, test_acc, train_loss, test_loss, e.g. test_acc=val/acc.")
 @click.option("--log-step", default="step", show_default=True, help="The log's step column.")
 @workspace_option
 def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str | None,
          dataset_kwargs: str | None, dataset_seed: int, loss: str | None, trust_code: str | None,
-         force: bool, log_path: Path | None, log_format: str | None, log_columns: str | None,
-         log_step: str, workspace: Path | None) -> None:
+         force: bool, log_path: Path | None, log_format: str | None, log_pattern: str | None,
+         log_columns: str | None, log_step: str, workspace: Path | None) -> None:
     """Write PATH/run.json (or DIR/run.json with --workspace DIR) for a folder of third-party
     checkpoints.
 
@@ -258,11 +262,11 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
         check_model(spec, ckpts[0], trust, "--model")
     except (ModelCheckError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
-    records = _import_log(path, log_path, log_format, log_columns, log_step, force, home)
+    records = _import_log(path, log_path, log_format, log_columns, log_step, force, home, log_pattern)
     if records is None and log_path is None:
         from grokscope.cli.ignored import warn_ignored
 
-        warn_ignored(click.get_current_context(), ("log_format", "log_columns", "log_step"),
+        warn_ignored(click.get_current_context(), ("log_format", "log_pattern", "log_columns", "log_step"),
                      f"without a log (no --log given, and no trainer_state.json or metrics.csv found in {path})")
     try:
         home.mkdir(parents=True, exist_ok=True)
@@ -337,7 +341,7 @@ def _hf_default(path: Path) -> str | None:
 
 
 def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str | None, step: str,
-                force: bool, home: Path | None = None) -> tuple[Path, int, list] | None:
+                force: bool, home: Path | None = None, pattern: str | None = None) -> tuple[Path, int, list] | None:
     """``(source, n, records)`` of the run's own log (given, or found in ``path``) to import into
     ``home`` (default ``path``); None: none given or found."""
     from grokscope import runs as runfmt
@@ -363,7 +367,7 @@ def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str
                 raise click.BadParameter(f"{item!r}: expected NAME=COLUMN", param_hint="--log-columns")
             mapping[k.strip()] = v.strip()
     try:
-        records = import_log(log_path, fmt, mapping, step)
+        records = import_log(log_path, fmt, mapping, step, pattern)
     except LogError as e:
         if found is not None:  # a log found, not asked for: say why it is not used, go on
             click.echo(f"  not importing {log_path} as the run's log: {e}", err=True)

@@ -152,3 +152,26 @@ def _train_twice(tmp_path):
     r = CliRunner().invoke(main, ["train", "--preset", "modadd-mlp", "--steps", "2", "--save", "every:2",
                                   "--out", str(tmp_path / "run2"), "--threads", "2"])
     assert r.exit_code == 0 and "with 2 torch thread(s) (--threads)" in r.output.splitlines()[0], r.output
+
+
+def test_a_printed_log_is_read_through_a_pattern(tmp_path):
+    """A script that printed its accuracy to stdout: `init --log train.out --log-pattern REGEX`."""
+    from grokscope import runs
+    from grokscope.runlog import LogError, import_log
+
+    run = make_run(tmp_path / "ckpts", [0, 2])
+    (run / "run.json").unlink()
+    out = tmp_path / "train.out"
+    out.write_text("starting\nstep 0 | loss 2.31 | train acc 9.5% | test acc 10.0%\nnoise line\n"
+                   "step 2 | loss 2.10 | train acc 31.0% | test acc 27.5%\ndone\n")
+    pattern = r"step (?P<step>\d+) .*train acc (?P<train_acc>[\d.]+%) .*test acc (?P<test_acc>[\d.]+%)"
+    assert import_log(out, pattern=pattern) == [
+        {"step": 0, "train_acc": 0.095, "test_acc": 0.1}, {"step": 2, "train_acc": 0.31, "test_acc": 0.275}]
+    with pytest.raises(LogError, match="no line matches"):
+        import_log(out, pattern=r"epoch (?P<step>\d+)")
+    with pytest.raises(LogError, match="no named groups"):
+        import_log(out, pattern=r"step \d+")
+    r = CliRunner().invoke(main, ["init", str(run), *MLP_FLAGS, "--log", str(out), "--log-pattern", pattern])
+    assert r.exit_code == 0, r.output
+    assert "imported 2 evaluation record(s)" in r.output
+    assert runs.read_log(run)[1]["test_acc"] == pytest.approx(0.275)
