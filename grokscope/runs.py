@@ -26,6 +26,9 @@ RUN_JSON = "run.json"
 LOG_JSONL = "log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINTS_KEY = "checkpoints"  # run.json: the checkpoint folder, when it lives elsewhere
+# run.json: the numbers in the checkpoint names count epochs of this many steps (grokscope init
+# --steps-per-epoch); discovery gives each checkpoint step = number × this
+STEPS_PER_EPOCH_KEY = "steps_per_epoch"
 
 
 class RunError(GrokscopeError, ValueError):
@@ -67,14 +70,17 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 
 def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None = None,
-                   checkpoints: Path | None = None) -> Path:
+                   checkpoints: Path | None = None, steps_per_epoch: int | None = None) -> Path:
     """Write ``run.json`` (atomically) and return its path. ``checkpoints``: the folder of the run's
     checkpoints when it is not ``run_dir/checkpoints`` or ``run_dir`` (a workspace kept apart from a
-    third party's folder, ``grokscope init --workspace``), stored absolute."""
+    third party's folder, ``grokscope init --workspace``), stored absolute; ``steps_per_epoch``: the
+    numbers in the checkpoint names are epochs of that many steps."""
     doc = {"format": RUN_FORMAT, "grokscope": grokscope.__version__, "model": model,
            "dataset": dataset, "train": train or {}}
     if checkpoints is not None:
         doc[CHECKPOINTS_KEY] = str(Path(checkpoints).absolute())
+    if steps_per_epoch is not None:
+        doc[STEPS_PER_EPOCH_KEY] = int(steps_per_epoch)
     path = Path(run_dir) / RUN_JSON
     atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
     return path

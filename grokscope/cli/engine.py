@@ -212,11 +212,14 @@ def workspace_option(f):
 @click.option("--log-columns", default=None, metavar="NAME=COLUMN[,...]",
               help="The log's names for train_acc, test_acc, train_loss, test_loss, e.g. test_acc=val/acc.")
 @click.option("--log-step", default="step", show_default=True, help="The log's step column.")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None, metavar="N",
+              help="The numbers in the checkpoint names count epochs (ckpt_{epoch}.pth): each is N steps "
+                   "(the optimiser steps of one epoch), so checkpoint k is step k*N, on the log's axis.")
 @workspace_option
 def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str | None,
          dataset_kwargs: str | None, dataset_seed: int, loss: str | None, trust_code: str | None,
          force: bool, log_path: Path | None, log_format: str | None, log_pattern: str | None,
-         log_columns: str | None, log_step: str, workspace: Path | None) -> None:
+         log_columns: str | None, log_step: str, steps_per_epoch: int | None, workspace: Path | None) -> None:
     """Write PATH/run.json (or DIR/run.json with --workspace DIR) for a folder of third-party
     checkpoints.
 
@@ -248,6 +251,9 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     from grokscope.engine.hub_cache import hub_checkpoints, is_hub_repo
 
     ckpts, problems = hub_checkpoints(path) if is_hub_repo(path) else checkpoints_in(ck_dir, path)
+    from grokscope.engine.discovery import epochs_to_steps
+
+    ckpts = epochs_to_steps(ckpts, {runfmt.STEPS_PER_EPOCH_KEY: steps_per_epoch})
     if not ckpts:
         try:
             below = [r.rel for r in find_runs(path) if r.path != path]
@@ -271,7 +277,8 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     try:
         home.mkdir(parents=True, exist_ok=True)
         runfmt.write_run_json(home, spec["model"], spec["dataset"], spec["train"],
-                              checkpoints=ck_dir.absolute() if workspace is not None else None)
+                              checkpoints=ck_dir.absolute() if workspace is not None else None,
+                              steps_per_epoch=steps_per_epoch)
         if records is not None:
             from grokscope.runlog import write_log
 
@@ -282,9 +289,24 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     click.echo(f"wrote {target}: {len(ckpts)} checkpoints, steps {ckpts[0].step}..{ckpts[-1].step}; "
                f"{ckpts[0].label} loads into {spec['model'].get('factory') or spec['model'].get('arch')}",
                err=True)
+    if steps_per_epoch:
+        click.echo(f"  the numbers in the checkpoint names are epochs of {steps_per_epoch} steps "
+                   "(--steps-per-epoch)", err=True)
+    elif _counts_like_epochs(ckpts):
+        click.echo(f"  steps {ckpts[0].step}..{ckpts[-1].step} are the numbers in the names, one apart: if they "
+                   "count epochs, run init again with --force --steps-per-epoch N (N optimiser steps per "
+                   "epoch) so that onsets and the log use steps", err=True)
     for p in problems:
         click.echo(f"  skipped {p.path}: {p.reason}", err=True)
     remember_vouched(model, dataset, home)
+
+
+def _counts_like_epochs(ckpts: list[Any]) -> bool:
+    """Whether the steps of ``ckpts`` came from their names and run 0, 1, 2, ... (or 1, 2, ...) one
+    apart, as a per-epoch save does (``ckpt_{epoch}.pth``)."""
+    steps = [c.step for c in ckpts if getattr(c, "step_source", "") == "name"]
+    return (len(steps) == len(ckpts) >= 3 and steps[0] in (0, 1)
+            and all(b - a == 1 for a, b in zip(steps, steps[1:])))
 
 
 def _unwritable_words(home: Path, path: Path, workspace: Path | None, e: OSError) -> str:

@@ -253,6 +253,21 @@ def _replace(c: Checkpoint, **kw: Any) -> Checkpoint:
     return replace(c, **kw)
 
 
+def epochs_to_steps(checkpoints: list[Checkpoint], spec: dict[str, Any] | None) -> list[Checkpoint]:
+    """``checkpoints`` with the numbers of their names read as epochs when ``spec`` (a run.json) says
+    so (``steps_per_epoch``, written by ``grokscope init --steps-per-epoch``): step = epoch × it. A step
+    read from a file's own metadata is left alone."""
+    from dataclasses import replace
+
+    from grokscope.runs import STEPS_PER_EPOCH_KEY
+
+    n = (spec or {}).get(STEPS_PER_EPOCH_KEY) if isinstance(spec, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return checkpoints
+    return [replace(c, step=c.step * n, step_source="epoch") if c.step is not None and c.step_source == "name"
+            else c for c in checkpoints]
+
+
 def checkpoints_in(folder: Path, run_dir: Path | None = None) -> tuple[list[Checkpoint], list[Problem]]:
     """The checkpoints directly in ``folder`` (files, sharded indexes, ``checkpoint-N/`` folders).
 
@@ -406,6 +421,7 @@ def find_runs(path: Path) -> list[Run]:
             run.checkpoints, run.problems = hub_checkpoints(ck)
         elif ck.is_dir():
             run.checkpoints, run.problems = checkpoints_in(ck, d)
+            run.checkpoints = epochs_to_steps(run.checkpoints, run.spec)
         elif run.spec is not None and ck != d:
             run.problems.append(Problem(str(ck), f"the checkpoint folder named by {d / runfmt.RUN_JSON} "
                                                  "does not exist"))

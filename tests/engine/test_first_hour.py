@@ -175,3 +175,31 @@ def test_a_printed_log_is_read_through_a_pattern(tmp_path):
     assert r.exit_code == 0, r.output
     assert "imported 2 evaluation record(s)" in r.output
     assert runs.read_log(run)[1]["test_acc"] == pytest.approx(0.275)
+
+
+def test_epoch_named_checkpoints_are_said_and_mapped_to_steps(tmp_path):
+    """`ckpt_{epoch}.pth`: init says the numbers may be epochs; --steps-per-epoch maps them to steps
+    for init, discovery and probe."""
+    import torch
+
+    from grokscope.engine.discovery import find_runs
+    from grokscope.engine.store import load_group
+    from grokscope.models import build_model
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    net = build_model(MLP)
+    for epoch in range(4):
+        torch.save(net.state_dict(), folder / f"ckpt_{epoch}.pth")
+    r = CliRunner().invoke(main, ["init", str(folder), *MLP_FLAGS])
+    assert r.exit_code == 0, r.output
+    assert "steps 0..3 are the numbers in the names, one apart: if they count epochs" in r.output
+    assert "--steps-per-epoch N" in r.output
+    r = CliRunner().invoke(main, ["init", str(folder), *MLP_FLAGS, "--force", "--steps-per-epoch", "25"])
+    assert r.exit_code == 0, r.output
+    assert "steps 0..75" in r.output and "epochs of 25 steps" in r.output
+    (run,) = find_runs(folder)
+    assert [c.step for c in run.checkpoints] == [0, 25, 50, 75]
+    r = CliRunner().invoke(main, ["probe", str(folder), "-m", "acc", "--scheduler", "sync", "-q"])
+    assert r.exit_code == 0, r.output
+    assert list(load_group(folder / "probes.zarr", "ckpts", "acc").step.values) == [0, 25, 50, 75]
