@@ -17,7 +17,7 @@ REGION_OPTIONS = ("resolution", "points", "split", "margin", "seed")
               help="Checkpoints: 100,1000,... | log:N | every:K | all  [default: log:6, GIF log:24].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Figure file: .png/.pdf/.svg (grid of panels) or .gif (animation)  "
-                   "[default: regions-<run>.png].")
+                   "[default: plots/regions-<run>.png beside the store, as grokscope plot].")
 @click.option("--store", type=click.Path(path_type=Path), default=None,
               help="Store of a run folder's pictures [default: PATH/probes.zarr].")
 @click.option("--resolution", default=None, type=click.IntRange(min=2), help="Grid points per side [200].")
@@ -73,7 +73,8 @@ def regions(ctx: click.Context, path: Path, run: str | None, steps: str | None, 
             raise click.UsageError(f"{store_path} holds pictures of {len(have)} runs ({', '.join(have) or 'none'}); "
                                    "choose one with --run")
         run = have[0]
-    out = out or Path(f"regions-{run.replace('/', '_')}.png")
+    out = out or Path(store_path).parent / "plots" / f"regions-{run.replace('/', '_')}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     figure = regions_figure(tree, run, steps, out, fps=fps)
     click.echo(f"wrote {figure}")
 

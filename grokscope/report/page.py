@@ -56,7 +56,8 @@ def figures_html(tree: Any, work: Path, thresholds: dict[str, Any], run: str | N
 
 def region_steps(summary: dict[str, Any], available: list[int]) -> dict[int, list[str]]:
     """Checkpoints worth a region panel, each with why: the first, memorisation, generalisation and
-    the last, snapped to the nearest available checkpoint; ``{step: [roles]}`` in step order."""
+    the last, snapped to the nearest available checkpoint; ``{step: [roles]}`` in step order. A role
+    snapped to another step says where the event itself was (``"nearest to generalisation at 613"``)."""
     available = sorted(available)
     if not available:
         return {}
@@ -66,7 +67,9 @@ def region_steps(summary: dict[str, Any], available: list[int]) -> dict[int, lis
     wanted.append(("last", available[-1]))
     out: dict[int, list[str]] = {}
     for role, w in wanted:
-        out.setdefault(min(available, key=lambda a: abs(a - w)), []).append(role)
+        at = min(available, key=lambda a: abs(a - w))
+        out.setdefault(at, []).append(role if at == w or role in ("first", "last") else
+                                      f"nearest to {role} at {fmt_step(w)}")
     return dict(sorted(out.items()))
 
 

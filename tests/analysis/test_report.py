@@ -343,8 +343,9 @@ def test_region_steps_snap_to_checkpoints_with_their_roles():
 
     s = {"onsets": {"memorisation": onset("memorisation", 90.0, 0.99), "generalisation": onset("generalisation",
                                                                                                 5990.0, 0.99)}}
-    assert region_steps(s, [100, 0, 6000, 89]) == {0: ["first"], 89: ["memorisation"],
-                                                   6000: ["generalisation", "last"]}
+    assert region_steps(s, [100, 0, 6000, 89]) == {0: ["first"], 89: ["nearest to memorisation at 90"],
+                                                   6000: ["nearest to generalisation at 5 990", "last"]}
+    assert region_steps(s, [0, 90, 429, 5990, 6000])[90] == ["memorisation"]  # exactly there: its own name
     s["onsets"]["generalisation"]["step"] = None  # never: not drawn
-    assert region_steps(s, [9, 6000]) == {9: ["first", "memorisation"], 6000: ["last"]}
+    assert region_steps(s, [9, 6000]) == {9: ["first", "nearest to memorisation at 90"], 6000: ["last"]}
     assert region_steps(s, []) == {}
