@@ -553,16 +553,25 @@ def parse_steps_options(items: tuple[str, ...], metrics: list[str]) -> dict[str,
 
 
 class _Bar:
-    """The progress bar on stderr: jobs done / total, failures, jobs per second."""
+    """The progress bar on stderr: jobs done / total, failures, jobs per second. When stderr is not a
+    terminal (a log file, a pipe, CI), a plain line every :attr:`LINE_EVERY` seconds instead, so a
+    long probe is never silent for minutes."""
+
+    LINE_EVERY = 30.0
 
     def __init__(self, quiet: bool):
         self.quiet, self.bar, self.failed, self.rate = quiet, None, 0, 0.0
+        self.lines, self.total, self.last_line = False, 0, 0.0
 
     def start(self, jobs: int, skipped: int, scheduler: str) -> None:
         if self.quiet:
             return
         click.echo(f"{jobs} job(s) to run, {skipped} already in the store; scheduler: {scheduler}", err=True)
-        if jobs:
+        if jobs and not sys.stderr.isatty():
+            import time
+
+            self.lines, self.total, self.last_line = True, jobs, time.monotonic()
+        elif jobs:
             self.bar = click.progressbar(length=jobs, label="probing", file=sys.stderr, show_pos=True,
                                          show_eta=True, item_show_func=self._show)
             self.bar.__enter__()
@@ -574,6 +583,15 @@ class _Bar:
         self.failed, self.rate = failed, rate
         if self.bar is not None:
             self.bar.update(n, current_item=done)
+        elif self.lines:
+            import time
+
+            now = time.monotonic()
+            if now - self.last_line >= self.LINE_EVERY or done >= self.total:
+                self.last_line = now
+                eta = f", about {(self.total - done) / rate:.0f} s left" if rate > 0 and done < self.total else ""
+                click.echo(f"probing: {done}/{self.total} job(s) done, {failed} failed, {rate:.1f} jobs/s{eta}",
+                           err=True)
 
     def close(self) -> None:
         if self.bar is not None:

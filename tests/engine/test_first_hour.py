@@ -203,3 +203,14 @@ def test_epoch_named_checkpoints_are_said_and_mapped_to_steps(tmp_path):
     r = CliRunner().invoke(main, ["probe", str(folder), "-m", "acc", "--scheduler", "sync", "-q"])
     assert r.exit_code == 0, r.output
     assert list(load_group(folder / "probes.zarr", "ckpts", "acc").step.values) == [0, 25, 50, 75]
+
+
+def test_probe_is_not_silent_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
+    from grokscope.cli import engine as cli_engine
+
+    monkeypatch.setattr(cli_engine._Bar, "LINE_EVERY", 0.0)  # a line per finished task
+    make_run(tmp_path / "r", [0, 1, 2])
+    r = CliRunner().invoke(main, ["probe", str(tmp_path / "r"), "-m", "acc", "--scheduler", "sync"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("probing: ")]
+    assert lines and lines[-1].startswith("probing: 3/3 job(s) done, 0 failed"), r.output
