@@ -83,12 +83,31 @@ class TreeGrok:
         return run_summary(self._run(), **kwargs)
 
     def lead_lag(self, a: str, b: str, **kwargs) -> dict[str, Any]:
-        """:func:`lead_lag` between two named events of :meth:`events` (e.g. ``"lc_fall"``)."""
+        """:func:`lead_lag` between two named events of :meth:`events` (e.g. ``"lc_fall"``); an
+        undetermined order says why in ``"why"`` (the threshold never reached and the curve's highest
+        value, or a change no larger than the noise)."""
         events = self.events(**kwargs)
         for name in (a, b):
             if name not in events:
                 raise KeyError(f"no event {name!r} for this run (have: {', '.join(events)})")
-        return lead_lag(events[a].step, events[b].step, a, b)
+        out = lead_lag(events[a].step, events[b].step, a, b)
+        if out["order"] == "undetermined":
+            out["why"] = "; ".join(_missing_why(events[n]) for n in (a, b) if not events[n].found)
+        return out
+
+
+def _missing_why(ev: Onset) -> str:
+    """Why an event has no step, in a few words."""
+    d = ev.detail or {}
+    if ev.kind == "threshold":
+        top = d.get("max")
+        return (f"{ev.name}: {ev.var} never reached {ev.threshold:.3g}"
+                + ("" if top is None or top != top else f" (its highest: {top:.3g})"))
+    needed = d.get("needed")
+    if needed is not None and needed == needed and d.get("size") is not None:
+        return (f"{ev.name}: no clear change (largest move {d['size']:.3g}, a clear change needs "
+                f"{d['needed']:.3g})")
+    return f"{ev.name}: no clear change"
 
 
 register_accessors()

@@ -236,11 +236,13 @@ def lead_lag(t_a: float, t_b: float, name_a: str = "a", name_b: str = "b",
     """Which of two events came first. Returns ``{"a", "b", "t_a", "t_b", "lag_steps": t_b − t_a,
     "lag_decades": log10((t_b + 1) / (t_a + 1)), "order"}`` with ``order`` one of ``"<a> first"``,
     ``"<b> first"``, ``"together"`` (within ``together_decades`` of each other) or ``"undetermined"``
-    (either event missing)."""
+    (either event missing; then ``"why"`` names it)."""
     out: dict[str, Any] = {"a": name_a, "b": name_b, "t_a": t_a, "t_b": t_b, "lag_steps": math.nan,
                            "lag_decades": math.nan, "order": "undetermined",
                            "together_decades": together_decades}
     if math.isnan(t_a) or math.isnan(t_b):
+        out["why"] = "; ".join(f"{n} has no step (never found on its curve)"
+                               for n, t in ((name_a, t_a), (name_b, t_b)) if math.isnan(t))
         return out
     dec = math.log10((t_b + 1.0) / (t_a + 1.0))
     out.update(lag_steps=t_b - t_a, lag_decades=dec)

@@ -178,7 +178,7 @@ def lead_lag_table_html(rows: list[dict[str, Any]], onsets: dict[str, dict] | No
             order += ": " + "; ".join(why)
         body.append([(str(r.get("a")), ""), (str(r.get("b")), ""), *steps,
                      ("—" if _missing(lag) else ("−" if lag < 0 else "") + fmt_step(abs(lag)), "num"),
-                     (fmt_num(r.get("lag_decades")), "num"), (order, "")])
+                     (fmt_num(r.get("lag_decades")).replace("-", "−"), "num"), (order, "")])
     together = rows[0].get("together_decades")
     note = "" if _missing(together) else (f"<p class='meta'>lag = step(second) − step(first); decades = "
                                            f"log10((step₂+1)/(step₁+1)); “together” within {fmt_num(together)} "

@@ -164,3 +164,18 @@ def test_onsets_from_the_runs_own_log_when_acc_was_not_probed(tmp_path):
     assert f"accuracies from the run's own log ({runs / 'logged' / 'log.jsonl'}): acc was not probed" in words
     bare = describe_run(_summary(tmp_path / "p.zarr", "bare"))
     assert any(w.startswith("no accuracy curve") and "add acc to --metrics" in w for w in bare)
+
+
+def test_lead_lag_undetermined_says_why_and_one_minus_sign(binary):
+    import xarray as xr
+
+    from grokscope.report import lead_lag_table_html
+
+    node = xr.open_datatree(binary[0], engine="zarr", consolidated=False)["parity"]
+    row = node.grok.lead_lag("memorisation", "generalisation")
+    assert row["order"] == "undetermined"
+    assert row["why"].startswith("memorisation: accuracy never reached 0.99 (its highest: ")
+    assert "generalisation: accuracy never reached 0.95" in row["why"]
+    html = lead_lag_table_html([{"a": "x", "b": "y", "t_a": 100.0, "t_b": 10.0, "lag_steps": -90.0,
+                                 "lag_decades": -0.96, "order": "y first"}])
+    assert "−90" in html and "−0.96" in html and "-0.96" not in html
