@@ -124,14 +124,18 @@ def _draw_lines(ax, panel: Panel, runs: Runs, events: Mapping[str, Mapping[str, 
 
     spec = panel.spec
     hue_keys: list[tuple[str, dict[str, Any]]] = []
-    for path in panel.runs:
+    n_runs = len(panel.runs)
+    for k, path in enumerate(panel.runs):
         ds = runs.get(path, spec.probe)
         block = curve_block(ds, spec, dict(panel.sel))
         colour = runs.colour[path]
         steps = block["step"].values
         eps_index = None
+        # runs overlaid: each later run narrower and on top, so identical curves stay visible as a
+        # line inside a wider line of the other run's colour
+        widen = 1.0 + 1.5 * (n_runs - 1 - k) / (n_runs - 1) if n_runs > 1 else 1.0
         if block.ndim == 1:
-            ax.plot(steps, block.values, color=colour, lw=1.4, **_markers(len(steps)))
+            ax.plot(steps, block.values, color=colour, lw=1.4 * widen, zorder=2 + k, **_markers(len(steps)))
         else:
             dim = block.dims[1]
             labels = list(block[dim].values)
@@ -143,8 +147,8 @@ def _draw_lines(ax, panel: Panel, runs: Runs, events: Mapping[str, Mapping[str, 
             if dim == "eps":
                 eps_index = {float(lab): c for lab, c in zip(labels, colours)}
             for j, (lab, st) in enumerate(zip(labels, styles)):
-                ax.plot(steps, block.values[:, j], color=colours[j], ls=st.get("ls", "-"), lw=1.3,
-                        **_markers(len(steps)))
+                ax.plot(steps, block.values[:, j], color=colours[j], ls=st.get("ls", "-"), lw=1.3 * widen,
+                        zorder=2 + k, **_markers(len(steps)))
                 key = _fmt_label(dim, lab)
                 if key not in [k for k, _ in hue_keys]:
                     key_colour = colours[j] if scale else (_shade("#303030", *st["shade"]) if "shade" in st

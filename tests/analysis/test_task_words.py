@@ -179,3 +179,27 @@ def test_lead_lag_undetermined_says_why_and_one_minus_sign(binary):
     html = lead_lag_table_html([{"a": "x", "b": "y", "t_a": 100.0, "t_b": 10.0, "lag_steps": -90.0,
                                  "lag_decades": -0.96, "order": "y first"}])
     assert "−90" in html and "−0.96" in html and "-0.96" not in html
+
+
+def test_two_identical_runs_stay_visible_when_overlaid(tmp_path):
+    """The same run twice: the first is drawn wider and below, the second inside it, on top."""
+    import matplotlib.pyplot as plt
+
+    from grokscope import plots
+    from tests.helpers import make_run
+
+    torch.set_num_threads(1)
+    for name in ("one", "two"):
+        make_run(tmp_path / "runs" / name, [0, 2, 8])
+    _probe(tmp_path / "runs", tmp_path / "p.zarr", "acc")
+    fig = plots.overview_figure(tmp_path / "p.zarr")
+    ax = next(a for a in fig.axes if a.get_label() == "acc.accuracy")
+    lines = [ln for ln in ax.lines if not (ln.get_gid() or "").startswith("onset")]
+    by_colour: dict = {}
+    for ln in lines:
+        by_colour.setdefault(ln.get_color(), []).append(ln)
+    (first, second) = by_colour.values()
+    for a, b in zip(first, second):
+        assert list(a.get_ydata()) == list(b.get_ydata())  # identical curves
+        assert a.get_linewidth() > b.get_linewidth() and a.get_zorder() < b.get_zorder()
+    plt.close(fig)
