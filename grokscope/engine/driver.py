@@ -661,7 +661,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
         writer = _Writer(store, p, cfg.flush_interval, summary)
         _record_plan(summary, p)
         summary.warnings[:0] = ignored
-        unfit = screen_plan(p, summary)  # one line per run whose model does not fit its checkpoints
+        unfit = screen_plan(p, summary, watch=follow is None)  # one line per run whose model does not fit
         templates = check_probes(p.tasks, p.runs)
         has_done = cfg.recheck and p.skipped > 0
         if not cfg.dry_run:  # the store changes only now, after every check passed

@@ -109,11 +109,19 @@ def check_run(spec: dict[str, Any], checkpoints: list[Checkpoint], trust: Any, w
     return None
 
 
-def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
+def screen_tasks(tasks: list[Any], watch: bool = True
+                 ) -> tuple[list[Any], dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
     """The tasks (:class:`.jobs.Task`) of the runs whose model passes :func:`check_run` (run once per
     run, on the checkpoints of its tasks, in this process, on the CPU when this host has no GPU),
     ``{run: (file, reason)}`` of the runs that fail it (their tasks are dropped) and ``{run: task
-    facts}`` of the runs checked (:attr:`Checked.task`)."""
+    facts}`` of the runs checked (:attr:`Checked.task`). With ``watch``, the run's folder, its
+    checkpoints' folder and the working directory are listed before a model or dataset module named by
+    import path is first imported, and checked after (:class:`grokscope.codepath.watch_imports`): a
+    module that changed them when imported fails its run, named (not while following a run that a
+    trainer is still writing: ``watch=False``)."""
+    from pathlib import Path
+
+    from grokscope.codepath import ImportSideEffects, watch_imports
     import torch
 
     from .jobs import _trust
@@ -125,9 +133,14 @@ def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]
     facts: dict[str, dict[str, Any]] = {}
     for run, ts in by_run.items():
         device = ts[0].device if ts[0].device == "cpu" or torch.cuda.is_available() else "cpu"
+        spec = ts[0].spec
+        folders = ([Path(ts[0].where).parent] if ts[0].where.endswith(".json") else []) + \
+            [Path(ts[0].checkpoint.path).parent, Path.cwd()] if watch else []
+        targets = [(spec.get("model") or {}).get("factory"), (spec.get("dataset") or {}).get("name")]
         try:
-            checked = check_run(ts[0].spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, device)
-        except ModelCheckError as e:
+            with watch_imports(folders, targets if watch else [], ts[0].where):
+                checked = check_run(spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, device)
+        except (ModelCheckError, ImportSideEffects) as e:
             failed[run] = (ts[0].where, f"model check failed, nothing computed for this run: {e}")
             continue
         if checked is not None and checked.task:
@@ -138,7 +151,7 @@ def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]
 __all__ = ["Checked", "ModelCheckError", "check_model", "check_run", "screen_tasks"]
 
 
-def screen_plan(p: Any, summary: Any, failed: set[str] | None = None) -> set[str]:
+def screen_plan(p: Any, summary: Any, failed: set[str] | None = None, watch: bool = True) -> set[str]:
     """Drop from the driver's plan ``p`` the tasks of the runs whose model fails the check (those in
     ``failed`` when given, without checking again), recording one failure per run in ``summary``;
     returns the names of those runs. The task facts of each run checked go into its run attributes
@@ -146,7 +159,7 @@ def screen_plan(p: Any, summary: Any, failed: set[str] | None = None) -> set[str
     from .driver import Failure
 
     if failed is None:
-        kept, why, facts = screen_tasks(p.tasks)
+        kept, why, facts = screen_tasks(p.tasks, watch)
         for run, task in facts.items():
             if run in p.run_attrs:
                 p.run_attrs[run]["task"] = task

@@ -5,7 +5,9 @@ naming the module and the fix, and takes nothing from the changed folder."""
 
 from __future__ import annotations
 
+import os
 import runpy
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -104,3 +106,14 @@ def test_a_module_without_side_effects_is_used(tmp_path, monkeypatch):
         sys.modules.pop("netmod", None)
     assert res.exit_code == 0, res.output
     assert (run / "run.json").exists()
+    # the same module turned into one that trains when imported: a bare probe of the run refuses it
+    # (a new process, as a later `grokscope probe` is: this one has the model cached)
+    (tmp_path / "netmod.py").write_text(text)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "grokscope.cli", "probe", str(run), "-m", "acc", "--scheduler",
+                          "sync"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "Traceback" not in out, out
+    assert "model check failed, nothing computed for this run: " in out
+    assert "importing module 'netmod' changed" in out
