@@ -616,6 +616,9 @@ class LCParams:
 
     radius: tuple[float, ...] = field(default=(0.005,), metadata={"help": "radii r of the cross-polytope"})
     n_dirs: int = field(default=25, metadata={"help": "P orthonormal directions (2P vertices)"})
+    n_dirs_cap: str = field(default="input", metadata={
+        "help": "input: at most the input dimension (the group's attribute n_dirs_used says how many were "
+                "used) | none: refuse n_dirs above it"})
     n_points: int = field(default=1024, metadata={"help": "points per split (all of a smaller split)"})
     splits: tuple[str, ...] = field(default=SPLITS, metadata={"help": "point sets: " + ", ".join(SPLITS)})
     seed: int = field(default=0, metadata={"help": "frame, point subsets, random points, boundary pairs"})
@@ -647,6 +650,12 @@ def lc_points(model: nn.Module, forward: Callable, z_train: torch.Tensor, z_test
     raise ProbeError(f"lc: unknown split {split!r}; valid: {', '.join(SPLITS)}")
 
 
+def n_dirs_used(params: LCParams, dim: int) -> int:
+    """The directions ``lc`` uses on inputs of ``dim`` coordinates: ``n_dirs``, at most ``dim`` when
+    ``n_dirs_cap`` is ``"input"`` (the default 25 on a 20-dimensional input: 20)."""
+    return min(int(params.n_dirs), dim) if params.n_dirs_cap == "input" else int(params.n_dirs)
+
+
 class LCProbe(Probe):
     """Local complexity around train / test / random / decision-boundary points (Humayun et al.).
 
@@ -676,8 +685,9 @@ class LCProbe(Probe):
     )
     events = (EventSpec("lc_fall", "lc_total_mean", "fall", "the fall of LC around training points", "train"),)
 
-    # stores written before ``radius_unit`` existed used absolute radii
-    added_params = {"radius_unit": "absolute"}
+    # stores written before ``radius_unit`` existed used absolute radii; before ``n_dirs_cap``, n_dirs
+    # above the input dimension was refused, so every stored group used n_dirs itself: what "input" gives
+    added_params = {"radius_unit": "absolute", "n_dirs_cap": "input"}
     unit_params = ("radius_unit",)
 
     @classmethod
@@ -694,14 +704,15 @@ class LCProbe(Probe):
         if not params.radius or any(not (float(r) > 0) for r in params.radius):
             raise ProbeError(f"lc.radius must be one or more numbers > 0, got {list(params.radius)}")
         check_choice("lc.radius_unit", params.radius_unit, RADIUS_UNITS)
+        check_choice("lc.n_dirs_cap", params.n_dirs_cap, ("input", "none"))
 
     def check(self, model: nn.Module, data: Any, params: LCParams) -> None:
         device = model_device(model)
         _, z = continuous_view(model, data.x_train[:1].to(device), data.input_kind)
         dim = int(z[0].numel())
-        if params.n_dirs > dim:
+        if params.n_dirs > dim and params.n_dirs_cap == "none":
             raise ProbeError(f"lc.n_dirs={params.n_dirs} is larger than the input dimension {dim} "
-                             f"(the directions are orthonormal); valid: 1..{dim}")
+                             f"(the directions are orthonormal); valid: 1..{dim}, or lc.n_dirs_cap=input")
         forward, z = continuous_view(model, data.x_train[:1].to(device), data.input_kind)
         try:
             found = kink_layers(model, z.to(model_dtype(model)), forward=forward,
@@ -734,7 +745,8 @@ class LCProbe(Probe):
                     "produced_by": ("layer", producers)},
             dtypes={"lc": np.int32, "n_samples": np.int64, "neurons": np.int64},
             attrs={"frame_dtype": str(dtype).replace("torch.", ""),
-                   "radius_unit": _unit_words(radius_unit(params.radius_unit, data.input_kind))},
+                   "radius_unit": _unit_words(radius_unit(params.radius_unit, data.input_kind)),
+                   "n_dirs_used": n_dirs_used(params, int(z[0].numel()))},
             var_attrs={"lc": {"fill_value_meaning": FILL_MEANING}})
 
     def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
@@ -767,7 +779,7 @@ class LCProbe(Probe):
                     results.append(None)
                     continue
                 results.append(local_complexity(
-                    work, pts, radius=radius_abs, n_dirs=params.n_dirs, seed=params.seed,
+                    work, pts, radius=radius_abs, n_dirs=n_dirs_used(params, int(z_train[0].numel())), seed=params.seed,
                     layers=[str(s) for s in params.layers] or None, include_output=params.include_output,
                     dtype=dtype, max_rows=params.max_rows or None, forward=forward))
         finally:
@@ -802,4 +814,5 @@ class LCProbe(Probe):
         ds["lc"].attrs["fill_value_meaning"] = FILL_MEANING
         ds.attrs["frame_dtype"] = str(dtype).replace("torch.", "")
         ds.attrs["radius_unit"] = _unit_words(unit)
+        ds.attrs["n_dirs_used"] = n_dirs_used(params, int(z_train[0].numel()))
         return ds

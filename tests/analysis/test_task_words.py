@@ -203,3 +203,21 @@ def test_two_identical_runs_stay_visible_when_overlaid(tmp_path):
         assert list(a.get_ydata()) == list(b.get_ydata())  # identical curves
         assert a.get_linewidth() > b.get_linewidth() and a.get_zorder() < b.get_zorder()
     plt.close(fig)
+
+
+def test_lc_default_directions_fit_a_small_input(binary, tmp_path):
+    """lc's default 25 directions on a 12-dimensional input: 12 are used, and the group says so;
+    asking for the refusal (lc.n_dirs_cap=none) still gets the one-line message."""
+    from grokscope.engine.store import load_group
+
+    runs = binary[1] / "runs"
+    small = ["--param", "lc.n_points=8", "--param", "lc.splits=train"]
+    r = CliRunner().invoke(main, ["probe", str(runs), "-m", "lc", "--scheduler", "sync", "-q",
+                                  "--out", str(tmp_path / "lc.zarr"), *small])
+    assert r.exit_code == 0, r.output
+    lc = load_group(tmp_path / "lc.zarr", "parity", "lc")
+    assert lc.attrs["n_dirs_used"] == 12 and lc.attrs["params"]["n_dirs"] == 25
+    assert bool(lc.done.all())
+    r = CliRunner().invoke(main, ["probe", str(runs), "-m", "lc", "--scheduler", "sync", "-q",
+                                  "--out", str(tmp_path / "lc2.zarr"), *small, "--param", "lc.n_dirs_cap=none"])
+    assert r.exit_code == 1 and "lc.n_dirs=25 is larger than the input dimension 12" in r.output, r.output
