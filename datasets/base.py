@@ -80,10 +80,11 @@ class Data:
 def task_facts(data: Data) -> dict[str, Any]:
     """What the analysis needs to know about a task, stored with each run by ``grokscope probe``:
     ``{"n_classes", "chance": 1 / n_classes, "classes_from": "stated" | "labels", "grok_threshold",
-    "threshold_from": "stated" | "default"}`` (JSON values)."""
+    "threshold_from": "stated" | "default"}`` (JSON values; ``chance`` None for fewer than 2 classes,
+    where guessing has no level to clear)."""
     n = int(data.n_classes)
     thr = data.grok_threshold
-    return {"n_classes": n, "chance": 1.0 / n if n > 0 else None, "classes_from": data.classes_from,
+    return {"n_classes": n, "chance": 1.0 / n if n >= 2 else None, "classes_from": data.classes_from,
             "grok_threshold": float(thr if thr is not None else DEFAULT_GROK_THRESHOLD),
             "threshold_from": "stated" if thr is not None else "default"}
 

@@ -127,9 +127,6 @@ def from_arrays(name: str, arrays: Mapping[str, Any], where: str, n_classes: int
     classes_from = "stated" if n_classes is not None else "labels"
     if n_classes is None:
         n_classes = top + 1
-        if n_classes < 2:
-            raise DatasetError(f"{where}: every label is {top}: a classification task needs at least 2 "
-                               "classes (state n_classes if some are absent from the data)")
     elif top >= int(n_classes):
         raise DatasetError(f"{where}: label {top} out of range for n_classes={n_classes}")
     kind = input_kind or ("continuous" if parts["x_train"].is_floating_point() else "tokens")

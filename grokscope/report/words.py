@@ -175,6 +175,8 @@ def describe_task(summary: dict[str, Any]) -> str:
     task = summary.get("task") or {}
     params = summary.get("params") or {}
     n, chance = task.get("n_classes"), task.get("chance")
+    if _missing(chance) and n:
+        return f"{int(n)} class in the data: no chance level to clear; accuracy thresholds are used as asked"
     if _missing(chance) or not n:
         return ("chance level unknown (the store does not record this run's task: probe it again with "
                 "this grokscope to record it); accuracy thresholds are used as asked")
