@@ -26,6 +26,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
+from grokscope.errors import GrokscopeError
 from grokscope.trust import ENV_VAR, Trust, UntrustedCode, config_file, module_of
 
 SPEC_KEY = "path"
@@ -129,7 +130,7 @@ def use(spec: dict[str, Any], target: str, trust: Trust | None, kind: str, where
 WATCH_LIMIT = 50_000  # entries of a watched folder compared before and after an import
 
 
-class ImportSideEffects(ValueError):
+class ImportSideEffects(GrokscopeError, ValueError):
     """Importing the user's module changed a watched folder (it trains, or writes files, at import)."""
 
 
