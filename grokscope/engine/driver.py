@@ -363,6 +363,10 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
                                   probes=tuple(pending[ck.step]), device=cfg.device,  # type: ignore[index]
                                   threads=threads, trust=cfg.trust, where=_spec_file(run)))
             prev = ck
+    for run_name, probe in sorted(store.half_removed):
+        warnings.append(f"{run_name}/{probe}: an interrupted removal (--overwrite) left this group half "
+                        f"removed; {'a run would finish' if cfg.dry_run else 'finishing'} the removal and "
+                        f"recomputing it")
     return _Plan(tasks=tasks, jobs=n_jobs, skipped=skipped, excluded=excluded, runs={r.name: r for r, _ in ready},
                  specs={r.name: spec for r, spec in ready}, group_attrs=group_attrs, failures=failures,
                  warnings=warnings, run_attrs=run_attrs, clear_runs=clear_runs, clear_groups=clear_groups,
@@ -380,6 +384,8 @@ def apply(p: _Plan, store: ProbeStore, templates: dict[tuple[str, str], Any] | N
         for child in list((store.path / run).iterdir()):
             if child.is_dir():
                 store.delete_group(run, child.name)
+    for run, probe in sorted(store.half_removed):
+        store.delete_group(run, probe)
     for run, attrs in p.run_attrs.items():
         store.set_run_attrs(run, attrs)
     for run, probe in p.clear_groups:
