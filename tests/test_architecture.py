@@ -26,7 +26,6 @@ KNOWN_CIRCLES = {
                "grokscope.engine.store", "grokscope.reading"}),
     frozenset({"grokscope.engine.aliases", "grokscope.engine.discovery", "grokscope.engine.hub_cache",
                "grokscope.engine.loading"}),
-    frozenset({"grokscope.engine.driver", "grokscope.engine.model_check"}),
 }
 # ``import datasets`` in datasets/files.py is the Hugging Face package (the flat layout shares its name)
 THIRD_PARTY = {("datasets.files", "datasets")}
