@@ -15,6 +15,7 @@ from typing import Any
 from grokscope.errors import GrokscopeError
 
 from .discovery import Checkpoint
+from .outcomes import Failure
 
 BATCH = 2  # training points of the check's forward pass
 MAX_UNREADABLE = 3  # checkpoints tried in turn when the first ones cannot be read
@@ -155,9 +156,7 @@ def screen_plan(p: Any, summary: Any, failed: set[str] | None = None, watch: boo
     """Drop from the driver's plan ``p`` the tasks of the runs whose model fails the check (those in
     ``failed`` when given, without checking again), recording one failure per run in ``summary``;
     returns the names of those runs. The task facts of each run checked go into its run attributes
-    (``p.run_attrs[run]["task"]``), which :func:`.driver.apply` writes to the store."""
-    from .driver import Failure
-
+    (``p.run_attrs[run]["task"]``), which :func:`.prepare.apply` writes to the store."""
     if failed is None:
         kept, why, facts = screen_tasks(p.tasks, watch)
         for run, task in facts.items():
