@@ -87,14 +87,24 @@ def log_accuracy(run_node: Any):
     folder = run_node.attrs.get("path")
     if not folder:
         return None
+    import json
     from pathlib import Path
 
-    from grokscope.runs import LOG_JSONL, read_log
-
+    # read as grokscope.runs.read_log reads it (a torn last line skipped); not imported from there:
+    # that module imports torch, and the package (an import circle through grokscope.analysis)
+    path = Path(folder) / "log.jsonl"
     try:
-        records = [r for r in read_log(Path(folder)) if isinstance(r, dict) and "step" in r]
+        lines = path.read_text().splitlines() if path.is_file() else []
     except OSError:
         return None
+    records = []
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and "step" in r:
+            records.append(r)
     keys = [k for k in ("train_acc", "test_acc") if any(r.get(k) is not None for r in records)]
     if not keys:
         return None
@@ -105,7 +115,7 @@ def log_accuracy(run_node: Any):
     values = np.array([[float(by_step[t].get(k, math.nan)) for k in keys] for t in steps])
     return xr.Dataset({"accuracy": (("step", "split"), values)},
                       coords={"step": steps, "split": [k.split("_")[0] for k in keys]},
-                      attrs={"source": str(Path(folder) / LOG_JSONL)})
+                      attrs={"source": str(path)})
 
 
 def probe_dataset(run_node: Any, probe: str):
