@@ -119,8 +119,11 @@ def test_bad_parameters_fail_on_the_client_with_one_line():
     with pytest.raises(ProbeError, match=r"lc.n_dirs must be >= 1, got 0"):
         lc.make_params({"n_dirs": "0"})
     model, data = _setup(MLP, DIGITS)
+    lc().check(model, data, lc.make_params({"n_dirs": "65"}))  # the default cap: 64 are used
     with pytest.raises(ProbeError, match=r"lc.n_dirs=65 is larger than the input dimension 64.*valid: 1..64"):
-        lc().check(model, data, lc.make_params({"n_dirs": "65"}))
+        lc().check(model, data, lc.make_params({"n_dirs": "65", "n_dirs_cap": "none"}))
+    with pytest.raises(ProbeError, match=r"lc.n_dirs_cap"):
+        lc.make_params({"n_dirs_cap": "some"})
     assert dataclasses.asdict(lc.make_params({"n_dirs": "64"}))["n_dirs"] == 64
 
 
