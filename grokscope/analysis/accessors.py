@@ -59,7 +59,7 @@ class DatasetGrok:
         if not probe:
             raise ValueError("this Dataset is not a probe group of a grokscope store (no 'probe' attribute); "
                              "use a run node: grokscope.open_store(path)['<run>'].grok")
-        run_attrs = {k: self._ds.attrs[k] for k in ("model", "dataset") if k in self._ds.attrs}
+        run_attrs = {k: self._ds.attrs[k] for k in ("model", "dataset", "task") if k in self._ds.attrs}
         return xr.DataTree.from_dict({"/": xr.Dataset(attrs=run_attrs), str(probe): self._ds})
 
     def onsets(self, **thresholds) -> dict[str, Onset]:

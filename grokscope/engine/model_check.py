@@ -156,12 +156,16 @@ def screen_plan(p: Any, summary: Any, failed: set[str] | None = None, watch: boo
     """Drop from the driver's plan ``p`` the tasks of the runs whose model fails the check (those in
     ``failed`` when given, without checking again), recording one failure per run in ``summary``;
     returns the names of those runs. The task facts of each run checked go into its run attributes
-    (``p.run_attrs[run]["task"]``), which :func:`.prepare.apply` writes to the store."""
+    (``p.run_attrs[run]["task"]``, and the attributes of its new probe groups), which
+    :func:`.prepare.apply` writes to the store."""
     if failed is None:
         kept, why, facts = screen_tasks(p.tasks, watch)
         for run, task in facts.items():
             if run in p.run_attrs:
                 p.run_attrs[run]["task"] = task
+        for (run, _probe), attrs in p.group_attrs.items():  # a group read alone (ds.grok) knows it too
+            if run in facts:
+                attrs["task"] = facts[run]
         for run, (file, reason) in why.items():
             summary.failures.append(Failure(run, None, "*", file, reason))
         failed = set(why)

@@ -104,6 +104,15 @@ def test_binary_file_dataset_chance_read_from_the_labels(binary):
     assert "never generalised: test accuracy never reached 0.95" in text
 
 
+def test_a_probe_group_alone_knows_the_task(binary):
+    from grokscope.engine.store import load_group
+
+    acc = load_group(binary[0], "parity", "acc")
+    assert acc.attrs["task"]["n_classes"] == 2
+    gen = acc.grok.onsets()["generalisation"]
+    assert gen.detail["chance"] == 0.5 and gen.threshold == 0.95
+
+
 def test_binary_threshold_below_chance_is_raised_never_reported(binary):
     """A threshold asked below chance (--grok 0.3 on a 2-class task) is raised, and says so."""
     import xarray as xr
