@@ -146,6 +146,16 @@ def screen_tasks(tasks: list[Any], watch: bool = True
             continue
         if checked is not None and checked.task:
             facts[run] = checked.task
+        else:  # no checkpoint could be read: the task is the data's alone
+            from grokscope.datasets import task_facts
+
+            from .jobs import _data
+
+            try:
+                facts[run] = task_facts(_data(spec["dataset"], torch.device("cpu"), torch.float32,
+                                              _trust(ts[0]), ts[0].where))
+            except Exception:  # noqa: BLE001 - the jobs report the dataset's own error
+                pass
     return [t for t in tasks if t.run not in failed], failed, facts
 
 
