@@ -22,6 +22,7 @@ BUILTIN = {
     "regions": "grokscope.probes.regions:RegionsProbe",
     "llc": "grokscope.probes.llc:LLCProbe",
     "collapse": "grokscope.probes.collapse:CollapseProbe",
+    "spectral": "grokscope.probes.spectral:SpectralProbe",
 }
 
 ENTRY_POINT_GROUP = "grokscope.probes"
