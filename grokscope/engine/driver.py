@@ -195,8 +195,9 @@ def _spec_file(run: Run) -> str:
     return str(run.path / "run.json") if run.spec is not None else "the command line"
 
 
-def _untrusted(run: Run, spec: dict[str, Any], trust: Any) -> str:
-    """Why ``spec`` names code the user has not vouched for (one line), or ""; imports nothing."""
+def _untrusted(run: Run, spec: dict[str, Any], trust: Any, needs_data: bool = True) -> str:
+    """Why ``spec`` names code the user has not vouched for (one line), or ""; imports nothing. The
+    dataset is not looked at when no requested probe reads data (``needs_data=False``)."""
     from grokscope.datasets import DatasetError, check_dataset_spec
     from grokscope.models import ModelError, check_model_spec
     from grokscope.trust import Trust, UntrustedCode
@@ -204,7 +205,8 @@ def _untrusted(run: Run, spec: dict[str, Any], trust: Any) -> str:
     t = trust if trust is not None else Trust()
     try:
         check_model_spec(spec.get("model") or {}, t, _spec_file(run))
-        check_dataset_spec(spec.get("dataset") or {}, t, _spec_file(run))
+        if needs_data:
+            check_dataset_spec(spec.get("dataset") or {}, t, _spec_file(run))
     except (UntrustedCode, ModelError, DatasetError) as e:
         return str(e)
     return ""
@@ -271,6 +273,9 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
     warnings: list[str] = []
     refusals: list[str] = []
     ready: list[tuple[Run, dict[str, Any]]] = []
+    from .jobs import probe_class
+
+    needs_data = any(probe_class(r.name).needs_data for r in cfg.probes)
     for run in runs:
         for pr in run.problems:
             warnings.append(f"{run.name}: {pr.path}: {pr.reason}")
@@ -278,7 +283,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
         if spec is None:
             failures.append(Failure(run.name, None, "*", str(run.path), why))
             continue
-        why = _untrusted(run, spec, cfg.trust)
+        why = _untrusted(run, spec, cfg.trust, needs_data)
         if why:
             failures.append(Failure(run.name, None, "*", _spec_file(run), why))
             continue

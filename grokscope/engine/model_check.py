@@ -34,13 +34,15 @@ class Checked:
     n_classes: int
 
 
-def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, device: str = "cpu"
-                ) -> Checked:
+def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, device: str = "cpu",
+                needs_data: bool = True) -> Checked:
     """Build ``spec["model"]``, load ``ckpt`` into it, run it on ``BATCH`` training points of
     ``spec["dataset"]`` (cast to the dtype the jobs use) and check that it returns floating logits of
     shape ``(BATCH, C)`` with ``C >= n_classes``. Raises :class:`ModelCheckError` (one line naming the
     checkpoint; a file that cannot be read raises ``CheckpointError`` instead, see
-    :func:`check_run`). ``where`` names the spec's origin (``--model``, a run.json) in errors."""
+    :func:`check_run`). ``where`` names the spec's origin (``--model``, a run.json) in errors.
+    ``needs_data=False`` (every probe asked for reads only the weights): the dataset is neither loaded
+    nor run through the model; the check ends once the checkpoint loads (shape ``()``, 0 classes)."""
     import torch
 
     from grokscope.datasets import DatasetError
@@ -61,6 +63,8 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
     except CheckpointError as e:
         raise ModelCheckError(str(e)) from None
     dtype = float_dtype(sd)
+    if not needs_data:
+        return Checked(ckpt.path, (), str(dtype).replace("torch.", ""), 0)
     try:
         data = _data(spec["dataset"], dev, dtype, trust, where)
     except (DatasetError, UntrustedCode) as e:
@@ -91,14 +95,14 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
 
 
 def check_run(spec: dict[str, Any], checkpoints: list[Checkpoint], trust: Any, where: str,
-              device: str = "cpu") -> Checked | None:
+              device: str = "cpu", needs_data: bool = True) -> Checked | None:
     """:func:`check_model` on the first readable of ``checkpoints`` (up to ``MAX_UNREADABLE`` tried;
     an unreadable file is left to its own job). None when none could be read."""
     from .loading import CheckpointError
 
     for ck in checkpoints[:MAX_UNREADABLE]:
         try:
-            return check_model(spec, ck, trust, where, device)
+            return check_model(spec, ck, trust, where, device, needs_data)
         except CheckpointError:
             continue
     return None
@@ -110,7 +114,7 @@ def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]
     ``{run: (file, reason)}`` of the runs that fail it (their tasks are dropped)."""
     import torch
 
-    from .jobs import _trust
+    from .jobs import _trust, probe_class
 
     by_run: dict[str, list[Any]] = {}
     for t in tasks:
@@ -119,7 +123,8 @@ def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]
     for run, ts in by_run.items():
         device = ts[0].device if ts[0].device == "cpu" or torch.cuda.is_available() else "cpu"
         try:
-            check_run(ts[0].spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, device)
+            needs_data = any(probe_class(p.name).needs_data for t in ts for p in t.probes)
+            check_run(ts[0].spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, device, needs_data)
         except ModelCheckError as e:
             failed[run] = (ts[0].where, f"model check failed, nothing computed for this run: {e}")
     return [t for t in tasks if t.run not in failed], failed
