@@ -18,6 +18,7 @@ COMMANDS = {
     "probe": ("grokscope.cli.engine:probe", "Run probes over checkpoints into a Zarr store."),
     "simulate": ("grokscope.cli.simulate:simulate", "Closed-form dynamics (Musat) written as a run."),
     "plot": ("grokscope.cli.plot:plot", "Plot a probe store over steps."),
+    "export": ("grokscope.cli.export:export", "Every scalar of a probe store, at its own step, to TensorBoard or W&B."),
     "report": ("grokscope.cli.report:report", "One self-contained HTML page (or --json) about a probe store."),
     "llc-sweep": ("grokscope.cli.llc_sweep:llc_sweep", "Try llc step sizes and localisations on one checkpoint; plot the traces."),
     "regions": ("grokscope.cli.regions:regions", "Draw linear regions on the plane through three training points."),
