@@ -555,6 +555,9 @@ class _Bar:
               help="Hash the checkpoints of jobs already done and recompute those whose content "
                    "changed since (a replaced checkpoint); --no-recheck trusts the store.")
 @click.option("--dry-run", is_flag=True, help="Show what would be computed, compute nothing.")
+@click.option("--estimate", is_flag=True,
+              help="Jobs, bytes to read and write, and a time projected from one timed job per probe; "
+                   "writes nothing.")
 @click.option("--follow", is_flag=True,
               help="While a trainer is writing a run under PATH (its run folder's lock names a live "
                    "process), keep probing its new checkpoints as they appear; return once it is gone.")
@@ -569,7 +572,7 @@ class _Bar:
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
           out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
           steps: tuple[str, ...], overwrite: bool, flush_interval: float, recheck: bool, dry_run: bool,
-          follow: bool, as_json: bool, quiet: bool, split_tolerance: float, model: str | None,
+          estimate: bool, follow: bool, as_json: bool, quiet: bool, split_tolerance: float, model: str | None,
           model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None, dataset_seed: int,
           loss: str | None, trust_code: str | None, workspace: Path | None) -> None:
     """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
@@ -610,6 +613,9 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     cfg = EngineConfig(probes=requests, out=out or home / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
                        flush_interval=flush_interval, dry_run=dry_run, trust=trust, recheck=recheck)
+    if estimate:
+        _print_estimate(path, cfg, as_json)
+        return
     more = {"follow": training_under(path)} if follow and not dry_run else {}
     summary = run_with_progress(path, cfg, quiet=quiet or as_json, **more)
     if "acc" in names and not dry_run and cfg.out.exists():
@@ -620,6 +626,26 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)
+
+
+def _print_estimate(path: Path, cfg: Any, as_json: bool) -> None:
+    """``probe --estimate``: :func:`grokscope.engine.estimate.estimate` in words (or JSON on stdout)."""
+    from grokscope.engine.discovery import DiscoveryError
+    from grokscope.engine.driver import EngineError
+    from grokscope.engine.estimate import estimate
+    from grokscope.engine.store import StoreError
+
+    try:
+        est = estimate(path, cfg)
+    except (DiscoveryError, StoreError, EngineError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(est.as_dict(), indent=2))
+        return
+    for w in est.warnings:
+        click.echo(f"warning: {w}", err=True)
+    for line in est.lines():
+        click.echo(line)
 
 
 def workspace_run(path: Path, workspace: Path | None) -> Path:
