@@ -12,6 +12,7 @@ import click
 COMMANDS = {
     "demo": ("grokscope.cli.demo:demo", "Train the default preset, probe it and plot what it shows."),
     "train": ("grokscope.cli.train:train", "Train a model and save log-spaced checkpoints."),
+    "forecast": ("grokscope.cli.forecast:forecast", "When will this run grok? The delay law on its weight-norm series."),
     "init": ("grokscope.cli.engine:init", "Write run.json for a folder of third-party checkpoints."),
     "scan": ("grokscope.cli.engine:scan", "Audit the checkpoints under a path."),
     "probes": ("grokscope.cli.engine:probes", "List the available probes, parameters and outputs."),
