@@ -82,12 +82,24 @@ class RunSeries:
         return float(np.exp(np.interp(step, self.steps, np.log(self.v))))
 
 
+_V_CACHE: dict[tuple[str, float, int], float] = {}
+
+
 def _sum_squares(ckpt: Any) -> float:
+    """``‖θ‖²`` of a checkpoint: the sum of squares of its floating tensors (cached per file version)."""
+    import os
+
     from grokscope.engine.loading import read_state_dict
 
+    st = os.stat(ckpt.path)
+    key = (str(ckpt.path), st.st_mtime, st.st_size)
+    if key in _V_CACHE:
+        return _V_CACHE[key]
+
     sd = read_state_dict(ckpt)
-    return float(sum(float((t.double() ** 2).sum()) for t in sd.values()
-                     if hasattr(t, "is_floating_point") and t.is_floating_point()))
+    _V_CACHE[key] = float(sum(float((t.double() ** 2).sum()) for t in sd.values()
+                              if hasattr(t, "is_floating_point") and t.is_floating_point()))
+    return _V_CACHE[key]
 
 
 def read_run(run: Any) -> RunSeries:
@@ -263,6 +275,25 @@ def forecasts(s: RunSeries, cal: Calibration) -> list[Forecast]:
         if t_grok is not None and t >= t_grok:
             break
     return out
+
+
+def live_line(run_dir: Path, cal: Calibration | None = None) -> str:
+    """One line for a run being trained: the latest forecast of its generalisation step (the demo prints
+    it while it probes), or "" before memorisation or when the run cannot be forecast."""
+    from grokscope.engine.discovery import find_runs
+
+    try:
+        (run,) = find_runs(Path(run_dir))
+        s = read_run(run)
+    except (ForecastError, ValueError, GrokscopeError, OSError):
+        return ""
+    fs = forecasts(s, cal or builtin_calibration())
+    if not fs:
+        return ""
+    f = fs[-1]
+    seen = f" (generalised at step {s.t_grok})" if s.t_grok is not None else ""
+    return (f"forecast at step {f.step}: generalises at step {f.predicted:.0f} [{f.low:.0f}, {f.high:.0f}]"
+            f" (memorised at {s.t_mem}, ‖θ‖² = {f.v:.4g}){seen}")
 
 
 def describe(s: RunSeries, cal: Calibration, every: bool = False) -> list[str]:
