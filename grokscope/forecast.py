@@ -9,8 +9,8 @@ threshold ``V*`` while weight decay contracts it at the rate ``2κηλ``:
 with ``η`` the learning rate and ``λ`` the weight decay (run.json), ``T_mem`` the first logged step
 with training accuracy ≥ 0.99 (:data:`grokscope.analysis.MEM_THRESHOLD`) and ``V_mem`` the norm there.
 ``κ`` (AdamW's correction to the rate ``2ηλ`` of plain SGD) and ``V*`` depend on the architecture
-and are calibrated on runs that generalised (:func:`calibrate`): ``2ηλ·delay = (log V_mem − log V*)/κ``
-is a line in ``log V_mem``, fitted by least squares of the relative error.
+and are calibrated on runs that generalised (:func:`calibrate`): each is one observed first passage,
+``V*_i`` its norm at generalisation and ``κ_i`` the rate its norm fell at in between.
 
 Forecasts, at every checkpoint ``t`` from memorisation on, using only what was known at ``t``:
 
@@ -193,35 +193,36 @@ class Calibration:
 
 
 def calibrate(series: Iterable[RunSeries]) -> Calibration:
-    """Fit ``κ`` and ``V*`` on the runs that memorised and generalised (at least 2, with different
-    ``V_mem``): least squares of the relative error of ``y = 2ηλ·delay`` against ``(log V_mem − log V*)/κ``.
-    :class:`ForecastError` when fewer than 2 runs generalised."""
-    pts = []
-    names = []
+    """Fit ``κ`` and ``V*`` on the runs that memorised and then generalised with their norm falling in
+    between (``V_mem > V_grok``): each such run is one observed first passage, with its own
+    ``V*_i = V_grok`` and ``κ_i = log(V_mem / V_grok) / (2ηλ (T_grok − T_mem))``; ``log V*`` is the mean of
+    ``log V*_i`` and ``κ`` the geometric mean of the ``κ_i``. :class:`ForecastError` when fewer than 2
+    runs qualify."""
+    kappas, log_vs, ys, names = [], [], [], []
     model: dict[str, Any] = {}
     for s in series:
         t_mem, t_grok = s.t_mem, s.t_grok
         if t_mem is None or t_grok is None or t_grok <= t_mem:
             continue
-        pts.append((math.log(s.v_at(t_mem)), 2 * s.eta * s.lam * (t_grok - t_mem)))
+        v_mem, v_grok = s.v_at(t_mem), s.v_at(t_grok)
+        if not v_mem > v_grok:
+            continue
+        y = 2 * s.eta * s.lam * (t_grok - t_mem)
+        kappas.append(math.log(v_mem / v_grok) / y)
+        log_vs.append(math.log(v_grok))
+        ys.append((math.log(v_mem), y))
         names.append(s.name)
         model = model or s.model
-    if len(pts) < 2:
-        raise ForecastError(f"calibration needs at least 2 runs that memorised and then generalised, got {len(pts)}")
-    x = np.array([p[0] for p in pts])
-    y = np.array([p[1] for p in pts])
-    w = 1 / y  # relative error: minimise Σ ((a x + c − y) / y)²
-    a_mat = np.stack([x * w, w], axis=1)
-    (a, c), *_ = np.linalg.lstsq(a_mat, y * w, rcond=None)
-    if not a > 0:  # no usable slope: V_mem carries no information here; a fixed ratio V*/V_mem instead
-        raise ForecastError(f"calibration: 2ηλ·delay does not grow with log V_mem over runs {', '.join(names)} "
-                            f"(slope {a:.3g}); the law does not fit them")
-    kappa, log_vstar = 1 / a, -c / a
-    fitted = (x - log_vstar) / kappa
-    ratio = np.log(y / np.maximum(fitted, 1e-12))
+    if len(kappas) < 2:
+        raise ForecastError(f"calibration needs at least 2 runs that memorised and then generalised with a falling "
+                            f"norm, got {len(kappas)}")
+    kappa = float(np.exp(np.mean(np.log(kappas))))
+    log_vstar = float(np.mean(log_vs))
+    fitted = np.array([max(x - log_vstar, 1e-12) / kappa for x, _ in ys])
+    ratio = np.log(np.array([y for _, y in ys]) / fitted)
     q_lo, q_hi = np.quantile(ratio, INTERVAL)
-    return Calibration(kappa=float(kappa), log_vstar=float(log_vstar), q_lo=float(q_lo), q_hi=float(q_hi),
-                       n_runs=len(pts), runs=names, model=model)
+    return Calibration(kappa=kappa, log_vstar=log_vstar, q_lo=float(q_lo), q_hi=float(q_hi),
+                       n_runs=len(kappas), runs=names, model=model)
 
 
 # The constants fitted on every run of the sweep (examples/forecast_sweep.py --out runs/forecast, then
@@ -331,7 +332,8 @@ def sweep_table(run_dirs: Iterable[Path]) -> str:
     """Leave-one-out errors of the law over ``run_dirs`` (each a run folder): for each run that
     memorised, the law calibrated on the other runs that generalised forecasts its generalisation step
     at memorisation and at the checkpoint halfway (in steps) to it; a markdown table, then the median and
-    worst errors of the delay ``T_grok − T_mem`` and where the law fails."""
+    worst errors of the delay ``T_grok − T_mem``, the same for the 1/(ηλ) scaling alone (no norm), and
+    where the law fails."""
     from grokscope.engine.discovery import find_runs
 
     series = []
@@ -339,8 +341,8 @@ def sweep_table(run_dirs: Iterable[Path]) -> str:
         for r in find_runs(Path(d)):
             series.append(read_run(r))
     rows = ["| run | η | λ | train frac | T_mem | T_grok | forecast at T_mem [80 %] | delay error | "
-            "forecast halfway | delay error |", "|" + " --- |" * 10]
-    errs_mem, errs_mid, inside, fails = [], [], 0, []
+            "forecast halfway | delay error | 1/(ηλ) only: error |", "|" + " --- |" * 11]
+    errs_mem, errs_mid, errs_base, inside, fails = [], [], [], 0, []
     for i, s in enumerate(series):
         others = [o for j, o in enumerate(series) if j != i]
         try:
@@ -359,9 +361,12 @@ def sweep_table(run_dirs: Iterable[Path]) -> str:
             fails.append(f"{s.name}: memorised at {t_mem}, forecast {f0.predicted:.0f} [{f0.low:.0f}, {f0.high:.0f}], "
                          f"never generalised within {int(s.log_steps[-1])} steps")
             rows.append(f"| {s.name} | {s.eta:g} | {s.lam:g} | {frac} | {t_mem} | — | {f0.predicted:.0f} "
-                        f"[{f0.low:.0f}, {f0.high:.0f}] | — | — | — |")
+                        f"[{f0.low:.0f}, {f0.high:.0f}] | — | — | — | — |")
             continue
         delay = t_grok - t_mem
+        c = _scaling_constant(others)
+        eb = (c / (2 * s.eta * s.lam) - delay) / delay
+        errs_base.append(abs(eb))
         e0 = (f0.predicted - t_grok) / delay
         errs_mem.append(abs(e0))
         inside += f0.low <= t_grok <= f0.high
@@ -373,12 +378,15 @@ def sweep_table(run_dirs: Iterable[Path]) -> str:
             errs_mid.append(abs(em))
         mid_txt = (f"{fm.predicted:.0f} (at {fm.step}) | {em:+.0%}" if fm is not f0 else "— (no checkpoint) | —")
         rows.append(f"| {s.name} | {s.eta:g} | {s.lam:g} | {frac} | {t_mem} | {t_grok} | {f0.predicted:.0f} "
-                    f"[{f0.low:.0f}, {f0.high:.0f}] | {e0:+.0%} | {mid_txt} |")
+                    f"[{f0.low:.0f}, {f0.high:.0f}] | {e0:+.0%} | {mid_txt} | {eb:+.0%} |")
     out = rows + [""]
     if errs_mem:
         out.append(f"Delay error of the forecast at memorisation (leave-one-out, {len(errs_mem)} runs): median "
                    f"{np.median(errs_mem):.1%}, mean {np.mean(errs_mem):.1%}, worst {max(errs_mem):.1%}; "
                    f"observed step inside the 80 % interval in {inside}/{len(errs_mem)}.")
+    if errs_base:
+        out.append(f"Baseline without the norm, delay = c/(2ηλ) with c the geometric mean of 2ηλ·delay over the "
+                   f"other runs: median {np.median(errs_base):.1%}, worst {max(errs_base):.1%}.")
     if errs_mid:
         out.append(f"Remaining-delay error of the forecast halfway ({len(errs_mid)} runs): median "
                    f"{np.median(errs_mid):.1%}, worst {max(errs_mid):.1%}.")
@@ -387,6 +395,14 @@ def sweep_table(run_dirs: Iterable[Path]) -> str:
         out.append("Where the law gives no forecast or the run never generalised:")
         out += [f"- {f}" for f in fails]
     return "\n".join(out)
+
+
+def _scaling_constant(series: list[RunSeries]) -> float:
+    """The geometric mean of ``2ηλ (T_grok − T_mem)`` over the runs that generalised (the 1/(ηλ) scaling
+    alone, no norm: the baseline of :func:`sweep_table`)."""
+    ys = [2 * o.eta * o.lam * (o.t_grok - o.t_mem) for o in series
+          if o.t_mem is not None and o.t_grok is not None and o.t_grok > o.t_mem]
+    return float(np.exp(np.mean(np.log(ys)))) if ys else float("nan")
 
 
 def _train_fraction(s: RunSeries) -> str:
