@@ -227,7 +227,7 @@ def calibrate(series: Iterable[RunSeries]) -> Calibration:
 
 # The constants fitted on every run of the sweep (examples/forecast_sweep.py --out runs/forecast, then
 # grokscope forecast runs/forecast --calibrate FILE): the demo's architecture (modadd-mlp) under AdamW.
-BUILTIN = {"kappa": 0.0, "log_vstar": 0.0, "q_lo": 0.0, "q_hi": 0.0, "n_runs": 0,
+BUILTIN = {"kappa": 0.03046, "log_vstar": 7.659642, "q_lo": -1.126435, "q_hi": 1.201374, "n_runs": 9,
            "model": {"arch": "mlp", "kwargs": {"depth": 2, "in_dim": 118, "out_dim": 59, "width": 128}}}
 
 
