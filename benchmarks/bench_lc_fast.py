@@ -1,4 +1,4 @@
-"""``lc``'s fx fast path (probes/lc_fast.py) against the hook path on two non-Sequential MLPs of MNIST
+"""``lc``'s fx fast path (grokscope/functional/lc_fast.py) against the hook path on two non-Sequential MLPs of MNIST
 size (random weights, random inputs in [0, 1]^784: the cost does not depend on what they are):
 
 * encoder/head: ``self.encoder = Sequential(Flatten, 784-200, ReLU, 200-200, ReLU x3)``,

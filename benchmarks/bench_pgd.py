@@ -18,7 +18,7 @@ import time
 import torch
 
 from grokscope.models.mlp import mlp
-from grokscope.probes.apgd import apgd_perturb
+from grokscope.functional.apgd import apgd_perturb
 from grokscope.probes.pgd import pgd_attack, pgd_perturb
 
 EPS = (0.03, 0.06, 0.10, 0.13, 0.16, 0.20)

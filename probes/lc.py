@@ -38,7 +38,7 @@ intersecting neurons, ``LC(x) = Σ_ℓ LC_ℓ(x)`` (an un-normalised count).
   expanded to its vertices at the first layer where it crosses a kink (on CNNs: at the first
   activation, which then costs one pass instead of conv + BatchNorm + counting on ``2P`` rows).
   Other piecewise-linear graphs (residual MLPs, encoder + head modules) take it through
-  torch.fx: ``probes/lc_fast.py``.
+  torch.fx: ``grokscope/functional/lc_fast.py``.
 
 :func:`local_complexity` is the notebook entry point; :class:`LCProbe` is the engine's ``lc`` probe
 over the point sets ``train``, ``test``, ``random`` (uniform in the data box) and ``boundary`` (points
@@ -60,12 +60,13 @@ import torch
 from torch import nn
 
 from grokscope.functional import subset_indices
-from grokscope.functional.kinks import KinkWatch, kink_layers, module_kinks
+from grokscope.functional.devices import model_device, model_dtype
+from grokscope.functional.kinks import KinkWatch, count_crossings, kink_layers, module_kinks
+from grokscope.functional.layer_names import producing_modules
 from grokscope.models.adapters import RADIUS_UNITS, radius_scale, radius_unit
 from grokscope.models.adapters import continuous_view
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
-from .layer_names import producing_modules
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
@@ -168,41 +169,6 @@ class KinkHooks(KinkWatch):
         self.store(j, count_crossings(t, self.n_vertices, self.layers[j].kinks))
         if self.done(j):
             raise _StopForward
-
-
-def count_crossings(t: torch.Tensor, n_vertices: int, kink_values: Sequence[float] = (0.0,)) -> torch.Tensor:
-    """For ``t`` of shape ``(B * n_vertices, ...)`` (vertices of a point consecutive), the number of
-    neurons per point whose sign relative to some kink value ``b`` is not constant over the vertices.
-
-    Sign constant ⇔ all ``> b``, all ``< b`` or all ``== b``; with ``mn, mx`` the min and max over the
-    vertices that is ``not (mn <= b <= mx and mn < mx)``. Returns int64 ``(B,)``.
-    """
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        t = t.permute(0, 2, 3, 1)  # memory order (a view): neurons are summed, their order is free
-    z = t.reshape(t.shape[0] // n_vertices, n_vertices, -1)
-    mn, mx = z.amin(dim=1), z.amax(dim=1)  # two reductions beat torch.aminmax over a middle dim
-    differ = mn < mx
-    crossing = None
-    for b in kink_values:
-        c = (mn <= b) & (mx >= b) & differ
-        crossing = c if crossing is None else crossing | c
-    assert crossing is not None
-    return crossing.sum(dim=1)
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's first floating-point parameter or buffer (torch's default if none)."""
-    for p in list(model.parameters()) + list(model.buffers()):
-        if p.is_floating_point():
-            return p.dtype
-    return torch.get_default_dtype()
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU if none)."""
-    for p in list(model.parameters()) + list(model.buffers()):
-        return p.device
-    return torch.device("cpu")
 
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout)  # identity maps in eval mode
@@ -497,8 +463,8 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
             v = 2 * n_dirs
             rows = max_rows or _auto_rows(counter.max_numel, z.element_size(), device)
             fast_path = fast and _fast_supported(work, forward, layers)
-            if fast and not fast_path and not layers:  # other piecewise-linear graphs: probes/lc_fast.py
-                from .lc_fast import graph_fast_path
+            if fast and not fast_path and not layers:  # other piecewise-linear graphs: grokscope/functional/lc_fast.py
+                from grokscope.functional.lc_fast import graph_fast_path
                 graph_path = graph_fast_path(work, forward, z[:1],
                                              lambda m: counter.has_layer(counter.module_key(m)))
                 fast_path = graph_path is not None

@@ -83,7 +83,7 @@ class RegionsProbe(Probe):
         import xarray as xr
 
         from grokscope.models.adapters import continuous_view
-        from grokscope.probes.lc import model_device, model_dtype
+        from grokscope.functional.devices import model_device, model_dtype
         from grokscope.regions import Plane, activation_boundaries, fill_index
 
         self.check_params(params)

@@ -50,6 +50,35 @@ class DatasetGrok:
         """:func:`lc_phases` of ``var``'s curve (a length-1 ``radius`` is dropped automatically)."""
         return lc_phases(*self.curve(var, **sel), window)
 
+    def _as_run(self):
+        """This probe group as a run node with one child (named by its ``probe`` attribute), so the
+        run-level methods work on a Dataset from ``load_group`` or ``dt["run/acc"].to_dataset()``."""
+        import xarray as xr
+
+        probe = self._ds.attrs.get("probe")
+        if not probe:
+            raise ValueError("this Dataset is not a probe group of a grokscope store (no 'probe' attribute); "
+                             "use a run node: grokscope.open_store(path)['<run>'].grok")
+        run_attrs = {k: self._ds.attrs[k] for k in ("model", "dataset") if k in self._ds.attrs}
+        return xr.DataTree.from_dict({"/": xr.Dataset(attrs=run_attrs), str(probe): self._ds})
+
+    def onsets(self, **thresholds) -> dict[str, Onset]:
+        """:func:`standard_onsets` of this probe group alone (a run node's ``dt["<run>"].grok.onsets()``
+        combines every probe of the run)."""
+        return TreeGrok(self._as_run()).onsets(**thresholds)
+
+    def events(self, fraction: float = 0.5, change_window: int = 5, **thresholds) -> dict[str, Onset]:
+        """:func:`run_events` of this probe group alone (onsets and change points)."""
+        return TreeGrok(self._as_run()).events(fraction, change_window, **thresholds)
+
+    def summary(self, **kwargs) -> dict[str, Any]:
+        """:func:`run_summary` of this probe group alone."""
+        return TreeGrok(self._as_run()).summary(**kwargs)
+
+    def lead_lag(self, a: str, b: str, **kwargs) -> dict[str, Any]:
+        """:func:`lead_lag` between two events of this probe group (:meth:`events`)."""
+        return TreeGrok(self._as_run()).lead_lag(a, b, **kwargs)
+
 
 class TreeGrok:
     """``dt.grok`` on a run node (children = probe groups) or a whole store (first run if only one).

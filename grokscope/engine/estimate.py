@@ -30,7 +30,8 @@ from typing import Any
 
 from .config import EngineConfig, EngineError
 from .discovery import find_runs
-from .driver import Summary, ignored_spec, plan
+from .outcomes import Summary
+from .planning import ignored_spec, plan
 from .jobs import Task, probe_class, run_task
 from .model_check import screen_plan
 from .store import ProbeStore, check_store_path

@@ -15,6 +15,7 @@ from typing import Any
 from grokscope.errors import GrokscopeError
 
 from .discovery import Checkpoint
+from .outcomes import Failure
 
 BATCH = 2  # training points of the check's forward pass
 MAX_UNREADABLE = 3  # checkpoints tried in turn when the first ones cannot be read
@@ -137,8 +138,6 @@ def screen_plan(p: Any, summary: Any, failed: set[str] | None = None) -> set[str
     """Drop from the driver's plan ``p`` the tasks of the runs whose model fails the check (those in
     ``failed`` when given, without checking again), recording one failure per run in ``summary``;
     returns the names of those runs."""
-    from .driver import Failure
-
     if failed is None:
         kept, why = screen_tasks(p.tasks)
         for run, (file, reason) in why.items():

@@ -81,6 +81,41 @@ class StoreError(GrokscopeError, ValueError):
 
 
 COMMITTED = "committed_steps"  # group attribute: rows of the step-dim arrays that are committed
+REMOVING = "grokscope_removing"  # group attribute: the group is being removed (see delete_group)
+
+
+def _mark_removing(meta: Path) -> bool:
+    """Write :data:`REMOVING` into the group metadata file ``meta`` (aside, then renamed over it,
+    as zarr writes it); False when the file is not readable JSON (nothing to mark)."""
+    try:
+        doc = json.loads(meta.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    doc.setdefault("attributes", {})[REMOVING] = True
+    tmp = meta.with_name(f"zarr.json.{uuid.uuid4().hex[:8]}.partial")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, meta)
+    return True
+
+
+def _removal_unfinished(folder: Path) -> bool:
+    """Whether the group folder ``folder`` is what an interrupted removal left: its metadata carries
+    :data:`REMOVING`, or (a removal by a grokscope before the marker existed) an engine variable is
+    missing or a sub-folder is no longer a zarr node."""
+    try:
+        doc = json.loads((folder / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        return False
+    if (doc.get("attributes") or {}).get(REMOVING):
+        return True
+    if not (folder / "done").is_dir() or not (folder / "step").is_dir():
+        return False  # not a probe group at all: group() says so
+    return any(not (folder / v / "zarr.json").is_file() for v in ENGINE_VARS) or \
+        any(d.is_dir() and not (d / "zarr.json").is_file() for d in folder.iterdir())
 
 
 def open_store(path: str | Path):
@@ -164,6 +199,8 @@ class CommittedView(WrapperStore):
                 if n is not None and meta["shape"][0] > n:
                     meta["shape"][0] = n
                     return prototype.buffer.from_bytes(json.dumps(meta).encode())
+            elif meta.get("node_type") == "group" and (meta.get("attributes") or {}).get(REMOVING):
+                return None  # a group being removed is gone from the moment it is marked
             elif meta.get("node_type") == "group" and COMMITTED in (meta.get("attributes") or {}):
                 mark = meta["attributes"].pop(COMMITTED)  # applied here; not a property of the data
                 self._committed.setdefault(node, int(mark))
@@ -185,9 +222,20 @@ class CommittedView(WrapperStore):
             yield key, await self.get(key, prototype, byte_range)
 
     async def list_dir(self, prefix):
+        from zarr.core.buffer import default_buffer_prototype
+
         async for name in self._store.list_dir(prefix):
-            if not (name.endswith(".partial") or name.startswith(".grokscope")):
-                yield name
+            if name.endswith(".partial") or name.startswith(".grokscope"):
+                continue
+            if name != "zarr.json":
+                key = f"{prefix.rstrip('/')}/{name}/zarr.json" if prefix.strip("/") else f"{name}/zarr.json"
+                raw = await self._store.get(key, default_buffer_prototype())
+                if raw is None:
+                    continue  # not a node: the empty folder of a removed group
+                if b'"%s"' % REMOVING.encode() in raw.to_bytes() and \
+                        (json.loads(raw.to_bytes()).get("attributes") or {}).get(REMOVING):
+                    continue  # a group being removed (see ProbeStore.delete_group)
+            yield name
 
 
 def _byte_range(data: bytes, request: Any) -> bytes:
@@ -328,6 +376,8 @@ class ProbeStore:
         self.groups: dict[tuple[str, str], GroupInfo] = {}
         self.templates: dict[str, Path] = {}  # template_key -> a pristine copy (see create_group)
         self._template_dir: Path | None = None
+        # groups an interrupted removal left (see delete_group): absent to the plan, removed by apply
+        self.half_removed: set[tuple[str, str]] = set()
         shutil.rmtree(self.path / TMP_DIR, ignore_errors=True)  # left by a killed writer
 
     # -- reading --------------------------------------------------------------------------------
@@ -357,6 +407,9 @@ class ProbeStore:
         if key in self.groups:
             return self.groups[key]
         if not self.has_group(run, probe):
+            return None
+        if _removal_unfinished(self.path / run / probe):
+            self.half_removed.add(key)
             return None
         g = self._zgroup(f"{run}/{probe}")
         if g is None:
@@ -418,11 +471,34 @@ class ProbeStore:
             g.attrs.update(new)
 
     def delete_group(self, run: str, probe: str) -> None:
-        """Remove a (run, probe) group (``--overwrite``)."""
+        """Remove a (run, probe) group (``--overwrite``), as a commit of its own.
+
+        The commit point is the :data:`REMOVING` attribute written into the group's ``zarr.json``
+        (one whole-file write, as every other commit point): from then on the group reads as absent
+        (:meth:`group`, :class:`CommittedView`) and a killed removal is finished by the next writer.
+        Then every other file goes, in any order, and the group's ``zarr.json`` last, so a folder
+        that still holds files always holds the marker too.
+        """
         self.groups.pop((run, probe), None)
+        self.half_removed.discard((run, probe))
         target = self.path / run / probe
-        if target.exists():
-            shutil.rmtree(target)
+        if not target.exists():
+            return
+        meta = target / "zarr.json"
+        if meta.is_file():
+            marked = _mark_removing(meta)
+            faults.point("remove:marker")
+        else:
+            marked = False
+        files = sorted((f for f in target.rglob("*") if f.is_file() and f != meta),
+                       key=lambda f: (-len(f.parts), str(f)))
+        for f in files:
+            f.unlink()
+            faults.point("remove:file")
+        if marked or meta.is_file():
+            meta.unlink()
+            faults.point("remove:meta")
+        shutil.rmtree(target, ignore_errors=True)  # the empty folders left
 
     def create_group(self, run: str, probe: str, steps: list[int], attrs: dict[str, Any],
                      first: Any = None) -> GroupInfo:
@@ -466,8 +542,7 @@ class ProbeStore:
             self.templates[key] = self._keep_template(tmp)
         faults.point("create:template")
         target = self.path / run / probe
-        if target.exists():
-            shutil.rmtree(target)
+        self.delete_group(run, probe)  # what an interrupted removal left
         target.parent.mkdir(parents=True, exist_ok=True)
         if not (target.parent / "zarr.json").exists():
             self.set_run_attrs(run, {})

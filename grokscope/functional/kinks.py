@@ -489,3 +489,23 @@ def format_kinks(layers: Sequence[KinkLayer]) -> list[str]:
         out.append(f"{l.name:<{width}}  {what.get(l.kind, l.kind)} {l.op}: {l.neurons} neurons, "
                    f"kinks at {kinks}{smooth}")
     return out
+
+
+def count_crossings(t: torch.Tensor, n_vertices: int, kink_values: Sequence[float] = (0.0,)) -> torch.Tensor:
+    """For ``t`` of shape ``(B * n_vertices, ...)`` (vertices of a point consecutive), the number of
+    neurons per point whose sign relative to some kink value ``b`` is not constant over the vertices.
+
+    Sign constant ⇔ all ``> b``, all ``< b`` or all ``== b``; with ``mn, mx`` the min and max over the
+    vertices that is ``not (mn <= b <= mx and mn < mx)``. Returns int64 ``(B,)``.
+    """
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        t = t.permute(0, 2, 3, 1)  # memory order (a view): neurons are summed, their order is free
+    z = t.reshape(t.shape[0] // n_vertices, n_vertices, -1)
+    mn, mx = z.amin(dim=1), z.amax(dim=1)  # two reductions beat torch.aminmax over a middle dim
+    differ = mn < mx
+    crossing = None
+    for b in kink_values:
+        c = (mn <= b) & (mx >= b) & differ
+        crossing = c if crossing is None else crossing | c
+    assert crossing is not None
+    return crossing.sum(dim=1)

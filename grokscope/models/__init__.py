@@ -20,6 +20,9 @@ from grokscope.errors import GrokscopeError
 from grokscope.registry import Registry, import_target
 from grokscope.trust import Trust, check_plain_json
 
+from .errors import ModelError
+from .hf import check_config
+
 MODELS = {
     "mlp": "grokscope.models.mlp:mlp",
     "modular_mlp": "grokscope.models.modular:modular_mlp",
@@ -28,10 +31,6 @@ MODELS = {
     "grokalign_cnn": "grokscope.models.cnn:grokalign_cnn",
     "preact_resnet18": "grokscope.models.resnet:preact_resnet18",
 }
-
-
-class ModelError(GrokscopeError, ValueError):
-    """A model spec could not be turned into a model."""
 
 
 ENTRY_POINT_GROUP = "grokscope.models"
@@ -68,8 +67,6 @@ def check_model_spec(spec: dict[str, Any], trust: Trust | None = None, where: st
     target = REGISTRY.check(spec_target(spec), trust, where)
     _code_folder(spec, trust, where, use=False)
     if target == BUILTIN["hf"] and isinstance((spec.get("kwargs") or {}).get("config"), dict):
-        from .hf import check_config
-
         check_config(spec["kwargs"]["config"], where)
     return target
 

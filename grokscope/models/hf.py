@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from grokscope.models import ModelError
+from grokscope.models.errors import ModelError
 
 CONFIG_FILE = "config.json"
 POSITIONS = ("last", "first", "mean")

@@ -18,7 +18,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from grokscope.models import ModelError
+from grokscope.models.errors import ModelError
 
 HPARAMS_KEYS = ("hparams", "module_arguments", "hyper_parameters")  # Lightning's past and present keys
 DROPPED = ("_instantiator", "_class_path")  # LightningCLI's: the instantiator is never run

@@ -44,7 +44,7 @@ from torch import nn
 from grokscope.errors import GrokscopeError
 from grokscope.functional.activations import recognise
 from grokscope.functional.kinks import KinkLayer, KinkWatch, module_kinks
-from grokscope.probes.lc import model_device, model_dtype
+from grokscope.functional.devices import model_device, model_dtype
 
 #: kinked activation modules that are piecewise linear (their pattern bits pin down the piece).
 PIECEWISE_LINEAR_ACTIVATIONS: tuple[type[nn.Module], ...] = (

@@ -37,3 +37,17 @@ def grokalign(arm: str, quick: bool = False) -> TrainConfig:
                          steps=steps, save="log:6" if quick else "log:40",
                          eval_every="every:40" if not quick else "every:20",
                          reg="grokalign:1e-4" if arm == "grokalign" else None).validate()
+
+
+def nanda(steps: int, save: str, p: int | None = None, model_kwargs: dict | None = None) -> TrainConfig:
+    """Nanda et al.'s main run (preset ``modadd-transformer``: a + b mod 113 as tokens, 30 % train,
+    one-layer transformer d_model 128, 4 heads, d_mlp 512, no LayerNorm, full-batch AdamW lr 1e-3,
+    wd 1, β = (0.9, 0.98), 10 warm-up steps), evaluated every 50 steps; ``p`` and ``model_kwargs``
+    shrink it for ``--quick``."""
+    overrides: dict = {}
+    if p is not None:
+        overrides["dataset_kwargs"] = {"p": p}
+    if model_kwargs:
+        overrides["model_kwargs"] = model_kwargs
+    return preset_config("modadd-transformer", steps=steps, save=save,
+                         eval_every="every:50" if p is None else "every:10", **overrides).validate()

@@ -202,6 +202,20 @@ def test_run_summary_on_a_store_with_known_curves(tmp_path):
     assert tree.grok.lead_lag("lc_fall", "generalisation")["order"] == "generalisation first"
 
 
+def test_a_probe_group_dataset_has_the_run_methods_of_its_probe(tmp_path):
+    tree = _known_store(tmp_path / "known.zarr")
+    acc = tree["runA/acc"].to_dataset()
+    with pytest.raises(ValueError, match="not a probe group.*open_store"):
+        acc.grok.onsets()
+    acc.attrs.update(probe="acc", dataset={"name": "modular"})
+    on, whole = acc.grok.onsets(), tree["runA"].grok.onsets()
+    assert set(on) == {"memorisation", "generalisation"}  # acc's events only, not pgd's
+    for name in on:
+        assert on[name] == whole[name]
+    assert acc.grok.lead_lag("memorisation", "generalisation")["order"] == "memorisation first"
+    assert acc.grok.summary()["onsets"]["generalisation"]["threshold"] == 0.99
+
+
 def test_run_summary_lc_fall_is_the_big_descent_not_the_first_dip(tmp_path):
     # The curve dips a little first (first descent), rises, then falls a lot: the change point is
     # the big fall.

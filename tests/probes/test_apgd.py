@@ -1,4 +1,4 @@
-"""APGD-CE (``probes/apgd.py``): the checkpoint schedule against the paper's recursion, the batched
+"""APGD-CE (``grokscope/functional/apgd.py``): the checkpoint schedule against the paper's recursion, the batched
 iterates against a per-sample reference written from the paper's pseudo-code, closed-form optima of a
 linear classifier, and APGD against PGD on a trained MLP."""
 
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from grokscope.datasets import load_dataset
 from grokscope.models import build_model
 from grokscope.probes import ProbeContext, ProbeError, get_probe
-from grokscope.probes.apgd import apgd_attack, apgd_checkpoints, apgd_perturb
-from grokscope.probes.pgd import unit_starts
+from grokscope.functional.apgd import apgd_attack, apgd_checkpoints, apgd_perturb
+from grokscope.functional.attacks import unit_starts
 
 DIGITS = {"name": "digits", "kwargs": {"n_train": 300, "n_test": 200}, "seed": 0}
 

@@ -10,7 +10,7 @@ from torch import nn
 from grokscope.cli import main
 from grokscope.engine.store import load_group
 from grokscope.probes import ProbeContext, get_probe
-from grokscope.probes.layer_names import producing_modules
+from grokscope.functional.layer_names import producing_modules
 from tests.helpers import make_run
 
 

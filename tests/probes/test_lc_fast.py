@@ -1,4 +1,4 @@
-"""``lc``'s fx fast path (probes/lc_fast.py) on non-Sequential piecewise-linear models: the counts equal
+"""``lc``'s fx fast path (grokscope/functional/lc_fast.py) on non-Sequential piecewise-linear models: the counts equal
 the hook path's (``fast=False``) exactly; unsupported graphs fall back with a logged reason."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from grokscope.probes.lc import local_complexity
-from probes.lc_fast import graph_fast_path
+from grokscope.functional.lc_fast import graph_fast_path
 
 
 class EncoderHead(nn.Module):

@@ -29,6 +29,8 @@ from typing import Any, Callable
 import torch
 from torch import fx, nn
 
+from .kinks import count_crossings
+
 log = logging.getLogger(__name__)
 
 _PASS = (nn.Identity, nn.Dropout)
@@ -140,10 +142,8 @@ class GraphFastPath:
     def __call__(self, model: nn.Module, zc: torch.Tensor, rv: torch.Tensor, counter: Any,
                  include_output: bool) -> None:
         """Count one chunk ``zc (B, ...)`` with frame images ``rv (P, D)`` into ``counter`` (a
-        :class:`probes.lc.KinkHooks` in counting mode, its pass started), as the hook path would;
+        :class:`grokscope.probes.lc.KinkHooks` in counting mode, its pass started), as the hook path would;
         ``model``: the traced model (unused: the graph holds its modules)."""
-        from .lc import count_crossings
-
         b, p = zc.shape[0], rv.shape[0]
         lin_rows = torch.arange(b, device=zc.device)
         full_rows = lin_rows[:0]

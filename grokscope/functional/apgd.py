@@ -33,7 +33,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .pgd import _loss, _per_row, attack_rows, check_attack_args, seeded_starts, start_points
+from grokscope.functional.attacks import (attack_loss, attack_rows, check_attack_args, per_row,
+                                          seeded_starts, start_points)
 
 RHO = 0.75
 MOMENTUM = 0.75
@@ -74,17 +75,17 @@ def apgd_perturb(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: 
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = f(z)
-            obj = _loss(logits, ys, loss)
+            obj = attack_loss(logits, ys, loss)
             (g,) = torch.autograd.grad(obj.sum(), z)
         return obj.detach(), g.detach(), logits.detach().argmax(dim=-1) == ys
 
     def direction(g: torch.Tensor) -> torch.Tensor:
         if norm == "linf":
             return g.sign()
-        return g / _per_row(g.flatten(1).norm(dim=1).clamp_min(1e-30), g)
+        return g / per_row(g.flatten(1).norm(dim=1).clamp_min(1e-30), g)
 
     def pick(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.where(_per_row(mask, a), a, b)
+        return torch.where(per_row(mask, a), a, b)
 
     cur = start_points(x, xs, eps, restarts, norm, random_start, project, seed, starts).detach()
     f_cur, g_cur, robust = evaluate(cur)
@@ -97,7 +98,7 @@ def apgd_perturb(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: 
     halved_at_check = torch.ones_like(robust)  # rule 2 needs a previous checkpoint
     for k in range(1, steps + 1):
         a = 1.0 if k == 1 else momentum
-        z = project(cur + _per_row(eta, cur) * direction(g_cur))
+        z = project(cur + per_row(eta, cur) * direction(g_cur))
         # x + a(z − x) + (1 − a)(x − x_prev), as one lerp from 2x − x_prev towards z
         new = project(torch.lerp(2 * cur - prev, z, a))
         prev, cur = cur, new
