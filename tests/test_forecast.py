@@ -115,3 +115,21 @@ def test_refusals_are_one_line(tmp_path):
     res = CliRunner().invoke(main, ["forecast", str(run), "--calibration", str(bad)])
     assert res.exit_code != 0 and "bad.json: not a forecast calibration" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_live_line_for_the_demo_status(tmp_path):
+    """The line ``grokscope demo`` prints beside its probing: the latest checkpoint's forecast; nothing
+    before memorisation or for a run the law cannot take."""
+    from grokscope.forecast import live_line
+
+    cal = Calibration(kappa=KAPPA, log_vstar=LOG_VSTAR, q_lo=-0.1, q_hi=0.1, n_runs=5)
+    run, _ = _law_run(tmp_path, "r", 2e-3, 1.0, 3000.0)
+    (r,) = find_runs(run)
+    s = read_run(r)
+    last = forecasts(s, cal)[-1]
+    assert live_line(run, cal).startswith(f"forecast at step {last.step}: generalises at step {last.predicted:.0f}")
+    assert f"(generalised at step {s.t_grok})" in live_line(run, cal)
+    bare = tmp_path / "bare"
+    runs.write_run_json(bare, MODEL, {"name": "xor", "kwargs": {}, "seed": 0}, {"loss": "ce"})
+    runs.save_checkpoint(runs.checkpoint_path(bare, 0), {"w": torch.ones(3)}, 0)
+    assert live_line(bare, cal) == ""
