@@ -288,6 +288,8 @@ def live_line(run_dir: Path, cal: Calibration | None = None) -> str:
         s = read_run(run)
     except (ForecastError, ValueError, GrokscopeError, OSError):
         return ""
+    if s.t_grok is not None and s.t_mem is not None and s.t_grok <= s.t_mem:
+        return ""
     fs = forecasts(s, cal or builtin_calibration())
     if not fs:
         return ""
@@ -306,6 +308,9 @@ def describe(s: RunSeries, cal: Calibration, every: bool = False) -> list[str]:
         last = int(s.log_steps[-1])
         return [f"{head}: not memorised yet (train accuracy < {s.mem_threshold:g} up to step {last}); "
                 "the law forecasts from memorisation on"]
+    if t_grok is not None and t_grok <= t_mem:
+        return [f"{head}: generalised (test accuracy ≥ {s.grok_threshold:g}) at step {t_grok}, not after memorising "
+                f"(step {t_mem}): no grokking delay, nothing for the law to forecast"]
     fs = forecasts(s, cal)
     lines = [f"{head}: memorised at step {t_mem} (‖θ‖² = {fs[0].v:.4g}); forecast then: generalises at step "
              f"{fs[0].predicted:.0f} [{fs[0].low:.0f}, {fs[0].high:.0f}]"]
@@ -354,6 +359,9 @@ def sweep_table(run_dirs: Iterable[Path]) -> str:
         frac = _train_fraction(s)
         if t_mem is None:
             fails.append(f"{s.name}: never memorised (train accuracy < {s.mem_threshold:g}); no forecast")
+            continue
+        if t_grok is not None and t_grok <= t_mem:
+            fails.append(f"{s.name}: generalised at {t_grok}, not after memorising ({t_mem}): no delay to forecast")
             continue
         fs = forecasts(s, cal)
         f0 = fs[0]
