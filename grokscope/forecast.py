@@ -225,9 +225,10 @@ def calibrate(series: Iterable[RunSeries]) -> Calibration:
                        n_runs=len(kappas), runs=names, model=model)
 
 
-# The constants fitted on every run of the sweep (examples/forecast_sweep.py --out runs/forecast, then
-# grokscope forecast runs/forecast --calibrate FILE): the demo's architecture (modadd-mlp) under AdamW.
-BUILTIN = {"kappa": 0.03046, "log_vstar": 7.659642, "q_lo": -1.126435, "q_hi": 1.201374, "n_runs": 9,
+# The constants fitted on the 25 runs of the 27-run sweep that generalised (examples/forecast_sweep.py
+# --out runs/forecast, then grokscope forecast runs/forecast --calibrate FILE; docs/spectral.md): the
+# demo's architecture (modadd-mlp) under AdamW.
+BUILTIN = {"kappa": 0.042858, "log_vstar": 7.579989, "q_lo": -0.946748, "q_hi": 1.17703, "n_runs": 25,
            "model": {"arch": "mlp", "kwargs": {"depth": 2, "in_dim": 118, "out_dim": 59, "width": 128}}}
 
 
