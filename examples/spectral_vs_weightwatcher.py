@@ -17,8 +17,6 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
-
 from grokscope import runs
 from grokscope.engine.discovery import find_runs
 from grokscope.engine.loading import load_into, read_state_dict

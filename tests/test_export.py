@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from grokscope.cli import main
 from grokscope.engine.driver import EngineConfig, probe_runs
 from grokscope.engine.jobs import ProbeRequest
-from grokscope.export import STEP_METRIC, ExportError, scalar_series, to_tensorboard, to_wandb
+from grokscope.export import STEP_METRIC, ExportError, scalar_series, to_wandb
 from grokscope.probes import get_probe
 from grokscope.reading import open_store
 from tests.helpers import make_run

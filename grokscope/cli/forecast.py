@@ -4,6 +4,7 @@ series, η and λ (:mod:`grokscope.forecast`), updated as its checkpoints arrive
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +28,8 @@ import click
 def forecast(path: Path, calibration: Path | None, calibrate_to: Path | None, every: bool, follow: bool, poll: float,
              as_json: bool) -> None:
     """Forecast the step at which each run under STORE_OR_RUN generalises (the grokking-delay law)."""
-    from grokscope.forecast import Calibration, ForecastError, builtin_calibration, calibrate, forecasts, read_run, read_runs
+    from grokscope.forecast import (Calibration, ForecastError, builtin_calibration, calibrate, describe, forecasts,
+                                    model_warning, read_run, read_runs)
 
     def series():
         out, problems = [], []
@@ -44,7 +46,7 @@ def forecast(path: Path, calibration: Path | None, calibrate_to: Path | None, ev
         cal = calibrate(series())
         cal.save(calibrate_to)
         click.echo(f"calibrated on {cal.n_runs} runs: κ = {cal.kappa:.4g}, log V* = {cal.log_vstar:.4g}, "
-                   f"interval ×[{pow(2.718281828, cal.q_lo):.2f}, {pow(2.718281828, cal.q_hi):.2f}] -> {calibrate_to}")
+                   f"interval ×[{math.exp(cal.q_lo):.2f}, {math.exp(cal.q_hi):.2f}] -> {calibrate_to}")
         return
     cal = Calibration.load(calibration) if calibration is not None else builtin_calibration()
     seen: dict[str, int] = {}
@@ -57,8 +59,6 @@ def forecast(path: Path, calibration: Path | None, calibrate_to: Path | None, ev
             if seen.get(s.name) == last:
                 continue
             seen[s.name] = last
-            from grokscope.forecast import describe, model_warning
-
             warn = model_warning(s, cal)
             if warn:
                 click.echo(f"warning: {warn}", err=True)
