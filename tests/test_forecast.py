@@ -99,6 +99,10 @@ def test_cli_forecast_calibrate_and_json(tmp_path):
     assert out["r1"]["forecasts"][0]["step"] == 40
     assert "off by" in CliRunner().invoke(main, ["forecast", str(tmp_path / "runs" / "r1"), "--calibration",
                                                  str(cal_file)]).output
+    # --follow with no trainer writing: one pass, then it returns
+    res = CliRunner().invoke(main, ["forecast", str(tmp_path / "runs" / "r1"), "--calibration", str(cal_file),
+                                    "--follow", "--poll", "0.1"])
+    assert res.exit_code == 0 and res.output.count("r1: η=") == 1
 
 
 def test_refusals_are_one_line(tmp_path):
