@@ -28,21 +28,20 @@ def _digest(root: Path) -> dict[str, str]:
 
 def _cfg(out: Path, steps: str | None = None) -> EngineConfig:
     return EngineConfig(probes=[ProbeRequest("acc", get_probe("acc").make_params({}), steps),
-                                ProbeRequest("align", get_probe("align").make_params({"n_points": "8"}), steps)],
+                                ProbeRequest("spectral", get_probe("spectral").make_params({}), steps)],
                         out=out, scheduler="sync")
 
 
 def test_estimate_counts_jobs_and_bytes_and_writes_nothing(tmp_path):
     run = make_run(tmp_path / "r", STEPS)
     before = _digest(tmp_path)
-    res = CliRunner().invoke(main, ["probe", str(run), "--metrics", "acc,align", "--param", "align.n_points=8",
-                                    "--estimate", "--json"])
+    res = CliRunner().invoke(main, ["probe", str(run), "--metrics", "acc,spectral", "--estimate", "--json"])
     assert res.exit_code == 0, res.output
     est = json.loads(res.output)
-    assert est["jobs"] == 10 and est["jobs_by_probe"] == {"acc": 5, "align": 5} and est["checkpoints"] == 5
+    assert est["jobs"] == 10 and est["jobs_by_probe"] == {"acc": 5, "spectral": 5} and est["checkpoints"] == 5
     ckpt_bytes = sum(p.stat().st_size for p in (run / "checkpoints").glob("*.safetensors"))
     assert est["read_bytes"] == ckpt_bytes and est["recheck_bytes"] == 0
-    assert set(est["seconds_by_probe"]) == {"acc", "align"} and all(s > 0 for s in est["seconds_by_probe"].values())
+    assert set(est["seconds_by_probe"]) == {"acc", "spectral"} and all(s > 0 for s in est["seconds_by_probe"].values())
     # acc: loss and accuracy on two splits, float64 = 32 bytes a job
     assert est["write_bytes_by_probe"]["acc"] == 5 * 32
     assert est["projected_seconds"] > 0 and not est["failures"]
