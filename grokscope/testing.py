@@ -83,6 +83,11 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
         _fail(probe_cls, "is not a grokscope Probe subclass")
     if not probe_cls.name:
         _fail(probe_cls, "has no name")
+    from grokscope.functional.precision import PRECISION_MODES
+
+    if probe_cls.precision_mode not in PRECISION_MODES:
+        _fail(probe_cls, f"precision_mode must be one of {', '.join(PRECISION_MODES)}, got "
+                         f"{probe_cls.precision_mode!r}")
     params = params if params is not None else probe_cls.default_params()
     ctx = ctx or ProbeContext(step=0, run="check")
     declared = dict(probe_cls.outputs or {})

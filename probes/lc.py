@@ -662,6 +662,7 @@ class LCProbe(Probe):
     """
 
     name = "lc"
+    precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "local complexity (linear-region density) around train/test/random/boundary points"
     Params = LCParams
     outputs = {"lc": ("split", "sample", "radius", "layer"), "lc_mean": ("split", "radius", "layer"),

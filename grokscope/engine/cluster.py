@@ -1,5 +1,5 @@
 """The Dask client of a probe run: an in-process ``LocalCluster`` of worker processes (started from a
-fork server with torch & co. imported), one worker per GPU for ``--device cuda``, an existing
+fork server with torch & co. imported), one spawned worker per GPU for ``--device cuda``, an existing
 scheduler's address, or none (``sync``: this process). The driver only asks :func:`dask_client`."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
     from distributed import Client
 
     if cfg.scheduler in (None, "", "local"):
-        with _forkserver():
+        with _spawn() if cfg.device.startswith("cuda") else _forkserver():
             yield from _local_client(cfg)
         return
     try:
@@ -102,6 +102,16 @@ def _forkserver() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _spawn() -> Iterator[None]:
+    """Start local worker processes with ``spawn``: a fresh interpreter each, as CUDA requires (a forked
+    process cannot initialise CUDA again, and no state of this process reaches a GPU worker)."""
+    import dask
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn", **LOCAL_WORKER_CONFIG}):
+        yield
+
+
 def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
     from distributed import Client, LocalCluster
 
@@ -132,12 +142,15 @@ def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
 
 
 def _gpu_cluster(gpus: list[str]):
-    """A local cluster of one single-threaded worker process per GPU, each seeing only its GPU and
-    advertising ``GPU=1`` (what dask-cuda's LocalCUDACluster does, without the dependency)."""
+    """A local cluster of one single-threaded worker process per GPU, each seeing only its GPU (as
+    ``cuda:0``) and advertising ``GPU=1`` (what dask-cuda's LocalCUDACluster does, without the
+    dependency); start it inside :func:`_spawn`."""
     from distributed import Nanny, Scheduler, SpecCluster
 
+    # worker_init: the workers ignore Ctrl-C, the driver stops them (spawned: no fork server preloads it)
     workers = {f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
-                                                      "env": {"CUDA_VISIBLE_DEVICES": g}}}
+                                                      "env": {"CUDA_VISIBLE_DEVICES": g},
+                                                      "preload": ["grokscope.engine.worker_init"]}}
                for g in gpus}
     return SpecCluster(workers=workers, scheduler={"cls": Scheduler,
                                                    "options": {"dashboard_address": ":0"}},
