@@ -161,8 +161,9 @@ def _rel_err(a, b) -> tuple[float, str]:
     return worst, where
 
 
-def agreement(name, make, sd, data, dev, sizes, arm) -> None:
-    """Print one model's agreement (one checkpoint, one precision arm) against the CPU float64 run."""
+def agreement(make, sd, data, dev, sizes) -> None:
+    """Print one checkpoint's agreement of every probe on ``dev`` in float32, under the engine's guard
+    and with TF32 forced on, against the same probe on the CPU in float64."""
     import torch
 
     from grokscope.functional.precision import precision_guard, reduced_precision
@@ -174,45 +175,52 @@ def agreement(name, make, sd, data, dev, sizes, arm) -> None:
     m64 = make().double().eval()
     m64.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in sd.items()})
     d32, d64 = _as(data, dev, torch.float32), _as(data, cpu, torch.float64)
-    guard = (lambda: precision_guard("strict")) if arm == "guarded" else reduced_precision
-    n = sizes["agree_points"]
-    # LC: the float64 reference uses the float32 frame, so only the arithmetic differs
-    ref = _lc(m64, d64.x_test, cpu, torch.float64, n, frame_dtype=torch.float32)
-    with guard():
-        got = _lc(m32, d32.x_test, dev, torch.float32, n)
-    diff = got.counts != ref.counts  # (n, radius, layer)
-    print(f"    LC ({arm}), per layer: points whose count differs at r = {', '.join(map(str, RADII_LC))} "
-          f"(of {n}); summed |Δcount| of the summed float64 count")
-    for li, layer in enumerate(ref.layers):
-        per_r = ", ".join(str(int(diff[:, k, li].sum())) for k in range(len(RADII_LC)))
-        tot = int((got.counts[:, :, li] - ref.counts[:, :, li]).abs().sum())
-        print(f"      {layer:<28} differ {per_r:<10} |Δ| {tot} of {int(ref.counts[:, :, li].sum())}")
-    # PGD
-    n = sizes["pgd_points"]
-    acc64, adv64 = _pgd(m64, d64.x_test, d64.y_test, n)
-    with guard():
-        acc32, adv32 = _pgd(m32, d32.x_test, d32.y_test, n)
-    dacc = (acc32.double().mean(1) - acc64.double().mean(1)).abs()
-    # (n_eps, restarts = 1, n, *input) -> per radius and point: ‖Δ‖∞ / ε
-    dist = (adv32.double() - adv64).flatten(3).abs().amax(3)[:, 0] / torch.tensor(EPS, dtype=torch.float64)[:, None]
-    print(f"    PGD-{PGD_STEPS} ({arm}): |Δ robust acc| per radius {' '.join(f'{v:.3f}' for v in dacc.tolist())}; "
-          f"adversarial points ‖Δ‖∞/ε median {float(dist.median()):.2e} max {float(dist.max()):.2e} "
-          f"(points apart by more than ε/10: {int((dist > 0.1).sum())}/{dist.numel()})")
-    # alignment and LLC through the probe classes (as the engine runs them)
-    overrides = {"n_points": str(sizes["align_points"])}
-    a64 = _probe("align", m64, d64, cpu, overrides)
-    with guard():
-        a32 = _probe("align", m32, d32, dev, overrides)
-    err, var = _rel_err(a32, a64)
-    print(f"    align ({arm}): largest relative error {err:.2e} ({var})")
+    n_lc, n_pgd = sizes["agree_points"], sizes["pgd_points"]
+    align_over = {"n_points": str(sizes["align_points"])}
     llc_over = {"n_train": str(sizes["llc_train"]), "n_chains": "2", "n_burnin": str(sizes["llc_burnin"]),
                 "n_draws": str(sizes["llc_draws"]), "lr": "1e-4", "gamma": "100"}
-    l64 = _probe("llc", m64, d64, cpu, llc_over)
-    with guard():
-        l32 = _probe("llc", m32, d32, dev, llc_over)
-    print(f"    LLC ({arm}): GPU {float(l32.llc):.4g} vs CPU float64 {float(l64.llc):.4g}: "
-          f"Δ {float(l32.llc) - float(l64.llc):+.3g} (chain std {float(l64.llc_std):.3g}; "
-          f"initial loss Δ {float(l32.loss_init) - float(l64.loss_init):+.2e})")
+    # the references, once: LC in float64 with the float32 frame, so only the arithmetic differs
+    ref = {"lc": _lc(m64, d64.x_test, cpu, torch.float64, n_lc, frame_dtype=torch.float32),
+           "pgd": _pgd(m64, d64.x_test, d64.y_test, n_pgd),
+           "align": _probe("align", m64, d64, cpu, align_over), "llc": _probe("llc", m64, d64, cpu, llc_over)}
+    arms = {"guarded": lambda: precision_guard("strict"), "tf32 forced": reduced_precision}
+    got = {}
+    for arm, guard in arms.items():
+        with guard():
+            got[arm] = {"lc": _lc(m32, d32.x_test, dev, torch.float32, n_lc),
+                        "pgd": _pgd(m32, d32.x_test, d32.y_test, n_pgd),
+                        "align": _probe("align", m32, d32, dev, align_over),
+                        "llc": _probe("llc", m32, d32, dev, llc_over)}
+    radii = ", ".join(map(str, RADII_LC))
+    print(f"    LC per layer, {n_lc} points: points whose count differs at r = {radii}; "
+          "summed |Δcount| / summed float64 count")
+    print(f"      {'layer':<24}" + "".join(f"{arm:>32}" for arm in arms))
+    for li, layer in enumerate(ref["lc"].layers):
+        cells = []
+        for arm in arms:
+            a, b = got[arm]["lc"].counts[:, :, li], ref["lc"].counts[:, :, li]
+            per_r = ",".join(str(int((a[:, k] != b[:, k]).sum())) for k in range(len(RADII_LC)))
+            cells.append(f"{per_r} | {int((a - b).abs().sum())}/{int(b.sum())}")
+        print(f"      {layer:<24}" + "".join(f"{c:>32}" for c in cells))
+    acc64, adv64 = ref["pgd"]
+    eps = torch.tensor(EPS, dtype=torch.float64)[:, None]
+    for arm in arms:
+        acc32, adv32 = got[arm]["pgd"]
+        dacc = (acc32.double().mean(1) - acc64.double().mean(1)).abs()
+        # (n_eps, restarts = 1, n, *input) -> per radius and point: ‖Δ‖∞ / ε
+        dist = (adv32.double() - adv64).flatten(3).abs().amax(3)[:, 0] / eps
+        print(f"    PGD-{PGD_STEPS} {arm}: |Δ robust acc| per radius {' '.join(f'{v:.3f}' for v in dacc.tolist())}; "
+              f"adversarial points ‖Δ‖∞/ε median {float(dist.median()):.1e} max {float(dist.max()):.1e} "
+              f"(apart by more than ε/10: {int((dist > 0.1).sum())} of {dist.numel()})")
+    for arm in arms:
+        err, var = _rel_err(got[arm]["align"], ref["align"])
+        print(f"    align {arm}: largest relative error {err:.1e} ({var})")
+    l64 = ref["llc"]
+    for arm in arms:
+        l32 = got[arm]["llc"]
+        print(f"    LLC {arm}: {float(l32.llc):.4g} vs float64 {float(l64.llc):.4g}, Δ {float(l32.llc) - float(l64.llc):+.2g} "
+              f"(chain std {float(l64.llc_std):.2g}: the SGLD noise differs by device and dtype); "
+              f"loss at w* Δ {float(l32.loss_init) - float(l64.loss_init):+.1e}")
 
 
 def _timed(fn, device, repeat: int = 3) -> float:
@@ -296,11 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dict(agree_points=4, pgd_points=4, align_points=4, llc_train=16, llc_burnin=2, llc_draws=4,
                      batch_rows=64, speed_points=4, train_steps=3, n_train=64, n_test=32)
     elif args.quick:
-        sizes = dict(agree_points=32, pgd_points=32, align_points=16, llc_train=128, llc_burnin=10,
-                     llc_draws=20, batch_rows=4096, speed_points=256, train_steps=100, n_train=2048, n_test=1024)
+        sizes = dict(agree_points=32, pgd_points=32, align_points=16, llc_train=64, llc_burnin=10,
+                     llc_draws=10, batch_rows=4096, speed_points=256, train_steps=100, n_train=2048, n_test=1024)
     else:
-        sizes = dict(agree_points=64, pgd_points=64, align_points=32, llc_train=256, llc_burnin=20,
-                     llc_draws=40, batch_rows=8192, speed_points=1024, train_steps=300, n_train=4096, n_test=1024)
+        sizes = dict(agree_points=64, pgd_points=64, align_points=32, llc_train=128, llc_burnin=20,
+                     llc_draws=20, batch_rows=8192, speed_points=1024, train_steps=300, n_train=4096, n_test=1024)
     t0 = time.perf_counter()
     name_dev = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU (script check, tiny sizes)"
     print(f"grokscope gpu_check on {name_dev}; torch {torch.__version__}; "
@@ -319,8 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {name} ({n_params:,} parameters in the state dict)")
         for label, sd in (("initial weights", init), (f"after {sizes['train_steps']} Adam steps", trained)):
             print(f"  checkpoint: {label}")
-            for arm in ("guarded", "tf32 forced"):
-                agreement(name, make, sd, data, dev, sizes, arm)
+            agreement(make, sd, data, dev, sizes)
         print("  throughput (guarded, trained checkpoint)")
         throughput(name, make, trained, data, dev, sizes)
     print(f"\ndone in {time.perf_counter() - t0:.0f} s")

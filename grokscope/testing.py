@@ -5,7 +5,7 @@ raises :class:`ProbeContractError` naming the probe and what is wrong:
 
 * the result is an ``xr.Dataset`` with every declared output, each with its declared dims, no ``step``
   dim, and a coordinate for every dim; no variable that is not declared;
-* the panels and events it declares name declared outputs;
+* the panels and events it declares name declared outputs; its ``precision_mode`` is one the engine knows;
 * a declared template (``Probe.template``) describes the result exactly: variables, dims, sizes,
   storage dtypes, attributes and coordinates (also in float64);
 * the same checkpoint gives bit-identical results twice (randomness comes from ``params.seed``), and

@@ -303,3 +303,41 @@ def test_no_hard_coded_device_and_no_cuda_in_the_client():
     found = [f"{p.relative_to(ROOT)}:{i}" for p in client
              for i, line in enumerate(p.read_text().splitlines(), 1) if "torch.cuda" in line]
     assert found == []
+
+
+# -- the prepared device check ---------------------------------------------------------------------
+
+def test_gpu_check_without_a_gpu_says_skipped_and_exits_0():
+    import subprocess
+    import sys
+
+    from tests.engine.conftest import subprocess_env
+
+    env = subprocess_env()
+    env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU, also on a machine that has one
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "no GPU: skipped", r.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_through_on_the_cpu():
+    """The script's own code, on the CPU at tiny sizes (float32 against float64): every section prints,
+    and float32 on the CPU agrees with float64 (no LC count differs, PGD's points within ε/10)."""
+    import subprocess
+    import sys
+
+    from tests.engine.conftest import subprocess_env
+
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu",
+                        "--models", "mlp"], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for needle in ("== mlp", "LC per layer", "PGD-10 guarded", "PGD-10 tf32 forced", "align guarded",
+                   "LLC guarded", "inference:", "headline sweep", "done in"):
+        assert needle in out, needle
+    lc_rows = [line for line in out.splitlines() if "|" in line and "/" in line]
+    assert lc_rows and all(cell.split("|")[0].strip() == "0,0" for line in lc_rows
+                           for cell in re.split(r"\s{3,}", line.strip())[1:])
+    assert "apart by more than ε/10: 0 of" in out
