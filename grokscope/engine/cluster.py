@@ -29,6 +29,30 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
+def local_gpus(cfg: EngineConfig) -> list[str]:
+    """The GPU ids the local cluster starts one worker each for: every visible GPU for ``--device
+    cuda`` (the first ``--workers`` of them), the N-th visible one for ``cuda:N``; one-line
+    :class:`EngineError` when there is none."""
+    gpus = visible_gpus()
+    if not gpus:
+        raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi -L); "
+                          "use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
+    if cfg.device.startswith("cuda:"):
+        index = cfg.device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= len(gpus):
+            raise EngineError(f"--device {cfg.device}: this host shows {len(gpus)} GPU(s) "
+                              f"({', '.join(gpus)}); use cuda (all of them) or cuda:0..cuda:{len(gpus) - 1}")
+        return [gpus[int(index)]]
+    return gpus[: cfg.workers] if cfg.workers else gpus
+
+
+def job_device(cfg: EngineConfig) -> str:
+    """The device a job asks its worker for: ``cuda`` on the local GPU workers (each sees only its
+    own GPU, as ``cuda:0``), else what ``--device`` says."""
+    local = cfg.scheduler in (None, "", "local")
+    return "cuda" if local and cfg.device.startswith("cuda") else cfg.device
+
+
 @contextmanager
 def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
     """``(client or None for sync, torch threads per worker, description)`` for ``cfg``."""
@@ -117,12 +141,7 @@ def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
 
     cores = os.cpu_count() or 1
     if cfg.device.startswith("cuda"):
-        gpus = visible_gpus()
-        if not gpus:
-            raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / "
-                              "nvidia-smi -L); use --device cpu or --scheduler ADDRESS of a cluster "
-                              "with GPU workers")
-        gpus = gpus[: cfg.workers] if cfg.workers else gpus
+        gpus = local_gpus(cfg)
         cluster = _gpu_cluster(gpus)
         threads = cfg.threads or max(1, cores // len(gpus))
         desc = f"local cluster, {len(gpus)} GPU worker(s)"

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import grokscope
 from grokscope.presentation import to_attrs
 
-from .cluster import dask_client, visible_gpus
+from .cluster import dask_client, job_device, local_gpus
 from .config import EngineConfig, EngineError
 from .discovery import Checkpoint, Run, find_runs
 from .jobs import HashTask, Outcome, ProbeRequest, Task, describe_error, hash_task, run_task
@@ -360,7 +360,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
         for ck in run.checkpoints:
             if pending.get(ck.step):  # type: ignore[arg-type]
                 tasks.append(Task(run=run.name, spec=spec, checkpoint=ck, previous=prev,
-                                  probes=tuple(pending[ck.step]), device=cfg.device,  # type: ignore[index]
+                                  probes=tuple(pending[ck.step]), device=job_device(cfg),  # type: ignore[index]
                                   threads=threads, trust=cfg.trust, where=_spec_file(run)))
             prev = ck
     return _Plan(tasks=tasks, jobs=n_jobs, skipped=skipped, excluded=excluded, runs={r.name: r for r, _ in ready},
@@ -643,9 +643,8 @@ def probe_runs(path: Path, cfg: EngineConfig,
     refusal, ignored = ignored_spec(runs, cfg.spec)
     if refusal:
         raise EngineError(refusal)
-    if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
-        raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi "
-                          "-L); use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
+    if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local"):
+        local_gpus(cfg)  # refuses, in one line, a host without the GPU(s) asked for
     summary = Summary(store=out)
     lock = StoreLock(out)
     writer: _Writer | None = None

@@ -341,3 +341,30 @@ def test_gpu_check_runs_through_on_the_cpu():
     assert lc_rows and all(cell.split("|")[0].strip() == "0,0" for line in lc_rows
                            for cell in re.split(r"\s{3,}", line.strip())[1:])
     assert "apart by more than ε/10: 0 of" in out
+
+
+def test_local_gpu_choice_and_the_device_jobs_ask_for(monkeypatch):
+    """``--device cuda`` takes every visible GPU (or the first ``--workers``), ``cuda:N`` the N-th
+    alone; jobs on the local GPU workers ask for ``cuda`` (each worker sees only its own GPU, as
+    ``cuda:0``), jobs elsewhere for what ``--device`` says; a GPU the host does not show is one line."""
+    from grokscope.engine.cluster import job_device, local_gpus
+    from grokscope.engine.config import EngineConfig, EngineError
+
+    def cfg(**kw):
+        return EngineConfig(probes=[], out=Path("s.zarr"), **kw)
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert local_gpus(cfg(device="cuda")) == ["3", "5"]
+    assert local_gpus(cfg(device="cuda", workers=1)) == ["3"]
+    assert local_gpus(cfg(device="cuda:1")) == ["5"]
+    for bad in ("cuda:2", "cuda:x"):
+        with pytest.raises(EngineError) as e:
+            local_gpus(cfg(device=bad))
+        assert str(e.value) == f"--device {bad}: this host shows 2 GPU(s) (3, 5); use cuda (all of them) or cuda:0..cuda:1"
+    assert job_device(cfg(device="cuda:1")) == "cuda"
+    assert job_device(cfg(device="cuda:1", scheduler="tcp://h:8786")) == "cuda:1"
+    assert job_device(cfg(device="cuda:1", scheduler="sync")) == "cuda:1"
+    assert job_device(cfg(device="cpu")) == "cpu"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(EngineError, match="^--device cuda: this host shows no GPU"):
+        local_gpus(cfg(device="cuda"))
