@@ -25,6 +25,7 @@ afterwards. Other probes (``"default"``) run under whatever the process set.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -37,6 +38,10 @@ PRECISION_MODES = ("strict", "default")
 _BACKENDS = ("cuda", "mkldnn")
 _OPS = ("matmul", "conv", "rnn")
 _AUTOCAST_TYPES = ("cpu", "cuda")
+# strict guards in force in this process (a Dask worker with several threads runs jobs side by side)
+_LOCK = threading.Lock()
+_DEPTH = 0
+_SAVED: dict[str, Any] | None = None
 
 
 def _new_api() -> bool:
@@ -157,23 +162,32 @@ def precision_guard(mode: str = "strict") -> Iterator[None]:
     """``with precision_guard("strict"):`` IEEE float32 for every matrix product, convolution and RNN
     (no TF32 on GPUs, no bf16 on oneDNN CPUs) and no autocast inside; the process's settings (legacy
     and new flags, autocast) are restored afterwards, also when the body raises. ``"default"``
-    changes nothing. Flags are per process (autocast per thread): the engine's workers run one job at
-    a time."""
+    changes nothing. The flags are per process: while any thread is inside a strict guard, every
+    thread computes in IEEE float32 (the first guard in saves the settings, the last one out restores
+    them); autocast is per thread."""
     if mode not in PRECISION_MODES:
         raise ValueError(f"precision mode must be one of {', '.join(PRECISION_MODES)}, got {mode!r}")
     if mode == "default":
         yield
         return
-    saved = _save()
+    global _DEPTH, _SAVED
     with ExitStack() as stack:
-        for t in _AUTOCAST_TYPES:
+        for t in _AUTOCAST_TYPES:  # autocast is per thread
             if _autocast_enabled(t):
                 stack.enter_context(torch.autocast(device_type=t, enabled=False))
-        _set_all("ieee")
+        with _LOCK:  # the flags are per process: the first guard in saves them, the last one out restores
+            if _DEPTH == 0:
+                _SAVED = _save()
+                _set_all("ieee")
+            _DEPTH += 1
         try:
             yield
         finally:
-            _restore(saved)
+            with _LOCK:
+                _DEPTH -= 1
+                if _DEPTH == 0:
+                    _restore(_SAVED)
+                    _SAVED = None
 
 
 @contextmanager

@@ -368,3 +368,34 @@ def test_local_gpu_choice_and_the_device_jobs_ask_for(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(EngineError, match="^--device cuda: this host shows no GPU"):
         local_gpus(cfg(device="cuda"))
+
+
+def test_overlapping_guards_in_two_threads_keep_strict_until_the_last_one_leaves(restore_flags):
+    """A Dask worker with several threads: guards that overlap in time stay strict for both, and the
+    settings come back once the last one leaves (not the first one's view of them)."""
+    import threading
+
+    torch.set_float32_matmul_precision("high")
+    before = _flags()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with precision_guard("strict"):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with precision_guard("strict"):
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a left"] = is_strict({k: v for k, v in fp32_state().items() if "autocast" not in k})
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"b after a left": True} and _flags() == before
