@@ -1,5 +1,6 @@
-"""One prepared GPU check of grokscope's probes: ``python benchmarks/gpu_check.py`` (under 5 minutes on
-one GPU; ``--quick`` for about one). Without a GPU it prints ``no GPU: skipped`` and exits 0.
+"""One prepared GPU check of grokscope's probes: ``python benchmarks/gpu_check.py`` (sized for under 5
+minutes on one GPU, ``--quick`` for about one; not yet timed on one: the float64 references run on the
+host's CPU cores). Without a GPU it prints ``no GPU: skipped`` and exits 0.
 
 For three models on CIFAR-shaped inputs (3x32x32 in [0, 1]) — an MLP, a CNN with BatchNorm and the
 pre-activation ResNet18 at width 16 (Humayun et al.'s CIFAR-10 model) — at two checkpoints each
@@ -28,7 +29,6 @@ GPU (``tests/engine/test_gpu_ready.py`` does).
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import sys
@@ -236,7 +236,7 @@ def _timed(fn, device, repeat: int = 3) -> float:
     return best
 
 
-def throughput(name, make, sd, data, dev, sizes) -> None:
+def throughput(make, sd, data, dev, sizes) -> None:
     """Print images/s, points/s, TFLOP/s and the projected headline sweep of one model (guarded)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -304,10 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dict(agree_points=4, pgd_points=4, align_points=4, llc_train=16, llc_burnin=2, llc_draws=4,
                      batch_rows=64, speed_points=4, train_steps=3, n_train=64, n_test=32)
     elif args.quick:
-        sizes = dict(agree_points=32, pgd_points=32, align_points=16, llc_train=64, llc_burnin=10,
-                     llc_draws=10, batch_rows=4096, speed_points=256, train_steps=100, n_train=2048, n_test=1024)
+        sizes = dict(agree_points=32, pgd_points=16, align_points=16, llc_train=32, llc_burnin=5,
+                     llc_draws=8, batch_rows=4096, speed_points=256, train_steps=100, n_train=2048, n_test=1024)
     else:
-        sizes = dict(agree_points=64, pgd_points=64, align_points=32, llc_train=128, llc_burnin=20,
+        sizes = dict(agree_points=64, pgd_points=32, align_points=32, llc_train=64, llc_burnin=10,
                      llc_draws=20, batch_rows=8192, speed_points=1024, train_steps=300, n_train=4096, n_test=1024)
     t0 = time.perf_counter()
     name_dev = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU (script check, tiny sizes)"
@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  checkpoint: {label}")
             agreement(make, sd, data, dev, sizes)
         print("  throughput (guarded, trained checkpoint)")
-        throughput(name, make, trained, data, dev, sizes)
+        throughput(make, trained, data, dev, sizes)
+        print(f"  ({time.perf_counter() - t0:.0f} s so far)")
     print(f"\ndone in {time.perf_counter() - t0:.0f} s")
     return 0
 
