@@ -182,7 +182,7 @@ def test_gpu_jobs_go_only_to_the_worker_that_advertises_the_gpu(tmp_path):
     from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
 
     from grokscope.engine.cluster import _forkserver
-    from grokscope.engine.driver import _results
+    from grokscope.engine.dispatch import results as _results
 
     run = _one_checkpoint_run(tmp_path / "r", MLP, {**DIGITS, "kwargs": {"n_train": 40, "n_test": 20}},
                               steps=range(8))
