@@ -53,4 +53,9 @@ def get_probe(name: str) -> type[Probe]:
     cls = import_target(entry.target, ProbeError)
     if not (isinstance(cls, type) and issubclass(cls, Probe)):
         raise ProbeError(f"{entry.target} (probe {name!r}) is not a grokscope Probe subclass")
+    from grokscope.functional.precision import PRECISION_MODES
+
+    if cls.precision_mode not in PRECISION_MODES:
+        raise ProbeError(f"{entry.target} (probe {name!r}): precision_mode must be one of "
+                         f"{', '.join(PRECISION_MODES)}, got {cls.precision_mode!r}")
     return cls

@@ -11,6 +11,10 @@ A probe declares:
   before any job runs, so a group whose first job fails still holds its variables and attributes;
   a probe that returns None (the default) gets its template from its first result;
 * ``needs_data`` / ``needs_grad`` / ``needs_previous`` — what the engine must provide;
+* ``precision_mode`` — ``"strict"`` when the numbers need full IEEE float32 (no TF32 on GPUs, no bf16
+  on CPUs, no autocast): the engine runs ``compute`` inside
+  :func:`grokscope.functional.precision.precision_guard` (``lc``, ``regions``, ``collapse``);
+  ``"default"``: whatever the worker process set (see ``docs/engine.md#on-gpus``);
 * ``version`` — an integer stored with the group; raise it when a change of the algorithm changes the
   numbers (the engine then treats stored results like results of other parameters);
 * ``panels`` / ``events`` — how the results are shown (:mod:`grokscope.presentation`): the panels of
@@ -69,6 +73,8 @@ class Probe:
     needs_data: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = False
     needs_previous: ClassVar[bool] = False
+    # "strict": compute runs in IEEE float32, no TF32/bf16 products, no autocast (precision_guard)
+    precision_mode: ClassVar[str] = "default"
     version: ClassVar[int] = 1
     panels: ClassVar[tuple[PanelSpec, ...]] = ()
     events: ClassVar[tuple[EventSpec, ...]] = ()

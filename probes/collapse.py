@@ -145,6 +145,7 @@ class CollapseProbe(Probe):
     """Softmax collapse fractions, logit-margin quantiles and the naive-loss-minimisation cosines."""
 
     name = "collapse"
+    precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "softmax collapse (zero float32 loss/gradient), logit margins, gradient vs NLM direction"
     Params = CollapseParams
     outputs = {"collapse_frac": ("split",), "zero_grad_frac": ("split",), "margin": ("split", "quantile"),

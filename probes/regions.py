@@ -43,6 +43,7 @@ class RegionsProbe(Probe):
     """
 
     name = "regions"
+    precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "linear regions and decision boundary on the plane through three training points"
     Params = RegionsParams
     outputs = {"boundary": ("b", "a"), "decision": ("b", "a"), "fill": ("b", "a"), "n_regions": (),

@@ -1,5 +1,5 @@
 """The Dask client of a probe run: an in-process ``LocalCluster`` of worker processes (started from a
-fork server with torch & co. imported), one worker per GPU for ``--device cuda``, an existing
+fork server with torch & co. imported), one spawned worker per GPU for ``--device cuda``, an existing
 scheduler's address, or none (``sync``: this process). The driver only asks :func:`dask_client`."""
 
 from __future__ import annotations
@@ -29,6 +29,30 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
+def local_gpus(cfg: EngineConfig) -> list[str]:
+    """The GPU ids the local cluster starts one worker each for: every visible GPU for ``--device
+    cuda`` (the first ``--workers`` of them), the N-th visible one for ``cuda:N``; one-line
+    :class:`EngineError` when there is none."""
+    gpus = visible_gpus()
+    if not gpus:
+        raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi -L); "
+                          "use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
+    if cfg.device.startswith("cuda:"):
+        index = cfg.device.split(":", 1)[1]
+        if not index.isdigit() or int(index) >= len(gpus):
+            raise EngineError(f"--device {cfg.device}: this host shows {len(gpus)} GPU(s) "
+                              f"({', '.join(gpus)}); use cuda (all of them) or cuda:0..cuda:{len(gpus) - 1}")
+        return [gpus[int(index)]]
+    return gpus[: cfg.workers] if cfg.workers else gpus
+
+
+def job_device(cfg: EngineConfig) -> str:
+    """The device a job asks its worker for: ``cuda`` on the local GPU workers (each sees only its
+    own GPU, as ``cuda:0``), else what ``--device`` says."""
+    local = cfg.scheduler in (None, "", "local")
+    return "cuda" if local and cfg.device.startswith("cuda") else cfg.device
+
+
 @contextmanager
 def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
     """``(client or None for sync, torch threads per worker, description)`` for ``cfg``."""
@@ -44,7 +68,7 @@ def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
     from distributed import Client
 
     if cfg.scheduler in (None, "", "local"):
-        with _forkserver():
+        with _spawn() if cfg.device.startswith("cuda") else _forkserver():
             yield from _local_client(cfg)
         return
     try:
@@ -102,17 +126,22 @@ def _forkserver() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _spawn() -> Iterator[None]:
+    """Start local worker processes with ``spawn``: a fresh interpreter each, as CUDA requires (a forked
+    process cannot initialise CUDA again, and no state of this process reaches a GPU worker)."""
+    import dask
+
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn", **LOCAL_WORKER_CONFIG}):
+        yield
+
+
 def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
     from distributed import Client, LocalCluster
 
     cores = os.cpu_count() or 1
     if cfg.device.startswith("cuda"):
-        gpus = visible_gpus()
-        if not gpus:
-            raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / "
-                              "nvidia-smi -L); use --device cpu or --scheduler ADDRESS of a cluster "
-                              "with GPU workers")
-        gpus = gpus[: cfg.workers] if cfg.workers else gpus
+        gpus = local_gpus(cfg)
         cluster = _gpu_cluster(gpus)
         threads = cfg.threads or max(1, cores // len(gpus))
         desc = f"local cluster, {len(gpus)} GPU worker(s)"
@@ -132,12 +161,15 @@ def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
 
 
 def _gpu_cluster(gpus: list[str]):
-    """A local cluster of one single-threaded worker process per GPU, each seeing only its GPU and
-    advertising ``GPU=1`` (what dask-cuda's LocalCUDACluster does, without the dependency)."""
+    """A local cluster of one single-threaded worker process per GPU, each seeing only its GPU (as
+    ``cuda:0``) and advertising ``GPU=1`` (what dask-cuda's LocalCUDACluster does, without the
+    dependency); start it inside :func:`_spawn`."""
     from distributed import Nanny, Scheduler, SpecCluster
 
+    # worker_init: the workers ignore Ctrl-C, the driver stops them (spawned: no fork server preloads it)
     workers = {f"gpu-{g}": {"cls": Nanny, "options": {"nthreads": 1, "resources": {"GPU": 1},
-                                                      "env": {"CUDA_VISIBLE_DEVICES": g}}}
+                                                      "env": {"CUDA_VISIBLE_DEVICES": g},
+                                                      "preload": ["grokscope.engine.worker_init"]}}
                for g in gpus}
     return SpecCluster(workers=workers, scheduler={"cls": Scheduler,
                                                    "options": {"dashboard_address": ":0"}},

@@ -33,7 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .cluster import dask_client, visible_gpus
+from .cluster import dask_client, local_gpus
 from .commit import Writer
 from .config import EngineConfig, EngineError
 from .discovery import find_runs
@@ -87,9 +87,8 @@ def probe_runs(path: Path, cfg: EngineConfig,
     refusal, ignored = ignored_spec(runs, cfg.spec)
     if refusal:
         raise EngineError(refusal)
-    if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
-        raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi "
-                          "-L); use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
+    if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local"):
+        local_gpus(cfg)  # refuses, in one line, a host without the GPU(s) asked for
     summary = Summary(store=out)
     lock = StoreLock(out)
     writer: Writer | None = None

@@ -111,10 +111,8 @@ def check_run(spec: dict[str, Any], checkpoints: list[Checkpoint], trust: Any, w
 
 def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]]]:
     """The tasks (:class:`.jobs.Task`) of the runs whose model passes :func:`check_run` (run once per
-    run, on the checkpoints of its tasks, in this process, on the CPU when this host has no GPU), and
+    run, on the checkpoints of its tasks, in this process, on the CPU), and
     ``{run: (file, reason)}`` of the runs that fail it (their tasks are dropped)."""
-    import torch
-
     from .jobs import _trust, probe_class
 
     by_run: dict[str, list[Any]] = {}
@@ -122,10 +120,9 @@ def screen_tasks(tasks: list[Any]) -> tuple[list[Any], dict[str, tuple[str, str]
         by_run.setdefault(t.run, []).append(t)
     failed: dict[str, tuple[str, str]] = {}
     for run, ts in by_run.items():
-        device = ts[0].device if ts[0].device == "cpu" or torch.cuda.is_available() else "cpu"
-        try:
-            needs_data = any(probe_class(p.name).needs_data for t in ts for p in t.probes)
-            check_run(ts[0].spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, device, needs_data)
+        needs_data = any(probe_class(p.name).needs_data for t in ts for p in t.probes)
+        try:  # on the CPU: the client never initialises CUDA (a forked worker could not, after)
+            check_run(ts[0].spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, "cpu", needs_data)
         except ModelCheckError as e:
             failed[run] = (ts[0].where, f"model check failed, nothing computed for this run: {e}")
     return [t for t in tasks if t.run not in failed], failed

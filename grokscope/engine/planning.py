@@ -12,6 +12,7 @@ from typing import Any
 import grokscope
 from grokscope.presentation import to_attrs
 
+from .cluster import job_device
 from .config import EngineConfig
 from .discovery import Checkpoint, Run
 from .jobs import ProbeRequest, Task, probe_class
@@ -263,7 +264,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
         for ck in run.checkpoints:
             if pending.get(ck.step):  # type: ignore[arg-type]
                 tasks.append(Task(run=run.name, spec=spec, checkpoint=ck, previous=prev,
-                                  probes=tuple(pending[ck.step]), device=cfg.device,  # type: ignore[index]
+                                  probes=tuple(pending[ck.step]), device=job_device(cfg),  # type: ignore[index]
                                   threads=threads, trust=cfg.trust, where=spec_file(run)))
             prev = ck
     for run_name, probe in sorted(store.half_removed):

@@ -227,9 +227,9 @@ class CommittedView(WrapperStore):
         async for name in self._store.list_dir(prefix):
             if name.endswith(".partial") or name.startswith(".grokscope"):
                 continue
-            if name != "zarr.json":
-                key = f"{prefix.rstrip('/')}/{name}/zarr.json" if prefix.strip("/") else f"{name}/zarr.json"
-                raw = await self._store.get(key, default_buffer_prototype())
+            run = prefix.strip("/")
+            if name != "zarr.json" and run and "/" not in run:  # a run's children: its probe groups
+                raw = await self._store.get(f"{run}/{name}/zarr.json", default_buffer_prototype())
                 if raw is None:
                     continue  # not a node: the empty folder of a removed group
                 if b'"%s"' % REMOVING.encode() in raw.to_bytes() and \
