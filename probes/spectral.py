@@ -40,31 +40,38 @@ INSTALL_HINT = "the spectral probe needs the powerlaw package: pip install 'grok
 
 
 # ============================================================================ which matrices
-def weight_matrices(model: nn.Module, layers: tuple[str, ...] = ()) -> dict[str, list[np.ndarray]]:
-    """``{module name: [matrix, …]}`` of every module with its own ``weight`` of two or more dims
-    (``Linear``, ``Embedding``, ``Conv*d``, Hugging Face's ``Conv1D`` …), in ``named_modules`` order,
-    as float64 numpy arrays. A convolution gives one ``out × in/groups`` matrix per kernel position;
-    any other weight of more than two dims is flattened to ``(shape[0], -1)``. ``layers`` (module
-    names) keeps only those; a name that is no such module raises :class:`ProbeError` listing them."""
-    found: dict[str, list[np.ndarray]] = {}
+def weight_modules(model: nn.Module, layers: tuple[str, ...] = ()) -> dict[str, nn.Module]:
+    """``{module name: module}`` of every module with its own ``weight`` of two or more dims, in
+    ``named_modules`` order (reads no values: works on the ``meta`` device). ``layers`` (module names)
+    keeps only those; a name that is no such module raises :class:`ProbeError` listing them."""
+    found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         w = module._parameters.get("weight") if hasattr(module, "_parameters") else None
-        if w is None or w.dim() < 2:
-            continue
-        a = w.detach().to("cpu", torch.float64).numpy()
-        if isinstance(module, nn.modules.conv._ConvNd) and a.ndim > 2:
-            if isinstance(module, nn.modules.conv._ConvTransposeNd):
-                a = np.swapaxes(a, 0, 1)  # (in, out/groups, k…) -> (out/groups, in, k…)
-            mats = [a[(slice(None), slice(None)) + idx] for idx in np.ndindex(*a.shape[2:])]
-        else:
-            mats = [a.reshape(a.shape[0], -1)]
-        found[name or "weight"] = mats
+        if w is not None and w.dim() >= 2:
+            found[name or "weight"] = module
     if layers:
         missing = [n for n in layers if n not in found]
         if missing:
             raise ProbeError(f"spectral.layers: {', '.join(missing)} not a module with a weight matrix; "
                              f"valid: {', '.join(found) or 'none'}")
         found = {n: found[n] for n in layers}
+    return found
+
+
+def weight_matrices(model: nn.Module, layers: tuple[str, ...] = ()) -> dict[str, list[np.ndarray]]:
+    """``{module name: [matrix, …]}`` of the modules of :func:`weight_modules` (``Linear``,
+    ``Embedding``, ``Conv*d``, Hugging Face's ``Conv1D`` …), as float64 numpy arrays. A convolution
+    gives one ``out × in/groups`` matrix per kernel position; any other weight of more than two dims is
+    flattened to ``(shape[0], -1)``."""
+    found: dict[str, list[np.ndarray]] = {}
+    for name, module in weight_modules(model, layers).items():
+        a = module.weight.detach().to("cpu", torch.float64).numpy()
+        if isinstance(module, nn.modules.conv._ConvNd) and a.ndim > 2:
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):
+                a = np.swapaxes(a, 0, 1)  # (in, out/groups, k…) -> (out/groups, in, k…)
+            found[name] = [a[(slice(None), slice(None)) + idx] for idx in np.ndindex(*a.shape[2:])]
+        else:
+            found[name] = [a.reshape(a.shape[0], -1)]
     return found
 
 
@@ -193,12 +200,12 @@ class SpectralProbe(Probe):
             raise ProbeError(INSTALL_HINT) from e
 
     def check(self, model: nn.Module, data: Any, params: SpectralParams) -> None:
-        if not weight_matrices(model, tuple(params.layers)):
+        if not weight_modules(model, tuple(params.layers)):
             raise ProbeError(f"spectral: {type(model).__name__} has no module with a weight matrix")
 
     def template(self, model: nn.Module, data: Any, params: SpectralParams):
-        """One value per weight matrix of the model (the layers of :func:`weight_matrices`)."""
-        names = list(weight_matrices(model, tuple(params.layers)))
+        """One value per weight matrix of the model (the layers of :func:`weight_modules`)."""
+        names = list(weight_modules(model, tuple(params.layers)))
         return template_dataset(self.outputs, coords={"layer": names})
 
     def compute(self, model: nn.Module, data: Any, params: SpectralParams, ctx: ProbeContext):
