@@ -67,9 +67,11 @@ def _number(v: Any) -> float | None:
 
 
 def _rows(path: Path, fmt: str) -> list[dict[str, Any]]:
+    from grokscope.jsonbounds import JSONBoundsError, loads, read_json
+
     try:
         if fmt == "hf":
-            doc = json.loads(path.read_text())
+            doc = read_json(path)
             rows = doc.get("log_history") if isinstance(doc, dict) else None
             if not isinstance(rows, list):
                 raise LogError(f"{path}: no 'log_history' list (is this a Hugging Face trainer_state.json?)")
@@ -79,7 +81,9 @@ def _rows(path: Path, fmt: str) -> list[dict[str, Any]]:
             for i, line in enumerate(path.read_text().splitlines(), 1):
                 if line.strip():
                     try:
-                        out.append(json.loads(line))
+                        out.append(loads(line, path))
+                    except JSONBoundsError as e:
+                        raise LogError(f"{e} (line {i})") from None
                     except ValueError as e:
                         raise LogError(f"{path}: line {i} is not JSON ({e})") from None
             return [r for r in out if isinstance(r, dict)]
@@ -89,6 +93,8 @@ def _rows(path: Path, fmt: str) -> list[dict[str, Any]]:
         raise LogError(f"{path}: unreadable log ({e})") from None
     except LogError:
         raise
+    except JSONBoundsError as e:
+        raise LogError(str(e)) from None
     except ValueError as e:
         raise LogError(f"{path}: not valid JSON ({e})") from None
 
