@@ -195,20 +195,19 @@ def inside(p: Path | str, root: Path | str) -> bool:
 
 
 def link_escape(p: Path | str, root: Path | str) -> str | None:
-    """None when ``p`` (every link followed) stays inside ``root``; else the one line that refuses it,
-    naming the link and its target (a path, never the target's content): a link that leads outside,
-    into a loop, or nowhere. Nothing is opened."""
+    """None when ``p`` (every link followed) stays inside ``root``; else why it is refused, to follow
+    ``p`` in a line (``f"{p}: {why}"``): a link leading outside (its target named, a path, never the
+    target's content), into a loop, or nowhere. Nothing is opened."""
     p = Path(p)
     try:
         real = Path(os.path.realpath(p, strict=True))
     except OSError as e:
         if e.errno == errno.ELOOP:
-            return f"{p}: a link loop; refused"
-        target = os.readlink(p) if p.is_symlink() else "a missing file"
-        return f"{p} -> {target}: a link to nothing; refused"
+            return "a link loop; refused"
+        return f"a link to {os.readlink(p) if p.is_symlink() else 'a missing file'}, which does not exist; refused"
     if inside(real, root):
         return None
-    return f"{p} -> {real}: a link that leads outside {root}; refused (not opened)"
+    return f"a link to {real}, outside {root}; refused (not opened)"
 
 
 def _escaped(c: Checkpoint, root: Path, problems: list[Problem]) -> bool:
@@ -449,7 +448,7 @@ def _search(root: Path, skipped: list[Problem]) -> list[tuple[Path, Path]]:
         link = links.pop(0)
         why = link_escape(link, root)
         if why is None and _real(link) in seen:
-            why = f"{link} -> {_real(link)}: a link to a folder already searched (a loop or a second name); skipped"
+            why = f"a link to {_real(link)}, a folder already searched (a loop or a second name); skipped"
         if why is not None:
             skipped.append(Problem(str(link), why))
             continue
@@ -476,7 +475,7 @@ def find_runs(path: Path, skipped: list[Problem] | None = None) -> list[Run]:
     skipped = skipped if skipped is not None else []
     found = _search(root, skipped)
     if not found:
-        also = f"; {skipped[0].reason}" if skipped else ""
+        also = f"; {skipped[0].path}: {skipped[0].reason}" if skipped else ""
         raise DiscoveryError(f"{root}: no checkpoints found (looked for run.json, checkpoints/, "
                              f"{', '.join(CHECKPOINT_SUFFIXES)} files, checkpoint-N/ folders and hub "
                              f"cache models--*/ folders){also}")

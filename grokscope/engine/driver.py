@@ -38,7 +38,7 @@ from grokscope.presentation import to_attrs
 
 from .cluster import dask_client, visible_gpus
 from .config import EngineConfig, EngineError
-from .discovery import Checkpoint, Run, find_runs
+from .discovery import Checkpoint, Problem, Run, find_runs
 from .jobs import HashTask, Outcome, ProbeRequest, Task, describe_error, hash_task, run_task
 from .lock import StoreLock
 from .model_check import screen_plan
@@ -643,8 +643,10 @@ def probe_runs(path: Path, cfg: EngineConfig,
     path = Path(path).absolute()
     out = Path(cfg.out).absolute()
     check_store_path(out)
-    runs = find_runs(path)
+    links: list[Problem] = []  # folders left out: links leading outside path, or loops
+    runs = find_runs(path, links)
     refusal, ignored = ignored_spec(runs, cfg.spec)
+    ignored = [f"{x.path}: {x.reason}" for x in links] + ignored
     if refusal:
         raise EngineError(refusal)
     if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
@@ -803,8 +805,9 @@ def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, wr
 
     def more() -> tuple[list[Task], bool]:
         last = not follow()  # asked before searching: nothing written after a final search is missed
+        links: list[Problem] = []
         try:
-            found = find_runs(path)
+            found = find_runs(path, links)
             p = plan(found, store, again, threads)
         except DiscoveryError:
             return [], last  # e.g. the run folder is not written yet
@@ -821,7 +824,7 @@ def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, wr
         summary.jobs += sum(len(t.probes) for t in new)
         summary.runs = max(summary.runs, len(p.runs))
         summary.excluded = p.excluded
-        summary.warnings = ignored_spec(found, cfg.spec)[1] + list(p.warnings)
+        summary.warnings = [f"{x.path}: {x.reason}" for x in links] + ignored_spec(found, cfg.spec)[1] + list(p.warnings)
         known = {(f.run, f.file) for f in summary.failures}
         summary.failures.extend(f for f in p.failures if (f.run, f.file) not in known)
         return new, last

@@ -58,7 +58,7 @@ def revisions(repo: Path, problems: list[Problem] | None = None) -> dict[str, st
         for d in sorted(dirs):
             if (here / d).is_symlink():
                 problems.append(Problem(str(here / d), link_escape(here / d, repo)
-                                        or f"{here / d}: a link to a folder in refs/; not followed"))
+                                        or "a link to a folder in refs/; not followed"))
         dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink() and not d.startswith("."))
         for name in sorted(files):
             p = here / name

@@ -1,0 +1,304 @@
+"""Hostile and damaged inputs (issue 34): every layout is built here, by the test, and each check
+asserts one line per refusal, no traceback, nothing outside the probed folder opened (a file outside
+whose content or access time would show it), and the other runs done.
+
+1. hub caches confined to their repository folder (refs holding ``..``, links out of the repository);
+2. run folders reached through links (out of the probed path, loops, second names);
+3. deep nesting (run.json, logs, safetensors headers) and oversized JSON;
+4. integer and bool tensors where the model holds floats.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import DIGITS, MLP, make_run
+
+SECRET = "SECRET-TOKEN-31337"
+SPEC_FLAGS = ("--model", "mlp", "--model-kwargs", json.dumps({"depth": 1, "width": 12}),
+              "--dataset", "digits", "--dataset-kwargs", json.dumps(DIGITS["kwargs"]))
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _mlp_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    from grokscope.models import build_model
+
+    torch.manual_seed(seed)
+    return {k: v.detach().clone() for k, v in build_model(MLP).state_dict().items()}
+
+
+def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in state.items()})
+
+
+def _outside_file(path: Path, text: str = SECRET + "\n") -> Path:
+    """A file outside the probed folder whose access time is set before its modification time, so any
+    read of it (under atime or relatime mounts) moves its access time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text) if isinstance(text, str) else path.write_bytes(text)
+    st = path.stat()
+    os.utime(path, (st.st_mtime - 1000, st.st_mtime))
+    return path
+
+
+def _untouched(*paths: Path) -> None:
+    """Assert no file of ``paths`` was read since :func:`_outside_file` (when this filesystem records
+    reads at all: a probe read of a scratch file shows whether it does)."""
+    probe = _outside_file(paths[0].parent / ".atime-probe")
+    before = probe.stat().st_atime
+    probe.read_bytes()
+    if probe.stat().st_atime == before:
+        pytest.skip("this filesystem does not record access times (noatime)")
+    for p in paths:
+        st = p.stat()
+        assert st.st_atime < st.st_mtime, f"{p} was read"
+
+
+def _one_line_each(text: str) -> None:
+    assert "Traceback" not in text and "RecursionError" not in text, text
+    assert SECRET not in text, text
+
+
+# -- 1. hub caches --------------------------------------------------------------------------------
+
+def _hub(root: Path, outside: Path) -> tuple[Path, dict[str, Path]]:
+    """``root/models--org--net``: revision step100 as huggingface_hub lays it out (a blob, a relative
+    snapshot link to it, a ref holding the commit), and hostile revisions around it."""
+    repo = root / "models--org--net"
+    for sub in ("blobs", "refs", "snapshots"):
+        (repo / sub).mkdir(parents=True)
+    blob = repo / "blobs" / ("b" * 64)
+    blob.write_bytes(_safetensors_bytes(_mlp_state(0)))
+    good = repo / "snapshots" / ("1" * 40)
+    good.mkdir()
+    (good / "model.safetensors").symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    (repo / "refs" / "step100").write_text("1" * 40)
+    # a whole checkpoint folder outside, reached by a ref holding ../../../outside_secret
+    secret_dir = outside / "outside_secret"
+    secret_dir.mkdir(parents=True)
+    secret_ckpt = _outside_file(secret_dir / "model.safetensors", _safetensors_bytes(_mlp_state(1)))
+    rel = os.path.relpath(secret_dir, repo / "snapshots")
+    (repo / "refs" / "step200").write_text(rel)
+    # a ref that is a link to a file outside (its content must never be echoed)
+    hostname = _outside_file(outside / "hostname")
+    (repo / "refs" / "step300").symlink_to(hostname)
+    # a snapshot whose weights are an absolute link to another checkpoint outside
+    other = _outside_file(outside / "other" / "model.safetensors", _safetensors_bytes(_mlp_state(2)))
+    snap = repo / "snapshots" / ("4" * 40)
+    snap.mkdir()
+    (snap / "model.safetensors").symlink_to(other)
+    (repo / "refs" / "step400").write_text("4" * 40)
+    # a snapshot whose weights are a link to a text file outside (/etc/passwd in the report)
+    passwd = _outside_file(outside / "passwd", "root:x:0:0:" + SECRET + "\n")
+    snap = repo / "snapshots" / ("5" * 40)
+    snap.mkdir()
+    (snap / "model.safetensors").symlink_to(passwd)
+    (repo / "refs" / "step500").write_text("5" * 40)
+    # a snapshot folder that is itself a link out of the repository
+    (repo / "snapshots" / ("6" * 40)).symlink_to(outside / "other")
+    (repo / "refs" / "step600").write_text("6" * 40)
+    return repo, {"secret": secret_ckpt, "hostname": hostname, "other": other, "passwd": passwd}
+
+
+def test_hub_cache_never_leaves_its_repository(tmp_path, cli):
+    from grokscope.engine.discovery import find_runs
+    from grokscope.engine.store import load_group
+
+    hub, outside = tmp_path / "hub", tmp_path / "outside"
+    repo, files = _hub(hub, outside)
+    run = find_runs(hub)[0]
+    assert run.steps == [100]
+    reasons = {re.search(r"step\d+", p.path + p.reason).group(): p.reason for p in run.problems}
+    assert len(reasons) == len(run.problems) == 5
+    assert reasons["step200"] == "revision step200: the ref does not hold a commit name; skipped"
+    assert reasons["step300"] == f"a link to {files['hostname']}, outside {repo}; refused (not opened)"
+    assert ", outside " in reasons["step400"] and str(files["other"]) in reasons["step400"]
+    assert ", outside " in reasons["step500"] and str(files["passwd"]) in reasons["step500"]
+    assert ", outside " in reasons["step600"]
+    for p in run.problems:
+        assert "\n" not in p.reason and SECRET not in p.reason and "outside_secret" not in p.reason
+    r = cli("probe", hub, *SPEC_FLAGS, "--scheduler", "sync", "-q")
+    assert r.exit_code == 0, r.output
+    _one_line_each(r.output)
+    warned = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert sum(", outside " in ln for ln in warned) == 4 and sum("step300" in ln for ln in warned) == 1
+    assert "1 job(s) done, 0 failed" in r.stderr
+    acc = load_group(hub / "probes.zarr", "models--org--net", "acc")
+    assert acc.step.values.tolist() == [100] and bool(acc.done.values.all())
+    r = cli("scan", hub)
+    assert r.exit_code == 0, r.output
+    _one_line_each(r.output)
+    _untouched(*files.values())
+
+
+def test_hub_config_link_out_of_the_folder_is_refused(tmp_path, cli):
+    """``--model hf`` reads the snapshot's config.json: one that links outside is named, not parsed."""
+    hub, outside = tmp_path / "hub", tmp_path / "outside"
+    repo, _ = _hub(hub, outside)
+    cfg = _outside_file(outside / "config.json", json.dumps({"model_type": "gpt2", "note": SECRET}))
+    (repo / "snapshots" / ("1" * 40) / "config.json").symlink_to(cfg)
+    r = cli("init", repo, "--model", "hf", "--dataset", "modular", "--dataset-kwargs", '{"p": 5}')
+    assert r.exit_code != 0
+    _one_line_each(r.output)
+    assert f"config.json: a link to {cfg}" in r.output and ", outside " in r.output
+    _untouched(cfg)
+
+
+# -- 2. run folders reached through links ---------------------------------------------------------
+
+def test_linked_run_folders_stay_inside_the_probed_path(tmp_path, cli):
+    from grokscope.engine.discovery import Problem, find_runs
+    from grokscope.engine.store import load_group
+
+    runs = tmp_path / "runs"
+    make_run(runs / "a", [0, 5])
+    elsewhere = make_run(tmp_path / "elsewhere" / "ext", [0, 5], seed=1)
+    ext_ckpts = sorted((elsewhere / "checkpoints").iterdir())
+    for p in ext_ckpts:
+        st = p.stat()
+        os.utime(p, (st.st_mtime - 1000, st.st_mtime))
+    (runs / "ext").symlink_to(elsewhere)  # a run folder outside
+    (runs / "nest").mkdir()
+    (runs / "nest" / "up").symlink_to("..")  # a loop: runs/nest/up/nest/up/...
+    (runs / "again").symlink_to(runs / "a")  # a second name of a run already found
+    b = runs / "b"
+    b.mkdir()
+    (b / "run.json").write_text((runs / "a" / "run.json").read_text())
+    (b / "checkpoints").symlink_to(elsewhere / "checkpoints")  # a run whose checkpoints/ leads out
+    skipped: list[Problem] = []
+    found = find_runs(runs, skipped)
+    assert [r.name for r in found] == ["a", "b"]
+    assert found[0].steps == [0, 5] and found[1].steps == []
+    assert ", outside " in found[1].problems[0].reason
+    why = {Path(p.path).name: p.reason for p in skipped}
+    assert set(why) == {"ext", "up", "again"}
+    assert str(elsewhere) in why["ext"] and ", outside " in why["ext"]
+    assert "already searched" in why["up"] and "already searched" in why["again"]
+    r = cli("probe", runs, "--scheduler", "sync", "-q")
+    assert r.exit_code == 0, r.output
+    _one_line_each(r.output)
+    assert "2 job(s) done, 0 failed" in r.stderr and "over 1 run(s)" in r.stderr
+    assert sum(ln.startswith(f"warning: {runs / 'ext'}: a link to") for ln in r.stderr.splitlines()) == 1
+    assert load_group(runs / "probes.zarr", "a", "acc").done.values.all()
+    r = cli("scan", runs)
+    assert r.exit_code == 0, r.output
+    _one_line_each(r.output)
+    assert sum(ln.startswith("warning: ") for ln in r.stderr.splitlines()) == 3
+    assert not (elsewhere / "probes.zarr").exists()
+    _untouched(*ext_ckpts)
+
+
+def test_folder_that_only_links_outside_is_one_line(tmp_path, cli):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "ext").symlink_to(make_run(tmp_path / "elsewhere", [0]))
+    for cmd in ("probe", "scan"):
+        r = cli(cmd, runs)
+        assert r.exit_code == 1
+        _one_line_each(r.output)
+        assert "no checkpoints found" in r.output and ", outside " in r.output
+
+
+# -- 3. deep nesting ------------------------------------------------------------------------------
+
+def _deep_header_file(path: Path, depth: int) -> Path:
+    header = b'{"__metadata__":{"x":' + b"[" * depth + b"]" * depth + b"}}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    return path
+
+
+def test_deep_nesting_fails_one_run_in_one_line(tmp_path, cli):
+    from grokscope.engine.discovery import find_runs
+    from grokscope.engine.store import load_group
+
+    runs = tmp_path / "runs"
+    make_run(runs / "good", [0, 5])
+    brackets = make_run(runs / "brackets", [0])
+    (brackets / "run.json").write_text("[" * 10**6)
+    deep = make_run(runs / "deep_train", [0])
+    doc = json.loads((deep / "run.json").read_text())
+    nest: list = []
+    for _ in range(900):
+        nest = [nest]
+    doc["train"]["schedule"] = nest
+    (deep / "run.json").write_text(json.dumps(doc))
+    kw = make_run(runs / "deep_kwargs", [0])
+    doc = json.loads((kw / "run.json").read_text())
+    doc["model"]["kwargs"]["extra"] = nest
+    (kw / "run.json").write_text(json.dumps(doc))
+    header = make_run(runs / "deep_header", [0])
+    _deep_header_file(header / "checkpoints" / "weights.safetensors", 100_000)  # step from its header
+    _deep_header_file(header / "checkpoints" / "step-00000007.safetensors", 100_000)  # step from its name
+    with open(runs / "good" / "log.jsonl", "a") as f:
+        f.write("[" * 100_000 + "\n")
+    found = {r.name: r for r in find_runs(runs)}
+    for name in ("brackets", "deep_train", "deep_kwargs"):
+        assert found[name].spec_error and "\n" not in found[name].spec_error
+        assert str(runs / name / "run.json") in found[name].spec_error
+    assert "nested 903 deep" in found["deep_train"].spec_error
+    assert "nested 1000000 deep" in found["brackets"].spec_error
+    assert any("weights.safetensors" in p.path and "nested 100002 deep" in p.reason
+               for p in found["deep_header"].problems)
+    r = cli("probe", runs, "--scheduler", "sync", "-q")
+    assert r.exit_code == 1
+    _one_line_each(r.output)
+    failed = [ln for ln in r.stderr.splitlines() if ln.startswith("  ")]
+    assert any("brackets" in ln and "nested 1000000 deep" in ln for ln in failed)
+    assert any("deep_header step 7" in ln and "step-00000007.safetensors" in ln for ln in failed)
+    assert load_group(runs / "probes.zarr", "good", "acc").done.values.all()
+    assert load_group(runs / "probes.zarr", "deep_header", "acc").done.values.tolist() == [True, False]
+    r = cli("scan", runs)
+    assert r.exit_code == 0
+    _one_line_each(r.output)
+    assert "nested 903 deep" in r.output
+
+
+def test_bounded_json_reader(tmp_path):
+    from grokscope.jsonbounds import JSONBoundsError, depth, loads, read_json
+
+    assert depth('{"a": "[[[{{", "b": [[1], {"c": "]]\\"["}]}') == 3
+    assert loads("[[1]]", "x") == [[1]]
+    with pytest.raises(JSONBoundsError, match=r"^f\.json: JSON nested 65 deep"):
+        loads("[" * 65 + "]" * 65, "f.json")
+    big = tmp_path / "big.json"
+    big.write_text('"' + "x" * 2000 + '"')
+    with pytest.raises(JSONBoundsError, match="larger than 1000 bytes"):
+        read_json(big, max_bytes=1000)
+    assert read_json(big) == "x" * 2000
+
+
+# -- 4. integer and bool tensors ------------------------------------------------------------------
+
+def test_integer_and_bool_checkpoints_are_not_weights(tmp_path, cli):
+    from grokscope import runs as runfmt
+    from grokscope.engine.store import load_group
+
+    run = make_run(tmp_path / "run", [0, 5, 10])
+    for step, dtype in ((5, torch.int64), (10, torch.bool)):
+        path = runfmt.checkpoint_path(run, step)
+        from safetensors.torch import load_file
+
+        sd = {k: (v * 100).to(dtype) for k, v in load_file(path).items()}
+        path.unlink()
+        runfmt.save_checkpoint(path, sd, step)
+    r = cli("probe", run, "--scheduler", "sync", "-q")
+    assert r.exit_code == 1
+    _one_line_each(r.output)
+    failed = [ln for ln in r.stderr.splitlines() if ln.startswith("  ")]
+    assert len(failed) == 2
+    assert "step 5" in failed[0] and "checkpoint int64 vs model float32" in failed[0]
+    assert "step 10" in failed[1] and "checkpoint bool vs model float32" in failed[1]
+    acc = load_group(run / "probes.zarr", "run", "acc")
+    assert acc.done.values.tolist() == [True, False, False]
+    assert "dtype mismatch" in str(acc.error.values[1])
