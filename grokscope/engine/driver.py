@@ -634,9 +634,14 @@ def probe_runs(path: Path, cfg: EngineConfig,
     those of the last search.
     """
     t0 = time.perf_counter()
+    from grokscope.probes import ProbeError, get_probe, validate_params
+
     for req in cfg.probes:
         try:
             parse_selection(req.steps)
+            validate_params(get_probe(req.name), req.params)  # before the store is touched
+        except ProbeError as e:
+            raise EngineError(str(e)) from None
         except ValueError as e:
             raise EngineError(f"probe {req.name}: {e}") from None
     # workers may run elsewhere (another host, another working directory): absolute paths only
