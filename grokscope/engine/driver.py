@@ -661,9 +661,10 @@ def probe_runs(path: Path, cfg: EngineConfig,
     lock = StoreLock(out)
     writer: _Writer | None = None
     try:
-        lock.acquire()
+        if not cfg.dry_run:  # a dry run only reads: no lock, nothing created
+            lock.acquire()
         summary.took_over = lock.took_over
-        store = ProbeStore(out)
+        store = ProbeStore(out, read_only=cfg.dry_run)
         p = plan(runs, store, cfg, threads=cfg.threads or 1)
         writer = _Writer(store, p, cfg.flush_interval, summary)
         _record_plan(summary, p)

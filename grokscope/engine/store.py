@@ -315,19 +315,25 @@ def check_store_path(path: str | Path) -> None:
 class ProbeStore:
     """The driver's handle on a store folder (it alone writes; see the module docstring)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
+        """``read_only``: only read (``--dry-run``): nothing is created, repaired or cleaned, and a
+        store that does not exist yet reads as empty."""
         import zarr
 
         self.path = Path(path)
+        self.read_only = read_only
         check_store_path(self.path)
+        self.groups: dict[tuple[str, str], GroupInfo] = {}
+        self.templates: dict[str, Path] = {}  # template_key -> a pristine copy (see create_group)
+        self._template_dir: Path | None = None
+        if read_only:
+            self.root = None
+            return
         root_attrs = {"grokscope_version": grokscope.__version__, "layout": "run/probe"}
         # created with its attributes in one write: a root without them would read as foreign
         self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3, attributes=root_attrs)
         if "grokscope_version" not in self.root.attrs:
             self.root.attrs.update(root_attrs)
-        self.groups: dict[tuple[str, str], GroupInfo] = {}
-        self.templates: dict[str, Path] = {}  # template_key -> a pristine copy (see create_group)
-        self._template_dir: Path | None = None
         shutil.rmtree(self.path / TMP_DIR, ignore_errors=True)  # left by a killed writer
 
     # -- reading --------------------------------------------------------------------------------
@@ -335,7 +341,8 @@ class ProbeStore:
         import zarr
 
         try:
-            return zarr.open_group(str(self.path), path=path, mode="r+", zarr_format=3)
+            return zarr.open_group(str(self.path), path=path, mode="r" if self.read_only else "r+",
+                                   zarr_format=3)
         except (FileNotFoundError, KeyError, ValueError):
             return None
         except Exception as e:  # noqa: BLE001 - zarr raises GroupNotFoundError and friends
@@ -399,6 +406,8 @@ class ProbeStore:
                 seen.add(s)
         else:
             n = int(mark)
+        if self.read_only:
+            return n
         for name, arr in sorted(stepped.items()):
             if int(arr.shape[0]) != n:
                 arr.resize((n,) + tuple(arr.shape[1:]))

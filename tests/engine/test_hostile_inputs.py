@@ -302,3 +302,74 @@ def test_integer_and_bool_checkpoints_are_not_weights(tmp_path, cli):
     acc = load_group(run / "probes.zarr", "run", "acc")
     assert acc.done.values.tolist() == [True, False, False]
     assert "dtype mismatch" in str(acc.error.values[1])
+
+
+# -- 6. parameters bounded up front ---------------------------------------------------------------
+
+@pytest.mark.parametrize("param, words", [
+    ("acc.batch_size=-4", "acc.batch_size must be >= 1, got -4"),
+    ("acc.batch_size=0", "acc.batch_size must be >= 1, got 0"),
+    ("lc.radius=inf", "lc.radius must be finite, got inf"),
+    ("lc.seed=" + str(10**23), "lc.seed must be an integer in 0..2**63-1"),
+    ("lc.seed=-1", "lc.seed must be an integer in 0..2**63-1, got -1"),
+    ("lc.n_points=" + str(10**13), "more than this machine's memory"),
+    ("lc.n_bisect=" + str(10**8), "lc.n_bisect must be <= 64"),
+    ("pgd.eps=0.1,nan", "pgd.eps must be finite, got nan"),
+    ("regions.resolution=" + str(10**7), "more than this machine's memory"),
+])
+def test_impossible_parameters_are_refused_before_the_store(tmp_path, cli, param, words):
+    run = make_run(tmp_path / "run", [0])
+    r = cli("probe", run, "-m", param.split(".")[0], "--param", param, "--scheduler", "sync")
+    assert r.exit_code == 2
+    _one_line_each(r.output)
+    assert words in r.output and len([ln for ln in r.output.splitlines() if "Error" in ln]) == 1
+    assert not (run / "probes.zarr").exists()
+
+
+def test_the_engine_checks_parameters_given_from_python(tmp_path):
+    """A request built in Python (no command line) gets the same up-front check: no store written."""
+    from grokscope.engine.config import EngineConfig, EngineError
+    from grokscope.engine.driver import probe_runs
+    from grokscope.engine.jobs import ProbeRequest
+    from grokscope.probes.acc import AccParams
+
+    run = make_run(tmp_path / "run", [0])
+    cfg = EngineConfig(probes=[ProbeRequest("acc", AccParams(batch_size=-4))], out=run / "probes.zarr",
+                       scheduler="sync")
+    with pytest.raises(EngineError, match=r"^acc\.batch_size must be >= 1, got -4$"):
+        probe_runs(run, cfg)
+    assert not (run / "probes.zarr").exists()
+
+
+def test_check_bounds_covers_every_builtin_default():
+    from grokscope.probes import BUILTIN, get_probe, validate_params
+
+    for name in BUILTIN:
+        cls = get_probe(name)
+        validate_params(cls, cls.default_params())  # the defaults are in bounds
+
+
+# -- 8. a dry run only reads ----------------------------------------------------------------------
+
+def test_dry_run_reads_a_read_only_store_and_takes_no_lock(tmp_path, cli, small_fs):
+    import subprocess
+
+    run = make_run(tmp_path / "r", [0, 1])
+    store = small_fs / "s.zarr"
+    assert cli("probe", run, "-o", store, "--scheduler", "sync", "-q").exit_code == 0
+    make_run(tmp_path / "r2", [0, 1, 2])
+    os.replace(tmp_path / "r2" / "checkpoints" / "step-00000002.safetensors",
+               run / "checkpoints" / "step-00000002.safetensors")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    r = cli("probe", run, "-o", store, "--dry-run")
+    assert r.exit_code == 0, r.output
+    _one_line_each(r.output)
+    assert "dry run: 1 job(s) over 1 run(s) would be computed, 2 are done" in r.stderr
+
+
+def test_dry_run_creates_nothing(tmp_path, cli):
+    run = make_run(tmp_path / "r", [0, 1])
+    r = cli("probe", run, "--dry-run", "-m", "acc,lc")
+    assert r.exit_code == 0, r.output
+    assert "dry run: 4 job(s) over 1 run(s) would be computed, 0 are done" in r.stderr
+    assert not (run / "probes.zarr").exists()

@@ -176,20 +176,6 @@ def test_a_bad_scheduler_address_is_one_line(tmp_path, cli):
     assert not (run / "probes.zarr" / ".grokscope.lock").exists()
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 4 MiB tmpfs mounted at ``tmp_path/fs`` (needs root; skipped otherwise)."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def _fill(fs: Path, leave: int) -> Path:
     """Fill ``fs`` up, then free ``leave`` bytes of it."""
     filler = fs / "filler"
