@@ -693,8 +693,8 @@ class LCProbe(Probe):
                                   ("n_bisect", params.n_bisect, 1), ("max_rows", params.max_rows, 0)):
             if value < low:
                 raise ProbeError(f"lc.{key} must be >= {low}, got {value}")
-        if not params.radius or any(not (math.isfinite(float(r)) and float(r) > 0) for r in params.radius):
-            raise ProbeError(f"lc.radius must be one or more finite numbers > 0, got {list(params.radius)}")
+        if not params.radius or any(not (float(r) > 0) for r in params.radius):
+            raise ProbeError(f"lc.radius must be one or more numbers > 0, got {list(params.radius)}")
         if params.n_bisect > MAX_BISECT:
             raise ProbeError(f"lc.n_bisect must be <= {MAX_BISECT} (each step halves the interval: after "
                              f"{MAX_BISECT} a float64 point no longer moves), got {params.n_bisect}")
