@@ -210,7 +210,7 @@ def store_split_checks(store: Path, tolerance: float = DEFAULT_TOLERANCE, runs: 
     ``log.jsonl`` in its run folder (the folder recorded in the store)."""
     import zarr
 
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store import DamagedStore, load_group
     from grokscope.runs import read_log
 
     out: dict[str, list[str]] = {}
@@ -224,5 +224,10 @@ def store_split_checks(store: Path, tolerance: float = DEFAULT_TOLERANCE, runs: 
         log = read_log(Path(folder)) if folder else []
         if not log:
             continue
-        out[name] = split_check(load_group(store, name, "acc"), log, name, tolerance)
+        try:
+            acc = load_group(store, name, "acc")
+        except DamagedStore as e:
+            out[name] = [f"split check of run {name} not done: {e}"]
+            continue
+        out[name] = split_check(acc, log, name, tolerance)
     return out

@@ -43,7 +43,7 @@ from .jobs import HashTask, Outcome, ProbeRequest, Task, describe_error, hash_ta
 from .lock import StoreLock
 from .model_check import screen_plan
 from .selection import parse_selection, select_steps
-from .store import GroupInfo, ProbeStore, StoreError, check_store_path, normalise
+from .store import DamagedStore, GroupInfo, ProbeStore, StoreError, check_store_path, normalise
 
 
 
@@ -297,7 +297,12 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
                 refusals.append(f"run {run.name!r}: the store was computed with another model/dataset "
                                 f"spec ({'; '.join(d)})")
         for req in cfg.probes:
-            info = store.group(run.name, req.name)
+            try:
+                info = store.group(run.name, req.name)
+            except DamagedStore:
+                if cfg.overwrite:  # the group is deleted and recomputed: its damage does not matter
+                    continue
+                raise
             if info is None:
                 continue
             wanted = _group_attrs(run, spec, req)

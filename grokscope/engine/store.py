@@ -103,13 +103,98 @@ def open_store(path: str | Path):
 def load_group(path: str | Path, run: str, probe: str):
     """One probe group of a store as an in-memory ``xr.Dataset`` (step, probe outputs, done, error,
     checkpoint_hash; attrs with parameters and provenance): its committed steps, read as in
-    :func:`open_store` (``done`` first)."""
+    :func:`open_store` (``done`` first). A damaged file of the group is named
+    (:class:`DamagedStore`)."""
     import xarray as xr
 
-    with xr.open_dataset(committed_view(path), group=f"{run}/{probe}", engine="zarr",
-                         consolidated=False) as ds:
-        ds["done"].load()
-        return ds.load()
+    with damage_named(path, f"{run}/{probe}"):
+        with xr.open_dataset(committed_view(path), group=f"{run}/{probe}", engine="zarr",
+                             consolidated=False) as ds:
+            ds["done"].load()
+            return ds.load()
+
+
+class DamagedStore(StoreError):
+    """A file of the store cannot be read (truncated, corrupted, nested too deep); the message names
+    it and what to do."""
+
+
+def damaged_files(path: str | Path, group: str = "") -> list[tuple[Path, str]]:
+    """``[(file, why)]`` of the files of the store ``path`` (under ``group``) that cannot be read:
+    metadata (``zarr.json``, read with :mod:`grokscope.jsonbounds`'s bounds) that is not JSON, and
+    chunk or shard files that do not decode (each array is read shard by shard). Empty when every
+    file reads."""
+    import itertools
+    import math
+
+    import zarr
+
+    from grokscope.jsonbounds import read_json
+
+    top = Path(path) / group if group else Path(path)
+    bad: list[tuple[Path, str]] = []
+    for meta in sorted(top.rglob("zarr.json")) if top.is_dir() else []:
+        if TMP_DIR in meta.parts:
+            continue
+        try:
+            read_json(meta)
+        except (OSError, ValueError) as e:
+            bad.append((meta, _first_line(e)))
+    if bad:
+        return bad
+    try:
+        root = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
+        arrays = [(name, node) for name, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for damaged metadata
+        return [(top / "zarr.json", _first_line(e))]
+    for name, arr in arrays:
+        grid = arr.shards or arr.chunks
+        for idx in itertools.product(*(range(math.ceil(s / c)) for s, c in zip(arr.shape, grid))):
+            region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, grid, arr.shape))
+            try:
+                arr[region]
+            except Exception as e:  # noqa: BLE001 - a codec's error (checksum, truncated shard ...)
+                bad.append((top / name / arr.metadata.encode_chunk_key(idx), _first_line(e)))
+    return bad
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: the first sentence of the message`` (zarr's checksum error goes on with the bytes)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0].split('. ')[0][:200]}" if text else type(e).__name__
+
+
+def damage_line(path: str | Path, bad: list[tuple[Path, str]]) -> str:
+    """The one line naming the damaged files ``bad`` of store ``path`` and what to do."""
+    file, why = bad[0]
+    more = f" (and {len(bad) - 1} more file(s))" if len(bad) > 1 else ""
+    try:
+        run, probe = Path(file).relative_to(Path(path)).parts[:2]
+        fix = (f"recompute that group (grokscope probe on run {run} with -m {probe} --overwrite -o {path}) "
+               "or probe into a fresh store (-o NEW.zarr)")
+    except ValueError:
+        fix = "probe into a fresh store (-o NEW.zarr)"
+    return f"{file}: damaged store file ({why}){more}; {fix}"
+
+
+class damage_named:
+    """``with damage_named(store):`` an error reading the store (other than grokscope's own) that a
+    damaged file explains becomes a :class:`DamagedStore` naming that file (:func:`damaged_files`);
+    any other error passes through unchanged."""
+
+    def __init__(self, path: str | Path, group: str = ""):
+        self.path, self.group = Path(path), group
+
+    def __enter__(self) -> "damage_named":
+        return self
+
+    def __exit__(self, kind: Any, e: BaseException | None, tb: Any) -> bool:
+        if e is None or isinstance(e, GrokscopeError) or not isinstance(e, Exception):
+            return False
+        bad = damaged_files(self.path, self.group)
+        if bad:
+            raise DamagedStore(damage_line(self.path, bad)) from None
+        return False
 
 
 def committed_view(path: str | Path):
@@ -365,15 +450,16 @@ class ProbeStore:
             return self.groups[key]
         if not self.has_group(run, probe):
             return None
-        g = self._zgroup(f"{run}/{probe}")
-        if g is None:
-            return None
-        arrays = {name: g[name] for name in g.array_keys()}
-        if "step" not in arrays or "done" not in arrays:
-            raise StoreError(f"{self.path}/{run}/{probe}: not a grokscope probe group (no step/done)")
-        n = self._repair(g, arrays)
-        steps = [int(s) for s in arrays["step"][:n]]
-        done = np.asarray(arrays["done"][:n], dtype=bool)
+        with damage_named(self.path, f"{run}/{probe}"):
+            g = self._zgroup(f"{run}/{probe}")
+            if g is None:
+                return None
+            arrays = {name: g[name] for name in g.array_keys()}
+            if "step" not in arrays or "done" not in arrays:
+                raise StoreError(f"{self.path}/{run}/{probe}: not a grokscope probe group (no step/done)")
+            n = self._repair(g, arrays)
+            steps = [int(s) for s in arrays["step"][:n]]
+            done = np.asarray(arrays["done"][:n], dtype=bool)
         info = GroupInfo(run=run, probe=probe, steps=steps, done=done, attrs=dict(g.attrs), arrays=arrays,
                          zgroup=g)
         for name, arr in arrays.items():

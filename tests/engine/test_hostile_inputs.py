@@ -373,3 +373,43 @@ def test_dry_run_creates_nothing(tmp_path, cli):
     assert r.exit_code == 0, r.output
     assert "dry run: 4 job(s) over 1 run(s) would be computed, 0 are done" in r.stderr
     assert not (run / "probes.zarr").exists()
+
+
+# -- 5. a damaged store file ----------------------------------------------------------------------
+
+def test_a_damaged_store_file_is_named_with_what_to_do(tmp_path, cli):
+    from grokscope.engine.store import DamagedStore, load_group
+
+    run = make_run(tmp_path / "run", [0, 5])
+    other = make_run(tmp_path / "other", [0, 5], seed=1)
+    store = tmp_path / "s.zarr"
+    for r in (run, other):
+        assert cli("probe", r, "-o", store, "--scheduler", "sync", "-q").exit_code == 0
+        (r / "log.jsonl").write_text(json.dumps({"step": 5, "train_acc": 0.5, "test_acc": 0.5}) + "\n")
+    chunk = store / "run" / "acc" / "accuracy" / "c" / "0" / "0"
+    os.truncate(chunk, chunk.stat().st_size // 2)
+    with pytest.raises(DamagedStore, match=rf"^{re.escape(str(chunk))}: damaged store file \(ValueError: Stored "
+                                           "and computed checksum do not match\\); recompute that group"):
+        load_group(store, "run", "acc")
+    load_group(store, "other", "acc")  # the other run's group reads
+    r = cli("probe", run, "-o", store, "--scheduler", "sync", "-q")  # the split check reads the group
+    assert r.exit_code == 0, r.output
+    _one_line_each(r.output)
+    assert f"warning: split check of run run not done: {chunk}: damaged store file" in r.stderr
+    for cmd in (("report", store), ("report", "--json", store), ("plot", store)):
+        r = cli(*cmd)
+        assert r.exit_code == 1, r.output
+        _one_line_each(r.output)
+        errors = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
+        assert len(errors) == 1 and f"{chunk}: damaged store file" in errors[0]
+        assert "-m acc --overwrite" in errors[0] and "fresh store" in errors[0]
+    done = store / "run" / "acc" / "done" / "c" / "0"
+    os.truncate(done, done.stat().st_size - 3)  # the driver reads done: the probe run stops in one line
+    r = cli("probe", run, "-o", store, "--scheduler", "sync", "-q")
+    assert r.exit_code == 1
+    _one_line_each(r.output)
+    assert str(done) in r.output or str(chunk) in r.output
+    r = cli("probe", run, "-o", store, "--scheduler", "sync", "-q", "--overwrite")  # the advice works
+    assert r.exit_code == 0, r.output
+    assert load_group(store, "run", "acc").done.values.all()
+    assert cli("report", store).exit_code == 0
