@@ -689,7 +689,7 @@ def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any =
     except Interrupted as e:
         bar.close()
         click.echo(str(e), err=True)
-        sys.exit(130)  # the shell's code for a run ended by SIGINT
+        sys.exit(e.code)  # the shell's code for a run ended by that signal: 130 (SIGINT), 143 (SIGTERM)
     except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -27,8 +27,11 @@ run while it trains).
 from __future__ import annotations
 
 import errno
+import signal
+import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,7 +39,7 @@ from typing import Any, Callable, Iterator
 import grokscope
 from grokscope.presentation import to_attrs
 
-from .cluster import dask_client, visible_gpus
+from .cluster import check_scheduler, dask_client, visible_gpus
 from .config import EngineConfig, EngineError
 from .discovery import Checkpoint, Problem, Run, find_runs
 from .jobs import HashTask, Outcome, ProbeRequest, Task, describe_error, hash_task, run_task
@@ -53,7 +56,45 @@ class StoreWriteError(EngineError):
 
 
 class Interrupted(EngineError):
-    """The run was stopped (Ctrl-C) after committing what had finished."""
+    """The run was stopped (Ctrl-C, SIGTERM) after committing what had finished; ``code`` is the exit
+    status a shell gives a process ended by that signal (130, 143)."""
+
+    def __init__(self, message: str, code: int = 130):
+        super().__init__(message)
+        self.code = code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the driver's thread by :func:`_sigterm_stops`, handled like a Ctrl-C."""
+
+
+class SchedulerLost(EngineError):
+    """The Dask scheduler went away during the run (after committing what had finished)."""
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While in this block (main thread only), SIGTERM stops the run as a Ctrl-C does: what finished is
+    committed, the lock released, the cluster closed, and the run ends in one line (exit 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _scheduler_gone(e: BaseException) -> bool:
+    """Whether ``e`` says the connection to the Dask scheduler is gone (its comm closed, the client
+    cancelled our futures, a reconnect that timed out)."""
+    names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
+    return bool(names & {"CommClosedError", "CancelledError", "FutureCancelledError", "StreamClosedError"})
 
 
 # errors of the machine, not of a job: every later write would fail the same way
@@ -107,6 +148,7 @@ class Summary:
     seconds_by_probe: dict[str, float] = field(default_factory=dict)  # the same per probe
     took_over: dict[str, Any] | None = None
     scheduler: str = ""
+    writer: Any = field(default=None, repr=False)  # the run's _Writer, once there is one
 
     @property
     def ok(self) -> bool:
@@ -662,8 +704,26 @@ def probe_runs(path: Path, cfg: EngineConfig,
     if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
         raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi "
                           "-L); use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
+    if cfg.scheduler not in (None, "", "local", "sync") and not cfg.dry_run:
+        check_scheduler(cfg.scheduler)  # before the store is touched: a Dask scheduler, answering
     summary = Summary(store=out)
     lock = StoreLock(out)
+    try:
+        with _sigterm_stops():
+            return _probe(path, cfg, runs, ignored, summary, lock, out, progress, start, follow, poll)
+    except KeyboardInterrupt as e:
+        code, what = (143, "stopped by SIGTERM") if isinstance(e, _Terminated) else (130, "interrupted")
+        raise Interrupted(_stopped(what, out, summary, summary.writer), code) from None
+    finally:
+        lock.release()
+        summary.seconds = time.perf_counter() - t0
+
+
+def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], summary: Summary,
+           lock: StoreLock, out: Path, progress: Callable[[int, int, int, float], None] | None,
+           start: Callable[[int, int, str], None] | None, follow: Callable[[], bool] | None,
+           poll: float) -> Summary:
+    """The body of :func:`probe_runs`, from taking the lock to the last commit (see there)."""
     writer: _Writer | None = None
     try:
         if not cfg.dry_run:  # a dry run only reads: no lock, nothing created
@@ -671,7 +731,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
         summary.took_over = lock.took_over
         store = ProbeStore(out, read_only=cfg.dry_run)
         p = plan(runs, store, cfg, threads=cfg.threads or 1)
-        writer = _Writer(store, p, cfg.flush_interval, summary)
+        writer = summary.writer = _Writer(store, p, cfg.flush_interval, summary)
         _record_plan(summary, p)
         summary.warnings[:0] = ignored
         unfit = screen_plan(p, summary)  # one line per run whose model does not fit its checkpoints
@@ -722,17 +782,17 @@ def probe_runs(path: Path, cfg: EngineConfig,
             finally:
                 writer.flush()  # also on Ctrl-C and errors: what finished is committed
     except KeyboardInterrupt:
-        raise Interrupted(_stopped("interrupted", out, summary, writer)) from None
-    except Exception as e:
-        if not environmental(e):
+        raise
+    except BaseException as e:  # asyncio's CancelledError (a lost scheduler) is no Exception
+        if _scheduler_gone(e) and cfg.scheduler not in (None, "", "local", "sync"):
+            raise SchedulerLost(_stopped(f"lost the Dask scheduler {cfg.scheduler} ({type(e).__name__})",
+                                         out, summary, writer)) from None
+        if not isinstance(e, Exception) or not environmental(e):
             raise
         cause = _os_cause(e)
         where = f" ({cause.filename})" if cause.filename else ""
         raise StoreWriteError(_stopped(f"cannot write the store: {cause.strerror or cause}{where}", out,
                                        summary, writer)) from None
-    finally:
-        lock.release()
-        summary.seconds = time.perf_counter() - t0
     return summary
 
 
