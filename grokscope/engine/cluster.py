@@ -54,9 +54,8 @@ def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
         client = Client(cfg.scheduler, timeout=f"{SCHEDULER_TIMEOUT}s")
     except (OSError, ValueError, TypeError) as e:  # unreachable, timed out, or not an address
         raise EngineError(_refusal(cfg.scheduler, _first_line(e))) from None
-    quiet = logging.getLogger("distributed")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # a lost scheduler: the driver says so in one line, not the client's log
+    quiet = quiet_distributed()  # a lost scheduler: the driver says so in one line, not the client's log
+    quiet.__enter__()
     try:
         workers = client.scheduler_info().get("workers", {})
         if cfg.device.startswith("cuda") and not any(
@@ -68,7 +67,23 @@ def dask_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
         yield client, cfg.threads or 1, f"{cfg.scheduler} ({len(workers)} worker(s))"
     finally:
         client.close()
-        quiet.setLevel(level)
+        quiet.__exit__(None, None, None)
+
+
+@contextmanager
+def quiet_distributed() -> Iterator[None]:
+    """Dask's own loggers (``distributed``, ``distributed.client``, ``distributed.comm`` ...) at CRITICAL
+    while in this block: a lost or wrong scheduler is told in the driver's one line, not in the client's
+    logged tracebacks."""
+    names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
 
 
 SCHEDULER_TIMEOUT = 10.0  # seconds a scheduler address has to answer Dask's handshake and identity call
@@ -113,15 +128,10 @@ def check_scheduler(address: str, timeout: float | None = None) -> None:
         except BaseException as e:  # noqa: BLE001 - a stranger's bytes may raise anything (MemoryError ...)
             result["error"] = e
 
-    quiet = logging.getLogger("distributed")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # the comm layer logs its own tracebacks of a failed handshake
-    try:
+    with quiet_distributed():  # the comm layer logs its own tracebacks of a failed handshake
         t = threading.Thread(target=run, name="grokscope-check-scheduler", daemon=True)
         t.start()
         t.join(timeout + 2)
-    finally:
-        quiet.setLevel(level)
     if t.is_alive() or isinstance(result.get("error"), (asyncio.TimeoutError, TimeoutError)):
         raise EngineError(_refusal(address, f"no answer to Dask's handshake within {timeout:g} s (is it a "
                                             "Dask scheduler?)"))
@@ -144,7 +154,9 @@ def start_deferring_signals(start: Callable[[], T], stop: Callable[[T], None]) -
     """``start()`` with Ctrl-C (SIGINT) and SIGTERM held back: while it runs they are only noted, and
     one that came is acted on once the start is over, after ``stop(started)`` has undone it (its
     usual handler then runs: ``KeyboardInterrupt``, or the driver's SIGTERM exception). A Ctrl-C used to
-    land in the middle of a cluster's start and leave a traceback from each half-started piece."""
+    land in the middle of a cluster's start and leave a traceback from each half-started piece; a start
+    that fails after such a signal reached its processes (a SIGTERM to the process group ends a
+    half-started worker) ends as that signal does, not with the failure's traceback."""
     if threading.current_thread() is not threading.main_thread():
         return start()
     came: list[int] = []
@@ -154,10 +166,14 @@ def start_deferring_signals(start: Callable[[], T], stop: Callable[[T], None]) -
 
     held = (signal.SIGINT, signal.SIGTERM)
     before = {s: signal.signal(s, note) for s in held}
+    started: Any = None
     try:
         started = start()
         if came:
             stop(started)
+    except Exception:
+        if not came:  # a start that failed because the signal reached its processes: the signal's end
+            raise
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)

@@ -725,6 +725,7 @@ def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], s
            poll: float) -> Summary:
     """The body of :func:`probe_runs`, from taking the lock to the last commit (see there)."""
     writer: _Writer | None = None
+    external = cfg.scheduler not in (None, "", "local", "sync")  # a scheduler this run did not start
     try:
         if not cfg.dry_run:  # a dry run only reads: no lock, nothing created
             lock.acquire()
@@ -767,6 +768,8 @@ def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], s
             failed0 = len(summary.failures)
             try:
                 for task, res in _results(client, tasks, cfg.device, more, poll):
+                    if isinstance(res, BaseException) and _scheduler_gone(res) and external:
+                        raise res  # not this job's failure: the run stops (SchedulerLost, below)
                     if isinstance(res, BaseException):
                         reason = _task_death(res)
                         res = [Outcome(run=task.run, step=int(task.checkpoint.step), probe=r.name,  # type: ignore[arg-type]
@@ -784,7 +787,7 @@ def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], s
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # asyncio's CancelledError (a lost scheduler) is no Exception
-        if _scheduler_gone(e) and cfg.scheduler not in (None, "", "local", "sync"):
+        if _scheduler_gone(e) and external:
             raise SchedulerLost(_stopped(f"lost the Dask scheduler {cfg.scheduler} ({type(e).__name__})",
                                          out, summary, writer)) from None
         if not isinstance(e, Exception) or not environmental(e):
