@@ -13,7 +13,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -413,3 +417,172 @@ def test_a_damaged_store_file_is_named_with_what_to_do(tmp_path, cli):
     assert r.exit_code == 0, r.output
     assert load_group(store, "run", "acc").done.values.all()
     assert cli("report", store).exit_code == 0
+
+
+# -- 7. scheduler addresses and signals -----------------------------------------------------------
+
+@pytest.fixture
+def stranger():
+    """A loopback TCP service that is not Dask: ``stranger(talks)`` gives its address; it answers every
+    connection with an SSH-like banner and bytes (``talks``) or accepts and never says anything."""
+    import socket
+    import threading
+
+    socks: list[socket.socket] = []
+
+    def serve(talks: bool) -> str:
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        socks.append(srv)
+
+        def loop() -> None:
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                socks.append(conn)
+                if talks:
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n" + b"\xff" * 64)
+
+        threading.Thread(target=loop, daemon=True).start()
+        return f"tcp://127.0.0.1:{srv.getsockname()[1]}"
+
+    yield serve
+    for s in socks:
+        s.close()
+
+
+@pytest.mark.parametrize("talks", [True, False])
+def test_an_address_that_is_not_dask_is_one_line(tmp_path, cli, stranger, monkeypatch, talks):
+    from grokscope.engine import cluster
+
+    monkeypatch.setattr(cluster, "SCHEDULER_TIMEOUT", 2.0)
+    run = make_run(tmp_path / "r", [0])
+    address = stranger(talks)
+    r = cli("probe", run, "--scheduler", address)
+    assert r.exit_code == 1
+    _one_line_each(r.output)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot connect to the Dask scheduler '{address}'")
+    assert ("not a Dask scheduler" if talks else "no answer to Dask's handshake within 2 s") in lines[0]
+    assert not (run / "probes.zarr").exists()  # checked before the store is touched
+
+
+def _probe_process(run: Path, marks: Path, *args: str) -> subprocess.Popen:
+    from tests.engine.conftest import ROOT, subprocess_env
+    from tests.helpers import TEST_PROBES
+
+    marks.mkdir()
+    env = {**subprocess_env(), "GROKSCOPE_PROBES": TEST_PROBES, "GROKSCOPE_TEST_MARKS": str(marks)}
+    return subprocess.Popen([str(Path(sys.executable).parent / "grokscope"), "probe", str(run), "-m", "acc,slow",
+                             "-q", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, preexec_fn=_default_signals)
+
+
+def _default_signals() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their defaults and unblocked, as in a terminal."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _wait(proc: subprocess.Popen, ready, limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, list[str]]:
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, [ln for ln in err.splitlines() if ln.strip()]
+
+
+def test_sigterm_commits_what_finished_in_one_line(tmp_path):
+    """SIGTERM (a batch system's stop) ends the run as Ctrl-C does: the jobs that finished are committed
+    (here none would be before the end: --flush-interval 1000), one line, exit 143, lock released."""
+    from grokscope.engine.store import load_group
+
+    run = make_run(tmp_path / "run", list(range(12)))
+    marks = tmp_path / "marks"
+    proc = _probe_process(run, marks, "--scheduler", "sync", "--flush-interval", "1000")
+    _wait(proc, lambda: len(list(marks.iterdir())) >= 3)
+    os.kill(proc.pid, signal.SIGTERM)
+    code, lines = _finish(proc)
+    assert code == 143, lines
+    assert len(lines) == 1 and "stopped by SIGTERM;" in lines[0] and "rerun the same command" in lines[0], lines
+    done = int(load_group(run / "probes.zarr", "run", "slow").done.sum())
+    assert done >= 3 and f"{2 * done} job(s) of this run committed" in lines[0]
+    assert not (run / "probes.zarr" / ".grokscope.lock").exists()
+
+
+def _children(pid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+
+@pytest.mark.parametrize("sig, code, words", [
+    (signal.SIGINT, 130, "interrupted;"),
+    pytest.param(signal.SIGTERM, 143, "stopped by SIGTERM;", marks=pytest.mark.slow),
+])
+def test_a_signal_while_the_local_cluster_starts_is_one_line(tmp_path, sig, code, words):
+    """The signal reaches the whole process group while the local cluster's fork server is importing
+    torch & co. (its first child process has just appeared): one line, no traceback from any process."""
+    run = make_run(tmp_path / "run", list(range(4)))
+    proc = _probe_process(run, tmp_path / "marks", "--workers", "1")
+    _wait(proc, lambda: bool(_children(proc.pid)))
+    time.sleep(0.3)
+    os.killpg(proc.pid, sig)
+    code_, lines = _finish(proc)
+    assert code_ == code, lines
+    assert len(lines) == 1 and words in lines[0] and "rerun the same command" in lines[0], lines
+    assert not (run / "probes.zarr" / ".grokscope.lock").exists()
+
+
+@pytest.mark.slow
+def test_a_lost_scheduler_is_one_line_and_keeps_what_finished(tmp_path):
+    """``dask scheduler`` killed half-way: the run ends in one line, the jobs collected before are
+    committed (none is recorded as failed), the lock released; the rerun on a local cluster finishes."""
+    import socket
+
+    from grokscope.engine.store import load_group
+    from tests.engine.conftest import ROOT, subprocess_env
+    from tests.helpers import TEST_PROBES
+
+    run = make_run(tmp_path / "run", list(range(30)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    bin_ = Path(sys.executable).parent
+    log = open(tmp_path / "cluster.log", "w")
+    cluster = [subprocess.Popen([str(bin_ / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                 "--no-dashboard"], env=subprocess_env(), stdout=log, stderr=log,
+                                start_new_session=True)]
+    try:
+        cluster.append(subprocess.Popen([str(bin_ / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
+                                         "--memory-limit", "0", "--host", "127.0.0.1"],
+                                        env={**subprocess_env(), "GROKSCOPE_PROBES": TEST_PROBES,
+                                             "GROKSCOPE_TEST_MARKS": str(tmp_path / "marks")},
+                                        cwd=ROOT, stdout=log, stderr=log, start_new_session=True))
+        marks = tmp_path / "marks"
+        proc = _probe_process(run, marks, "--scheduler", address, "--flush-interval", "0")
+        _wait(proc, lambda: marks.exists() and len(list(marks.iterdir())) >= 3)
+        os.killpg(cluster[0].pid, signal.SIGKILL)
+        code, lines = _finish(proc)
+    finally:
+        for p in cluster:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    assert code == 1, lines
+    assert len(lines) == 1 and f"lost the Dask scheduler {address}" in lines[0], lines
+    acc = load_group(run / "probes.zarr", "run", "acc")
+    assert not any(str(e) for e in acc.error.values)  # no job was blamed for the scheduler
+    assert not (run / "probes.zarr" / ".grokscope.lock").exists()
