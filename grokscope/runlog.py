@@ -93,6 +93,8 @@ def _rows(path: Path, fmt: str) -> list[dict[str, Any]]:
         raise LogError(f"{path}: unreadable log ({e})") from None
     except LogError:
         raise
+    except csv.Error as e:
+        raise LogError(f"{path}: not a readable CSV log ({e})") from None
     except JSONBoundsError as e:
         raise LogError(str(e)) from None
     except ValueError as e:

@@ -63,6 +63,7 @@ import numpy as np
 from zarr.storage import WrapperStore
 
 import grokscope
+from grokscope import jsonbounds
 from grokscope.errors import GrokscopeError
 
 from . import faults
@@ -229,7 +230,7 @@ class CommittedView(WrapperStore):
             raw = await self._store.get(f"{group}/zarr.json" if group else "zarr.json", prototype)
             n = None
             if raw is not None:
-                n = (json.loads(raw.to_bytes()).get("attributes") or {}).get(COMMITTED)
+                n = (jsonbounds.loads(raw.to_bytes(), f"{group}/zarr.json").get("attributes") or {}).get(COMMITTED)
             self._committed.setdefault(group, None if n is None else int(n))
         return self._committed[group]
 
@@ -243,7 +244,7 @@ class CommittedView(WrapperStore):
             raw = await self._store.get(key, prototype, byte_range)
             if raw is None or byte_range is not None:
                 return raw
-            meta = json.loads(raw.to_bytes())
+            meta = jsonbounds.loads(raw.to_bytes(), key)
             dims = meta.get("dimension_names") or []
             if meta.get("node_type") == "array" and dims and dims[0] == "step":
                 if n is not None and meta["shape"][0] > n:
@@ -387,7 +388,8 @@ def check_store_path(path: str | Path) -> None:
     if "zarr.json" not in names:
         raise StoreError(f"{p}: exists and is not a Zarr store{refuse}")
     try:
-        meta = json.loads((p / "zarr.json").read_text())
+        meta = jsonbounds.read_json(p / "zarr.json")
+        meta = meta if isinstance(meta, dict) else {}
     except (OSError, ValueError) as e:
         raise StoreError(f"{p}/zarr.json: unreadable ({e}){refuse}") from None
     if meta.get("node_type") != "group":
