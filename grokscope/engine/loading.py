@@ -35,6 +35,11 @@ class CheckpointError(GrokscopeError, ValueError):
     """A checkpoint could not be read or does not fit the model; the message names file and cause."""
 
 
+class CheckpointDtypeError(CheckpointError):
+    """A checkpoint holds integer or bool tensors where the model holds floats: a fault of that file
+    (that step fails), not of the model spec (:func:`check_dtypes`)."""
+
+
 # -- reading files --------------------------------------------------------------------------------
 
 def _torch_load(path: Path) -> Any:
@@ -221,7 +226,7 @@ def check_dtypes(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.dt
            f"{str(expected[k]).removeprefix('torch.')}" for k, t in sorted(sd.items())
            if k in expected and expected[k].is_floating_point and not t.is_floating_point()]
     if bad:
-        raise CheckpointError(f"{where}: dtype mismatch with the model ({len(bad)} tensor(s) not floating "
+        raise CheckpointDtypeError(f"{where}: dtype mismatch with the model ({len(bad)} tensor(s) not floating "
                               "point where the model holds floats): " + "; ".join(bad[:10])
                               + ("; ..." if len(bad) > 10 else "") + "; not a checkpoint of this model's weights")
 

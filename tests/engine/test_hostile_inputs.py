@@ -285,14 +285,16 @@ def test_bounded_json_reader(tmp_path):
 # -- 4. integer and bool tensors ------------------------------------------------------------------
 
 def test_integer_and_bool_checkpoints_are_not_weights(tmp_path, cli):
+    """The first checkpoint (the one the model check loads) and a later one hold int64 and bool
+    tensors: each of those steps fails with the dtypes named, the float step between them is done."""
+    from safetensors.torch import load_file
+
     from grokscope import runs as runfmt
     from grokscope.engine.store import load_group
 
     run = make_run(tmp_path / "run", [0, 5, 10])
-    for step, dtype in ((5, torch.int64), (10, torch.bool)):
+    for step, dtype in ((0, torch.int64), (10, torch.bool)):
         path = runfmt.checkpoint_path(run, step)
-        from safetensors.torch import load_file
-
         sd = {k: (v * 100).to(dtype) for k, v in load_file(path).items()}
         path.unlink()
         runfmt.save_checkpoint(path, sd, step)
@@ -301,11 +303,14 @@ def test_integer_and_bool_checkpoints_are_not_weights(tmp_path, cli):
     _one_line_each(r.output)
     failed = [ln for ln in r.stderr.splitlines() if ln.startswith("  ")]
     assert len(failed) == 2
-    assert "step 5" in failed[0] and "checkpoint int64 vs model float32" in failed[0]
+    assert "step 0" in failed[0] and "checkpoint int64 vs model float32" in failed[0]
     assert "step 10" in failed[1] and "checkpoint bool vs model float32" in failed[1]
     acc = load_group(run / "probes.zarr", "run", "acc")
-    assert acc.done.values.tolist() == [True, False, False]
-    assert "dtype mismatch" in str(acc.error.values[1])
+    assert acc.done.values.tolist() == [False, True, False]
+    assert "dtype mismatch" in str(acc.error.values[0]) and "dtype mismatch" in str(acc.error.values[2])
+    r = cli("init", run, *SPEC_FLAGS, "--force")  # init loads step 0: one line
+    assert r.exit_code == 1 and "dtype mismatch" in r.output
+    _one_line_each(r.output)
 
 
 # -- 6. parameters bounded up front ---------------------------------------------------------------
