@@ -898,7 +898,8 @@ def _follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: _Plan, wr
         summary.jobs += sum(len(t.probes) for t in new)
         summary.runs = max(summary.runs, len(p.runs))
         summary.excluded = p.excluded
-        summary.warnings = [f"{x.path}: {x.reason}" for x in links] + ignored_spec(found, cfg.spec)[1] + list(p.warnings)
+        summary.warnings = ([f"{x.path}: {x.reason}" for x in links] + ignored_spec(found, cfg.spec)[1]
+                            + list(p.warnings))
         known = {(f.run, f.file) for f in summary.failures}
         summary.failures.extend(f for f in p.failures if (f.run, f.file) not in known)
         return new, last
