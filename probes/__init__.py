@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from grokscope.registry import Registry, import_target
 
-from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, params_attrs,
-                   parse_value, template_dataset)
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_bounds,
+                   check_choice, check_work, params_attrs, parse_value, template_dataset, validate_params)
 
 BUILTIN = {
     "acc": "grokscope.probes.acc:AccProbe",
@@ -28,8 +28,9 @@ BUILTIN = {
 ENTRY_POINT_GROUP = "grokscope.probes"
 ENV_VAR = "GROKSCOPE_PROBES"
 
-__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "check_choice", "get_probe",
-           "params_attrs", "parse_value", "template_dataset"]
+__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "check_at_least",
+           "check_bounds", "check_choice", "check_work", "get_probe", "params_attrs", "parse_value", "template_dataset",
+           "validate_params"]
 
 
 REGISTRY = Registry("probe", BUILTIN, ENTRY_POINT_GROUP, env_var=ENV_VAR, error=ProbeError)

@@ -66,7 +66,9 @@ from grokscope.functional.layer_names import producing_modules
 from grokscope.models.adapters import RADIUS_UNITS, radius_scale, radius_unit
 from grokscope.models.adapters import continuous_view
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work, template_dataset
+
+MAX_BISECT = 64  # bisection steps of a boundary point: 2**-64 of a segment is below float64's resolution
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
@@ -662,6 +664,11 @@ class LCProbe(Probe):
                 raise ProbeError(f"lc.{key} must be >= {low}, got {value}")
         if not params.radius or any(not (float(r) > 0) for r in params.radius):
             raise ProbeError(f"lc.radius must be one or more numbers > 0, got {list(params.radius)}")
+        if params.n_bisect > MAX_BISECT:
+            raise ProbeError(f"lc.n_bisect must be <= {MAX_BISECT} (each step halves the interval: after "
+                             f"{MAX_BISECT} a float64 point no longer moves), got {params.n_bisect}")
+        check_work("lc", "lc.n_points x (2 lc.n_dirs + 1) vertices", params.n_points * (2 * params.n_dirs + 1))
+        check_work("lc", "lc.max_rows", params.max_rows)
         check_choice("lc.radius_unit", params.radius_unit, RADIUS_UNITS)
 
     def check(self, model: nn.Module, data: Any, params: LCParams) -> None:

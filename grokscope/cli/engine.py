@@ -61,8 +61,11 @@ def model_spec_from(model: str, kwargs: str | None, folder: Path | None = None) 
     if model == "hf" and not isinstance(kw.get("config"), dict):
         from grokscope.models.hf import HFError, find_config, read_config
 
-        where = Path(kw["config"]) if isinstance(kw.get("config"), str) else (
-            find_config(folder) if folder is not None else None)
+        try:
+            where = Path(kw["config"]) if isinstance(kw.get("config"), str) else (
+                find_config(folder) if folder is not None else None)
+        except HFError as e:
+            raise click.UsageError(str(e)) from None
         if where is None:
             raise click.UsageError(f"--model hf: no config.json in {folder or 'the folder'} or its "
                                    "checkpoint-* folders; pass --model-kwargs '{\"config\": PATH}'")
@@ -293,8 +296,8 @@ def _hf_default(path: Path) -> str | None:
     from grokscope.models.hf import HFError, find_config
     from grokscope.runs import read_json_object
 
-    found = find_config(path)
     try:
+        found = find_config(path)
         doc = read_json_object(found, HFError) if found is not None else {}
     except HFError:
         return None
@@ -352,10 +355,13 @@ def scan(path: Path, as_json: bool) -> None:
     from grokscope.engine.scan import format_report
     from grokscope.engine.scan import scan as do_scan
 
+    skipped: list[Any] = []
     try:
-        reports = do_scan(path)
+        reports = do_scan(path, skipped)
     except DiscoveryError as e:
         raise click.ClickException(str(e)) from e
+    for p in skipped:
+        click.echo(f"warning: {p.path}: {p.reason}", err=True)
     if as_json:
         click.echo(json.dumps(reports, indent=2))
     else:
@@ -709,7 +715,7 @@ def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any =
     except Interrupted as e:
         bar.close()
         click.echo(str(e), err=True)
-        sys.exit(130)  # the shell's code for a run ended by SIGINT
+        sys.exit(e.code)  # the shell's code for a run ended by that signal: 130 (SIGINT), 143 (SIGTERM)
     except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
         raise click.ClickException(str(e)) from None
     finally:

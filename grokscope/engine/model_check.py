@@ -51,7 +51,7 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
     from grokscope.trust import UntrustedCode
 
     from .jobs import _data, _model
-    from .loading import CheckpointError, float_dtype, load_into, read_state_dict
+    from .loading import CheckpointDtypeError, CheckpointError, float_dtype, load_into, read_state_dict
 
     dev = torch.device(device)
     try:
@@ -61,6 +61,8 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
     sd = read_state_dict(ckpt)  # CheckpointError: the file, not the model
     try:
         load_into(model, sd, ckpt.path)
+    except CheckpointDtypeError:
+        raise  # this file's fault (integer weights), not the model's: its own step fails
     except CheckpointError as e:
         raise ModelCheckError(str(e)) from None
     dtype = float_dtype(sd)

@@ -18,7 +18,7 @@ from .discovery import Checkpoint, Run
 from .jobs import ProbeRequest, Task, probe_class
 from .outcomes import Failure, Summary
 from .selection import select_steps
-from .store import ProbeStore, StoreError, normalise
+from .store import DamagedStore, ProbeStore, StoreError, normalise
 
 
 @dataclass
@@ -201,7 +201,12 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
                 refusals.append(f"run {run.name!r}: the store was computed with another model/dataset "
                                 f"spec ({'; '.join(d)})")
         for req in cfg.probes:
-            info = store.group(run.name, req.name)
+            try:
+                info = store.group(run.name, req.name)
+            except DamagedStore:
+                if cfg.overwrite:  # the group is deleted and recomputed: its damage does not matter
+                    continue
+                raise
             if info is None:
                 continue
             wanted = group_attrs_for(run, spec, req)
