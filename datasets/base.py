@@ -169,15 +169,15 @@ def split_indices(n: int, split: str, seed: int, n_train: int | None, where: str
 def read_index_file(path: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``train_idx``/``test_idx`` from a ``.npz`` (arrays) or ``.json`` (``{"train_idx": [...], ...}``)
     file, checked to lie in ``0..n-1``."""
-    import json
-
     import numpy as np
+
+    from grokscope.jsonbounds import read_json
 
     if not path.is_file():
         raise DatasetError(f"{path}: no such index file")
     try:
         if path.suffix == ".json":
-            doc = json.loads(path.read_text())
+            doc = read_json(path)
         else:
             with np.load(path, allow_pickle=False) as z:
                 doc = {k: z[k] for k in z.files}

@@ -45,7 +45,8 @@ def open_store(path: str | Path) -> Any:
     """The probe store at ``path`` as an ``xr.DataTree`` of finished steps (see the module docstring).
 
     Raises :class:`StoreReadError` naming the path when it does not exist or is not a Zarr store (a run
-    folder given instead names the store inside it)."""
+    folder given instead names the store inside it), or naming the damaged file when one cannot be
+    read (data read later, lazily, name theirs under ``grokscope.engine.store.damage_named``)."""
     import xarray as xr
 
     from grokscope.engine.store import open_store as open_raw
@@ -58,6 +59,11 @@ def open_store(path: str | Path) -> Any:
     try:
         raw = open_raw(path)
     except Exception as e:  # zarr/xarray raise many types for a damaged store
+        from grokscope.engine.store import damage_line, damaged_files
+
+        bad = damaged_files(path)
+        if bad:
+            raise StoreReadError(damage_line(path, bad)) from None
         raise StoreReadError(f"{path}: cannot open as a probe store ({type(e).__name__}: {e})") from e
     register_accessors()
     return xr.DataTree.from_dict(_groups(raw))

@@ -98,6 +98,8 @@ def text_rows(text: str, pattern: str, where: str) -> list[dict[str, Any]]:
 
 
 def _rows(path: Path, fmt: str, pattern: str | None = None) -> list[dict[str, Any]]:
+    from grokscope.jsonbounds import JSONBoundsError, loads, read_json
+
     try:
         if fmt == "text":
             if not pattern:
@@ -105,7 +107,7 @@ def _rows(path: Path, fmt: str, pattern: str | None = None) -> list[dict[str, An
                                "groups: step, train_acc, test_acc, ...)")
             return text_rows(path.read_text(errors="replace"), pattern, str(path))
         if fmt == "hf":
-            doc = json.loads(path.read_text())
+            doc = read_json(path)
             rows = doc.get("log_history") if isinstance(doc, dict) else None
             if not isinstance(rows, list):
                 raise LogError(f"{path}: no 'log_history' list (is this a Hugging Face trainer_state.json?)")
@@ -115,7 +117,9 @@ def _rows(path: Path, fmt: str, pattern: str | None = None) -> list[dict[str, An
             for i, line in enumerate(path.read_text().splitlines(), 1):
                 if line.strip():
                     try:
-                        out.append(json.loads(line))
+                        out.append(loads(line, path))
+                    except JSONBoundsError as e:
+                        raise LogError(f"{e} (line {i})") from None
                     except ValueError as e:
                         raise LogError(f"{path}: line {i} is not JSON ({e})") from None
             return [r for r in out if isinstance(r, dict)]
@@ -125,6 +129,10 @@ def _rows(path: Path, fmt: str, pattern: str | None = None) -> list[dict[str, An
         raise LogError(f"{path}: unreadable log ({e})") from None
     except LogError:
         raise
+    except csv.Error as e:
+        raise LogError(f"{path}: not a readable CSV log ({e})") from None
+    except JSONBoundsError as e:
+        raise LogError(str(e)) from None
     except ValueError as e:
         raise LogError(f"{path}: not valid JSON ({e})") from None
 
@@ -243,7 +251,7 @@ def store_split_checks(store: Path, tolerance: float = DEFAULT_TOLERANCE, runs: 
     ``log.jsonl`` in its run folder (the folder recorded in the store)."""
     import zarr
 
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store import DamagedStore, load_group
     from grokscope.runs import read_log
 
     out: dict[str, list[str]] = {}
@@ -257,5 +265,10 @@ def store_split_checks(store: Path, tolerance: float = DEFAULT_TOLERANCE, runs: 
         log = read_log(Path(folder)) if folder else []
         if not log:
             continue
-        out[name] = split_check(load_group(store, name, "acc"), log, name, tolerance)
+        try:
+            acc = load_group(store, name, "acc")
+        except DamagedStore as e:
+            out[name] = [f"split check of run {name} not done: {e}"]
+            continue
+        out[name] = split_check(acc, log, name, tolerance)
     return out

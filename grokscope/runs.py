@@ -89,8 +89,12 @@ def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None
 def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
     """The JSON object in the file ``path``; ``error`` names the file when it is unreadable, not JSON
     or not an object."""
+    from grokscope.jsonbounds import JSONBoundsError, read_json
+
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = read_json(path)
+    except JSONBoundsError as e:
+        raise error(str(e)) from None
     except (OSError, ValueError) as e:
         raise error(f"{path}: not valid JSON: {e}") from e
     if not isinstance(doc, dict):
@@ -123,9 +127,11 @@ def checkpoint_dir(run_dir: Path) -> Path:
     names the third party's folder; relative to ``run_dir`` if not absolute), else
     ``run_dir/checkpoints`` when it exists, else ``run_dir``. A malformed run.json gives the default
     (reading it reports the problem)."""
+    from grokscope.jsonbounds import read_json
+
     run_dir = Path(run_dir)
     try:
-        doc = json.loads((run_dir / RUN_JSON).read_text())
+        doc = read_json(run_dir / RUN_JSON)
     except (OSError, ValueError):
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get(CHECKPOINTS_KEY), str) and doc[CHECKPOINTS_KEY]:
@@ -187,14 +193,17 @@ def append_log(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete record of ``log.jsonl`` (a torn last line from a kill is skipped)."""
+    """Every complete record of ``log.jsonl`` (a torn last line from a kill is skipped, and so is a
+    line nested too deep to read, :mod:`grokscope.jsonbounds`)."""
+    from grokscope.jsonbounds import loads
+
     path = Path(run_dir) / LOG_JSONL
     if not path.exists():
         return []
     records = []
     for line in path.read_text().splitlines():
         try:
-            records.append(json.loads(line))
+            records.append(loads(line, path))
         except ValueError:
             continue
     return records

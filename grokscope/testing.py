@@ -5,7 +5,7 @@ raises :class:`ProbeContractError` naming the probe and what is wrong:
 
 * the result is an ``xr.Dataset`` with every declared output, each with its declared dims, no ``step``
   dim, and a coordinate for every dim; no variable that is not declared;
-* the panels and events it declares name declared outputs;
+* the panels and events it declares name declared outputs; its ``precision_mode`` is one the engine knows;
 * a declared template (``Probe.template``) describes the result exactly: variables, dims, sizes,
   storage dtypes, attributes and coordinates (also in float64);
 * the same checkpoint gives bit-identical results twice (randomness comes from ``params.seed``), and
@@ -83,6 +83,11 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
         _fail(probe_cls, "is not a grokscope Probe subclass")
     if not probe_cls.name:
         _fail(probe_cls, "has no name")
+    from grokscope.functional.precision import PRECISION_MODES
+
+    if probe_cls.precision_mode not in PRECISION_MODES:
+        _fail(probe_cls, f"precision_mode must be one of {', '.join(PRECISION_MODES)}, got "
+                         f"{probe_cls.precision_mode!r}")
     params = params if params is not None else probe_cls.default_params()
     ctx = ctx or ProbeContext(step=0, run="check")
     declared = dict(probe_cls.outputs or {})

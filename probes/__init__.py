@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from grokscope.registry import Registry, import_target
 
-from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, params_attrs,
-                   parse_value, template_dataset)
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_bounds,
+                   check_choice, check_work, params_attrs, parse_value, template_dataset, validate_params)
 
 BUILTIN = {
     "acc": "grokscope.probes.acc:AccProbe",
@@ -22,13 +22,15 @@ BUILTIN = {
     "regions": "grokscope.probes.regions:RegionsProbe",
     "llc": "grokscope.probes.llc:LLCProbe",
     "collapse": "grokscope.probes.collapse:CollapseProbe",
+    "spectral": "grokscope.probes.spectral:SpectralProbe",
 }
 
 ENTRY_POINT_GROUP = "grokscope.probes"
 ENV_VAR = "GROKSCOPE_PROBES"
 
-__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "check_choice", "get_probe",
-           "params_attrs", "parse_value", "template_dataset"]
+__all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "check_at_least",
+           "check_bounds", "check_choice", "check_work", "get_probe", "params_attrs", "parse_value", "template_dataset",
+           "validate_params"]
 
 
 REGISTRY = Registry("probe", BUILTIN, ENTRY_POINT_GROUP, env_var=ENV_VAR, error=ProbeError)
@@ -52,4 +54,9 @@ def get_probe(name: str) -> type[Probe]:
     cls = import_target(entry.target, ProbeError)
     if not (isinstance(cls, type) and issubclass(cls, Probe)):
         raise ProbeError(f"{entry.target} (probe {name!r}) is not a grokscope Probe subclass")
+    from grokscope.functional.precision import PRECISION_MODES
+
+    if cls.precision_mode not in PRECISION_MODES:
+        raise ProbeError(f"{entry.target} (probe {name!r}): precision_mode must be one of "
+                         f"{', '.join(PRECISION_MODES)}, got {cls.precision_mode!r}")
     return cls

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from grokscope.functional import eval_mode
-from grokscope.losses import task_loss
+from grokscope.losses import LOSSES, task_loss
 
-from .base import PanelSpec, Probe, ProbeContext, template_dataset
+from .base import PanelSpec, Probe, ProbeContext, check_at_least, check_choice, check_work, template_dataset
 
 
 @torch.no_grad()
@@ -51,6 +51,12 @@ class AccProbe(Probe):
         PanelSpec("accuracy", "Accuracy", "fraction correct", "split", ylim=(-0.03, 1.03), higher_is_better=True),
         PanelSpec("loss", "Loss", "task loss (log scale)", "split", yscale="log", higher_is_better=False),
     )
+
+    @classmethod
+    def check_params(cls, params: AccParams) -> None:
+        check_choice("acc.loss", params.loss, ("auto",) + tuple(LOSSES))
+        check_at_least("acc", params, batch_size=1)
+        check_work("acc", "acc.batch_size", params.batch_size)
 
     def template(self, model, data, params: AccParams):
         """Loss and accuracy per split (train, test), whatever the model."""

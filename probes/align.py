@@ -29,7 +29,8 @@ from torch import nn
 from grokscope.functional import eval_mode, pad_stack, subset_indices
 from grokscope.functional.points import SELECTIONS
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work,
+                   template_dataset)
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -391,6 +392,10 @@ class AlignProbe(Probe):
         for key, value, low in (("n_proj", params.n_proj, 0), ("max_rows", params.max_rows, 1)):
             if value < low:
                 raise ProbeError(f"align.{key} must be >= {low}, got {value}")
+        if not params.memory_mb > 0:
+            raise ProbeError(f"align.memory_mb must be > 0, got {params.memory_mb}")
+        check_work("align", "align.memory_mb (bytes)", params.memory_mb * 2**20, each=1)
+        check_work("align", "align.n_points x align.max_rows", max(params.n_points, 1) * params.max_rows)
 
     def template(self, model: nn.Module, data, params: AlignParams):
         """The result's shape from the splits' point counts and the output size ``C`` of one forward

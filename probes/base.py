@@ -11,6 +11,10 @@ A probe declares:
   before any job runs, so a group whose first job fails still holds its variables and attributes;
   a probe that returns None (the default) gets its template from its first result;
 * ``needs_data`` / ``needs_grad`` / ``needs_previous`` — what the engine must provide;
+* ``precision_mode`` — ``"strict"`` when the numbers need full IEEE float32 (no TF32 on GPUs, no bf16
+  on CPUs, no autocast): the engine runs ``compute`` inside
+  :func:`grokscope.functional.precision.precision_guard` (``lc``, ``regions``, ``collapse``);
+  ``"default"``: whatever the worker process set (see ``docs/engine.md#on-gpus``);
 * ``version`` — an integer stored with the group; raise it when a change of the algorithm changes the
   numbers (the engine then treats stored results like results of other parameters);
 * ``panels`` / ``events`` — how the results are shown (:mod:`grokscope.presentation`): the panels of
@@ -69,6 +73,8 @@ class Probe:
     needs_data: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = False
     needs_previous: ClassVar[bool] = False
+    # "strict": compute runs in IEEE float32, no TF32/bf16 products, no autocast (precision_guard)
+    precision_mode: ClassVar[str] = "default"
     version: ClassVar[int] = 1
     panels: ClassVar[tuple[PanelSpec, ...]] = ()
     events: ClassVar[tuple[EventSpec, ...]] = ()
@@ -147,8 +153,71 @@ class Probe:
             params = dataclasses.replace(params, **values)
         except ValueError as e:  # a Params.__post_init__ check
             raise ProbeError(f"probe {cls.name!r}: {e}") from e
-        cls.check_params(params)
+        validate_params(cls, params)
         return params
+
+
+SEED_MAX = 2**63 - 1  # torch's and numpy's generators both take 0..2**63-1
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def machine_memory() -> int:
+    """This machine's physical memory in bytes (16 GiB where the system does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return 16 * 2**30
+
+
+def check_bounds(probe: str, params: Any) -> None:
+    """The bounds every probe's parameters obey, whatever its own ``check_params`` adds: numbers (alone
+    or in lists) finite and within int64, and seeds (``seed``, ``*_seed``) in ``0..2**63-1``; a
+    :class:`ProbeError` names the first parameter out of bounds (``lc.radius must be finite ...``)."""
+    import math
+
+    if not dataclasses.is_dataclass(params):
+        return
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        if (f.name == "seed" or f.name.endswith("_seed")) and value is not None and not (
+                isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX):
+            raise ProbeError(f"{probe}.{f.name} must be an integer in 0..2**63-1, got {value!r}")
+        for x in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(x, bool):
+                continue
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ProbeError(f"{probe}.{f.name} must be finite, got {x}")
+            if isinstance(x, int) and not _INT64[0] <= x <= _INT64[1]:
+                raise ProbeError(f"{probe}.{f.name}={x} is out of range (64-bit integers)")
+
+
+def check_at_least(probe: str, params: Any, **lows: float) -> None:
+    """:class:`ProbeError` ``"acc.batch_size must be >= 1, got -4"`` for the first field of ``lows``
+    (``field=lowest value``) below its bound."""
+    for key, low in lows.items():
+        value = getattr(params, key)
+        if value < low:
+            raise ProbeError(f"{probe}.{key} must be >= {low:g}, got {value}")
+
+
+def check_work(probe: str, what: str, count: float, each: int = 8) -> None:
+    """:class:`ProbeError` when ``count`` values of ``each`` bytes (a probe's points, rows, grid cells
+    for one checkpoint: at least one float64 each) are more than this machine's memory holds, so a
+    request that cannot run is refused before the store is written. ``what`` says which parameters
+    give ``count`` (``"lc.n_points x (2 lc.n_dirs + 1)"``)."""
+    mem = machine_memory()
+    if count * each > mem:
+        raise ProbeError(f"{probe}: {what} = {count:.3g} values of {each} bytes, more than this machine's "
+                         f"memory ({mem / 2**30:.0f} GiB) holds; lower it")
+
+
+def validate_params(cls: type[Probe], params: Any) -> None:
+    """The up-front check of one probe's parameters: :func:`check_bounds`, then the probe's own
+    ``check_params``. :meth:`Probe.make_params` and the engine (before writing the store) call it."""
+    check_bounds(cls.name, params)
+    cls.check_params(params)
 
 
 def parse_value(text: Any, like: Any) -> Any:

@@ -37,7 +37,7 @@ from torch import nn
 from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import stablemax_cross_entropy, task_loss
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work
 
 LOSSES = ("ce", "stablemax")
 PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -145,6 +145,7 @@ class CollapseProbe(Probe):
     """Softmax collapse fractions, logit-margin quantiles and the naive-loss-minimisation cosines."""
 
     name = "collapse"
+    precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "softmax collapse (zero float32 loss/gradient), logit margins, gradient vs NLM direction"
     Params = CollapseParams
     outputs = {"collapse_frac": ("split",), "zero_grad_frac": ("split",), "margin": ("split", "quantile"),
@@ -182,6 +183,7 @@ class CollapseProbe(Probe):
         if params.n_points < 1 or params.batch_size < 1:
             raise ProbeError(f"collapse.n_points and collapse.batch_size must be >= 1, got "
                              f"{params.n_points} and {params.batch_size}")
+        check_work("collapse", "collapse.batch_size", params.batch_size)
 
     def check(self, model: nn.Module, data: Any, params: CollapseParams) -> None:
         if getattr(data, "n_classes", 2) < 2:

@@ -31,7 +31,7 @@ from grokscope.functional import eval_mode
 from grokscope.losses import task_loss
 
 from grokscope.datasets.modular import encode, pairs
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_work
 
 F64 = torch.float64
 
@@ -419,6 +419,10 @@ class FourierProbe(Probe):
     def check_params(cls, params: FourierParams) -> None:
         if params.n_key < 1:
             raise ProbeError(f"fourier.n_key must be >= 1, got {params.n_key}")
+        check_at_least("fourier", params, batch_size=1)
+        check_work("fourier", "fourier.batch_size", params.batch_size)
+        if not 0 <= params.neuron_threshold <= 1:
+            raise ProbeError(f"fourier.neuron_threshold must be in [0, 1], got {params.neuron_threshold}")
 
     def check(self, model: nn.Module, data: Any, params: FourierParams) -> None:
         """Refuses, before any job, a dataset that is not modular arithmetic (one line for the run)."""

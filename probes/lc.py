@@ -66,7 +66,9 @@ from grokscope.functional.layer_names import producing_modules
 from grokscope.models.adapters import RADIUS_UNITS, radius_scale, radius_unit
 from grokscope.models.adapters import continuous_view
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, template_dataset
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work, template_dataset
+
+MAX_BISECT = 64  # bisection steps of a boundary point: 2**-64 of a segment is below float64's resolution
 
 #: value filling ``lc`` where a split has fewer samples than the ``sample`` dimension.
 PAD = -1
@@ -401,7 +403,7 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
                      include_output: bool = False, dtype: torch.dtype | None = None,
                      max_rows: int | None = None, input_kind: str = "continuous",
                      forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     fast: bool = True) -> LCResult:
+                     fast: bool = True, frame_dtype: torch.dtype | None = None) -> LCResult:
     """Local complexity of ``model`` around each point of ``x``; see the module docstring.
 
     Parameters
@@ -414,6 +416,8 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
     max_rows : rows per forward pass: vertices, or ``P + 1`` per point on the fast path (default on
         CPU: what keeps the largest layer tensor near 4 MiB, at most 2048, at least one point; on GPU
         an eighth of the free memory).
+    frame_dtype : the dtype the frame is drawn in (default ``dtype``; frames drawn in float32 and
+        float64 differ), then cast to ``dtype``: a float64 reference with the float32 frame.
     fast : for a ``Sequential`` model, propagate each point's centre and the ``P`` direction images
         while the network is linear on its polytope (see :func:`_run_sequential_fast`); the counts are
         those of the plain path (which ``fast=False`` forces) up to floating-point ties.
@@ -458,7 +462,7 @@ def local_complexity(model: nn.Module, x: torch.Tensor, radius: float | Sequence
                               stacklevel=2)
                 return LCResult(counts=torch.zeros(n, len(radii), 0, dtype=torch.int64), layers=[],
                                 neurons=[], radius=radii, n_dirs=n_dirs, seed=seed, dtype=cdtype)
-            frame = cross_polytope_frame(dim, n_dirs, seed, cdtype, device)
+            frame = cross_polytope_frame(dim, n_dirs, seed, frame_dtype or cdtype, device).to(cdtype)
             graph_path = None
             v = 2 * n_dirs
             rows = max_rows or _auto_rows(counter.max_numel, z.element_size(), device)
@@ -637,6 +641,7 @@ class LCProbe(Probe):
     """
 
     name = "lc"
+    precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "local complexity (linear-region density) around train/test/random/boundary points"
     Params = LCParams
     outputs = {"lc": ("split", "sample", "radius", "layer"), "lc_mean": ("split", "radius", "layer"),
@@ -669,6 +674,11 @@ class LCProbe(Probe):
                 raise ProbeError(f"lc.{key} must be >= {low}, got {value}")
         if not params.radius or any(not (float(r) > 0) for r in params.radius):
             raise ProbeError(f"lc.radius must be one or more numbers > 0, got {list(params.radius)}")
+        if params.n_bisect > MAX_BISECT:
+            raise ProbeError(f"lc.n_bisect must be <= {MAX_BISECT} (each step halves the interval: after "
+                             f"{MAX_BISECT} a float64 point no longer moves), got {params.n_bisect}")
+        check_work("lc", "lc.n_points x (2 lc.n_dirs + 1) vertices", params.n_points * (2 * params.n_dirs + 1))
+        check_work("lc", "lc.max_rows", params.max_rows)
         check_choice("lc.radius_unit", params.radius_unit, RADIUS_UNITS)
         check_choice("lc.n_dirs_cap", params.n_dirs_cap, ("input", "none"))
 

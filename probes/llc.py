@@ -51,7 +51,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import LOSSES, task_loss
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work
 
 SAMPLERS = ("sgld", "rmsprop")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -366,6 +366,9 @@ class LLCProbe(Probe):
         need(p.rms_eps > 0, f"rms_eps must be > 0, got {p.rms_eps}")
         need(p.loss == "auto" or p.loss in LOSSES, f"loss={p.loss!r}; valid: auto, {', '.join(LOSSES)}")
         need(p.dtype == "auto" or p.dtype in DTYPES, f"dtype={p.dtype!r}; valid: auto, {', '.join(DTYPES)}")
+        check_work("llc", "llc.n_chains x llc.n_draws (stored draws)", p.n_chains * p.n_draws)
+        check_work("llc", "llc.n_train", p.n_train)
+        check_work("llc", "llc.batch_size", p.batch_size)
 
     @staticmethod
     def training_points(data: Any, params: LLCParams) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import LOSSES, task_loss
 from grokscope.models.adapters import differentiable_attention
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 METHODS = ("auto", "explicit", "lanczos", "cg")
@@ -578,6 +578,14 @@ class NormProbe(Probe):
         if params.lanczos_iters < 1 or not params.lanczos_tol > 0:
             raise ProbeError(f"norm.lanczos_iters must be >= 1 and lanczos_tol > 0, got "
                              f"{params.lanczos_iters}, {params.lanczos_tol}")
+        check_at_least("norm", params, proj_iters=0, explicit_max=0, cg_iters=1, power_iters=1)
+        for key in ("damping", "cg_tol"):
+            if not getattr(params, key) > 0:
+                raise ProbeError(f"norm.{key} must be > 0, got {getattr(params, key)}")
+        if params.proj_lr is not None and not params.proj_lr > 0:
+            raise ProbeError(f"norm.proj_lr must be > 0 or null (automatic), got {params.proj_lr}")
+        check_work("norm", "norm.explicit_max", params.explicit_max)
+        check_work("norm", "norm.n_train", params.n_train)
 
     def compute(self, model: nn.Module, data: Any, params: NormParams, ctx: ProbeContext):
         import xarray as xr

@@ -38,10 +38,10 @@ from torch import nn
 
 from grokscope.functional import eval_mode, split_subset
 from grokscope.functional.attacks import (LOSSES, NORMS, attack_loss, attack_rows, check_attack_args, per_row,
-                                          seeded_starts, start_points, unit_starts)
+                                          seeded_starts, start_points)
 from grokscope.models.adapters import RADIUS_UNITS, continuous_view, radius_scale, radius_unit
 
-from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_choice
+from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work
 
 ATTACKS = ("pgd", "apgd")
 
@@ -180,6 +180,9 @@ class PGDProbe(Probe):
         if not params.splits or any(str(s) not in ("train", "test") for s in params.splits):
             raise ProbeError(f"pgd.splits must be train and/or test, got {params.splits!r}")
         check_choice("pgd.eps_unit", params.eps_unit, RADIUS_UNITS)
+        check_at_least("pgd", params, steps=1, restarts=1, n_points=1, batch_size=0)
+        check_work("pgd", "pgd.n_points x pgd.restarts", params.n_points * params.restarts)
+        check_work("pgd", "pgd.batch_size", params.batch_size)
 
     def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
         import xarray as xr

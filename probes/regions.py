@@ -21,7 +21,7 @@ from torch import nn
 
 from grokscope.functional import eval_mode
 
-from .base import PanelSpec, Probe, ProbeContext, ProbeError
+from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_work
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class RegionsProbe(Probe):
     """
 
     name = "regions"
+    precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "linear regions and decision boundary on the plane through three training points"
     Params = RegionsParams
     outputs = {"boundary": ("b", "a"), "decision": ("b", "a"), "fill": ("b", "a"), "n_regions": (),
@@ -54,6 +55,7 @@ class RegionsProbe(Probe):
     def check_params(cls, params: RegionsParams) -> None:
         if params.resolution < 2:
             raise ProbeError(f"regions.resolution must be >= 2, got {params.resolution}")
+        check_work("regions", "regions.resolution squared (grid points)", params.resolution ** 2)
         if not (math.isfinite(params.margin) and params.margin >= 0):
             raise ProbeError(f"regions.margin must be a finite number >= 0, got {params.margin}")
         if params.split not in ("train", "test"):

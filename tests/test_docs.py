@@ -164,6 +164,7 @@ SETUP: dict[str, list[str]] = {
                           "grokscope train --preset digits-mlp --out runs/digits-mlp --model-kwargs "
                           "'{\"depth\": 1, \"width\": 16}' --dataset-kwargs '{\"n_train\": 200, \"n_test\": 100}'"],
     "docs/regions.md": ["grokscope train --out runs/demo --steps 6000 --save 0,103,2059,6000 --eval-every none"],
+    "docs/spectral.md": ["grokscope train --out runs/demo"],
 }
 
 PRELUDE: dict[str, str] = {

@@ -54,9 +54,10 @@ def _train_child(config: Any, directory: str, resume: bool, threads: int, progre
 class _Status:
     """Progress lines for the probing that runs beside training (at most one every ``every`` s)."""
 
-    def __init__(self, quiet: bool, total: int, every: float = 5.0):
-        self.quiet, self.total, self.every = quiet, total, every
+    def __init__(self, quiet: bool, total: int, every: float = 5.0, run_dir: Path | None = None):
+        self.quiet, self.total, self.every, self.run_dir = quiet, total, every, run_dir
         self.last = time.monotonic()
+        self.forecast = ""
 
     def update(self, n: int, done: int, failed: int, rate: float) -> None:
         now = time.monotonic()
@@ -65,6 +66,13 @@ class _Status:
         self.last = now
         fail = f", {failed} failed" if failed else ""
         click.echo(f"probing: {done}/{self.total} jobs{fail}, {rate:.1f} jobs/s", err=True)
+        if self.run_dir is not None:  # the grokking forecast, updated as checkpoints arrive
+            from grokscope.forecast import live_line
+
+            line = live_line(self.run_dir)
+            if line and line != self.forecast:
+                self.forecast = line
+                click.echo(line, err=True)
 
 
 @click.command("demo")
@@ -192,7 +200,7 @@ def _probe(directory: Path, names: list[str], selections: dict[str, str | None],
                                        f"(exit code {proc.exitcode}; its error is above)")
         time.sleep(0.1)
     total = sum(n_saves if selections[n] is None else len(selections[n].split(",")) for n in names)
-    status = _Status(quiet, total)
+    status = _Status(quiet, total, run_dir=directory)
     if not quiet:
         click.echo(f"probing each checkpoint as it is written: {', '.join(names)} ({total} jobs)", err=True)
     return run_with_progress(directory, cfg, progress=status.update, follow=proc.is_alive, poll=1.0)

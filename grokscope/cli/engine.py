@@ -61,8 +61,11 @@ def model_spec_from(model: str, kwargs: str | None, folder: Path | None = None) 
     if model == "hf" and not isinstance(kw.get("config"), dict):
         from grokscope.models.hf import HFError, find_config, read_config
 
-        where = Path(kw["config"]) if isinstance(kw.get("config"), str) else (
-            find_config(folder) if folder is not None else None)
+        try:
+            where = Path(kw["config"]) if isinstance(kw.get("config"), str) else (
+                find_config(folder) if folder is not None else None)
+        except HFError as e:
+            raise click.UsageError(str(e)) from None
         if where is None:
             raise click.UsageError(f"--model hf: no config.json in {folder or 'the folder'} or its "
                                    "checkpoint-* folders; pass --model-kwargs '{\"config\": PATH}'")
@@ -351,8 +354,8 @@ def _hf_default(path: Path) -> str | None:
     from grokscope.models.hf import HFError, find_config
     from grokscope.runs import read_json_object
 
-    found = find_config(path)
     try:
+        found = find_config(path)
         doc = read_json_object(found, HFError) if found is not None else {}
     except HFError:
         return None
@@ -410,10 +413,13 @@ def scan(path: Path, as_json: bool) -> None:
     from grokscope.engine.scan import format_report
     from grokscope.engine.scan import scan as do_scan
 
+    skipped: list[Any] = []
     try:
-        reports = do_scan(path)
+        reports = do_scan(path, skipped)
     except DiscoveryError as e:
         raise click.ClickException(str(e)) from e
+    for p in skipped:
+        click.echo(f"warning: {p.path}: {p.reason}", err=True)
     if as_json:
         click.echo(json.dumps(reports, indent=2))
     else:
@@ -631,6 +637,9 @@ class _Bar:
               help="Hash the checkpoints of jobs already done and recompute those whose content "
                    "changed since (a replaced checkpoint); --no-recheck trusts the store.")
 @click.option("--dry-run", is_flag=True, help="Show what would be computed, compute nothing.")
+@click.option("--estimate", is_flag=True,
+              help="Jobs, bytes to read and write, and a time projected from one timed job per probe; "
+                   "writes nothing.")
 @click.option("--follow", is_flag=True,
               help="While a trainer is writing a run under PATH (its run folder's lock names a live "
                    "process), keep probing its new checkpoints as they appear; return once it is gone.")
@@ -645,7 +654,7 @@ class _Bar:
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
           out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
           steps: tuple[str, ...], overwrite: bool, flush_interval: float, recheck: bool, dry_run: bool,
-          follow: bool, as_json: bool, quiet: bool, split_tolerance: float, model: str | None,
+          estimate: bool, follow: bool, as_json: bool, quiet: bool, split_tolerance: float, model: str | None,
           model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None, dataset_seed: int,
           loss: str | None, trust_code: str | None, workspace: Path | None) -> None:
     """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
@@ -686,6 +695,9 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     cfg = EngineConfig(probes=requests, out=out or home / "probes.zarr", scheduler=scheduler,
                        workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
                        flush_interval=flush_interval, dry_run=dry_run, trust=trust, recheck=recheck)
+    if estimate:
+        _print_estimate(path, cfg, as_json)
+        return
     more = {"follow": training_under(path)} if follow and not dry_run else {}
     summary = run_with_progress(path, cfg, quiet=quiet or as_json, **more)
     if "acc" in names and not dry_run and cfg.out.exists():
@@ -696,6 +708,26 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)
+
+
+def _print_estimate(path: Path, cfg: Any, as_json: bool) -> None:
+    """``probe --estimate``: :func:`grokscope.engine.estimate.estimate` in words (or JSON on stdout)."""
+    from grokscope.engine.discovery import DiscoveryError
+    from grokscope.engine.driver import EngineError
+    from grokscope.engine.estimate import estimate
+    from grokscope.engine.store import StoreError
+
+    try:
+        est = estimate(path, cfg)
+    except (DiscoveryError, StoreError, EngineError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(est.as_dict(), indent=2))
+        return
+    for w in est.warnings:
+        click.echo(f"warning: {w}", err=True)
+    for line in est.lines():
+        click.echo(line)
 
 
 def workspace_run(path: Path, workspace: Path | None) -> Path:
@@ -759,7 +791,7 @@ def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any =
     except Interrupted as e:
         bar.close()
         click.echo(str(e), err=True)
-        sys.exit(130)  # the shell's code for a run ended by SIGINT
+        sys.exit(e.code)  # the shell's code for a run ended by that signal: 130 (SIGINT), 143 (SIGTERM)
     except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
         raise click.ClickException(str(e)) from None
     finally:

@@ -36,6 +36,7 @@ def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> floa
 def report(ctx: click.Context, store: Path, out: Path | None, as_json: bool, mem: float, grok: float | None,
            robust: float, window: int, regions: bool) -> None:
     """Write one self-contained HTML page about every run in a probe STORE and print its path."""
+    from grokscope.engine.store import damage_named
     from grokscope.report import summaries, write_report
 
     thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}
@@ -43,7 +44,9 @@ def report(ctx: click.Context, store: Path, out: Path | None, as_json: bool, mem
         from grokscope.cli.ignored import warn_ignored
 
         warn_ignored(ctx, ("out", "regions"), "with --json (the summaries go to stdout; no page is written)")
-        click.echo(json.dumps(summaries(store, **thresholds), indent=2, allow_nan=False))
+        with damage_named(store):
+            click.echo(json.dumps(summaries(store, **thresholds), indent=2, allow_nan=False))
         return
-    path = write_report(store, out, regions=regions, **thresholds)
+    with damage_named(store):  # a damaged file of the store: one line naming it
+        path = write_report(store, out, regions=regions, **thresholds)
     click.echo(str(path))

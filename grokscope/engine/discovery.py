@@ -28,13 +28,15 @@ reads tensor data.
 
 from __future__ import annotations
 
-import json
+import errno
+import os
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grokscope import jsonbounds
 from grokscope import runs as runfmt
 from grokscope.errors import GrokscopeError
 
@@ -167,11 +169,55 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
     if len(raw) != n:
         raise ValueError(f"{path}: truncated safetensors header ({len(raw)} of {n} bytes)")
     try:
-        header = json.loads(raw)
+        header = jsonbounds.loads(raw, path)
+    except jsonbounds.JSONBoundsError:
+        raise
     except ValueError as e:
         raise ValueError(f"{path}: safetensors header is not JSON: {e}") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is not a JSON object")
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: safetensors __metadata__ is not a JSON object")
     return {str(k): str(v) for k, v in meta.items()}
+
+
+# -- confinement: links in a third party's folder --------------------------------------------------
+
+def _real(p: Path | str) -> Path:
+    return Path(os.path.realpath(p))
+
+
+def inside(p: Path | str, root: Path | str) -> bool:
+    """Whether ``p``, every link on the way followed, is ``root`` (also resolved) or lies under it."""
+    real, top = _real(p), _real(root)
+    return real == top or top in real.parents
+
+
+def link_escape(p: Path | str, root: Path | str) -> str | None:
+    """None when ``p`` (every link followed) stays inside ``root``; else why it is refused, to follow
+    ``p`` in a line (``f"{p}: {why}"``): a link leading outside (its target named, a path, never the
+    target's content), into a loop, or nowhere. Nothing is opened."""
+    p = Path(p)
+    try:
+        real = Path(os.path.realpath(p, strict=True))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a link loop; refused"
+        return f"a link to {os.readlink(p) if p.is_symlink() else 'a missing file'}, which does not exist; refused"
+    if inside(real, root):
+        return None
+    return f"a link to {real}, outside {root}; refused (not opened)"
+
+
+def _escaped(c: Checkpoint, root: Path, problems: list[Problem]) -> bool:
+    """Whether a file of checkpoint ``c`` leads outside ``root`` (a problem is appended naming it)."""
+    for f in (c.path, *c.files):
+        why = link_escape(f, root)
+        if why is not None:
+            problems.append(Problem(str(f), why))
+            return True
+    return False
 
 
 # -- one folder of checkpoints --------------------------------------------------------------------
@@ -206,12 +252,25 @@ def _weights_checkpoint(w: Path, root: Path, problems: list[Problem], where: str
         return None
 
 
+def shard_names(weight_map: Any, index: Path) -> list[str]:
+    """The shard files a shard index's ``weight_map`` names, sorted: plain file names beside the index
+    (a name with a folder in it, ``..`` or an absolute path would lead elsewhere: ``ValueError``)."""
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: 'weight_map' is not a JSON object")
+    names = set(weight_map.values())
+    bad = sorted(repr(n)[:80] for n in names if not isinstance(n, str) or not n or n in (".", "..")
+                 or "/" in n or "\\" in n or "\0" in n)
+    if bad:
+        raise ValueError(f"{index}: shard names must be file names beside the index, found {', '.join(bad[:3])}")
+    return sorted(names)
+
+
 def _sharded(index: Path, run_dir: Path) -> Checkpoint:
-    doc = json.loads(index.read_text())
-    wm = doc.get("weight_map")
+    doc = jsonbounds.read_json(index)
+    wm = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wm, dict) or not wm:
         raise ValueError(f"{index}: no 'weight_map' in the index")
-    files = tuple(str(index.parent / f) for f in sorted(set(wm.values())))
+    files = tuple(str(index.parent / f) for f in shard_names(wm, index))
     kind = "safetensors" if index.name.endswith(".safetensors.index.json") else "torch"
     return Checkpoint(path=str(index), kind=kind, files=files, step=None,
                       label=_rel(index, run_dir), sharded=True)
@@ -268,14 +327,17 @@ def epochs_to_steps(checkpoints: list[Checkpoint], spec: dict[str, Any] | None) 
             else c for c in checkpoints]
 
 
-def checkpoints_in(folder: Path, run_dir: Path | None = None) -> tuple[list[Checkpoint], list[Problem]]:
+def checkpoints_in(folder: Path, run_dir: Path | None = None,
+                   root: Path | None = None) -> tuple[list[Checkpoint], list[Problem]]:
     """The checkpoints directly in ``folder`` (files, sharded indexes, ``checkpoint-N/`` folders).
 
     Returns ``(checkpoints sorted by step, problems)``; checkpoints without a step and duplicates of a
-    step already taken (kept: the first by name) are reported as problems.
+    step already taken (kept: the first by name) are reported as problems, and so is a checkpoint
+    whose file (or folder) is a link leading outside ``root`` (default ``run_dir``): it is never opened.
     """
     folder = Path(folder)
     run_dir = Path(run_dir) if run_dir is not None else folder
+    root = Path(root) if root is not None else run_dir
     found: list[tuple[Checkpoint, list[str]]] = []
     problems: list[Problem] = []
     entries = sorted(folder.iterdir(), key=lambda p: p.name)
@@ -303,6 +365,7 @@ def checkpoints_in(folder: Path, run_dir: Path | None = None) -> tuple[list[Chec
     # a folder that is itself an HF checkpoint: its name carries the step
     if _STEP.search(folder.name) or _CKPT.search(folder.name):
         found = [(c, names + [folder.name]) for c, names in found]
+    found = [(c, names) for c, names in found if not _escaped(c, root, problems)]
     placed: dict[int, Checkpoint] = {}
     aliases: list[Checkpoint] = []
     for c, names in found:
@@ -359,53 +422,83 @@ def sanitise_name(rel: str) -> str:
     return name
 
 
-def find_runs(path: Path) -> list[Run]:
+def _search(root: Path, skipped: list[Problem]) -> list[tuple[Path, Path]]:
+    """``(run folder, checkpoint folder)`` of every run under ``root``: first every real folder, then
+    the folders reached through links, each searched once. A link leading outside ``root`` or into a
+    loop, or naming a folder already searched, is appended to ``skipped`` and not followed."""
+    from .hub_cache import is_hub_repo
+
+    found: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    links: list[Path] = []
+
+    def search(top: Path) -> None:  # without recursion: a folder tree may be deeper than Python's stack
+        stack = [top]
+        while stack:
+            d = stack.pop()
+            seen.add(_real(d))
+            if is_hub_repo(d):
+                found.append((d, d))
+                continue
+            if (d / runfmt.RUN_JSON).is_file():
+                found.append((d, runfmt.checkpoint_dir(d)))
+                continue
+            if has_checkpoints(d):
+                found.append((d, d))
+                continue
+            ck = d / runfmt.CHECKPOINT_DIR
+            if ck.is_dir() and has_checkpoints(ck):
+                found.append((d, ck))
+                continue
+            try:
+                subs = sorted(p for p in d.iterdir() if p.is_dir())
+            except OSError:
+                continue
+            subs = [s for s in subs if not (s.name.startswith(".") or s.name in SKIP_DIRS or s.name.endswith(".zarr"))]
+            links.extend(s for s in subs if s.is_symlink())
+            stack.extend(reversed([s for s in subs if not s.is_symlink()]))
+
+    search(root)
+    while links:
+        link = links.pop(0)
+        why = link_escape(link, root)
+        if why is None and _real(link) in seen:
+            why = f"a link to {_real(link)}, a folder already searched (a loop or a second name); skipped"
+        if why is not None:
+            skipped.append(Problem(str(link), why))
+            continue
+        search(link)
+    return found
+
+
+def find_runs(path: Path, skipped: list[Problem] | None = None) -> list[Run]:
     """Every run under ``path`` (see the module docstring), sorted by relative path.
 
-    Raises :class:`DiscoveryError` when ``path`` is not a folder or holds no checkpoints at all.
+    Links are followed only while they stay inside ``path``: a folder reached through a link that
+    leads outside it, into a loop or to a folder already searched is left out, and so is a checkpoint
+    file or folder that is such a link (each named with its target in ``skipped`` or the run's
+    ``problems``; nothing outside is opened). Raises :class:`DiscoveryError` when ``path`` is not a
+    folder or holds no checkpoints at all.
     """
     root = Path(path)
     if not root.exists():
         raise DiscoveryError(f"{root}: no such file or folder")
     if not root.is_dir():
         raise DiscoveryError(f"{root}: expected a folder (a run, a folder of runs or of checkpoints)")
-    found: list[tuple[Path, Path]] = []
-
     from .hub_cache import hub_checkpoints, is_hub_repo
 
-    def visit(d: Path) -> None:
-        if is_hub_repo(d):
-            found.append((d, d))
-            return
-        if (d / runfmt.RUN_JSON).is_file():
-            found.append((d, runfmt.checkpoint_dir(d)))
-            return
-        if has_checkpoints(d):
-            found.append((d, d))
-            return
-        ck = d / runfmt.CHECKPOINT_DIR
-        if ck.is_dir() and has_checkpoints(ck):
-            found.append((d, ck))
-            return
-        try:
-            subs = sorted(p for p in d.iterdir() if p.is_dir())
-        except OSError:
-            return
-        for sub in subs:
-            if sub.name.startswith(".") or sub.name in SKIP_DIRS or sub.name.endswith(".zarr"):
-                continue
-            visit(sub)
-
-    visit(root)
+    skipped = skipped if skipped is not None else []
+    found = _search(root, skipped)
     if not found:
+        also = f"; {skipped[0].path}: {skipped[0].reason}" if skipped else ""
         raise DiscoveryError(f"{root}: no checkpoints found (looked for run.json, checkpoints/, "
                              f"{', '.join(CHECKPOINT_SUFFIXES)} files, checkpoint-N/ folders and hub "
-                             "cache models--*/ folders)")
+                             f"cache models--*/ folders){also}")
     out: list[Run] = []
     used: set[str] = set()
     base = root.resolve()
     for d, ck in found:
-        rel = d.resolve().relative_to(base).as_posix() if d != root else "."
+        rel = _rel(_real(d), base) if d != root else "."
         name = sanitise_name(rel if rel != "." else base.name)
         unique, i = name, 2
         while unique in used:
@@ -417,10 +510,17 @@ def find_runs(path: Path) -> list[Run]:
                 run.spec = runfmt.read_run_json(d)
             except runfmt.RunError as e:
                 run.spec_error = str(e)
-        if is_hub_repo(ck):
+        # a run.json may name a checkpoint folder elsewhere (a workspace, `init --workspace`): that
+        # folder is then the one followed links must stay in; a checkpoints/ link may not leave the path
+        named = ck not in (d, d / runfmt.CHECKPOINT_DIR)
+        confine = base if (inside(ck, base) or not named) else _real(ck)
+        why = link_escape(ck, confine) if ck.exists() else None
+        if why is not None:
+            run.problems.append(Problem(str(ck), why))
+        elif is_hub_repo(ck):
             run.checkpoints, run.problems = hub_checkpoints(ck)
         elif ck.is_dir():
-            run.checkpoints, run.problems = checkpoints_in(ck, d)
+            run.checkpoints, run.problems = checkpoints_in(ck, d, confine)
             run.checkpoints = epochs_to_steps(run.checkpoints, run.spec)
         elif run.spec is not None and ck != d:
             run.problems.append(Problem(str(ck), f"the checkpoint folder named by {d / runfmt.RUN_JSON} "

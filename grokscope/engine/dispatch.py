@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 from .commit import Writer
 from .config import EngineConfig
-from .discovery import DiscoveryError, find_runs
+from .discovery import DiscoveryError, Problem, find_runs
 from .jobs import HashTask, Outcome, Task, hash_task, run_task
 from .outcomes import Summary
 from .planning import Plan, ignored_spec, plan, spec_file
@@ -150,8 +150,9 @@ def follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: Plan, writ
 
     def more() -> tuple[list[Task], bool]:
         last = not follow()  # asked before searching: nothing written after a final search is missed
+        links: list[Problem] = []
         try:
-            found = find_runs(path)
+            found = find_runs(path, links)
             p = plan(found, store, again, threads)
         except DiscoveryError:
             return [], last  # e.g. the run folder is not written yet
@@ -168,7 +169,8 @@ def follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: Plan, writ
         summary.jobs += sum(len(t.probes) for t in new)
         summary.runs = max(summary.runs, len(p.runs))
         summary.excluded = p.excluded
-        summary.warnings = ignored_spec(found, cfg.spec)[1] + list(p.warnings)
+        summary.warnings = ([f"{x.path}: {x.reason}" for x in links] + ignored_spec(found, cfg.spec)[1]
+                            + list(p.warnings))
         known = {(f.run, f.file) for f in summary.failures}
         summary.failures.extend(f for f in p.failures if (f.run, f.file) not in known)
         return new, last

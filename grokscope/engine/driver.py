@@ -28,26 +28,33 @@ run while it trains).
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-from .cluster import dask_client, visible_gpus
+from grokscope.probes import ProbeError, get_probe, validate_params
+
+from .cluster import check_scheduler, dask_client, local_gpus
 from .commit import Writer
 from .config import EngineConfig, EngineError
-from .discovery import find_runs
+from .discovery import Problem, Run, find_runs
 from .dispatch import follower, recheck, results
 from .jobs import Outcome
 from .lock import StoreLock
 from .model_check import screen_plan
-from .outcomes import Interrupted, StoreWriteError, Summary, environmental, os_cause, stopped_line, task_death
+from .outcomes import (Interrupted, SchedulerLost, StoreWriteError, Summary, environmental, os_cause,
+                       scheduler_gone, stopped_line, task_death)
 from .planning import ignored_spec, plan, record_plan
 from .prepare import apply, check_probes
 from .selection import parse_selection
 from .store import ProbeStore, check_store_path
 
-__all__ = ["EngineConfig", "EngineError", "Interrupted", "StoreWriteError", "Summary", "dask_client", "probe_runs"]
+__all__ = ["EngineConfig", "EngineError", "Interrupted", "SchedulerLost", "StoreWriteError", "Summary", "dask_client",
+           "probe_runs"]
 
 
 def probe_runs(path: Path, cfg: EngineConfig,
@@ -60,8 +67,8 @@ def probe_runs(path: Path, cfg: EngineConfig,
     done, failed, rate)`` after every completed task. Raises :class:`StoreError` (refusals, an
     ``--out`` that is not a grokscope store), :class:`~.lock.StoreLocked`, :class:`EngineError` or a
     discovery error before any computation; :class:`StoreWriteError` when the store cannot be
-    written (disk full, read-only) and :class:`Interrupted` on Ctrl-C, both after committing what
-    could be and releasing the lock.
+    written (disk full, read-only), :class:`Interrupted` on Ctrl-C or SIGTERM and :class:`SchedulerLost`
+    when an external scheduler goes away, each after committing what could be and releasing the lock.
 
     With ``cfg.recheck`` the checkpoints of done jobs are hashed again (by the workers) and a job
     whose checkpoint's content hash differs from the stored ``checkpoint_hash`` is recomputed, with
@@ -77,28 +84,52 @@ def probe_runs(path: Path, cfg: EngineConfig,
     for req in cfg.probes:
         try:
             parse_selection(req.steps)
+            validate_params(get_probe(req.name), req.params)  # before the store is touched
+        except ProbeError as e:
+            raise EngineError(str(e)) from None
         except ValueError as e:
             raise EngineError(f"probe {req.name}: {e}") from None
     # workers may run elsewhere (another host, another working directory): absolute paths only
     path = Path(path).absolute()
     out = Path(cfg.out).absolute()
     check_store_path(out)
-    runs = find_runs(path)
+    links: list[Problem] = []  # folders left out: links leading outside path, or loops
+    runs = find_runs(path, links)
     refusal, ignored = ignored_spec(runs, cfg.spec)
+    ignored = [f"{x.path}: {x.reason}" for x in links] + ignored
     if refusal:
         raise EngineError(refusal)
-    if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local") and not visible_gpus():
-        raise EngineError("--device cuda: this host shows no GPU (CUDA_VISIBLE_DEVICES / nvidia-smi "
-                          "-L); use --device cpu or --scheduler ADDRESS of a cluster with GPU workers")
+    if cfg.device.startswith("cuda") and cfg.scheduler in (None, "", "local"):
+        local_gpus(cfg)  # refuses, in one line, a host without the GPU(s) asked for
+    if cfg.scheduler not in (None, "", "local", "sync") and not cfg.dry_run:
+        check_scheduler(cfg.scheduler)  # before the store is touched: a Dask scheduler, answering
     summary = Summary(store=out)
     lock = StoreLock(out)
-    writer: Writer | None = None
     try:
-        lock.acquire()
+        with _sigterm_stops():
+            return _probe(path, cfg, runs, ignored, summary, lock, out, progress, start, follow, poll)
+    except KeyboardInterrupt as e:
+        code, what = (143, "stopped by SIGTERM") if isinstance(e, _Terminated) else (130, "interrupted")
+        raise Interrupted(stopped_line(what, out, summary, _lost(summary.writer)), code) from None
+    finally:
+        lock.release()
+        summary.seconds = time.perf_counter() - t0
+
+
+def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], summary: Summary,
+           lock: StoreLock, out: Path, progress: Callable[[int, int, int, float], None] | None,
+           start: Callable[[int, int, str], None] | None, follow: Callable[[], bool] | None,
+           poll: float) -> Summary:
+    """The body of :func:`probe_runs`, from taking the lock to the last commit (see there)."""
+    writer: Writer | None = None
+    external = cfg.scheduler not in (None, "", "local", "sync")  # a scheduler this run did not start
+    try:
+        if not cfg.dry_run:  # a dry run only reads: no lock, nothing created
+            lock.acquire()
         summary.took_over = lock.took_over
-        store = ProbeStore(out)
+        store = ProbeStore(out, read_only=cfg.dry_run)
         p = plan(runs, store, cfg, threads=cfg.threads or 1)
-        writer = Writer(store, p, cfg.flush_interval, summary)
+        writer = summary.writer = Writer(store, p, cfg.flush_interval, summary)
         record_plan(summary, p)
         summary.warnings[:0] = ignored
         unfit = screen_plan(p, summary, watch=follow is None)  # one line per run whose model does not fit
@@ -132,6 +163,8 @@ def probe_runs(path: Path, cfg: EngineConfig,
             failed0 = len(summary.failures)
             try:
                 for task, res in results(client, tasks, cfg.device, more, poll):
+                    if isinstance(res, BaseException) and scheduler_gone(res) and external:
+                        raise res  # not this job's failure: the run stops (SchedulerLost, below)
                     if isinstance(res, BaseException):
                         reason = task_death(res)
                         res = [Outcome(run=task.run, step=int(task.checkpoint.step), probe=r.name,  # type: ignore[arg-type]
@@ -147,18 +180,40 @@ def probe_runs(path: Path, cfg: EngineConfig,
             finally:
                 writer.flush()  # also on Ctrl-C and errors: what finished is committed
     except KeyboardInterrupt:
-        raise Interrupted(stopped_line("interrupted", out, summary, _lost(writer))) from None
-    except Exception as e:
-        if not environmental(e):
+        raise
+    except BaseException as e:  # asyncio's CancelledError (a lost scheduler) is no Exception
+        if scheduler_gone(e) and external:
+            raise SchedulerLost(stopped_line(f"lost the Dask scheduler {cfg.scheduler} ({type(e).__name__})",
+                                             out, summary, _lost(writer))) from None
+        if not isinstance(e, Exception) or not environmental(e):
             raise
         cause = os_cause(e)
         where = f" ({cause.filename})" if cause.filename else ""
         raise StoreWriteError(stopped_line(f"cannot write the store: {cause.strerror or cause}{where}", out,
-                                       summary, _lost(writer), cause.errno)) from None
-    finally:
-        lock.release()
-        summary.seconds = time.perf_counter() - t0
+                                           summary, _lost(writer), cause.errno)) from None
     return summary
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the driver's thread by :func:`_sigterm_stops`, handled like a Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While in this block (main thread only), SIGTERM stops the run as a Ctrl-C does: what finished is
+    committed, the lock released, the cluster closed, and the run ends in one line (exit 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _lost(writer: Writer | None) -> int:

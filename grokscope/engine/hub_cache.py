@@ -14,14 +14,24 @@ parsed from the revision name, its weights those of the ref's snapshot (found as
 stepped revision it repeats, if any; a snapshot no ref names has no revision name and is left out too.
 Two revisions whose weights are the same blob stay in the series (they are different steps);
 ``grokscope scan`` reports them as duplicate weights, naming the shared blob. Nothing is downloaded.
+
+The cache is someone else's folder, so everything followed in it stays inside the repository folder:
+a ref must hold a commit name (a ref holding ``../../elsewhere`` is left out without echoing it), a
+ref, snapshot or weight file that is a link leading outside the repository (or into a loop) is left
+out with a line naming the link and its target, and nothing outside is opened or parsed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from .discovery import Checkpoint, Problem, _hf_weights, _rel, _replace, _weights_checkpoint, parse_step
+from .discovery import (Checkpoint, Problem, _escaped, _hf_weights, _rel, _replace, _weights_checkpoint,
+                        link_escape, parse_step)
+
+# what a ref file holds: a commit name (40 hex digits for the hub; no folder, no "..")
+_COMMIT = re.compile(rb"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
 
 REPO_PREFIXES = ("models--",)
 
@@ -33,16 +43,42 @@ def is_hub_repo(folder: Path) -> bool:
             and (folder / "snapshots").is_dir())
 
 
-def revisions(repo: Path) -> dict[str, str]:
-    """``{revision name: commit hash}`` of the files under ``repo/refs`` (``pr/1`` for nested refs)."""
+def revisions(repo: Path, problems: list[Problem] | None = None) -> dict[str, str]:
+    """``{revision name: commit hash}`` of the files under ``repo/refs`` (``pr/1`` for nested refs).
+
+    A ref that is a link leading outside ``repo``, or whose content is not a commit name, is left out
+    (with a problem appended to ``problems``, which never quotes what the file holds); links to folders
+    are not followed."""
     out: dict[str, str] = {}
-    refs = Path(repo) / "refs"
-    for p in sorted(refs.rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
-            try:
-                out[p.relative_to(refs).as_posix()] = p.read_text().strip()
-            except OSError:
+    problems = problems if problems is not None else []
+    repo = Path(repo)
+    refs = repo / "refs"
+    for top, dirs, files in os.walk(refs):  # links to folders are listed in dirs, never entered
+        here = Path(top)
+        for d in sorted(dirs):
+            if (here / d).is_symlink():
+                problems.append(Problem(str(here / d), link_escape(here / d, repo)
+                                        or "a link to a folder in refs/; not followed"))
+        dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink() and not d.startswith("."))
+        for name in sorted(files):
+            p = here / name
+            if name.startswith("."):
                 continue
+            why = link_escape(p, repo)
+            if why is not None:
+                problems.append(Problem(str(p), why))
+                continue
+            try:
+                with open(p, "rb") as fh:
+                    raw = fh.read(257).strip()
+            except OSError as e:
+                problems.append(Problem(str(p), f"unreadable ref ({e.strerror or e})"))
+                continue
+            rev = p.relative_to(refs).as_posix()
+            if not _COMMIT.fullmatch(raw):
+                problems.append(Problem(str(p), f"revision {rev}: the ref does not hold a commit name; skipped"))
+                continue
+            out[rev] = raw.decode()
     return out
 
 
@@ -55,9 +91,9 @@ def hub_checkpoints(repo: Path) -> tuple[list[Checkpoint], list[Problem]]:
     """The checkpoints of hub cache repository ``repo``, one per stepped revision, sorted by step, and
     the refs and snapshots left out (see the module docstring)."""
     repo = Path(repo)
-    refs = revisions(repo)
-    found: dict[int, tuple[str, Checkpoint]] = {}
     problems: list[Problem] = []
+    refs = revisions(repo, problems)
+    found: dict[int, tuple[str, Checkpoint]] = {}
     unstepped: list[tuple[str, str]] = []
     by_commit: dict[str, list[str]] = {}
     for name, commit in refs.items():
@@ -67,6 +103,10 @@ def hub_checkpoints(repo: Path) -> tuple[list[Checkpoint], list[Problem]]:
             unstepped.append((name, commit))
             continue
         snap = repo / "snapshots" / commit
+        why = link_escape(snap, repo) if snap.is_symlink() else None
+        if why is not None:
+            problems.append(Problem(str(snap), f"revision {name}: {why}"))
+            continue
         if not snap.is_dir():
             problems.append(Problem(str(repo / "refs" / name), f"revision {name} names commit {commit[:12]}, "
                                                                "which has no snapshot here (not downloaded)"))
@@ -75,8 +115,12 @@ def hub_checkpoints(repo: Path) -> tuple[list[Checkpoint], list[Problem]]:
         if w is None:
             problems.append(Problem(str(snap), f"revision {name}: no model weights in its snapshot"))
             continue
+        why = link_escape(w, repo)
+        if why is not None:
+            problems.append(Problem(str(w), f"revision {name}: {why}"))
+            continue
         c = _weights_checkpoint(w, repo, problems, f"revision {name}: ")
-        if c is None:
+        if c is None or _escaped(c, repo, problems):
             continue
         c = _replace(c, step=step, step_source="name", label=f"{name}: {_rel(w, repo)}")
         if step in found:

@@ -197,15 +197,18 @@ def preflight(task: Task) -> dict[str, Any]:
 
     sd = read_state_dict(task.checkpoint)
     from grokscope.functional import eval_mode
+    from grokscope.functional.precision import precision_guard
 
     model, data, classes = _prepare(task, sd, torch.device(task.device))
     templates: dict[str, Any] = {}
     with eval_mode(model):
         for req in task.probes:
             probe = classes[req.name]()
-            probe.check(model, data, req.params)
+            with precision_guard(probe.precision_mode):
+                probe.check(model, data, req.params)
             try:
-                template = probe.template(model, data, req.params)
+                with precision_guard(probe.precision_mode):
+                    template = probe.template(model, data, req.params)
                 if template is not None:
                     templates[req.name] = check_result(template, classes[req.name])
             except Exception:  # noqa: BLE001 - a declared template is optional, the results are not
@@ -277,6 +280,7 @@ def run_task(task: Task) -> list[Outcome]:
         _setup_threads(task.threads)
         import torch
 
+        from grokscope.functional.precision import precision_guard
         from grokscope.probes import ProbeContext
 
         from .hashing import nonfinite_message, nonfinite_tensors
@@ -316,7 +320,8 @@ def run_task(task: Task) -> list[Outcome]:
                 first = False
                 model.eval()  # probes get the model in eval mode
                 cls = classes[req.name]
-                result = cls().compute(model, data, req.params, ctx)
+                with precision_guard(cls.precision_mode):  # lc, regions, collapse: IEEE float32
+                    result = cls().compute(model, data, req.params, ctx)
                 out.result = check_result(result, cls)
             except Exception as e:  # noqa: BLE001 - a failing probe is recorded, the rest go on
                 out.error = f"probe {req.name} failed: {describe_error(e)}"

@@ -11,7 +11,6 @@ shape mismatches.
 
 from __future__ import annotations
 
-import json
 import pickle
 import re
 from collections.abc import Mapping
@@ -22,8 +21,9 @@ import torch
 from torch import nn
 
 from grokscope.errors import GrokscopeError
+from grokscope.jsonbounds import read_json
 
-from .discovery import Checkpoint
+from .discovery import Checkpoint, shard_names
 
 # where trainers nest the model's weights inside a saved dict, in order of preference
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights",
@@ -33,6 +33,11 @@ KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 class CheckpointError(GrokscopeError, ValueError):
     """A checkpoint could not be read or does not fit the model; the message names file and cause."""
+
+
+class CheckpointDtypeError(CheckpointError):
+    """A checkpoint holds integer or bool tensors where the model holds floats: a fault of that file
+    (that step fails), not of the model spec (:func:`check_dtypes`)."""
 
 
 # -- reading files --------------------------------------------------------------------------------
@@ -119,11 +124,12 @@ def read_state_dict(ckpt: Checkpoint | str | Path) -> dict[str, torch.Tensor]:
 def _read_sharded(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     index = Path(ckpt.path)
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index)["weight_map"]
+        shards = shard_names(weight_map, index)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index}: unreadable shard index ({e})") from None
     out: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in shards:
         path = index.parent / shard
         if not path.is_file():
             raise CheckpointError(f"{index}: shard {shard} is missing")
@@ -212,6 +218,19 @@ def match_keys(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int,
     return chosen
 
 
+def check_dtypes(sd: Mapping[str, torch.Tensor], expected: Mapping[str, torch.dtype], where: str) -> None:
+    """Raise :class:`CheckpointError` listing every tensor of ``sd`` that is not floating point where
+    the model's own tensor (``expected``: ``{key: dtype}``, keys as the model names them) is floating:
+    integer or bool weights are not weights, whatever a cast would make of them."""
+    bad = [f"{k}: checkpoint {str(t.dtype).removeprefix('torch.')} vs model "
+           f"{str(expected[k]).removeprefix('torch.')}" for k, t in sorted(sd.items())
+           if k in expected and expected[k].is_floating_point and not t.is_floating_point()]
+    if bad:
+        raise CheckpointDtypeError(f"{where}: dtype mismatch with the model ({len(bad)} tensor(s) not floating "
+                              "point where the model holds floats): " + "; ".join(bad[:10])
+                              + ("; ..." if len(bad) > 10 else "") + "; not a checkpoint of this model's weights")
+
+
 def float_dtype(sd: Mapping[str, torch.Tensor]) -> torch.dtype:
     """The dtype probes compute in for this checkpoint: float64 if its floating tensors are float64,
     else float32 (half and bfloat16 weights are upcast)."""
@@ -225,10 +244,14 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], where: str) -> n
     """Load ``sd`` into ``model`` (in place, keys matched as in :func:`match_keys`).
 
     The model is first cast to :func:`float_dtype` of the checkpoint so float64 weights keep their
-    precision. Returns the model.
+    precision. A tensor that is not floating point (integers, bool, complex) where the model holds
+    floats is refused (:func:`check_dtypes`): it would be cast silently into plausible weights.
+    Returns the model.
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    own = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in own.items()}
     matched = match_keys(sd, expected, where)
+    check_dtypes(matched, {k: v.dtype for k, v in own.items()}, where)
     model.to(float_dtype(matched))
     try:
         model.load_state_dict(matched, strict=True)

@@ -69,8 +69,10 @@ def read_holder(path: Path) -> dict[str, Any] | None:
         text = Path(path).read_text()
     except OSError:
         return None
+    from grokscope.jsonbounds import loads
+
     try:
-        doc = json.loads(text)
+        doc = loads(text, path)
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None

@@ -37,13 +37,15 @@ class Checked:
     task: dict[str, Any] | None = None
 
 
-def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, device: str = "cpu"
-                ) -> Checked:
+def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, device: str = "cpu",
+                needs_data: bool = True) -> Checked:
     """Build ``spec["model"]``, load ``ckpt`` into it, run it on ``BATCH`` training points of
     ``spec["dataset"]`` (cast to the dtype the jobs use) and check that it returns floating logits of
     shape ``(BATCH, C)`` with ``C >= n_classes``. Raises :class:`ModelCheckError` (one line naming the
     checkpoint; a file that cannot be read raises ``CheckpointError`` instead, see
-    :func:`check_run`). ``where`` names the spec's origin (``--model``, a run.json) in errors."""
+    :func:`check_run`). ``where`` names the spec's origin (``--model``, a run.json) in errors.
+    ``needs_data=False`` (every probe asked for reads only the weights): the dataset is neither loaded
+    nor run through the model; the check ends once the checkpoint loads (shape ``()``, 0 classes)."""
     import torch
 
     from grokscope.datasets import DatasetError
@@ -51,7 +53,7 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
     from grokscope.trust import UntrustedCode
 
     from .jobs import _data, _model
-    from .loading import CheckpointError, float_dtype, load_into, read_state_dict
+    from .loading import CheckpointDtypeError, CheckpointError, float_dtype, load_into, read_state_dict
 
     dev = torch.device(device)
     try:
@@ -61,9 +63,13 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
     sd = read_state_dict(ckpt)  # CheckpointError: the file, not the model
     try:
         load_into(model, sd, ckpt.path)
+    except CheckpointDtypeError:
+        raise  # this file's fault (integer weights), not the model's: its own step fails
     except CheckpointError as e:
         raise ModelCheckError(str(e)) from None
     dtype = float_dtype(sd)
+    if not needs_data:
+        return Checked(ckpt.path, (), str(dtype).replace("torch.", ""), 0)
     try:
         data = _data(spec["dataset"], dev, dtype, trust, where)
     except (DatasetError, UntrustedCode) as e:
@@ -97,14 +103,14 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
 
 
 def check_run(spec: dict[str, Any], checkpoints: list[Checkpoint], trust: Any, where: str,
-              device: str = "cpu") -> Checked | None:
+              device: str = "cpu", needs_data: bool = True) -> Checked | None:
     """:func:`check_model` on the first readable of ``checkpoints`` (up to ``MAX_UNREADABLE`` tried;
     an unreadable file is left to its own job). None when none could be read."""
     from .loading import CheckpointError
 
     for ck in checkpoints[:MAX_UNREADABLE]:
         try:
-            return check_model(spec, ck, trust, where, device)
+            return check_model(spec, ck, trust, where, device, needs_data)
         except CheckpointError:
             continue
     return None
@@ -113,7 +119,7 @@ def check_run(spec: dict[str, Any], checkpoints: list[Checkpoint], trust: Any, w
 def screen_tasks(tasks: list[Any], watch: bool = True
                  ) -> tuple[list[Any], dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
     """The tasks (:class:`.jobs.Task`) of the runs whose model passes :func:`check_run` (run once per
-    run, on the checkpoints of its tasks, in this process, on the CPU when this host has no GPU),
+    run, on the checkpoints of its tasks, in this process, on the CPU),
     ``{run: (file, reason)}`` of the runs that fail it (their tasks are dropped) and ``{run: task
     facts}`` of the runs checked (:attr:`Checked.task`). With ``watch``, the run's folder, its
     checkpoints' folder and the working directory are listed before a model or dataset module named by
@@ -122,10 +128,11 @@ def screen_tasks(tasks: list[Any], watch: bool = True
     trainer is still writing: ``watch=False``)."""
     from pathlib import Path
 
-    from grokscope.codepath import ImportSideEffects, watch_imports
     import torch
 
-    from .jobs import _trust
+    from grokscope.codepath import ImportSideEffects, watch_imports
+
+    from .jobs import _trust, probe_class
 
     by_run: dict[str, list[Any]] = {}
     for t in tasks:
@@ -133,20 +140,21 @@ def screen_tasks(tasks: list[Any], watch: bool = True
     failed: dict[str, tuple[str, str]] = {}
     facts: dict[str, dict[str, Any]] = {}
     for run, ts in by_run.items():
-        device = ts[0].device if ts[0].device == "cpu" or torch.cuda.is_available() else "cpu"
+        needs_data = any(probe_class(p.name).needs_data for t in ts for p in t.probes)
         spec = ts[0].spec
         folders = ([Path(ts[0].where).parent] if ts[0].where.endswith(".json") else []) + \
             [Path(ts[0].checkpoint.path).parent, Path.cwd()] if watch else []
         targets = [(spec.get("model") or {}).get("factory"), (spec.get("dataset") or {}).get("name")]
-        try:
+        try:  # on the CPU: the client never initialises CUDA (a forked worker could not, after)
             with watch_imports(folders, targets if watch else [], ts[0].where):
-                checked = check_run(spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, device)
+                checked = check_run(spec, [t.checkpoint for t in ts], _trust(ts[0]), ts[0].where, "cpu",
+                                    needs_data)
         except (ModelCheckError, ImportSideEffects) as e:
             failed[run] = (ts[0].where, f"model check failed, nothing computed for this run: {e}")
             continue
         if checked is not None and checked.task:
             facts[run] = checked.task
-        else:  # no checkpoint could be read: the task is the data's alone
+        elif needs_data:  # no checkpoint could be read: the task is the data's alone
             from grokscope.datasets import task_facts
 
             from .jobs import _data

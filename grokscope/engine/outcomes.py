@@ -17,7 +17,23 @@ class StoreWriteError(EngineError):
 
 
 class Interrupted(EngineError):
-    """The run was stopped (Ctrl-C) after committing what had finished."""
+    """The run was stopped (Ctrl-C, SIGTERM) after committing what had finished; ``code`` is the exit
+    status a shell gives a process ended by that signal (130, 143)."""
+
+    def __init__(self, message: str, code: int = 130):
+        super().__init__(message)
+        self.code = code
+
+
+class SchedulerLost(EngineError):
+    """The Dask scheduler went away during the run (after committing what had finished)."""
+
+
+def scheduler_gone(e: BaseException) -> bool:
+    """Whether ``e`` says the connection to the Dask scheduler is gone (its comm closed, the client
+    cancelled our futures, a reconnect that timed out)."""
+    names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
+    return bool(names & {"CommClosedError", "CancelledError", "FutureCancelledError", "StreamClosedError"})
 
 
 # errors of the machine, not of a job: every later write would fail the same way
@@ -71,6 +87,7 @@ class Summary:
     seconds_by_probe: dict[str, float] = field(default_factory=dict)  # the same per probe
     took_over: dict[str, Any] | None = None
     scheduler: str = ""
+    writer: Any = field(default=None, repr=False)  # the run's commit.Writer, once there is one
 
     @property
     def ok(self) -> bool:

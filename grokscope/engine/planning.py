@@ -12,12 +12,13 @@ from typing import Any
 import grokscope
 from grokscope.presentation import to_attrs
 
+from .cluster import job_device
 from .config import EngineConfig
 from .discovery import Checkpoint, Run
 from .jobs import ProbeRequest, Task, probe_class
 from .outcomes import Failure, Summary
 from .selection import select_steps
-from .store import ProbeStore, StoreError, normalise
+from .store import DamagedStore, ProbeStore, StoreError, normalise
 
 
 @dataclass
@@ -100,8 +101,9 @@ def spec_file(run: Run) -> str:
     return str(run.path / "run.json") if run.spec is not None else "the command line"
 
 
-def untrusted(run: Run, spec: dict[str, Any], trust: Any) -> str:
-    """Why ``spec`` names code the user has not vouched for (one line), or ""; imports nothing."""
+def untrusted(run: Run, spec: dict[str, Any], trust: Any, needs_data: bool = True) -> str:
+    """Why ``spec`` names code the user has not vouched for (one line), or ""; imports nothing. The
+    dataset is not looked at when no requested probe reads data (``needs_data=False``)."""
     from grokscope.datasets import DatasetError, check_dataset_spec
     from grokscope.models import ModelError, check_model_spec
     from grokscope.trust import Trust, UntrustedCode
@@ -109,7 +111,8 @@ def untrusted(run: Run, spec: dict[str, Any], trust: Any) -> str:
     t = trust if trust is not None else Trust()
     try:
         check_model_spec(spec.get("model") or {}, t, spec_file(run))
-        check_dataset_spec(spec.get("dataset") or {}, t, spec_file(run))
+        if needs_data:
+            check_dataset_spec(spec.get("dataset") or {}, t, spec_file(run))
     except (UntrustedCode, ModelError, DatasetError) as e:
         return str(e)
     return ""
@@ -171,6 +174,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
     warnings: list[str] = []
     refusals: list[str] = []
     ready: list[tuple[Run, dict[str, Any]]] = []
+    needs_data = any(probe_class(r.name).needs_data for r in cfg.probes)
     for run in runs:
         for pr in run.problems:
             warnings.append(f"{run.name}: {pr.path}: {pr.reason}")
@@ -178,7 +182,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
         if spec is None:
             failures.append(Failure(run.name, None, "*", str(run.path), why))
             continue
-        why = untrusted(run, spec, cfg.trust)
+        why = untrusted(run, spec, cfg.trust, needs_data)
         if why:
             failures.append(Failure(run.name, None, "*", spec_file(run), why))
             continue
@@ -197,7 +201,12 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
                 refusals.append(f"run {run.name!r}: the store was computed with another model/dataset "
                                 f"spec ({'; '.join(d)})")
         for req in cfg.probes:
-            info = store.group(run.name, req.name)
+            try:
+                info = store.group(run.name, req.name)
+            except DamagedStore:
+                if cfg.overwrite:  # the group is deleted and recomputed: its damage does not matter
+                    continue
+                raise
             if info is None:
                 continue
             wanted = group_attrs_for(run, spec, req)
@@ -260,7 +269,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
         for ck in run.checkpoints:
             if pending.get(ck.step):  # type: ignore[arg-type]
                 tasks.append(Task(run=run.name, spec=spec, checkpoint=ck, previous=prev,
-                                  probes=tuple(pending[ck.step]), device=cfg.device,  # type: ignore[index]
+                                  probes=tuple(pending[ck.step]), device=job_device(cfg),  # type: ignore[index]
                                   threads=threads, trust=cfg.trust, where=spec_file(run)))
             prev = ck
     for run_name, probe in sorted(store.half_removed):

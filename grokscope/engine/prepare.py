@@ -64,11 +64,7 @@ def check_probes(tasks: list[Task], runs: dict[str, Run] | None = None) -> dict[
     for task in tasks:
         key = dumps([task.spec, [[r.name, repr(r.params)] for r in task.probes]])
         if key not in found:
-            if task.device != "cpu":
-                import torch
-
-                if not torch.cuda.is_available():
-                    task = replace(task, device="cpu")
+            task = replace(task, device="cpu")  # the client never initialises CUDA
             run = (runs or {}).get(task.run)
             others = [ck for ck in (run.checkpoints if run is not None else []) if ck != task.checkpoint]
             found[key] = {}

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .discovery import Run, find_runs
+from .discovery import Problem, Run, find_runs
 
 
 STEPS_WIDTH = 40  # characters of the table's steps column; longer lists are shown in full below it
@@ -191,9 +191,10 @@ def _data_words(run: Run) -> str | None:
     return describe_data(run.spec.get("dataset"))
 
 
-def scan(path: Path) -> list[dict[str, Any]]:
-    """:func:`scan_run` of every run under ``path``."""
-    return [scan_run(r) for r in find_runs(Path(path))]
+def scan(path: Path, skipped: list[Problem] | None = None) -> list[dict[str, Any]]:
+    """:func:`scan_run` of every run under ``path``; the folders left out (links leading outside
+    ``path`` or into a loop) are appended to ``skipped``."""
+    return [scan_run(r) for r in find_runs(Path(path), skipped)]
 
 
 def format_report(reports: list[dict[str, Any]]) -> str:

@@ -63,6 +63,7 @@ import numpy as np
 from zarr.storage import WrapperStore
 
 import grokscope
+from grokscope import jsonbounds
 from grokscope.errors import GrokscopeError
 
 from . import faults
@@ -88,7 +89,7 @@ def _mark_removing(meta: Path) -> bool:
     """Write :data:`REMOVING` into the group metadata file ``meta`` (aside, then renamed over it,
     as zarr writes it); False when the file is not readable JSON (nothing to mark)."""
     try:
-        doc = json.loads(meta.read_bytes())
+        doc = jsonbounds.read_json(meta)
     except (OSError, ValueError):
         return False
     if not isinstance(doc, dict):
@@ -105,7 +106,7 @@ def _removal_unfinished(folder: Path) -> bool:
     :data:`REMOVING`, or (a removal by a grokscope before the marker existed) an engine variable is
     missing or a sub-folder is no longer a zarr node."""
     try:
-        doc = json.loads((folder / "zarr.json").read_bytes())
+        doc = jsonbounds.read_json(folder / "zarr.json")
     except (OSError, ValueError):
         return False
     if not isinstance(doc, dict) or doc.get("node_type") != "group":
@@ -138,13 +139,98 @@ def open_store(path: str | Path):
 def load_group(path: str | Path, run: str, probe: str):
     """One probe group of a store as an in-memory ``xr.Dataset`` (step, probe outputs, done, error,
     checkpoint_hash; attrs with parameters and provenance): its committed steps, read as in
-    :func:`open_store` (``done`` first)."""
+    :func:`open_store` (``done`` first). A damaged file of the group is named
+    (:class:`DamagedStore`)."""
     import xarray as xr
 
-    with xr.open_dataset(committed_view(path), group=f"{run}/{probe}", engine="zarr",
-                         consolidated=False) as ds:
-        ds["done"].load()
-        return ds.load()
+    with damage_named(path, f"{run}/{probe}"):
+        with xr.open_dataset(committed_view(path), group=f"{run}/{probe}", engine="zarr",
+                             consolidated=False) as ds:
+            ds["done"].load()
+            return ds.load()
+
+
+class DamagedStore(StoreError):
+    """A file of the store cannot be read (truncated, corrupted, nested too deep); the message names
+    it and what to do."""
+
+
+def damaged_files(path: str | Path, group: str = "") -> list[tuple[Path, str]]:
+    """``[(file, why)]`` of the files of the store ``path`` (under ``group``) that cannot be read:
+    metadata (``zarr.json``, read with :mod:`grokscope.jsonbounds`'s bounds) that is not JSON, and
+    chunk or shard files that do not decode (each array is read shard by shard). Empty when every
+    file reads."""
+    import itertools
+    import math
+
+    import zarr
+
+    from grokscope.jsonbounds import read_json
+
+    top = Path(path) / group if group else Path(path)
+    bad: list[tuple[Path, str]] = []
+    for meta in sorted(top.rglob("zarr.json")) if top.is_dir() else []:
+        if TMP_DIR in meta.parts:
+            continue
+        try:
+            read_json(meta)
+        except (OSError, ValueError) as e:
+            bad.append((meta, _first_line(e)))
+    if bad:
+        return bad
+    try:
+        root = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
+        arrays = [(name, node) for name, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for damaged metadata
+        return [(top / "zarr.json", _first_line(e))]
+    for name, arr in arrays:
+        grid = arr.shards or arr.chunks
+        for idx in itertools.product(*(range(math.ceil(s / c)) for s, c in zip(arr.shape, grid))):
+            region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, grid, arr.shape))
+            try:
+                arr[region]
+            except Exception as e:  # noqa: BLE001 - a codec's error (checksum, truncated shard ...)
+                bad.append((top / name / arr.metadata.encode_chunk_key(idx), _first_line(e)))
+    return bad
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: the first sentence of the message`` (zarr's checksum error goes on with the bytes)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0].split('. ')[0][:200]}" if text else type(e).__name__
+
+
+def damage_line(path: str | Path, bad: list[tuple[Path, str]]) -> str:
+    """The one line naming the damaged files ``bad`` of store ``path`` and what to do."""
+    file, why = bad[0]
+    more = f" (and {len(bad) - 1} more file(s))" if len(bad) > 1 else ""
+    try:
+        run, probe = Path(file).relative_to(Path(path)).parts[:2]
+        fix = (f"recompute that group (grokscope probe on run {run} with -m {probe} --overwrite -o {path}) "
+               "or probe into a fresh store (-o NEW.zarr)")
+    except ValueError:
+        fix = "probe into a fresh store (-o NEW.zarr)"
+    return f"{file}: damaged store file ({why}){more}; {fix}"
+
+
+class damage_named:
+    """``with damage_named(store):`` an error reading the store (other than grokscope's own) that a
+    damaged file explains becomes a :class:`DamagedStore` naming that file (:func:`damaged_files`);
+    any other error passes through unchanged."""
+
+    def __init__(self, path: str | Path, group: str = ""):
+        self.path, self.group = Path(path), group
+
+    def __enter__(self) -> "damage_named":
+        return self
+
+    def __exit__(self, kind: Any, e: BaseException | None, tb: Any) -> bool:
+        if e is None or isinstance(e, GrokscopeError) or not isinstance(e, Exception):
+            return False
+        bad = damaged_files(self.path, self.group)
+        if bad:
+            raise DamagedStore(damage_line(self.path, bad)) from None
+        return False
 
 
 def committed_view(path: str | Path):
@@ -179,7 +265,7 @@ class CommittedView(WrapperStore):
             raw = await self._store.get(f"{group}/zarr.json" if group else "zarr.json", prototype)
             n = None
             if raw is not None:
-                n = (json.loads(raw.to_bytes()).get("attributes") or {}).get(COMMITTED)
+                n = (jsonbounds.loads(raw.to_bytes(), f"{group}/zarr.json").get("attributes") or {}).get(COMMITTED)
             self._committed.setdefault(group, None if n is None else int(n))
         return self._committed[group]
 
@@ -193,7 +279,7 @@ class CommittedView(WrapperStore):
             raw = await self._store.get(key, prototype, byte_range)
             if raw is None or byte_range is not None:
                 return raw
-            meta = json.loads(raw.to_bytes())
+            meta = jsonbounds.loads(raw.to_bytes(), key)
             dims = meta.get("dimension_names") or []
             if meta.get("node_type") == "array" and dims and dims[0] == "step":
                 if n is not None and meta["shape"][0] > n:
@@ -227,13 +313,14 @@ class CommittedView(WrapperStore):
         async for name in self._store.list_dir(prefix):
             if name.endswith(".partial") or name.startswith(".grokscope"):
                 continue
-            if name != "zarr.json":
-                key = f"{prefix.rstrip('/')}/{name}/zarr.json" if prefix.strip("/") else f"{name}/zarr.json"
+            run = prefix.strip("/")
+            if name != "zarr.json" and run and "/" not in run:  # a run's children: its probe groups
+                key = f"{run}/{name}/zarr.json"
                 raw = await self._store.get(key, default_buffer_prototype())
                 if raw is None:
                     continue  # not a node: the empty folder of a removed group
                 if b'"%s"' % REMOVING.encode() in raw.to_bytes() and \
-                        (json.loads(raw.to_bytes()).get("attributes") or {}).get(REMOVING):
+                        (jsonbounds.loads(raw.to_bytes(), key).get("attributes") or {}).get(REMOVING):
                     continue  # a group being removed (see ProbeStore.delete_group)
             yield name
 
@@ -350,7 +437,8 @@ def check_store_path(path: str | Path) -> None:
     if "zarr.json" not in names:
         raise StoreError(f"{p}: exists and is not a Zarr store{refuse}")
     try:
-        meta = json.loads((p / "zarr.json").read_text())
+        meta = jsonbounds.read_json(p / "zarr.json")
+        meta = meta if isinstance(meta, dict) else {}
     except (OSError, ValueError) as e:
         raise StoreError(f"{p}/zarr.json: unreadable ({e}){refuse}") from None
     if meta.get("node_type") != "group":
@@ -363,21 +451,27 @@ def check_store_path(path: str | Path) -> None:
 class ProbeStore:
     """The driver's handle on a store folder (it alone writes; see the module docstring)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
+        """``read_only``: only read (``--dry-run``): nothing is created, repaired or cleaned, and a
+        store that does not exist yet reads as empty."""
         import zarr
 
         self.path = Path(path)
+        self.read_only = read_only
         check_store_path(self.path)
-        root_attrs = {"grokscope_version": grokscope.__version__, "layout": "run/probe"}
-        # created with its attributes in one write: a root without them would read as foreign
-        self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3, attributes=root_attrs)
-        if "grokscope_version" not in self.root.attrs:
-            self.root.attrs.update(root_attrs)
         self.groups: dict[tuple[str, str], GroupInfo] = {}
         self.templates: dict[str, Path] = {}  # template_key -> a pristine copy (see create_group)
         self._template_dir: Path | None = None
         # groups an interrupted removal left (see delete_group): absent to the plan, removed by apply
         self.half_removed: set[tuple[str, str]] = set()
+        if read_only:
+            self.root = None
+            return
+        root_attrs = {"grokscope_version": grokscope.__version__, "layout": "run/probe"}
+        # created with its attributes in one write: a root without them would read as foreign
+        self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3, attributes=root_attrs)
+        if "grokscope_version" not in self.root.attrs:
+            self.root.attrs.update(root_attrs)
         shutil.rmtree(self.path / TMP_DIR, ignore_errors=True)  # left by a killed writer
 
     # -- reading --------------------------------------------------------------------------------
@@ -385,7 +479,8 @@ class ProbeStore:
         import zarr
 
         try:
-            return zarr.open_group(str(self.path), path=path, mode="r+", zarr_format=3)
+            return zarr.open_group(str(self.path), path=path, mode="r" if self.read_only else "r+",
+                                   zarr_format=3)
         except (FileNotFoundError, KeyError, ValueError):
             return None
         except Exception as e:  # noqa: BLE001 - zarr raises GroupNotFoundError and friends
@@ -411,15 +506,16 @@ class ProbeStore:
         if _removal_unfinished(self.path / run / probe):
             self.half_removed.add(key)
             return None
-        g = self._zgroup(f"{run}/{probe}")
-        if g is None:
-            return None
-        arrays = {name: g[name] for name in g.array_keys()}
-        if "step" not in arrays or "done" not in arrays:
-            raise StoreError(f"{self.path}/{run}/{probe}: not a grokscope probe group (no step/done)")
-        n = self._repair(g, arrays)
-        steps = [int(s) for s in arrays["step"][:n]]
-        done = np.asarray(arrays["done"][:n], dtype=bool)
+        with damage_named(self.path, f"{run}/{probe}"):
+            g = self._zgroup(f"{run}/{probe}")
+            if g is None:
+                return None
+            arrays = {name: g[name] for name in g.array_keys()}
+            if "step" not in arrays or "done" not in arrays:
+                raise StoreError(f"{self.path}/{run}/{probe}: not a grokscope probe group (no step/done)")
+            n = self._repair(g, arrays)
+            steps = [int(s) for s in arrays["step"][:n]]
+            done = np.asarray(arrays["done"][:n], dtype=bool)
         info = GroupInfo(run=run, probe=probe, steps=steps, done=done, attrs=dict(g.attrs), arrays=arrays,
                          zgroup=g)
         for name, arr in arrays.items():
@@ -452,6 +548,8 @@ class ProbeStore:
                 seen.add(s)
         else:
             n = int(mark)
+        if self.read_only:
+            return n
         for name, arr in sorted(stepped.items()):
             if int(arr.shape[0]) != n:
                 arr.resize((n,) + tuple(arr.shape[1:]))

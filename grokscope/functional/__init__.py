@@ -8,6 +8,8 @@
 * :mod:`grokscope.functional.kinks` — where a network bends: its kinked nonlinearities, written as
   activation modules or as functional calls (``F.relu``, ``x.clamp(min=0)``, ...), found and named
   during a forward pass (used by the ``lc`` and ``regions`` probes; :func:`~.kinks.kink_layers` lists them).
+* :mod:`grokscope.functional.precision` — the float32 precision a probe needs (``precision_guard``:
+  no TF32, no bf16, no autocast; the engine applies it to probes with ``precision_mode = "strict"``).
 """
 
 from __future__ import annotations

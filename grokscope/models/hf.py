@@ -72,14 +72,19 @@ def check_config(cfg: dict[str, Any], where: str) -> None:
 
 def find_config(folder: Path) -> Path | None:
     """``config.json`` in ``folder``, in its first ``checkpoint-*`` sub-folder, or in the first snapshot
-    of a hub cache (``models--org--name/snapshots/*``, also one level down)."""
+    of a hub cache (``models--org--name/snapshots/*``, also one level down). One that is a link leading
+    outside ``folder`` is refused (:class:`HFError` naming the link and its target; it is not opened)."""
+    from grokscope.engine.discovery import link_escape
+
     folder = Path(folder)
-    if (folder / CONFIG_FILE).is_file():
-        return folder / CONFIG_FILE
-    for pattern in ("checkpoint-*", "checkpoints/checkpoint-*", "snapshots/*", "models--*/snapshots/*"):
-        for sub in sorted(folder.glob(pattern)):
-            if (sub / CONFIG_FILE).is_file():
-                return sub / CONFIG_FILE
+    for found in [folder / CONFIG_FILE, *(sub / CONFIG_FILE for pattern in (
+            "checkpoint-*", "checkpoints/checkpoint-*", "snapshots/*", "models--*/snapshots/*")
+            for sub in sorted(folder.glob(pattern)))]:
+        if found.is_file():
+            why = link_escape(found, folder)
+            if why is not None:
+                raise HFError(f"{found}: {why}")
+            return found
     return None
 
 

@@ -233,22 +233,3 @@ def test_a_worker_that_dies_is_recorded_and_the_rest_completes(tmp_path):
     assert list(ds.done.values) == [True, True, False, True] and list(ds.value.values[[0, 1, 3]]) == [0, 1, 3]
     assert "worker process died" in str(ds.error.values[2])
     assert "step 2 [crash]" in r.stderr and "worker process died" in r.stderr
-
-
-def _visible_devices() -> str:
-    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
-
-
-def test_gpu_workers_get_their_own_device_and_the_gpu_resource():
-    """The local GPU cluster's wiring, checked without a GPU: one worker per listed device, each
-    seeing only its own CUDA_VISIBLE_DEVICES and advertising GPU=1 (jobs ask for it)."""
-    from distributed import Client
-
-    from grokscope.engine.cluster import _forkserver, _gpu_cluster
-
-    with _forkserver(), _gpu_cluster(["3", "5"]) as cluster, Client(cluster) as client:
-        workers = client.scheduler_info()["workers"].values()
-        assert sorted(w["resources"]["GPU"] for w in workers) == [1, 1]
-        futures = [client.submit(_visible_devices, resources={"GPU": 1}, pure=False) for _ in range(4)]
-        assert set(client.gather(futures)) <= {"3", "5"}
-        assert set(client.run(_visible_devices).values()) == {"3", "5"}

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import xarray as xr
 import zarr
@@ -174,20 +173,6 @@ def test_a_bad_scheduler_address_is_one_line(tmp_path, cli):
     assert r.exit_code == 1 and len(_lines(r.output)) == 1
     assert "cannot connect to the Dask scheduler 'notaurl'" in r.output and "tcp://host:8786" in r.output
     assert not (run / "probes.zarr" / ".grokscope.lock").exists()
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 4 MiB tmpfs mounted at ``tmp_path/fs`` (needs root; skipped otherwise)."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _fill(fs: Path, leave: int) -> Path:

@@ -30,6 +30,7 @@ CASES = {
     "norm": (MOD_MLP, MODULAR, {"n_train": "16", "proj_iters": "5", "cg_iters": "20", "power_iters": "5"}),
     "llc": (MOD_MLP, MODULAR, {"n_chains": "2", "n_draws": "6", "n_burnin": "2"}),
     "collapse": (MOD_MLP, MODULAR, {"n_points": "16"}),
+    "spectral": (MLP, DIGITS, {"min_evals": "8"}),
 }
 
 
