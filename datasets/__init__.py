@@ -35,7 +35,8 @@ FILE_PREFIX = "file:"
 REGISTRY = Registry("dataset", {n: f"{__name__}.{m}:load" for n, m in DATASETS.items()},
                     ENTRY_POINT_GROUP, error=DatasetError)
 
-__all__ = ["DEFAULT_GROK_THRESHOLD", "Data", "DatasetError", "DATASETS", "task_facts", "REGISTRY", "check_dataset_spec", "describe_data",
+__all__ = ["DEFAULT_GROK_THRESHOLD", "Data", "DatasetError", "DATASETS", "task_facts", "REGISTRY",
+           "check_dataset_spec", "describe_data",
            "load_dataset", "box_from_tensor", "seeded_subset"]
 
 

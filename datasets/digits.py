@@ -31,6 +31,7 @@ def load(seed: int = 0, n_train: int = 1000, n_test: int | None = None, split: s
         if n_test > len(rest):
             raise DatasetError(f"digits: n_test={n_test} but only {len(rest)} images remain")
         rest = rest[:n_test]
-    return Data(grok_threshold=GROK_THRESHOLD, name="digits", x_train=x[tr], y_train=y[tr], x_test=x[rest], y_test=y[rest],
+    return Data(name="digits", x_train=x[tr], y_train=y[tr], x_test=x[rest], y_test=y[rest],
                 n_classes=10, box_low=torch.zeros(1, 8, 8), box_high=torch.ones(1, 8, 8),
+                grok_threshold=GROK_THRESHOLD,
                 meta={"scale": "[0, 1]"})

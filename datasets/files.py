@@ -14,7 +14,8 @@ The arrays are ``x_train, y_train, x_test, y_test``, or ``x, y`` with ``train_id
 columns (``x``, ``y``, defaults ``"x"`` and ``"y"``) and the splits (``train_split``,
 ``test_split``, defaults ``"train"`` and ``"test"``). ``n_classes``, ``box`` (``[low, high]``) and
 ``input_kind`` override what is inferred (the number of classes is read from the labels, ``max(y) + 1``);
-``grok_threshold`` sets the test accuracy at which the task counts as generalised (default 0.95). Only the indexed points of a memory-mapped array are read.
+``grok_threshold`` sets the test accuracy at which the task counts as generalised (default 0.95).
+Only the indexed points of a memory-mapped array are read.
 """
 
 from __future__ import annotations

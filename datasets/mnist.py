@@ -150,7 +150,8 @@ def load(seed: int = 0, root: str | None = None, n_train: int | None = 1000, n_t
         norm = {"mean": [MNIST_MEAN], "std": [MNIST_STD]}
         x_train, low, high = standardise_images(x_train, norm["mean"], norm["std"])
         x_test, _, _ = standardise_images(x_test, norm["mean"], norm["std"])
-    return Data(grok_threshold=GROK_THRESHOLD, name=VARIANTS[variant], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+    return Data(name=VARIANTS[variant], x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                 n_classes=10, box_low=low, box_high=high,
+                grok_threshold=GROK_THRESHOLD,
                 meta={"variant": variant, "source": str(folder), "normalize": norm, "selection": selection,
                       "n_available": {"train": int(len(tr_labels)), "test": int(len(te_labels))}})

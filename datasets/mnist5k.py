@@ -104,6 +104,7 @@ def load(seed: int = 0, n_train: int = 1000, n_test: int | None = None, selectio
         norm = {"mean": [MNIST_MEAN], "std": [MNIST_STD]}
         x_train, low, high = standardise_images(x_train, norm["mean"], norm["std"])
         x_test, _, _ = standardise_images(x_test, norm["mean"], norm["std"])
-    return Data(grok_threshold=GROK_THRESHOLD, name="mnist5k", x_train=x_train, y_train=y[torch.from_numpy(tr)], x_test=x_test,
+    return Data(name="mnist5k", x_train=x_train, y_train=y[torch.from_numpy(tr)], x_test=x_test,
                 y_test=y[torch.from_numpy(te)], n_classes=10, box_low=low, box_high=high,
+                grok_threshold=GROK_THRESHOLD,
                 meta={"source": str(source), "selection": selection, "normalize": norm, "n_available": n})

@@ -104,7 +104,8 @@ def load(seed: int = 0, p: int = 97, op: str = "add", train_fraction: float = 0.
         low = torch.zeros(x.shape[1])
         high = torch.full((x.shape[1],), 2.0 if unordered else 1.0)
         kind = "continuous"
-    return Data(grok_threshold=GROK_THRESHOLD, name="modular", x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te],
+    return Data(name="modular", x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te],
                 n_classes=p, box_low=low, box_high=high, input_kind=kind,
+                grok_threshold=GROK_THRESHOLD,
                 meta={"p": p, "op": op, "encoding": encoding, "train_fraction": train_fraction,
                       "a_train": a[tr], "b_train": b[tr], "a_test": a[te], "b_test": b[te]})

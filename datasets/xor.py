@@ -47,6 +47,7 @@ def load(seed: int = 0, dim: int = 40000, n_train: int = 400, n_test: int = 400,
     x_test, y_test = _draw(n_test, dim, eps, g)
     high = torch.full((dim,), float(eps))
     high[:2] = 1.0
-    return Data(grok_threshold=GROK_THRESHOLD, name="xor", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+    return Data(name="xor", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                 n_classes=2, box_low=-high, box_high=high.clone(),
+                grok_threshold=GROK_THRESHOLD,
                 meta={"dim": dim, "eps": eps, "signal_coords": [0, 1], "pm1_of_class": [1.0, -1.0]})

@@ -2,9 +2,10 @@
 
 :func:`import_log` reads a Hugging Face ``trainer_state.json`` (``log_history``), a Lightning
 ``metrics.csv``, any JSONL/CSV file with a ``step`` column, or the printed output of a training script
-(``text``: a regular expression whose named groups name the values, :func:`text_rows`), and returns records in grokscope's log
-vocabulary (``step, train_loss, train_acc, test_loss, test_acc``; :data:`COLUMN_NAMES` lists the names
-recognised), which ``grokscope init`` writes to the run's ``log.jsonl``.
+(``text``: a regular expression whose named groups name the values, :func:`text_rows`), and returns
+records in grokscope's log vocabulary (``step, train_loss, train_acc, test_loss, test_acc``;
+:data:`COLUMN_NAMES` lists the names recognised), which ``grokscope init`` writes to the run's
+``log.jsonl``.
 
 :func:`split_check` compares the ``acc`` probe's accuracy on the data it was given with the run's own
 logged accuracy at the same steps: a difference beyond the tolerance means the data or the split is

@@ -5,8 +5,9 @@ load average of 4.3-8.8; "contended" adds 2 spinning processes): ``modadd-mlp`` 
 77.7 s at 2 (47.8 s and 245.4 s contended); ``mnist-mlp`` (on ``mnist5k``) 16.1 s and 46.6 s (52.2 s
 and 618.7 s contended). The issue that asked for this measured 23.9 s at 1 thread and 86.9-132.1 s at
 torch's default (all cores) for 1 000 steps of ``modadd-mlp`` at load 4.5. No idle machine was at
-hand to measure the case where 2 threads could win. Threads pay off only when a step is large enough to split and the cores are free: a thread
-that waits for a core held by another process stalls every other thread of each matrix product.
+hand to measure the case where 2 threads could win. Threads pay off only when a step is large enough
+to split and the cores are free: a thread that waits for a core held by another process stalls every
+other thread of each matrix product.
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ def binary(tmp_path_factory) -> tuple[Path, Path]:
     x = rng.integers(0, 2, size=(400, 12)).astype(np.float32)
     y = (x[:, :3].sum(1) % 2).astype(np.int64)
     np.savez(root / "parity.npz", x=x, y=y, train_idx=np.arange(200), test_idx=np.arange(200, 400))
-    _train_run(root / "runs" / "parity", {"arch": "mlp", "kwargs": {"in_dim": 12, "out_dim": 2, "depth": 1, "width": 8}},
+    _train_run(root / "runs" / "parity",
+               {"arch": "mlp", "kwargs": {"in_dim": 12, "out_dim": 2, "depth": 1, "width": 8}},
                {"name": f"file:{root / 'parity.npz'}", "kwargs": {}, "seed": 0}, STEPS, lr=0.05)
     _probe(root / "runs", root / "probes.zarr", "acc,pgd")
     return root / "probes.zarr", root
@@ -133,7 +134,8 @@ def test_ten_and_fifty_nine_classes_words(tmp_path):
     _train_run(runs / "digits", {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 1, "width": 12}},
                {"name": "digits", "kwargs": {"n_train": 300, "n_test": 200}, "seed": 0}, [0, 2, 8, 32, 64])
     _train_run(runs / "mod59", {"arch": "mlp", "kwargs": {"in_dim": 118, "out_dim": 59, "depth": 1, "width": 16}},
-               {"name": "modular", "kwargs": {"p": 59, "train_fraction": 0.3, "encoding": "onehot_concat"}, "seed": 0}, [0, 2, 8])
+               {"name": "modular", "kwargs": {"p": 59, "train_fraction": 0.3, "encoding": "onehot_concat"},
+                "seed": 0}, [0, 2, 8])
     _probe(runs, tmp_path / "probes.zarr", "acc")
     digits = _summary(tmp_path / "probes.zarr", "digits")
     assert digits["task"]["n_classes"] == 10 and digits["task"]["classes_from"] == "stated"
