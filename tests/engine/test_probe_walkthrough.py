@@ -90,7 +90,8 @@ def test_walkthrough_probe_appears_everywhere(setup):
 def test_bad_parameter_fails_once_before_any_job(setup):
     base, _, run, env = setup
     out = base / "bad.zarr"
-    r = grokscope(env, "probe", run, "--metrics", "lc", "--param", "lc.n_dirs=65", "--out", out, "-q")
+    r = grokscope(env, "probe", run, "--metrics", "lc", "--param", "lc.n_dirs=65", "--param", "lc.n_dirs_cap=none",
+                  "--out", out, "-q")  # the default cap (n_dirs_cap=input) would use 64 directions
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr

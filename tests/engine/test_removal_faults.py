@@ -22,7 +22,7 @@ from grokscope.engine.store import REMOVING, ProbeStore, load_group, open_store
 from tests.engine.conftest import ROOT, subprocess_env
 from tests.helpers import make_run
 
-PROBES = ("acc", "norm")
+PROBES = ("acc", "spectral")  # cheap and deterministic: one needs data, one does not
 ARGS = ("--scheduler", "sync", "--threads", "1", "-m", ",".join(PROBES), "-q")
 
 
@@ -42,10 +42,18 @@ def _assert_same(store: Path, ref: Path) -> None:
         xr.testing.assert_identical(got[key], want[key])
 
 
+def _marked(store: Path) -> list[Path]:
+    """The groups of ``store`` that carry the removal marker."""
+    return [g for r in ("a", "b") for g in (store / r).iterdir() if (g / "zarr.json").is_file()
+            and REMOVING in json.loads((g / "zarr.json").read_text()).get("attributes", {})]
+
+
 @pytest.fixture(scope="module")
-def series(tmp_path_factory) -> tuple[Path, Path, list[str]]:
-    """Two runs (``b`` with an unreadable checkpoint, so its groups hold an error), the store of a
-    clean probe of them, and every kill point an uninterrupted ``--overwrite`` of it passes."""
+def series(tmp_path_factory) -> tuple[Path, Path, list[str], dict[str, Path]]:
+    """Two runs (``b`` with an unreadable checkpoint, so its groups hold errors), the store of a clean
+    probe of them, every kill point an uninterrupted ``--overwrite`` of it passes, and the stores that
+    ``--overwrite`` left when killed at the marker, after the first, a middle and the last file of the
+    first group it removes, and after that group's ``zarr.json`` (one forked process per kill)."""
     tmp = tmp_path_factory.mktemp("removal")
     runs_dir = tmp / "runs"
     make_run(runs_dir / "a", [0, 1, 2, 3])
@@ -58,8 +66,8 @@ def series(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     log = tmp / "points.log"
     again = tmp / "again.zarr"
     shutil.copytree(ref, again)
-    env = {**subprocess_env(), "GROKSCOPE_FAULT_LOG": str(log)}
-    assert _probe(runs_dir, again, "--overwrite", env=env).returncode == 1
+    assert _probe(runs_dir, again, "--overwrite", env={**subprocess_env(), "GROKSCOPE_FAULT_LOG": str(log)}
+                  ).returncode == 1
     _assert_same(again, ref)  # an uninterrupted --overwrite gives the clean store
     seen: Counter = Counter()
     points = []
@@ -67,20 +75,21 @@ def series(tmp_path_factory) -> tuple[Path, Path, list[str]]:
         if name.startswith("remove:"):
             seen[name] += 1
             points.append(f"{name}@{seen[name]}")
-    return runs_dir, ref, points
-
-
-def _chosen(points: list[str], with_overwrite: bool) -> list[str]:
-    """The first, a middle and the last file of the first group removed; for the plain rerun also
-    its marker and its metadata."""
-    first_meta = points.index("remove:meta@1")
-    files = [p for p in points[:first_meta] if p.startswith("remove:file")]
-    chosen = [files[0], files[len(files) // 2], files[-1]]
-    return chosen if with_overwrite else ["remove:marker@1", *chosen, "remove:meta@1"]
+    files = [p for p in points[:points.index("remove:meta@1")] if p.startswith("remove:file")]
+    chosen = ["remove:marker@1", files[0], files[len(files) // 2], files[-1], "remove:meta@1"]
+    (tmp / "chosen").write_text("\n".join(chosen))
+    killed = tmp / "killed"
+    killed.mkdir()
+    k = subprocess.run([sys.executable, "-m", "tests.engine.kill_cli", str(tmp / "chosen"), str(ref), str(killed),
+                        "--", "probe", str(runs_dir), *ARGS, "--overwrite"], env=subprocess_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    codes = dict(line.split() for line in k.stdout.split("\n") if line.strip())
+    assert codes == {p: str(faults.FAULT_EXIT) for p in chosen}, (k.stdout, k.stderr[-3000:])
+    return runs_dir, ref, points, {p: killed / f"{i}.zarr" for i, p in enumerate(chosen)}
 
 
 def test_removal_has_a_marker_every_file_and_the_metadata_as_points(series):
-    _, _, points = series
+    _, _, points, _ = series
     names = Counter(p.split("@")[0] for p in points)
     assert names["remove:marker"] == names["remove:meta"] == 2 * len(PROBES)  # every group of a and b
     assert names["remove:file"] > 10 * names["remove:meta"]
@@ -88,55 +97,54 @@ def test_removal_has_a_marker_every_file_and_the_metadata_as_points(series):
 
 @pytest.mark.parametrize("with_overwrite", [False, True], ids=["plain-rerun", "rerun-overwrite"])
 def test_a_killed_overwrite_is_finished_by_the_rerun(series, tmp_path, cli, with_overwrite):
-    runs_dir, ref, points = series
-    for point in _chosen(points, with_overwrite):
-        store = tmp_path / f"{point.replace(':', '_').replace('@', '_')}.zarr"
-        shutil.copytree(ref, store)
-        killed = _probe(runs_dir, store, "--overwrite", env={**subprocess_env(), "GROKSCOPE_FAULT": point})
-        assert killed.returncode == faults.FAULT_EXIT, (point, killed.stderr[-2000:])
-        half = [p for p in (store / "a").iterdir() if (p / "zarr.json").is_file() and
-                REMOVING in json.loads((p / "zarr.json").read_text()).get("attributes", {})]
+    runs_dir, ref, _, killed = series
+    for point, left in killed.items():
+        if with_overwrite and not point.startswith("remove:file"):
+            continue  # with --overwrite: after the first, a middle and the last file
+        store = tmp_path / left.name
+        shutil.copytree(left, store)
+        half = _marked(store)
+        assert len(half) == (0 if point == "remove:meta@1" else 1), point
         # a reader sees the marked group as absent, every other group whole
         tree = open_store(store)
         for g in half:
-            assert g.name not in tree["a"].children, point
-        for key in ("b/acc", "b/norm"):
+            assert g.name not in tree[g.parent.name].children, point
+        for key in ("b/acc", "b/spectral"):
             assert int(tree[key].done.sum()) == int(load_group(ref, *key.split("/")).done.sum()), point
         rerun = cli("probe", runs_dir, "-o", store, *ARGS, *(["--overwrite"] if with_overwrite else []))
         assert rerun.exit_code == 1, (point, rerun.output)  # b's unreadable step, as in the clean run
         assert "KeyError" not in rerun.output and "Traceback" not in rerun.output, (point, rerun.output)
         if half and not with_overwrite:
-            assert f"a/{half[0].name}: an interrupted removal (--overwrite) left this group half removed" \
+            name = f"{half[0].parent.name}/{half[0].name}"
+            assert f"{name}: an interrupted removal (--overwrite) left this group half removed" \
                 in rerun.output, (point, rerun.output)
         _assert_same(store, ref)
-        assert not any(REMOVING in (p / "zarr.json").read_text() for r in ("a", "b")
-                       for p in (store / r).iterdir() if (p / "zarr.json").is_file()), point
+        assert not _marked(store), point
 
 
-def test_a_group_half_removed_before_the_marker_existed_is_recomputed(series, tmp_path):
+def test_a_group_half_removed_before_the_marker_existed_is_recomputed(series, tmp_path, cli):
     """A store whose removal (by an older grokscope, a plain recursive delete) was killed: the
-    group lost its ``error`` array. The rerun finishes the removal and recomputes it."""
-    runs_dir, ref, _ = series
+    group lost its ``error`` array and an array's metadata. The rerun finishes the removal and
+    recomputes it."""
+    runs_dir, ref, _, _ = series
     store = tmp_path / "old.zarr"
     shutil.copytree(ref, store)
     shutil.rmtree(store / "a" / "acc" / "error")
     (store / "a" / "acc" / "accuracy" / "zarr.json").unlink()
     assert ProbeStore(store).group("a", "acc") is None
-    rerun = _probe(runs_dir, store)
-    assert "a/acc: an interrupted removal (--overwrite) left this group half removed; finishing" in rerun.stderr
-    assert "KeyError" not in rerun.stderr and "Traceback" not in rerun.stderr, rerun.stderr
+    rerun = cli("probe", runs_dir, "-o", store, *ARGS)
+    assert "a/acc: an interrupted removal (--overwrite) left this group half removed; finishing" in rerun.output
+    assert "KeyError" not in rerun.output and "Traceback" not in rerun.output, rerun.output
     _assert_same(store, ref)
 
 
-def test_a_dry_run_reports_a_half_removed_group_and_leaves_it(series, tmp_path):
-    runs_dir, ref, _ = series
+def test_a_dry_run_reports_a_half_removed_group_and_leaves_it(series, tmp_path, cli):
+    runs_dir, _, _, killed = series
     store = tmp_path / "dry.zarr"
-    shutil.copytree(ref, store)
-    killed = _probe(runs_dir, store, "--overwrite", env={**subprocess_env(), "GROKSCOPE_FAULT": "remove:file@3"})
-    assert killed.returncode == faults.FAULT_EXIT
+    shutil.copytree(next(v for k, v in killed.items() if k.startswith("remove:file")), store)
+    (name,) = [f"{g.parent.name}/{g.name}" for g in _marked(store)]
     before = sorted(str(p.relative_to(store)) for p in store.rglob("*"))
-    r = _probe(runs_dir, store, "--dry-run")
-    assert "a/acc: an interrupted removal (--overwrite) left this group half removed; a run would finish" \
-        in r.stderr + r.stdout, r.stderr
-    assert sorted(str(p.relative_to(store)) for p in store.rglob("*") if ".grokscope.lock" not in str(p)) == \
-        [b for b in before if ".grokscope.lock" not in b]
+    r = cli("probe", runs_dir, "-o", store, *ARGS, "--dry-run")
+    assert f"{name}: an interrupted removal (--overwrite) left this group half removed; a run would finish" \
+        in r.output, r.output
+    assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == before
