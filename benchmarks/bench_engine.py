@@ -188,7 +188,9 @@ def section_scale(work: Path, n_runs: int, n_ckpts: int) -> None:
 def section_integrity(work: Path, n_runs: int, n_ckpts: int) -> None:
     import xarray as xr
 
-    from grokscope.engine.store import COMMITTED, ProbeStore, load_group
+    from grokscope.engine.store import ProbeStore
+    from grokscope.engine.store_schema import COMMITTED
+    from grokscope.engine.store_view import load_group
 
     total = n_runs * n_ckpts
     print(f"\n== integrity: {n_runs} runs x {n_ckpts} checkpoints = {total} jobs (acc, tiny MLP)")

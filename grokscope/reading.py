@@ -46,10 +46,10 @@ def open_store(path: str | Path) -> Any:
 
     Raises :class:`StoreReadError` naming the path when it does not exist or is not a Zarr store (a run
     folder given instead names the store inside it), or naming the damaged file when one cannot be
-    read (data read later, lazily, name theirs under ``grokscope.engine.store.damage_named``)."""
+    read (data read later, lazily, name theirs under ``grokscope.engine.store_view.damage_named``)."""
     import xarray as xr
 
-    from grokscope.engine.store import open_store as open_raw
+    from grokscope.engine.store_view import open_store as open_raw
 
     path = Path(path)
     if not path.exists():
@@ -59,7 +59,7 @@ def open_store(path: str | Path) -> Any:
     try:
         raw = open_raw(path)
     except Exception as e:  # zarr/xarray raise many types for a damaged store
-        from grokscope.engine.store import damage_line, damaged_files
+        from grokscope.engine.store_view import damage_line, damaged_files
 
         bad = damaged_files(path)
         if bad:

@@ -252,7 +252,7 @@ def store_split_checks(store: Path, tolerance: float = DEFAULT_TOLERANCE, runs: 
     ``log.jsonl`` in its run folder (the folder recorded in the store)."""
     import zarr
 
-    from grokscope.engine.store import DamagedStore, load_group
+    from grokscope.engine.store_view import DamagedStore, load_group
     from grokscope.runs import read_log
 
     out: dict[str, list[str]] = {}

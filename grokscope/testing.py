@@ -165,7 +165,7 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
 def _check_template(probe: Any, probe_cls: type, model: Any, data: Any, params: Any, result: Any) -> None:
     """A declared template (``probe.template``) must describe ``result`` exactly."""
     from grokscope.engine.jobs import check_result
-    from grokscope.engine.store import template_mismatch
+    from grokscope.engine.store_schema import template_mismatch
 
     mode = model.training
     template = probe.template(model, data, params)

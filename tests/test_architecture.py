@@ -23,7 +23,7 @@ PROBE_MAY_IMPORT = ("probes.base", "grokscope.functional", "grokscope.models.ada
 KNOWN_CIRCLES = {
     frozenset({"grokscope.presentation", "probes", "probes.base"}),
     frozenset({"grokscope", "grokscope.analysis", "grokscope.analysis.accessors", "grokscope.analysis.runs",
-               "grokscope.engine.store", "grokscope.reading"}),
+               "grokscope.engine.store_view", "grokscope.reading"}),
     frozenset({"grokscope.engine.aliases", "grokscope.engine.discovery", "grokscope.engine.hub_cache",
                "grokscope.engine.loading"}),
 }

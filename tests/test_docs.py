@@ -126,7 +126,7 @@ def forkserver(tmp_path_factory):
     import threading
 
     import grokscope.cli  # noqa: F401 - imported once, before forking
-    import grokscope.cli.engine  # noqa: F401
+    import grokscope.cli.probe  # noqa: F401
     import torch  # noqa: F401
     import xarray  # noqa: F401
 

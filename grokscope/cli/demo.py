@@ -27,7 +27,7 @@ def probe_selections(names: list[str], steps_options: tuple[str, ...], save_step
     """``{probe: explicit step list or None (all)}``: the ``[PROBE=]SPEC`` options (as for
     ``grokscope probe --steps``) resolved against the run's planned ``save_steps``, so that a
     ``log:N`` choice is the same while the run is still being written as at its end."""
-    from grokscope.cli.engine import parse_steps_options
+    from grokscope.cli.probe import parse_steps_options
     from grokscope.engine.selection import parse_selection, select_steps
 
     out: dict[str, str | None] = {}
@@ -161,7 +161,7 @@ def demo(directory: Path, steps: int | None, seed: int | None, threads: int, met
         click.echo(line)
     if summary is None:
         return
-    from grokscope.cli.engine import report_summary
+    from grokscope.cli.probe import report_summary
 
     report_summary(summary)
     store = directory / "probes.zarr"
@@ -184,7 +184,7 @@ def _probe(directory: Path, names: list[str], selections: dict[str, str | None],
     """Probe ``directory`` into ``directory/probes.zarr``, following the training process ``proc``
     (None: the run is complete) until it exits. Returns the engine's Summary."""
     from grokscope import runs
-    from grokscope.cli.engine import run_with_progress
+    from grokscope.cli.probe import run_with_progress
     from grokscope.engine.driver import EngineConfig
     from grokscope.engine.jobs import ProbeRequest
     from grokscope.probes import get_probe

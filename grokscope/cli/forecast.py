@@ -74,6 +74,6 @@ def forecast(path: Path, calibration: Path | None, calibrate_to: Path | None, ev
 
 
 def _training(path: Path) -> bool:
-    from grokscope.cli.engine import training_under
+    from grokscope.cli.probe import training_under
 
     return training_under(path)()

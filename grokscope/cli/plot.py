@@ -39,7 +39,7 @@ def plot(ctx: click.Context, store: Path, out: Path | None, runs: tuple[str, ...
                    f"({out.with_suffix('')}.<format>)", err=True)
 
     thresholds = {k: v for k, v in (("mem", mem), ("grok", grok), ("robust", robust)) if v is not None}
-    from grokscope.engine.store import damage_named
+    from grokscope.engine.store_view import damage_named
 
     with damage_named(store):  # a damaged file of the store: one line naming it
         paths = plot_store(store, out or store.parent / "plots", runs=list(runs) or None,

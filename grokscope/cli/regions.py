@@ -82,7 +82,7 @@ def regions(ctx: click.Context, path: Path, run: str | None, steps: str | None, 
 def _compute(run_dir: Path, store: Path, steps: str, given: dict, scheduler: str) -> list[str]:
     """Run the ``regions`` probe over ``run_dir``'s checkpoints that ``steps`` selects, into ``store``;
     the names of the runs (store groups) it covered."""
-    from grokscope.cli.engine import report_summary, run_with_progress
+    from grokscope.cli.probe import report_summary, run_with_progress
     from grokscope.engine.discovery import find_runs
     from grokscope.engine.driver import EngineConfig
     from grokscope.engine.jobs import ProbeRequest

@@ -36,7 +36,7 @@ def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> floa
 def report(ctx: click.Context, store: Path, out: Path | None, as_json: bool, mem: float, grok: float | None,
            robust: float, window: int, regions: bool) -> None:
     """Write one self-contained HTML page about every run in a probe STORE and print its path."""
-    from grokscope.engine.store import damage_named
+    from grokscope.engine.store_view import damage_named
     from grokscope.report import summaries, write_report
 
     thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}

@@ -119,7 +119,7 @@ def train(preset: str | None, list_presets: bool, out: Path | None, resume: bool
         for name in P.preset_names():
             click.echo(f"{name:20s} {P.DESCRIPTIONS.get(name, '')}")
         return
-    from grokscope.cli.engine import cli_trust, remember_vouched
+    from grokscope.cli.spec_options import cli_trust, remember_vouched
     from grokscope.codepath import with_code_folder
 
     config, out = build_config(preset, out, resume, opts)

@@ -18,7 +18,9 @@ from .discovery import Checkpoint, Run
 from .jobs import ProbeRequest, Task, probe_class
 from .outcomes import Failure, Summary
 from .selection import select_steps
-from .store import DamagedStore, ProbeStore, StoreError, normalise
+from .store import ProbeStore
+from .store_schema import StoreError, normalise
+from .store_view import DamagedStore
 
 
 @dataclass

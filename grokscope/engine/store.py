@@ -1,5 +1,9 @@
 """The probe store: xarray on Zarr v3, one group per run, a sub-group per probe, one writer.
 
+This module is the writer (:class:`ProbeStore`); the read view is :mod:`.store_view`
+(:func:`~.store_view.open_store`, :func:`~.store_view.load_group`) and the shared schema
+(constants, dtypes, missing values, output signatures) :mod:`.store_schema`.
+
 Layout (``xr.open_datatree(path, engine="zarr", consolidated=False)``)::
 
     /                       attrs: grokscope_version
@@ -60,29 +64,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from zarr.storage import WrapperStore
 
 import grokscope
 from grokscope import jsonbounds
-from grokscope.errors import GrokscopeError
 
 from . import faults
-
-ENGINE_VARS = ("done", "error", "checkpoint_hash")
-TMP_DIR = ".grokscope-tmp"  # templates are built here, then renamed into the hierarchy
-SHARD_BYTES = 1 << 20
-MAX_SHARD_STEPS = 1024
-MERGE_GAP = 8  # rows of a commit at most this many steps apart are written together (see _put_rows)
-MISSING_DOC = ("missing cells: NaN (floats), -2**63 via _FillValue (ints), False (bools), '' "
-               "(strings); 'done' marks complete jobs, 'error' why a job failed")
-
-
-class StoreError(GrokscopeError, ValueError):
-    """The store cannot take these results (parameters or run spec differ, shapes drift, ...)."""
-
-
-COMMITTED = "committed_steps"  # group attribute: rows of the step-dim arrays that are committed
-REMOVING = "grokscope_removing"  # group attribute: the group is being removed (see delete_group)
+from .store_schema import (COMMITTED, ENGINE_VARS, MERGE_GAP, MISSING_DOC, REMOVING, TMP_DIR, StoreError, first_dim,
+                           fill_value, normalise, shard_steps, storage_dtype, template_key)
+from .store_view import damage_named
 
 
 def _mark_removing(meta: Path) -> bool:
@@ -117,282 +106,6 @@ def _removal_unfinished(folder: Path) -> bool:
         return False  # not a probe group at all: group() says so
     return any(not (folder / v / "zarr.json").is_file() for v in ENGINE_VARS) or \
         any(d.is_dir() and not (d / "zarr.json").is_file() for d in folder.iterdir())
-
-
-def open_store(path: str | Path):
-    """The whole store as an ``xr.DataTree`` (lazy; safe to call while a probe run is writing).
-
-    Like ``xr.open_datatree(path, engine="zarr", consolidated=False)``, read through a
-    :class:`CommittedView`: every group shows its committed steps only, every file is read as one
-    version, and each group's ``done`` is read at open (a later read of its data is at least as
-    new, so ``done`` never marks a cell that reads as missing).
-    """
-    import xarray as xr
-
-    tree = xr.open_datatree(committed_view(path), engine="zarr", consolidated=False)
-    for node in tree.subtree:
-        if "done" in node.variables:
-            node["done"].values  # noqa: B018 - reads (and pins in the view) the done flags first
-    return tree
-
-
-def load_group(path: str | Path, run: str, probe: str):
-    """One probe group of a store as an in-memory ``xr.Dataset`` (step, probe outputs, done, error,
-    checkpoint_hash; attrs with parameters and provenance): its committed steps, read as in
-    :func:`open_store` (``done`` first). A damaged file of the group is named
-    (:class:`DamagedStore`)."""
-    import xarray as xr
-
-    with damage_named(path, f"{run}/{probe}"):
-        with xr.open_dataset(committed_view(path), group=f"{run}/{probe}", engine="zarr",
-                             consolidated=False) as ds:
-            ds["done"].load()
-            return ds.load()
-
-
-class DamagedStore(StoreError):
-    """A file of the store cannot be read (truncated, corrupted, nested too deep); the message names
-    it and what to do."""
-
-
-def damaged_files(path: str | Path, group: str = "") -> list[tuple[Path, str]]:
-    """``[(file, why)]`` of the files of the store ``path`` (under ``group``) that cannot be read:
-    metadata (``zarr.json``, read with :mod:`grokscope.jsonbounds`'s bounds) that is not JSON, and
-    chunk or shard files that do not decode (each array is read shard by shard). Empty when every
-    file reads."""
-    import itertools
-    import math
-
-    import zarr
-
-    from grokscope.jsonbounds import read_json
-
-    top = Path(path) / group if group else Path(path)
-    bad: list[tuple[Path, str]] = []
-    for meta in sorted(top.rglob("zarr.json")) if top.is_dir() else []:
-        if TMP_DIR in meta.parts:
-            continue
-        try:
-            read_json(meta)
-        except (OSError, ValueError) as e:
-            bad.append((meta, _first_line(e)))
-    if bad:
-        return bad
-    try:
-        root = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
-        arrays = [(name, node) for name, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
-    except Exception as e:  # noqa: BLE001 - zarr raises many types for damaged metadata
-        return [(top / "zarr.json", _first_line(e))]
-    for name, arr in arrays:
-        grid = arr.shards or arr.chunks
-        for idx in itertools.product(*(range(math.ceil(s / c)) for s, c in zip(arr.shape, grid))):
-            region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, grid, arr.shape))
-            try:
-                arr[region]
-            except Exception as e:  # noqa: BLE001 - a codec's error (checksum, truncated shard ...)
-                bad.append((top / name / arr.metadata.encode_chunk_key(idx), _first_line(e)))
-    return bad
-
-
-def _first_line(e: BaseException) -> str:
-    """``Type: the first sentence of the message`` (zarr's checksum error goes on with the bytes)."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0].split('. ')[0][:200]}" if text else type(e).__name__
-
-
-def damage_line(path: str | Path, bad: list[tuple[Path, str]]) -> str:
-    """The one line naming the damaged files ``bad`` of store ``path`` and what to do."""
-    file, why = bad[0]
-    more = f" (and {len(bad) - 1} more file(s))" if len(bad) > 1 else ""
-    try:
-        run, probe = Path(file).relative_to(Path(path)).parts[:2]
-        fix = (f"recompute that group (grokscope probe on run {run} with -m {probe} --overwrite -o {path}) "
-               "or probe into a fresh store (-o NEW.zarr)")
-    except ValueError:
-        fix = "probe into a fresh store (-o NEW.zarr)"
-    return f"{file}: damaged store file ({why}){more}; {fix}"
-
-
-class damage_named:
-    """``with damage_named(store):`` an error reading the store (other than grokscope's own) that a
-    damaged file explains becomes a :class:`DamagedStore` naming that file (:func:`damaged_files`);
-    any other error passes through unchanged."""
-
-    def __init__(self, path: str | Path, group: str = ""):
-        self.path, self.group = Path(path), group
-
-    def __enter__(self) -> "damage_named":
-        return self
-
-    def __exit__(self, kind: Any, e: BaseException | None, tb: Any) -> bool:
-        if e is None or isinstance(e, GrokscopeError) or not isinstance(e, Exception):
-            return False
-        bad = damaged_files(self.path, self.group)
-        if bad:
-            raise DamagedStore(damage_line(self.path, bad)) from None
-        return False
-
-
-def committed_view(path: str | Path):
-    """A read-only :class:`CommittedView` of the store folder ``path`` (for ``xr.open_*``)."""
-    from zarr.storage import LocalStore
-
-    return CommittedView(LocalStore(str(path), read_only=True))
-
-
-class CommittedView(WrapperStore):
-    """A read-only zarr store over a probe store that shows what is committed, consistently.
-
-    * an array whose first dim is ``step`` reads with ``shape[0]`` clipped to its group's
-      ``committed_steps`` (read once per group per view, before the arrays' shapes): rows of a
-      growth in progress are not there (the attribute itself is not shown);
-    * every chunk or shard file is read whole, once per view, and served from that copy (zarr
-      reads a shard's index and then its chunks in separate requests, which could otherwise
-      come from two versions of the file);
-    * the writer's temporary files and the lock file are not listed.
-    """
-
-    def __init__(self, store):
-        super().__init__(store)
-        self._committed: dict[str, int | None] = {}
-        self._files: dict[str, bytes | None] = {}
-
-    def _with_store(self, store):
-        return type(self)(store)
-
-    async def _group_committed(self, group: str, prototype) -> int | None:
-        if group not in self._committed:
-            raw = await self._store.get(f"{group}/zarr.json" if group else "zarr.json", prototype)
-            n = None
-            if raw is not None:
-                n = (jsonbounds.loads(raw.to_bytes(), f"{group}/zarr.json").get("attributes") or {}).get(COMMITTED)
-            self._committed.setdefault(group, None if n is None else int(n))
-        return self._committed[group]
-
-    async def get(self, key, prototype, byte_range=None):
-        if key == "zarr.json" or key.endswith("/zarr.json"):
-            node = key[: -len("/zarr.json")] if "/" in key else ""
-            parent = node.rsplit("/", 1)[0] if "/" in node else ""
-            # the marker before the array's shape: arrays only grow before the marker rises, so
-            # every array read after it is at least that long
-            n = await self._group_committed(parent, prototype) if node else None
-            raw = await self._store.get(key, prototype, byte_range)
-            if raw is None or byte_range is not None:
-                return raw
-            meta = jsonbounds.loads(raw.to_bytes(), key)
-            dims = meta.get("dimension_names") or []
-            if meta.get("node_type") == "array" and dims and dims[0] == "step":
-                if n is not None and meta["shape"][0] > n:
-                    meta["shape"][0] = n
-                    return prototype.buffer.from_bytes(json.dumps(meta).encode())
-            elif meta.get("node_type") == "group" and (meta.get("attributes") or {}).get(REMOVING):
-                return None  # a group being removed is gone from the moment it is marked
-            elif meta.get("node_type") == "group" and COMMITTED in (meta.get("attributes") or {}):
-                mark = meta["attributes"].pop(COMMITTED)  # applied here; not a property of the data
-                self._committed.setdefault(node, int(mark))
-                return prototype.buffer.from_bytes(json.dumps(meta).encode())
-            return raw
-        if key not in self._files:
-            raw = await self._store.get(key, prototype)
-            self._files.setdefault(key, None if raw is None else raw.to_bytes())
-        data = self._files[key]
-        if data is None:
-            return None
-        return prototype.buffer.from_bytes(_byte_range(data, byte_range))
-
-    async def get_partial_values(self, prototype, key_ranges):
-        return [await self.get(k, prototype, r) for k, r in key_ranges]
-
-    async def _get_many(self, requests):
-        for key, prototype, byte_range in requests:
-            yield key, await self.get(key, prototype, byte_range)
-
-    async def list_dir(self, prefix):
-        from zarr.core.buffer import default_buffer_prototype
-
-        async for name in self._store.list_dir(prefix):
-            if name.endswith(".partial") or name.startswith(".grokscope"):
-                continue
-            run = prefix.strip("/")
-            if name != "zarr.json" and run and "/" not in run:  # a run's children: its probe groups
-                key = f"{run}/{name}/zarr.json"
-                raw = await self._store.get(key, default_buffer_prototype())
-                if raw is None:
-                    continue  # not a node: the empty folder of a removed group
-                if b'"%s"' % REMOVING.encode() in raw.to_bytes() and \
-                        (jsonbounds.loads(raw.to_bytes(), key).get("attributes") or {}).get(REMOVING):
-                    continue  # a group being removed (see ProbeStore.delete_group)
-            yield name
-
-
-def _byte_range(data: bytes, request: Any) -> bytes:
-    """The bytes of ``data`` that a zarr ``ByteRequest`` (or None: all) asks for."""
-    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
-
-    if request is None:
-        return data
-    if isinstance(request, RangeByteRequest):
-        return data[request.start:request.end]
-    if isinstance(request, OffsetByteRequest):
-        return data[request.offset:]
-    if isinstance(request, SuffixByteRequest):
-        return data[max(0, len(data) - request.suffix):]
-    raise TypeError(f"unexpected byte range {request!r}")
-
-
-
-
-def shard_steps(n_steps: int, bytes_per_step: int) -> int:
-    """Steps per shard: a power of two ≥ ``n_steps`` (so a small run is one shard), at most
-    ``MAX_SHARD_STEPS`` and about ``SHARD_BYTES`` of data."""
-    by_size = max(1, SHARD_BYTES // max(1, bytes_per_step))
-    cap = max(1, min(MAX_SHARD_STEPS, by_size))
-    n = 1
-    while n < n_steps and n < cap:
-        n *= 2
-    return min(n, cap)
-
-
-def fill_value(dtype: np.dtype) -> Any:
-    """The missing-value marker of a stored variable of ``dtype`` (see the module docstring)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return np.nan
-    if dtype.kind == "i":
-        return np.iinfo(dtype).min
-    if dtype.kind == "u":
-        return np.iinfo(dtype).max
-    if dtype.kind == "b":
-        return False
-    if dtype.kind in "USOT":
-        return ""
-    raise StoreError(f"cannot store values of dtype {dtype} (use float, int, bool or str)")
-
-
-def _storage_dtype(values: np.ndarray) -> np.dtype:
-    k = values.dtype.kind
-    if k == "f":
-        return values.dtype if values.dtype.itemsize >= 4 else np.dtype("float32")
-    if k in "iu":
-        return np.dtype("int64") if k == "i" else np.dtype("uint64")
-    if k == "b":
-        return np.dtype(bool)
-    if k in "USOT":
-        return np.dtype(object)
-    raise StoreError(f"cannot store values of dtype {values.dtype} (use float, int, bool or str)")
-
-
-def normalise(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON attributes (tuples → lists, numpy scalars → Python)."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 @dataclass
@@ -536,7 +249,7 @@ class ProbeStore:
         Groups written before the marker existed get the length every array has, cut before the
         first repeated step value (the phantom ``step = 0`` rows of a growth killed there).
         """
-        stepped = {name: a for name, a in arrays.items() if _first_dim(a) == "step"}
+        stepped = {name: a for name, a in arrays.items() if first_dim(a) == "step"}
         mark = g.attrs.get(COMMITTED)
         if mark is None:
             n = min(int(a.shape[0]) for a in stepped.values())
@@ -679,7 +392,7 @@ class ProbeStore:
                 raise StoreError(f"probe output {name!r} clashes with an engine variable")
             values = np.asarray(var.values)
             s = shard_steps(n, int(values.nbytes))  # per variable: a big one must not split the small ones
-            dtype = _storage_dtype(values)
+            dtype = storage_dtype(values)
             fill = fill_value(dtype)
             shape = (n,) + values.shape
             # a zero-length dim (e.g. no layer to report) still needs chunks of length >= 1
@@ -729,7 +442,7 @@ class ProbeStore:
         n0, n1 = len(info.steps), len(info.steps) + len(new_steps)
         step_arr = info.arrays["step"]
         for name, arr in sorted(info.arrays.items()):
-            if name != "step" and _first_dim(arr) == "step":
+            if name != "step" and first_dim(arr) == "step":
                 arr.resize((n1,) + tuple(arr.shape[1:]))
                 faults.point(f"grow:resize:{name}")
         step_arr.resize((n1,))
@@ -796,51 +509,6 @@ class ProbeStore:
             _put_rows(info.arrays["done"], done, np.ones(len(done), dtype=bool))
             info.done[done] = True
             faults.point("commit:done")
-
-
-def output_signature(ds: Any) -> dict[str, Any]:
-    """What a group's template takes from a result (or a declared template) ``ds``: its variables
-    (names, dims, shapes, storage dtypes, attributes) and the coordinates of its dims (names, dims,
-    dtypes, values, attributes), JSON-friendly."""
-    return {"vars": [(name, list(var.dims), list(np.shape(var.values)),
-                      str(_storage_dtype(np.asarray(var.values))), normalise(dict(var.attrs)))
-                     for name, var in sorted(ds.data_vars.items())],
-            "coords": [(name, list(c.dims), str(c.dtype), np.asarray(c.values).tolist(), normalise(dict(c.attrs)))
-                       for name, c in sorted(ds.coords.items()) if "step" not in c.dims]}
-
-
-def template_mismatch(template: Any, result: Any) -> str:
-    """'' if a probe's declared ``template`` describes ``result`` (the same :func:`output_signature`
-    and dataset attributes), else the first difference, in words."""
-    a, b = output_signature(template), output_signature(result)
-    for part in ("vars", "coords"):
-        mine, theirs = {x[0]: x for x in a[part]}, {x[0]: x for x in b[part]}
-        for name in sorted(set(mine) | set(theirs)):
-            if mine.get(name) != theirs.get(name):
-                return (f"{part[:-1]} {name!r}: the template declares {mine.get(name, '<absent>')!r}, the "
-                        f"result has {theirs.get(name, '<absent>')!r}")
-    ta, ra = normalise(dict(template.attrs)), normalise(dict(result.attrs))
-    if ta != ra:
-        return f"dataset attributes: the template declares {ta!r}, the result has {ra!r}"
-    return ""
-
-
-def template_key(probe: str, steps: list[int], first: Any) -> str:
-    """What a group template depends on besides its attributes: the probe, the steps and the
-    first result's (or declared template's) :func:`output_signature`. Equal keys give
-    byte-identical templates up to group attrs."""
-    import hashlib
-
-    sig: dict[str, Any] = {"probe": probe, "steps": [int(s) for s in steps]}
-    if first is not None:
-        sig.update(output_signature(first))
-    text = json.dumps(sig, sort_keys=True, default=_json_default)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _first_dim(arr: Any) -> str | None:
-    dims = tuple(arr.metadata.dimension_names or ())
-    return dims[0] if dims else None
 
 
 def _put_rows(arr: Any, index: list[int], values: np.ndarray) -> None:

@@ -47,7 +47,7 @@ def _x(steps: np.ndarray) -> np.ndarray:
 def load(run: Path, store: Path, group: str):
     """``(acc, lc, pgd)`` Datasets of the run (finished steps, increasing)."""
     from grokscope.analysis import done_steps
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     return tuple(done_steps(load_group(store, group, p)) for p in ("acc", "lc", "pgd"))
 

@@ -86,7 +86,7 @@ def phases(acc: Any) -> dict[str, int | None]:
 
 def load(store: Path, group: str) -> dict[str, Any]:
     """The three probe groups of the run, done steps only, in step order."""
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
     from grokscope.reading import done_steps
 
     return {p: done_steps(load_group(store, group, p)).sortby("step") for p in ("fourier", "norm", "acc")}

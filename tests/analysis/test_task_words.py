@@ -106,7 +106,7 @@ def test_binary_file_dataset_chance_read_from_the_labels(binary):
 
 
 def test_a_probe_group_alone_knows_the_task(binary):
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     acc = load_group(binary[0], "parity", "acc")
     assert acc.attrs["task"]["n_classes"] == 2
@@ -219,7 +219,7 @@ def test_two_identical_runs_stay_visible_when_overlaid(tmp_path):
 def test_lc_default_directions_fit_a_small_input(binary, tmp_path):
     """lc's default 25 directions on a 12-dimensional input: 12 are used, and the group says so;
     asking for the refusal (lc.n_dirs_cap=none) still gets the one-line message."""
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     runs = binary[1] / "runs"
     small = ["--param", "lc.n_points=8", "--param", "lc.splits=train"]

@@ -94,7 +94,7 @@ def hammer(path: str | Path, stop: str | Path) -> None:
     import json
     import time
 
-    from grokscope.engine.store import load_group, open_store
+    from grokscope.engine.store_view import load_group, open_store
 
     opens, problems = 0, []
     while not Path(stop).exists():

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from grokscope import codepath, trust
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from tests.engine.conftest import subprocess_env
 from tests.helpers import DIGITS, MLP, make_run
 

@@ -12,7 +12,7 @@ import numpy as np
 from grokscope import runs
 from grokscope.engine.driver import EngineConfig, probe_runs
 from grokscope.engine.jobs import ProbeRequest
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from grokscope.probes import get_probe
 from tests.helpers import make_run
 

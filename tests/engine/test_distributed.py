@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from tests.engine.conftest import ROOT, subprocess_env
 from tests.helpers import make_run
 

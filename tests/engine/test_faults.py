@@ -16,7 +16,8 @@ import pytest
 import xarray as xr
 
 from grokscope.engine import faults
-from grokscope.engine.store import ProbeStore, load_group, open_store
+from grokscope.engine.store import ProbeStore
+from grokscope.engine.store_view import load_group, open_store
 from tests.engine import store_scenario as scenario
 from tests.engine.conftest import ROOT, subprocess_env
 

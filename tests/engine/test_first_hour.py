@@ -91,7 +91,7 @@ def load(seed=0):
 
 def test_a_failing_dataset_callable_is_one_line_and_the_other_runs_go_on(tmp_path, monkeypatch):
     from grokscope import runs
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     code = tmp_path / "code"
     code.mkdir()
@@ -182,7 +182,7 @@ def test_epoch_named_checkpoints_are_said_and_mapped_to_steps(tmp_path):
     import torch
 
     from grokscope.engine.discovery import find_runs
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
     from grokscope.models import build_model
 
     folder = tmp_path / "ckpts"

@@ -298,7 +298,8 @@ def test_no_hard_coded_device_and_no_cuda_in_the_client():
              for i, line in enumerate(p.read_text().splitlines(), 1) if hard.search(line)]
     assert found == []
     client = [ROOT / "grokscope/engine" / f for f in ("driver.py", "planning.py", "prepare.py", "dispatch.py", "commit.py",
-                                                       "outcomes.py", "cluster.py", "model_check.py", "store.py",
+                                                       "outcomes.py", "cluster.py", "model_check.py", "store.py", "store_view.py",
+                                                       "store_schema.py",
                                                        "discovery.py", "config.py")]
     client += list((ROOT / "grokscope/cli").glob("*.py"))
     found = [f"{p.relative_to(ROOT)}:{i}" for p in client

@@ -116,7 +116,7 @@ def _hub(root: Path, outside: Path) -> tuple[Path, dict[str, Path]]:
 
 def test_hub_cache_never_leaves_its_repository(tmp_path, cli):
     from grokscope.engine.discovery import find_runs
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     hub, outside = tmp_path / "hub", tmp_path / "outside"
     repo, files = _hub(hub, outside)
@@ -162,7 +162,7 @@ def test_hub_config_link_out_of_the_folder_is_refused(tmp_path, cli):
 
 def test_linked_run_folders_stay_inside_the_probed_path(tmp_path, cli):
     from grokscope.engine.discovery import Problem, find_runs
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     runs = tmp_path / "runs"
     make_run(runs / "a", [0, 5])
@@ -224,7 +224,7 @@ def _deep_header_file(path: Path, depth: int) -> Path:
 
 def test_deep_nesting_fails_one_run_in_one_line(tmp_path, cli):
     from grokscope.engine.discovery import find_runs
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     runs = tmp_path / "runs"
     make_run(runs / "good", [0, 5])
@@ -290,7 +290,7 @@ def test_integer_and_bool_checkpoints_are_not_weights(tmp_path, cli):
     from safetensors.torch import load_file
 
     from grokscope import runs as runfmt
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     run = make_run(tmp_path / "run", [0, 5, 10])
     for step, dtype in ((0, torch.int64), (10, torch.bool)):
@@ -387,7 +387,7 @@ def test_dry_run_creates_nothing(tmp_path, cli):
 # -- 5. a damaged store file ----------------------------------------------------------------------
 
 def test_a_damaged_store_file_is_named_with_what_to_do(tmp_path, cli):
-    from grokscope.engine.store import DamagedStore, load_group
+    from grokscope.engine.store_view import DamagedStore, load_group
 
     run = make_run(tmp_path / "run", [0, 5])
     other = make_run(tmp_path / "other", [0, 5], seed=1)
@@ -513,7 +513,7 @@ def _finish(proc: subprocess.Popen) -> tuple[int, list[str]]:
 def test_sigterm_commits_what_finished_in_one_line(tmp_path):
     """SIGTERM (a batch system's stop) ends the run as Ctrl-C does: the jobs that finished are committed
     (here none would be before the end: --flush-interval 1000), one line, exit 143, lock released."""
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
 
     run = make_run(tmp_path / "run", list(range(12)))
     marks = tmp_path / "marks"
@@ -556,7 +556,7 @@ def test_a_lost_scheduler_is_one_line_and_keeps_what_finished(tmp_path):
     committed (none is recorded as failed), the lock released; the rerun on a local cluster finishes."""
     import socket
 
-    from grokscope.engine.store import load_group
+    from grokscope.engine.store_view import load_group
     from tests.engine.conftest import ROOT, subprocess_env
     from tests.helpers import TEST_PROBES
 

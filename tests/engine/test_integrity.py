@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from grokscope import runs
 from grokscope.engine.hashing import state_dict_hash
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from grokscope.models import build_model
 from tests.engine.conftest import ROOT, subprocess_env
 from tests.engine.test_probe import DIGITS_ARGS, reference_acc

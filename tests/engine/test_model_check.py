@@ -11,7 +11,7 @@ from torch import nn
 from grokscope import runs
 from grokscope.engine.discovery import find_runs
 from grokscope.engine.model_check import ModelCheckError, check_model, check_run
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from grokscope.trust import Trust
 from tests.helpers import DIGITS, MLP, make_run
 

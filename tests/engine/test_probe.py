@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from grokscope import runs
 from grokscope.engine.hashing import state_dict_hash
-from grokscope.engine.store import load_group, open_store
+from grokscope.engine.store_view import load_group, open_store
 from grokscope.models import build_model
 from tests.engine.conftest import ROOT
 from tests.helpers import DIGITS, MLP, TinyNet, digits_data, make_run, sgd_snapshots, tiny_net

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 import grokscope
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from grokscope.reading import StoreReadError
 from tests.helpers import make_run
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 
 pytest.importorskip("lightning")
 

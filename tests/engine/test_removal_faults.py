@@ -18,7 +18,9 @@ import xarray as xr
 
 from grokscope import runs
 from grokscope.engine import faults
-from grokscope.engine.store import REMOVING, ProbeStore, load_group, open_store
+from grokscope.engine.store import ProbeStore
+from grokscope.engine.store_schema import REMOVING
+from grokscope.engine.store_view import load_group, open_store
 from tests.engine.conftest import ROOT, subprocess_env
 from tests.helpers import make_run
 

@@ -21,7 +21,8 @@ from grokscope import runs
 from grokscope.engine.driver import EngineConfig, dask_client, probe_runs
 from grokscope.engine.jobs import ProbeRequest
 from grokscope.engine.selection import SelectionError, parse_selection, select_steps
-from grokscope.engine.store import ProbeStore, load_group
+from grokscope.engine.store import ProbeStore
+from grokscope.engine.store_view import load_group
 from grokscope.probes import get_probe
 from grokscope.training.schedule import parse_schedule
 from tests.helpers import make_run

@@ -14,7 +14,9 @@ import zarr
 
 from grokscope.engine.jobs import Outcome
 from grokscope.engine.lock import StoreLock, StoreLocked
-from grokscope.engine.store import ProbeStore, fill_value, load_group, open_store, shard_steps
+from grokscope.engine.store import ProbeStore
+from grokscope.engine.store_schema import fill_value, shard_steps
+from grokscope.engine.store_view import load_group, open_store
 from tests.engine.conftest import subprocess_env
 from tests.helpers import make_run
 

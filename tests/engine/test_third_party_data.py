@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 from grokscope import runs
-from grokscope.engine.store import open_store
+from grokscope.engine.store_view import open_store
 from grokscope.runlog import import_log
 from tests.helpers import DIGITS, MLP, make_run
 

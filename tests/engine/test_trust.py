@@ -17,7 +17,7 @@ from grokscope import runs, trust
 from grokscope.engine import jobs
 from grokscope.engine.discovery import find_runs
 from grokscope.engine.jobs import ProbeRequest, Task, run_task
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from grokscope.models import ModelError, build_model
 from grokscope.probes import get_probe
 from grokscope.registry import Registry, RegistryError

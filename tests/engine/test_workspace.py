@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from grokscope import runs
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from tests.helpers import DIGITS, TinyNet, sgd_snapshots
 
 DIGITS_ARGS = ["--dataset", "digits", "--dataset-kwargs", json.dumps(DIGITS["kwargs"])]

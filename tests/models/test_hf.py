@@ -18,7 +18,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from grokscope.engine.store import load_group  # noqa: E402
+from grokscope.engine.store_view import load_group  # noqa: E402
 from grokscope.models import build_model  # noqa: E402
 from grokscope.models.hf import HFError, HFLogits  # noqa: E402
 from tests.models import hf_runs  # noqa: E402
@@ -383,7 +383,7 @@ def test_hub_cache_checkpoint_revisions(tmp_path):
 def test_init_takes_hf_only_from_a_hugging_face_config(tmp_path):
     """Without ``--model``, ``init`` uses ``hf`` only for a config.json that names a model type or
     architectures (a training script's own config.json is not one)."""
-    from grokscope.cli.engine import _hf_default
+    from grokscope.cli.init import _hf_default
 
     (tmp_path / "config.json").write_text('{"lr": 0.001, "epochs": 3}')
     assert _hf_default(tmp_path) is None

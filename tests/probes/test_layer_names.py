@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from grokscope.cli import main
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from grokscope.probes import ProbeContext, get_probe
 from grokscope.functional.layer_names import producing_modules
 from tests.helpers import make_run

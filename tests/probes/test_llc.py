@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from grokscope.datasets import load_dataset
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from grokscope.models import build_model
 from grokscope.probes import ProbeError, get_probe
 from grokscope.probes.llc import (FlatModel, LLCProbe, chain_seed, estimate_llc, sgld_chains, split_rhat,

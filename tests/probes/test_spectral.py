@@ -14,7 +14,7 @@ from torch import nn
 
 from grokscope.engine.driver import EngineConfig, probe_runs
 from grokscope.engine.jobs import ProbeRequest
-from grokscope.engine.store import load_group
+from grokscope.engine.store_view import load_group
 from grokscope.probes import ProbeError, get_probe
 from grokscope.probes.base import ProbeContext
 from grokscope.probes.spectral import correlation_traps, esd, fit_alpha, mp_trap_threshold, weight_matrices

@@ -164,7 +164,7 @@ def test_cli_takes_stablemax_and_optim_orthograd(tmp_path: Path) -> None:
 
 def test_cli_choices_are_the_library_lists() -> None:
     """The CLI repeats LOSSES / OPTIMIZERS (to stay torch-free at import); they must not drift."""
-    from grokscope.cli.engine import spec_options
+    from grokscope.cli.spec_options import spec_options
     from grokscope.cli.train import train
     from grokscope.training.config import OPTIMIZERS
 
