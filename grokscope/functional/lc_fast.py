@@ -1,7 +1,7 @@
 """``lc``'s closed-form fast path for piecewise-linear models that are not an ``nn.Sequential``: the
 forward is traced with ``torch.fx`` and the graph is run node by node on each point's centre and the
 ``P`` images of its frame while the network is linear on the point's polytope, as
-:func:`probes.lc._run_sequential_fast` does for a chain.
+:func:`.lc_counting.run_sequential_fast` does for a chain.
 
 Supported graphs (anything else falls back to the hook path, with the reason logged):
 
@@ -142,7 +142,7 @@ class GraphFastPath:
     def __call__(self, model: nn.Module, zc: torch.Tensor, rv: torch.Tensor, counter: Any,
                  include_output: bool) -> None:
         """Count one chunk ``zc (B, ...)`` with frame images ``rv (P, D)`` into ``counter`` (a
-        :class:`grokscope.probes.lc.KinkHooks` in counting mode, its pass started), as the hook path would;
+        :class:`.lc_counting.KinkHooks` in counting mode, its pass started), as the hook path would;
         ``model``: the traced model (unused: the graph holds its modules)."""
         b, p = zc.shape[0], rv.shape[0]
         lin_rows = torch.arange(b, device=zc.device)
