@@ -12,8 +12,9 @@ import torch
 from grokscope.datasets import load_dataset
 from grokscope.models import build_model
 from grokscope.probes import ProbeContext, ProbeError, get_probe
+from grokscope.functional.krylov import conjugate_gradient, gauss_radau, lanczos
 from grokscope.probes.norm import (
-    JacobianOps, OutputMap, conjugate_gradient, gauss_radau, lanczos, normal_projection_cg,
+    JacobianOps, OutputMap, normal_projection_cg,
     normal_projection_explicit, project_to_zero_loss, summed_loss, tangent_split_lanczos, top_eigenvalue_jjt,
 )
 
