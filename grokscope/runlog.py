@@ -45,7 +45,7 @@ def find_log(folder: Path) -> tuple[Path, str] | None:
     folder = Path(folder)
     if (folder / "trainer_state.json").is_file():
         return folder / "trainer_state.json", "hf"
-    from grokscope.engine.discovery import parse_step
+    from grokscope.engine.checkpoints import parse_step
 
     states = [(parse_step(p.parent.name) or -1, p) for pattern in ("checkpoint-*/trainer_state.json",
                                                                     "checkpoints/checkpoint-*/trainer_state.json")

@@ -24,8 +24,6 @@ KNOWN_CIRCLES = {
     frozenset({"grokscope.presentation", "probes", "probes.base"}),
     frozenset({"grokscope", "grokscope.analysis", "grokscope.analysis.accessors", "grokscope.analysis.runs",
                "grokscope.engine.store_view", "grokscope.reading"}),
-    frozenset({"grokscope.engine.aliases", "grokscope.engine.discovery", "grokscope.engine.hub_cache",
-               "grokscope.engine.loading"}),
 }
 # ``import datasets`` in datasets/files.py is the Hugging Face package (the flat layout shares its name)
 THIRD_PARTY = {("datasets.files", "datasets")}

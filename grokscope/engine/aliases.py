@@ -65,7 +65,7 @@ def _hash(c: Any) -> str:
 
 
 def resolve_alias(c: Any, placed: dict[int, Any]) -> tuple[Any | None, str]:
-    """``(checkpoint with its step, "")`` when the alias ``c`` (a :class:`.discovery.Checkpoint`) is
+    """``(checkpoint with its step, "")`` when the alias ``c`` (a :class:`.checkpoints.Checkpoint`) is
     a step no stepped file has, else ``(None, why it is left out)``. ``placed`` maps steps to the
     stepped checkpoints of the same folder. Never raises: an unreadable alias is left out, saying so."""
     from .loading import CheckpointError

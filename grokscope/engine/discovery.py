@@ -28,66 +28,22 @@ reads tensor data.
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grokscope import jsonbounds
 from grokscope import runs as runfmt
 from grokscope.errors import GrokscopeError
 
 from .aliases import is_alias, resolve_alias
-
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
-# files that trainers save next to the weights and that are not model state dicts
-SIDE_FILES = re.compile(
-    r"^(optimizer|optim|scheduler|lr_scheduler|scaler|rng_state(_\d+)?|training_args|trainer_state"
-    r"|training_state|last_state|ema_state)\.(pt|pth|bin|ckpt|json)$", re.I)
-# HF weight files inside a checkpoint-N/ folder, in order of preference
-HF_WEIGHTS = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-              "pytorch_model.bin")
-SKIP_DIRS = {"__pycache__", "node_modules", "state", "wandb", "lightning_logs_tmp"}
-
-_STEP = re.compile(r"(?:^|[^a-z])(?:global_)?step[s]?[=_-]?(\d+)", re.I)
-_CKPT = re.compile(r"(?:^|[^a-z])(?:checkpoint|ckpt|iter|iteration)[=_-]?(\d+)", re.I)
-_EPOCH = re.compile(r"(?:^|[^a-z])epoch[=_-]?(\d+)", re.I)
-_TRAILING = re.compile(r"(?:^|[_\-=.])(\d+)$")
-_BARE = re.compile(r"^(\d+)$")
-
+from .checkpoints import (CHECKPOINT_SUFFIXES, CKPT_PATTERN, INDEX_SUFFIXES, SKIP_DIRS, STEP_PATTERN, Checkpoint,
+                          Problem, escaped, hf_weights_file, inside, is_checkpoint_file, link_escape, name_stem,
+                          real_path, rel_label, sharded_checkpoint, single_checkpoint, weights_checkpoint,
+                          with_step)
 
 class DiscoveryError(GrokscopeError, ValueError):
     """The path cannot be searched for checkpoints (missing, not a folder, nothing found)."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """One checkpoint: where its weights are and at which step.
-
-    ``path`` is the file (or the index file of a sharded checkpoint); ``files`` every file holding its
-    tensors; ``kind`` is ``"safetensors"`` or ``"torch"`` (pickle, read with ``weights_only=True``),
-    with ``sharded`` for index-based checkpoints; ``label`` is the path relative to the run folder.
-    """
-
-    path: str
-    kind: str
-    files: tuple[str, ...]
-    step: int | None
-    label: str
-    sharded: bool = False
-    step_source: str = ""  # "name" | "metadata" | "global_step" (an alias, :mod:`.aliases`) | ""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A file that discovery could not place (no step, duplicate step, unreadable header)."""
-
-    path: str
-    reason: str
 
 
 @dataclass
@@ -111,205 +67,6 @@ class Run:
     @property
     def steps(self) -> list[int]:
         return [c.step for c in self.checkpoints]  # type: ignore[misc]
-
-
-# -- step parsing ---------------------------------------------------------------------------------
-
-def _stem(name: str) -> str:
-    for suf in INDEX_SUFFIXES + CHECKPOINT_SUFFIXES:
-        if name.endswith(suf):
-            return name[: -len(suf)]
-    return name
-
-
-def parse_step(name: str) -> int | None:
-    """The training step named by a checkpoint file or folder name, or None.
-
-    ``step-500``, ``step_500``, ``step500``, ``global_step=500``, ``epoch=3-step=1200.ckpt`` (1200),
-    ``checkpoint-500``, ``ckpt_500``, ``iter_500``, ``model_500.pt``, ``500.pt``. A name whose only
-    number is an epoch (``epoch=3.ckpt``) gives None.
-    """
-    stem = _stem(name)
-    m = _STEP.findall(stem)
-    if m:
-        return int(m[-1])
-    m = _CKPT.findall(stem)
-    if m:
-        return int(m[-1])
-    if _BARE.match(stem):
-        return int(stem)
-    t = _TRAILING.search(stem)
-    if t:
-        e = _EPOCH.search(stem)
-        if e and e.end() == len(stem):
-            return None
-        return int(t.group(1))
-    return None
-
-
-def parse_epoch(name: str) -> int | None:
-    """The epoch in a name such as ``epoch=3-step=1200.ckpt``, or None."""
-    m = _EPOCH.findall(_stem(name))
-    return int(m[-1]) if m else None
-
-
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file's header (no tensor data is read).
-
-    Raises ``ValueError`` naming the file when the header is truncated or not JSON.
-    """
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: truncated safetensors file (no header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > 100_000_000:
-            raise ValueError(f"{path}: not a safetensors file (header length {n})")
-        raw = f.read(n)
-    if len(raw) != n:
-        raise ValueError(f"{path}: truncated safetensors header ({len(raw)} of {n} bytes)")
-    try:
-        header = jsonbounds.loads(raw, path)
-    except jsonbounds.JSONBoundsError:
-        raise
-    except ValueError as e:
-        raise ValueError(f"{path}: safetensors header is not JSON: {e}") from e
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: safetensors header is not a JSON object")
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: safetensors __metadata__ is not a JSON object")
-    return {str(k): str(v) for k, v in meta.items()}
-
-
-# -- confinement: links in a third party's folder --------------------------------------------------
-
-def _real(p: Path | str) -> Path:
-    return Path(os.path.realpath(p))
-
-
-def inside(p: Path | str, root: Path | str) -> bool:
-    """Whether ``p``, every link on the way followed, is ``root`` (also resolved) or lies under it."""
-    real, top = _real(p), _real(root)
-    return real == top or top in real.parents
-
-
-def link_escape(p: Path | str, root: Path | str) -> str | None:
-    """None when ``p`` (every link followed) stays inside ``root``; else why it is refused, to follow
-    ``p`` in a line (``f"{p}: {why}"``): a link leading outside (its target named, a path, never the
-    target's content), into a loop, or nowhere. Nothing is opened."""
-    p = Path(p)
-    try:
-        real = Path(os.path.realpath(p, strict=True))
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "a link loop; refused"
-        return f"a link to {os.readlink(p) if p.is_symlink() else 'a missing file'}, which does not exist; refused"
-    if inside(real, root):
-        return None
-    return f"a link to {real}, outside {root}; refused (not opened)"
-
-
-def _escaped(c: Checkpoint, root: Path, problems: list[Problem]) -> bool:
-    """Whether a file of checkpoint ``c`` leads outside ``root`` (a problem is appended naming it)."""
-    for f in (c.path, *c.files):
-        why = link_escape(f, root)
-        if why is not None:
-            problems.append(Problem(str(f), why))
-            return True
-    return False
-
-
-# -- one folder of checkpoints --------------------------------------------------------------------
-
-def _is_ckpt_file(p: Path) -> bool:
-    n = p.name
-    return (p.is_file() and not n.startswith(".") and n.endswith(CHECKPOINT_SUFFIXES)
-            and not SIDE_FILES.match(n))
-
-
-def _hf_weights(folder: Path) -> Path | None:
-    """The weight file of an HF-style checkpoint folder (see ``HF_WEIGHTS``), or None."""
-    for name in HF_WEIGHTS:
-        if (folder / name).is_file():
-            return folder / name
-    st = sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith("."))
-    if len(st) == 1:
-        return st[0]
-    idx = sorted(folder.glob("*.safetensors.index.json"))
-    if len(idx) == 1:
-        return idx[0]
-    return None
-
-
-def _weights_checkpoint(w: Path, root: Path, problems: list[Problem], where: str = "") -> Checkpoint | None:
-    """The checkpoint of a weights file or shard index ``w`` (paths relative to ``root``); None, with a
-    problem (``where`` prefixed, e.g. ``"revision main: "``) appended, when the shard index is unreadable."""
-    try:
-        return _sharded(w, root) if w.name.endswith(INDEX_SUFFIXES) else _single(w, root)
-    except (OSError, ValueError) as e:
-        problems.append(Problem(str(w), f"{where}unreadable shard index: {e}"))
-        return None
-
-
-def shard_names(weight_map: Any, index: Path) -> list[str]:
-    """The shard files a shard index's ``weight_map`` names, sorted: plain file names beside the index
-    (a name with a folder in it, ``..`` or an absolute path would lead elsewhere: ``ValueError``)."""
-    if not isinstance(weight_map, dict):
-        raise ValueError(f"{index}: 'weight_map' is not a JSON object")
-    names = set(weight_map.values())
-    bad = sorted(repr(n)[:80] for n in names if not isinstance(n, str) or not n or n in (".", "..")
-                 or "/" in n or "\\" in n or "\0" in n)
-    if bad:
-        raise ValueError(f"{index}: shard names must be file names beside the index, found {', '.join(bad[:3])}")
-    return sorted(names)
-
-
-def _sharded(index: Path, run_dir: Path) -> Checkpoint:
-    doc = jsonbounds.read_json(index)
-    wm = doc.get("weight_map") if isinstance(doc, dict) else None
-    if not isinstance(wm, dict) or not wm:
-        raise ValueError(f"{index}: no 'weight_map' in the index")
-    files = tuple(str(index.parent / f) for f in shard_names(wm, index))
-    kind = "safetensors" if index.name.endswith(".safetensors.index.json") else "torch"
-    return Checkpoint(path=str(index), kind=kind, files=files, step=None,
-                      label=_rel(index, run_dir), sharded=True)
-
-
-def _single(path: Path, run_dir: Path) -> Checkpoint:
-    kind = "safetensors" if path.name.endswith(".safetensors") else "torch"
-    return Checkpoint(path=str(path), kind=kind, files=(str(path),), step=None, label=_rel(path, run_dir))
-
-
-def _rel(p: Path, base: Path) -> str:
-    try:
-        return p.relative_to(base).as_posix()
-    except ValueError:
-        return p.as_posix()
-
-
-def _with_step(c: Checkpoint, names: list[str]) -> tuple[Checkpoint, str | None]:
-    """``c`` with its step from the first of ``names`` that has one, else from safetensors metadata."""
-    for n in names:
-        s = parse_step(n)
-        if s is not None:
-            return _replace(c, step=s, step_source="name"), None
-    if c.kind == "safetensors" and not c.sharded:
-        try:
-            meta = safetensors_metadata(Path(c.path))
-        except (OSError, ValueError) as e:
-            return c, f"no step in its name and unreadable header: {e}"
-        if "step" in meta:
-            try:
-                return _replace(c, step=int(meta["step"]), step_source="metadata"), None
-            except ValueError:
-                return c, f"metadata step {meta['step']!r} is not an integer"
-    return c, "no step in its name or metadata; skipped"
-
-
-def _replace(c: Checkpoint, **kw: Any) -> Checkpoint:
-    from dataclasses import replace
-    return replace(c, **kw)
 
 
 def epochs_to_steps(checkpoints: list[Checkpoint], spec: dict[str, Any] | None) -> list[Checkpoint]:
@@ -345,33 +102,33 @@ def checkpoints_in(folder: Path, run_dir: Path | None = None,
     for p in entries:
         if p.is_file() and p.name.endswith(INDEX_SUFFIXES) and not p.name.startswith("."):
             try:
-                c = _sharded(p, run_dir)
+                c = sharded_checkpoint(p, run_dir)
             except (OSError, ValueError) as e:
                 problems.append(Problem(str(p), f"unreadable shard index: {e}"))
                 continue
             sharded_files.update(c.files)
             found.append((c, [p.name]))
     for p in entries:
-        if _is_ckpt_file(p) and str(p) not in sharded_files:
-            found.append((_single(p, run_dir), [p.name]))
+        if is_checkpoint_file(p) and str(p) not in sharded_files:
+            found.append((single_checkpoint(p, run_dir), [p.name]))
         elif p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".zarr"):
-            w = _hf_weights(p)
+            w = hf_weights_file(p)
             if w is None:
                 continue
-            c = _weights_checkpoint(w, run_dir, problems)
+            c = weights_checkpoint(w, run_dir, problems)
             if c is None:
                 continue
             found.append((c, [p.name, w.name]))
     # a folder that is itself an HF checkpoint: its name carries the step
-    if _STEP.search(folder.name) or _CKPT.search(folder.name):
+    if STEP_PATTERN.search(folder.name) or CKPT_PATTERN.search(folder.name):
         found = [(c, names + [folder.name]) for c, names in found]
-    found = [(c, names) for c, names in found if not _escaped(c, root, problems)]
+    found = [(c, names) for c, names in found if not escaped(c, root, problems)]
     placed: dict[int, Checkpoint] = {}
     aliases: list[Checkpoint] = []
     for c, names in found:
-        c2, why = _with_step(c, names)
+        c2, why = with_step(c, names)
         if c2.step is None:
-            if is_alias(_stem(Path(c.path).name)):
+            if is_alias(name_stem(Path(c.path).name)):
                 aliases.append(c)
                 continue
             problems.append(Problem(c.path, why or "no step"))
@@ -401,9 +158,9 @@ def has_checkpoints(folder: Path) -> bool:
     for p in entries:
         if p.name.startswith("."):
             continue
-        if _is_ckpt_file(p) or (p.is_file() and p.name.endswith(INDEX_SUFFIXES)):
+        if is_checkpoint_file(p) or (p.is_file() and p.name.endswith(INDEX_SUFFIXES)):
             return True
-        if p.is_dir() and not p.name.endswith(".zarr") and _hf_weights(p) is not None:
+        if p.is_dir() and not p.name.endswith(".zarr") and hf_weights_file(p) is not None:
             return True
     return False
 
@@ -436,7 +193,7 @@ def _search(root: Path, skipped: list[Problem]) -> list[tuple[Path, Path]]:
         stack = [top]
         while stack:
             d = stack.pop()
-            seen.add(_real(d))
+            seen.add(real_path(d))
             if is_hub_repo(d):
                 found.append((d, d))
                 continue
@@ -462,8 +219,8 @@ def _search(root: Path, skipped: list[Problem]) -> list[tuple[Path, Path]]:
     while links:
         link = links.pop(0)
         why = link_escape(link, root)
-        if why is None and _real(link) in seen:
-            why = f"a link to {_real(link)}, a folder already searched (a loop or a second name); skipped"
+        if why is None and real_path(link) in seen:
+            why = f"a link to {real_path(link)}, a folder already searched (a loop or a second name); skipped"
         if why is not None:
             skipped.append(Problem(str(link), why))
             continue
@@ -498,7 +255,7 @@ def find_runs(path: Path, skipped: list[Problem] | None = None) -> list[Run]:
     used: set[str] = set()
     base = root.resolve()
     for d, ck in found:
-        rel = _rel(_real(d), base) if d != root else "."
+        rel = rel_label(real_path(d), base) if d != root else "."
         name = sanitise_name(rel if rel != "." else base.name)
         unique, i = name, 2
         while unique in used:
@@ -513,7 +270,7 @@ def find_runs(path: Path, skipped: list[Problem] | None = None) -> list[Run]:
         # a run.json may name a checkpoint folder elsewhere (a workspace, `init --workspace`): that
         # folder is then the one followed links must stay in; a checkpoints/ link may not leave the path
         named = ck not in (d, d / runfmt.CHECKPOINT_DIR)
-        confine = base if (inside(ck, base) or not named) else _real(ck)
+        confine = base if (inside(ck, base) or not named) else real_path(ck)
         why = link_escape(ck, confine) if ck.exists() else None
         if why is not None:
             run.problems.append(Problem(str(ck), why))

@@ -27,8 +27,8 @@ import os
 import re
 from pathlib import Path
 
-from .discovery import (Checkpoint, Problem, _escaped, _hf_weights, _rel, _replace, _weights_checkpoint,
-                        link_escape, parse_step)
+from .checkpoints import (Checkpoint, Problem, escaped, hf_weights_file, link_escape, parse_step, rel_label,
+                          weights_checkpoint, with_fields)
 
 # what a ref file holds: a commit name (40 hex digits for the hub; no folder, no "..")
 _COMMIT = re.compile(rb"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
@@ -111,7 +111,7 @@ def hub_checkpoints(repo: Path) -> tuple[list[Checkpoint], list[Problem]]:
             problems.append(Problem(str(repo / "refs" / name), f"revision {name} names commit {commit[:12]}, "
                                                                "which has no snapshot here (not downloaded)"))
             continue
-        w = _hf_weights(snap)
+        w = hf_weights_file(snap)
         if w is None:
             problems.append(Problem(str(snap), f"revision {name}: no model weights in its snapshot"))
             continue
@@ -119,10 +119,10 @@ def hub_checkpoints(repo: Path) -> tuple[list[Checkpoint], list[Problem]]:
         if why is not None:
             problems.append(Problem(str(w), f"revision {name}: {why}"))
             continue
-        c = _weights_checkpoint(w, repo, problems, f"revision {name}: ")
-        if c is None or _escaped(c, repo, problems):
+        c = weights_checkpoint(w, repo, problems, f"revision {name}: ")
+        if c is None or escaped(c, repo, problems):
             continue
-        c = _replace(c, step=step, step_source="name", label=f"{name}: {_rel(w, repo)}")
+        c = with_fields(c, step=step, step_source="name", label=f"{name}: {rel_label(w, repo)}")
         if step in found:
             problems.append(Problem(str(w), f"revision {name}: duplicate step {step}: revision "
                                             f"{found[step][0]} is used"))
@@ -137,6 +137,6 @@ def hub_checkpoints(repo: Path) -> tuple[list[Checkpoint], list[Problem]]:
         problems.append(Problem(str(repo / "refs" / name), f"revision {name} ({why}); skipped"))
     named = set(refs.values())
     for snap in sorted((repo / "snapshots").iterdir()):
-        if snap.is_dir() and snap.name not in named and _hf_weights(snap) is not None:
+        if snap.is_dir() and snap.name not in named and hf_weights_file(snap) is not None:
             problems.append(Problem(str(snap), "snapshot that no revision in refs/ names (no step); skipped"))
     return [found[s][1] for s in sorted(found)], problems

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from .discovery import Checkpoint
+from .checkpoints import Checkpoint
 
 _CACHE_SIZE = 4
 _MODELS: OrderedDict[str, Any] = OrderedDict()

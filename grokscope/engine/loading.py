@@ -23,7 +23,7 @@ from torch import nn
 from grokscope.errors import GrokscopeError
 from grokscope.jsonbounds import read_json
 
-from .discovery import Checkpoint, shard_names
+from .checkpoints import Checkpoint, shard_names
 
 # where trainers nest the model's weights inside a saved dict, in order of preference
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "weights",

@@ -14,7 +14,7 @@ from typing import Any
 
 from grokscope.errors import GrokscopeError
 
-from .discovery import Checkpoint
+from .checkpoints import Checkpoint
 from .outcomes import Failure
 
 BATCH = 2  # training points of the check's forward pass

@@ -74,7 +74,7 @@ def find_config(folder: Path) -> Path | None:
     """``config.json`` in ``folder``, in its first ``checkpoint-*`` sub-folder, or in the first snapshot
     of a hub cache (``models--org--name/snapshots/*``, also one level down). One that is a link leading
     outside ``folder`` is refused (:class:`HFError` naming the link and its target; it is not opened)."""
-    from grokscope.engine.discovery import link_escape
+    from grokscope.engine.checkpoints import link_escape
 
     folder = Path(folder)
     for found in [folder / CONFIG_FILE, *(sub / CONFIG_FILE for pattern in (

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from grokscope import runs
-from grokscope.engine.discovery import (DiscoveryError, find_runs, parse_epoch, parse_step,
-                                        safetensors_metadata, sanitise_name)
+from grokscope.engine.checkpoints import parse_epoch, parse_step, safetensors_metadata
+from grokscope.engine.discovery import DiscoveryError, find_runs, sanitise_name
 
 SD = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(2)}
 
