@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from grokscope.errors import GrokscopeError
 
@@ -116,17 +116,14 @@ def from_attrs(probe: str, attrs: Any) -> tuple[list[PanelSpec], list[EventSpec]
     return panels, events
 
 
-def for_group(probe: str, group_attrs: dict[str, Any]) -> tuple[list[PanelSpec], list[EventSpec]] | None:
-    """The panels and events of one stored probe group: its ``presentation`` attribute, else the
-    declarations of the installed probe class of that name (stores written before the attribute
-    existed), else None (the views then draw its variables generically)."""
+def for_group(probe: str, group_attrs: dict[str, Any],
+              declared: Callable[[str], tuple[list[PanelSpec], list[EventSpec]] | None] | None = None
+              ) -> tuple[list[PanelSpec], list[EventSpec]] | None:
+    """The panels and events of one stored probe group: its ``presentation`` attribute, else
+    ``declared(probe)`` (the views pass :func:`grokscope.probes.declared_presentation`, the installed
+    probe class's declarations, for stores written before the attribute existed), else None (the
+    views then draw its variables generically)."""
     found = from_attrs(probe, group_attrs.get("presentation"))
-    if found is not None:
+    if found is not None or declared is None:
         return found
-    try:
-        from grokscope.probes import get_probe
-
-        cls = get_probe(probe)
-    except Exception:  # an unknown or broken probe module must not stop the views
-        return None
-    return list(cls.panel_specs()), list(cls.event_specs())
+    return declared(probe)

@@ -65,7 +65,6 @@ def open_store(path: str | Path) -> Any:
         if bad:
             raise StoreReadError(damage_line(path, bad)) from None
         raise StoreReadError(f"{path}: cannot open as a probe store ({type(e).__name__}: {e})") from e
-    register_accessors()
     return xr.DataTree.from_dict(_groups(raw))
 
 
@@ -75,13 +74,6 @@ def _groups(raw: Any) -> dict[str, Any]:
         ds = node.to_dataset(inherit=False)
         out[node.path] = done_steps(ds) if "step" in ds.dims else ds
     return out
-
-
-def register_accessors() -> None:
-    """Register ``ds.grok`` and ``dt.grok`` (:mod:`grokscope.analysis`) once."""
-    from grokscope.analysis import register_accessors as register
-
-    register()
 
 
 try:

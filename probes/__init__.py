@@ -60,3 +60,13 @@ def get_probe(name: str) -> type[Probe]:
         raise ProbeError(f"{entry.target} (probe {name!r}): precision_mode must be one of "
                          f"{', '.join(PRECISION_MODES)}, got {cls.precision_mode!r}")
     return cls
+
+
+def declared_presentation(name: str) -> tuple[list[PanelSpec], list[EventSpec]] | None:
+    """The panels and events the installed probe class ``name`` declares, or None when no such probe
+    can be loaded (an unknown or broken probe module must not stop the views)."""
+    try:
+        cls = get_probe(name)
+    except Exception:  # noqa: BLE001
+        return None
+    return list(cls.panel_specs()), list(cls.event_specs())

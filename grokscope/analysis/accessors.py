@@ -138,5 +138,3 @@ def _missing_why(ev: Onset) -> str:
                 f"{d['needed']:.3g})")
     return f"{ev.name}: no clear change"
 
-
-register_accessors()

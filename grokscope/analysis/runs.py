@@ -238,7 +238,7 @@ def declared_events(run_node: Any) -> list[EventSpec]:
         node = run_node[probe]
         if "step" not in node.dims:
             continue
-        found = for_group(probe, dict(node.attrs))
+        found = for_group(probe, dict(node.attrs), _declared)
         if found is not None:
             out += found[1]
     return out
@@ -361,3 +361,11 @@ def json_safe(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return None
     return v
+
+
+def _declared(probe: str):
+    """The installed probe class's panels and events (imports the probes, and so torch: only for
+    stores written before groups carried their ``presentation``)."""
+    from grokscope.probes import declared_presentation
+
+    return declared_presentation(probe)

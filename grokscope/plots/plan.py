@@ -172,7 +172,7 @@ def probe_specs(runs: Runs, probe: str) -> list[Spec]:
         ds = runs.get(path, probe)
         if ds is None:
             continue
-        found = for_group(probe, dict(ds.attrs))
+        found = for_group(probe, dict(ds.attrs), _declared)
         if found is not None and found[0]:
             return found[0]
         return _generic_specs(probe, ds)
@@ -250,3 +250,9 @@ def plan_panels(tree, metrics: Sequence[str] | str | None = None, runs: Sequence
     return plan(Runs(select_runs(tree, runs, where)), metrics, layers, where)
 
 
+def _declared(probe: str):
+    """The installed probe class's panels and events (imports the probes, and so torch: only for
+    stores written before groups carried their ``presentation``)."""
+    from grokscope.probes import declared_presentation
+
+    return declared_presentation(probe)
