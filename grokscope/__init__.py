@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["GrokscopeError", "open_store", "__version__"]
+__all__ = ["GrokscopeError", "open_store", "probe", "__version__"]
 
 from grokscope.errors import GrokscopeError  # noqa: E402
 
@@ -33,6 +33,14 @@ def open_store(path: Any) -> Any:
     from grokscope.reading import open_store as _open
 
     return _open(path)
+
+
+def probe(path: Any, probes: Any = "acc", **kwargs: Any) -> Any:
+    """Run probes over every checkpoint under ``path`` into a store; returns the engine's Summary
+    (:func:`grokscope.api.probe`: ``out=``, ``steps=``, ``scheduler=``, ...)."""
+    from grokscope.api import probe as _probe
+
+    return _probe(path, probes, **kwargs)
 
 
 def _register_accessors() -> None:

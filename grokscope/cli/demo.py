@@ -184,14 +184,11 @@ def _probe(directory: Path, names: list[str], selections: dict[str, str | None],
     """Probe ``directory`` into ``directory/probes.zarr``, following the training process ``proc``
     (None: the run is complete) until it exits. Returns the engine's Summary."""
     from grokscope import runs
+    from grokscope.api import probe_config
     from grokscope.cli.probe import run_with_progress
-    from grokscope.engine.driver import EngineConfig
-    from grokscope.engine.jobs import ProbeRequest
-    from grokscope.probes import get_probe
 
-    cfg = EngineConfig(probes=[ProbeRequest(n, get_probe(n).make_params(DEMO_PARAMS.get(n)), selections[n])
-                               for n in names],
-                       out=directory / "probes.zarr", scheduler=scheduler, flush_interval=FLUSH_INTERVAL)
+    cfg = probe_config({n: DEMO_PARAMS.get(n) for n in names}, directory / "probes.zarr", selections,
+                       scheduler=scheduler, flush_interval=FLUSH_INTERVAL)
     if proc is None:
         return run_with_progress(directory, cfg, quiet=quiet)
     while not (runs.list_checkpoints(directory) and (directory / runs.RUN_JSON).is_file()):

@@ -192,10 +192,8 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     Jobs already in the store are skipped (resume); new checkpoints are appended. Exits non-zero when
     any job failed, after listing each failed job and why.
     """
-    from grokscope.probes import ProbeError, get_probe
-
-    from grokscope.engine.driver import EngineConfig
-    from grokscope.engine.jobs import ProbeRequest
+    from grokscope.api import probe_config
+    from grokscope.probes import ProbeError
 
     names: list[str] = []
     for group in metrics or (["acc"],):
@@ -204,10 +202,6 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
                 names.append(n)
     overrides = parse_params(params, names)
     selections = parse_steps_options(steps, names)
-    try:
-        requests = [ProbeRequest(n, get_probe(n).make_params(overrides.get(n)), selections[n]) for n in names]
-    except ProbeError as e:
-        raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise click.BadParameter(f"{device!r}: expected cpu or cuda", param_hint="--device")
     refuse_lone_spec_flags(ctx, ("model_kwargs", "dataset_kwargs", "dataset_seed", "loss"),
@@ -221,9 +215,13 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
     home = workspace if workspace is not None else path  # where the store goes
     path = workspace_run(path, workspace)
-    cfg = EngineConfig(probes=requests, out=out or home / "probes.zarr", scheduler=scheduler,
-                       workers=workers, threads=threads, device=device, overwrite=overwrite, spec=spec,
-                       flush_interval=flush_interval, dry_run=dry_run, trust=trust, recheck=recheck)
+    try:
+        cfg = probe_config({n: overrides.get(n) for n in names}, out or home / "probes.zarr", selections,
+                           scheduler=scheduler, workers=workers, threads=threads, device=device,
+                           overwrite=overwrite, spec=spec, flush_interval=flush_interval, dry_run=dry_run,
+                           trust=trust, recheck=recheck)
+    except ProbeError as e:
+        raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
     if estimate:
         _print_estimate(path, cfg, as_json)
         return
@@ -276,19 +274,21 @@ def training_under(path: Path):
 
 
 def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any = None, **follow: Any) -> Any:
-    """``probe_runs(path, cfg, **follow)`` with the progress bar on stderr (or the callback
-    ``progress(n, done, failed, rate)`` instead); refusals become ClickExceptions.
+    """:func:`grokscope.api.probe` of ``cfg`` (``**follow``: its ``follow``/``poll``) with the progress
+    bar on stderr (or the callback ``progress(n, done, failed, rate)`` instead); refusals become
+    ClickExceptions.
 
     Returns the engine's ``Summary`` (also used by ``grokscope demo``, with ``follow=`` and ``poll=``).
     """
     from grokscope.engine.discovery import DiscoveryError
-    from grokscope.engine.driver import EngineError, Interrupted, probe_runs
+    from grokscope.api import probe
+    from grokscope.engine.driver import EngineError, Interrupted
     from grokscope.engine.lock import StoreLocked
     from grokscope.engine.store_schema import StoreError
 
     bar = _Bar(quiet or progress is not None)
     try:
-        return probe_runs(path, cfg, progress=progress or bar.update, start=bar.start, **follow)
+        return probe(path, config=cfg, progress=progress or bar.update, start=bar.start, **follow)
     except Interrupted as e:
         bar.close()
         click.echo(str(e), err=True)

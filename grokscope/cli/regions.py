@@ -84,10 +84,8 @@ def _compute(run_dir: Path, store: Path, steps: str, given: dict, scheduler: str
     the names of the runs (store groups) it covered."""
     from grokscope.cli.probe import report_summary, run_with_progress
     from grokscope.engine.discovery import find_runs
-    from grokscope.engine.driver import EngineConfig
-    from grokscope.engine.jobs import ProbeRequest
+    from grokscope.api import probe_config
     from grokscope.engine.selection import select_steps
-    from grokscope.probes import get_probe
 
     runs = find_runs(run_dir)
     for r in runs:
@@ -97,9 +95,7 @@ def _compute(run_dir: Path, store: Path, steps: str, given: dict, scheduler: str
                                    f"checkpoints: {', '.join(map(str, r.steps[:20]))}"
                                    f"{' ...' if len(r.steps) > 20 else ''}")
 
-    overrides = {k: str(v) for k, v in given.items()}
-    params = get_probe("regions").make_params(overrides)
-    cfg = EngineConfig(probes=[ProbeRequest("regions", params, steps)], out=store, scheduler=scheduler)
+    cfg = probe_config({"regions": given}, store, {"regions": steps}, scheduler=scheduler)
     summary = run_with_progress(run_dir, cfg, quiet=True)
     if not summary.ok:
         report_summary(summary)

@@ -91,13 +91,10 @@ def probe(run_dir: Path, store: Path, requests: dict[str, tuple[dict[str, str], 
     """Probe ``run_dir`` into ``store`` with ``{probe: (params as text, steps spec or None)}`` on the
     local Dask cluster (resumable: what the store has is not recomputed). Returns the engine's Summary;
     a failed job raises :class:`ReproduceError` listing them."""
-    from grokscope.engine.driver import EngineConfig, probe_runs
-    from grokscope.engine.jobs import ProbeRequest
-    from grokscope.probes import get_probe
+    from grokscope.api import probe as run_probes
 
-    cfg = EngineConfig(probes=[ProbeRequest(n, get_probe(n).make_params(p), steps)
-                               for n, (p, steps) in requests.items()], out=Path(store), flush_interval=30.0)
-    summary = probe_runs(Path(run_dir), cfg)
+    summary = run_probes(run_dir, {n: p for n, (p, _) in requests.items()}, out=store,
+                         steps={n: steps for n, (_, steps) in requests.items()}, flush_interval=30.0)
     if summary.failures:
         raise ReproduceError(f"{len(summary.failures)} probe job(s) on {run_dir} failed:\n  "
                                    + "\n  ".join(f.line() for f in summary.failures[:10]))

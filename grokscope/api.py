@@ -1,0 +1,65 @@
+"""The front door of the probe engine: ``grokscope.probe(path, {"acc": {}, "lc": {"radius": "0.01"}})``.
+
+:func:`probe_config` is the one place a request "probe these runs" is built (each probe's parameters
+parsed and bounded by the probe itself); :func:`probe` runs one. ``grokscope probe``, ``grokscope demo``,
+``grokscope regions`` and ``grokscope reproduce`` all come through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+Probes = Mapping[str, Mapping[str, Any] | None] | Iterable[str] | str
+
+
+def probe_config(probes: Probes, out: str | Path, steps: Mapping[str, str | None] | None = None,
+                 **options: Any) -> Any:
+    """The :class:`~grokscope.engine.config.EngineConfig` of a request.
+
+    ``probes``: probe names (``"acc,lc"``, ``["acc", "lc"]``) or ``{name: {field: value}}``; values are
+    parsed as ``--param`` text is (``"0.01"``, ``"a,b"``, JSON) or taken as they are. ``steps``:
+    ``{name: selection}`` (``"log:16"``, ``"every:5"``, ``"0,10,20"``; None: every checkpoint).
+    ``options``: the other fields of ``EngineConfig`` (``scheduler``, ``workers``, ``threads``,
+    ``device``, ``overwrite``, ``spec``, ``flush_interval``, ``dry_run``, ``trust``, ``recheck``).
+    Raises :class:`~grokscope.probes.ProbeError` naming the probe and parameter at fault.
+    """
+    from grokscope.engine.config import EngineConfig
+    from grokscope.engine.jobs import ProbeRequest
+    from grokscope.probes import get_probe
+
+    if isinstance(probes, str):
+        probes = [p.strip() for p in probes.split(",") if p.strip()]
+    wanted = dict(probes) if isinstance(probes, Mapping) else {name: None for name in probes}
+    requests = [ProbeRequest(name, get_probe(name).make_params({k: _text(v) for k, v in (given or {}).items()}),
+                             (steps or {}).get(name))
+                for name, given in wanted.items()]
+    return EngineConfig(probes=requests, out=Path(out), **options)
+
+
+def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = None,
+          steps: Mapping[str, str | None] | None = None, config: Any = None,
+          progress: Callable[[int, int, int, float], None] | None = None,
+          start: Callable[[int, int, str], None] | None = None, follow: Callable[[], bool] | None = None,
+          poll: float = 1.0, **options: Any) -> Any:
+    """Run ``probes`` over every checkpoint under ``path`` into the store ``out`` (default
+    ``path/probes.zarr``); returns the engine's ``Summary`` (jobs done, failures with their reasons,
+    warnings). ``config``: a prepared :func:`probe_config` instead of ``probes``/``out``/``steps``/
+    ``options``. ``progress``, ``start``, ``follow``, ``poll``: see
+    :func:`grokscope.engine.driver.probe_runs`. Resumable: what the store holds is not recomputed.
+    """
+    from grokscope.engine.driver import probe_runs
+
+    path = Path(path)
+    if config is None:
+        config = probe_config(probes, out if out is not None else path / "probes.zarr", steps, **options)
+    return probe_runs(path, config, progress=progress, start=start, follow=follow, poll=poll)
+
+
+def _text(value: Any) -> str:
+    """A Python value as ``--param`` text (lists as JSON, so nested values survive)."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, tuple, dict)) \
+        else str(value).lower() if isinstance(value, bool) else str(value)
