@@ -21,10 +21,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__version__ = "0.1.0"
 __all__ = ["GrokscopeError", "open_store", "probe", "__version__"]
 
 from grokscope.errors import GrokscopeError  # noqa: E402
+from grokscope.version import __version__  # noqa: E402
 
 
 def open_store(path: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-import grokscope
+from grokscope.version import __version__
 from grokscope.errors import GrokscopeError
 
 RUN_FORMAT = 1
@@ -75,7 +75,7 @@ def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None
     checkpoints when it is not ``run_dir/checkpoints`` or ``run_dir`` (a workspace kept apart from a
     third party's folder, ``grokscope init --workspace``), stored absolute; ``steps_per_epoch``: the
     numbers in the checkpoint names are epochs of that many steps."""
-    doc = {"format": RUN_FORMAT, "grokscope": grokscope.__version__, "model": model,
+    doc = {"format": RUN_FORMAT, "grokscope": __version__, "model": model,
            "dataset": dataset, "train": train or {}}
     if checkpoints is not None:
         doc[CHECKPOINTS_KEY] = str(Path(checkpoints).absolute())
@@ -154,7 +154,7 @@ def save_checkpoint(path: Path, state_dict: dict[str, torch.Tensor], step: int,
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    meta = {"step": str(int(step)), "format": "grokscope", "grokscope": grokscope.__version__}
+    meta = {"step": str(int(step)), "format": "grokscope", "grokscope": __version__}
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     atomic_write_bytes(Path(path), canonical_safetensors(save(tensors, metadata=meta)))
     return Path(path)

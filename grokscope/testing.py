@@ -76,7 +76,7 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
     import torch
     import xarray as xr
 
-    from grokscope.engine.jobs import check_result
+    from grokscope.probes.base import check_result
     from grokscope.probes import Probe, ProbeContext
 
     if not (isinstance(probe_cls, type) and issubclass(probe_cls, Probe)):
@@ -164,7 +164,7 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
 
 def _check_template(probe: Any, probe_cls: type, model: Any, data: Any, params: Any, result: Any) -> None:
     """A declared template (``probe.template``) must describe ``result`` exactly."""
-    from grokscope.engine.jobs import check_result
+    from grokscope.probes.base import check_result
     from grokscope.engine.store_schema import template_mismatch
 
     mode = model.training

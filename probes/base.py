@@ -31,15 +31,18 @@ steps are comparable. The engine stores ``asdict(params)`` as attributes of the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, final
 
 import torch
 from torch import nn
 
 from grokscope.errors import GrokscopeError
+from grokscope.functional.modes import eval_mode
+from grokscope.functional.precision import precision_guard
 from grokscope.presentation import EventSpec, PanelSpec
 
 
@@ -96,6 +99,18 @@ class Probe:
 
     def compute(self, model: nn.Module, data: Any, params: Any, ctx: ProbeContext):  # -> xr.Dataset
         raise NotImplementedError
+
+    @final
+    def __call__(self, model: nn.Module, data: Any, params: Any, ctx: ProbeContext):  # -> xr.Dataset
+        """:meth:`compute` framed as every probe needs it (what the engine's jobs call): the model in
+        eval mode (its mode restored after), no autograd unless :attr:`needs_grad`, the precision the
+        probe states (:attr:`precision_mode`), and the result checked against the declared
+        :attr:`outputs` and loaded into numpy (:func:`check_result`). The parameters were checked
+        once, when they were made (:meth:`make_params`)."""
+        grad = contextlib.nullcontext() if self.needs_grad else torch.no_grad()
+        with eval_mode(model), grad, precision_guard(self.precision_mode):
+            result = self.compute(model, data, params, ctx)
+        return check_result(result, type(self))
 
     def check(self, model: nn.Module, data: Any, params: Any) -> None:
         """Raise :class:`ProbeError` (naming the parameter and its valid range) if this probe cannot run
@@ -296,3 +311,26 @@ def params_attrs(params: Any) -> dict[str, Any]:
             v = "none"
         out[k] = v
     return out
+
+
+def check_result(ds: Any, probe_cls: Any) -> Any:
+    """Validate a probe's return value against the contract; returns it loaded into numpy.
+
+    Must be an ``xr.Dataset`` without a ``step`` dim; declared ``outputs`` that are present must
+    have the declared dims. A scalar ``step`` coordinate, if any, is dropped.
+    """
+    import xarray as xr
+
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"probe {probe_cls.name!r} returned {type(ds).__name__}, expected an xr.Dataset")
+    if "step" in ds.dims:
+        raise ValueError(f"probe {probe_cls.name!r} returned a 'step' dim; the engine adds it")
+    if "step" in ds.coords:
+        ds = ds.drop_vars("step")
+    for name, dims in (probe_cls.outputs or {}).items():
+        if name in ds.data_vars and tuple(ds[name].dims) != tuple(dims):
+            raise ValueError(f"probe {probe_cls.name!r}: variable {name!r} has dims "
+                             f"{tuple(ds[name].dims)}, declared {tuple(dims)}")
+    if not ds.data_vars:
+        raise ValueError(f"probe {probe_cls.name!r} returned no variables")
+    return ds.load()

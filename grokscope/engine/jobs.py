@@ -147,29 +147,6 @@ def describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}{where}"
 
 
-def check_result(ds: Any, probe_cls: Any) -> Any:
-    """Validate a probe's return value against the contract; returns it loaded into numpy.
-
-    Must be an ``xr.Dataset`` without a ``step`` dim; declared ``outputs`` that are present must
-    have the declared dims. A scalar ``step`` coordinate, if any, is dropped.
-    """
-    import xarray as xr
-
-    if not isinstance(ds, xr.Dataset):
-        raise TypeError(f"probe {probe_cls.name!r} returned {type(ds).__name__}, expected an xr.Dataset")
-    if "step" in ds.dims:
-        raise ValueError(f"probe {probe_cls.name!r} returned a 'step' dim; the engine adds it")
-    if "step" in ds.coords:
-        ds = ds.drop_vars("step")
-    for name, dims in (probe_cls.outputs or {}).items():
-        if name in ds.data_vars and tuple(ds[name].dims) != tuple(dims):
-            raise ValueError(f"probe {probe_cls.name!r}: variable {name!r} has dims "
-                             f"{tuple(ds[name].dims)}, declared {tuple(dims)}")
-    if not ds.data_vars:
-        raise ValueError(f"probe {probe_cls.name!r} returned no variables")
-    return ds.load()
-
-
 def _prepare(task: Task, sd: dict[str, Any], device: Any) -> tuple[Any, Any, dict[str, Any]]:
     """``(model with the checkpoint's weights, data or None, {probe name: class})`` of one task."""
     from .loading import float_dtype, load_into
@@ -195,10 +172,11 @@ def preflight(task: Task) -> dict[str, Any]:
 
     from .loading import read_state_dict
 
-    sd = read_state_dict(task.checkpoint)
     from grokscope.functional import eval_mode
     from grokscope.functional.precision import precision_guard
+    from grokscope.probes.base import check_result
 
+    sd = read_state_dict(task.checkpoint)
     model, data, classes = _prepare(task, sd, torch.device(task.device))
     templates: dict[str, Any] = {}
     with eval_mode(model):
@@ -280,7 +258,6 @@ def run_task(task: Task) -> list[Outcome]:
         _setup_threads(task.threads)
         import torch
 
-        from grokscope.functional.precision import precision_guard
         from grokscope.probes import ProbeContext
 
         from .hashing import nonfinite_message, nonfinite_tensors
@@ -318,11 +295,7 @@ def run_task(task: Task) -> list[Outcome]:
                 if not first:  # a probe must not see what an earlier probe did to the weights
                     load_into(model, sd, ck.path)
                 first = False
-                model.eval()  # probes get the model in eval mode
-                cls = classes[req.name]
-                with precision_guard(cls.precision_mode):  # lc, regions, collapse: IEEE float32
-                    result = cls().compute(model, data, req.params, ctx)
-                out.result = check_result(result, cls)
+                out.result = classes[req.name]()(model, data, req.params, ctx)  # Probe.__call__: framed
             except Exception as e:  # noqa: BLE001 - a failing probe is recorded, the rest go on
                 out.error = f"probe {req.name} failed: {describe_error(e)}"
             out.seconds = time.perf_counter() - t1

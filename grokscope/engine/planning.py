@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import grokscope
+from grokscope.version import __version__
 from grokscope.presentation import to_attrs
 
 from .cluster import job_device
@@ -128,7 +128,7 @@ def group_attrs_for(run: Run, spec: dict[str, Any], req: ProbeRequest) -> dict[s
     attrs = {"probe": req.name, "description": cls.description, "params": params,
              "params_json": dumps(params), "probe_version": int(cls.version),
              "presentation": to_attrs(cls.panel_specs(), cls.event_specs()),
-             "grokscope_version": grokscope.__version__,
+             "grokscope_version": __version__,
              "model": spec.get("model", {}), "dataset": spec.get("dataset", {}),
              "dataset_seed": int((spec.get("dataset") or {}).get("seed", 0)),
              "run": run.name, "run_rel": run.rel}
@@ -239,7 +239,7 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
         run_attrs[run.name] = {"path": str(run.path.resolve()), "rel": run.rel,
                                "model": spec.get("model"), "dataset": spec.get("dataset"),
                                "train": spec.get("train", {}), "data": data_words(spec),
-                               "grokscope_version": grokscope.__version__}
+                               "grokscope_version": __version__}
         pending: dict[int, list[ProbeRequest]] = defaultdict(list)
         for req in cfg.probes:
             group_attrs[(run.name, req.name)] = group_attrs_for(run, spec, req)

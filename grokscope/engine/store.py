@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-import grokscope
+from grokscope.version import __version__
 from grokscope import jsonbounds
 
 from . import faults
@@ -180,7 +180,7 @@ class ProbeStore:
         if read_only:
             self.root = None
             return
-        root_attrs = {"grokscope_version": grokscope.__version__, "layout": "run/probe"}
+        root_attrs = {"grokscope_version": __version__, "layout": "run/probe"}
         # created with its attributes in one write: a root without them would read as foreign
         self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3, attributes=root_attrs)
         if "grokscope_version" not in self.root.attrs:

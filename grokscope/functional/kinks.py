@@ -50,6 +50,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .activations import Activation, recognise
+from .modes import eval_mode
 
 # -- which calls are kinks ----------------------------------------------------------------------------
 
@@ -461,20 +462,15 @@ def kink_layers(model: nn.Module, example: torch.Tensor, forward: Callable[[torc
     inputs and ``forward=model.forward_embedded``). ``layers``/``include_output`` as in ``lc``.
     The model runs in eval mode; its mode is restored."""
     forward = forward or model
-    was_training = model.training
-    model.eval()
-    try:
-        with KinkWatch(model, layers) as w:
-            x = torch.cat([example[:1], example[:1]])
-            w.start_pass(2)
-            with w.watch():
-                out = forward(x)
-            if include_output:
-                w.record_output(out)
-            w.end_discovery()
-            return list(w.layers)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), KinkWatch(model, layers) as w:
+        x = torch.cat([example[:1], example[:1]])
+        w.start_pass(2)
+        with w.watch():
+            out = forward(x)
+        if include_output:
+            w.record_output(out)
+        w.end_discovery()
+        return list(w.layers)
 
 
 def format_kinks(layers: Sequence[KinkLayer]) -> list[str]:

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .modes import eval_mode
+
 
 def producing_modules(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
                       layers: Sequence[str], counts_output: bool = False) -> list[str]:
@@ -51,15 +53,12 @@ def producing_modules(model: nn.Module, forward: Callable[[torch.Tensor], torch.
             handles.append(module.register_forward_pre_hook(before(name)))
         if name and not any(True for _ in module.children()):
             handles.append(module.register_forward_hook(after(name)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             out = forward(z)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     if "output" in wanted and "output" not in received:
         received["output"] = produced.get(id(out), "") if torch.is_tensor(out) else ""
     return [received.get(name, "") for name in layers]
