@@ -126,8 +126,11 @@ def sys_modules_drop(name: str) -> None:
 def test_training_threads_are_chosen_and_stated(tmp_path):
     from grokscope.training.threads import MIN_STEP_FLOPS, choose_threads
 
-    assert choose_threads(40_000, 2_000, cores=2, load=0.0)[0] == 1  # modadd-mlp: 0.5 GFLOP a step
-    assert choose_threads(10**7, 1_000, cores=8, load=0.5)[0] == 7  # large, 7.5 cores free
+    # modadd-mlp (0.5 GFLOP a step): 2 threads on an idle 2-core machine, 1 when the load takes a core
+    assert choose_threads(40_000, 2_000, cores=2, load=0.2)[0] == 2
+    assert choose_threads(40_000, 2_000, cores=2, load=1.6)[0] == 1
+    assert choose_threads(1_000, 100, cores=2, load=0.0)[0] == 1  # 0.0006 GFLOP: too small to split
+    assert choose_threads(10**7, 1_000, cores=8, load=0.5)[0] == 8  # large, 7.5 cores free
     n, why = choose_threads(10**7, 1_000, cores=2, load=4.4)
     assert n == 1 and "load average 4.4 on 2 cores" in why
     assert choose_threads(10**7, 1_000, cores=1, load=0.0) == (1, "one core")
@@ -146,7 +149,10 @@ def _train_twice(tmp_path):
                                   "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     first = r.output.splitlines()[0]
-    assert first.startswith(f"training into {tmp_path / 'run'} (new run) with 1 torch thread(s) (chosen: a step is ")
+    import re
+
+    assert re.match(re.escape(f"training into {tmp_path / 'run'} (new run) with ") + r"[12] torch thread\(s\) "
+                    r"\(chosen: a step is 0\.\d+ GFLOP", first), first
     assert "--threads N to choose" in first
     r = CliRunner().invoke(main, ["train", "--preset", "modadd-mlp", "--steps", "2", "--save", "every:2",
                                   "--out", str(tmp_path / "run2"), "--threads", "2"])
