@@ -211,9 +211,9 @@ def test_epoch_named_checkpoints_are_said_and_mapped_to_steps(tmp_path):
 
 
 def test_probe_is_not_silent_when_stderr_is_not_a_terminal(tmp_path, monkeypatch):
-    from grokscope.cli import engine as cli_engine
+    from grokscope.cli import probe as cli_probe
 
-    monkeypatch.setattr(cli_engine._Bar, "LINE_EVERY", 0.0)  # a line per finished task
+    monkeypatch.setattr(cli_probe._Bar, "LINE_EVERY", 0.0)  # a line per finished task
     make_run(tmp_path / "r", [0, 1, 2])
     r = CliRunner().invoke(main, ["probe", str(tmp_path / "r"), "-m", "acc", "--scheduler", "sync"])
     assert r.exit_code == 0, r.output
