@@ -61,5 +61,8 @@ def _text(value: Any) -> str:
     """A Python value as ``--param`` text (lists as JSON, so nested values survive)."""
     import json
 
-    return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, tuple, dict)) \
-        else str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,15 +39,22 @@ def cli():
     return invoke
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 4 MiB tmpfs mounted at ``tmp_path/fs`` (needs root; skipped otherwise)."""
-    mnt = tmp_path / "fs"
+@contextmanager
+def tmpfs(mnt: Path, size: str):
+    """A tmpfs of ``size`` (``"4m"``) mounted at the new folder ``mnt`` while in the block, unmounted
+    after (needs root; the test is skipped otherwise)."""
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs mounted at ``tmp_path/fs`` (needs root; skipped otherwise)."""
+    with tmpfs(tmp_path / "fs", "4m") as mnt:
+        yield mnt

@@ -111,19 +111,9 @@ def hammer(path: str | Path, stop: str | Path) -> None:
 
 
 def kill_each(points_file: str, folder: str) -> None:
-    import os
+    from tests.engine.kill_cli import kill_at_each
 
-    points = [p for p in Path(points_file).read_text().split() if p]
-    for i, point in enumerate(points):
-        pid = os.fork()
-        if pid == 0:
-            os.environ["GROKSCOPE_FAULT"] = point
-            try:
-                run(Path(folder) / f"{i}.zarr")
-            finally:
-                os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        print(point, os.waitstatus_to_exitcode(status), flush=True)
+    kill_at_each(points_file, lambda i: run(Path(folder) / f"{i}.zarr"))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from grokscope.cli import main
+from tests.engine.conftest import tmpfs
 from tests.helpers import MLP, make_run
 
 MLP_FLAGS = ["--model", "mlp", "--model-kwargs", json.dumps(MLP["kwargs"]), "--dataset", "digits",
@@ -23,18 +24,11 @@ MLP_FLAGS = ["--model", "mlp", "--model-kwargs", json.dumps(MLP["kwargs"]), "--d
 def read_only_folder(tmp_path):
     """A tmpfs at ``tmp_path/fs`` holding a third party's checkpoints (no run.json), remounted
     read-only (needs root; skipped otherwise): root ignores file modes, a read-only mount does not."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "fs", "8m") as mnt:
         make_run(mnt / "ckpts", [0, 1, 2])
         (mnt / "ckpts" / "run.json").unlink()
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         yield mnt / "ckpts"
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_read_only_folder_without_workspace_is_one_line_naming_it(read_only_folder, tmp_path, monkeypatch):

@@ -59,6 +59,16 @@ trainer.fit(Net(), DataLoader(TensorDataset(torch.from_numpy(x), torch.from_nump
 '''
 
 
+def _init(tmp_path, run, module: str, monkeypatch):
+    """``grokscope init RUN --model MODULE:Net`` with the user's folder on the import path."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        return CliRunner().invoke(main, ["init", str(run), "--model", f"{module}:Net",
+                                         "--dataset", f"file:{tmp_path / 'data.npz'}"])
+    finally:
+        sys.modules.pop(module, None)
+
+
 def test_a_module_that_trains_when_imported_is_refused(tmp_path, monkeypatch):
     (tmp_path / "train_pl.py").write_text(textwrap.dedent(TRAIN_PL))
     monkeypatch.chdir(tmp_path)
@@ -69,15 +79,9 @@ def test_a_module_that_trains_when_imported_is_refused(tmp_path, monkeypatch):
     run = tmp_path / "lightning_logs" / "version_0"
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert before and not (tmp_path / "lightning_logs" / "version_1").exists()
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        res = CliRunner().invoke(main, ["init", str(run), "--model", "train_pl:Net",
-                                        "--dataset", f"file:{tmp_path / 'data.npz'}"])
-    finally:
-        sys.modules.pop("train_pl", None)
+    res = _init(tmp_path, run, "train_pl", monkeypatch)
     assert res.exit_code == 1, res.output
     err = res.output.strip().splitlines()
-    print(res.output)
     assert len(err) == 1 and "Traceback" not in res.output, res.output
     assert "importing module 'train_pl' changed" in err[0]
     assert "lightning_logs/version_1" in err[0]  # what the import wrote
@@ -98,12 +102,7 @@ def test_a_module_without_side_effects_is_used(tmp_path, monkeypatch):
         runpy.run_path(str(tmp_path / "train.py"), run_name="__main__")
     sys.modules.pop("netmod", None)
     run = tmp_path / "lightning_logs" / "version_0"
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        res = CliRunner().invoke(main, ["init", str(run), "--model", "netmod:Net",
-                                        "--dataset", f"file:{tmp_path / 'data.npz'}"])
-    finally:
-        sys.modules.pop("netmod", None)
+    res = _init(tmp_path, run, "netmod", monkeypatch)
     assert res.exit_code == 0, res.output
     assert (run / "run.json").exists()
     # the same module turned into one that trains when imported: a bare probe of the run refuses it
