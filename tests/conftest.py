@@ -46,3 +46,25 @@ def _no_repository_datasets_as_hf_datasets() -> None:
 
 
 _no_repository_datasets_as_hf_datasets()
+
+
+@pytest.fixture(scope="session")
+def _s3_endpoint():
+    from tests.s3_server import have_s3, start_server
+
+    if not have_s3():
+        pytest.skip("moto[server] and s3fs are not installed (pip install -e '.[test]')")
+    server, endpoint = start_server()
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3(_s3_endpoint, monkeypatch):
+    """A loopback S3 server (moto, real HTTP) with a fresh bucket; the environment points every S3
+    client of this process and its children at it (``AWS_ENDPOINT_URL``, fake credentials)."""
+    from tests.s3_server import environment, new_bucket
+
+    for k, v in environment(_s3_endpoint).items():
+        monkeypatch.setenv(k, v)
+    return new_bucket(_s3_endpoint)
