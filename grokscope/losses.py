@@ -54,3 +54,29 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "ce", reduction
     if kind == "stablemax":
         return stablemax_cross_entropy(logits, y, reduction)
     raise ValueError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}")
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Causal language-model loss: cross-entropy of ``logits[:, t]`` against ``ids[:, t + 1]``.
+
+    ``logits (n, T, V)``, ``ids (n, T)`` int64, ``mask (n, T)`` (1/True where the token is real;
+    None: every token). A prediction counts where both the token it reads and the token it predicts
+    are real. ``reduction``: ``mean`` (over the counted predictions), ``sum``, or ``none``, which
+    gives ``(n, T - 1)`` per-prediction losses with 0 where not counted (``none`` and the mask
+    together give loss by position: sum over rows / count over rows).
+    """
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1])
+    target = ids[:, 1:].reshape(-1)
+    per = F.cross_entropy(pred, target, reduction="none").reshape(ids.shape[0], ids.shape[1] - 1)
+    if mask is not None:
+        m = (mask[:, :-1].bool() & mask[:, 1:].bool()).to(per.dtype)
+        per = per * m
+        count = m.sum()
+    else:
+        count = torch.tensor(float(per.numel()), dtype=per.dtype, device=per.device)
+    if reduction == "none":
+        return per
+    if reduction == "sum":
+        return per.sum()
+    return per.sum() / count.clamp_min(1)
