@@ -56,21 +56,16 @@ def sweep(model: Any, data: Any, spec: dict[str, Any], params: Any, lrs: Sequenc
           gammas: Sequence[float]) -> list[dict[str, Any]]:
     """The probe's estimate for each ``(lr, gamma)`` (γ outer, ε inner); each entry is
     :func:`estimate_llc`'s dict plus ``lr`` and ``gamma``."""
-    from grokscope.losses import task_loss
-    from grokscope.probes.llc import DTYPES, LLCProbe, estimate_llc
+    from grokscope.probes.llc import LLCProbe, estimate_llc, llc_loss, resolve_loss, training_points
 
-    loss = params.loss if params.loss != "auto" else (spec.get("train") or {}).get("loss", "ce")
-    x, y = LLCProbe.training_points(data, params)
+    loss = resolve_loss(params, data, spec)
+    x, y = training_points(data, params, loss)
     out = []
     for gamma in gammas:
         for lr in lrs:
             p = dataclasses.replace(params, lr=lr, gamma=gamma)
             LLCProbe.check_params(p)
-            m = estimate_llc(model, x, y, lambda o, t: task_loss(o, t, loss), lr=p.lr, gamma=p.gamma, beta=p.beta,
-                             n_chains=p.n_chains, n_draws=p.n_draws, n_burnin=p.n_burnin, thin=p.thin,
-                             batch_size=p.batch_size, sampler=p.sampler, rms_alpha=p.rms_alpha,
-                             rms_eps=p.rms_eps, seed=p.seed,
-                             dtype=None if p.dtype == "auto" else DTYPES[p.dtype])
+            m = estimate_llc(model, x, y, llc_loss(loss), **LLCProbe.sampler_settings(p))
             out.append({**m, "lr": lr, "gamma": gamma})
     return out
 

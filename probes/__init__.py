@@ -21,6 +21,7 @@ BUILTIN = {
     "norm": "grokscope.probes.norm:NormProbe",
     "regions": "grokscope.probes.regions:RegionsProbe",
     "llc": "grokscope.probes.llc:LLCProbe",
+    "rllc": "grokscope.probes.llc:RestrictedLLCProbe",
     "collapse": "grokscope.probes.collapse:CollapseProbe",
     "spectral": "grokscope.probes.spectral:SpectralProbe",
 }

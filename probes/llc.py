@@ -48,12 +48,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from grokscope.functional import eval_mode, split_subset
-from grokscope.losses import LOSSES, task_loss
+from grokscope.functional import eval_mode, split_subset, subset_indices
+from grokscope.losses import LOSSES, next_token_loss, task_loss
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work
 
 SAMPLERS = ("sgld", "rmsprop")
+LLC_LOSSES = (*LOSSES, "next_token")  # next_token: the causal-LM loss on token sequences (lm_labels)
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -132,16 +133,27 @@ class Chains:
 
 def sgld_chains(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, lr: float, gamma: float, nbeta: float,
                 chains: Sequence[int], n_draws: int, n_burnin: int = 0, thin: int = 1, batch_size: int = 0,
-                sampler: str = "sgld", rms_alpha: float = 0.99, rms_eps: float = 0.1, seed: int = 0) -> Chains:
+                sampler: str = "sgld", rms_alpha: float = 0.99, rms_eps: float = 0.1, seed: int = 0,
+                masks: torch.Tensor | None = None) -> Chains:
     """Run the SGLD chains numbered ``chains`` together, from ``flat.theta``, on ``(x, y)``.
 
     ``n_burnin + n_draws · thin`` steps; the draws are the states at steps ``n_burnin + k·thin``
     (``k < n_draws``; step 0 is ``w*`` itself), each recorded with the loss that the step's gradient
     evaluation gives. ``batch_size=0``: full batch. See the module docstring for the update.
+
+    ``masks (K, d)`` bool (restricted LLC): every chain runs once per row ``k``, moving only the
+    coordinates where ``masks[k]`` is True (the update times the mask; the others stay at ``w*``).
+    The ``K × C`` chains are one batched computation; row ``k·C + i`` of every returned array is chain
+    ``chains[i]`` restricted to ``masks[k]``. Chain ``c`` draws the same noise and batches whatever its
+    restriction (its noise is masked), so an all-True mask gives exactly the unrestricted chain.
     """
     check_choice("llc.sampler", sampler, SAMPLERS)
     dev, dt = flat.theta.device, flat.dtype
-    n, C, d = len(x), len(chains), flat.dim
+    n, d = len(x), flat.dim
+    K = 1 if masks is None else int(masks.shape[0])
+    n_chains = len(chains)
+    C = K * n_chains
+    mask = None if masks is None else masks.to(device=dev).repeat_interleave(n_chains, dim=0).to(dt)
     w0 = flat.theta
     w = w0.expand(C, d).clone()
     noise_gens = [torch.Generator(device=dev).manual_seed(chain_seed(seed, c, 0)) for c in chains]
@@ -161,12 +173,18 @@ def sgld_chains(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, lr: float,
     for t in range(total):
         if minibatch:
             idx = torch.stack([torch.randperm(n, generator=g)[:batch_size] for g in batch_gens]).to(x.device)
+            idx = idx.repeat(K, 1)
             g, value = step_fn(w, x[idx], y[idx])
         else:
             g, value = step_fn(w, x, y)
         g, value = g.detach(), value.detach()
         for i, gen in enumerate(noise_gens):
             torch.randn(d, generator=gen, device=dev, dtype=dt, out=xi[i])
+        for k in range(1, K):
+            xi[k * n_chains:(k + 1) * n_chains] = xi[:n_chains]
+        if mask is not None:
+            g = g * mask
+            xi.mul_(mask)
         delta = w - w0
         if V is not None:
             V.mul_(rms_alpha).addcmul_(g, g, value=1.0 - rms_alpha)
@@ -255,6 +273,50 @@ def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
     together. Returns a dict of numpy arrays / floats keyed like the probe's outputs, plus ``nbeta``,
     ``beta``, ``n``, ``n_params`` and ``warnings`` (a list of sentences).
     """
+    kw = dict(lr=lr, gamma=gamma, beta=beta, n_chains=n_chains, n_draws=n_draws, n_burnin=n_burnin, thin=thin,
+              batch_size=batch_size, sampler=sampler, rms_alpha=rms_alpha, rms_eps=rms_eps, seed=seed,
+              dtype=dtype, chains=chains)
+    return _estimate(model, x, y, loss_fn, None, **kw)[0]
+
+
+def estimate_restricted_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                            components: Sequence[str], **kw: Any) -> list[dict[str, Any]]:
+    """The restricted LLC of each component of ``model`` (Wang et al., ICLR 2025, "refined LLC"): the
+    chains move only the component's parameters ``v`` (the others frozen at the checkpoint), the
+    localisation acts on ``v`` only, and the estimate is ``nβ (E_v[L_n(v, w*_rest)] − L_n(w*))``.
+
+    ``components``: specifications of :mod:`grokscope.functional.components` (``"heads"``,
+    ``"layer:0"``, ``"head:0.1"``, ``"params:PREFIX"``, ``"all"``). Every component's chains run in one
+    batched computation (components × chains). ``kw``: the sampler settings of :func:`estimate_llc`.
+    Returns one dict per component, as :func:`estimate_llc` returns for the whole model, with
+    ``component`` (its name) and ``n_params`` (its parameter count ``d_k``) added.
+    """
+    from grokscope.functional.components import ComponentError, flat_masks, resolve_components
+
+    try:
+        comps = resolve_components(model, components)
+    except ComponentError as e:
+        raise ProbeError(f"rllc.components: {e}") from e
+    probe = FlatModel(model, loss_fn, kw.get("dtype"))
+    masks = flat_masks(comps, probe.names, probe.shapes, probe.theta.device)
+    empty = [c.name for c, m in zip(comps, masks) if not bool(m.any())]
+    if empty:
+        raise ProbeError(f"rllc.components: {empty[0]} holds no trainable parameter of {type(model).__name__}")
+    out = _estimate(model, x, y, loss_fn, masks, **kw)
+    for c, m, r in zip(comps, masks, out):
+        r["component"] = c.name
+        r["n_params"] = int(m.sum())
+        r["weight_norm"] = float(probe.theta[m].norm())
+    return out
+
+
+def _estimate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, masks: torch.Tensor | None, *,
+              lr: float = 1e-3, gamma: float = 100.0, beta: float | None = None, n_chains: int = 4,
+              n_draws: int = 200, n_burnin: int = 100, thin: int = 1, batch_size: int = 0, sampler: str = "sgld",
+              rms_alpha: float = 0.99, rms_eps: float = 0.1, seed: int = 0, dtype: torch.dtype | None = None,
+              chains: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The chains of every row of ``masks (K, d)`` (None: one unrestricted set) in one run of
+    :func:`sgld_chains`, summarised per row as :func:`estimate_llc` documents."""
     n = len(x)
     if n < 2:
         raise ProbeError(f"llc needs at least 2 training points (log n > 0), got {n}")
@@ -267,12 +329,20 @@ def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
         init = full_loss(flat, flat.theta, x, y)
         ch = sgld_chains(flat, x, y, lr=lr, gamma=gamma, nbeta=nbeta, chains=chains, n_draws=n_draws,
                          n_burnin=n_burnin, thin=thin, batch_size=batch_size, sampler=sampler,
-                         rms_alpha=rms_alpha, rms_eps=rms_eps, seed=seed)
-    with np.errstate(all="ignore"):  # a diverged chain's inf/NaN gives NaN statistics, and a warning below
-        m = _summary(ch, init, nbeta)
-    m.update({"weight_norm": float(flat.theta.norm()), "nbeta": nbeta, "beta": beta, "n": n, "n_params": flat.dim})
-    m["warnings"] = llc_warnings(m)
-    return m
+                         rms_alpha=rms_alpha, rms_eps=rms_eps, seed=seed, masks=masks)
+    C = len(chains)
+    out = []
+    for k in range(1 if masks is None else len(masks)):
+        rows = slice(k * C, (k + 1) * C)
+        part = Chains(loss=ch.loss[rows], dist=ch.dist[rows], grad_step=ch.grad_step[rows],
+                      loc_step=ch.loc_step[rows], noise_step=ch.noise_step[rows], theta=ch.theta[rows])
+        with np.errstate(all="ignore"):  # a diverged chain's inf/NaN gives NaN statistics, and a warning below
+            m = _summary(part, init, nbeta)
+        m.update({"weight_norm": float(flat.theta.norm()), "nbeta": nbeta, "beta": beta, "n": n,
+                  "n_params": flat.dim})
+        m["warnings"] = llc_warnings(m)
+        out.append(m)
+    return out
 
 
 def _summary(ch: Chains, init: float, nbeta: float) -> dict[str, Any]:
@@ -286,6 +356,49 @@ def _summary(ch: Chains, init: float, nbeta: float) -> dict[str, Any]:
         "frac_below": np.mean(ch.loss < init, axis=1),
         "grad_step": ch.grad_step, "loc_step": ch.loc_step, "noise_step": ch.noise_step,
     }
+
+
+# ============================================================================ losses
+def lm_labels(ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The targets of the ``next_token`` loss as one tensor ``(n, T)`` int64: the token ids, −1 where
+    ``mask (n, T)`` says the token is not real (so batches of rows can be indexed like labels)."""
+    ids = ids.long()
+    return ids if mask is None else torch.where(mask.bool(), ids, torch.full_like(ids, -1))
+
+
+def llc_loss(kind: str) -> LossFn:
+    """The mean loss ``f(outputs, targets)`` the chains use: a task loss of :data:`LOSSES` on labels, or
+    ``next_token``: :func:`grokscope.losses.next_token_loss` of logits ``(n, T, V)`` against the targets
+    of :func:`lm_labels` (a prediction counts where the token it reads and the one it predicts are real)."""
+    if kind == "next_token":
+        return lambda logits, labels: next_token_loss(logits, labels.clamp_min(0), labels >= 0)
+    return lambda out, t: task_loss(out, t, kind)
+
+
+def resolve_loss(params: Any, data: Any, run_spec: dict[str, Any] | None = None) -> str:
+    """``params.loss``, with ``auto`` read as ``next_token`` for a causal-LM task (``data.is_lm``), else
+    the run's training loss (``train.loss`` of ``run_spec``), else ``ce``."""
+    if params.loss != "auto":
+        return params.loss
+    if getattr(data, "is_lm", False):
+        return "next_token"
+    return ((run_spec or {}).get("train") or {}).get("loss", "ce")
+
+
+def training_points(data: Any, params: Any, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` training points the chains use (all, or a seeded subset of ``params.n_train``) as
+    ``(inputs, targets)``; for ``next_token`` the targets are :func:`lm_labels` of the inputs (token ids
+    ``(n, T)``) and the task's ``mask_train``, if it has one."""
+    x, y = split_subset(data, "train", params.n_train, params.seed)
+    if loss != "next_token":
+        return x, y
+    if x.ndim != 2 or x.is_floating_point():
+        raise ProbeError(f"llc.loss=next_token needs token ids (n, T) as the training inputs; "
+                         f"got {tuple(x.shape)} {x.dtype}")
+    mask = getattr(data, "mask_train", None)
+    if mask is not None and 0 < params.n_train < len(mask):
+        mask = mask[subset_indices(len(mask), params.n_train, params.seed)]
+    return x, lm_labels(x, mask)
 
 
 # ============================================================================ the probe
@@ -303,7 +416,8 @@ class LLCParams:
     sampler: str = "sgld"         # sgld | rmsprop
     rms_alpha: float = 0.99       # RMSProp averaging of the squared gradient
     rms_eps: float = 0.1          # RMSProp stabiliser (devinterp's default)
-    loss: str = "auto"            # training loss ("auto": the run's train.loss, else "ce")
+    loss: str = "auto"            # ce | mse | stablemax | next_token ("auto": next_token on an LM task, else
+                                  # the run's train.loss, else "ce")
     dtype: str = "auto"           # auto (the model's) | float32 | float64
     seed: int = 0                 # chain noise, batches and the n_train subset
 
@@ -364,16 +478,11 @@ class LLCProbe(Probe):
         check_choice("llc.sampler", p.sampler, SAMPLERS)
         need(0 <= p.rms_alpha < 1, f"rms_alpha must be in [0, 1), got {p.rms_alpha}")
         need(p.rms_eps > 0, f"rms_eps must be > 0, got {p.rms_eps}")
-        need(p.loss == "auto" or p.loss in LOSSES, f"loss={p.loss!r}; valid: auto, {', '.join(LOSSES)}")
+        need(p.loss == "auto" or p.loss in LLC_LOSSES, f"loss={p.loss!r}; valid: auto, {', '.join(LLC_LOSSES)}")
         need(p.dtype == "auto" or p.dtype in DTYPES, f"dtype={p.dtype!r}; valid: auto, {', '.join(DTYPES)}")
         check_work("llc", "llc.n_chains x llc.n_draws (stored draws)", p.n_chains * p.n_draws)
         check_work("llc", "llc.n_train", p.n_train)
         check_work("llc", "llc.batch_size", p.batch_size)
-
-    @staticmethod
-    def training_points(data: Any, params: LLCParams) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``n`` training points the probe uses: all, or a seeded subset of ``n_train``."""
-        return split_subset(data, "train", params.n_train, params.seed)
 
     def check(self, model: nn.Module, data: Any, params: LLCParams) -> None:
         n_all = len(data.split("train")[1])
@@ -386,8 +495,9 @@ class LLCProbe(Probe):
         if params.batch_size > n:
             raise ProbeError(f"llc.batch_size={params.batch_size} is larger than the {n} training points used; "
                              f"valid: 0 (full batch)..{n}")
-        x, y = self.training_points(data, params)
-        flat = FlatModel(model, lambda out, t: task_loss(out, t, "ce" if params.loss == "auto" else params.loss))
+        loss = resolve_loss(params, data)
+        x, y = training_points(data, params, loss)
+        flat = FlatModel(model, llc_loss(loss))
         device = flat.theta.device
         xb, yb = x[:2].to(device), y[:2].to(device)
         xb = xb.to(flat.dtype) if xb.is_floating_point() else xb
@@ -398,22 +508,30 @@ class LLCProbe(Probe):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ProbeError(f"llc: {type(model).__name__} cannot run under torch.func.vmap/grad ({first})") from e
 
+    @staticmethod
+    def sampler_settings(params: LLCParams) -> dict[str, Any]:
+        """The keyword arguments of :func:`estimate_llc` that ``params`` set."""
+        return dict(lr=params.lr, gamma=params.gamma, beta=params.beta, n_chains=params.n_chains,
+                    n_draws=params.n_draws, n_burnin=params.n_burnin, thin=params.thin,
+                    batch_size=params.batch_size, sampler=params.sampler, rms_alpha=params.rms_alpha,
+                    rms_eps=params.rms_eps, seed=params.seed,
+                    dtype=None if params.dtype == "auto" else DTYPES[params.dtype])
+
+    @staticmethod
+    def inputs(model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext
+               ) -> tuple[str, torch.Tensor, torch.Tensor]:
+        """``(loss name, inputs, targets)`` of the chains, on the model's device."""
+        loss = resolve_loss(params, data, ctx.run_spec)
+        x, y = training_points(data, params, loss)
+        device = next(model.parameters()).device
+        return loss, x.to(device), y.to(device)
+
     def compute(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext):
         import xarray as xr
 
         self.check_params(params)
-        loss = params.loss
-        if loss == "auto":
-            loss = (ctx.run_spec.get("train") or {}).get("loss", "ce")
-        x, y = self.training_points(data, params)
-        device = next(model.parameters()).device
-        x, y = x.to(device), y.to(device)
-        dtype = None if params.dtype == "auto" else DTYPES[params.dtype]
-        m = estimate_llc(model, x, y, lambda out, t: task_loss(out, t, loss), lr=params.lr, gamma=params.gamma,
-                         beta=params.beta, n_chains=params.n_chains, n_draws=params.n_draws,
-                         n_burnin=params.n_burnin, thin=params.thin, batch_size=params.batch_size,
-                         sampler=params.sampler, rms_alpha=params.rms_alpha, rms_eps=params.rms_eps,
-                         seed=params.seed, dtype=dtype)
+        loss, x, y = self.inputs(model, data, params, ctx)
+        m = estimate_llc(model, x, y, llc_loss(loss), **self.sampler_settings(params))
         vars_: dict[str, Any] = {}
         for name, dims in self.outputs.items():
             if name == "warning":
@@ -427,4 +545,93 @@ class LLCProbe(Probe):
                         attrs=attrs)
         for name in ds.data_vars:  # the engine keeps variable attributes in the store
             ds[name].attrs["description"] = DESCRIPTIONS[name]
+        return ds
+
+
+# ============================================================================ the restricted probe
+@dataclass(frozen=True)
+class RestrictedLLCParams(LLCParams):
+    # which components (grokscope.functional.components): heads, layers, all, layer:I, head:L.H, params:PREFIX
+    components: tuple[str, ...] = ("heads",)
+
+
+R_DESCRIPTIONS = {
+    **DESCRIPTIONS,
+    "llc": "restricted LLC of each component: n*beta*(mean trace loss - L(w*)), chains moving the component only",
+    "dist": "mean ||w - w*|| over the draws (only the component's coordinates move), per component and chain",
+    "weight_norm": "||w*|| of the component's parameters",
+    "n_params": "number of parameters in the component (d; a regular component has LLC d/2)",
+    "warning": "what the diagnostics say is wrong with this component's chains ('' when nothing)",
+}
+
+
+class RestrictedLLCProbe(Probe):
+    """``rllc``: the LLC restricted to each named component (Wang et al., ICLR 2025, "refined LLC"): the
+    chains of :class:`LLCProbe` moving only the component's parameters, every component's chains in one
+    batched computation. Same parameters as ``llc`` plus ``components``."""
+
+    name = "rllc"
+    description = "restricted (refined) LLC of each layer or attention head by batched SGLD chains (Wang et al.)"
+    Params = RestrictedLLCParams
+    outputs = {
+        "llc": ("component",), "llc_std": ("component",), "llc_chain": ("component", "chain"), "loss_init": (),
+        "loss_trace": ("component", "chain", "draw"), "trace_drift": ("component", "chain"),
+        "rhat": ("component",), "dist": ("component", "chain"), "weight_norm": ("component",),
+        "n_params": ("component",), "frac_below": ("component", "chain"), "grad_step": ("component", "chain"),
+        "loc_step": ("component", "chain"), "noise_step": ("component", "chain"), "warning": ("component",),
+    }
+    needs_data = True
+    needs_grad = True
+    version = 1
+
+    panels = (
+        PanelSpec("llc", "Restricted LLC by component", "λ̂ of the component", hue="component",
+                  higher_is_better=None),
+    )
+
+    @classmethod
+    def check_params(cls, p: RestrictedLLCParams) -> None:
+        from grokscope.functional.components import ComponentError, check_specs
+
+        LLCProbe.check_params(p)
+        try:
+            check_specs(p.components)
+        except ComponentError as e:
+            raise ProbeError(f"rllc.components: {e}") from e
+
+    def check(self, model: nn.Module, data: Any, params: RestrictedLLCParams) -> None:
+        from grokscope.functional.components import ComponentError, resolve_components
+
+        LLCProbe().check(model, data, params)
+        try:
+            comps = resolve_components(model, params.components)
+        except ComponentError as e:
+            raise ProbeError(f"rllc.components: {e}") from e
+        d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        check_work("rllc", "components x n_chains x parameters (the chains' state, gradient, noise, offset)",
+                   len(comps) * params.n_chains * d, each=32)
+
+    def compute(self, model: nn.Module, data: Any, params: RestrictedLLCParams, ctx: ProbeContext):
+        import xarray as xr
+
+        self.check_params(params)
+        loss, x, y = LLCProbe.inputs(model, data, params, ctx)
+        res = estimate_restricted_llc(model, x, y, llc_loss(loss), params.components,
+                                      **LLCProbe.sampler_settings(params))
+        vars_: dict[str, Any] = {}
+        for name, dims in self.outputs.items():
+            if name == "warning":
+                vars_[name] = (dims, np.array(["; ".join(r["warnings"]) for r in res], dtype=object))
+            elif name == "loss_init":
+                vars_[name] = ((), np.float64(res[0]["loss_init"]))
+            else:
+                vars_[name] = (dims, np.stack([np.asarray(r[name], dtype=np.float64) for r in res]))
+        attrs = {"loss": loss, "n": int(res[0]["n"]), "beta": float(res[0]["beta"]),
+                 "nbeta": float(res[0]["nbeta"]),
+                 "batch": "full batch" if not 0 < params.batch_size < res[0]["n"] else f"{params.batch_size} per step"}
+        ds = xr.Dataset(vars_, coords={"component": np.array([r["component"] for r in res], dtype=object),
+                                       "chain": np.arange(params.n_chains), "draw": np.arange(params.n_draws)},
+                        attrs=attrs)
+        for name in ds.data_vars:  # the engine keeps variable attributes in the store
+            ds[name].attrs["description"] = R_DESCRIPTIONS[name]
         return ds
