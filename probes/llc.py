@@ -464,7 +464,7 @@ class LLCProbe(Probe):
     def check_params(cls, p: LLCParams) -> None:
         def need(ok: bool, what: str) -> None:
             if not ok:
-                raise ProbeError(f"llc.{what}")
+                raise ProbeError(f"{cls.name}.{what}")
         need(p.lr > 0 and math.isfinite(p.lr), f"lr must be > 0, got {p.lr}")
         need(p.gamma >= 0 and math.isfinite(p.gamma), f"gamma must be >= 0, got {p.gamma}")
         need(p.beta is None or (isinstance(p.beta, (int, float)) and p.beta > 0),
@@ -475,25 +475,25 @@ class LLCProbe(Probe):
         need(p.thin >= 1, f"thin must be >= 1, got {p.thin}")
         need(p.batch_size >= 0, f"batch_size must be >= 0 (0: full batch), got {p.batch_size}")
         need(p.n_train >= 0, f"n_train must be >= 0 (0: all), got {p.n_train}")
-        check_choice("llc.sampler", p.sampler, SAMPLERS)
+        check_choice(f"{cls.name}.sampler", p.sampler, SAMPLERS)
         need(0 <= p.rms_alpha < 1, f"rms_alpha must be in [0, 1), got {p.rms_alpha}")
         need(p.rms_eps > 0, f"rms_eps must be > 0, got {p.rms_eps}")
         need(p.loss == "auto" or p.loss in LLC_LOSSES, f"loss={p.loss!r}; valid: auto, {', '.join(LLC_LOSSES)}")
         need(p.dtype == "auto" or p.dtype in DTYPES, f"dtype={p.dtype!r}; valid: auto, {', '.join(DTYPES)}")
-        check_work("llc", "llc.n_chains x llc.n_draws (stored draws)", p.n_chains * p.n_draws)
-        check_work("llc", "llc.n_train", p.n_train)
-        check_work("llc", "llc.batch_size", p.batch_size)
+        check_work(cls.name, f"{cls.name}.n_chains x {cls.name}.n_draws (stored draws)", p.n_chains * p.n_draws)
+        check_work(cls.name, f"{cls.name}.n_train", p.n_train)
+        check_work(cls.name, f"{cls.name}.batch_size", p.batch_size)
 
     def check(self, model: nn.Module, data: Any, params: LLCParams) -> None:
         n_all = len(data.split("train")[1])
         if params.n_train > n_all:
-            raise ProbeError(f"llc.n_train={params.n_train} is larger than the training split ({n_all} points); "
+            raise ProbeError(f"{self.name}.n_train={params.n_train} is larger than the training split ({n_all} points); "
                              f"valid: 0..{n_all}")
         n = params.n_train or n_all
         if n < 2:
-            raise ProbeError(f"llc needs at least 2 training points, the training split has {n_all}")
+            raise ProbeError(f"{self.name} needs at least 2 training points, the training split has {n_all}")
         if params.batch_size > n:
-            raise ProbeError(f"llc.batch_size={params.batch_size} is larger than the {n} training points used; "
+            raise ProbeError(f"{self.name}.batch_size={params.batch_size} is larger than the {n} training points used; "
                              f"valid: 0 (full batch)..{n}")
         loss = resolve_loss(params, data)
         x, y = training_points(data, params, loss)
@@ -506,7 +506,7 @@ class LLCProbe(Probe):
                 vmap(grad_and_value(flat.loss), in_dims=(0, None, None))(flat.theta.expand(2, -1), xb, yb)
         except Exception as e:  # any failure of torch.func on this model is reported in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ProbeError(f"llc: {type(model).__name__} cannot run under torch.func.vmap/grad ({first})") from e
+            raise ProbeError(f"{self.name}: {type(model).__name__} cannot run under torch.func.vmap/grad ({first})") from e
 
     @staticmethod
     def sampler_settings(params: LLCParams) -> dict[str, Any]:
@@ -565,7 +565,7 @@ R_DESCRIPTIONS = {
 }
 
 
-class RestrictedLLCProbe(Probe):
+class RestrictedLLCProbe(LLCProbe):
     """``rllc``: the LLC restricted to each named component (Wang et al., ICLR 2025, "refined LLC"): the
     chains of :class:`LLCProbe` moving only the component's parameters, every component's chains in one
     batched computation. Same parameters as ``llc`` plus ``components``."""
@@ -580,20 +580,19 @@ class RestrictedLLCProbe(Probe):
         "n_params": ("component",), "frac_below": ("component", "chain"), "grad_step": ("component", "chain"),
         "loc_step": ("component", "chain"), "noise_step": ("component", "chain"), "warning": ("component",),
     }
-    needs_data = True
-    needs_grad = True
     version = 1
 
     panels = (
         PanelSpec("llc", "Restricted LLC by component", "λ̂ of the component", hue="component",
                   higher_is_better=None),
     )
+    events = ()
 
     @classmethod
     def check_params(cls, p: RestrictedLLCParams) -> None:
         from grokscope.functional.components import ComponentError, check_specs
 
-        LLCProbe.check_params(p)
+        super().check_params(p)
         try:
             check_specs(p.components)
         except ComponentError as e:
@@ -602,11 +601,11 @@ class RestrictedLLCProbe(Probe):
     def check(self, model: nn.Module, data: Any, params: RestrictedLLCParams) -> None:
         from grokscope.functional.components import ComponentError, resolve_components
 
-        LLCProbe().check(model, data, params)
         try:
             comps = resolve_components(model, params.components)
         except ComponentError as e:
             raise ProbeError(f"rllc.components: {e}") from e
+        super().check(model, data, params)
         d = sum(p.numel() for p in model.parameters() if p.requires_grad)
         check_work("rllc", "components x n_chains x parameters (the chains' state, gradient, noise, offset)",
                    len(comps) * params.n_chains * d, each=32)
@@ -615,9 +614,9 @@ class RestrictedLLCProbe(Probe):
         import xarray as xr
 
         self.check_params(params)
-        loss, x, y = LLCProbe.inputs(model, data, params, ctx)
+        loss, x, y = self.inputs(model, data, params, ctx)
         res = estimate_restricted_llc(model, x, y, llc_loss(loss), params.components,
-                                      **LLCProbe.sampler_settings(params))
+                                      **self.sampler_settings(params))
         vars_: dict[str, Any] = {}
         for name, dims in self.outputs.items():
             if name == "warning":
@@ -629,7 +628,7 @@ class RestrictedLLCProbe(Probe):
         attrs = {"loss": loss, "n": int(res[0]["n"]), "beta": float(res[0]["beta"]),
                  "nbeta": float(res[0]["nbeta"]),
                  "batch": "full batch" if not 0 < params.batch_size < res[0]["n"] else f"{params.batch_size} per step"}
-        ds = xr.Dataset(vars_, coords={"component": np.array([r["component"] for r in res], dtype=object),
+        ds = xr.Dataset(vars_, coords={"component": [str(r["component"]) for r in res],
                                        "chain": np.arange(params.n_chains), "draw": np.arange(params.n_draws)},
                         attrs=attrs)
         for name in ds.data_vars:  # the engine keeps variable attributes in the store

@@ -29,6 +29,8 @@ CASES = {
     "fourier": (MOD_MLP, MODULAR, {}),
     "norm": (MOD_MLP, MODULAR, {"n_train": "16", "proj_iters": "5", "cg_iters": "20", "power_iters": "5"}),
     "llc": (MOD_MLP, MODULAR, {"n_chains": "2", "n_draws": "6", "n_burnin": "2"}),
+    "rllc": ({"arch": "transformer", "kwargs": {"p": 7, "d_model": 8, "n_heads": 2, "d_head": 4, "d_mlp": 8}},
+             MODULAR, {"n_chains": "2", "n_draws": "6", "n_burnin": "2", "components": "heads,all"}),
     "collapse": (MOD_MLP, MODULAR, {"n_points": "16"}),
     "spectral": (MLP, DIGITS, {"min_evals": "8"}),
 }
