@@ -23,7 +23,7 @@ from typing import Any, Callable
 from grokscope.errors import GrokscopeError
 
 
-BUILTIN_ORDER = ("acc", "lc", "pgd", "align", "fourier", "norm", "regions", "llc")  # the built-in probes' panel order
+BUILTIN_ORDER = ("acc", "lc", "pgd", "align", "fourier", "norm", "regions", "llc", "rllc")  # the built-in probes' panel order
 
 
 def probe_order(probes: Any) -> list[str]:
