@@ -32,7 +32,11 @@ Functional pieces (usable from a notebook):
   of it;
 * :func:`sgld_chains` — the sampler; returns a :class:`Chains` (loss traces and per-chain diagnostics);
 * :func:`estimate_llc` — the estimate and its diagnostics from a model and data; :func:`llc_warnings`
-  the words for a bad run.
+  the words for a bad run;
+* :func:`estimate_restricted_llc` — the LLC restricted to named components (layers, attention heads:
+  :mod:`grokscope.functional.components`), every component's chains batched (the ``rllc`` probe,
+  :class:`RestrictedLLCProbe`); :func:`llc_loss` the loss the chains use (``next_token`` for a
+  causal-LM task).
 
 Formulas, defaults and the diagnostics' thresholds: ``docs/algorithms.md#llc--local-learning-coefficient``.
 """
@@ -280,14 +284,16 @@ def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
 
 
 def estimate_restricted_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
-                            components: Sequence[str], **kw: Any) -> list[dict[str, Any]]:
+                            components: Sequence[str], component_batch: int = 0, **kw: Any) -> list[dict[str, Any]]:
     """The restricted LLC of each component of ``model`` (Wang et al., ICLR 2025, "refined LLC"): the
     chains move only the component's parameters ``v`` (the others frozen at the checkpoint), the
     localisation acts on ``v`` only, and the estimate is ``nβ (E_v[L_n(v, w*_rest)] − L_n(w*))``.
 
     ``components``: specifications of :mod:`grokscope.functional.components` (``"heads"``,
     ``"layer:0"``, ``"head:0.1"``, ``"params:PREFIX"``, ``"all"``). Every component's chains run in one
-    batched computation (components × chains). ``kw``: the sampler settings of :func:`estimate_llc`.
+    batched computation (components × chains), or ``component_batch`` components at a time (0: all; the
+    draws are the same either way, only the memory differs). ``kw``: the sampler settings of
+    :func:`estimate_llc`.
     Returns one dict per component, as :func:`estimate_llc` returns for the whole model, with
     ``component`` (its name) and ``n_params`` (its parameter count ``d_k``) added.
     """
@@ -302,7 +308,8 @@ def estimate_restricted_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     empty = [c.name for c, m in zip(comps, masks) if not bool(m.any())]
     if empty:
         raise ProbeError(f"rllc.components: {empty[0]} holds no trainable parameter of {type(model).__name__}")
-    out = _estimate(model, x, y, loss_fn, masks, **kw)
+    size = component_batch if component_batch > 0 else len(comps)
+    out = [r for i in range(0, len(comps), size) for r in _estimate(model, x, y, loss_fn, masks[i:i + size], **kw)]
     for c, m, r in zip(comps, masks, out):
         r["component"] = c.name
         r["n_params"] = int(m.sum())
@@ -553,6 +560,7 @@ class LLCProbe(Probe):
 class RestrictedLLCParams(LLCParams):
     # which components (grokscope.functional.components): heads, layers, all, layer:I, head:L.H, params:PREFIX
     components: tuple[str, ...] = ("heads",)
+    component_batch: int = 0      # components whose chains run together (0: all; lower it to save memory)
 
 
 R_DESCRIPTIONS = {
@@ -597,6 +605,9 @@ class RestrictedLLCProbe(LLCProbe):
             check_specs(p.components)
         except ComponentError as e:
             raise ProbeError(f"rllc.components: {e}") from e
+        if p.component_batch < 0:
+            raise ProbeError(f"rllc.component_batch must be >= 0 (0: all components together), "
+                             f"got {p.component_batch}")
 
     def check(self, model: nn.Module, data: Any, params: RestrictedLLCParams) -> None:
         from grokscope.functional.components import ComponentError, resolve_components
@@ -607,15 +618,16 @@ class RestrictedLLCProbe(LLCProbe):
             raise ProbeError(f"rllc.components: {e}") from e
         super().check(model, data, params)
         d = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        check_work("rllc", "components x n_chains x parameters (the chains' state, gradient, noise, offset)",
-                   len(comps) * params.n_chains * d, each=32)
+        together = min(params.component_batch or len(comps), len(comps))
+        check_work("rllc", "components run together x n_chains x parameters (the chains' state, gradient, noise, "
+                   "offset; lower rllc.component_batch)", together * params.n_chains * d, each=32)
 
     def compute(self, model: nn.Module, data: Any, params: RestrictedLLCParams, ctx: ProbeContext):
         import xarray as xr
 
         self.check_params(params)
         loss, x, y = self.inputs(model, data, params, ctx)
-        res = estimate_restricted_llc(model, x, y, llc_loss(loss), params.components,
+        res = estimate_restricted_llc(model, x, y, llc_loss(loss), params.components, params.component_batch,
                                       **self.sampler_settings(params))
         vars_: dict[str, Any] = {}
         for name, dims in self.outputs.items():

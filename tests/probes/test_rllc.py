@@ -286,6 +286,8 @@ def test_bad_components_are_refused_in_one_line(spec, model, message):
     assert "\n" not in str(e.value)
     with pytest.raises(ProbeError, match=r"rllc.lr must be > 0"):
         RestrictedLLCProbe.make_params({"lr": "0"})
+    with pytest.raises(ProbeError, match=r"rllc.component_batch must be >= 0"):
+        RestrictedLLCProbe.make_params({"component_batch": "-1"})
 
 
 # ------------------------------------------------------------------ batching and the LM loss
@@ -311,6 +313,8 @@ def test_all_heads_in_one_run_equal_each_head_alone(lm_task):
         np.testing.assert_allclose(together.loss_trace.sel(component=name).values,
                                    alone.loss_trace.sel(component=name).values, rtol=1e-10)
     assert np.all(together.n_params.values == 4 * 16 * 8)  # q, k, v rows and o columns of one head
+    in_threes = run(RestrictedLLCProbe, model, data, components="heads", component_batch=3, **LM_SAMPLER)
+    np.testing.assert_allclose(in_threes.loss_trace.values, together.loss_trace.values, rtol=1e-10)
 
 
 def test_lm_loss_is_next_token_loss_on_the_real_tokens(lm_task):
