@@ -494,7 +494,8 @@ class LLCProbe(Probe):
     def check(self, model: nn.Module, data: Any, params: LLCParams) -> None:
         n_all = len(data.split("train")[1])
         if params.n_train > n_all:
-            raise ProbeError(f"{self.name}.n_train={params.n_train} is larger than the training split ({n_all} points); "
+            raise ProbeError(f"{self.name}.n_train={params.n_train} is larger than the training split "
+                             f"({n_all} points); "
                              f"valid: 0..{n_all}")
         n = params.n_train or n_all
         if n < 2:
@@ -513,7 +514,8 @@ class LLCProbe(Probe):
                 vmap(grad_and_value(flat.loss), in_dims=(0, None, None))(flat.theta.expand(2, -1), xb, yb)
         except Exception as e:  # any failure of torch.func on this model is reported in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ProbeError(f"{self.name}: {type(model).__name__} cannot run under torch.func.vmap/grad ({first})") from e
+            raise ProbeError(f"{self.name}: {type(model).__name__} cannot run under torch.func.vmap/grad "
+                             f"({first})") from e
 
     @staticmethod
     def sampler_settings(params: LLCParams) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from grokscope.functional.components import ComponentError, resolve_components
+from grokscope.functional.components import resolve_components
 from grokscope.losses import next_token_loss
 from grokscope.models.transformer import Attention
 from grokscope.probes import ProbeContext, ProbeError, get_probe
