@@ -108,12 +108,17 @@ def chain_seed(seed: int, chain: int, stream: int) -> int:
 
 @torch.no_grad()
 def full_loss(flat: FlatModel, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> float:
-    """``L_n(theta)``: the mean loss on all of ``(x, y)``, in chunks of ``chunk`` points (as a float)."""
-    total = 0.0
+    """``L_n(theta)``: the mean loss on all of ``(x, y)``, in chunks of ``chunk`` points (as a float).
+    Each chunk's mean is weighted by its number of points, or by ``flat.loss_fn.count(targets)`` where the
+    loss has one (``next_token``: its mean is over the counted predictions, not the rows)."""
+    count = getattr(flat.loss_fn, "count", None)
+    total = weight = 0.0
     for i in range(0, len(x), chunk):
         xb, yb = x[i:i + chunk], y[i:i + chunk]
-        total += float(flat.loss(theta, xb, yb)) * len(xb)
-    return total / max(len(x), 1)
+        w = float(count(yb)) if count is not None else float(len(xb))
+        total += float(flat.loss(theta, xb, yb)) * w
+        weight += w
+    return total / weight if weight > 0 else 0.0
 
 
 # ============================================================================ the sampler
@@ -378,8 +383,20 @@ def llc_loss(kind: str) -> LossFn:
     ``next_token``: :func:`grokscope.losses.next_token_loss` of logits ``(n, T, V)`` against the targets
     of :func:`lm_labels` (a prediction counts where the token it reads and the one it predicts are real)."""
     if kind == "next_token":
-        return lambda logits, labels: next_token_loss(logits, labels.clamp_min(0), labels >= 0)
+        return NextTokenLoss()
     return lambda out, t: task_loss(out, t, kind)
+
+
+class NextTokenLoss:
+    """The ``next_token`` loss of :func:`llc_loss` on :func:`lm_labels` targets, with :meth:`count`."""
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return next_token_loss(logits, labels.clamp_min(0), labels >= 0)
+
+    @staticmethod
+    def count(labels: torch.Tensor) -> torch.Tensor:
+        """The number of predictions the mean is over: a real token read and a real token predicted."""
+        return ((labels[:, :-1] >= 0) & (labels[:, 1:] >= 0)).sum()
 
 
 def resolve_loss(params: Any, data: Any, run_spec: dict[str, Any] | None = None) -> str:

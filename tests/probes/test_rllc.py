@@ -17,7 +17,7 @@ from grokscope.functional.components import resolve_components
 from grokscope.losses import next_token_loss
 from grokscope.models.transformer import Attention
 from grokscope.probes import ProbeContext, ProbeError, get_probe
-from grokscope.probes.llc import LLCProbe, RestrictedLLCProbe, llc_loss, lm_labels
+from grokscope.probes.llc import FlatModel, LLCProbe, RestrictedLLCProbe, full_loss, llc_loss, lm_labels
 from grokscope.testing import check_probe
 from tests.probes.test_llc import discrete_sgld_llc
 
@@ -348,6 +348,9 @@ def test_lm_loss_is_next_token_loss_on_the_real_tokens(lm_task):
     assert np.isfinite(out.llc.values).all()
     labels = lm_labels(data.x, data.mask_train)
     assert (labels[::3, 6:] == -1).all() and (labels[1, :] == data.x[1]).all()
+    # L_n over chunks of rows with different numbers of real tokens is still the mean over all of them
+    flat = FlatModel(model, llc_loss("next_token"))
+    assert full_loss(flat, flat.theta, data.x, labels, chunk=5) == pytest.approx(expected, rel=1e-12)
     whole = run(LLCProbe, model, data, **LM_SAMPLER)
     assert whole.attrs["loss"] == "next_token" and float(whole.loss_init) == float(out.loss_init)
 
