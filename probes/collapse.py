@@ -202,13 +202,17 @@ class CollapseProbe(Probe):
         run_loss = ((ctx.run_spec if ctx is not None else {}).get("train") or {}).get("loss", "ce")
         return run_loss if run_loss in LOSSES else "ce"
 
-    def template(self, model: nn.Module, data: Any, params: CollapseParams, ctx: ProbeContext | None = None):
-        """Splits x quantiles, and the loss the fractions use (``auto``: the run's): no size depends on
-        the model or the data."""
+    def _frame(self, params: CollapseParams, loss: str):  # -> xr.Dataset
+        """The result's frame (zeros): splits x quantiles, and ``loss``, the loss the fractions used."""
         return template_dataset(self.outputs,
                                 coords={"split": [str(s) for s in params.splits],
                                         "quantile": [float(q) for q in params.quantiles]},
-                                dtypes={"n_samples": np.int64}, attrs={"loss": self.resolve_loss(params, ctx)})
+                                dtypes={"n_samples": np.int64}, attrs={"loss": loss})
+
+    def template(self, model: nn.Module, data: Any, params: CollapseParams, ctx: ProbeContext | None = None):
+        """Splits x quantiles, and the loss the fractions use (``auto``: the run's): no size depends on
+        the model or the data."""
+        return self._frame(params, self.resolve_loss(params, ctx))
 
     def compute(self, model: nn.Module, data: Any, params: CollapseParams, ctx: ProbeContext):
         loss = self.resolve_loss(params, ctx)
@@ -222,7 +226,7 @@ class CollapseProbe(Probe):
                 rows.append(collapse_measures(model, x.to(device), y.to(device), loss, params.precision,
                                               tuple(quantiles), params.batch_size))
         one = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
-        return fill_template(self.template(model, data, params, ctx),
+        return fill_template(self._frame(params, loss),
                              {"collapse_frac": one("collapse_frac"), "zero_grad_frac": one("zero_grad_frac"),
                               "margin": np.stack([r["margin"] for r in rows]).astype(np.float64),
                               "nlm_cos_weights": one("nlm_cos_weights"), "nlm_cos_logits": one("nlm_cos_logits"),
