@@ -95,12 +95,12 @@ class RegionsProbe(Probe):
                                 attrs={"layers": ",".join(layers)})
 
     def template(self, model: nn.Module, data: Any, params: RegionsParams, ctx: ProbeContext | None = None):
-        """The grid from ``resolution`` and ``margin``; the layers from one forward pass of the first
-        corner (:func:`grokscope.functional.kinks.kink_layers`, the layers the picture's patterns use)."""
+        """The grid from ``resolution`` and ``margin``; the layers from one forward pass of the split's
+        first point (:func:`grokscope.functional.kinks.kink_layers`, the layers the picture's patterns
+        use: which they are depends on the model, not on the point; no label or input value is read)."""
         from grokscope.functional.kinks import kink_layers
 
-        _, x, _ = self._points(data, params)
-        forward, z = self._view(model, x, data)
+        forward, z = self._view(model, data.split(params.split)[0][:1], data)
         return self._frame(params, [k.name for k in kink_layers(model, z[:1], forward=forward)])
 
     @staticmethod
