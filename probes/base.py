@@ -5,7 +5,7 @@ A probe declares:
 * ``name`` — the ``--metrics`` name and the store group name;
 * ``Params`` — a dataclass of parameters with defaults (set from the CLI as ``--param name.field=v``);
 * ``outputs`` — ``{variable: dims}`` it writes (dims without ``step``), for listings and docs;
-* ``template(model, data, params)`` — optional: the result's shape without computing it (every
+* ``template(model, data, params, ctx)`` — optional: the result's shape without computing it (every
   declared output with its dims, sizes, dtype and attributes, the coordinates, the dataset's
   attributes; :func:`template_dataset` builds it). The engine writes each group's template from it
   before any job runs, so a group whose first job fails still holds its variables and attributes;
