@@ -20,11 +20,15 @@ MODULAR = {"name": "modular", "kwargs": {"p": 11, "train_fraction": 0.5}, "seed"
 DEEP = {"arch": "mlp", "kwargs": {"in_dim": 64, "out_dim": 10, "depth": 3, "width": 10}}
 TRANSFORMER = {"arch": "transformer", "kwargs": {"p": 11, "d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 24}}
 
-# probe -> (model, data, parameters, the run's train spec, {dim: the size it must have})
+# setting -> (model, data, parameters, the run's train spec, {dim: the size it must have}); a setting is
+# a probe's name, or ``probe:what`` for a further one
 CASES = {
     # 3 radii, 70 points asked of splits of 60 and 40: sample 60 (the largest split), the test split padded
     "pgd": (DEEP, DIGITS, {"eps": "0.02,0.1,0.3", "n_points": "70", "splits": "train,test", "steps": "2"},
             {}, {"split": 2, "eps": 3, "sample": 60}),
+    # a token model: radii in embedding units (auto), 100 points asked of the 61 test pairs of p = 11
+    "pgd:tokens": (TRANSFORMER, MODULAR, {"eps": "0.1,0.5", "n_points": "100", "steps": "1"}, {},
+                   {"split": 1, "eps": 2, "sample": 61}),
     "collapse": (DEEP, DIGITS, {"splits": "test", "quantiles": "0.1,0.9", "n_points": "30"},
                  {"loss": "stablemax"}, {"split": 1, "quantile": 2}),
     "spectral": (DEEP, DIGITS, {"min_evals": "5"}, {}, {"layer": 4}),
@@ -41,7 +45,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_declared_template_describes_the_result_in_a_second_setting(name):
     model_spec, data_spec, overrides, train, sizes = CASES[name]
-    cls = get_probe(name)
+    cls = get_probe(name.split(":")[0])
     torch.manual_seed(1)
     model, data = build_model(model_spec).eval(), load_dataset(data_spec)
     params = cls.make_params(overrides)
