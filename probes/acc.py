@@ -65,7 +65,7 @@ class AccProbe(Probe):
         check_at_least("acc", params, batch_size=1)
         check_work("acc", "acc.batch_size", params.batch_size)
 
-    def template(self, model, data, params: AccParams):
+    def template(self, model, data, params: AccParams, ctx: ProbeContext | None = None):
         """Loss and accuracy per split (train, test), whatever the model."""
         return template_dataset(self.outputs, coords={"split": ["train", "test"]})
 

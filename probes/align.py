@@ -399,7 +399,7 @@ class AlignProbe(Probe):
         check_work("align", "align.memory_mb (bytes)", params.memory_mb * 2**20, each=1)
         check_work("align", "align.n_points x align.max_rows", max(params.n_points, 1) * params.max_rows)
 
-    def template(self, model: nn.Module, data, params: AlignParams):
+    def template(self, model: nn.Module, data, params: AlignParams, ctx: ProbeContext | None = None):
         """The result's shape from the splits' point counts and the output size ``C`` of one forward
         pass (which also decides whether ``‖J‖_F`` is exact: ``n_proj = 0`` and ``C <= max_rows``)."""
         from grokscope.models.adapters import continuous_view

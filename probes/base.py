@@ -5,7 +5,7 @@ A probe declares:
 * ``name`` — the ``--metrics`` name and the store group name;
 * ``Params`` — a dataclass of parameters with defaults (set from the CLI as ``--param name.field=v``);
 * ``outputs`` — ``{variable: dims}`` it writes (dims without ``step``), for listings and docs;
-* ``template(model, data, params)`` — optional: the result's shape without computing it (every
+* ``template(model, data, params, ctx)`` — optional: the result's shape without computing it (every
   declared output with its dims, sizes, dtype and attributes, the coordinates, the dataset's
   attributes; :func:`template_dataset` builds it). The engine writes each group's template from it
   before any job runs, so a group whose first job fails still holds its variables and attributes;
@@ -127,12 +127,15 @@ class Probe:
         """Raise :class:`ProbeError` (naming the parameter and its valid range) if this probe cannot run
         with ``params`` on this model and data; called once on the first checkpoint before any job."""
 
-    def template(self, model: nn.Module, data: Any, params: Any):  # -> xr.Dataset | None
-        """What ``compute(model, data, params, ...)`` will return, up to its values: the same variables,
+    def template(self, model: nn.Module, data: Any, params: Any,
+                 ctx: ProbeContext | None = None):  # -> xr.Dataset | None
+        """What ``compute(model, data, params, ctx)`` will return, up to its values: the same variables,
         dims, sizes, storage dtypes, variable and dataset attributes and coordinates (any values in
         the variables), found without computing (sizes come from ``params``, the data and at most a
-        forward pass of one point). None: not declared (the store's template then comes from the
-        first result). ``grokscope.testing.check_probe`` holds a declared template to the results."""
+        forward pass of one point). ``ctx`` gives the run's spec (what an ``auto`` loss means; None:
+        no spec, as a default :class:`ProbeContext`). None: not declared (the store's template then
+        comes from the first result). ``grokscope.testing.check_probe`` holds a declared template to
+        the results; a probe's ``compute`` fills the same frame (:func:`fill_template`)."""
         return None
 
     # -- presentation ---------------------------------------------------------------------------
@@ -310,6 +313,27 @@ def template_dataset(outputs: dict[str, tuple[str, ...]], coords: dict[str, Any]
         ds[name] = xr.Variable(dims, np.zeros(shape, dtype=(dtypes or {}).get(name, np.float64)),
                                attrs=dict((var_attrs or {}).get(name, {})))
     return ds
+
+
+def fill_template(template: Any, values: dict[str, Any]):  # -> xr.Dataset
+    """``template`` (from :func:`template_dataset`) with the values of each of its variables from
+    ``values`` (``{name: array}``, each of the variable's shape, cast to its dtype within its kind):
+    the one way a probe that declares its template builds its result, so the two cannot differ in
+    anything but the values. A missing or extra name or a wrong shape raises :class:`ProbeError`."""
+    import numpy as np
+
+    missing = sorted(set(template.data_vars) - set(values))
+    extra = sorted(set(values) - set(template.data_vars))
+    if missing or extra:
+        raise ProbeError(f"result values differ from the template's variables (missing: {missing}, "
+                         f"not in the template: {extra})")
+    for name, value in values.items():
+        var = template[name].variable
+        a = np.asarray(value)
+        if a.shape != var.shape:
+            raise ProbeError(f"variable {name!r}: values of shape {a.shape}, its template has {var.shape}")
+        template[name] = var.copy(data=a.astype(var.dtype, casting="same_kind"))
+    return template
 
 
 def params_attrs(params: Any) -> dict[str, Any]:

@@ -460,7 +460,7 @@ class LCProbe(Probe):
                              "functional call such as F.relu was seen); name the modules whose outputs to "
                              "count with lc.layers=name1,name2 (see `grokscope probes --model M --dataset D`)")
 
-    def template(self, model: nn.Module, data: Any, params: LCParams):
+    def template(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext | None = None):
         """The result's shape from the layers one forward pass finds (:func:`kink_layers`), the
         splits, ``radius`` and the sample dim (``n_points``, or the largest split if smaller)."""
         splits = tuple(params.splits)

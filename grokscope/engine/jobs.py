@@ -174,7 +174,7 @@ def preflight(task: Task) -> dict[str, Any]:
 
     from grokscope.functional import eval_mode
     from grokscope.functional.precision import precision_guard
-    from grokscope.probes.base import check_result
+    from grokscope.probes.base import ProbeContext, check_result
 
     sd = read_state_dict(task.checkpoint)
     model, data, classes = _prepare(task, sd, torch.device(task.device))
@@ -186,7 +186,9 @@ def preflight(task: Task) -> dict[str, Any]:
                 probe.check(model, data, req.params)
             try:
                 with precision_guard(probe.precision_mode):
-                    template = probe.template(model, data, req.params)
+                    template = probe.template(model, data, req.params,
+                                              ProbeContext(step=int(task.checkpoint.step), run=task.run,
+                                                           device=torch.device("cpu"), run_spec=task.spec))
                 if template is not None:
                     templates[req.name] = check_result(template, classes[req.name])
             except Exception:  # noqa: BLE001 - a declared template is optional, the results are not

@@ -83,7 +83,7 @@ def test_harness_catches_each_fault(fault, compute, outputs, panels):
 
 
 def _template(shape_k=3, attrs=None, dtype=np.float64):
-    def template(self, model, data, params):
+    def template(self, model, data, params, ctx=None):
         from grokscope.probes import template_dataset
 
         return template_dataset({"v": ("k",)}, {"k": list(range(shape_k))}, {"v": dtype}, attrs)
