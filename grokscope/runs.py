@@ -104,7 +104,9 @@ def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
     """Read and validate ``run.json``; :class:`RunError` names the file and what is wrong."""
-    path = Path(run_dir) / RUN_JSON
+    from grokscope.sources import as_path
+
+    path = as_path(run_dir) / RUN_JSON
     if not path.is_file():
         raise RunError(f"{path}: no run.json (write one with `grokscope init`)")
     doc = read_json_object(path, RunError)
@@ -129,7 +131,9 @@ def checkpoint_dir(run_dir: Path) -> Path:
     (reading it reports the problem)."""
     from grokscope.jsonbounds import read_json
 
-    run_dir = Path(run_dir)
+    from grokscope.sources import as_path
+
+    run_dir = as_path(run_dir)
     try:
         doc = read_json(run_dir / RUN_JSON)
     except (OSError, ValueError):
@@ -197,7 +201,9 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     line nested too deep to read, :mod:`grokscope.jsonbounds`)."""
     from grokscope.jsonbounds import loads
 
-    path = Path(run_dir) / LOG_JSONL
+    from grokscope.sources import as_path
+
+    path = as_path(run_dir) / LOG_JSONL
     if not path.exists():
         return []
     records = []
