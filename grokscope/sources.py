@@ -27,6 +27,7 @@ from grokscope.locations import LocationError, filesystem, is_url
 
 _SOURCES: dict[str, "Source"] = {}  # root URL -> the source listed last, for path_of()
 _LOCK = threading.Lock()
+SMALL = 1 << 20  # a file read whole up to this size (run.json, logs, indexes) is kept per listing
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Source:
         self.dirs: dict[str, list[str]] = {}
         self.reads = 0
         self.bytes_read = 0
+        self.small: dict[str, bytes] = {}  # whole small files read since the listing
         self.list()
 
     def list(self) -> None:
@@ -88,6 +90,7 @@ class Source:
                 parent = up
         self.files = files
         self.dirs = {k: sorted(v) for k, v in dirs.items()}
+        self.small = {}
         with _LOCK:
             _SOURCES[self.url] = self
 
@@ -100,13 +103,19 @@ class Source:
         return f"{self.root}/{rel}" if rel else self.root
 
     def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
-        """Bytes ``[start, end)`` of file ``rel`` (the whole file by default), from the server."""
+        """Bytes ``[start, end)`` of file ``rel`` (the whole file by default), from the server; a
+        small file (up to :data:`SMALL` bytes) read whole is read once per listing."""
+        whole = start is None and end is None
+        if whole and rel in self.small:
+            return self.small[rel]
         try:
             data = self.fs.cat_file(self.full(rel), start=start, end=end)
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.url}/{rel}: no such object (listed, then gone)") from None
         self.reads += 1
         self.bytes_read += len(data)
+        if whole and len(data) <= SMALL:
+            self.small[rel] = data
         return data
 
 

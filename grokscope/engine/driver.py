@@ -94,7 +94,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
     from grokscope.locations import is_url
     from grokscope.sources import as_path
 
-    from .fetch import configure
+    from .fetch import FetchError, check_budget, configure
 
     configure(cfg.fetch_settings())  # the client's own reads (model check, probe checks)
     path = as_path(path, cfg.storage_options, fresh=True).absolute()
@@ -104,6 +104,10 @@ def probe_runs(path: Path, cfg: EngineConfig,
     check_store_path(out)
     links: list[Problem] = []  # folders left out: links leading outside path, or loops
     runs = find_runs(path, links)
+    try:
+        check_budget([ck for r in runs for ck in r.checkpoints], cfg.cache_budget)
+    except FetchError as e:
+        raise EngineError(str(e)) from None
     refusal, ignored = ignored_spec(runs, cfg.spec)
     ignored = [f"{x.path}: {x.reason}" for x in links] + ignored
     if refusal:

@@ -15,9 +15,10 @@ budget, a machine holds at most one checkpoint per worker thread (each fetch is 
 read).
 
 Settings travel with each job (:class:`FetchSettings` in the task); the client's own reads use the
-ones :func:`configure` set. The state dict read last is kept in memory (one per process), so the
-client's model check and probe checks read the first checkpoint once, and a worker that probes step
-n+1 after step n gets step n (``load_previous``) without a second fetch.
+ones :func:`configure` set. The state dicts read last are kept in memory (up to :data:`MEMO_BYTES`
+of tensors per process, at least the last one), so the client's model check and probe checks read
+each run's first checkpoint once, and a worker that probes step n+1 after step n gets step n
+(``load_previous``) without a second fetch.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,7 +84,10 @@ class FetchSettings:
 
 
 _SETTINGS = FetchSettings()
-_LAST: tuple[str, dict[str, Any]] | None = None  # the state dict read last: (key, state dict)
+# the state dicts read last, newest last: {key: (bytes, state dict)}, at most MEMO_BYTES of tensors
+# (and always the last one)
+_MEMO: "OrderedDict[str, tuple[int, dict[str, Any]]]" = OrderedDict()
+MEMO_BYTES = 512 * 2**20
 _MEMO_LOCK = threading.Lock()
 
 
@@ -98,22 +103,28 @@ def current() -> FetchSettings:
 
 
 def remembered(key: str) -> dict[str, Any] | None:
-    """The state dict read last under ``key`` (a shallow copy: callers may rename keys), or None."""
+    """A state dict read lately under ``key`` (a shallow copy: callers may rename keys), or None."""
     with _MEMO_LOCK:
-        return dict(_LAST[1]) if _LAST is not None and _LAST[0] == key else None
+        if key not in _MEMO:
+            return None
+        _MEMO.move_to_end(key)
+        return dict(_MEMO[key][1])
 
 
 def remember(key: str, sd: dict[str, Any]) -> None:
-    global _LAST
+    """Keep ``sd`` (read under ``key``) in memory, dropping the oldest beyond :data:`MEMO_BYTES`."""
+    size = sum(int(t.numel()) * t.element_size() for t in sd.values() if hasattr(t, "element_size"))
     with _MEMO_LOCK:
-        _LAST = (key, sd)
+        _MEMO[key] = (size, sd)
+        _MEMO.move_to_end(key)
+        while len(_MEMO) > 1 and sum(n for n, _ in _MEMO.values()) > MEMO_BYTES:
+            _MEMO.popitem(last=False)
 
 
 def forget() -> None:
-    """Drop the remembered state dict (tests, and a process about to measure its reads)."""
-    global _LAST
+    """Drop the remembered state dicts (tests, and a process about to measure its reads)."""
     with _MEMO_LOCK:
-        _LAST = None
+        _MEMO.clear()
 
 
 # -- the per-machine ledger -----------------------------------------------------------------------
@@ -153,6 +164,13 @@ def held(folder: Path) -> int:
             r.unlink(missing_ok=True)
             continue
         total += size
+    for d in folder.glob("ck-*"):  # the fetch folders of killed processes (``ck-<pid>-...``)
+        try:
+            pid = int(d.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
     return total
 
 
@@ -174,7 +192,7 @@ def reserve(size: int, settings: FetchSettings, what: str, poll: float = 0.05) -
                 (ledger / token).write_text(str(size))
                 break
         time.sleep(poll)
-    work = Path(tempfile.mkdtemp(prefix="ck-", dir=folder))
+    work = Path(tempfile.mkdtemp(prefix=f"ck-{os.getpid()}-", dir=folder))
     try:
         yield work
     finally:
@@ -188,6 +206,20 @@ def sizes(ck: Checkpoint, fs: Any, paths: list[str]) -> int:
     if ck.sizes and len(ck.sizes) == len(ck.files) + (1 if ck.sharded else 0):
         return sum(ck.sizes)
     return sum(int(fs.info(p)["size"]) for p in paths)
+
+
+def check_budget(checkpoints: Any, budget: int | None) -> None:
+    """Refuse, in one line naming the largest, a series with a checkpoint larger than ``budget``
+    bytes (sizes from the listing; checkpoints without listed sizes pass: their fetch checks)."""
+    if budget is None:
+        return
+    sized = [(sum(ck.sizes), ck) for ck in checkpoints if ck.sizes]
+    if not sized:
+        return
+    size, ck = max(sized, key=lambda x: x[0])
+    if size > budget:
+        raise FetchError(f"{ck.path}: {format_size(size)} ({size} bytes), larger than the whole --cache-budget "
+                         f"{format_size(budget)} ({budget} bytes); raise --cache-budget to at least {size}")
 
 
 @contextmanager

@@ -1,0 +1,251 @@
+"""Series on object storage (issue 28, the run side): run folders, third-party layouts and hub caches
+at an ``s3://`` URL on a real S3 server on loopback (moto's server mode, ``s3`` fixture), discovered
+from one listing, scanned from headers, probed by workers that fetch each checkpoint under a disk
+budget; values equal to the same series probed from local disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+from grokscope.engine.store_view import load_group
+from tests.helpers import make_run
+
+
+def _grokscope(*args: object):
+    from click.testing import CliRunner
+
+    from grokscope.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _upload(s3, local: Path, *key: str) -> str:
+    url = s3.url(*key)
+    s3.fs().put(str(local), url, recursive=True)
+    return url
+
+
+def assert_same_values(a: Path, b: Path, runs: list[str], probe: str = "acc") -> None:
+    """The stores' groups hold equal values (their attributes name different run paths)."""
+    for run in runs:
+        ga, gb = load_group(a, run, probe), load_group(b, run, probe)
+        for name in ("accuracy", "loss", "done"):
+            xr.testing.assert_equal(ga[name], gb[name])
+        assert list(ga.step.values) == list(gb.step.values)
+
+
+class Requests(logging.Handler):
+    """The S3 server's own request log (werkzeug's line per request: ``"GET /bucket/key HTTP/1.1"``)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()))  # 206s come coloured
+
+    def gets(self, suffix: str) -> list[str]:
+        return [ln for ln in self.lines if '"GET ' in ln and suffix in ln.split('"')[1].split("?")[0]]
+
+
+@pytest.fixture
+def requests_log():
+    log = logging.getLogger("werkzeug")
+    handler, level, disabled = Requests(), log.level, log.disabled
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.disabled = False  # importing distributed configures logging, disabling loggers it does not name
+    yield handler
+    log.removeHandler(handler)
+    log.setLevel(level)
+    log.disabled = disabled
+
+
+def test_probe_s3_series_equals_local_and_holds_nothing_after(s3, tmp_path, monkeypatch):
+    """train -> upload -> ``probe s3://…/runs`` under a budget of two checkpoints: the values equal a
+    local run's, the workers' fetch cache is empty afterwards, and its size never went over the budget
+    (sampled every millisecond while the run goes)."""
+    for i, name in enumerate("ab"):
+        make_run(tmp_path / "runs" / name, [0, 1, 2, 3, 5, 8], seed=i)
+    url = _upload(s3, tmp_path / "runs", "runs")
+    size = (tmp_path / "runs/a/checkpoints/step-00000000.safetensors").stat().st_size
+    cache = tmp_path / "tmp"
+    cache.mkdir()
+    monkeypatch.setenv("TMPDIR", str(cache))  # the fetch cache of the workers (and the client)
+    peak, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            held = 0
+            for top, _, files in os.walk(cache):  # files come and go while walking
+                for f in files:
+                    try:
+                        held += os.stat(os.path.join(top, f)).st_size if f.endswith(".safetensors") else 0
+                    except OSError:
+                        pass
+            peak[0] = max(peak[0], held)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        r = _grokscope("probe", url, "-o", tmp_path / "remote.zarr", "--json", "-q", "--workers", "2",
+                       "--cache-budget", str(2 * size))
+    finally:
+        stop.set()
+        watcher.join()
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["completed"] == 12
+    r = _grokscope("probe", tmp_path / "runs", "-o", tmp_path / "local.zarr", "--json", "-q", "--scheduler", "sync")
+    assert r.exit_code == 0, r.output
+    assert_same_values(tmp_path / "remote.zarr", tmp_path / "local.zarr", ["a", "b"])
+    assert 0 < peak[0] <= 2 * size, peak[0]
+    assert not list(cache.rglob("*.safetensors")) and not list(cache.rglob("ck-*"))
+    # rerun: everything is in the store, nothing is fetched again
+    r = _grokscope("probe", url, "-o", tmp_path / "remote.zarr", "--json", "-q", "--workers", "1", "--no-recheck")
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == 12, r.output
+
+
+def test_checkpoint_larger_than_the_budget_is_one_error(s3, tmp_path):
+    make_run(tmp_path / "run", [0, 1])
+    url = _upload(s3, tmp_path / "run", "run")
+    r = _grokscope("probe", url, "-o", tmp_path / "p.zarr", "--cache-budget", "1kB")
+    assert r.exit_code != 0
+    line = r.output.strip().splitlines()[-1]
+    assert "step-00000000.safetensors" in line and "larger than the whole --cache-budget 1.0 kB" in line, r.output
+    assert not (tmp_path / "p.zarr").exists()
+    r = _grokscope("probe", url, "-o", tmp_path / "p.zarr", "--cache-budget", "lots")
+    assert r.exit_code == 2 and "'lots' is not a size" in r.output
+
+
+def test_a_remote_series_costs_one_client_read_before_the_cluster(s3, tmp_path, requests_log):
+    """``probe --dry-run`` is everything the client does before the cluster starts (discovery, the
+    model check of each run, each probe's check): one recursive listing, one GET of each run.json and
+    one of each run's first checkpoint (the model check and the probes' checks share it)."""
+    from grokscope.engine import fetch
+
+    fetch.forget()
+    for name in ("a", "b"):
+        make_run(tmp_path / "runs" / name, [0, 10, 20, 30])
+    url = _upload(s3, tmp_path / "runs", "runs")
+    requests_log.lines.clear()
+    r = _grokscope("probe", url, "-o", tmp_path / "p.zarr", "-m", "acc,lc", "--dry-run", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    weights = sorted(ln.split('"')[1].split()[1].split("/", 2)[2] for ln in requests_log.gets(".safetensors"))
+    assert weights == ["runs/a/checkpoints/step-00000000.safetensors",
+                       "runs/b/checkpoints/step-00000000.safetensors"], requests_log.lines
+    assert len(requests_log.gets("run.json")) == 2, requests_log.lines
+    listings = [ln for ln in requests_log.lines if "list-type=2" in ln and "delimiter=&" in ln]
+    assert len(listings) == 1, requests_log.lines
+
+
+def test_scan_reads_headers_not_weights(s3, tmp_path, requests_log):
+    """``scan s3://…`` gives the local scan's audit (steps, gaps, signatures, duplicates) from the
+    listing and the safetensors headers: the bytes it reads are a small part of the series."""
+    run = make_run(tmp_path / "runs" / "a", [0, 1, 2, 4, 5])
+    shutil.copy(run / "checkpoints/step-00000002.safetensors", run / "checkpoints/step-00000006.safetensors")
+    url = _upload(s3, tmp_path / "runs", "runs")
+    requests_log.lines.clear()
+    r = _grokscope("scan", url, "--json")
+    assert r.exit_code == 0, r.output
+    remote = json.loads(r.stdout)
+    local = json.loads(_grokscope("scan", tmp_path / "runs", "--json").stdout)
+    (rr,), (lr,) = remote, local
+    for key in ("checkpoints", "readable", "steps", "gaps", "drift", "bytes", "first_step", "last_step"):
+        assert rr[key] == lr[key], key
+    assert [d["steps"] for d in rr["duplicates"]] == [d["steps"] for d in lr["duplicates"]] == [[2, 6]]
+    assert rr["remote"] and lr["remote"] is None
+    whole = [ln for ln in requests_log.gets(".safetensors")]
+    from grokscope.sources import as_path
+
+    src = as_path(url).source
+    assert src.bytes_read < 0.2 * rr["bytes"], (src.bytes_read, rr["bytes"])
+    assert len(whole) == 2 * 6, requests_log.lines  # two range reads (length, header) per file
+    assert "remote series: audited from the listing" in _grokscope("scan", url).output
+
+
+def _hub_layout(root: Path, src: Path) -> Path:
+    """A hub-cache repository (``models--org--tiny``: refs/stepN -> snapshots/<commit>/) holding the
+    checkpoints of run ``src``, as ``aws s3 sync`` leaves one on object storage (no links)."""
+    repo = root / "models--org--tiny"
+    for ck in sorted((src / "checkpoints").iterdir()):
+        step = int(ck.stem.split("-")[1])
+        commit = f"{step:040x}"
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        shutil.copy(ck, repo / "snapshots" / commit / "model.safetensors")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / f"step{step}").write_text(commit)
+    (repo / "refs" / "main").write_text(f"{2:040x}")
+    return repo
+
+
+def test_layouts_on_s3_are_found_as_on_disk(s3, tmp_path):
+    """One discovery for both: a folder of runs, HF ``checkpoint-N/`` folders, a sharded checkpoint and
+    a hub cache, uploaded, are found with the steps and problems the local copy gives."""
+    from grokscope.engine.discovery import find_runs
+    from grokscope.engine.loading import read_state_dict
+
+    src = make_run(tmp_path / "src", [0, 3, 7])
+    tree = tmp_path / "tree"
+    make_run(tree / "ours", [0, 1])
+    _hub_layout(tree / "hub", src)
+    for step in (0, 3, 7):  # trainer folders, one with side files and no step in the weights' name
+        d = tree / "hf" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        shutil.copy(src / f"checkpoints/step-{step:08d}.safetensors", d / "model.safetensors")
+        (d / "optimizer.pt").write_bytes(b"x")
+    (tree / "hf" / "notes.txt").write_text("no step")
+    url = _upload(s3, tree, "tree")
+    local = {r.rel: r for r in find_runs(tree)}
+    remote = {r.rel: r for r in find_runs(url)}
+    assert sorted(local) == sorted(remote) == ["hf", "hub/models--org--tiny", "ours"]
+    for rel in local:
+        assert remote[rel].steps == local[rel].steps, rel
+        assert remote[rel].name == local[rel].name
+        assert [p.reason for p in remote[rel].problems] == [p.reason for p in local[rel].problems]
+    ck = remote["hub/models--org--tiny"].checkpoints[1]
+    assert ck.path.startswith("s3://") and ck.label.startswith("step3: snapshots/")
+    want = read_state_dict(local["hub/models--org--tiny"].checkpoints[1])
+    got = read_state_dict(ck)  # fetched, read, deleted
+    assert sorted(got) == sorted(want) and all(got[k].equal(want[k]) for k in want)
+
+
+def test_fetch_budget_is_per_machine_and_waits(tmp_path):
+    """Two holders of one cache: a reservation that does not fit waits until the first is released,
+    one larger than the budget is refused, and a dead process's reservation does not count."""
+    from grokscope.engine.fetch import FetchError, FetchSettings, held, reserve
+
+    s = FetchSettings(budget=100, cache_dir=str(tmp_path / "cache"))
+    order: list[str] = []
+
+    def second():
+        with reserve(60, s, "second"):
+            order.append("second in")
+
+    with reserve(60, s, "first"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first out")
+        assert held(tmp_path / "cache") == 60
+    t.join(10)
+    assert order == ["first out", "second in"] and held(tmp_path / "cache") == 0
+    with pytest.raises(FetchError, match=r"big: 101 B \(101 bytes\), larger than the whole --cache-budget"):
+        with reserve(101, s, "big"):
+            pass
+    (tmp_path / "cache" / "reservations" / "999999999-dead").write_text("90")
+    (tmp_path / "cache" / "ck-999999999-x").mkdir()
+    with reserve(60, s, "after a killed worker"):  # the dead one's 90 bytes do not count
+        assert held(tmp_path / "cache") == 60
+    assert not (tmp_path / "cache" / "reservations" / "999999999-dead").exists()
+    assert not (tmp_path / "cache" / "ck-999999999-x").exists()
