@@ -249,3 +249,62 @@ def test_fetch_budget_is_per_machine_and_waits(tmp_path):
         assert held(tmp_path / "cache") == 60
     assert not (tmp_path / "cache" / "reservations" / "999999999-dead").exists()
     assert not (tmp_path / "cache" / "ck-999999999-x").exists()
+
+
+def test_cluster_without_shared_disk(s3, tmp_path, monkeypatch):
+    """``dask scheduler`` and ``dask worker`` started as processes in their own folders (working
+    folder, TMPDIR, HOME), and the series only on S3: the driver's local copy is deleted before the
+    run, so a job that reached for a driver path would fail. The worker fetches into its own cache;
+    the values equal a local run's. (The store is local to the driver here: ``--out s3://`` is the
+    store side of issue 28.)"""
+    import subprocess
+    import sys
+
+    from tests.engine.conftest import subprocess_env
+    from tests.engine.test_distributed import _free_port
+
+    for i, name in enumerate("ab"):
+        make_run(tmp_path / "runs" / name, [0, 1, 2, 4], seed=i)
+    url = _upload(s3, tmp_path / "runs", "runs")
+    r = _grokscope("probe", tmp_path / "runs", "-o", tmp_path / "local.zarr", "--json", "-q", "--scheduler", "sync")
+    assert r.exit_code == 0, r.output
+    shutil.rmtree(tmp_path / "runs")  # the series is on S3 only now
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    homes = {}
+    for who in ("scheduler", "worker"):
+        homes[who] = tmp_path / who
+        (homes[who] / "tmp").mkdir(parents=True)
+    procs, logs = [], open(tmp_path / "cluster.log", "w")
+    try:
+        for who, cmd in (("scheduler", ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]),
+                         ("worker", ["worker", address, "--nthreads", "1", "--no-dashboard", "--memory-limit", "0",
+                                     "--host", "127.0.0.1"])):
+            env = {**subprocess_env(), "HOME": str(homes[who]), "TMPDIR": str(homes[who] / "tmp")}
+            procs.append(subprocess.Popen([str(bin_dir / "dask"), *cmd], env=env, cwd=homes[who], stdout=logs,
+                                          stderr=logs, start_new_session=True))
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=120)
+        driver = tmp_path / "driver"
+        driver.mkdir()
+        monkeypatch.chdir(driver)
+        r = _grokscope("probe", url, "-o", "probes.zarr", "--scheduler", address, "--json", "-q",
+                       "--cache-budget", "10MB")
+        assert r.exit_code == 0, r.output + (tmp_path / "cluster.log").read_text()[-3000:]
+        summary = json.loads(r.stdout)
+        assert summary["completed"] == 8 and summary["failed"] == 0
+        assert_same_values(driver / "probes.zarr", tmp_path / "local.zarr", ["a", "b"])
+        # the worker fetched into its own disk: its ledger is there, its fetch folders are gone
+        fetched = homes["worker"] / "tmp" / f"grokscope-fetch-{os.getuid()}"
+        assert (fetched / "ledger.lock").exists() and not list(fetched.glob("ck-*"))
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
