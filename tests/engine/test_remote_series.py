@@ -308,3 +308,24 @@ def test_cluster_without_shared_disk(s3, tmp_path, monkeypatch):
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_init_a_remote_folder_into_a_workspace(s3, tmp_path):
+    """``init s3://…/ckpts --workspace ws``: run.json in the local workspace names the URL, the model
+    check reads the first checkpoint from S3, and ``probe ws`` probes the remote checkpoints; a
+    remote folder without --workspace is one line."""
+    run = make_run(tmp_path / "third", [0, 5, 10])
+    url = _upload(s3, run / "checkpoints", "ckpts")  # bare checkpoints, no run.json
+    r = _grokscope("init", url, "--model", "mlp", "--model-kwargs", '{"depth": 1, "width": 12}',
+                   "--dataset", "digits", "--dataset-kwargs", '{"n_train": 300, "n_test": 200}')
+    assert r.exit_code == 2 and "is at a URL: init writes run.json into a local folder" in r.output
+    r = _grokscope("init", url, "--workspace", tmp_path / "ws", "--model", "mlp", "--model-kwargs",
+                   '{"depth": 1, "width": 12}', "--dataset", "digits", "--dataset-kwargs", '{"n_train": 300, "n_test": 200}')
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ws" / "run.json").read_text())["checkpoints"] == url
+    r = _grokscope("probe", tmp_path / "ws", "--json", "-q", "--scheduler", "sync")
+    assert r.exit_code == 0 and json.loads(r.stdout)["completed"] == 3, r.output
+    r = _grokscope("probe", run, "-o", tmp_path / "local.zarr", "--json", "-q", "--scheduler", "sync")
+    assert r.exit_code == 0, r.output
+    ws, local = load_group(tmp_path / "ws" / "probes.zarr", "ws", "acc"), load_group(tmp_path / "local.zarr", "third", "acc")
+    xr.testing.assert_equal(ws["accuracy"], local["accuracy"])
