@@ -329,3 +329,47 @@ def test_init_a_remote_folder_into_a_workspace(s3, tmp_path):
     assert r.exit_code == 0, r.output
     ws, local = load_group(tmp_path / "ws" / "probes.zarr", "ws", "acc"), load_group(tmp_path / "local.zarr", "third", "acc")
     xr.testing.assert_equal(ws["accuracy"], local["accuracy"])
+
+
+@pytest.mark.slow  # about 90 s on 2 contended cores
+def test_sigkill_half_way_through_a_remote_series_then_resume(s3, tmp_path):
+    """SIGKILL the driver and its workers half-way through a remote series: the rerun computes only
+    what was not committed (at most the jobs in flight are lost), clears what the killed workers left
+    in the fetch cache, and the store equals a clean local run's."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.engine.conftest import ROOT, subprocess_env
+    from tests.helpers import TEST_PROBES
+
+    make_run(tmp_path / "runs" / "a", list(range(16)))
+    url = _upload(s3, tmp_path / "runs", "runs")
+    cache, marks = tmp_path / "tmp", tmp_path / "marks"
+    cache.mkdir()
+    marks.mkdir()
+    env = {**subprocess_env(), "GROKSCOPE_PROBES": TEST_PROBES, "TMPDIR": str(cache),
+           "GROKSCOPE_TEST_MARKS": str(marks)}
+    store = tmp_path / "remote.zarr"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "grokscope"), "probe", url, "-o", str(store),
+                             "-m", "acc,slow", "--workers", "1", "--flush-interval", "0", "-q"],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and len(list(marks.iterdir())) < 5:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    done = int(load_group(store, "a", "acc").done.sum())
+    assert 1 <= done < 16, done
+    r = _grokscope("probe", url, "-o", store, "--json", "-q", "--workers", "1", "--no-recheck")  # acc
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["skipped"] == done and summary["completed"] == 16 - done, summary
+    r = _grokscope("probe", tmp_path / "runs", "-o", tmp_path / "local.zarr", "--json", "-q", "--scheduler", "sync")
+    assert r.exit_code == 0, r.output
+    assert_same_values(store, tmp_path / "local.zarr", ["a"])
+    assert not list(cache.rglob("ck-*")) and not list(cache.rglob("*.safetensors"))
