@@ -80,7 +80,8 @@ class FetchSettings:
     cache_dir: str | None = None
 
     def folder(self) -> Path:
-        return Path(self.cache_dir or os.path.join(tempfile.gettempdir(), f"grokscope-fetch-{os.getuid()}"))
+        tmp = os.environ.get("TMPDIR") or tempfile.gettempdir()  # read now: tempfile caches its answer
+        return Path(self.cache_dir or os.path.join(tmp, f"grokscope-fetch-{os.getuid()}"))
 
 
 _SETTINGS = FetchSettings()

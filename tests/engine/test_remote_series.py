@@ -332,7 +332,7 @@ def test_init_a_remote_folder_into_a_workspace(s3, tmp_path):
 
 
 @pytest.mark.slow  # about 90 s on 2 contended cores
-def test_sigkill_half_way_through_a_remote_series_then_resume(s3, tmp_path):
+def test_sigkill_half_way_through_a_remote_series_then_resume(s3, tmp_path, monkeypatch):
     """SIGKILL the driver and its workers half-way through a remote series: the rerun computes only
     what was not committed (at most the jobs in flight are lost), clears what the killed workers left
     in the fetch cache, and the store equals a clean local run's."""
@@ -365,6 +365,7 @@ def test_sigkill_half_way_through_a_remote_series_then_resume(s3, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     done = int(load_group(store, "a", "acc").done.sum())
     assert 1 <= done < 16, done
+    monkeypatch.setenv("TMPDIR", str(cache))  # the rerun's workers use the killed ones' cache
     r = _grokscope("probe", url, "-o", store, "--json", "-q", "--workers", "1", "--no-recheck")  # acc
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
