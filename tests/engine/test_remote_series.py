@@ -374,3 +374,22 @@ def test_sigkill_half_way_through_a_remote_series_then_resume(s3, tmp_path, monk
     assert r.exit_code == 0, r.output
     assert_same_values(store, tmp_path / "local.zarr", ["a"])
     assert not list(cache.rglob("ck-*")) and not list(cache.rglob("*.safetensors"))
+
+
+def test_estimate_and_aliases_of_a_remote_series(s3, tmp_path):
+    """``probe --estimate`` of a remote series counts the bytes the listing gives (those of the local
+    copy), and an alias without a step (``last.safetensors``) is left out with a line, not downloaded."""
+    run = make_run(tmp_path / "runs" / "a", [0, 1, 2])
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(run / "checkpoints/step-00000002.safetensors"), run / "checkpoints/last.safetensors")  # no step
+    url = _upload(s3, tmp_path / "runs", "runs")
+    local = json.loads(_grokscope("probe", tmp_path / "runs", "-o", tmp_path / "l.zarr", "--estimate", "--json").stdout)
+    remote = json.loads(_grokscope("probe", url, "-o", tmp_path / "r.zarr", "--estimate", "--json").stdout)
+    assert remote["jobs"] == local["jobs"] == 3
+    assert remote["read_bytes"] == local["read_bytes"] > 0
+    r = _grokscope("scan", url, "--json")
+    (report,) = json.loads(r.stdout)
+    assert [s["reason"] for s in report["skipped"]] == [
+        "last.safetensors: an alias (no step in its name) in a remote series; not opened (resolving it "
+        "would download the series); skipped"]
