@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import posixpath
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,6 @@ class Source:
         except OSError as e:
             raise LocationError(f"{self.url}: cannot list ({e})") from None
         files: dict[str, Entry] = {}
-        dirs: dict[str, set[str]] = {"": set()}
         for full, info in found.items():
             full = full.rstrip("/")
             if info.get("type") == "directory" or not full.startswith(self.root + "/"):
@@ -81,6 +81,12 @@ class Source:
             mtime = info.get("LastModified") or info.get("mtime") or info.get("last_modified") or 0
             files[rel] = Entry(int(info.get("size") or 0), _seconds(mtime),
                                str(info.get("ETag") or info.get("etag") or "").strip('"'))
+        self._index(files)
+
+    def _index(self, files: dict[str, Entry]) -> None:
+        """Take ``files`` (``{relative path: Entry}``) as the tree: its folders are their parents."""
+        dirs: dict[str, set[str]] = {"": set()}
+        for rel in files:
             parent, name = posixpath.split(rel)
             dirs.setdefault(parent, set()).add(name)
             while parent:  # every folder on the way is a folder of its parent
@@ -279,12 +285,12 @@ def as_path(location: "str | Path | RemotePath", storage_options: dict[str, Any]
         return Path(str(location)[len("file://"):] if str(location).startswith("file://") else location)
     url = str(location).rstrip("/")
     if fresh:
-        return Source(url, storage_options).path()
+        return open_source(url, storage_options).path()
     with _LOCK:
         for root, src in sorted(_SOURCES.items(), key=lambda kv: -len(kv[0])):
             if url == root or url.startswith(root + "/"):
                 return src.path(url[len(root) + 1:] if url != root else "")
-    return Source(url, storage_options).path()
+    return open_source(url, storage_options).path()
 
 
 def source_of(location: Any) -> Source | None:
@@ -295,3 +301,78 @@ def source_of(location: Any) -> Source | None:
         p = as_path(location)
         return p.source if isinstance(p, RemotePath) else None
     return None
+
+
+# -- hub revisions ------------------------------------------------------------------------------------
+
+_HUB_REPO = re.compile(r"^hf://(?:models/)?([^/@]+/[^/@]+)$")
+_HUB_FILE = re.compile(r"^hf://([^/@]+/[^/@]+)/models--[^/]+/snapshots/([0-9a-fA-F]{7,64})/(.+)$")
+
+
+def open_source(url: str, storage_options: dict[str, Any] | None = None) -> Source:
+    """The source of ``url``, listed now: :class:`HubRevisions` for a bare hub repository
+    (``hf://ORG/NAME``), else :class:`Source`."""
+    if _HUB_REPO.match(url.rstrip("/")):
+        return HubRevisions(url, storage_options)
+    return Source(url, storage_options)
+
+
+def real_url(url: str) -> str:
+    """The URL a file of the source is read from: a file of :class:`HubRevisions`' tree
+    (``hf://ORG/NAME/models--ORG--NAME/snapshots/<commit>/model.safetensors``) is the hub's
+    ``hf://ORG/NAME@<commit>/model.safetensors``; any other URL is itself. A pure function of the URL,
+    so a worker needs no listing to fetch."""
+    m = _HUB_FILE.match(url)
+    return f"hf://{m.group(1)}@{m.group(2)}/{m.group(3)}" if m else url
+
+
+class HubRevisions(Source):
+    """A model repository on the Hugging Face hub (``hf://ORG/NAME``) as a hub cache repository
+    ``models--ORG--NAME/`` (:mod:`grokscope.engine.hub_cache`): ``refs/<branch>`` holding each
+    branch's commit, ``snapshots/<commit>/`` its files with their sizes. Listed with
+    ``huggingface_hub``'s API (one call for the refs, one file-tree call per branch); files are read
+    through ``huggingface_hub``'s filesystem at their commit (:func:`real_url`). Needs the network:
+    documented, not tested. ``storage_options``: ``token``, ``endpoint``."""
+
+    def list(self) -> None:
+        from huggingface_hub import HfApi
+
+        repo = self.root
+        api = HfApi(token=self.storage_options.get("token"), endpoint=self.storage_options.get("endpoint"))
+        folder = "models--" + repo.replace("/", "--")
+        files: dict[str, Entry] = {}
+        small: dict[str, bytes] = {}
+        try:
+            refs = api.list_repo_refs(repo)
+            for branch in refs.branches:
+                commit = branch.target_commit
+                ref = f"{folder}/refs/{branch.name}"
+                files[ref] = Entry(len(commit), 0.0, "")
+                small[ref] = commit.encode()
+                for item in api.list_repo_tree(repo, revision=commit, recursive=True):
+                    size = getattr(item, "size", None)
+                    if size is None:  # a folder
+                        continue
+                    lfs = getattr(item, "lfs", None)
+                    etag = (getattr(lfs, "sha256", None) if lfs else None) or getattr(item, "blob_id", "") or ""
+                    files[f"{folder}/snapshots/{commit}/{item.path}"] = Entry(int(size), 0.0, str(etag))
+        except Exception as e:  # noqa: BLE001 - the hub's errors (not found, gated, offline): one line
+            raise LocationError(f"{self.url}: cannot list the repository's revisions ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        self._index(files)
+        self.small = small
+
+    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
+        whole = start is None and end is None
+        if whole and rel in self.small:
+            return self.small[rel]
+        target = real_url(f"{self.url}/{rel}")
+        try:
+            data = self.fs.cat_file(target[len("hf://"):], start=start, end=end)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{target}: no such file (listed, then gone)") from None
+        self.reads += 1
+        self.bytes_read += len(data)
+        if whole and len(data) <= SMALL:
+            self.small[rel] = data
+        return data

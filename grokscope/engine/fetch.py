@@ -228,10 +228,11 @@ def local_copy(ck: Checkpoint, settings: FetchSettings | None = None) -> Iterato
     """``ck`` (files at fsspec URLs) as a checkpoint of local files in the fetch cache, for the block's
     duration: fetched under the budget, deleted on leaving (see the module docstring)."""
     from grokscope.locations import filesystem
+    from grokscope.sources import real_url
 
     settings = settings or _SETTINGS
-    fs, index = filesystem(ck.path, settings.storage_options)
-    urls = ([ck.path] if ck.sharded else []) + list(ck.files)
+    fs, index = filesystem(real_url(ck.path), settings.storage_options)
+    urls = [real_url(u) for u in ([ck.path] if ck.sharded else []) + list(ck.files)]
     paths = [filesystem(u, settings.storage_options)[1] for u in urls]
     try:
         total = sizes(ck, fs, paths)

@@ -393,3 +393,20 @@ def test_estimate_and_aliases_of_a_remote_series(s3, tmp_path):
     assert [s["reason"] for s in report["skipped"]] == [
         "last.safetensors: an alias (no step in its name) in a remote series; not opened (resolving it "
         "would download the series); skipped"]
+
+
+def test_hub_revisions_read_at_their_commit_and_offline_is_one_line(monkeypatch):
+    """A hub repository (``hf://ORG/NAME``) is listed as a hub cache (needs the network: not tested
+    here beyond this): each snapshot file is read from the hub at its commit, a pure function of the
+    URL that workers apply without a listing; offline, listing it is one line naming the URL."""
+    from grokscope.locations import LocationError
+    from grokscope.sources import open_source, real_url
+
+    commit = "a" * 40
+    assert real_url(f"hf://EleutherAI/pythia-160m/models--EleutherAI--pythia-160m/snapshots/{commit}/model.safetensors") \
+        == f"hf://EleutherAI/pythia-160m@{commit}/model.safetensors"
+    assert real_url("s3://b/runs/a/checkpoints/step-1.safetensors") == "s3://b/runs/a/checkpoints/step-1.safetensors"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LocationError, match=r"^hf://org/tiny: cannot list the repository's revisions \(") as e:
+        open_source("hf://org/tiny")
+    assert "\n" not in str(e.value)
