@@ -15,10 +15,9 @@ budget, a machine holds at most one checkpoint per worker thread (each fetch is 
 read).
 
 Settings travel with each job (:class:`FetchSettings` in the task); the client's own reads use the
-ones :func:`configure` set. The state dicts read last are kept in memory (up to :data:`MEMO_BYTES`
-of tensors per process, at least the last one), so the client's model check and probe checks read
-each run's first checkpoint once, and a worker that probes step n+1 after step n gets step n
-(``load_previous``) without a second fetch.
+ones :func:`configure` set. The client's model check and probe checks read each run's first
+checkpoint once (:func:`.loading.read_once`); a job reads its checkpoint once for all its probes
+(:func:`.jobs.run_task`), and ``load_previous`` fetches the previous step when a probe asks for it.
 """
 
 from __future__ import annotations
@@ -28,10 +27,8 @@ import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -85,13 +82,6 @@ class FetchSettings:
 
 
 _SETTINGS = FetchSettings()
-# the state dicts read last, newest last: {key: (bytes, state dict)}, at most MEMO_BYTES of tensors
-# (and always the last one)
-_MEMO: "OrderedDict[str, tuple[int, dict[str, Any]]]" = OrderedDict()
-MEMO_BYTES = 512 * 2**20
-_MEMO_LOCK = threading.Lock()
-
-
 def configure(settings: FetchSettings | None) -> None:
     """The settings this process's remote reads use (the driver: from the command line; a worker:
     from each job's task)."""
@@ -101,31 +91,6 @@ def configure(settings: FetchSettings | None) -> None:
 
 def current() -> FetchSettings:
     return _SETTINGS
-
-
-def remembered(key: str) -> dict[str, Any] | None:
-    """A state dict read lately under ``key`` (a shallow copy: callers may rename keys), or None."""
-    with _MEMO_LOCK:
-        if key not in _MEMO:
-            return None
-        _MEMO.move_to_end(key)
-        return dict(_MEMO[key][1])
-
-
-def remember(key: str, sd: dict[str, Any]) -> None:
-    """Keep ``sd`` (read under ``key``) in memory, dropping the oldest beyond :data:`MEMO_BYTES`."""
-    size = sum(int(t.numel()) * t.element_size() for t in sd.values() if hasattr(t, "element_size"))
-    with _MEMO_LOCK:
-        _MEMO[key] = (size, sd)
-        _MEMO.move_to_end(key)
-        while len(_MEMO) > 1 and sum(n for n, _ in _MEMO.values()) > MEMO_BYTES:
-            _MEMO.popitem(last=False)
-
-
-def forget() -> None:
-    """Drop the remembered state dicts (tests, and a process about to measure its reads)."""
-    with _MEMO_LOCK:
-        _MEMO.clear()
 
 
 # -- the per-machine ledger -----------------------------------------------------------------------

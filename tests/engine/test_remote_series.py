@@ -132,9 +132,6 @@ def test_a_remote_series_costs_one_client_read_before_the_cluster(s3, tmp_path, 
     """``probe --dry-run`` is everything the client does before the cluster starts (discovery, the
     model check of each run, each probe's check): one recursive listing, one GET of each run.json and
     one of each run's first checkpoint (the model check and the probes' checks share it)."""
-    from grokscope.engine import fetch
-
-    fetch.forget()
     for name in ("a", "b"):
         make_run(tmp_path / "runs" / name, [0, 10, 20, 30])
     url = _upload(s3, tmp_path / "runs", "runs")
