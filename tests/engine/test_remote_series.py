@@ -403,7 +403,7 @@ def test_hub_revisions_read_at_their_commit_and_offline_is_one_line(monkeypatch)
     assert real_url(f"hf://EleutherAI/pythia-160m/models--EleutherAI--pythia-160m/snapshots/{commit}/model.safetensors") \
         == f"hf://EleutherAI/pythia-160m@{commit}/model.safetensors"
     assert real_url("s3://b/runs/a/checkpoints/step-1.safetensors") == "s3://b/runs/a/checkpoints/step-1.safetensors"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and a hub endpoint that refuses at once (port 9, loopback)
     with pytest.raises(LocationError, match=r"^hf://org/tiny: cannot list the repository's revisions \(") as e:
-        open_source("hf://org/tiny")
+        open_source("hf://org/tiny", {"endpoint": "http://127.0.0.1:9"})
     assert "\n" not in str(e.value)
