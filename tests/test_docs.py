@@ -173,6 +173,10 @@ SETUP: dict[str, list[str]] = {
     "docs/spectral.md": ["grokscope train --out runs/demo"],
 }
 
+# documents whose blocks use an S3 bucket: a loopback S3 server (tests/s3_server.py) with this bucket,
+# reached through the environment (AWS_ENDPOINT_URL, test credentials)
+S3_BUCKETS = {"docs/engine.md": "my-bucket"}
+
 PRELUDE: dict[str, str] = {
     # a small continuous-input classifier and a batch of its inputs (the lc/pgd/align snippets' `model`, `x`, `y`)
     "model": """
@@ -277,8 +281,15 @@ def test_every_block_is_run_or_marked_with_a_reason():
 
 
 @pytest.mark.parametrize("doc", DOCUMENTS)
-def test_document_blocks_run(doc: str, sandbox, forkserver, monkeypatch) -> None:
+def test_document_blocks_run(doc: str, sandbox, forkserver, monkeypatch, request) -> None:
     work, bin_dir = sandbox
+    if doc in S3_BUCKETS:
+        from tests.s3_server import S3, environment
+
+        endpoint = request.getfixturevalue("_s3_endpoint")
+        for k, v in environment(endpoint).items():
+            monkeypatch.setenv(k, v)
+        S3(endpoint, S3_BUCKETS[doc]).fs().makedirs(S3_BUCKETS[doc], exist_ok=True)
     env = _env(bin_dir, SHRINK, forkserver)
     todo = blocks(doc)
     if all(b.not_run is not None or b.output for b in todo):

@@ -90,12 +90,25 @@ def probe_runs(path: Path, cfg: EngineConfig,
             raise EngineError(str(e)) from None
         except ValueError as e:
             raise EngineError(f"probe {req.name}: {e}") from None
-    # workers may run elsewhere (another host, another working directory): absolute paths only
-    path = Path(path).absolute()
+    # workers may run elsewhere (another host, another working directory): absolute paths only; a
+    # remote series (an fsspec URL) is listed once here, its checkpoints fetched by the workers
+    from grokscope.locations import is_url
+    from grokscope.sources import as_path
+
+    from .fetch import FetchError, check_budget, configure
+
+    configure(cfg.fetch_settings())  # the client's own reads (model check, probe checks)
+    path = as_path(path, cfg.storage_options, fresh=True).absolute()
+    if is_url(cfg.out):  # the store side of issue 28 (branch s3store) replaces this refusal
+        raise EngineError(f"--out {cfg.out}: a store at a URL is not supported by this build; give a local --out")
     out = Path(cfg.out).absolute()
     check_store_path(out)
     links: list[Problem] = []  # folders left out: links leading outside path, or loops
     runs = find_runs(path, links)
+    try:
+        check_budget([ck for r in runs for ck in r.checkpoints], cfg.cache_budget)
+    except FetchError as e:
+        raise EngineError(str(e)) from None
     refusal, ignored = ignored_spec(runs, cfg.spec)
     ignored = [f"{x.path}: {x.reason}" for x in links] + ignored
     if refusal:

@@ -272,7 +272,8 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
             if pending.get(ck.step):  # type: ignore[arg-type]
                 tasks.append(Task(run=run.name, spec=spec, checkpoint=ck, previous=prev,
                                   probes=tuple(pending[ck.step]), device=job_device(cfg),  # type: ignore[index]
-                                  threads=threads, trust=cfg.trust, where=spec_file(run)))
+                                  threads=threads, trust=cfg.trust, where=spec_file(run),
+                                  fetch=cfg.fetch_settings()))
             prev = ck
     for run_name, probe in sorted(store.half_removed):
         warnings.append(f"{run_name}/{probe}: an interrupted removal (--overwrite) left this group half "
