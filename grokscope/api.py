@@ -22,7 +22,8 @@ def probe_config(probes: Probes, out: str | Path, steps: Mapping[str, str | None
     parsed as ``--param`` text is (``"0.01"``, ``"a,b"``, JSON) or taken as they are. ``steps``:
     ``{name: selection}`` (``"log:16"``, ``"every:5"``, ``"0,10,20"``; None: every checkpoint).
     ``options``: the other fields of ``EngineConfig`` (``scheduler``, ``workers``, ``threads``,
-    ``device``, ``overwrite``, ``spec``, ``flush_interval``, ``dry_run``, ``trust``, ``recheck``).
+    ``device``, ``overwrite``, ``spec``, ``flush_interval``, ``dry_run``, ``trust``, ``recheck``,
+    ``storage_options``, ``cache_budget``).
     Raises :class:`~grokscope.probes.ProbeError` naming the probe and parameter at fault.
     """
     from grokscope.engine.config import EngineConfig
@@ -35,7 +36,9 @@ def probe_config(probes: Probes, out: str | Path, steps: Mapping[str, str | None
     requests = [ProbeRequest(name, get_probe(name).make_params({k: _text(v) for k, v in (given or {}).items()}),
                              (steps or {}).get(name))
                 for name, given in wanted.items()]
-    return EngineConfig(probes=requests, out=Path(out), **options)
+    from grokscope.locations import is_url
+
+    return EngineConfig(probes=requests, out=out if is_url(out) else Path(out), **options)
 
 
 def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = None,
@@ -51,9 +54,10 @@ def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = 
     """
     from grokscope.engine.driver import probe_runs
 
-    path = Path(path)
+    from grokscope.locations import join
+
     if config is None:
-        config = probe_config(probes, out if out is not None else path / "probes.zarr", steps, **options)
+        config = probe_config(probes, out if out is not None else join(path, "probes.zarr"), steps, **options)
     return probe_runs(path, config, progress=progress, start=start, follow=follow, poll=poll)
 
 

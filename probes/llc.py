@@ -466,6 +466,9 @@ DESCRIPTIONS = {
 
 class LLCProbe(Probe):
     name = "llc"
+    panel_order = 80
+    quick_params = {"n_chains": "2", "n_draws": "6", "n_burnin": "2"}
+    quick_task = "modular"
     description = "local learning coefficient by batched SGLD chains around each checkpoint (Lau et al.)"
     Params = LLCParams
     outputs = {
@@ -614,6 +617,8 @@ class RestrictedLLCProbe(LLCProbe):
                   higher_is_better=None),
     )
     events = ()
+    panel_order = 85
+    quick_task = "modular_transformer"  # heads to restrict to
 
     @classmethod
     def check_params(cls, p: RestrictedLLCParams) -> None:
