@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -80,3 +82,31 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor 
     if reduction == "sum":
         return per.sum()
     return per.sum() / count.clamp_min(1)
+
+
+def lm_labels(ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The targets of the ``next_token`` loss as one tensor ``(n, T)`` int64: the token ids, −1 where
+    ``mask (n, T)`` says the token is not real (so batches of rows can be indexed like labels)."""
+    ids = ids.long()
+    return ids if mask is None else torch.where(mask.bool(), ids, torch.full_like(ids, -1))
+
+
+def llc_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The mean loss ``f(outputs, targets)`` the chains use: a task loss of :data:`LOSSES` on labels, or
+    ``next_token``: :func:`next_token_loss` of logits ``(n, T, V)`` against the targets
+    of :func:`lm_labels` (a prediction counts where the token it reads and the one it predicts are real)."""
+    if kind == "next_token":
+        return NextTokenLoss()
+    return lambda out, t: task_loss(out, t, kind)
+
+
+class NextTokenLoss:
+    """The ``next_token`` loss of :func:`llc_loss` on :func:`lm_labels` targets, with :meth:`count`."""
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return next_token_loss(logits, labels.clamp_min(0), labels >= 0)
+
+    @staticmethod
+    def count(labels: torch.Tensor) -> torch.Tensor:
+        """The number of predictions the mean is over: a real token read and a real token predicted."""
+        return ((labels[:, :-1] >= 0) & (labels[:, 1:] >= 0)).sum()

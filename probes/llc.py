@@ -53,7 +53,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from grokscope.functional import eval_mode, split_subset, subset_indices
-from grokscope.losses import LOSSES, next_token_loss, task_loss
+from grokscope.functional.chain_diagnostics import llc_warnings, split_rhat, trace_drift
+from grokscope.losses import LOSSES, llc_loss, lm_labels
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work
 
@@ -62,9 +63,6 @@ LLC_LOSSES = (*LOSSES, "next_token")  # next_token: the causal-LM loss on token 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# Thresholds of llc_warnings (their reasoning: docs/algorithms.md#llc--local-learning-coefficient).
-RHAT_MAX = 1.1
-STEP_TO_NOISE_MAX = 0.5
 
 
 # ============================================================================ the flat model
@@ -214,62 +212,6 @@ def sgld_chains(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, lr: float,
 
 
 # ============================================================================ estimate + diagnostics
-def split_rhat(trace: np.ndarray) -> float:
-    """Split-R̂ (Gelman et al., *Bayesian Data Analysis*, 3rd ed., §11.4) of ``trace (chains, draws)``:
-    each chain cut into halves, ``sqrt(((m−1)/m W + B/m) / W)`` with ``W`` the mean within-half variance
-    and ``B/m`` the variance of the half means (``m`` draws per half). NaN with fewer than 4 draws or
-    ``W = 0``."""
-    m = trace.shape[1] // 2
-    if m < 2:
-        return math.nan
-    halves = np.concatenate([trace[:, :m], trace[:, -m:]], axis=0)
-    W = float(np.mean(np.var(halves, axis=1, ddof=1)))
-    B_m = float(np.var(np.mean(halves, axis=1), ddof=1))
-    if not (W > 0 and math.isfinite(W) and math.isfinite(B_m)):
-        return math.nan
-    return math.sqrt(((m - 1) / m * W + B_m) / W)
-
-
-def trace_drift(trace: np.ndarray) -> np.ndarray:
-    """Per chain ``(mean of the second half − mean of the first half) / std of the whole trace`` ``(chains,)``
-    (a stationary trace gives values near 0; NaN for a constant trace)."""
-    m = trace.shape[1] // 2
-    if m < 1:
-        return np.full(trace.shape[0], np.nan)
-    sd = np.std(trace, axis=1, ddof=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(sd > 0, (trace[:, -m:].mean(axis=1) - trace[:, :m].mean(axis=1)) / sd, np.nan)
-
-
-def llc_warnings(m: dict[str, Any]) -> list[str]:
-    """One ``"label: details; remedy"`` sentence per problem found in a run's diagnostics ``m`` (see
-    :func:`estimate_llc`); empty when none is found."""
-    out = []
-    trace = np.asarray(m["loss_trace"])
-    bad = [int(c) for c in range(trace.shape[0]) if not np.all(np.isfinite(trace[c]))]
-    if bad:
-        return [f"diverged: non-finite loss in chain(s) {bad}; lower llc.lr"]
-    noise = np.asarray(m["noise_step"])
-    with np.errstate(all="ignore"):
-        ratio_g = float(np.mean(np.asarray(m["grad_step"]) / noise))
-        ratio_l = float(np.mean(np.asarray(m["loc_step"]) / noise))
-    if ratio_g > STEP_TO_NOISE_MAX:
-        out.append(f"step size too large: the loss-gradient step is {ratio_g:.2g} x the noise step "
-                   f"(> {STEP_TO_NOISE_MAX}); lower llc.lr")
-    if ratio_l > STEP_TO_NOISE_MAX:
-        out.append(f"gamma too large for this step size: the localisation step is {ratio_l:.2g} x the noise "
-                   f"step (> {STEP_TO_NOISE_MAX}); lower llc.gamma or llc.lr")
-    if m["llc"] < 0:
-        out.append(f"negative LLC: {100 * float(np.mean(m['frac_below'])):.0f} % of draws lie below L(w*), "
-                   "so w* is not a local minimum at this gamma; raise llc.gamma (or the checkpoint is "
-                   "not at a minimum)")
-    rhat = m["rhat"]
-    if math.isfinite(rhat) and rhat > RHAT_MAX:
-        out.append(f"not stationary: split R-hat {rhat:.3g} > {RHAT_MAX} (the traces drift or the chains "
-                   "disagree); more llc.n_burnin, or a larger llc.lr")
-    return out
-
-
 def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, *, lr: float = 1e-3,
                  gamma: float = 100.0, beta: float | None = None, n_chains: int = 4, n_draws: int = 200,
                  n_burnin: int = 100, thin: int = 1, batch_size: int = 0, sampler: str = "sgld",
@@ -368,35 +310,6 @@ def _summary(ch: Chains, init: float, nbeta: float) -> dict[str, Any]:
         "frac_below": np.mean(ch.loss < init, axis=1),
         "grad_step": ch.grad_step, "loc_step": ch.loc_step, "noise_step": ch.noise_step,
     }
-
-
-# ============================================================================ losses
-def lm_labels(ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The targets of the ``next_token`` loss as one tensor ``(n, T)`` int64: the token ids, −1 where
-    ``mask (n, T)`` says the token is not real (so batches of rows can be indexed like labels)."""
-    ids = ids.long()
-    return ids if mask is None else torch.where(mask.bool(), ids, torch.full_like(ids, -1))
-
-
-def llc_loss(kind: str) -> LossFn:
-    """The mean loss ``f(outputs, targets)`` the chains use: a task loss of :data:`LOSSES` on labels, or
-    ``next_token``: :func:`grokscope.losses.next_token_loss` of logits ``(n, T, V)`` against the targets
-    of :func:`lm_labels` (a prediction counts where the token it reads and the one it predicts are real)."""
-    if kind == "next_token":
-        return NextTokenLoss()
-    return lambda out, t: task_loss(out, t, kind)
-
-
-class NextTokenLoss:
-    """The ``next_token`` loss of :func:`llc_loss` on :func:`lm_labels` targets, with :meth:`count`."""
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return next_token_loss(logits, labels.clamp_min(0), labels >= 0)
-
-    @staticmethod
-    def count(labels: torch.Tensor) -> torch.Tensor:
-        """The number of predictions the mean is over: a real token read and a real token predicted."""
-        return ((labels[:, :-1] >= 0) & (labels[:, 1:] >= 0)).sum()
 
 
 def resolve_loss(params: Any, data: Any, run_spec: dict[str, Any] | None = None) -> str:
