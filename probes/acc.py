@@ -66,7 +66,9 @@ def next_token_stats(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | N
         for i in range(0, n, rows):
             ib = ids[i:i + rows]
             mb = None if mask is None else mask[i:i + rows]
-            logits = sequence_logits(model, ib, mb).float()
+            logits = sequence_logits(model, ib, mb)
+            if logits.dtype != torch.float64:
+                logits = logits.float()  # half or bfloat16 logits: the loss in float32
             per = next_token_loss(logits, ib, mb, reduction="none").double()  # (rows, T-1), 0 where not counted
             counted = (torch.ones_like(per, dtype=torch.bool) if mb is None else
                        mb[:, :-1].bool() & mb[:, 1:].bool())
