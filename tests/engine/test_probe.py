@@ -217,10 +217,14 @@ def test_metrics_and_params_are_validated(tmp_path, cli):
 def test_probes_listing(cli):
     r = cli("probes", "--json")
     listing = {p["name"]: p for p in json.loads(r.stdout)}
-    assert listing["acc"]["params"] == {"loss": "auto", "batch_size": 4096}
+    assert listing["acc"]["params"] == {"loss": "auto", "batch_size": 4096, "icl_early": 50, "icl_late": 500}
     assert listing["acc"]["outputs"] == {"loss": ["split"], "accuracy": ["split"]}
+    assert listing["acc"]["tasks"] == ["classification", "causal_lm"] and listing["lc"]["tasks"] == ["classification"]
+    assert listing["acc"]["task_outputs"] == {"causal_lm": {"loss_by_position": ["split", "position"],
+                                                            "icl_score": ["split"]}}
     text = cli("probes").stdout
     assert "--param acc.batch_size=4096" in text and "loss(step, split)" in text
+    assert "-> icl_score(step, split)  [causal_lm datasets]" in text
 
 
 def test_store_matches_the_trainers_log(tmp_path, cli):
