@@ -253,19 +253,24 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], where: str) -> n
     tied = tied_keys(own)
     try:
         matched = match_keys(sd, expected, where)
-    except CheckpointError:
+        tied = set()
+    except CheckpointError as first:
         if not tied:
             raise
-        try:  # saved without the tied copies (Hugging Face's save_pretrained: lm_head.weight of GPT-2)
+        # saved without the tied copies (Hugging Face's save_pretrained: lm_head.weight of GPT-2); the
+        # first error (every key of the model) is the one to show when this does not fit either
+        try:
             matched = match_keys(sd, {k: v for k, v in expected.items() if k not in tied}, where)
         except CheckpointError:
-            raise
+            raise first from None
     check_dtypes(matched, {k: v.dtype for k, v in own.items()}, where)
     model.to(float_dtype(matched))
     try:
-        model.load_state_dict(matched, strict=not tied)
+        missing, _ = model.load_state_dict(matched, strict=not tied)
     except RuntimeError as e:
         raise CheckpointError(f"{where}: cannot load into the model: {e}") from None
+    if not set(missing) <= tied:  # strict loading but for the tied copies
+        raise CheckpointError(f"{where}: cannot load into the model: missing {', '.join(sorted(set(missing) - tied))}")
     return model
 
 
