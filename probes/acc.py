@@ -19,7 +19,7 @@ from grokscope.functional import eval_mode
 from grokscope.losses import LOSSES, next_token_loss, task_loss
 from grokscope.models.adapters import sequence_logits
 
-from .base import (PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work,
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work,
                    template_dataset)
 
 CAUSAL_LM = "causal_lm"  # Data.task of a token-sequence dataset (grokscope.datasets.base.CAUSAL_LM)
@@ -112,6 +112,7 @@ class AccProbe(Probe):
         PanelSpec("icl_score", "In-context learning score", "loss(late token) - loss(early token)", "split",
                   higher_is_better=False),
     )
+    events = (EventSpec("icl_fall", "icl_score", "fall", "the fall of the in-context-learning score", "test"),)
 
     @classmethod
     def check_params(cls, params: AccParams) -> None:

@@ -78,14 +78,16 @@ def _hf_loss(model, ids: np.ndarray, mask: np.ndarray | None) -> float:
         return float(model(input_ids=ids_t, labels=labels, **kw).loss)
 
 
-@pytest.mark.parametrize("arch,masked", [("gpt2", False), ("gpt_neox", True)])
-def test_causal_lm_revisions_probed_with_acc_equal_transformers_loss(tmp_path, cli, arch, masked):
+@pytest.mark.parametrize("arch,masked,where", [("gpt2", False, ["--scheduler", "sync"]),
+                                               ("gpt_neox", True, ["--workers", "2", "--threads", "1"])])
+def test_causal_lm_revisions_probed_with_acc_equal_transformers_loss(tmp_path, cli, arch, masked, where):
+    """In process (GPT-2) and on a LocalCluster of worker processes (GPT-NeoX, with padding)."""
     repo, states = _series(tmp_path / "hub", arch)
     arrays = _tokens(tmp_path / "tokens.npz", masked)
     # no --model (the snapshot's config.json gives hf), no position: the dataset is token sequences
     r = cli("init", repo, "--dataset", f"file:{tmp_path / 'tokens.npz'}")
     assert r.exit_code == 0, r.output
-    r = cli("probe", repo, "--metrics", "acc", "--scheduler", "sync", "-q",
+    r = cli("probe", repo, "--metrics", "acc", *where, "-q",
             "--param", "acc.icl_early=2", "--param", "acc.icl_late=10")
     assert r.exit_code == 0, r.output
     acc = load_group(repo / "probes.zarr", repo.name, "acc")
