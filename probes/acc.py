@@ -99,6 +99,7 @@ class AccParams:
 
 class AccProbe(Probe):
     name = "acc"
+    panel_order = 10
     description = "loss and accuracy on the train and test splits (LM task: next token, by position, ICL score)"
     Params = AccParams
     tasks = ("classification", CAUSAL_LM)
@@ -112,7 +113,13 @@ class AccProbe(Probe):
         PanelSpec("icl_score", "In-context learning score", "loss(late token) - loss(early token)", "split",
                   higher_is_better=False),
     )
-    events = (EventSpec("icl_fall", "icl_score", "fall", "the fall of the in-context-learning score", "test"),)
+    events = (
+        EventSpec("memorisation", "accuracy", "rise", "train accuracy reaching the memorisation threshold",
+                  "train", threshold="mem"),
+        EventSpec("generalisation", "accuracy", "rise", "test accuracy reaching the generalisation threshold",
+                  "test", threshold="grok"),
+        EventSpec("icl_fall", "icl_score", "fall", "the fall of the in-context-learning score", "test"),
+    )
 
     @classmethod
     def check_params(cls, params: AccParams) -> None:

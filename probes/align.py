@@ -365,6 +365,8 @@ class AlignParams:
 
 class AlignProbe(Probe):
     name = "align"
+    panel_order = 40
+    quick_params = {"n_points": "16"}
     description = ("Jacobian/centroid alignment with the data (Walker et al.): centroid cosine, "
                    "row cosines, ‖J‖_F, PC1, Jacobian alignment, per split and sample")
     Params = AlignParams

@@ -21,8 +21,11 @@ A probe declares:
   ``"default"``: whatever the worker process set (see ``docs/engine.md#on-gpus``);
 * ``version`` — an integer stored with the group; raise it when a change of the algorithm changes the
   numbers (the engine then treats stored results like results of other parameters);
-* ``panels`` / ``events`` — how the results are shown (:mod:`grokscope.presentation`): the panels of
-  ``grokscope plot`` and the change points the report and ``ds.grok`` name, with their words;
+* ``panels`` / ``events`` / ``panel_order`` — how the results are shown (:mod:`grokscope.presentation`):
+  the panels of ``grokscope plot``, the events the report and ``ds.grok`` name (change points and
+  threshold onsets, with their words) and where the panels go among other probes';
+* ``quick_params`` / ``quick_task`` — the small setting the conformance test and the doc-block tests
+  run the probe in (sizes only: they must not change what is computed);
 * ``check_params(params)`` — rejects impossible parameters on the client, before any job runs;
   ``check(model, data, params)`` — rejects parameters that this model or data cannot take (an input
   dimension too small, no layer to count), run once on the first checkpoint before the cluster starts;
@@ -47,7 +50,7 @@ from torch import nn
 from grokscope.errors import GrokscopeError
 from grokscope.functional.modes import eval_mode
 from grokscope.functional.precision import precision_guard
-from grokscope.presentation import EventSpec, PanelSpec
+from grokscope.presentation import DEFAULT_PANEL_ORDER, EventSpec, PanelSpec
 
 
 class ProbeError(GrokscopeError, ValueError):
@@ -87,6 +90,14 @@ class Probe:
     version: ClassVar[int] = 1
     panels: ClassVar[tuple[PanelSpec, ...]] = ()
     events: ClassVar[tuple[EventSpec, ...]] = ()
+    # where the panels go among other probes' (grokscope.presentation.probe_order; lower first)
+    panel_order: ClassVar[float] = DEFAULT_PANEL_ORDER
+    # parameter overrides that keep one computation small (seconds) without changing what is computed:
+    # the conformance test, the doc-block tests and quick checks run the probe with them
+    quick_params: ClassVar[dict[str, str]] = {}
+    # the small setting the conformance test runs the probe on: "digits" (an MLP on 8x8 digits) or
+    # "modular" (an embedding MLP on modular addition)
+    quick_task: ClassVar[str] = "digits"
     # parameters added to ``Params`` after stores were written at this ``version``: name -> the value
     # that a group stored without the parameter was computed with (read into its stored parameters)
     added_params: ClassVar[dict[str, Any]] = {}

@@ -145,6 +145,9 @@ class CollapseProbe(Probe):
     """Softmax collapse fractions, logit-margin quantiles and the naive-loss-minimisation cosines."""
 
     name = "collapse"
+    panel_order = 90
+    quick_params = {"n_points": "16"}
+    quick_task = "modular"
     precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "softmax collapse (zero float32 loss/gradient), logit margins, gradient vs NLM direction"
     Params = CollapseParams
@@ -200,7 +203,6 @@ class CollapseProbe(Probe):
     def compute(self, model: nn.Module, data: Any, params: CollapseParams, ctx: ProbeContext):
         import xarray as xr
 
-        self.check_params(params)
         loss = self.resolve_loss(params, ctx)
         splits = [str(s) for s in params.splits]
         quantiles = [float(q) for q in params.quantiles]

@@ -393,6 +393,8 @@ class FourierParams:
 
 class FourierProbe(Probe):
     name = "fourier"
+    panel_order = 50
+    quick_task = "modular"
     description = ("Fourier structure of a modular-arithmetic model: embedding norms per frequency, Musat's "
                    "circle geometry, key frequencies, Gini, restricted/excluded loss, neuron frequencies")
     Params = FourierParams
@@ -439,7 +441,6 @@ class FourierProbe(Probe):
     def compute(self, model: nn.Module, data: Any, params: FourierParams, ctx: ProbeContext):
         import xarray as xr
 
-        self.check_params(params)
         p, op, encoding = self._modular_meta(data)
         K = n_freqs(p)
         ref = locate_embedding(model, p)

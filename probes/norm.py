@@ -441,6 +441,9 @@ DESCRIPTIONS = {
 
 class NormProbe(Probe):
     name = "norm"
+    panel_order = 60
+    quick_params = {"n_train": "16", "proj_iters": "3", "power_iters": "3"}
+    quick_task = "modular"
     description = ("weight norms, distance to the zero-loss manifold, weight decay split into tangent/normal "
                    "parts (Musat)")
     Params = NormParams
@@ -486,7 +489,6 @@ class NormProbe(Probe):
         loss = params.loss
         if loss == "auto":
             loss = (ctx.run_spec.get("train") or {}).get("loss", "ce")
-        self.check_params(params)
         x, y = split_subset(data, "train", params.n_train, params.seed)
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device)

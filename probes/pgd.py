@@ -41,7 +41,7 @@ from grokscope.functional.attacks import (LOSSES, NORMS, attack_loss, attack_row
                                           seeded_starts, start_points)
 from grokscope.models.adapters import RADIUS_UNITS, continuous_view, radius_scale, radius_unit
 
-from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work
 
 ATTACKS = ("pgd", "apgd")
 
@@ -151,6 +151,8 @@ class PGDProbe(Probe):
     sample)`` (int8: 1 robust, 0 not, -1 padding where a split has fewer points) and ``n_samples(split)``."""
 
     name = "pgd"
+    panel_order = 30
+    quick_params = {"n_points": "16", "steps": "3"}
     description = "robust accuracy under L-inf / L2 PGD attacks at several radii"
     Params = PGDParams
     outputs = {"robust_acc": ("split", "eps"), "correct": ("split", "eps", "sample"), "n_samples": ("split",),
@@ -162,6 +164,8 @@ class PGDProbe(Probe):
                   ylim=(-0.03, 1.03), prefer=(("split", "test"),), onsets=("generalisation", "robustness"),
                   higher_is_better=True),
     )
+    events = (EventSpec("robustness@{:g}", "robust_acc", "rise", "robust accuracy reaching the robustness threshold",
+                        "test", threshold="robust", per="eps"),)
 
     # stores written before ``eps_unit`` existed used absolute radii
     added_params = {"eps_unit": "absolute"}
@@ -187,7 +191,6 @@ class PGDProbe(Probe):
     def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
         import xarray as xr
 
-        self.check_params(params)
         splits = [str(s) for s in params.splits]
         relative = params.alpha == 0
         alpha = params.alpha_scale / max(params.steps, 1) if relative else params.alpha

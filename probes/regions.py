@@ -43,6 +43,8 @@ class RegionsProbe(Probe):
     """
 
     name = "regions"
+    panel_order = 70
+    quick_params = {"resolution": "40"}
     precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "linear regions and decision boundary on the plane through three training points"
     Params = RegionsParams
@@ -88,7 +90,6 @@ class RegionsProbe(Probe):
         from grokscope.functional.devices import model_device, model_dtype
         from grokscope.regions import Plane, activation_boundaries, fill_index
 
-        self.check_params(params)
         index, x, y = self._points(data, params)
         with eval_mode(model):
             forward, z = continuous_view(model, x.to(model_device(model)), data.input_kind)

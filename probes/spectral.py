@@ -167,6 +167,8 @@ class SpectralProbe(Probe):
     """HTSR power-law α (with its KS distance), stable rank, spectral norm and correlation traps per layer."""
 
     name = "spectral"
+    panel_order = 100
+    quick_params = {"min_evals": "8"}
     description = "weight spectra per layer (HTSR): power-law alpha and its fit, stable rank, spectral norm, correlation traps; no data"
     Params = SpectralParams
     outputs = {v: ("layer",) for v in VARS}

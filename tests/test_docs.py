@@ -50,10 +50,16 @@ SHRINK: dict[str, list[tuple[str, str | None, bool]]] = {
     "simulate": [("--steps", "100", True), ("--save", "log:8", True), ("--eval-every", "every:50", True)],
     "regions": [("--resolution", "40", True)],
 }
-# probe parameters appended when the probe is among --metrics
-SMALL_PARAMS = {"lc": ["lc.n_points=16", "lc.n_dirs=4"], "align": ["align.n_points=16"],
-                "pgd": ["pgd.n_points=16", "pgd.steps=3"],
-                "norm": ["norm.n_train=16", "norm.proj_iters=3", "norm.power_iters=3"]}
+
+
+def _small_params() -> dict[str, list[str]]:
+    """The probe parameters appended when a probe is among --metrics: each built-in's ``quick_params``."""
+    from grokscope.probes import BUILTIN, get_probe
+
+    return {name: [f"{name}.{k}={v}" for k, v in get_probe(name).quick_params.items()] for name in BUILTIN}
+
+
+SMALL_PARAMS = _small_params()
 
 # the `grokscope` on the blocks' PATH: a small script (no heavy imports) that appends the size flags and
 # hands the command, with its stdin/stdout/stderr, to the fork server of this test process (which has

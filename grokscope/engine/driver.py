@@ -44,6 +44,7 @@ from .config import EngineConfig, EngineError
 from .discovery import Problem, Run, find_runs
 from .dispatch import follower, recheck, results
 from .jobs import Outcome
+from .loading import read_once
 from .lock import StoreLock
 from .model_check import screen_plan
 from .outcomes import (Interrupted, SchedulerLost, StoreWriteError, Summary, environmental, os_cause,
@@ -132,8 +133,9 @@ def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], s
         writer = summary.writer = Writer(store, p, cfg.flush_interval, summary)
         record_plan(summary, p)
         summary.warnings[:0] = ignored
-        unfit = screen_plan(p, summary, watch=follow is None)  # one line per run whose model does not fit
-        templates = check_probes(p.tasks, p.runs)
+        with read_once():  # the model check and the probes' checks read each run's first checkpoint once
+            unfit = screen_plan(p, summary, watch=follow is None)  # one line per run whose model does not fit
+            templates = check_probes(p.tasks, p.runs)
         has_done = cfg.recheck and p.skipped > 0
         if not cfg.dry_run:  # the store changes only now, after every check passed
             apply(p, store, templates)

@@ -11,9 +11,11 @@ shape mismatches.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +109,50 @@ def extract_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{where}: expected a state dict, found a {type(obj).__name__}")
 
 
+# the state dicts read inside a read_once() block, by checkpoint (None outside one)
+_READ_ONCE: contextvars.ContextVar[dict[Any, dict[str, torch.Tensor]] | None] = \
+    contextvars.ContextVar("grokscope_read_once", default=None)
+
+
+@contextlib.contextmanager
+def read_once() -> Iterator[None]:
+    """Inside this block :func:`read_state_dict` reads each checkpoint once (the same files, sizes and
+    modification times: the same checkpoint) and hands out that state dict again; the driver's
+    client-side checks (the model check, then the probes' checks) run in one, so the first
+    checkpoint of a run is read once before the jobs start. Nothing is kept after the block."""
+    token = _READ_ONCE.set({})
+    try:
+        yield
+    finally:
+        _READ_ONCE.reset(token)
+
+
+def _identity(ckpt: Checkpoint) -> tuple[Any, ...]:
+    def stat(f: str) -> tuple[str, int, int]:
+        try:
+            st = Path(f).stat()
+            return f, st.st_size, st.st_mtime_ns
+        except OSError:
+            return f, -1, -1
+    return (ckpt.path, ckpt.kind) + tuple(stat(f) for f in (ckpt.files or (ckpt.path,)))
+
+
 def read_state_dict(ckpt: Checkpoint | str | Path) -> dict[str, torch.Tensor]:
     """The raw state dict (CPU tensors, keys as saved) of one checkpoint, any supported format."""
     if not isinstance(ckpt, Checkpoint):
         p = Path(ckpt)
         kind = "safetensors" if p.name.endswith(".safetensors") else "torch"
         ckpt = Checkpoint(path=str(p), kind=kind, files=(str(p),), step=None, label=p.name)
+    memo = _READ_ONCE.get()
+    if memo is None:
+        return _read(ckpt)
+    key = _identity(ckpt)
+    if key not in memo:
+        memo[key] = _read(ckpt)
+    return dict(memo[key])
+
+
+def _read(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     if ckpt.sharded:
         return _read_sharded(ckpt)
     path = Path(ckpt.path)

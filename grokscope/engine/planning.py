@@ -127,7 +127,7 @@ def group_attrs_for(run: Run, spec: dict[str, Any], req: ProbeRequest) -> dict[s
     params = params_attrs(req.params)
     attrs = {"probe": req.name, "description": cls.description, "params": params,
              "params_json": dumps(params), "probe_version": int(cls.version),
-             "presentation": to_attrs(cls.panel_specs(), cls.event_specs()),
+             "presentation": to_attrs(cls.panel_specs(), cls.event_specs(), cls.panel_order),
              "grokscope_version": __version__,
              "model": spec.get("model", {}), "dataset": spec.get("dataset", {}),
              "dataset_seed": int((spec.get("dataset") or {}).get("seed", 0)),

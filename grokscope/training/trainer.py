@@ -40,6 +40,7 @@ from grokscope.models.adapters import sequence_logits
 from .config import TrainConfig, TrainConfigError
 from .orthograd import orthogonalise_grads_
 from .schedule import eval_schedule, parse_schedule
+from .threads import choose_threads
 
 STATE_DIR = "state"
 STATE_FILE = "last.pt"
@@ -178,7 +179,6 @@ def _set_threads(threads: int | str | None, model: nn.Module, rows: int, dev: to
     if threads == "auto":
         if dev.type != "cpu":
             return "torch's default: the model runs on " + dev.type
-        from .threads import choose_threads
 
         n, why = choose_threads(sum(p.numel() for p in model.parameters()), rows)
         torch.set_num_threads(n)
