@@ -54,7 +54,7 @@ def test_acc_values_layout_and_attrs(tmp_path, cli):
         np.testing.assert_allclose(ds.accuracy.values[i], ref[1], atol=1e-12)
         assert ds.checkpoint_hash.values[i] == state_dict_hash(state)
     assert ds.accuracy.values[-1, 0] > ds.accuracy.values[0, 0] + 0.2  # the snapshots did learn
-    assert ds.attrs["params"] == {"loss": "auto", "batch_size": 4096}
+    assert ds.attrs["params"] == {"loss": "auto", "batch_size": 4096, "icl_early": 50, "icl_late": 500}
     assert ds.attrs["model"] == MLP and ds.attrs["dataset"] == DIGITS
     assert ds.attrs["grokscope_version"] and ds.attrs["probe"] == "acc"
     assert dt["a"].attrs["path"] == str((tmp_path / "runs" / "a").resolve())
