@@ -342,3 +342,16 @@ def test_a_parameter_added_later_keeps_old_stores_valid_where_its_default_is_the
     r = cli("probe", tokens, "-o", store, *args[:-2])
     assert r.exit_code == 1
     assert "tokens/pgd: stored parameters differ (eps_unit: stored 'absolute', requested 'embedding_rms')" in r.output
+
+
+def test_an_acc_group_stored_before_the_lm_task_is_reused(tmp_path, cli):
+    """acc's ``icl_early``/``icl_late`` (added with the causal-LM task) do not change classification
+    numbers: a group stored without them is reused, not recomputed or refused."""
+    run = make_run(tmp_path / "a", [0, 1])
+    store = tmp_path / "s.zarr"
+    args = ["--metrics", "acc", "--scheduler", "sync", "--json", "-q"]
+    assert json.loads(cli("probe", run, "-o", store, *args).stdout)["jobs"] == 2
+    _forget_param(store, "a/acc", "icl_early")
+    _forget_param(store, "a/acc", "icl_late")
+    again = json.loads(cli("probe", run, "-o", store, *args).stdout)
+    assert (again["jobs"], again["skipped"]) == (0, 2)
