@@ -29,6 +29,7 @@ DATASETS = {
     "fashion_mnist": "mnist",
     "cifar10": "cifar10",
     "xor": "xor",
+    "induction": "induction",
 }
 ENTRY_POINT_GROUP = "grokscope.datasets"
 FILE_PREFIX = "file:"

@@ -17,6 +17,12 @@ class DatasetError(GrokscopeError, ValueError):
     """A dataset could not be built: missing/malformed files or bad arguments."""
 
 
+CLASSIFICATION = "classification"
+#: the task of token sequences with no labels, scored by the next-token loss (:attr:`Data.task`)
+CAUSAL_LM = "causal_lm"
+TASKS = (CLASSIFICATION, CAUSAL_LM)
+
+
 @dataclass
 class Data:
     """Train/test tensors of one task plus what the probes need to know about its inputs.
@@ -31,6 +37,14 @@ class Data:
     task counts as generalised (None: :data:`DEFAULT_GROK_THRESHOLD`); ``classes_from`` says where
     ``n_classes`` came from (``"stated"`` by the dataset, or ``"labels"``: read as ``max(y) + 1``).
     :func:`task_facts` is what the probe engine stores with each run.
+
+    ``task`` says what the data is for: ``"classification"`` (one input, one label: the above) or
+    ``"causal_lm"`` (:data:`CAUSAL_LM`), a language-model task of token sequences with no labels:
+    ``x_*`` are the token ids ``(n, T)`` int64 (:meth:`tokens` names them ``ids``), ``y_*`` are the
+    same tensors (the targets are the next tokens of the same rows,
+    :func:`grokscope.losses.next_token_loss`), ``mask_*`` are ``(n, T)`` bool (True where the token is
+    real; None: every token), ``n_classes`` is the vocabulary size (:attr:`vocab_size`, every id is
+    below it) and :attr:`seq_len` is ``T``. Only probes that declare the task in ``Probe.tasks`` take it.
     """
 
     name: str
@@ -46,6 +60,32 @@ class Data:
     meta: dict[str, Any] = field(default_factory=dict)
     grok_threshold: float | None = None
     classes_from: str = "stated"
+    task: str = CLASSIFICATION
+    mask_train: torch.Tensor | None = None
+    mask_test: torch.Tensor | None = None
+
+    @property
+    def is_lm(self) -> bool:
+        """Whether this is a causal language-model task (:data:`CAUSAL_LM`)."""
+        return self.task == CAUSAL_LM
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids of a causal-LM task (ids lie in ``0..vocab_size-1``): ``n_classes``."""
+        return int(self.n_classes)
+
+    @property
+    def seq_len(self) -> int:
+        """``T``, the length of a causal-LM task's sequences."""
+        return int(self.x_train.shape[1])
+
+    def tokens(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(ids, mask)`` of the split ``"train"`` or ``"test"`` of a causal-LM task: ids ``(n, T)``
+        int64, mask ``(n, T)`` bool or None (every token real)."""
+        if not self.is_lm:
+            raise DatasetError(f"{self.name}: a {self.task} dataset has no token sequences (ids, mask)")
+        ids, _ = self.split(name)
+        return ids, self.mask_train if name == "train" else self.mask_test
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -71,9 +111,11 @@ class Data:
         """A copy with every tensor on ``device``."""
         t = {k: getattr(self, k).to(device) for k in
              ("x_train", "y_train", "x_test", "y_test", "box_low", "box_high")}
+        masks = {k: None if getattr(self, k) is None else getattr(self, k).to(device)
+                 for k in ("mask_train", "mask_test")}
         return Data(name=self.name, n_classes=self.n_classes, input_kind=self.input_kind,
                     spec=self.spec, meta=self.meta, grok_threshold=self.grok_threshold,
-                    classes_from=self.classes_from, **t)
+                    classes_from=self.classes_from, task=self.task, **masks, **t)
 
 
 
@@ -81,12 +123,14 @@ def task_facts(data: Data) -> dict[str, Any]:
     """What the analysis needs to know about a task, stored with each run by ``grokscope probe``:
     ``{"n_classes", "chance": 1 / n_classes, "classes_from": "stated" | "labels", "grok_threshold",
     "threshold_from": "stated" | "default"}`` (JSON values; ``chance`` None for fewer than 2 classes,
-    where guessing has no level to clear)."""
+    where guessing has no level to clear); a causal-LM task adds ``"task": "causal_lm"`` and
+    ``"seq_len"`` (its classes are the vocabulary: chance is one over the vocabulary size)."""
     n = int(data.n_classes)
     thr = data.grok_threshold
     return {"n_classes": n, "chance": 1.0 / n if n >= 2 else None, "classes_from": data.classes_from,
             "grok_threshold": float(thr if thr is not None else DEFAULT_GROK_THRESHOLD),
-            "threshold_from": "stated" if thr is not None else "default"}
+            "threshold_from": "stated" if thr is not None else "default",
+            **({"task": CAUSAL_LM, "seq_len": data.seq_len} if data.is_lm else {})}
 
 
 def box_from_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

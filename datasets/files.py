@@ -16,6 +16,14 @@ columns (``x``, ``y``, defaults ``"x"`` and ``"y"``) and the splits (``train_spl
 ``input_kind`` override what is inferred (the number of classes is read from the labels, ``max(y) + 1``);
 ``grok_threshold`` sets the test accuracy at which the task counts as generalised (default 0.95).
 Only the indexed points of a memory-mapped array are read.
+
+A file whose arrays are token sequences instead of ``x, y`` is a causal language-model task (no
+labels; :data:`~.base.CAUSAL_LM`): ``ids_train, ids_test`` (``(n, T)`` integer token ids, optional
+``mask_train, mask_test``: ``(n, T)`` 0/1, 1 where the token is real) or ``ids`` (optional ``mask``)
+with ``train_idx, test_idx`` or a ``split`` option, e.g. ``--dataset file:tokens.npz
+--dataset-kwargs '{"split": "first:900"}'``; ``vocab_size`` states the vocabulary (default: the
+largest id + 1). In a Hugging Face folder the columns are ``input_ids`` and ``attention_mask``
+(options ``ids``, ``mask``); a split without the label column ``y`` is read as token sequences.
 """
 
 from __future__ import annotations
@@ -27,9 +35,11 @@ from typing import Any
 import numpy as np
 
 from .base import Data, DatasetError, split_indices
-from .protocol import ARRAY_KEYS, INDEX_KEYS, from_arrays
+from .protocol import ARRAY_KEYS, INDEX_KEYS, LM_ARRAY_KEYS, LM_MASK_KEYS, from_arrays, is_lm, lm_from_arrays
 
 ROLES = ARRAY_KEYS + INDEX_KEYS
+LM_ROLES = ("ids", "ids_train", "ids_test") + LM_MASK_KEYS
+HF_LM_COLUMNS = {"ids": "input_ids", "mask": "attention_mask"}
 HF_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
 
 
@@ -106,7 +116,12 @@ def _open(path: Path) -> _Lazy:
                        ".pth, .safetensors, a folder of .npy files or a Hugging Face save_to_disk folder")
 
 
-def _hf_arrays(path: Path, x: str, y: str, train_split: str, test_split: str) -> dict[str, Any]:
+def _hf_arrays(path: Path, x: str, y: str, train_split: str, test_split: str,
+               lm_columns: dict[str, str] | None = None) -> dict[str, Any]:
+    """The arrays of a Hugging Face ``save_to_disk`` folder: ``x_*, y_*`` from the columns ``x``, ``y``,
+    or, where the train split has no column ``y`` but has the ids column of ``lm_columns`` (default
+    :data:`HF_LM_COLUMNS`), ``ids_*`` (and ``mask_*`` where the mask column exists) of a causal-LM task."""
+    lm_columns = {**HF_LM_COLUMNS, **(lm_columns or {})}
     spec = importlib.util.find_spec("datasets")
     ours = Path(__file__).resolve().parent
     if spec is None or (spec.origin and Path(spec.origin).resolve().parent == ours):
@@ -123,7 +138,12 @@ def _hf_arrays(path: Path, x: str, y: str, train_split: str, test_split: str) ->
         if split not in dd:
             raise DatasetError(f"{path}: no split {split!r} (found {', '.join(dd)}); set {role}_split")
         part = dd[split].with_format("numpy")
-        for col, key in ((x, f"x_{role}"), (y, f"y_{role}")):
+        cols = [(x, f"x_{role}"), (y, f"y_{role}")]
+        if y not in part.column_names and lm_columns["ids"] in part.column_names:  # token sequences
+            cols = [(lm_columns["ids"], f"ids_{role}")]
+            if lm_columns["mask"] in part.column_names:
+                cols.append((lm_columns["mask"], f"mask_{role}"))
+        for col, key in cols:
             if col not in part.column_names:
                 raise DatasetError(f"{path}: split {split!r} has no column {col!r} (columns: "
                                    f"{', '.join(part.column_names)})")
@@ -134,25 +154,47 @@ def _hf_arrays(path: Path, x: str, y: str, train_split: str, test_split: str) ->
 def load_file_dataset(path: str, split: str | None = None, seed: int = 0, n_classes: int | None = None,
                       box: Any = None, input_kind: str | None = None, x: str = "x", y: str = "y",
                       train_split: str = "train", test_split: str = "test", grok_threshold: float | None = None,
-                      **names: str) -> Data:
+                      vocab_size: int | None = None, **names: str) -> Data:
     """The dataset in the file or folder ``path`` (see the module docstring).
 
-    ``names`` rename the arrays (``x_train="X_tr"``, ...); ``split`` splits ``x, y`` when the file has
-    no ``train_idx``/``test_idx`` (:func:`.base.split_indices`).
+    ``names`` rename the arrays (``x_train="X_tr"``, ``ids="tokens"``, ...); ``split`` splits ``x, y``
+    (or ``ids``) when the file has no ``train_idx``/``test_idx`` (:func:`.base.split_indices`).
+    ``vocab_size`` is for token-sequence files (a causal-LM task), ``n_classes``, ``box`` and
+    ``input_kind`` for the others.
     """
     p = Path(path).expanduser()
-    bad = sorted(set(names) - set(ROLES))
+    bad = sorted(set(names) - set(ROLES) - set(LM_ROLES))
     if bad:
         raise DatasetError(f"file:{path}: unknown option(s) {', '.join(bad)}; array names are "
-                           f"{', '.join(ROLES)}")
+                           f"{', '.join(ROLES + LM_ROLES)}")
     if not p.exists():
         raise DatasetError(f"{p}: no such dataset file or folder")
     where = str(p)
     if p.is_dir() and any((p / m).is_file() for m in HF_MARKERS):
-        arrays = _hf_arrays(p, x, y, train_split, test_split)
+        arrays = _hf_arrays(p, x, y, train_split, test_split,
+                            {k: names[k] for k in HF_LM_COLUMNS if k in names})
+        if is_lm(arrays):
+            return _lm(p, arrays, where, vocab_size, n_classes, box, input_kind, grok_threshold)
         return from_arrays(f"file:{p.name}", arrays, where, n_classes=n_classes, box=box,
                            input_kind=input_kind, meta={"path": str(p)}, grok_threshold=grok_threshold)
     found = _open(p)
+    lm_want = {role: names.get(role, role) for role in LM_ROLES}
+    has_ids = any(lm_want[role] in found for role in ("ids",) + LM_ARRAY_KEYS)
+    if has_ids and not (names.get("x", x) in found or names.get("x_train", "x_train") in found):
+        got = {role: found[lm_want[role]] for role in LM_ROLES if lm_want[role] in found}
+        for role in ("train_idx", "test_idx"):
+            if names.get(role, role) in found:
+                got[role] = found[names.get(role, role)]
+        if split is not None or not ({"ids_train", "ids_test"} <= set(got)):
+            if "ids" in got and split is not None:
+                got["train_idx"], got["test_idx"] = split_indices(len(got["ids"]), split, seed, None, where)
+            elif "ids" in got and not {"train_idx", "test_idx"} <= set(got):
+                raise DatasetError(f"{where}: token ids {lm_want['ids']!r} but no {names.get('train_idx', 'train_idx')}"
+                                   f"/{names.get('test_idx', 'test_idx')}: add them or a split option")
+        return _lm(p, got, where, vocab_size, n_classes, box, input_kind, grok_threshold)
+    if vocab_size is not None:
+        raise DatasetError(f"{where}: vocab_size is for token-sequence files (ids); this one holds "
+                           f"{', '.join(sorted(found)) or 'nothing'}")
     want = {role: names.get(role, role) for role in ROLES}
     want["x"], want["y"] = names.get("x", x), names.get("y", y)
 
@@ -182,9 +224,25 @@ def load_file_dataset(path: str, split: str | None = None, seed: int = 0, n_clas
                        input_kind=input_kind, meta={"path": str(p)}, grok_threshold=grok_threshold)
 
 
+def _lm(p: Path, arrays: dict[str, Any], where: str, vocab_size: Any, n_classes: Any, box: Any,
+        input_kind: Any, grok_threshold: Any) -> Data:
+    """The causal-LM :class:`Data` of a token-sequence file (options for labelled data refused)."""
+    for key, value in (("n_classes", n_classes), ("box", box)):
+        if value is not None:
+            raise DatasetError(f"{where}: {key} is for labelled data; a token-sequence file states vocab_size")
+    if input_kind not in (None, "tokens"):
+        raise DatasetError(f"{where}: token-sequence files have input_kind 'tokens', got {input_kind!r}")
+    if "ids_train" in arrays and "ids_test" in arrays:
+        arrays = {k: v for k, v in arrays.items() if k not in ("ids", "mask", "train_idx", "test_idx")}
+    return lm_from_arrays(f"file:{p.name}", arrays, where, vocab_size=vocab_size, meta={"path": str(p)},
+                          grok_threshold=grok_threshold)
+
+
 def split_words(kwargs: dict[str, Any]) -> str:
     """Which split a ``file:`` dataset's options give, in a few words."""
     if kwargs.get("split"):
+        if "ids" in kwargs or "vocab_size" in kwargs:  # token sequences named as such
+            return f"split {kwargs['split']} of {kwargs.get('ids', 'ids')}"
         return f"split {kwargs['split']} of {kwargs.get('x', 'x')}, {kwargs.get('y', 'y')}"
     if kwargs.get("train_idx") or kwargs.get("test_idx"):
         return f"split by {kwargs.get('train_idx', 'train_idx')}/{kwargs.get('test_idx', 'test_idx')}"

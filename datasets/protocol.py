@@ -10,7 +10,12 @@ A dataset callable is called as ``fn(seed=S, **kwargs)`` (``seed`` only if it ta
    attacks, inferred from the data's per-coordinate min and max when absent), ``input_kind``
    (``"continuous"``, or ``"tokens"`` for int64 token ids; inferred from the dtype) and ``meta``;
 3. a tuple ``(x_train, y_train, x_test, y_test)``;
-4. a pair of ``torch.utils.data.Dataset`` objects ``(train, test)`` whose items are ``(x, y)``.
+4. a pair of ``torch.utils.data.Dataset`` objects ``(train, test)`` whose items are ``(x, y)``;
+5. a causal language-model task (:data:`~.base.CAUSAL_LM`: token sequences, no labels): a mapping
+   with ``ids_train, ids_test`` (``(n, T)`` integer token ids) and optional ``mask_train,
+   mask_test``, or with ``ids`` (optional ``mask``) and ``train_idx, test_idx``; masks are ``(n, T)``
+   0/1 or bool, 1 where the token is real; optional ``vocab_size`` (default ``max(ids) + 1``), ``meta``
+   (:func:`lm_from_arrays`). The arrays' names say the task: ``ids`` instead of ``x, y``.
 
 Labels are class indices (int64, ``0 <= y < n_classes``; ``n_classes`` defaults to ``max(y) + 1``
 over both splits). Inputs must be finite. Every violation is one :class:`~.base.DatasetError` line
@@ -25,10 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Data, DatasetError, box_from_tensor
+from .base import CAUSAL_LM, Data, DatasetError, box_from_tensor
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 INDEX_KEYS = ("x", "y", "train_idx", "test_idx")
+LM_ARRAY_KEYS = ("ids_train", "ids_test")
+LM_INDEX_KEYS = ("ids", "train_idx", "test_idx")
+LM_MASK_KEYS = ("mask_train", "mask_test", "mask")
 
 
 def to_tensor(a: Any, where: str, key: str) -> torch.Tensor:
@@ -149,6 +157,93 @@ def from_arrays(name: str, arrays: Mapping[str, Any], where: str, n_classes: int
                 meta=dict(meta or {}), grok_threshold=grok_threshold, classes_from=classes_from, **parts)
 
 
+def is_lm(arrays: Mapping[str, Any]) -> bool:
+    """Whether ``arrays`` (names of a file or a dataset callable's mapping) are a causal-LM task: token
+    ``ids`` (``ids_train``/``ids_test``, or ``ids``) and no ``x``/``x_train``."""
+    has = set(arrays)
+    return bool(has & {"ids", *LM_ARRAY_KEYS}) and not has & {"x", "x_train"}
+
+
+def _token_ids(a: Any, where: str, key: str) -> torch.Tensor:
+    ids = to_tensor(a, where, key)
+    if ids.dim() != 2:
+        raise DatasetError(f"{where}: {key!r} has shape {tuple(ids.shape)}, expected (n, T) token ids")
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise DatasetError(f"{where}: {key!r} has dtype {str(ids.dtype).replace('torch.', '')}, expected "
+                           "integer token ids")
+    if ids.shape[1] < 2:
+        raise DatasetError(f"{where}: {key!r} has sequences of length {ids.shape[1]}; a next-token task "
+                           "needs at least 2 tokens")
+    return ids.long()
+
+
+def _token_mask(a: Any, ids: torch.Tensor, where: str, key: str) -> torch.Tensor:
+    m = to_tensor(a, where, key)
+    if tuple(m.shape) != tuple(ids.shape):
+        raise DatasetError(f"{where}: {key!r} has shape {tuple(m.shape)}, but its ids have {tuple(ids.shape)}")
+    if m.dtype != torch.bool and not ((m == 0) | (m == 1)).all():
+        raise DatasetError(f"{where}: {key!r} must hold 0/1 (1 where the token is real)")
+    return m.bool()
+
+
+def lm_from_arrays(name: str, arrays: Mapping[str, Any], where: str, vocab_size: int | None = None,
+                   meta: dict[str, Any] | None = None, grok_threshold: float | None = None) -> Data:
+    """A causal-LM :class:`Data` (``task="causal_lm"``) from ``ids_train, ids_test`` (optional
+    ``mask_train, mask_test``) or ``ids, train_idx, test_idx`` (optional ``mask``).
+
+    Ids are ``(n, T)`` integers in ``0..vocab_size-1`` (``vocab_size`` defaults to ``max(ids) + 1``,
+    ``classes_from="labels"``); masks ``(n, T)`` 0/1 or bool. The data's ``x_*`` and ``y_*`` are the
+    ids, ``mask_*`` the masks as bool (None where not given), ``input_kind="tokens"``.
+    """
+    masks: dict[str, torch.Tensor | None] = {"train": None, "test": None}
+    if all(k in arrays for k in LM_ARRAY_KEYS):
+        ids = {s: _token_ids(arrays[f"ids_{s}"], where, f"ids_{s}") for s in ("train", "test")}
+        for s in ("train", "test"):
+            if arrays.get(f"mask_{s}") is not None:
+                masks[s] = _token_mask(arrays[f"mask_{s}"], ids[s], where, f"mask_{s}")
+    elif all(k in arrays for k in LM_INDEX_KEYS):
+        every = _token_ids(arrays["ids"], where, "ids")
+        mask = _token_mask(arrays["mask"], every, where, "mask") if arrays.get("mask") is not None else None
+        ids = {}
+        for s in ("train", "test"):
+            idx = _index(arrays[f"{s}_idx"], len(every), where, f"{s}_idx")
+            ids[s] = every[idx]
+            masks[s] = None if mask is None else mask[idx]
+    else:
+        have = ", ".join(sorted(map(str, arrays))) or "nothing"
+        raise DatasetError(f"{where}: a token-sequence dataset needs {', '.join(LM_ARRAY_KEYS)} or "
+                           f"{', '.join(LM_INDEX_KEYS)} (or a split option); found {have}")
+    for s in ("train", "test"):
+        if len(ids[s]) == 0:
+            raise DatasetError(f"{where}: the {s} split is empty")
+        m = masks[s]
+        if m is not None and not (m[:, :-1] & m[:, 1:]).any():
+            raise DatasetError(f"{where}: the mask of the {s} split leaves no next-token prediction "
+                               "(no two real tokens in a row)")
+    if ids["train"].shape[1] != ids["test"].shape[1]:
+        raise DatasetError(f"{where}: train sequences have length {ids['train'].shape[1]} but test "
+                           f"sequences {ids['test'].shape[1]}")
+    low = min(int(ids["train"].min()), int(ids["test"].min()))
+    top = max(int(ids["train"].max()), int(ids["test"].max()))
+    if low < 0:
+        raise DatasetError(f"{where}: negative token id {low}; ids must be 0..vocab_size-1")
+    classes_from = "stated" if vocab_size is not None else "labels"
+    if vocab_size is None:
+        vocab_size = top + 1
+    elif isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or top >= vocab_size:
+        raise DatasetError(f"{where}: vocab_size={vocab_size!r} must be an integer above the largest "
+                           f"token id ({top})")
+    if grok_threshold is not None and not (isinstance(grok_threshold, (int, float)) and 0 < grok_threshold <= 1):
+        raise DatasetError(f"{where}: grok_threshold must be in (0, 1], got {grok_threshold!r}")
+    lo_tr, hi_tr = box_from_tensor(ids["train"])
+    lo_te, hi_te = box_from_tensor(ids["test"])
+    return Data(name=name, x_train=ids["train"], y_train=ids["train"], x_test=ids["test"],
+                y_test=ids["test"], n_classes=int(vocab_size), box_low=torch.minimum(lo_tr, lo_te),
+                box_high=torch.maximum(hi_tr, hi_te), input_kind="tokens", meta=dict(meta or {}),
+                grok_threshold=None if grok_threshold is None else float(grok_threshold),
+                classes_from=classes_from, task=CAUSAL_LM, mask_train=masks["train"], mask_test=masks["test"])
+
+
 def _box(box: Any, parts: dict[str, torch.Tensor], where: str) -> tuple[torch.Tensor, torch.Tensor]:
     shape = parts["x_train"].shape[1:]
     if box is None:
@@ -182,6 +277,9 @@ def as_data(obj: Any, name: str, where: str) -> Data:
     """Whatever a dataset callable returned (see the module docstring), as :class:`Data`."""
     if isinstance(obj, Data):
         return obj
+    if isinstance(obj, Mapping) and is_lm(obj):
+        extra = {k: obj[k] for k in ("vocab_size", "meta", "grok_threshold") if k in obj}
+        return lm_from_arrays(name, obj, where, **extra)
     if isinstance(obj, Mapping):
         extra = {k: obj[k] for k in ("n_classes", "input_kind", "meta", "grok_threshold") if k in obj}
         box = (obj["box_low"], obj["box_high"]) if "box_low" in obj and "box_high" in obj else None

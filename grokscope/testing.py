@@ -90,13 +90,14 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
                          f"{probe_cls.precision_mode!r}")
     params = params if params is not None else probe_cls.default_params()
     ctx = ctx or ProbeContext(step=0, run="check")
-    declared = dict(probe_cls.outputs or {})
+    declared = probe_cls.outputs_for(getattr(data, "task", "classification"))
     if not declared:
         _fail(probe_cls, "declares no outputs")
+    every = {k: v for task in probe_cls.tasks for k, v in probe_cls.outputs_for(task).items()}
     for spec in list(probe_cls.panel_specs()) + list(probe_cls.event_specs()):
-        if spec.var not in declared:
+        if spec.var not in every:
             _fail(probe_cls, f"{type(spec).__name__} names {spec.var!r}, which is not a declared output "
-                             f"({', '.join(declared)})")
+                             f"({', '.join(every)})")
 
     # parameters survive the command line
     texts = {f.name: _as_cli_text(getattr(params, f.name)) for f in dataclasses.fields(params)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from grokscope.registry import Registry, import_target
 
 from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_bounds,
-                   check_choice, check_work, params_attrs, parse_value, template_dataset, validate_params)
+                   check_choice, check_task, check_work, params_attrs, parse_value, template_dataset, validate_params)
 
 BUILTIN = {
     "acc": "grokscope.probes.acc:AccProbe",
@@ -30,7 +30,7 @@ ENTRY_POINT_GROUP = "grokscope.probes"
 ENV_VAR = "GROKSCOPE_PROBES"
 
 __all__ = ["EventSpec", "PanelSpec", "Probe", "ProbeContext", "ProbeError", "available_probes", "check_at_least",
-           "check_bounds", "check_choice", "check_work", "get_probe", "params_attrs", "parse_value", "template_dataset",
+           "check_bounds", "check_choice", "check_task", "check_work", "get_probe", "params_attrs", "parse_value", "template_dataset",
            "validate_params"]
 
 

@@ -5,6 +5,10 @@ A probe declares:
 * ``name`` — the ``--metrics`` name and the store group name;
 * ``Params`` — a dataclass of parameters with defaults (set from the CLI as ``--param name.field=v``);
 * ``outputs`` — ``{variable: dims}`` it writes (dims without ``step``), for listings and docs;
+* ``tasks`` — the dataset tasks it takes (``Data.task``: ``"classification"``, ``"causal_lm"``; default
+  classification only: the engine refuses the others before any job, :func:`check_task`), and
+  ``task_outputs`` — ``{task: {variable: dims}}`` it writes on that task beside ``outputs``
+  (:meth:`Probe.outputs_for`);
 * ``template(model, data, params, ctx)`` — optional: the result's shape without computing it (every
   declared output with its dims, sizes, dtype and attributes, the coordinates, the dataset's
   attributes; :func:`template_dataset` builds it). The engine writes each group's template from it
@@ -76,6 +80,8 @@ class Probe:
     description: ClassVar[str] = ""
     Params: ClassVar[type] = object
     outputs: ClassVar[dict[str, tuple[str, ...]]] = {}
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    task_outputs: ClassVar[dict[str, dict[str, tuple[str, ...]]]] = {}
     needs_data: ClassVar[bool] = True
     needs_grad: ClassVar[bool] = False
     needs_previous: ClassVar[bool] = False
@@ -107,6 +113,11 @@ class Probe:
 
         return {k: radius_unit(v, input_kind) if k in cls.unit_params and v == "auto" else v
                 for k, v in params.items()}
+
+    @classmethod
+    def outputs_for(cls, task: str) -> dict[str, tuple[str, ...]]:
+        """The variables this probe writes on a dataset of ``task``: ``outputs`` and ``task_outputs[task]``."""
+        return {**cls.outputs, **cls.task_outputs.get(task, {})}
 
     def compute(self, model: nn.Module, data: Any, params: Any, ctx: ProbeContext):  # -> xr.Dataset
         raise NotImplementedError
@@ -286,6 +297,15 @@ def _auto(text: Any) -> Any:
         return text
 
 
+def check_task(probe_cls: Any, data: Any) -> None:
+    """:class:`ProbeError` naming the probe and the task unless the probe takes ``data``'s task
+    (``Data.task``; data without one is a classification task)."""
+    task = getattr(data, "task", "classification")
+    if data is not None and task not in probe_cls.tasks:
+        raise ProbeError(f"probe {probe_cls.name!r} does not take a {task} dataset "
+                         f"({getattr(data, 'name', 'the dataset')}); it takes {', '.join(probe_cls.tasks)}")
+
+
 def check_choice(key: str, value: Any, valid: Any) -> None:
     """:class:`ProbeError` ``"<key> must be one of a, b, got 'v'"`` unless ``value`` is in ``valid``
     (``key`` names the parameter as the command line does: ``pgd.norm``)."""
@@ -362,7 +382,10 @@ def check_result(ds: Any, probe_cls: Any) -> Any:
         raise ValueError(f"probe {probe_cls.name!r} returned a 'step' dim; the engine adds it")
     if "step" in ds.coords:
         ds = ds.drop_vars("step")
-    for name, dims in (probe_cls.outputs or {}).items():
+    declared = dict(probe_cls.outputs or {})
+    for extra in (getattr(probe_cls, "task_outputs", None) or {}).values():
+        declared.update(extra)
+    for name, dims in declared.items():
         if name in ds.data_vars and tuple(ds[name].dims) != tuple(dims):
             raise ValueError(f"probe {probe_cls.name!r}: variable {name!r} has dims "
                              f"{tuple(ds[name].dims)}, declared {tuple(dims)}")

@@ -29,7 +29,8 @@ def probe_listing() -> list[dict[str, Any]]:
         out.append({"name": name, "source": where, "description": cls.description,
                     "needs_data": cls.needs_data, "needs_grad": cls.needs_grad,
                     "needs_previous": cls.needs_previous, "params": params, "help": helps,
-                    "outputs": {k: list(v) for k, v in cls.outputs.items()}})
+                    "outputs": {k: list(v) for k, v in cls.outputs.items()}, "tasks": list(cls.tasks),
+                    "task_outputs": {t: {k: list(v) for k, v in o.items()} for t, o in cls.task_outputs.items()}})
     return out
 
 
@@ -85,6 +86,9 @@ def probes(as_json: bool, model: str | None, model_kwargs: str | None, dataset: 
             click.echo(line + (f"  ({p['help'][k]})" if k in p.get("help", {}) else ""))
         for k, dims in p["outputs"].items():
             click.echo(f"    -> {k}({', '.join(['step', *dims])})")
+        for task, outs in p.get("task_outputs", {}).items():
+            for k, dims in outs.items():
+                click.echo(f"    -> {k}({', '.join(['step', *dims])})  [{task} datasets]")
         click.echo("")
     if kinks is not None:
         from grokscope.functional.kinks import format_kinks

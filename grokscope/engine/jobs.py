@@ -175,7 +175,7 @@ def preflight(task: Task) -> dict[str, Any]:
 
     from grokscope.functional import eval_mode
     from grokscope.functional.precision import precision_guard
-    from grokscope.probes.base import ProbeContext, check_result
+    from grokscope.probes.base import ProbeContext, check_result, check_task
 
     sd = read_state_dict(task.checkpoint)
     model, data, classes = _prepare(task, sd, torch.device(task.device))
@@ -183,6 +183,8 @@ def preflight(task: Task) -> dict[str, Any]:
     with eval_mode(model):
         for req in task.probes:
             probe = classes[req.name]()
+            if probe.needs_data:
+                check_task(classes[req.name], data)
             with precision_guard(probe.precision_mode):
                 probe.check(model, data, req.params)
             try:

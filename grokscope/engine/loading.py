@@ -317,11 +317,41 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], where: str) -> n
     """
     own = model.state_dict()
     expected = {k: tuple(v.shape) for k, v in own.items()}
-    matched = match_keys(sd, expected, where)
+    tied = tied_keys(own)
+    try:
+        matched = match_keys(sd, expected, where)
+        tied = set()
+    except CheckpointError as first:
+        if not tied:
+            raise
+        # saved without the tied copies (Hugging Face's save_pretrained: lm_head.weight of GPT-2); the
+        # first error (every key of the model) is the one to show when this does not fit either
+        try:
+            matched = match_keys(sd, {k: v for k, v in expected.items() if k not in tied}, where)
+        except CheckpointError:
+            raise first from None
     check_dtypes(matched, {k: v.dtype for k, v in own.items()}, where)
     model.to(float_dtype(matched))
     try:
-        model.load_state_dict(matched, strict=True)
+        missing, _ = model.load_state_dict(matched, strict=not tied)
     except RuntimeError as e:
         raise CheckpointError(f"{where}: cannot load into the model: {e}") from None
+    if not set(missing) <= tied:  # strict loading but for the tied copies
+        raise CheckpointError(f"{where}: cannot load into the model: missing {', '.join(sorted(set(missing) - tied))}")
     return model
+
+
+def tied_keys(own: Mapping[str, torch.Tensor]) -> set[str]:
+    """The keys of a model's state dict ``own`` whose tensor is the same memory as an earlier key's (tied
+    weights: a language model's output matrix tied to its input embedding); a checkpoint may leave them out."""
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    out = set()
+    for k, v in own.items():
+        if v.numel() == 0:
+            continue
+        key = (v.data_ptr(), tuple(v.shape))
+        if key in seen:
+            out.add(k)
+        else:
+            seen[key] = k
+    return out

@@ -76,6 +76,8 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
         raise ModelCheckError(str(e)) from None
     x = data.x_train[:BATCH]
     name = spec["dataset"].get("name")
+    if data.is_lm:
+        return _check_lm(model, data, ckpt, name)
     try:
         with torch.no_grad():
             out = model.eval()(x)
@@ -99,6 +101,31 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
     from grokscope.datasets import task_facts
 
     return Checked(ckpt.path, tuple(out.shape), str(out.dtype).replace("torch.", ""), n_classes,
+                   task_facts(data))
+
+
+def _check_lm(model: Any, data: Any, ckpt: Any, name: Any) -> Checked:
+    """:class:`Checked` of a causal language model on a token-sequence dataset: next-token logits
+    ``(n, T, V)`` with ``V`` at least the vocabulary size (:func:`grokscope.models.adapters.sequence_logits`)."""
+    import torch
+
+    from grokscope.datasets import task_facts
+    from grokscope.models.adapters import sequence_logits
+
+    ids, mask = data.tokens("train")
+    ids, mask = ids[:BATCH], None if mask is None else mask[:BATCH]
+    try:
+        with torch.no_grad():
+            out = sequence_logits(model.eval(), ids, mask)
+    except Exception as e:  # noqa: BLE001 - whatever the model raises on token sequences
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelCheckError(f"{name}: the model loaded from {ckpt.path} cannot read token sequences of shape "
+                              f"{tuple(ids.shape)} as a causal language model ({type(e).__name__}: {first})") from None
+    if out.shape[2] < data.vocab_size or not out.is_floating_point():
+        raise ModelCheckError(f"{name}: the model loaded from {ckpt.path} returns {tuple(out.shape)} "
+                              f"{str(out.dtype).replace('torch.', '')} for token ids {tuple(ids.shape)}; expected "
+                              f"floating-point logits (n, T, vocab) with vocab >= {data.vocab_size}")
+    return Checked(ckpt.path, tuple(out.shape), str(out.dtype).replace("torch.", ""), data.vocab_size,
                    task_facts(data))
 
 

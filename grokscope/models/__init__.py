@@ -27,6 +27,7 @@ MODELS = {
     "mlp": "grokscope.models.mlp:mlp",
     "modular_mlp": "grokscope.models.modular:modular_mlp",
     "transformer": "grokscope.models.transformer:transformer",
+    "attn_only": "grokscope.models.transformer:attn_only",
     "cnn": "grokscope.models.cnn:cnn",
     "grokalign_cnn": "grokscope.models.cnn:grokalign_cnn",
     "preact_resnet18": "grokscope.models.resnet:preact_resnet18",

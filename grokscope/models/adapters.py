@@ -4,6 +4,9 @@ For continuous-input models the view is the model itself. Token models (``Data.i
 "tokens"``) must provide ``embed(tokens)`` and ``forward_embedded(h)``; probes then work on the
 embedding output ``h`` (GrokAlign's transformer experiment; Humayun et al.'s token-space PGD).
 
+Causal language models (a dataset with ``task == "causal_lm"``) are read through
+:func:`sequence_logits`: next-token logits at every position, ``(n, T, V)``.
+
 Also here: the scale of radii in embedding space (:func:`radius_scale`) and
 :func:`differentiable_attention` (eager attention for probes that need second derivatives).
 """
@@ -31,6 +34,22 @@ def continuous_view(model: nn.Module, x: torch.Tensor, input_kind: str
     with torch.no_grad():
         z = model.embed(x)
     return model.forward_embedded, z.detach()
+
+
+def sequence_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token logits ``(n, T, V)`` of a causal language model for token ids ``(n, T)``: the model's
+    own ``sequence_logits(ids, mask)`` where it has one (``--model hf``:
+    :meth:`grokscope.models.hf.HFLogits.sequence_logits`, the ``…ForCausalLM`` logits at every
+    position, whatever its ``position`` option), else ``model(ids)``, which must then be 3-D.
+    ``mask`` ``(n, T)`` (True where the token is real) goes to models that take one; others see
+    every token (right padding does not change a causal model's logits at real tokens)."""
+    own = getattr(model, "sequence_logits", None)
+    out = own(ids, mask) if callable(own) else model(ids)
+    if not (isinstance(out, torch.Tensor) and out.dim() == 3 and tuple(out.shape[:2]) == tuple(ids.shape)):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"{type(model).__name__} returns {shape} for token ids of shape {tuple(ids.shape)}; a "
+                        "causal language model must return next-token logits (n, T, vocab) at every position")
+    return out
 
 
 #: how a probe's radius is measured: ``absolute`` (input units), ``embedding_rms`` (multiples of the RMS

@@ -13,6 +13,9 @@ The model is wrapped in :class:`HFLogits` so that it looks like every other grok
   sequence dim ``(n, seq, C)`` (language-model or token-classification heads) the position chosen by
   ``position`` (``"last"`` by default, ``"first"``, ``"mean"`` or an index). Sequence-classification
   models (``...ForSequenceClassification``) pool internally and already return ``(n, C)``.
+* on a causal-LM dataset (token sequences, ``task == "causal_lm"``) probes read
+  ``sequence_logits(ids, mask)``: the ``head`` at every position ``(n, T, V)`` (a ``…ForCausalLM``'s
+  next-token logits; ``position`` plays no part; :func:`grokscope.models.adapters.sequence_logits`).
 * token models get ``embed(tokens)`` (the model's input embeddings) and ``forward_embedded(h)``
   (``inputs_embeds=h``), so probes work in embedding space (:mod:`grokscope.models.adapters`).
   Position, token-type embeddings and layer norms are part of the forward. A GPT-2 style classifier
@@ -108,6 +111,14 @@ class HFLogits(nn.Module):
 
     def logits(self, out: Any) -> torch.Tensor:
         """The ``(n, C)`` logits in a model's output (a ``ModelOutput``, a tuple or a tensor)."""
+        t = self.field(out)
+        if t.dim() == 3:
+            p = self.position
+            t = t.mean(dim=1) if p == "mean" else t[:, 0] if p == "first" else t[:, -1] if p == "last" else t[:, p]
+        return t
+
+    def field(self, out: Any) -> torch.Tensor:
+        """The ``head`` tensor of a model's output (a ``ModelOutput``, a tuple or a tensor), as it is."""
         if isinstance(out, torch.Tensor):
             t = out
         elif hasattr(out, "keys") and self.head in out.keys():
@@ -120,15 +131,22 @@ class HFLogits(nn.Module):
                           "--model-kwargs '{\"head\": NAME}'")
         if not isinstance(t, torch.Tensor):
             raise HFError(f"hf: the model's {self.head!r} is a {type(t).__name__}, not a tensor")
-        if t.dim() == 3:
-            p = self.position
-            t = t.mean(dim=1) if p == "mean" else t[:, 0] if p == "first" else t[:, -1] if p == "last" else t[:, p]
         return t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_floating_point():  # continuous inputs (an image model): the model's own argument
             return self.logits(self.model(x))
         return self.logits(self.model(input_ids=x))
+
+    def sequence_logits(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``head`` output at every position, ``(n, T, V)``, for token ids ``(n, T)`` (``mask``, True
+        where the token is real, is passed as ``attention_mask``)."""
+        kw = {} if mask is None else {"attention_mask": mask.long()}
+        t = self.field(self.model(input_ids=ids, **kw))
+        if t.dim() != 3:
+            raise HFError(f"hf: the model's {self.head!r} is not a (n, T, vocab) tensor of logits at every "
+                          f"position; a causal-LM dataset needs a …ForCausalLM model")
+        return t
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input embeddings ``(n, seq, d)`` of token ids ``(n, seq)``."""

@@ -67,3 +67,61 @@ def transformer(p: int, d_model: int = 128, n_heads: int = 4, d_head: int = 32, 
                 n_ctx: int = 3, activation_name: str = "relu") -> OneLayerTransformer:
     """Builder for :class:`OneLayerTransformer` (defaults: Nanda et al.)."""
     return OneLayerTransformer(p, d_model, n_heads, d_head, d_mlp, n_ctx, activation_name)
+
+
+class AttnOnlyTransformer(nn.Module):
+    """An attention-only causal language model (Elhage et al., Olsson et al.): token and learned
+    position embeddings, ``n_layers`` residual blocks of causal multi-head attention
+    (:class:`Attention`, each with a pre-LayerNorm), a final LayerNorm and an unembedding. Token ids
+    ``(n, T)`` → next-token logits ``(n, T, vocab_size)`` at every position.
+
+    Head ``h`` of layer ``l`` owns rows ``h * d_head : (h + 1) * d_head`` of ``blocks.l.attn.q/k/v.weight``
+    and the same columns of ``blocks.l.attn.o.weight`` (:meth:`head_slices`)."""
+
+    def __init__(self, vocab_size: int, n_ctx: int, d_model: int = 64, n_heads: int = 4, d_head: int = 16,
+                 n_layers: int = 2):
+        super().__init__()
+        self.vocab_size, self.n_ctx, self.n_heads, self.d_head = vocab_size, n_ctx, n_heads, d_head
+        self.embed_tokens = nn.Embedding(vocab_size, d_model)
+        self.pos = nn.Parameter(torch.randn(n_ctx, d_model) / math.sqrt(d_model))
+        nn.init.normal_(self.embed_tokens.weight, std=1 / math.sqrt(d_model))
+        self.blocks = nn.ModuleList(_AttnBlock(d_model, n_heads, d_head, n_ctx) for _ in range(n_layers))
+        self.ln_final = nn.LayerNorm(d_model)
+        self.unembed = nn.Linear(d_model, vocab_size, bias=False)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``(n, T, d_model)`` (before the position embedding)."""
+        return self.embed_tokens(tokens)
+
+    def forward_embedded(self, h: torch.Tensor) -> torch.Tensor:
+        x = h + self.pos[: h.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.unembed(self.ln_final(x))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.forward_embedded(self.embed(tokens))
+
+    def head_slices(self, layer: int, head: int) -> dict[str, tuple[int, slice]]:
+        """``{parameter name: (dim, slice)}``: the part of each attention matrix that head ``head`` of
+        layer ``layer`` owns (rows of ``q``, ``k``, ``v``; columns of ``o``)."""
+        s = slice(head * self.d_head, (head + 1) * self.d_head)
+        p = f"blocks.{layer}.attn"
+        return {f"{p}.q.weight": (0, s), f"{p}.k.weight": (0, s), f"{p}.v.weight": (0, s), f"{p}.o.weight": (1, s)}
+
+
+class _AttnBlock(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_head: int, n_ctx: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(d_model)
+        self.attn = Attention(d_model, n_heads, d_head, n_ctx)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.ln(x))
+
+
+def attn_only(vocab_size: int, n_ctx: int, d_model: int = 64, n_heads: int = 4, d_head: int = 16,
+              n_layers: int = 2) -> AttnOnlyTransformer:
+    """Builder for :class:`AttnOnlyTransformer` (``vocab_size`` and ``n_ctx`` come from a causal-LM
+    dataset when trained with ``grokscope train``)."""
+    return AttnOnlyTransformer(vocab_size, n_ctx, d_model, n_heads, d_head, n_layers)

@@ -78,6 +78,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "loss": "mse", "batch_size": 256,
         "shuffle": False, "steps": 100000, "dtype": "float64", "save": "log:150",
     },
+    # Olsson et al.'s induction-head phase change, small enough for 2 CPU cores: a two-layer
+    # attention-only transformer (d_model 32, 4 heads) on repeated random spans (vocab 16, span 8,
+    # T = 16), AdamW lr 1e-3 no weight decay, batch 32; checkpoints every 20 steps over the change.
+    "induction": {
+        "model": {"arch": "attn_only", "kwargs": {"d_model": 32, "n_heads": 4, "d_head": 8, "n_layers": 2}},
+        "dataset": {"name": "induction", "kwargs": {"vocab": 16, "span": 8, "n_train": 2048, "n_test": 256},
+                    "seed": 0},
+        "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "loss": "ce", "batch_size": 32,
+        "steps": 400, "save": "every:20",
+    },
 }
 
 DESCRIPTIONS = {
@@ -87,6 +97,7 @@ DESCRIPTIONS = {
     "digits-mlp": "the mnist-mlp recipe on the offline 8x8 digits",
     "musat-2layer": "Musat's two-layer net on e_a + e_b mod 11, full-batch GD on MSE with L2 (η, λ changed)",
     "grokalign-mnist": "GrokAlign's MNIST MLP (x8 init, MSE, float64); add --reg grokalign:1e-4",
+    "induction": "2-layer attention-only transformer on repeated random spans: the induction-head phase change (400 steps)",
 }
 
 

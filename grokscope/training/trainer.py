@@ -34,7 +34,8 @@ from torch import nn
 from grokscope import runs
 from grokscope.engine.lock import RunLock, RunLocked, describe
 from grokscope.errors import GrokscopeError
-from grokscope.losses import task_loss
+from grokscope.losses import next_token_loss, task_loss
+from grokscope.models.adapters import sequence_logits
 
 from .config import TrainConfig, TrainConfigError
 from .orthograd import orthogonalise_grads_
@@ -53,6 +54,8 @@ _DERIVED_KWARGS: dict[str, Callable[[Any], Any]] = {
     "num_classes": lambda d: d.n_classes,
     "p": lambda d: d.meta.get("p"),
     "in_channels": lambda d: d.input_shape[0] if len(d.input_shape) == 3 else None,
+    "vocab_size": lambda d: d.vocab_size if d.is_lm else None,  # a causal-LM task's vocabulary
+    "n_ctx": lambda d: d.seq_len if d.is_lm else None,
 }
 
 
@@ -296,9 +299,14 @@ def config_differences(config: TrainConfig, run_dir: str | Path, trust=None) -> 
 
 def evaluate(model: nn.Module, data, loss: str) -> dict[str, float]:
     """Train and test loss/accuracy with the ``acc`` probe's own function (so probes match the log)."""
-    from grokscope.probes.acc import loss_and_accuracy
+    from grokscope.probes.acc import loss_and_accuracy, next_token_stats
 
     out = {}
+    if data.is_lm:  # a causal-LM task: the next-token loss and accuracy
+        for split in ("train", "test"):
+            st = next_token_stats(model, *data.tokens(split), vocab_size=data.vocab_size)
+            out[f"{split}_loss"], out[f"{split}_acc"] = st["loss"], st["accuracy"]
+        return out
     for split in ("train", "test"):
         x, y = data.split(split)
         lo, ac = loss_and_accuracy(model, x, y, loss)
@@ -346,6 +354,9 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
     save_steps = parse_schedule(config.save, config.steps)
     eval_steps = set(eval_schedule(save_steps, config.eval_every, config.steps))
     save_set = set(save_steps)
+    if data.is_lm and (config.reg or config.loss != "ce"):
+        raise TrainConfigError(f"train config: a causal-LM dataset ({data.name}) trains on the next-token "
+                               f"cross-entropy with no regulariser (got loss={config.loss!r}, reg={config.reg!r})")
     try:
         reg = build_regulariser(config.reg, config.loss, data.input_kind)
     except ValueError as e:
@@ -431,7 +442,8 @@ def train_run(config: TrainConfig, run_dir: str | Path, resume: bool = False, pr
                                  "train_acc": train_acc, "frozen": frozen}, reg)
                 if step == config.steps:
                     break
-                last_reg = _update(model, opt, config, reg, batches, x_train, y_train, step, train_acc)
+                last_reg = _update(model, opt, config, reg, batches, x_train, y_train, step, train_acc,
+                                   data.mask_train if data.is_lm else None, data.is_lm)
     return run_dir
 
 
@@ -444,8 +456,11 @@ def _cast(data, dtype: torch.dtype):
 
 
 def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, reg, batches: _Batches,
-            x_train: torch.Tensor, y_train: torch.Tensor, step: int, train_acc: float | None) -> float | None:
-    """One optimiser update (update number ``step``); returns the regulariser's penalty or None."""
+            x_train: torch.Tensor, y_train: torch.Tensor, step: int, train_acc: float | None,
+            mask_train: torch.Tensor | None = None, lm: bool = False) -> float | None:
+    """One optimiser update (update number ``step``); returns the regulariser's penalty or None. With
+    ``lm`` (a causal-LM task) the loss is the next-token loss of the batch's token ids (``mask_train``
+    its masks, None: every token)."""
     lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
     for g in opt.param_groups:
         g["lr"] = lr
@@ -456,8 +471,13 @@ def _update(model: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig, r
     wants_grad = reg is not None and reg.wants_input_grad and xb.is_floating_point()
     if wants_grad:
         xb = xb.detach().requires_grad_(True)
-    logits = model(xb)
-    loss = task_loss(logits, yb, config.loss)
+    if lm:
+        mb = None if mask_train is None else mask_train if idx is None else mask_train[idx]
+        loss = next_token_loss(sequence_logits(model, xb, mb), xb, mb)
+        logits = None
+    else:
+        logits = model(xb)
+        loss = task_loss(logits, yb, config.loss)
     penalty = None
     if reg is not None:
         pen = reg.penalty(model, xb, yb, logits)

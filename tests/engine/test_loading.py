@@ -162,3 +162,31 @@ def test_float64_checkpoints_keep_their_precision():
     net = load_into(tiny_net(), sd, "x")
     assert net.head.weight.dtype == torch.float64 and torch.equal(net.head.weight, sd["head.weight"])
     assert float_dtype({k: v.half() for k, v in sd.items()}) == torch.float32
+
+
+def test_tied_weights_left_out_of_a_checkpoint_load_into_both_places(tmp_path):
+    """A model whose output matrix is its input embedding (GPT-2's lm_head), saved as save_pretrained
+    does (the tied copy left out), loads: both names hold the saved matrix; a checkpoint missing an
+    untied key is still refused, naming every key of the model."""
+    import torch
+    from torch import nn
+
+    from grokscope.engine.loading import CheckpointError, load_into, tied_keys
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(5, 3)
+            self.mid = nn.Linear(3, 3)
+            self.head = nn.Linear(3, 5, bias=False)
+            self.head.weight = self.wte.weight
+
+    src = Tied()
+    sd = {k: v.clone() for k, v in src.state_dict().items() if k != "head.weight"}
+    assert tied_keys(src.state_dict()) == {"head.weight"}
+    dst = load_into(Tied(), sd, "ck")
+    assert torch.equal(dst.head.weight, src.wte.weight) and torch.equal(dst.wte.weight, src.wte.weight)
+    assert torch.equal(dst.mid.weight, src.mid.weight)
+    del sd["mid.bias"]
+    with pytest.raises(CheckpointError, match=r"ck: state dict keys do not match the model: 2 missing \(head.weight, mid.bias\)"):
+        load_into(Tied(), sd, "ck")

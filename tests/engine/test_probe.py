@@ -54,7 +54,7 @@ def test_acc_values_layout_and_attrs(tmp_path, cli):
         np.testing.assert_allclose(ds.accuracy.values[i], ref[1], atol=1e-12)
         assert ds.checkpoint_hash.values[i] == state_dict_hash(state)
     assert ds.accuracy.values[-1, 0] > ds.accuracy.values[0, 0] + 0.2  # the snapshots did learn
-    assert ds.attrs["params"] == {"loss": "auto", "batch_size": 4096}
+    assert ds.attrs["params"] == {"loss": "auto", "batch_size": 4096, "icl_early": 50, "icl_late": 500}
     assert ds.attrs["model"] == MLP and ds.attrs["dataset"] == DIGITS
     assert ds.attrs["grokscope_version"] and ds.attrs["probe"] == "acc"
     assert dt["a"].attrs["path"] == str((tmp_path / "runs" / "a").resolve())
@@ -217,10 +217,14 @@ def test_metrics_and_params_are_validated(tmp_path, cli):
 def test_probes_listing(cli):
     r = cli("probes", "--json")
     listing = {p["name"]: p for p in json.loads(r.stdout)}
-    assert listing["acc"]["params"] == {"loss": "auto", "batch_size": 4096}
+    assert listing["acc"]["params"] == {"loss": "auto", "batch_size": 4096, "icl_early": 50, "icl_late": 500}
     assert listing["acc"]["outputs"] == {"loss": ["split"], "accuracy": ["split"]}
+    assert listing["acc"]["tasks"] == ["classification", "causal_lm"] and listing["lc"]["tasks"] == ["classification"]
+    assert listing["acc"]["task_outputs"] == {"causal_lm": {"loss_by_position": ["split", "position"],
+                                                            "icl_score": ["split"]}}
     text = cli("probes").stdout
     assert "--param acc.batch_size=4096" in text and "loss(step, split)" in text
+    assert "-> icl_score(step, split)  [causal_lm datasets]" in text
 
 
 def test_store_matches_the_trainers_log(tmp_path, cli):
@@ -338,3 +342,16 @@ def test_a_parameter_added_later_keeps_old_stores_valid_where_its_default_is_the
     r = cli("probe", tokens, "-o", store, *args[:-2])
     assert r.exit_code == 1
     assert "tokens/pgd: stored parameters differ (eps_unit: stored 'absolute', requested 'embedding_rms')" in r.output
+
+
+def test_an_acc_group_stored_before_the_lm_task_is_reused(tmp_path, cli):
+    """acc's ``icl_early``/``icl_late`` (added with the causal-LM task) do not change classification
+    numbers: a group stored without them is reused, not recomputed or refused."""
+    run = make_run(tmp_path / "a", [0, 1])
+    store = tmp_path / "s.zarr"
+    args = ["--metrics", "acc", "--scheduler", "sync", "--json", "-q"]
+    assert json.loads(cli("probe", run, "-o", store, *args).stdout)["jobs"] == 2
+    _forget_param(store, "a/acc", "icl_early")
+    _forget_param(store, "a/acc", "icl_late")
+    again = json.loads(cli("probe", run, "-o", store, *args).stdout)
+    assert (again["jobs"], again["skipped"]) == (0, 2)

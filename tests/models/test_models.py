@@ -23,6 +23,8 @@ CASES = {
     "cnn": ({"in_channels": 1, "n_classes": 10, "image_size": 8}, lambda: torch.rand(3, 1, 8, 8), (3, 10)),
     "grokalign_cnn": ({"width": 4}, lambda: torch.rand(2, 3, 32, 32), (2, 10)),
     "preact_resnet18": ({"width": 4}, lambda: torch.rand(2, 3, 32, 32), (2, 10)),
+    "attn_only": ({"vocab_size": P + 1, "n_ctx": 3, "d_model": 16, "n_heads": 2, "d_head": 8}, lambda: _tokens(5),
+                  (5, 3, P + 1)),
 }
 
 
@@ -82,8 +84,9 @@ def test_each_activation_module_is_used_once(name: str) -> None:
     for m in acts:
         m.register_forward_hook(lambda mod, i, o: calls.__setitem__(id(mod), calls[id(mod)] + 1))
     model(make_x())
-    assert acts and all(c == 1 for c in calls.values())
-    expected = {"mlp": 2, "modular_mlp": 1, "transformer": 1, "cnn": 2, "grokalign_cnn": 7, "preact_resnet18": 16}
+    assert all(c == 1 for c in calls.values())
+    expected = {"mlp": 2, "modular_mlp": 1, "transformer": 1, "cnn": 2, "grokalign_cnn": 7, "preact_resnet18": 16,
+                "attn_only": 0}  # attention only: no activation module
     assert len(acts) == expected[name]
 
 
@@ -230,3 +233,29 @@ def test_unknown_model_and_bad_kwargs() -> None:
         build_model({"arch": "cnn", "kwargs": {"depth": 3}})
     m = build_model({"factory": "grokscope.models.cnn:cnn", "kwargs": {"channels": [4]}})
     assert m(torch.rand(1, 1, 8, 8)).shape == (1, 10)
+
+
+def test_attn_only_is_causal_and_names_its_heads() -> None:
+    """Logits at position t read only tokens 0..t; a head's slices are its rows of q, k, v and columns of o."""
+    torch.manual_seed(0)
+    m = build_model({"arch": "attn_only", "kwargs": {"vocab_size": 11, "n_ctx": 6, "d_model": 16, "n_heads": 4,
+                                                     "d_head": 4, "n_layers": 2}}).eval()
+    ids = torch.randint(0, 11, (3, 6))
+    later = ids.clone()
+    later[:, 4:] = (later[:, 4:] + 1) % 11
+    with torch.no_grad():
+        a, b = m(ids), m(later)
+    torch.testing.assert_close(a[:, :4], b[:, :4])
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+    sl = m.head_slices(1, 2)
+    assert sl == {f"blocks.1.attn.{n}.weight": (0 if n != "o" else 1, slice(8, 12)) for n in "qkvo"}
+    outs = []
+    with torch.no_grad():  # head 2 with zero value rows writes nothing, whatever its output columns hold
+        m.blocks[1].attn.v.weight[8:12] = 0
+        for fill in (1.0, -3.0):
+            m.blocks[1].attn.o.weight[:, 8:12] = fill
+            outs.append(m(ids))
+        m.blocks[1].attn.o.weight[:, 4:8] = 5.0  # head 1's columns do matter
+        outs.append(m(ids))
+    torch.testing.assert_close(outs[0], outs[1])
+    assert not torch.allclose(outs[0], a) and not torch.allclose(outs[2], outs[0])

@@ -52,7 +52,7 @@ def test_list_presets() -> None:
     assert [line.split()[0] for line in res.stdout.splitlines()] == sorted(PRESETS)
 
 
-@pytest.mark.parametrize("name", ["modadd-mlp", "modadd-transformer", "digits-mlp", "musat-2layer"])
+@pytest.mark.parametrize("name", ["modadd-mlp", "modadd-transformer", "digits-mlp", "musat-2layer", "induction"])
 def test_offline_presets_train(tmp_path: Path, name: str) -> None:
     out = tmp_path / name
     res = invoke("train", "--preset", name, "--steps", "3", "--save", "every:1", "--out", str(out), "--quiet")
