@@ -22,7 +22,7 @@ class EngineConfig:
     """Everything ``grokscope probe`` decides besides the path (see the CLI's help for each)."""
 
     probes: list[ProbeRequest]
-    out: Path
+    out: Path | str  # a local folder, or an fsspec URL (s3://bucket/probes.zarr)
     scheduler: str | None = None  # None / "local": in-process LocalCluster; "sync"; or an address
     workers: int | None = None
     threads: int | None = None
@@ -33,3 +33,5 @@ class EngineConfig:
     dry_run: bool = False
     trust: Any = None  # grokscope.trust.Trust: code the user vouched for (None: built-ins/entry points only)
     recheck: bool = True  # hash the checkpoints of done jobs and recompute those that changed
+    # the fsspec filesystem's keyword arguments for URLs (endpoint, credentials, ...): used, never stored
+    storage_options: dict[str, Any] | None = None

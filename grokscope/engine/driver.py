@@ -45,6 +45,7 @@ from .discovery import Problem, Run, find_runs
 from .dispatch import follower, recheck, results
 from .jobs import Outcome
 from .lock import StoreLock
+from .object_lock import ObjectStoreLock, store_lock
 from .model_check import screen_plan
 from .outcomes import (Interrupted, SchedulerLost, StoreWriteError, Summary, environmental, os_cause,
                        scheduler_gone, stopped_line, task_death)
@@ -52,6 +53,7 @@ from .planning import ignored_spec, plan, record_plan
 from .prepare import apply, check_probes
 from .selection import parse_selection
 from .store import ProbeStore, check_store_path
+from .storefs import absolute
 
 __all__ = ["EngineConfig", "EngineError", "Interrupted", "SchedulerLost", "StoreWriteError", "Summary", "dask_client",
            "probe_runs"]
@@ -91,8 +93,8 @@ def probe_runs(path: Path, cfg: EngineConfig,
             raise EngineError(f"probe {req.name}: {e}") from None
     # workers may run elsewhere (another host, another working directory): absolute paths only
     path = Path(path).absolute()
-    out = Path(cfg.out).absolute()
-    check_store_path(out)
+    out = absolute(cfg.out)  # a URL as it is
+    check_store_path(out, cfg.storage_options)
     links: list[Problem] = []  # folders left out: links leading outside path, or loops
     runs = find_runs(path, links)
     refusal, ignored = ignored_spec(runs, cfg.spec)
@@ -104,7 +106,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
     if cfg.scheduler not in (None, "", "local", "sync") and not cfg.dry_run:
         check_scheduler(cfg.scheduler)  # before the store is touched: a Dask scheduler, answering
     summary = Summary(store=out)
-    lock = StoreLock(out)
+    lock = store_lock(out, cfg.storage_options)
     try:
         with _sigterm_stops():
             return _probe(path, cfg, runs, ignored, summary, lock, out, progress, start, follow, poll)
@@ -117,7 +119,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
 
 
 def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], summary: Summary,
-           lock: StoreLock, out: Path, progress: Callable[[int, int, int, float], None] | None,
+           lock: StoreLock | ObjectStoreLock, out: Path | str, progress: Callable[[int, int, int, float], None] | None,
            start: Callable[[int, int, str], None] | None, follow: Callable[[], bool] | None,
            poll: float) -> Summary:
     """The body of :func:`probe_runs`, from taking the lock to the last commit (see there)."""
@@ -127,9 +129,10 @@ def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], s
         if not cfg.dry_run:  # a dry run only reads: no lock, nothing created
             lock.acquire()
         summary.took_over = lock.took_over
-        store = ProbeStore(out, read_only=cfg.dry_run)
+        store = ProbeStore(out, read_only=cfg.dry_run, storage_options=cfg.storage_options)
         p = plan(runs, store, cfg, threads=cfg.threads or 1)
         writer = summary.writer = Writer(store, p, cfg.flush_interval, summary)
+        writer.guard = lock.check  # a lock taken over (object storage): no more commits
         record_plan(summary, p)
         summary.warnings[:0] = ignored
         unfit = screen_plan(p, summary, watch=follow is None)  # one line per run whose model does not fit
