@@ -9,15 +9,19 @@ the lock, the driver rewrites the object every :data:`HEARTBEAT_S` seconds with 
 ``heartbeat`` (seconds since the epoch). A lock is stale when its heartbeat is older than its
 ``stale_after`` (:data:`STALE_AFTER_S`; clocks of the hosts must agree to well within it), or at
 once when its holder ran on this host and its process is gone (a killed driver). A stale lock is
-taken over: read again (unchanged since judged stale), deleted, then created conditionally, so of
-two drivers taking over the same stale lock only one create wins and the other is refused, naming
-the winner. The holder checks on every heartbeat that the object is still its own; if another
+taken over without deleting it (a delete then create would let a third driver slip in): the taker
+first creates, conditionally, a claim object ``.grokscope.lock.took-<hash of the stale record>``;
+of two drivers taking over the same stale record only one claim create wins, and the other is
+refused, naming the winner. The winner checks the lock still holds that stale record and then
+overwrites it with its own (the claim stays until it releases, so a late taker of the same record
+is refused too). The holder checks on every heartbeat that the object is still its own; if another
 driver took it over (this one stalled past ``stale_after``), :meth:`check` raises before the next
 commit.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -77,6 +81,7 @@ class ObjectStoreLock:
         self.took_over: dict[str, Any] | None = None
         self.lost: dict[str, Any] | None = None
         self._me: dict[str, Any] | None = None
+        self._claim: str | None = None  # the claim object of a stale lock this driver took over
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -95,7 +100,9 @@ class ObjectStoreLock:
                     "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
                     "stale_after": self.stale_after}
         holder: dict[str, Any] | None = None
-        for _ in range(5):
+        for attempt in range(5):
+            if attempt:
+                time.sleep(0.2 * attempt)
             if self.fs.create(LOCK_NAME, json.dumps(self._record()).encode()):
                 self._start()
                 return self
@@ -105,14 +112,17 @@ class ObjectStoreLock:
             holder = _parse(raw)
             if not is_stale(holder, stale_after=self.stale_after):
                 raise self.locked_error(self._held_message(holder))
+            claim = f"{LOCK_NAME}.took-{hashlib.sha256(raw).hexdigest()[:16]}"
+            if not self.fs.create(claim, json.dumps(self._record()).encode()):
+                holder = _parse(self.fs.read(claim)) or holder  # another driver is taking it over
+                continue  # the next round reads (and names) the winner
             if self.fs.read(LOCK_NAME) != raw:
-                continue  # refreshed or taken over meanwhile: judge it again
-            self.fs.delete(LOCK_NAME)
-            if self.fs.create(LOCK_NAME, json.dumps(self._record()).encode()):
-                self.took_over = holder or {}
-                self._start()
-                return self
-            # another driver took it over first: the next round reads (and names) the winner
+                self.fs.delete(claim)
+                continue  # refreshed or released meanwhile: judge it again
+            self.fs.write(LOCK_NAME, json.dumps(self._record()).encode())
+            self.took_over, self._claim = holder or {}, claim
+            self._start()
+            return self
         raise self.locked_error(self._held_message(holder))
 
     def _start(self) -> None:
@@ -151,6 +161,9 @@ class ObjectStoreLock:
             now = _parse(self.fs.read(LOCK_NAME))
             if now and self._me and now.get("id") == self._me["id"]:
                 self.fs.delete(LOCK_NAME)
+            if self._claim:
+                self.fs.delete(self._claim)
+                self._claim = None
         except OSError:
             pass
 

@@ -163,7 +163,7 @@ def check_store_path(path: str | Path, storage_options: dict[str, Any] | None = 
             return
         if not local.is_dir():
             raise StoreError(f"{p}: exists and is a file, not a grokscope store{refuse}")
-    names = set(fs.children()) - {LOCK_NAME, TMP_DIR}
+    names = {n for n in fs.children() if not n.startswith(LOCK_NAME)} - {TMP_DIR}
     if not names:
         return
     if names & set(V2_FILES):

@@ -111,9 +111,11 @@ def hammer(path: str | Path, stop: str | Path) -> None:
 
 
 def kill_each(points_file: str, folder: str) -> None:
+    """Run the scenario into ``folder/<i>.zarr`` (a folder or an fsspec URL) killed at point ``i``."""
+    from grokscope.locations import join
     from tests.engine.kill_cli import kill_at_each
 
-    kill_at_each(points_file, lambda i: run(Path(folder) / f"{i}.zarr"))
+    kill_at_each(points_file, lambda i: run(join(folder, f"{i}.zarr")))
 
 
 if __name__ == "__main__":
