@@ -135,6 +135,38 @@ def test_kill_at_every_kind_of_boundary_on_s3(tmp_path, monkeypatch, s3, chosen)
     _check_killed_then_resume(list(chosen), stores, ref)
 
 
+def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, s3):
+    """``--overwrite``'s removal of a group on S3 (marker, every other object, the group's zarr.json
+    last) killed at its marker, after its first and a middle object, and after the zarr.json: a reader
+    sees the group absent, and the rerun ends in the store an uninterrupted local run writes. (Killed
+    at the marker and after a middle object: each kill and rerun costs ~5 s on the loopback server.)"""
+    fs = s3.fs()
+    scenario.run(s3.url("ref.zarr"))
+    fs.copy(s3.url("ref.zarr"), s3.url("probe.zarr"), recursive=True)
+    log = tmp_path / "points.log"
+    monkeypatch.setenv("GROKSCOPE_FAULT_LOG", str(log))
+    ProbeStore(s3.url("probe.zarr")).delete_group("r", "p")
+    monkeypatch.delenv("GROKSCOPE_FAULT_LOG")
+    names = log.read_text().split()
+    assert names[0] == "remove:marker" and names[-1] == "remove:meta" and len(names) > 20, names
+    chosen = ["remove:marker@1", f"remove:file@{(len(names) - 2) // 2}"]  # local: every kind (test_removal_faults)
+    for i in range(len(chosen)):
+        fs.copy(s3.url("ref.zarr"), s3.url("killed", f"{i}.zarr"), recursive=True)
+    (tmp_path / "points").write_text("\n".join(chosen))
+    r = subprocess.run([sys.executable, "-m", "tests.engine.store_scenario", "--remove-each", str(tmp_path / "points"),
+                        s3.url("killed")], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert dict(line.split() for line in r.stdout.splitlines()) == {p: str(faults.FAULT_EXIT) for p in chosen}, \
+        (r.stdout, r.stderr[-3000:])
+    ref = tmp_path / "ref.zarr"
+    scenario.run(ref)
+    for i, point in enumerate(chosen):
+        store = s3.url("killed", f"{i}.zarr")
+        assert "p" not in open_store(store)["r"].children, point  # gone from the marker on
+        assert ProbeStore(store).group("r", "p") is None, point
+        scenario.run(store)
+        xr.testing.assert_identical(load_group(store, "r", "p"), load_group(ref, "r", "p"))
+
+
 @pytest.mark.slow
 def test_kill_at_every_point_passed(tmp_path, monkeypatch):
     """Every occurrence of every point of the scenario (40), not only the first per phase."""
