@@ -137,9 +137,9 @@ def test_kill_at_every_kind_of_boundary_on_s3(tmp_path, monkeypatch, s3, chosen)
 
 def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, s3):
     """``--overwrite``'s removal of a group on S3 (marker, every other object, the group's zarr.json
-    last) killed at its marker, after its first and a middle object, and after the zarr.json: a reader
-    sees the group absent, and the rerun ends in the store an uninterrupted local run writes. (Killed
-    at the marker and after a middle object: each kill and rerun costs ~5 s on the loopback server.)"""
+    last) killed at its marker and after a middle object (each kill and rerun costs ~5 s on the
+    loopback server; every kind of removal point runs locally in test_removal_faults): a reader sees
+    the group absent, and the rerun ends in the store an uninterrupted local run writes."""
     fs = s3.fs()
     scenario.run(s3.url("ref.zarr"))
     fs.copy(s3.url("ref.zarr"), s3.url("probe.zarr"), recursive=True)
