@@ -178,3 +178,33 @@ def test_missing_bucket_and_missing_store_are_one_line(tmp_path, s3, cli):
         assert bad.exit_code == 2 and "--storage-options: must be a JSON object" in bad.output, (command, bad.output)
     gone = cli("report", "s3://no-such-bucket-zz/p.zarr")
     assert gone.exit_code == 1 and "the bucket 'no-such-bucket-zz' does not exist" in gone.output, gone.output
+
+
+def test_local_stores_import_no_s3fs_and_a_url_without_it_names_the_extra(tmp_path):
+    """Writing and reading a store in a local folder imports no s3fs; with s3fs missing, a store at
+    ``s3://…`` is refused in one line that names the extra to install."""
+    script = f"""
+import sys
+import grokscope
+from tests.engine import store_scenario
+store_scenario.run({str(tmp_path / "p.zarr")!r})
+grokscope.open_store({str(tmp_path / "p.zarr")!r})
+print("s3fs imported:", "s3fs" in sys.modules)
+sys.modules["s3fs"] = None  # as if not installed
+for url in ("s3://bucket/p.zarr",):
+    try:
+        grokscope.open_store(url)
+    except Exception as e:
+        print(type(e).__name__, e)
+    try:
+        store_scenario.run(url)
+    except Exception as e:
+        print(type(e).__name__, e)
+"""
+    r = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "s3fs imported: False", (r.stdout, r.stderr[-2000:])
+    need = "s3://bucket/p.zarr: reading s3:// needs s3fs (pip install 'grokscope[remote]' or pip install s3fs)"
+    assert lines[1].startswith(f"StoreReadError {need}") and lines[2].startswith(f"LocationError {need}"), lines
+    assert len(lines) == 3
