@@ -163,7 +163,7 @@ class RemoteFS(StoreFS):
         reached: it does not exist, the credentials are refused, the server does not answer."""
         bucket = self.root.split("/", 1)[0]
         try:
-            self.fs.ls(bucket, detail=False)
+            self.fs.info(bucket)  # one request (S3: HEAD bucket), whatever the bucket holds
         except FileNotFoundError:
             raise LocationError(f"{self.location}: the bucket {bucket!r} does not exist (create it first, "
                                 "or check the URL and AWS_ENDPOINT_URL)") from None
