@@ -109,7 +109,7 @@ S3_POINTS = ("create:template@1", "create:upload@1", "create:rename@1", "grow:re
              "commit:done@3")
 
 
-S3_FAST = ("create:upload@1", "create:rename@1", "grow:marker@1")  # the template's upload, a growth
+S3_FAST = ("create:upload@1", "grow:marker@1")  # a template half uploaded, a growth before its marker
 
 
 @pytest.mark.parametrize("chosen", [pytest.param(S3_FAST, id="upload-and-growth"),
@@ -135,10 +135,13 @@ def test_kill_at_every_kind_of_boundary_on_s3(tmp_path, monkeypatch, s3, chosen)
     _check_killed_then_resume(list(chosen), stores, ref)
 
 
-def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, s3):
+@pytest.mark.parametrize("every", [pytest.param(False, id="mid-removal"),
+                                   pytest.param(True, id="every-kind", marks=pytest.mark.slow)])
+def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, s3, every):
     """``--overwrite``'s removal of a group on S3 (marker, every other object, the group's zarr.json
-    last) killed at its marker and after a middle object (each kill and rerun costs ~5 s on the
-    loopback server; every kind of removal point runs locally in test_removal_faults): a reader sees
+    last) killed after a middle object (each kill and rerun costs ~5 s on the loopback server; with
+    -m slow also at its marker, after its first object and after its zarr.json; every kind of removal
+    point runs locally in test_removal_faults): a reader sees
     the group absent, and the rerun ends in the store an uninterrupted local run writes."""
     fs = s3.fs()
     scenario.run(s3.url("ref.zarr"))
@@ -149,7 +152,8 @@ def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, 
     monkeypatch.delenv("GROKSCOPE_FAULT_LOG")
     names = log.read_text().split()
     assert names[0] == "remove:marker" and names[-1] == "remove:meta" and len(names) > 20, names
-    chosen = ["remove:marker@1", f"remove:file@{(len(names) - 2) // 2}"]  # local: every kind (test_removal_faults)
+    middle = f"remove:file@{(len(names) - 2) // 2}"
+    chosen = ["remove:marker@1", "remove:file@1", middle, "remove:meta@1"] if every else [middle]
     for i in range(len(chosen)):
         fs.copy(s3.url("ref.zarr"), s3.url("killed", f"{i}.zarr"), recursive=True)
     (tmp_path / "points").write_text("\n".join(chosen))
