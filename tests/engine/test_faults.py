@@ -144,7 +144,9 @@ def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, 
     point runs locally in test_removal_faults): a reader sees
     the group absent, and the rerun ends in the store an uninterrupted local run writes."""
     fs = s3.fs()
-    scenario.run(s3.url("ref.zarr"))
+    ref = tmp_path / "ref.zarr"
+    scenario.run(ref)
+    fs.put(str(ref), s3.url("ref.zarr"), recursive=True)  # the store, as written locally, uploaded
     fs.copy(s3.url("ref.zarr"), s3.url("probe.zarr"), recursive=True)
     log = tmp_path / "points.log"
     monkeypatch.setenv("GROKSCOPE_FAULT_LOG", str(log))
@@ -161,8 +163,6 @@ def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, 
                         s3.url("killed")], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert dict(line.split() for line in r.stdout.splitlines()) == {p: str(faults.FAULT_EXIT) for p in chosen}, \
         (r.stdout, r.stderr[-3000:])
-    ref = tmp_path / "ref.zarr"
-    scenario.run(ref)
     for i, point in enumerate(chosen):
         store = s3.url("killed", f"{i}.zarr")
         assert "p" not in open_store(store)["r"].children, point  # gone from the marker on
