@@ -8,7 +8,8 @@ and the other is refused (:class:`~.lock.StoreLocked`, one line naming the holde
 the lock, the driver rewrites the object every :data:`HEARTBEAT_S` seconds with a fresh
 ``heartbeat`` (seconds since the epoch). A lock is stale when its heartbeat is older than its
 ``stale_after`` (:data:`STALE_AFTER_S`; clocks of the hosts must agree to well within it), or at
-once when its holder ran on this host and its process is gone (a killed driver). A stale lock is
+once when its holder ran on this host (same host name and pid space) and its process is gone (a
+killed driver). A stale lock is
 taken over without deleting it (a delete then create would let a third driver slip in): the taker
 first creates, conditionally, a claim object ``.grokscope.lock.took-<hash of the stale record>``;
 of two drivers taking over the same stale record only one claim create wins, and the other is
@@ -46,9 +47,21 @@ def _parse(raw: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def pid_space() -> str | None:
+    """This process's pid space: the kernel's boot id and the pid namespace (Linux), or None. Two
+    records with the same one name processes that this process can check by pid; the host name
+    alone does not (containers may share a name and not their pids)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
+
+
 def is_stale(holder: dict[str, Any] | None, now: float | None = None, stale_after: float = STALE_AFTER_S) -> bool:
     """Whether the lock record ``holder`` no longer holds: unreadable, its heartbeat older than its
-    ``stale_after`` (default ``stale_after``), or its process, on this host, gone."""
+    ``stale_after`` (default ``stale_after``), or its process, in this host's pid space, gone."""
     if not holder:
         return True
     now = time.time() if now is None else now
@@ -59,7 +72,8 @@ def is_stale(holder: dict[str, Any] | None, now: float | None = None, stale_afte
         return True
     if age > limit:
         return True
-    if holder.get("host") == socket.gethostname():
+    space = pid_space()
+    if holder.get("host") == socket.gethostname() and space is not None and holder.get("pid_space") == space:
         try:
             pid = int(holder.get("pid", -1))
         except (TypeError, ValueError):
@@ -98,7 +112,7 @@ class ObjectStoreLock:
         self._me = {"id": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
                     "started": _start_time(os.getpid()), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300],
-                    "stale_after": self.stale_after}
+                    "stale_after": self.stale_after, "pid_space": pid_space()}
         holder: dict[str, Any] | None = None
         for attempt in range(5):
             if attempt:

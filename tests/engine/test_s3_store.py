@@ -18,7 +18,7 @@ import xarray as xr
 
 from grokscope import open_store
 from grokscope.engine.lock import StoreLocked, describe
-from grokscope.engine.object_lock import ObjectStoreLock
+from grokscope.engine.object_lock import ObjectStoreLock, pid_space
 from grokscope.engine.storefs import store_fs
 from grokscope.engine.store_view import load_group
 from tests.engine.conftest import ROOT, subprocess_env
@@ -129,11 +129,15 @@ def test_a_dead_holder_on_this_host_is_stale_at_once(s3):
     fs = store_fs(s3.url("p.zarr"))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    _stale(fs, pid=dead.pid, host=socket.gethostname(), heartbeat=time.time())
+    _stale(fs, pid=dead.pid, host=socket.gethostname(), heartbeat=time.time(), pid_space=pid_space())
     lock = ObjectStoreLock(fs).acquire()
     assert lock.took_over["pid"] == dead.pid
     lock.release()
     assert fs.files() == []  # lock and claim both gone
+    # the same host name in another pid space (another container): its pid cannot be checked here
+    _stale(fs, pid=dead.pid, host=socket.gethostname(), heartbeat=time.time(), pid_space="other")
+    with pytest.raises(StoreLocked, match=f"pid {dead.pid} on {socket.gethostname()}"):
+        ObjectStoreLock(fs).acquire()
 
 
 def test_of_two_drivers_taking_over_one_stale_lock_exactly_one_wins(s3):
