@@ -48,7 +48,8 @@ def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = 
           start: Callable[[int, int, str], None] | None = None, follow: Callable[[], bool] | None = None,
           poll: float = 1.0, **options: Any) -> Any:
     """Run ``probes`` over every checkpoint under ``path`` into the store ``out`` (default
-    ``path/probes.zarr``); returns the engine's ``Summary`` (jobs done, failures with their reasons,
+    ``path/probes.zarr``; an fsspec URL such as ``s3://bucket/probes.zarr`` with
+    ``storage_options={...}`` among ``options``, used and never stored); returns the engine's ``Summary`` (jobs done, failures with their reasons,
     warnings). ``config``: a prepared :func:`probe_config` instead of ``probes``/``out``/``steps``/
     ``options``. ``progress``, ``start``, ``follow``, ``poll``: see
     :func:`grokscope.engine.driver.probe_runs`. Resumable: what the store holds is not recomputed.

@@ -57,6 +57,7 @@ def test_probe_into_s3_equals_probe_into_a_folder(tmp_path, s3, cli):
     assert not fs.exists(".grokscope.lock")  # released
     for key in fs.files():
         assert s3.endpoint.encode() not in fs.read(key), key  # storage options are never stored
+    assert s3.endpoint not in (run / "run.json").read_text()
     # a second run finds everything done: nothing recomputed (a dry run says so first)
     dry = cli("probe", run, "-o", url, "-m", PROBES, "--dry-run")
     assert dry.exit_code == 0 and "0 job(s) over 1 run(s) would be computed, 8 are done" in dry.output, dry.output
