@@ -25,7 +25,7 @@ def probe_config(probes: Probes, out: str | Path, steps: Mapping[str, str | None
     ``options``: the other fields of ``EngineConfig`` (``scheduler``, ``workers``, ``threads``,
     ``device``, ``overwrite``, ``spec``, ``flush_interval``, ``dry_run``, ``trust``, ``recheck``,
     ``storage_options``: the filesystem's keyword arguments for URLs, such as
-    ``{"endpoint_url": ..., "key": ...}``, used and never written into the store).
+    ``{"endpoint_url": ..., "key": ...}``, used and never written into the store; ``cache_budget``).
     Raises :class:`~grokscope.probes.ProbeError` naming the probe and parameter at fault.
     """
     from grokscope.engine.config import EngineConfig
@@ -56,9 +56,10 @@ def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = 
     """
     from grokscope.engine.driver import probe_runs
 
-    path = Path(path)
+    from grokscope.locations import join
+
     if config is None:
-        config = probe_config(probes, out if out is not None else path / "probes.zarr", steps, **options)
+        config = probe_config(probes, out if out is not None else join(path, "probes.zarr"), steps, **options)
     return probe_runs(path, config, progress=progress, start=start, follow=follow, poll=poll)
 
 

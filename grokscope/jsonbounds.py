@@ -59,7 +59,8 @@ def read_json(path: str | Path, max_bytes: int = MAX_BYTES, max_depth: int = MAX
     """The JSON document in the file ``path``, refused (:class:`JSONBoundsError`) when it is larger
     than ``max_bytes`` or nested deeper than ``max_depth``. ``OSError`` and ``ValueError`` (not JSON)
     pass through."""
-    with open(path, "rb") as f:
+    # a local path, or a remote one (grokscope.sources.RemotePath: read whole, from the listing's source)
+    with (path.open("rb") if hasattr(path, "source") else open(path, "rb")) as f:
         raw = f.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise JSONBoundsError(f"{path}: larger than {max_bytes} bytes; refused (not a JSON file grokscope reads)")

@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import GrokscopeError
 from .trust import Trust, UntrustedCode, check
+from grokscope.errors import user_code_failure
 
 
 class RegistryError(GrokscopeError, ValueError):
@@ -47,7 +48,6 @@ def import_target(target: str, error: type[Exception] = RegistryError) -> Any:
     except ImportError as e:
         raise error(f"cannot import module {mod_name!r} for {target!r}: {e}") from e
     except Exception as e:  # noqa: BLE001 - the module's own code failed when imported
-        from grokscope.errors import user_code_failure
 
         raise error(user_code_failure(f"importing module {mod_name!r} for {target!r}", e)) from None
     for part in attr.split("."):

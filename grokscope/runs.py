@@ -78,7 +78,10 @@ def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None
     doc = {"format": RUN_FORMAT, "grokscope": __version__, "model": model,
            "dataset": dataset, "train": train or {}}
     if checkpoints is not None:
-        doc[CHECKPOINTS_KEY] = str(Path(checkpoints).absolute())
+        from grokscope.locations import is_url
+
+        text = str(checkpoints)  # a folder at a URL (init --workspace of a remote series) stays one
+        doc[CHECKPOINTS_KEY] = text if is_url(text) else str(Path(checkpoints).absolute())
     if steps_per_epoch is not None:
         doc[STEPS_PER_EPOCH_KEY] = int(steps_per_epoch)
     path = Path(run_dir) / RUN_JSON
@@ -104,7 +107,9 @@ def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
     """Read and validate ``run.json``; :class:`RunError` names the file and what is wrong."""
-    path = Path(run_dir) / RUN_JSON
+    from grokscope.sources import as_path
+
+    path = as_path(run_dir) / RUN_JSON
     if not path.is_file():
         raise RunError(f"{path}: no run.json (write one with `grokscope init`)")
     doc = read_json_object(path, RunError)
@@ -129,13 +134,18 @@ def checkpoint_dir(run_dir: Path) -> Path:
     (reading it reports the problem)."""
     from grokscope.jsonbounds import read_json
 
-    run_dir = Path(run_dir)
+    from grokscope.sources import as_path
+
+    run_dir = as_path(run_dir)
     try:
         doc = read_json(run_dir / RUN_JSON)
     except (OSError, ValueError):
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get(CHECKPOINTS_KEY), str) and doc[CHECKPOINTS_KEY]:
-        return run_dir / doc[CHECKPOINTS_KEY]
+        from grokscope.locations import is_url
+
+        named = doc[CHECKPOINTS_KEY]
+        return as_path(named) if is_url(named) else run_dir / named  # a URL: that remote folder
     ck = run_dir / CHECKPOINT_DIR
     return ck if ck.is_dir() else run_dir
 
@@ -197,7 +207,9 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     line nested too deep to read, :mod:`grokscope.jsonbounds`)."""
     from grokscope.jsonbounds import loads
 
-    path = Path(run_dir) / LOG_JSONL
+    from grokscope.sources import as_path
+
+    path = as_path(run_dir) / LOG_JSONL
     if not path.exists():
         return []
     records = []

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from grokscope.errors import GrokscopeError
+from grokscope.training.schedule import ScheduleError, eval_schedule, parse_schedule
 
 
 class SimulateError(GrokscopeError, ValueError):
@@ -110,7 +111,6 @@ def simulate_musat(out: Path, p: int = 23, hidden: int = 256, lr: float = 2e-3, 
         save_checkpoint,
         write_run_json,
     )
-    from grokscope.training.schedule import ScheduleError, eval_schedule, parse_schedule
 
     if p < 3:
         raise SimulateError(f"--p must be a prime >= 3, got {p}")

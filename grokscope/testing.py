@@ -135,7 +135,7 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
     run(model, data)
     model.eval()
     first = run(model, data)
-    _check_template(probe, probe_cls, model, data, params, first)
+    _check_template(probe, probe_cls, model, data, params, first, ctx)
     if not _identical(first, run(model, data)):
         _fail(probe_cls, "two runs on the same checkpoint differ (seed the randomness with params.seed)")
     if other_model is None:
@@ -158,17 +158,18 @@ def check_probe(probe_cls: type, model: Any, data: Any, params: Any = None, ctx:
         out64 = run(m64, d64)
         if _shapes(out64) != _shapes(first):
             _fail(probe_cls, "float64 gives other shapes than float32")
-        _check_template(probe, probe_cls, m64, d64, params, out64)
+        _check_template(probe, probe_cls, m64, d64, params, out64, ctx)
     return first
 
 
-def _check_template(probe: Any, probe_cls: type, model: Any, data: Any, params: Any, result: Any) -> None:
+def _check_template(probe: Any, probe_cls: type, model: Any, data: Any, params: Any, result: Any,
+                    ctx: Any) -> None:
     """A declared template (``probe.template``) must describe ``result`` exactly."""
     from grokscope.probes.base import check_result
     from grokscope.engine.store_schema import template_mismatch
 
     mode = model.training
-    template = probe.template(model, data, params)
+    template = probe.template(model, data, params, ctx)
     if model.training != mode:
         _fail(probe_cls, "template left the model in another train/eval mode")
     if template is None:

@@ -70,3 +70,11 @@ def declared_presentation(name: str) -> tuple[list[PanelSpec], list[EventSpec]] 
     except Exception:  # noqa: BLE001
         return None
     return list(cls.panel_specs()), list(cls.event_specs())
+
+
+def declared_order(name: str) -> float | None:
+    """The ``panel_order`` of the installed probe class ``name``, or None when it cannot be loaded."""
+    try:
+        return float(get_probe(name).panel_order)
+    except Exception:  # noqa: BLE001
+        return None

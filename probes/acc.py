@@ -14,7 +14,7 @@ from torch import nn
 from grokscope.functional import eval_mode
 from grokscope.losses import LOSSES, task_loss
 
-from .base import PanelSpec, Probe, ProbeContext, check_at_least, check_choice, check_work, template_dataset
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, check_at_least, check_choice, check_work, template_dataset
 
 
 @torch.no_grad()
@@ -43,6 +43,7 @@ class AccParams:
 
 class AccProbe(Probe):
     name = "acc"
+    panel_order = 10
     description = "loss and accuracy on the train and test splits"
     Params = AccParams
     outputs = {"loss": ("split",), "accuracy": ("split",)}
@@ -51,6 +52,12 @@ class AccProbe(Probe):
         PanelSpec("accuracy", "Accuracy", "fraction correct", "split", ylim=(-0.03, 1.03), higher_is_better=True),
         PanelSpec("loss", "Loss", "task loss (log scale)", "split", yscale="log", higher_is_better=False),
     )
+    events = (
+        EventSpec("memorisation", "accuracy", "rise", "train accuracy reaching the memorisation threshold",
+                  "train", threshold="mem"),
+        EventSpec("generalisation", "accuracy", "rise", "test accuracy reaching the generalisation threshold",
+                  "test", threshold="grok"),
+    )
 
     @classmethod
     def check_params(cls, params: AccParams) -> None:
@@ -58,7 +65,7 @@ class AccProbe(Probe):
         check_at_least("acc", params, batch_size=1)
         check_work("acc", "acc.batch_size", params.batch_size)
 
-    def template(self, model, data, params: AccParams):
+    def template(self, model, data, params: AccParams, ctx: ProbeContext | None = None):
         """Loss and accuracy per split (train, test), whatever the model."""
         return template_dataset(self.outputs, coords={"split": ["train", "test"]})
 

@@ -365,6 +365,8 @@ class AlignParams:
 
 class AlignProbe(Probe):
     name = "align"
+    panel_order = 40
+    quick_params = {"n_points": "16"}
     description = ("Jacobian/centroid alignment with the data (Walker et al.): centroid cosine, "
                    "row cosines, ‖J‖_F, PC1, Jacobian alignment, per split and sample")
     Params = AlignParams
@@ -397,7 +399,7 @@ class AlignProbe(Probe):
         check_work("align", "align.memory_mb (bytes)", params.memory_mb * 2**20, each=1)
         check_work("align", "align.n_points x align.max_rows", max(params.n_points, 1) * params.max_rows)
 
-    def template(self, model: nn.Module, data, params: AlignParams):
+    def template(self, model: nn.Module, data, params: AlignParams, ctx: ProbeContext | None = None):
         """The result's shape from the splits' point counts and the output size ``C`` of one forward
         pass (which also decides whether ``‖J‖_F`` is exact: ``n_proj = 0`` and ``C <= max_rows``)."""
         from grokscope.models.adapters import continuous_view

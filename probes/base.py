@@ -5,7 +5,7 @@ A probe declares:
 * ``name`` — the ``--metrics`` name and the store group name;
 * ``Params`` — a dataclass of parameters with defaults (set from the CLI as ``--param name.field=v``);
 * ``outputs`` — ``{variable: dims}`` it writes (dims without ``step``), for listings and docs;
-* ``template(model, data, params)`` — optional: the result's shape without computing it (every
+* ``template(model, data, params, ctx)`` — optional: the result's shape without computing it (every
   declared output with its dims, sizes, dtype and attributes, the coordinates, the dataset's
   attributes; :func:`template_dataset` builds it). The engine writes each group's template from it
   before any job runs, so a group whose first job fails still holds its variables and attributes;
@@ -17,8 +17,11 @@ A probe declares:
   ``"default"``: whatever the worker process set (see ``docs/engine.md#on-gpus``);
 * ``version`` — an integer stored with the group; raise it when a change of the algorithm changes the
   numbers (the engine then treats stored results like results of other parameters);
-* ``panels`` / ``events`` — how the results are shown (:mod:`grokscope.presentation`): the panels of
-  ``grokscope plot`` and the change points the report and ``ds.grok`` name, with their words;
+* ``panels`` / ``events`` / ``panel_order`` — how the results are shown (:mod:`grokscope.presentation`):
+  the panels of ``grokscope plot``, the events the report and ``ds.grok`` name (change points and
+  threshold onsets, with their words) and where the panels go among other probes';
+* ``quick_params`` / ``quick_task`` — the small setting the conformance test and the doc-block tests
+  run the probe in (sizes only: they must not change what is computed);
 * ``check_params(params)`` — rejects impossible parameters on the client, before any job runs;
   ``check(model, data, params)`` — rejects parameters that this model or data cannot take (an input
   dimension too small, no layer to count), run once on the first checkpoint before the cluster starts;
@@ -43,7 +46,7 @@ from torch import nn
 from grokscope.errors import GrokscopeError
 from grokscope.functional.modes import eval_mode
 from grokscope.functional.precision import precision_guard
-from grokscope.presentation import EventSpec, PanelSpec
+from grokscope.presentation import DEFAULT_PANEL_ORDER, EventSpec, PanelSpec
 
 
 class ProbeError(GrokscopeError, ValueError):
@@ -81,6 +84,14 @@ class Probe:
     version: ClassVar[int] = 1
     panels: ClassVar[tuple[PanelSpec, ...]] = ()
     events: ClassVar[tuple[EventSpec, ...]] = ()
+    # where the panels go among other probes' (grokscope.presentation.probe_order; lower first)
+    panel_order: ClassVar[float] = DEFAULT_PANEL_ORDER
+    # parameter overrides that keep one computation small (seconds) without changing what is computed:
+    # the conformance test, the doc-block tests and quick checks run the probe with them
+    quick_params: ClassVar[dict[str, str]] = {}
+    # the small setting the conformance test runs the probe on: "digits" (an MLP on 8x8 digits) or
+    # "modular" (an embedding MLP on modular addition)
+    quick_task: ClassVar[str] = "digits"
     # parameters added to ``Params`` after stores were written at this ``version``: name -> the value
     # that a group stored without the parameter was computed with (read into its stored parameters)
     added_params: ClassVar[dict[str, Any]] = {}
@@ -116,12 +127,15 @@ class Probe:
         """Raise :class:`ProbeError` (naming the parameter and its valid range) if this probe cannot run
         with ``params`` on this model and data; called once on the first checkpoint before any job."""
 
-    def template(self, model: nn.Module, data: Any, params: Any):  # -> xr.Dataset | None
-        """What ``compute(model, data, params, ...)`` will return, up to its values: the same variables,
+    def template(self, model: nn.Module, data: Any, params: Any,
+                 ctx: ProbeContext | None = None):  # -> xr.Dataset | None
+        """What ``compute(model, data, params, ctx)`` will return, up to its values: the same variables,
         dims, sizes, storage dtypes, variable and dataset attributes and coordinates (any values in
         the variables), found without computing (sizes come from ``params``, the data and at most a
-        forward pass of one point). None: not declared (the store's template then comes from the
-        first result). ``grokscope.testing.check_probe`` holds a declared template to the results."""
+        forward pass of one point). ``ctx`` gives the run's spec (what an ``auto`` loss means; None:
+        no spec, as a default :class:`ProbeContext`). None: not declared (the store's template then
+        comes from the first result). ``grokscope.testing.check_probe`` holds a declared template to
+        the results; a probe's ``compute`` fills the same frame (:func:`fill_template`)."""
         return None
 
     # -- presentation ---------------------------------------------------------------------------
@@ -299,6 +313,27 @@ def template_dataset(outputs: dict[str, tuple[str, ...]], coords: dict[str, Any]
         ds[name] = xr.Variable(dims, np.zeros(shape, dtype=(dtypes or {}).get(name, np.float64)),
                                attrs=dict((var_attrs or {}).get(name, {})))
     return ds
+
+
+def fill_template(template: Any, values: dict[str, Any]):  # -> xr.Dataset
+    """``template`` (from :func:`template_dataset`) with the values of each of its variables from
+    ``values`` (``{name: array}``, each of the variable's shape, cast to its dtype within its kind):
+    the one way a probe that declares its template builds its result, so the two cannot differ in
+    anything but the values. A missing or extra name or a wrong shape raises :class:`ProbeError`."""
+    import numpy as np
+
+    missing = sorted(set(template.data_vars) - set(values))
+    extra = sorted(set(values) - set(template.data_vars))
+    if missing or extra:
+        raise ProbeError(f"result values differ from the template's variables (missing: {missing}, "
+                         f"not in the template: {extra})")
+    for name, value in values.items():
+        var = template[name].variable
+        a = np.asarray(value)
+        if a.shape != var.shape:
+            raise ProbeError(f"variable {name!r}: values of shape {a.shape}, its template has {var.shape}")
+        template[name] = var.copy(data=a.astype(var.dtype, casting="same_kind"))
+    return template
 
 
 def params_attrs(params: Any) -> dict[str, Any]:

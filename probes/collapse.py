@@ -37,7 +37,8 @@ from torch import nn
 from grokscope.functional import eval_mode, split_subset
 from grokscope.losses import stablemax_cross_entropy, task_loss
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work, fill_template,
+                   template_dataset)
 
 LOSSES = ("ce", "stablemax")
 PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -145,6 +146,9 @@ class CollapseProbe(Probe):
     """Softmax collapse fractions, logit-margin quantiles and the naive-loss-minimisation cosines."""
 
     name = "collapse"
+    panel_order = 90
+    quick_params = {"n_points": "16"}
+    quick_task = "modular"
     precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "softmax collapse (zero float32 loss/gradient), logit margins, gradient vs NLM direction"
     Params = CollapseParams
@@ -190,17 +194,27 @@ class CollapseProbe(Probe):
             raise ProbeError("collapse needs a classifier with at least 2 classes")
 
     @staticmethod
-    def resolve_loss(params: CollapseParams, ctx: ProbeContext) -> str:
-        """``params.loss``, with ``auto`` → the run's loss if it is ce/stablemax, else ``ce``."""
+    def resolve_loss(params: CollapseParams, ctx: ProbeContext | None) -> str:
+        """``params.loss``, with ``auto`` → the run's loss if it is ce/stablemax, else ``ce`` (also
+        without a run spec: ``ctx`` None)."""
         if params.loss != "auto":
             return params.loss
-        run_loss = (ctx.run_spec.get("train") or {}).get("loss", "ce")
+        run_loss = ((ctx.run_spec if ctx is not None else {}).get("train") or {}).get("loss", "ce")
         return run_loss if run_loss in LOSSES else "ce"
 
-    def compute(self, model: nn.Module, data: Any, params: CollapseParams, ctx: ProbeContext):
-        import xarray as xr
+    def _frame(self, params: CollapseParams, loss: str):  # -> xr.Dataset
+        """The result's frame (zeros): splits x quantiles, and ``loss``, the loss the fractions used."""
+        return template_dataset(self.outputs,
+                                coords={"split": [str(s) for s in params.splits],
+                                        "quantile": [float(q) for q in params.quantiles]},
+                                dtypes={"n_samples": np.int64}, attrs={"loss": loss})
 
-        self.check_params(params)
+    def template(self, model: nn.Module, data: Any, params: CollapseParams, ctx: ProbeContext | None = None):
+        """Splits x quantiles, and the loss the fractions use (``auto``: the run's): no size depends on
+        the model or the data."""
+        return self._frame(params, self.resolve_loss(params, ctx))
+
+    def compute(self, model: nn.Module, data: Any, params: CollapseParams, ctx: ProbeContext):
         loss = self.resolve_loss(params, ctx)
         splits = [str(s) for s in params.splits]
         quantiles = [float(q) for q in params.quantiles]
@@ -211,12 +225,9 @@ class CollapseProbe(Probe):
                 x, y = split_subset(data, split, params.n_points, params.seed)
                 rows.append(collapse_measures(model, x.to(device), y.to(device), loss, params.precision,
                                               tuple(quantiles), params.batch_size))
-        one = lambda k: (("split",), np.array([r[k] for r in rows], dtype=np.float64))  # noqa: E731
-        ds = xr.Dataset(
-            {"collapse_frac": one("collapse_frac"), "zero_grad_frac": one("zero_grad_frac"),
-             "margin": (("split", "quantile"), np.stack([r["margin"] for r in rows]).astype(np.float64)),
-             "nlm_cos_weights": one("nlm_cos_weights"), "nlm_cos_logits": one("nlm_cos_logits"),
-             "n_samples": (("split",), np.array([r["n"] for r in rows], dtype=np.int64))},
-            coords={"split": splits, "quantile": quantiles})
-        ds.attrs["loss"] = loss
-        return ds
+        one = lambda k: np.array([r[k] for r in rows], dtype=np.float64)  # noqa: E731
+        return fill_template(self._frame(params, loss),
+                             {"collapse_frac": one("collapse_frac"), "zero_grad_frac": one("zero_grad_frac"),
+                              "margin": np.stack([r["margin"] for r in rows]).astype(np.float64),
+                              "nlm_cos_weights": one("nlm_cos_weights"), "nlm_cos_logits": one("nlm_cos_logits"),
+                              "n_samples": np.array([r["n"] for r in rows], dtype=np.int64)})

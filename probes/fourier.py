@@ -31,7 +31,8 @@ from grokscope.functional import eval_mode
 from grokscope.losses import task_loss
 
 from grokscope.datasets.modular import encode, pairs
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_work
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_work, fill_template,
+                   template_dataset)
 
 F64 = torch.float64
 
@@ -313,8 +314,21 @@ def find_neuron_module(model: nn.Module, name: str = "auto") -> tuple[str, nn.Mo
 def neuron_activations(model: nn.Module, module: nn.Module, p: int, encoding: str,
                        batch_size: int = 4096) -> torch.Tensor:
     """Outputs of ``module`` on all ``p²`` pairs at the last position → ``(p, p, n_neurons)`` float64."""
-    device = next(model.parameters()).device
-    x, _, _ = all_pairs_inputs(p, encoding, device)
+    x, _, _ = all_pairs_inputs(p, encoding, next(model.parameters()).device)
+    return module_outputs(model, module, x, batch_size).reshape(p, p, -1)
+
+
+def neuron_count(model: nn.Module, module: nn.Module, p: int, encoding: str) -> int:
+    """How many neurons :func:`neuron_activations` gives (``module``'s outputs at the last position),
+    from one forward pass of the pair ``(0, 0)``."""
+    x, _, _ = all_pairs_inputs(p, encoding, next(model.parameters()).device)
+    return int(module_outputs(model, module, x[:1], 1).shape[1])
+
+
+@torch.no_grad()
+def module_outputs(model: nn.Module, module: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Outputs of ``module`` (at the last position of a sequence) when ``model`` runs on ``x`` in eval
+    mode, ``batch_size`` rows at a time → ``(len(x), n_neurons)`` float64."""
     got: list[torch.Tensor] = []
 
     def hook(_m, _inp, out):
@@ -328,8 +342,10 @@ def neuron_activations(model: nn.Module, module: nn.Module, p: int, encoding: st
                 model(x[i:i + batch_size])
     finally:
         handle.remove()
-    acts = torch.cat(got)
-    return acts.reshape(p, p, -1)
+    if len(got) != -(-len(x) // batch_size):
+        raise ProbeError(f"module {type(module).__name__} ran {len(got)} times on {len(x)} inputs in "
+                         f"batches of {batch_size}; its outputs are the neurons only if it runs once per batch")
+    return torch.cat(got)
 
 
 def neuron_frequencies(acts: torch.Tensor) -> torch.Tensor:
@@ -353,6 +369,10 @@ def neuron_frequencies(acts: torch.Tensor) -> torch.Tensor:
 
 
 # ============================================================================ the probe
+# the variables only ``all_pairs`` computes
+ALL_PAIRS_VARS = ("full_loss", "restricted_loss", "excluded_loss", "excluded_loss_all", "logit_coef",
+                  "neuron_freq", "neuron_frac", "neurons_per_freq")
+
 DESCRIPTIONS = {
     "fourier_norms": "embedding norm per frequency k in the real Fourier basis (Nanda's n_k)",
     "fourier_norm_const": "norm of the constant (k = 0) component of the embedding",
@@ -393,6 +413,8 @@ class FourierParams:
 
 class FourierProbe(Probe):
     name = "fourier"
+    panel_order = 50
+    quick_task = "modular"
     description = ("Fourier structure of a modular-arithmetic model: embedding norms per frequency, Musat's "
                    "circle geometry, key frequencies, Gini, restricted/excluded loss, neuron frequencies")
     Params = FourierParams
@@ -436,10 +458,60 @@ class FourierProbe(Probe):
                              f"encoding); dataset {getattr(data, 'name', '?')!r} has none")
         return int(meta["p"]), str(meta["op"]), str(meta["encoding"])
 
-    def compute(self, model: nn.Module, data: Any, params: FourierParams, ctx: ProbeContext):
-        import xarray as xr
+    @staticmethod
+    def resolve_loss(params: FourierParams, ctx: ProbeContext | None) -> str:
+        """``params.loss``, with ``auto`` → the run's training loss, else ``ce`` (also without a run spec)."""
+        if params.loss != "auto":
+            return params.loss
+        return ((ctx.run_spec if ctx is not None else {}).get("train") or {}).get("loss", "ce")
 
-        self.check_params(params)
+    def _frame(self, data: Any, params: FourierParams, ref: EmbeddingRef, n_key: int,
+               pairs_info: tuple[str, str, int] | None):  # -> xr.Dataset
+        """The result's frame (zeros): ``K = (p − 1) // 2`` frequencies, ``n_key`` key frequencies, the
+        embedding ``ref``'s note and row count; with ``pairs_info`` = ``(loss, neuron module, neurons)``
+        (``all_pairs``) the all-pairs variables too, over that many neurons."""
+        p, op, encoding = self._modular_meta(data)
+        freq = np.arange(1, n_freqs(p) + 1)
+        attrs: dict[str, Any] = {
+            "embedding": ref.note, "p": p, "op": op, "encoding": encoding,
+            "key_freq": "the n_key largest embedding Fourier norms, largest first",
+            "gini_real": "Gini of the (p-1)/2 real-basis Fourier norms of tokens 0..p-1",
+            "gini_fft_raw": f"Gini over all {ref.full.shape[0]} complex FFT bins of the embedding rows "
+                            "(authors' variant)"}
+        coords: dict[str, Any] = {"freq": freq, "freq_b": freq, "part": ["re", "im"], "part_b": ["re", "im"],
+                                  "key": np.arange(n_key)}
+        outputs = {k: v for k, v in self.outputs.items() if pairs_info is not None or k not in ALL_PAIRS_VARS}
+        var_attrs = {k: {"description": DESCRIPTIONS[k]} for k in outputs}
+        for k in ("fourier_norms", "gini_real", "gini_fft_raw", "key_freq"):
+            var_attrs[k]["embedding"] = ref.note
+        if pairs_info is not None:
+            loss, module, n_neurons = pairs_info
+            coords["neuron"] = np.arange(n_neurons)
+            if op != "add":
+                attrs["all_pairs_losses"] = f"NaN: the trig circuit losses are defined for op 'add', not {op!r}"
+            attrs.update({"loss": loss, "neuron_module": module,
+                          "excluded_loss": "per frequency k (every k, not only key ones), on the train pairs",
+                          "restricted_loss": "key frequencies kept, bias-corrected, over all p^2 pairs"})
+            for k in ("full_loss", "restricted_loss", "excluded_loss", "excluded_loss_all"):
+                var_attrs[k]["loss"] = loss
+                if "all_pairs_losses" in attrs:
+                    var_attrs[k]["note"] = attrs["all_pairs_losses"]
+            for k in ("neuron_freq", "neuron_frac", "neurons_per_freq"):
+                var_attrs[k]["module"] = module
+        return template_dataset(outputs, coords=coords, attrs=attrs, var_attrs=var_attrs,
+                                dtypes={k: np.int64 for k in ("key_freq", "neuron_freq", "neurons_per_freq")})
+
+    def template(self, model: nn.Module, data: Any, params: FourierParams, ctx: ProbeContext | None = None):
+        """Sizes from ``p`` (the dataset's), ``n_key`` and, with ``all_pairs``, the neuron module's
+        width (one forward pass of one pair); the embedding found as :meth:`compute` finds it."""
+        p, _op, encoding = self._modular_meta(data)
+        pairs_info = None
+        if params.all_pairs:
+            name, module = find_neuron_module(model, params.neuron_module)
+            pairs_info = (self.resolve_loss(params, ctx), name, neuron_count(model, module, p, encoding))
+        return self._frame(data, params, locate_embedding(model, p), min(params.n_key, n_freqs(p)), pairs_info)
+
+    def compute(self, model: nn.Module, data: Any, params: FourierParams, ctx: ProbeContext):
         p, op, encoding = self._modular_meta(data)
         K = n_freqs(p)
         ref = locate_embedding(model, p)
@@ -449,35 +521,26 @@ class FourierProbe(Probe):
         geo = circle_geometry(E)
         keys = key_frequencies(norms, params.n_key)
         W_L = find_readout(model, p)
-        freq = np.arange(1, K + 1)
         nan = float("nan")
 
         def np_(t):
             return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
-        vars_: dict[str, Any] = {
-            "fourier_norms": (("freq",), np_(norms)),
-            "fourier_norm_const": ((), np_(const)),
-            "norm_re": (("freq",), np_(geo["norm_re"])), "norm_im": (("freq",), np_(geo["norm_im"])),
-            "aspect": (("freq",), np_(geo["aspect"])), "cos_re_im": (("freq",), np_(geo["cos_re_im"])),
-            "abs_cos": (("freq", "part", "freq_b", "part_b"), np_(geo["abs_cos"])),
-            "abs_cos_same": ((), np_(geo["abs_cos_same"])), "abs_cos_cross": ((), np_(geo["abs_cos_cross"])),
-            "norm_spread": ((), np_(geo["norm_spread"])),
-            "key_freq": (("key",), np_(keys).astype(np.int64)),
-            "gini_real": ((), np.float64(gini(norms))),
-            "gini_fft_raw": ((), np.float64(gini_fft_raw(ref.full))),
-            "gini_readout_real": ((), np.float64(gini(fourier_norms(W_L)) if W_L is not None else nan)),
-            "gini_readout_fft_raw": ((), np.float64(gini_fft_raw(W_L) if W_L is not None else nan)),
+        values: dict[str, Any] = {
+            "fourier_norms": np_(norms), "fourier_norm_const": np_(const),
+            "norm_re": np_(geo["norm_re"]), "norm_im": np_(geo["norm_im"]),
+            "aspect": np_(geo["aspect"]), "cos_re_im": np_(geo["cos_re_im"]), "abs_cos": np_(geo["abs_cos"]),
+            "abs_cos_same": np_(geo["abs_cos_same"]), "abs_cos_cross": np_(geo["abs_cos_cross"]),
+            "norm_spread": np_(geo["norm_spread"]),
+            "key_freq": np_(keys).astype(np.int64),
+            "gini_real": np.float64(gini(norms)),
+            "gini_fft_raw": np.float64(gini_fft_raw(ref.full)),
+            "gini_readout_real": np.float64(gini(fourier_norms(W_L)) if W_L is not None else nan),
+            "gini_readout_fft_raw": np.float64(gini_fft_raw(W_L) if W_L is not None else nan),
         }
-        attrs = {"embedding": ref.note, "p": p, "op": op, "encoding": encoding,
-                 "key_freq": "the n_key largest embedding Fourier norms, largest first",
-                 "gini_real": "Gini of the (p-1)/2 real-basis Fourier norms of tokens 0..p-1",
-                 "gini_fft_raw": f"Gini over all {ref.full.shape[0]} complex FFT bins of the embedding rows "
-                                 "(authors' variant)"}
+        pairs_info = None
         if params.all_pairs:
-            loss_kind = params.loss
-            if loss_kind == "auto":
-                loss_kind = (ctx.run_spec.get("train") or {}).get("loss", "ce")
+            loss_kind = self.resolve_loss(params, ctx)
             logits = all_pairs_logits(model, p, encoding, params.batch_size)
             if logits.shape[1] < p:
                 raise ProbeError(f"the model has {logits.shape[1]} outputs, fewer than p = {p}")
@@ -494,7 +557,6 @@ class FourierProbe(Probe):
                 full = restricted = excl_all = nan
                 excl = np.full(K, nan)
                 coef = np.full(K, nan)
-                attrs["all_pairs_losses"] = f"NaN: the trig circuit losses are defined for op 'add', not {op!r}"
             name, module = find_neuron_module(model, params.neuron_module)
             frac = neuron_frequencies(neuron_activations(model, module, p, encoding, params.batch_size))
             best = torch.nan_to_num(frac, nan=-1.0).argmax(dim=1)
@@ -503,32 +565,11 @@ class FourierProbe(Probe):
             for k, f in zip(best.tolist(), best_frac.tolist()):
                 if f >= params.neuron_threshold:
                     counts[k] += 1
-            vars_.update({
-                "full_loss": ((), np.float64(full)), "restricted_loss": ((), np.float64(restricted)),
-                "excluded_loss": (("freq",), excl), "excluded_loss_all": ((), np.float64(excl_all)),
-                "logit_coef": (("freq",), coef),
-                "neuron_freq": (("neuron",), (np_(best) + 1).astype(np.int64)),
-                "neuron_frac": (("neuron",), np_(best_frac)),
-                "neurons_per_freq": (("freq",), np_(counts)),
+            values.update({
+                "full_loss": np.float64(full), "restricted_loss": np.float64(restricted),
+                "excluded_loss": excl, "excluded_loss_all": np.float64(excl_all), "logit_coef": coef,
+                "neuron_freq": (np_(best) + 1).astype(np.int64), "neuron_frac": np_(best_frac),
+                "neurons_per_freq": np_(counts),
             })
-            attrs.update({"loss": loss_kind, "neuron_module": name,
-                          "excluded_loss": "per frequency k (every k, not only key ones), on the train pairs",
-                          "restricted_loss": "key frequencies kept, bias-corrected, over all p^2 pairs"})
-        n_neurons = len(vars_["neuron_freq"][1]) if "neuron_freq" in vars_ else 0
-        coords = {"freq": freq, "freq_b": freq, "part": ["re", "im"], "part_b": ["re", "im"],
-                  "key": np.arange(len(keys))}
-        if n_neurons:
-            coords["neuron"] = np.arange(n_neurons)
-        ds = xr.Dataset(vars_, coords=coords, attrs=attrs)
-        for name in ds.data_vars:  # the engine keeps variable attributes in the store
-            ds[name].attrs["description"] = DESCRIPTIONS[name]
-        for name in ("fourier_norms", "gini_real", "gini_fft_raw", "key_freq"):
-            ds[name].attrs["embedding"] = ref.note
-        if "restricted_loss" in ds:
-            for name in ("full_loss", "restricted_loss", "excluded_loss", "excluded_loss_all"):
-                ds[name].attrs["loss"] = attrs["loss"]
-                if "all_pairs_losses" in attrs:
-                    ds[name].attrs["note"] = attrs["all_pairs_losses"]
-            for name in ("neuron_freq", "neuron_frac", "neurons_per_freq"):
-                ds[name].attrs["module"] = attrs["neuron_module"]
-        return ds
+            pairs_info = (loss_kind, name, int(frac.shape[0]))
+        return fill_template(self._frame(data, params, ref, len(keys), pairs_info), values)

@@ -398,6 +398,8 @@ class LCProbe(Probe):
     """
 
     name = "lc"
+    panel_order = 20
+    quick_params = {"n_points": "16", "n_dirs": "4"}
     precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "local complexity (linear-region density) around train/test/random/boundary points"
     Params = LCParams
@@ -458,7 +460,7 @@ class LCProbe(Probe):
                              "functional call such as F.relu was seen); name the modules whose outputs to "
                              "count with lc.layers=name1,name2 (see `grokscope probes --model M --dataset D`)")
 
-    def template(self, model: nn.Module, data: Any, params: LCParams):
+    def template(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext | None = None):
         """The result's shape from the layers one forward pass finds (:func:`kink_layers`), the
         splits, ``radius`` and the sample dim (``n_points``, or the largest split if smaller)."""
         splits = tuple(params.splits)
@@ -485,7 +487,6 @@ class LCProbe(Probe):
     def compute(self, model: nn.Module, data: Any, params: LCParams, ctx: ProbeContext):
         import xarray as xr
 
-        self.check_params(params)
         splits = tuple(params.splits)
         dtype = DTYPES[params.dtype] or model_dtype(model)
         work = model if model_dtype(model) == dtype else copy.deepcopy(model).to(dtype)

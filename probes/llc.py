@@ -328,6 +328,9 @@ DESCRIPTIONS = {
 
 class LLCProbe(Probe):
     name = "llc"
+    panel_order = 80
+    quick_params = {"n_chains": "2", "n_draws": "6", "n_burnin": "2"}
+    quick_task = "modular"
     description = "local learning coefficient by batched SGLD chains around each checkpoint (Lau et al.)"
     Params = LLCParams
     outputs = {

@@ -35,12 +35,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from grokscope.functional import eval_mode, split_subset
+from grokscope.functional import eval_mode, split_subset, subset_size
 from grokscope.functional.krylov import conjugate_gradient, gauss_radau, lanczos
 from grokscope.losses import LOSSES, task_loss
 from grokscope.models.adapters import differentiable_attention
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work,
+                   fill_template, template_dataset)
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 METHODS = ("auto", "explicit", "lanczos", "cg")
@@ -57,7 +58,7 @@ class OutputMap:
     def __init__(self, model: nn.Module, x: torch.Tensor, dtype: torch.dtype = torch.float64):
         model.eval()
         self.model = model
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = trainable_parameters(model)
         if not named:
             raise ProbeError(f"{type(model).__name__} has no trainable parameters")
         self.names = [n for n, _ in named]
@@ -340,6 +341,20 @@ def _manifold_note(loss: str) -> str:
             "tangent space null(J) at theta'" % loss)
 
 
+def resolve_method(params: NormParams, km: int, d: int) -> str:
+    """``params.method``, with ``auto`` → ``explicit`` when the Jacobian (``km`` outputs x ``d``
+    parameters) has at most ``explicit_max`` entries, else ``lanczos``."""
+    if params.method != "auto":
+        return params.method
+    return "explicit" if km * d <= params.explicit_max else "lanczos"
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``[(name, parameter)]`` of ``model``'s trainable parameters, in ``named_parameters`` order: the
+    coordinates of :class:`OutputMap`'s flat vector ``θ``."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
 def norm_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int, params: NormParams,
                   loss: str, previous: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Every quantity of :class:`NormProbe` for ``model`` on the training subset ``(x, y)``.
@@ -353,9 +368,7 @@ def norm_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes:
     F = OutputMap(model, x, DTYPES[params.dtype])
     theta = F.theta
     km, d = len(y) * n_classes, F.dim
-    method = params.method
-    if method == "auto":
-        method = "explicit" if km * d <= params.explicit_max else "lanczos"
+    method = resolve_method(params, km, d)
 
     out: dict[str, Any] = {"weight_sq": float(theta @ theta),
                            "weight_sq_param": {n: float(t @ t) for n, t in F.per_tensor(theta).items()},
@@ -416,6 +429,9 @@ def norm_measures(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes:
     return out
 
 
+# the variables whose attributes also say which manifold and method
+MANIFOLD_VARS = ("dist_zero_loss", "wd_tangent_frac", "wd_normal_frac", "grad_tangent_cos", "update_cos")
+
 DESCRIPTIONS = {
     "weight_sq": "sum of squares of every trainable parameter, ||theta||^2",
     "weight_sq_param": "sum of squares per parameter tensor",
@@ -441,6 +457,9 @@ DESCRIPTIONS = {
 
 class NormProbe(Probe):
     name = "norm"
+    panel_order = 60
+    quick_params = {"n_train": "16", "proj_iters": "3", "power_iters": "3"}
+    quick_task = "modular"
     description = ("weight norms, distance to the zero-loss manifold, weight decay split into tangent/normal "
                    "parts (Musat)")
     Params = NormParams
@@ -480,13 +499,47 @@ class NormProbe(Probe):
         check_work("norm", "norm.explicit_max", params.explicit_max)
         check_work("norm", "norm.n_train", params.n_train)
 
-    def compute(self, model: nn.Module, data: Any, params: NormParams, ctx: ProbeContext):
-        import xarray as xr
+    @staticmethod
+    def resolve_loss(params: NormParams, ctx: ProbeContext | None) -> str:
+        """``params.loss``, with ``auto`` → the run's training loss, else ``ce`` (also without a run spec)."""
+        if params.loss != "auto":
+            return params.loss
+        return ((ctx.run_spec if ctx is not None else {}).get("train") or {}).get("loss", "ce")
 
-        loss = params.loss
-        if loss == "auto":
-            loss = (ctx.run_spec.get("train") or {}).get("loss", "ce")
-        self.check_params(params)
+    def _frame(self, params: NormParams, loss: str, method: str, n_outputs: int, n_params: int,
+               names: list[str], eager: list[str]):  # -> xr.Dataset
+        """The result's frame (zeros): one value per parameter tensor of ``names`` and per relative
+        damping; the attributes say which manifold, ``method``, the Jacobian's size (``n_outputs`` x
+        ``n_params``) and the attention modules switched to eager (``eager``)."""
+        attrs = {"manifold": _manifold_note(loss), "loss": loss, "method": method,
+                 "n_outputs": int(n_outputs), "n_params": int(n_params),
+                 "theta_prime": "heavy-ball GD on the summed training loss from theta (best iterate)",
+                 "update_cos": "cos(theta_t - theta_prev, P_T(-theta_t)); NaN at the first checkpoint"}
+        if eager:
+            attrs["attention"] = (f"eager attention in {', '.join(eager)} (its fused kernels have no double "
+                                  "backward or forward-mode derivative); the same function")
+        manifold = {"manifold": attrs["manifold"], "method": method}
+        var_attrs = {name: {"description": DESCRIPTIONS[name],
+                            **(manifold if name in MANIFOLD_VARS else {})} for name in self.outputs}
+        return template_dataset(self.outputs,
+                                coords={"param": list(names),
+                                        "damping": np.array(params.damping_grid, dtype=np.float64)},
+                                attrs=attrs, var_attrs=var_attrs)
+
+    def template(self, model: nn.Module, data: Any, params: NormParams, ctx: ProbeContext | None = None):
+        """Sizes from the model's trainable parameter tensors and the damping grid; the method
+        ``auto`` picks from the Jacobian's size (training subset x classes x parameters), the loss
+        from the run; no forward pass."""
+        loss = self.resolve_loss(params, ctx)
+        named = trainable_parameters(model)
+        d = sum(p.numel() for _, p in named)
+        km = subset_size(len(data.x_train), params.n_train) * int(data.n_classes)
+        with differentiable_attention(model) as eager:
+            switched = list(eager)
+        return self._frame(params, loss, resolve_method(params, km, d), km, d, [n for n, _ in named], switched)
+
+    def compute(self, model: nn.Module, data: Any, params: NormParams, ctx: ProbeContext):
+        loss = self.resolve_loss(params, ctx)
         x, y = split_subset(data, "train", params.n_train, params.seed)
         device = next(model.parameters()).device
         x, y = x.to(device), y.to(device)
@@ -496,23 +549,11 @@ class NormProbe(Probe):
         spacing = (float(ctx.step - ctx.previous_step)
                    if previous is not None and ctx.previous_step is not None else math.nan)
         names = list(m["weight_sq_param"])
-        scalars = [v for v in self.outputs if self.outputs[v] == () and v != "update_spacing"]
-        vars_ = {k: ((), np.float64(m[k])) for k in scalars}
-        vars_["update_spacing"] = ((), np.float64(spacing))
-        vars_["weight_sq_param"] = (("param",), np.array([m["weight_sq_param"][n] for n in names]))
+        values: dict[str, Any] = {k: np.float64(m[k]) for k, dims in self.outputs.items()
+                                  if dims == () and k != "update_spacing"}
+        values["update_spacing"] = np.float64(spacing)
+        values["weight_sq_param"] = np.array([m["weight_sq_param"][n] for n in names], dtype=np.float64)
         for k in ("wd_tangent_frac_curve", "wd_tangent_frac_curve_err"):
-            vars_[k] = (("damping",), np.array(m[k], dtype=np.float64))
-        attrs = {"manifold": _manifold_note(loss), "loss": loss, "method": m["method"],
-                 "n_outputs": int(m["n_outputs"]), "n_params": int(m["n_params"]),
-                 "theta_prime": "heavy-ball GD on the summed training loss from theta (best iterate)",
-                 "update_cos": "cos(theta_t - theta_prev, P_T(-theta_t)); NaN at the first checkpoint"}
-        if eager:
-            attrs["attention"] = (f"eager attention in {', '.join(eager)} (its fused kernels have no double "
-                                  "backward or forward-mode derivative); the same function")
-        ds = xr.Dataset(vars_, coords={"param": names,
-                                       "damping": np.array(params.damping_grid, dtype=np.float64)}, attrs=attrs)
-        for name in ds.data_vars:  # the engine keeps variable attributes in the store
-            ds[name].attrs["description"] = DESCRIPTIONS[name]
-        for name in ("dist_zero_loss", "wd_tangent_frac", "wd_normal_frac", "grad_tangent_cos", "update_cos"):
-            ds[name].attrs.update({"manifold": attrs["manifold"], "method": attrs["method"]})
-        return ds
+            values[k] = np.array(m[k], dtype=np.float64)
+        return fill_template(self._frame(params, loss, m["method"], int(m["n_outputs"]), int(m["n_params"]),
+                                         names, eager), values)

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from grokscope.functional import eval_mode, split_subset
+from grokscope.functional import eval_mode, split_subset, subset_size
 from grokscope.functional.attacks import (LOSSES, NORMS, attack_loss, attack_rows, check_attack_args, per_row,
                                           seeded_starts, start_points)
 from grokscope.models.adapters import RADIUS_UNITS, continuous_view, radius_scale, radius_unit
 
-from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_at_least, check_choice, check_work,
+                   fill_template, template_dataset)
 
 ATTACKS = ("pgd", "apgd")
 
@@ -151,6 +152,8 @@ class PGDProbe(Probe):
     sample)`` (int8: 1 robust, 0 not, -1 padding where a split has fewer points) and ``n_samples(split)``."""
 
     name = "pgd"
+    panel_order = 30
+    quick_params = {"n_points": "16", "steps": "3"}
     description = "robust accuracy under L-inf / L2 PGD attacks at several radii"
     Params = PGDParams
     outputs = {"robust_acc": ("split", "eps"), "correct": ("split", "eps", "sample"), "n_samples": ("split",),
@@ -162,6 +165,8 @@ class PGDProbe(Probe):
                   ylim=(-0.03, 1.03), prefer=(("split", "test"),), onsets=("generalisation", "robustness"),
                   higher_is_better=True),
     )
+    events = (EventSpec("robustness@{:g}", "robust_acc", "rise", "robust accuracy reaching the robustness threshold",
+                        "test", threshold="robust", per="eps"),)
 
     # stores written before ``eps_unit`` existed used absolute radii
     added_params = {"eps_unit": "absolute"}
@@ -184,10 +189,26 @@ class PGDProbe(Probe):
         check_work("pgd", "pgd.n_points x pgd.restarts", params.n_points * params.restarts)
         check_work("pgd", "pgd.batch_size", params.batch_size)
 
-    def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
-        import xarray as xr
+    def _frame(self, params: PGDParams, unit: str, n_max: int):  # -> xr.Dataset
+        """The result's frame (zeros) for radii in ``unit`` (``absolute``/``embedding_rms``) and a
+        sample dim of ``n_max`` (the largest split subset): what :meth:`template` declares and
+        :meth:`compute` fills."""
+        return template_dataset(
+            self.outputs,
+            coords={"split": [str(s) for s in params.splits], "eps": [float(e) for e in params.eps],
+                    "sample": np.arange(n_max)},
+            dtypes={"correct": np.int8, "n_samples": np.int64},
+            attrs={"alpha_per_eps": step_sizes(params.eps, params.alpha, params.steps, params.alpha_scale),
+                   "eps_unit": unit + (": eps x RMS of the embedded training inputs (eps_abs, per step)"
+                                       if unit == "embedding_rms" else ": input units")})
 
-        self.check_params(params)
+    def template(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext | None = None):
+        """Splits x radii, and a sample dim of the largest split subset (``n_points``, or the split's
+        size if smaller): sizes from the parameters and the data's split sizes."""
+        n_max = max(subset_size(len(data.split(str(s))[0]), params.n_points) for s in params.splits)
+        return self._frame(params, radius_unit(params.eps_unit, data.input_kind), n_max)
+
+    def compute(self, model: nn.Module, data: Any, params: PGDParams, ctx: ProbeContext):
         splits = [str(s) for s in params.splits]
         relative = params.alpha == 0
         alpha = params.alpha_scale / max(params.steps, 1) if relative else params.alpha
@@ -225,12 +246,6 @@ class PGDProbe(Probe):
         with np.errstate(invalid="ignore"):
             robust = np.array([r.double().mean(dim=1).numpy() if r.shape[1] else
                                np.full(len(params.eps), np.nan) for r in results])
-        return xr.Dataset(
-            {"robust_acc": (("split", "eps"), robust),
-             "correct": (("split", "eps", "sample"), correct),
-             "n_samples": (("split",), n_samples),
-             "eps_abs": (("eps",), np.array(eps, dtype=np.float64))},
-            coords={"split": splits, "eps": [float(e) for e in params.eps], "sample": np.arange(n_max)},
-            attrs={"alpha_per_eps": step_sizes(params.eps, params.alpha, params.steps, params.alpha_scale),
-                   "eps_unit": unit + (": eps x RMS of the embedded training inputs (eps_abs, per step)"
-                                       if unit == "embedding_rms" else ": input units")})
+        return fill_template(self._frame(params, unit, n_max),
+                             {"robust_acc": robust, "correct": correct, "n_samples": n_samples,
+                              "eps_abs": np.array(eps, dtype=np.float64)})

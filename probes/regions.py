@@ -21,7 +21,7 @@ from torch import nn
 
 from grokscope.functional import eval_mode
 
-from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_work
+from .base import PanelSpec, Probe, ProbeContext, ProbeError, check_work, fill_template, template_dataset
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class RegionsProbe(Probe):
     """
 
     name = "regions"
+    panel_order = 70
+    quick_params = {"resolution": "40"}
     precision_mode = "strict"  # sign patterns / exact zeros: no TF32, no autocast (functional.precision)
     description = "linear regions and decision boundary on the plane through three training points"
     Params = RegionsParams
@@ -81,24 +83,46 @@ class RegionsProbe(Probe):
                  else default_points(y, params.seed))
         return index, x[index], y[index]
 
-    def compute(self, model: nn.Module, data: Any, params: RegionsParams, ctx: ProbeContext):
-        import xarray as xr
+    def _frame(self, params: RegionsParams, layers: list[str]):  # -> xr.Dataset
+        """The result's frame (zeros): the ``resolution²`` grid of the view, the three corners and the
+        kinked ``layers`` the picture's patterns are made of."""
+        from grokscope.regions import grid_axis
 
-        from grokscope.models.adapters import continuous_view
+        axis = grid_axis(params.margin, params.resolution).numpy()
+        return template_dataset(self.outputs, coords={"a": axis, "b": axis.copy(), "corner": ["x0", "x1", "x2"]},
+                                dtypes={"boundary": bool, "decision": bool, "fill": np.int8, "n_regions": np.int64,
+                                        "point_index": np.int64, "point_class": np.int64},
+                                attrs={"layers": ",".join(layers)})
+
+    def template(self, model: nn.Module, data: Any, params: RegionsParams, ctx: ProbeContext | None = None):
+        """The grid from ``resolution`` and ``margin``; the layers from one forward pass of the split's
+        first point (:func:`grokscope.functional.kinks.kink_layers`, the layers the picture's patterns
+        use: which they are depends on the model, not on the point; no label or input value is read)."""
+        from grokscope.functional.kinks import kink_layers
+
+        forward, z = self._view(model, data.split(params.split)[0][:1], data)
+        return self._frame(params, [k.name for k in kink_layers(model, z[:1], forward=forward)])
+
+    @staticmethod
+    def _view(model: nn.Module, x: torch.Tensor, data: Any) -> tuple[Any, torch.Tensor]:
+        """``(forward, z)``: the corners ``x`` in the space the picture is drawn in (embedding space
+        for token models), in the model's device and dtype."""
         from grokscope.functional.devices import model_device, model_dtype
+        from grokscope.models.adapters import continuous_view
+
+        forward, z = continuous_view(model, x.to(model_device(model)), data.input_kind)
+        return forward, (z.to(model_dtype(model)) if z.is_floating_point() else z)
+
+    def compute(self, model: nn.Module, data: Any, params: RegionsParams, ctx: ProbeContext):
         from grokscope.regions import Plane, activation_boundaries, fill_index
 
-        self.check_params(params)
         index, x, y = self._points(data, params)
         with eval_mode(model):
-            forward, z = continuous_view(model, x.to(model_device(model)), data.input_kind)
-            z = z.to(model_dtype(model)) if z.is_floating_point() else z
+            forward, z = self._view(model, x, data)
             plane = Plane.through(z[0], z[1], z[2], params.margin)
             rmap = activation_boundaries(model, plane, params.resolution, forward=forward)
-        return xr.Dataset(
-            {"boundary": (("b", "a"), rmap.boundary), "decision": (("b", "a"), rmap.decision),
-             "fill": (("b", "a"), fill_index(rmap.region)), "n_regions": ((), np.int64(rmap.n_regions)),
-             "point_index": (("corner",), np.array(index, dtype=np.int64)),
-             "point_class": (("corner",), y.cpu().numpy().astype(np.int64))},
-            coords={"a": rmap.a, "b": rmap.b, "corner": ["x0", "x1", "x2"]},
-            attrs={"layers": ",".join(rmap.layers)})
+        return fill_template(self._frame(params, rmap.layers),
+                             {"boundary": rmap.boundary, "decision": rmap.decision,
+                              "fill": fill_index(rmap.region), "n_regions": np.int64(rmap.n_regions),
+                              "point_index": np.array(index, dtype=np.int64),
+                              "point_class": y.cpu().numpy().astype(np.int64)})

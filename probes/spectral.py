@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, template_dataset
+from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, fill_template, template_dataset
 
 INSTALL_HINT = "the spectral probe needs the powerlaw package: pip install 'grokscope[spectral]'"
 
@@ -167,6 +167,8 @@ class SpectralProbe(Probe):
     """HTSR power-law α (with its KS distance), stable rank, spectral norm and correlation traps per layer."""
 
     name = "spectral"
+    panel_order = 100
+    quick_params = {"min_evals": "8"}
     description = "weight spectra per layer (HTSR): power-law alpha and its fit, stable rank, spectral norm, correlation traps; no data"
     Params = SpectralParams
     outputs = {v: ("layer",) for v in VARS}
@@ -203,18 +205,19 @@ class SpectralProbe(Probe):
         if not weight_modules(model, tuple(params.layers)):
             raise ProbeError(f"spectral: {type(model).__name__} has no module with a weight matrix")
 
-    def template(self, model: nn.Module, data: Any, params: SpectralParams):
-        """One value per weight matrix of the model (the layers of :func:`weight_modules`)."""
-        names = list(weight_modules(model, tuple(params.layers)))
-        return template_dataset(self.outputs, coords={"layer": names})
+    def _frame(self, layers: list[str]):  # -> xr.Dataset
+        """The result's frame (zeros): one value of each variable per layer of ``layers``."""
+        return template_dataset(self.outputs, coords={"layer": list(layers)})
+
+    def template(self, model: nn.Module, data: Any, params: SpectralParams, ctx: ProbeContext | None = None):
+        """One value per weight matrix of the model (the layers of :func:`weight_modules`; no values read)."""
+        return self._frame(list(weight_modules(model, tuple(params.layers))))
 
     def compute(self, model: nn.Module, data: Any, params: SpectralParams, ctx: ProbeContext):
-        import xarray as xr
-
         mats = weight_matrices(model, tuple(params.layers))
         rows = []
         for i, (name, ms) in enumerate(mats.items()):
             rng = np.random.default_rng([params.seed, i])
             rows.append(spectral_summary(ms, params.min_evals, params.n_shuffles, params.trap_tw, rng))
-        return xr.Dataset({v: (("layer",), np.array([r[v] for r in rows], dtype=np.float64)) for v in VARS},
-                          coords={"layer": list(mats)})
+        return fill_template(self._frame(list(mats)),
+                             {v: np.array([r[v] for r in rows], dtype=np.float64) for v in VARS})

@@ -50,10 +50,16 @@ SHRINK: dict[str, list[tuple[str, str | None, bool]]] = {
     "simulate": [("--steps", "100", True), ("--save", "log:8", True), ("--eval-every", "every:50", True)],
     "regions": [("--resolution", "40", True)],
 }
-# probe parameters appended when the probe is among --metrics
-SMALL_PARAMS = {"lc": ["lc.n_points=16", "lc.n_dirs=4"], "align": ["align.n_points=16"],
-                "pgd": ["pgd.n_points=16", "pgd.steps=3"],
-                "norm": ["norm.n_train=16", "norm.proj_iters=3", "norm.power_iters=3"]}
+
+
+def _small_params() -> dict[str, list[str]]:
+    """The probe parameters appended when a probe is among --metrics: each built-in's ``quick_params``."""
+    from grokscope.probes import BUILTIN, get_probe
+
+    return {name: [f"{name}.{k}={v}" for k, v in get_probe(name).quick_params.items()] for name in BUILTIN}
+
+
+SMALL_PARAMS = _small_params()
 
 # the `grokscope` on the blocks' PATH: a small script (no heavy imports) that appends the size flags and
 # hands the command, with its stdin/stdout/stderr, to the fork server of this test process (which has
@@ -167,6 +173,10 @@ SETUP: dict[str, list[str]] = {
     "docs/spectral.md": ["grokscope train --out runs/demo"],
 }
 
+# documents whose blocks use an S3 bucket: a loopback S3 server (tests/s3_server.py) with this bucket,
+# reached through the environment (AWS_ENDPOINT_URL, test credentials)
+S3_BUCKETS = {"docs/engine.md": "my-bucket"}
+
 PRELUDE: dict[str, str] = {
     # a small continuous-input classifier and a batch of its inputs (the lc/pgd/align snippets' `model`, `x`, `y`)
     "model": """
@@ -271,8 +281,15 @@ def test_every_block_is_run_or_marked_with_a_reason():
 
 
 @pytest.mark.parametrize("doc", DOCUMENTS)
-def test_document_blocks_run(doc: str, sandbox, forkserver, monkeypatch) -> None:
+def test_document_blocks_run(doc: str, sandbox, forkserver, monkeypatch, request) -> None:
     work, bin_dir = sandbox
+    if doc in S3_BUCKETS:
+        from tests.s3_server import S3, environment
+
+        endpoint = request.getfixturevalue("_s3_endpoint")
+        for k, v in environment(endpoint).items():
+            monkeypatch.setenv(k, v)
+        S3(endpoint, S3_BUCKETS[doc]).fs().makedirs(S3_BUCKETS[doc], exist_ok=True)
     env = _env(bin_dir, SHRINK, forkserver)
     todo = blocks(doc)
     if all(b.not_run is not None or b.output for b in todo):

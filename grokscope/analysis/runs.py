@@ -4,13 +4,13 @@ between them and :func:`run_summary` (what ``grokscope report`` prints), from a 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from grokscope.presentation import EventSpec, for_group, probe_order
+from grokscope.presentation import EventSpec, for_group, group_order, probe_order
 from grokscope.reading import done_steps
 
 from .curves import (CHANCE_MARGIN, CHANGE_TOL, DEFAULT_GROK_THRESHOLD, GROK_START, GROK_THRESHOLDS,
@@ -160,49 +160,98 @@ def _radius0(ds, var: str) -> dict[str, Any]:
 def standard_onsets(run_node: Any, mem: float = MEM_THRESHOLD, grok: float | None = None,
                     robust: float = ROBUST_THRESHOLD, window: int = 1, patience: int = 1,
                     chance_margin: float = CHANCE_MARGIN) -> dict[str, Onset]:
-    """The standard onsets of one run (an ``xr.DataTree`` node whose children are probe groups).
+    """The threshold onsets of one run (an ``xr.DataTree`` node whose children are probe groups): every
+    threshold event its probes declare (:class:`~grokscope.presentation.EventSpec` with ``threshold``),
+    in panel order.
 
-    ``memorisation``: train accuracy ≥ ``mem``; ``generalisation``: test accuracy ≥ ``grok`` (default:
-    the threshold the run's dataset states, :func:`task_of`); ``robustness@<eps>``: PGD robust accuracy
-    on the pgd probe's first split ≥ ``robust``, one per ε. Every threshold is raised by
-    :func:`clear_of_chance` (``chance_margin``) where the task's chance level is known, so no onset is
-    ever at or below chance; ``detail`` keeps the threshold asked for, the chance level, the number of
-    classes and the curve's highest value. Only the onsets whose probe the run has; without ``acc``,
-    memorisation and generalisation come from the run's own log (:func:`log_accuracy`; ``probe`` is
-    then ``"log"`` and ``detail["source"]`` names the file).
+    For the built-ins: ``memorisation``, train accuracy ≥ ``mem``, and ``generalisation``, test
+    accuracy ≥ ``grok`` (default: the threshold the run's dataset states, :func:`task_of`), both of
+    ``acc``; ``robustness@<eps>``, PGD robust accuracy on the test split (else the pgd probe's first
+    split) ≥ ``robust``, one per ε, of ``pgd``. Every threshold is raised by :func:`clear_of_chance`
+    (``chance_margin``) where the task's chance level is known, so no onset is ever at or below chance;
+    ``detail`` keeps the threshold asked for, the chance level, the number of classes and the curve's
+    highest value. Without an ``acc`` group, ``acc``'s events are read on the run's own log
+    (:func:`log_accuracy`; ``probe`` is then ``"log"`` and ``detail["source"]`` names the file).
     """
-    out: dict[str, Onset] = {}
-    common = {"window": window, "patience": patience}
     task = task_of(run_node)
-    chance = task.get("chance")
-
-    def make(name: str, probe: str, ds, var: str, asked: float, sel: dict[str, Any],
-             raise_to_chance: bool) -> Onset:
-        da = select_curve(ds, var, **sel)
-        thr = clear_of_chance(asked, chance, chance_margin) if raise_to_chance else float(asked)
-        finite = da.values[np.isfinite(da.values)]
-        detail = {"asked": float(asked), "chance": chance, "n_classes": task.get("n_classes"),
-                  "max": float(finite.max()) if len(finite) else math.nan}
-        if "source" in ds.attrs:
-            detail["source"] = ds.attrs["source"]
-        return Onset(name, onset(ds.step.values, da.values, thr, True, window, patience), probe, var, thr,
-                     sel=sel, detail=detail, **common)
-
-    acc, probe = accuracy_dataset(run_node)
-    if acc is not None:
-        if grok is None:
-            grok = float(task.get("grok_threshold") or DEFAULT_GROK_THRESHOLD)
-        for name, split, thr in (("memorisation", "train", mem), ("generalisation", "test", grok)):
-            if split in acc["split"].values:
-                out[name] = make(name, probe, acc, "accuracy", thr, {"split": split}, True)
-    pgd = probe_dataset(run_node, "pgd")
-    if pgd is not None and "robust_acc" in pgd:
-        sel = _split_label(pgd, "robust_acc", "test")
-        for eps in pgd["eps"].values:
-            eps = float(eps)
-            name = f"robustness@{eps:g}"
-            out[name] = make(name, "pgd", pgd, "robust_acc", robust, {**sel, "eps": eps}, True)
+    if grok is None:
+        grok = float(task.get("grok_threshold") or DEFAULT_GROK_THRESHOLD)
+    asked = {"mem": mem, "grok": grok, "robust": robust}
+    out: dict[str, Onset] = {}
+    for spec, ds, source in _threshold_events(run_node):
+        for name, sel in _event_curves(spec, ds):
+            out.setdefault(name, _threshold_onset(name, source, ds, spec.var, sel, asked[spec.threshold or ""],
+                                                  task, window, patience, chance_margin))
     return out
+
+
+def _threshold_events(run_node: Any) -> list[tuple[EventSpec, Any, str]]:
+    """``[(event, the group's Dataset, probe or "log")]`` for every threshold event of the run's probes,
+    in panel order; ``acc``'s on the run's own log when the run has no ``acc`` group."""
+    out: list[tuple[EventSpec, Any, str]] = []
+    children = [str(c) for c in run_node.children]
+    for probe in probe_order(children + ["acc"], panel_order_of([run_node])):
+        node = run_node[probe] if probe in children else None
+        if node is not None and "step" not in node.dims:
+            continue
+        found = for_group(probe, dict(node.attrs) if node is not None else {}, installed_presentation)
+        events = [e for e in (found[1] if found else []) if e.threshold]
+        if not events:
+            continue
+        if node is not None:
+            ds, source = probe_dataset(run_node, probe), probe
+        else:
+            ds, source = accuracy_dataset(run_node)
+        if ds is None:
+            continue
+        out += [(e, ds, source) for e in events if e.var in ds]
+    return out
+
+
+def _event_curves(spec: EventSpec, ds: Any) -> list[tuple[str, dict[str, Any]]]:
+    """``[(event name, selection)]``: the curves a threshold event is read on (one per label of
+    ``spec.per``); none when its split is not there (a threshold onset never moves to another split,
+    except ``per`` events, which fall back to the first split)."""
+    var = ds[spec.var]
+    sel: dict[str, Any] = {}
+    if spec.split and "split" in var.dims:
+        labels = [str(v) for v in var["split"].values]
+        if spec.split in labels:
+            sel["split"] = spec.split
+        elif spec.per:
+            sel["split"] = labels[0]
+        else:
+            return []
+    if not spec.per:
+        return [(spec.name, sel)]
+    return [(spec.name.format(float(v)), {**sel, spec.per: float(v)}) for v in var[spec.per].values]
+
+
+def _threshold_onset(name: str, probe: str, ds: Any, var: str, sel: dict[str, Any], asked: float,
+                     task: dict[str, Any], window: int, patience: int, chance_margin: float) -> Onset:
+    chance = task.get("chance")
+    da = select_curve(ds, var, **sel)
+    thr = clear_of_chance(asked, chance, chance_margin)
+    finite = da.values[np.isfinite(da.values)]
+    detail = {"asked": float(asked), "chance": chance, "n_classes": task.get("n_classes"),
+              "max": float(finite.max()) if len(finite) else math.nan}
+    if "source" in ds.attrs:
+        detail["source"] = ds.attrs["source"]
+    return Onset(name, onset(ds.step.values, da.values, thr, True, window, patience), probe, var, thr,
+                 window=window, patience=patience, sel=sel, detail=detail)
+
+
+def panel_order_of(run_nodes: Any) -> Callable[[str], float | None]:
+    """``order(probe)``: the ``panel_order`` stored with that probe's group in the first of
+    ``run_nodes`` (DataTree run nodes) that has one, else what the installed probe class states."""
+    def order(probe: str) -> float | None:
+        for node in run_nodes:
+            if probe in node.children:
+                value = group_order(probe, dict(node[probe].attrs))
+                if value is not None:
+                    return value
+        return group_order(probe, {}, _declared_order)
+    return order
 
 
 def accuracy_dataset(run_node: Any) -> tuple[Any, str]:
@@ -232,15 +281,16 @@ def _change(run_node: Any, event: EventSpec, fraction: float, window: int) -> On
 
 
 def declared_events(run_node: Any) -> list[EventSpec]:
-    """The change-point events that the probes of one run declare (``Probe.events``), in panel order."""
+    """The change-point events that the probes of one run declare (``Probe.events`` without a
+    threshold), in panel order."""
     out: list[EventSpec] = []
-    for probe in probe_order([str(c) for c in run_node.children]):
+    for probe in probe_order([str(c) for c in run_node.children], panel_order_of([run_node])):
         node = run_node[probe]
         if "step" not in node.dims:
             continue
-        found = for_group(probe, dict(node.attrs), _declared)
+        found = for_group(probe, dict(node.attrs), installed_presentation)
         if found is not None:
-            out += found[1]
+            out += [e for e in found[1] if not e.threshold]
     return out
 
 
@@ -363,9 +413,16 @@ def json_safe(v: Any) -> Any:
     return v
 
 
-def _declared(probe: str):
+def installed_presentation(probe: str):
     """The installed probe class's panels and events (imports the probes, and so torch: only for
     stores written before groups carried their ``presentation``)."""
     from grokscope.probes import declared_presentation
 
     return declared_presentation(probe)
+
+
+def _declared_order(probe: str) -> float | None:
+    """The installed probe class's ``panel_order`` (None: no such probe installed)."""
+    from grokscope.probes import declared_order
+
+    return declared_order(probe)

@@ -20,6 +20,12 @@ import click
 from grokscope.demo import (DEMO_PARAMS, DEMO_PROBES, DEMO_STEPS, FLUSH_INTERVAL, TIMING_FILE, cpu_seconds,
                             describe, load_average, summarise_log, timing_line, training_seconds,
                             window_lines)
+from grokscope.api import probe_config
+from grokscope.cli.ignored import demo_ignored
+from grokscope.cli.probe import parse_steps_options, report_summary, run_with_progress
+from grokscope.cli.train import run
+from grokscope.engine.selection import parse_selection, select_steps
+from grokscope.training.schedule import parse_schedule
 
 
 def probe_selections(names: list[str], steps_options: tuple[str, ...], save_steps: list[int]
@@ -27,8 +33,6 @@ def probe_selections(names: list[str], steps_options: tuple[str, ...], save_step
     """``{probe: explicit step list or None (all)}``: the ``[PROBE=]SPEC`` options (as for
     ``grokscope probe --steps``) resolved against the run's planned ``save_steps``, so that a
     ``log:N`` choice is the same while the run is still being written as at its end."""
-    from grokscope.cli.probe import parse_steps_options
-    from grokscope.engine.selection import parse_selection, select_steps
 
     out: dict[str, str | None] = {}
     for name, spec in parse_steps_options(steps_options, names).items():
@@ -42,7 +46,6 @@ def probe_selections(names: list[str], steps_options: tuple[str, ...], save_step
 
 def _train_child(config: Any, directory: str, resume: bool, threads: int, progress: bool) -> None:
     """Body of the training process: ``cli.train.run`` with its errors shown the CLI's way."""
-    from grokscope.cli.train import run
 
     try:
         run(config, Path(directory), resume=resume, threads=threads, progress=progress)
@@ -106,13 +109,11 @@ def demo(directory: Path, steps: int | None, seed: int | None, threads: int, met
     """
     from grokscope import runs
     from grokscope.training.presets import DEFAULT_PRESET, preset_config
-    from grokscope.training.schedule import parse_schedule
 
     t0 = time.perf_counter()
     overrides = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
     config = preset_config(DEFAULT_PRESET, **overrides)
     names = [m.strip() for m in metrics.split(",") if m.strip()]
-    from grokscope.cli.ignored import demo_ignored
 
     demo_ignored(click.get_current_context(), directory, config, names)
     save_steps = parse_schedule(config.save, config.steps)
@@ -161,7 +162,6 @@ def demo(directory: Path, steps: int | None, seed: int | None, threads: int, met
         click.echo(line)
     if summary is None:
         return
-    from grokscope.cli.probe import report_summary
 
     report_summary(summary)
     store = directory / "probes.zarr"
@@ -184,8 +184,6 @@ def _probe(directory: Path, names: list[str], selections: dict[str, str | None],
     """Probe ``directory`` into ``directory/probes.zarr``, following the training process ``proc``
     (None: the run is complete) until it exits. Returns the engine's Summary."""
     from grokscope import runs
-    from grokscope.api import probe_config
-    from grokscope.cli.probe import run_with_progress
 
     cfg = probe_config({n: DEMO_PARAMS.get(n) for n in names}, directory / "probes.zarr", selections,
                        scheduler=scheduler, flush_interval=FLUSH_INTERVAL)

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+from grokscope.cli.probe import training_under
 
 
 @click.command()
@@ -74,6 +75,5 @@ def forecast(path: Path, calibration: Path | None, calibrate_to: Path | None, ev
 
 
 def _training(path: Path) -> bool:
-    from grokscope.cli.probe import training_under
 
     return training_under(path)()

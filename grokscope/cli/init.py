@@ -7,11 +7,12 @@ from typing import Any
 
 import click
 
+from .locations import LOCATION, open_location, storage_options_option
 from .spec_options import cli_spec, cli_trust, remember_vouched, spec_options, workspace_option
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", type=LOCATION)
 @spec_options
 @click.option("--force", is_flag=True, help="Replace an existing run.json (and imported log.jsonl).")
 @click.option("--log", "log_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -30,10 +31,12 @@ from .spec_options import cli_spec, cli_trust, remember_vouched, spec_options, w
               help="The numbers in the checkpoint names count epochs (ckpt_{epoch}.pth): each is N steps "
                    "(the optimiser steps of one epoch), so checkpoint k is step k*N, on the log's axis.")
 @workspace_option
+@storage_options_option
 def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str | None,
          dataset_kwargs: str | None, dataset_seed: int, loss: str | None, trust_code: str | None,
          force: bool, log_path: Path | None, log_format: str | None, log_pattern: str | None,
-         log_columns: str | None, log_step: str, steps_per_epoch: int | None, workspace: Path | None) -> None:
+         log_columns: str | None, log_step: str, steps_per_epoch: int | None, workspace: Path | None,
+         storage_options: str | None = None) -> None:
     """Write PATH/run.json (or DIR/run.json with --workspace DIR) for a folder of third-party
     checkpoints.
 
@@ -49,7 +52,12 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     from grokscope.engine.discovery import DiscoveryError, checkpoints_in, find_runs
     from grokscope.engine.loading import CheckpointError
 
-    if model is None:
+    path = open_location(path, storage_options)
+    remote = not isinstance(path, Path)
+    if remote and workspace is None:
+        raise click.UsageError(f"{path} is at a URL: init writes run.json into a local folder that names it, "
+                               "--workspace DIR (then probe DIR)")
+    if model is None and not remote:
         model = _hf_default(path)
     if model is None or dataset is None:
         raise click.UsageError("grokscope init needs --model and --dataset")
@@ -82,7 +90,8 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
         check_model(spec, ckpts[0], trust, "--model")
     except (ModelCheckError, CheckpointError) as e:
         raise click.ClickException(str(e)) from e
-    records = _import_log(path, log_path, log_format, log_columns, log_step, force, home, log_pattern)
+    records = (None if remote and log_path is None else  # a remote folder's own log: give it as --log
+               _import_log(path, log_path, log_format, log_columns, log_step, force, home, log_pattern))
     if records is None and log_path is None:
         from grokscope.cli.ignored import warn_ignored
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import click
 
-from .locations import Location, parse_storage_options, storage_options_option
+from .locations import Location, storage_options_option
+from .locations import storage_options as parse_storage_options
 
 
 @click.command()
-@click.argument("store", type=Location(must_exist=True))
+@click.argument("store", type=Location(must_exist=True, file_okay=True))
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Folder for the figures, or a file (fig.png, fig.pdf); default: STORE's parent / plots "
                    "(./plots for a STORE at a URL such as s3://bucket/probes.zarr).")

@@ -10,7 +10,11 @@ from typing import Any
 
 import click
 
-from .locations import Location, parse_storage_options, storage_options_option
+from grokscope.locations import join
+
+from .locations import LOCATION, Location, open_location, storage_options_option
+from .locations import cache_budget as parse_budget
+from .locations import storage_options as cli_storage_options
 from .spec_options import cli_spec, cli_trust, refuse_lone_spec_flags, spec_options, workspace_option, workspace_run
 
 
@@ -136,15 +140,14 @@ class _Bar:
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", type=LOCATION)
 @click.option("-m", "--metrics", "--metric", "metrics", type=PROBE_NAMES, multiple=True,
               help="Probes to run: a comma list and/or repeated (default: acc). See `grokscope probes`.")
 @click.option("--param", "params", multiple=True, metavar="PROBE.FIELD=VALUE",
               help="A probe parameter, e.g. --param lc.radius=0.01 (repeatable).")
-@click.option("-o", "--out", type=Location(), default=None,
+@click.option("-o", "--out", type=Location(must_exist=False), default=None,
               help="The Zarr store: a folder or an fsspec URL such as s3://bucket/probes.zarr (default: "
                    "PATH/probes.zarr; DIR/probes.zarr with --workspace DIR).")
-@storage_options_option
 @click.option("--scheduler", default=None, metavar="ADDRESS|sync|local", envvar="GROKSCOPE_SCHEDULER",
               help="A Dask scheduler address (tcp://host:8786), 'sync' to run in this process, or "
                    "'local' (default) for an in-process cluster of worker processes. "
@@ -180,15 +183,21 @@ class _Bar:
 @click.option("--split-tolerance", type=click.FloatRange(0), default=0.01, show_default=True,
               help="How far acc may differ from the run's own logged accuracy at the same step before "
                    "the split check warns that the data or split is not the run's.")
+@storage_options_option
+@click.option("--cache-budget", default=None, metavar="SIZE",
+              help="For checkpoints at a URL: the most bytes of checkpoint files held on each machine's "
+                   "local disk at once (e.g. 2GB; default: one checkpoint per worker thread). Workers fetch "
+                   "a checkpoint, probe it and delete it.")
 @spec_options
 @workspace_option
 @click.pass_context
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
-          out: Path | str | None, storage_options: str | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
+          out: Path | str | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
           steps: tuple[str, ...], overwrite: bool, flush_interval: float, recheck: bool, dry_run: bool,
           estimate: bool, follow: bool, as_json: bool, quiet: bool, split_tolerance: float, model: str | None,
           model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None, dataset_seed: int,
-          loss: str | None, trust_code: str | None, workspace: Path | None) -> None:
+          loss: str | None, trust_code: str | None, workspace: Path | None, storage_options: str | None = None,
+          cache_budget: str | None = None) -> None:
     """Run probes over every checkpoint under PATH (or those --steps selects) into a Zarr store (one
     group per run and probe).
 
@@ -214,16 +223,22 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     if workers is not None and scheduler not in (None, "", "local"):
         click.echo(f"warning: --workers {workers} is ignored with --scheduler {scheduler} (it sizes the "
                    "local cluster; the scheduler's own workers run the jobs)", err=True)
+    remote = {"storage_options": cli_storage_options(storage_options), "cache_budget": parse_budget(cache_budget)}
+    path = open_location(path, storage_options)  # a URL: listed once, here
+    if follow and hasattr(path, "source"):
+        raise click.UsageError(f"--follow watches a training run on this machine's disk; {path} is remote "
+                               "(run the same command again to probe the checkpoints added since)")
     trust = cli_trust(model, dataset, trust_code)
     spec = cli_spec(model, model_kwargs, dataset, dataset_kwargs, dataset_seed, loss, trust, path)
     home = workspace if workspace is not None else path  # where the store goes
+    if out is None and hasattr(home, "source"):  # a remote series: the store beside it
+        out = join(str(home), "probes.zarr")
     path = workspace_run(path, workspace)
     try:
         cfg = probe_config({n: overrides.get(n) for n in names}, out or home / "probes.zarr", selections,
                            scheduler=scheduler, workers=workers, threads=threads, device=device,
                            overwrite=overwrite, spec=spec, flush_interval=flush_interval, dry_run=dry_run,
-                           trust=trust, recheck=recheck,
-                           storage_options=parse_storage_options(storage_options) or None)
+                           trust=trust, recheck=recheck, **remote)
     except ProbeError as e:
         raise click.BadParameter(str(e), param_hint="--param/--metrics") from e
     if estimate:

@@ -6,6 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from grokscope.api import probe_config
+from grokscope.cli.ignored import refuse_ignored, warn_ignored
+from grokscope.cli.probe import report_summary, run_with_progress
+from grokscope.engine.selection import select_steps
 
 REGION_OPTIONS = ("resolution", "points", "split", "margin", "seed")
 
@@ -51,7 +55,6 @@ def regions(ctx: click.Context, path: Path, run: str | None, steps: str | None, 
         raise click.BadParameter(f"{out}: unsupported format {out.suffix!r}; use one of "
                                  f"{', '.join(FIGURE_SUFFIXES)}", param_hint="--out")
     steps = steps or f"log:{DEFAULT_FRAMES if gif else DEFAULT_PANELS}"
-    from grokscope.cli.ignored import refuse_ignored, warn_ignored
 
     if not gif:
         warn_ignored(ctx, ("fps",), "without a .gif --out (a grid of panels has no frame rate)")
@@ -82,10 +85,7 @@ def regions(ctx: click.Context, path: Path, run: str | None, steps: str | None, 
 def _compute(run_dir: Path, store: Path, steps: str, given: dict, scheduler: str) -> list[str]:
     """Run the ``regions`` probe over ``run_dir``'s checkpoints that ``steps`` selects, into ``store``;
     the names of the runs (store groups) it covered."""
-    from grokscope.cli.probe import report_summary, run_with_progress
     from grokscope.engine.discovery import find_runs
-    from grokscope.api import probe_config
-    from grokscope.engine.selection import select_steps
 
     runs = find_runs(run_dir)
     for r in runs:

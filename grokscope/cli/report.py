@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from .locations import Location, parse_storage_options, storage_options_option
+from .locations import Location, storage_options_option
+from .locations import storage_options as parse_storage_options
 
 
 def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
@@ -21,7 +22,7 @@ def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> floa
 
 
 @click.command()
-@click.argument("store", type=Location(must_exist=True))
+@click.argument("store", type=Location(must_exist=True, file_okay=True))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write (default: report.html next to STORE; ./report.html for a STORE at "
                    "a URL such as s3://bucket/probes.zarr).")

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import click
+from grokscope.cli.ignored import warn_ignored
 
 
 @click.command("reproduce")
@@ -22,7 +23,6 @@ def reproduce(ctx: click.Context, name: str | None, out: Path | None, quick: boo
     from grokscope.reproduce import NOT_INCLUDED, REPRODUCTIONS, ReproduceError, check_name, run_reproduction
 
     if list_ or name is None:
-        from grokscope.cli.ignored import warn_ignored
 
         warn_ignored(ctx, ("out", "quick", "threads"), "when listing the reproductions (nothing is run; "
                      + ("NAME is ignored too)" if name else "give a NAME to run one)"))

@@ -108,7 +108,8 @@ def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
     try:
         # the checkpoint folder and the working directory, listed before the user's module is
         # imported and checked after: a module that trains when imported is refused, named
-        with watch_imports([folder, Path.cwd()], [model, dataset], "--model/--dataset"):
+        local = [f for f in (folder, Path.cwd()) if isinstance(f, Path)]  # a remote folder holds no code
+        with watch_imports(local, [model, dataset], "--model/--dataset"):
             from grokscope.models.lightning import lightning_spec
 
             mspec = lightning_spec(mspec, _first_checkpoint(folder), trust, "--model")

@@ -6,6 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from grokscope.cli.ignored import warn_ignored
+from grokscope.cli.spec_options import cli_trust, remember_vouched
+from grokscope.codepath import with_code_folder
+from grokscope.trust import UntrustedCode
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict | None:
@@ -112,15 +116,12 @@ def train(preset: str | None, list_presets: bool, out: Path | None, resume: bool
     from grokscope.training import presets as P
 
     if list_presets:
-        from grokscope.cli.ignored import warn_ignored
 
         warn_ignored(click.get_current_context(), tuple(p.name for p in train.params if p.name != "list_presets"),
                      "with --list-presets (it lists the presets and trains nothing)")
         for name in P.preset_names():
             click.echo(f"{name:20s} {P.DESCRIPTIONS.get(name, '')}")
         return
-    from grokscope.cli.spec_options import cli_trust, remember_vouched
-    from grokscope.codepath import with_code_folder
 
     config, out = build_config(preset, out, resume, opts)
     model, dataset = opts.get("model"), opts.get("dataset")
@@ -162,7 +163,6 @@ def run(config, out: Path, resume: bool = False, device: str = "cpu", threads: i
     from grokscope.datasets import DatasetError
     from grokscope.models import ModelError
     from grokscope.runs import RunError
-    from grokscope.trust import UntrustedCode
 
     from grokscope.training.config import TrainConfigError
     from grokscope.training.trainer import TrainingError, train_run

@@ -68,8 +68,13 @@ def resolve_alias(c: Any, placed: dict[int, Any]) -> tuple[Any | None, str]:
     """``(checkpoint with its step, "")`` when the alias ``c`` (a :class:`.checkpoints.Checkpoint`) is
     a step no stepped file has, else ``(None, why it is left out)``. ``placed`` maps steps to the
     stepped checkpoints of the same folder. Never raises: an unreadable alias is left out, saying so."""
+    from grokscope.locations import is_url
+
     from .loading import CheckpointError
 
+    if is_url(c.path):  # resolving it would download it, and the stepped checkpoints to compare
+        return None, (f"{c.path.rsplit('/', 1)[-1]}: an alias (no step in its name) in a remote series; "
+                      "not opened (resolving it would download the series); skipped")
     name = Path(c.path).name
     target = Path(c.path).resolve()
     if Path(c.path).is_symlink():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope import jsonbounds
+from grokscope.sources import RemotePath, as_path
 
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -50,6 +51,8 @@ class Checkpoint:
     label: str
     sharded: bool = False
     step_source: str = ""  # "name" | "metadata" | "global_step" (an alias, :mod:`.aliases`) | ""
+    # bytes of a remote checkpoint's files from the listing (a sharded one: the index first), else ()
+    sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,21 +103,37 @@ def parse_epoch(name: str) -> int | None:
     return int(m[-1]) if m else None
 
 
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file's header (no tensor data is read).
-
-    Raises ``ValueError`` naming the file when the header is truncated or not JSON.
-    """
-    with open(path, "rb") as f:
+def safetensors_header_bytes(path: Path | RemotePath) -> bytes:
+    """The raw JSON header of a safetensors file: 8 bytes of length, then that many bytes (two range
+    reads for a remote file). ``ValueError`` naming the file when it is truncated or not safetensors."""
+    if isinstance(path, RemotePath):
+        size = path.stat().st_size
+        head = path.read_bytes(0, min(8, size))
+    else:
+        f = open(path, "rb")
         head = f.read(8)
+    try:
         if len(head) != 8:
             raise ValueError(f"{path}: truncated safetensors file (no header)")
         (n,) = struct.unpack("<Q", head)
         if n > 100_000_000:
             raise ValueError(f"{path}: not a safetensors file (header length {n})")
-        raw = f.read(n)
+        if isinstance(path, RemotePath):
+            raw = path.read_bytes(8, min(8 + n, size)) if size > 8 else b""
+        else:
+            raw = f.read(n)
+    finally:
+        if not isinstance(path, RemotePath):
+            f.close()
     if len(raw) != n:
         raise ValueError(f"{path}: truncated safetensors header ({len(raw)} of {n} bytes)")
+    return raw
+
+
+def safetensors_header(path: Path | RemotePath) -> dict[str, Any]:
+    """The parsed safetensors header (``{tensor: {dtype, shape, data_offsets}, "__metadata__": ...}``),
+    no tensor data read. ``ValueError`` naming the file when it is truncated or not JSON."""
+    raw = safetensors_header_bytes(path)
     try:
         header = jsonbounds.loads(raw, path)
     except jsonbounds.JSONBoundsError:
@@ -123,6 +142,15 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
         raise ValueError(f"{path}: safetensors header is not JSON: {e}") from e
     if not isinstance(header, dict):
         raise ValueError(f"{path}: safetensors header is not a JSON object")
+    return header
+
+
+def safetensors_metadata(path: Path | RemotePath) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's header (no tensor data is read).
+
+    Raises ``ValueError`` naming the file when the header is truncated or not JSON.
+    """
+    header = safetensors_header(path)
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: safetensors __metadata__ is not a JSON object")
@@ -131,7 +159,12 @@ def safetensors_metadata(path: Path) -> dict[str, str]:
 
 # -- confinement: links in a third party's folder --------------------------------------------------
 
-def real_path(p: Path | str) -> Path:
+def real_path(p: Path | str | RemotePath) -> Path | RemotePath:
+    """``p`` with every link followed (a remote path has none: itself)."""
+    if not isinstance(p, Path):
+        p = as_path(p)
+    if isinstance(p, RemotePath):
+        return p
     return Path(os.path.realpath(p))
 
 
@@ -145,7 +178,9 @@ def link_escape(p: Path | str, root: Path | str) -> str | None:
     """None when ``p`` (every link followed) stays inside ``root``; else why it is refused, to follow
     ``p`` in a line (``f"{p}: {why}"``): a link leading outside (its target named, a path, never the
     target's content), into a loop, or nowhere. Nothing is opened."""
-    p = Path(p)
+    p = as_path(p)
+    if isinstance(p, RemotePath):
+        return None if inside(p, root) else f"outside {root}; refused (not opened)"
     try:
         real = Path(os.path.realpath(p, strict=True))
     except OSError as e:
@@ -220,12 +255,22 @@ def sharded_checkpoint(index: Path, run_dir: Path) -> Checkpoint:
     files = tuple(str(index.parent / f) for f in shard_names(wm, index))
     kind = "safetensors" if index.name.endswith(".safetensors.index.json") else "torch"
     return Checkpoint(path=str(index), kind=kind, files=files, step=None,
-                      label=rel_label(index, run_dir), sharded=True)
+                      label=rel_label(index, run_dir), sharded=True,
+                      sizes=listed_sizes([index, *(index.parent / f for f in shard_names(wm, index))]))
 
 
 def single_checkpoint(path: Path, run_dir: Path) -> Checkpoint:
     kind = "safetensors" if path.name.endswith(".safetensors") else "torch"
-    return Checkpoint(path=str(path), kind=kind, files=(str(path),), step=None, label=rel_label(path, run_dir))
+    return Checkpoint(path=str(path), kind=kind, files=(str(path),), step=None, label=rel_label(path, run_dir),
+                      sizes=listed_sizes([path]))
+
+
+def listed_sizes(paths: list[Any]) -> tuple[int, ...]:
+    """The listed sizes of remote files (free: the source's listing has them); () for local files or
+    when one is missing."""
+    if not all(isinstance(p, RemotePath) and p.is_file() for p in paths):
+        return ()
+    return tuple(p.stat().st_size for p in paths)
 
 
 def rel_label(p: Path, base: Path) -> str:
@@ -243,7 +288,7 @@ def with_step(c: Checkpoint, names: list[str]) -> tuple[Checkpoint, str | None]:
             return with_fields(c, step=s, step_source="name"), None
     if c.kind == "safetensors" and not c.sharded:
         try:
-            meta = safetensors_metadata(Path(c.path))
+            meta = safetensors_metadata(as_path(c.path))
         except (OSError, ValueError) as e:
             return c, f"no step in its name and unreadable header: {e}"
         if "step" in meta:

@@ -3,7 +3,7 @@ starts (:class:`EngineError`); shared by the driver and the cluster set-up."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,5 +33,11 @@ class EngineConfig:
     dry_run: bool = False
     trust: Any = None  # grokscope.trust.Trust: code the user vouched for (None: built-ins/entry points only)
     recheck: bool = True  # hash the checkpoints of done jobs and recompute those that changed
-    # the fsspec filesystem's keyword arguments for URLs (endpoint, credentials, ...): used, never stored
-    storage_options: dict[str, Any] | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options of remote locations
+    cache_budget: int | None = None  # bytes of remote checkpoint files held per machine (.fetch)
+
+    def fetch_settings(self) -> Any:
+        """The :class:`.fetch.FetchSettings` the jobs of this request carry."""
+        from .fetch import FetchSettings
+
+        return FetchSettings(storage_options=dict(self.storage_options), budget=self.cache_budget)

@@ -35,6 +35,7 @@ from typing import Any
 
 from grokscope import runs as runfmt
 from grokscope.errors import GrokscopeError
+from grokscope.sources import as_path
 
 from .aliases import is_alias, resolve_alias
 from .checkpoints import (CHECKPOINT_SUFFIXES, CKPT_PATTERN, INDEX_SUFFIXES, SKIP_DIRS, STEP_PATTERN, Checkpoint,
@@ -92,9 +93,9 @@ def checkpoints_in(folder: Path, run_dir: Path | None = None,
     step already taken (kept: the first by name) are reported as problems, and so is a checkpoint
     whose file (or folder) is a link leading outside ``root`` (default ``run_dir``): it is never opened.
     """
-    folder = Path(folder)
-    run_dir = Path(run_dir) if run_dir is not None else folder
-    root = Path(root) if root is not None else run_dir
+    folder = as_path(folder)
+    run_dir = as_path(run_dir) if run_dir is not None else folder
+    root = as_path(root) if root is not None else run_dir
     found: list[tuple[Checkpoint, list[str]]] = []
     problems: list[Problem] = []
     entries = sorted(folder.iterdir(), key=lambda p: p.name)
@@ -152,7 +153,7 @@ def checkpoints_in(folder: Path, run_dir: Path | None = None,
 def has_checkpoints(folder: Path) -> bool:
     """Whether ``folder`` directly holds checkpoint files, a shard index or ``checkpoint-N/`` folders."""
     try:
-        entries = list(Path(folder).iterdir())
+        entries = list(as_path(folder).iterdir())
     except OSError:
         return False
     for p in entries:
@@ -237,7 +238,7 @@ def find_runs(path: Path, skipped: list[Problem] | None = None) -> list[Run]:
     ``problems``; nothing outside is opened). Raises :class:`DiscoveryError` when ``path`` is not a
     folder or holds no checkpoints at all.
     """
-    root = Path(path)
+    root = as_path(path)
     if not root.exists():
         raise DiscoveryError(f"{root}: no such file or folder")
     if not root.is_dir():

@@ -114,7 +114,7 @@ def recheck(client: Any, p: Plan, store: ProbeStore, cfg: EngineConfig
         cks = [ck for ck in run.checkpoints if (name, ck.step) in stored]
         for k in range(0, len(cks), HASH_BATCH):
             tasks.append((name, HashTask(spec=p.specs[name], checkpoints=tuple(cks[k:k + HASH_BATCH]),
-                                         trust=cfg.trust, where=spec_file(run))))
+                                         trust=cfg.trust, where=spec_file(run), fetch=cfg.fetch_settings())))
     if not tasks:
         return set(), []
     if client is None:
@@ -152,6 +152,8 @@ def follower(path: Path, store: ProbeStore, cfg: EngineConfig, first: Plan, writ
         last = not follow()  # asked before searching: nothing written after a final search is missed
         links: list[Problem] = []
         try:
+            if hasattr(path, "source"):  # a remote series: list the prefix again
+                path.source.list()
             found = find_runs(path, links)
             p = plan(found, store, again, threads)
         except DiscoveryError:

@@ -44,6 +44,7 @@ from .config import EngineConfig, EngineError
 from .discovery import Problem, Run, find_runs
 from .dispatch import follower, recheck, results
 from .jobs import Outcome
+from .loading import read_once
 from .lock import StoreLock
 from .object_lock import ObjectStoreLock, store_lock
 from .model_check import screen_plan
@@ -91,12 +92,23 @@ def probe_runs(path: Path, cfg: EngineConfig,
             raise EngineError(str(e)) from None
         except ValueError as e:
             raise EngineError(f"probe {req.name}: {e}") from None
-    # workers may run elsewhere (another host, another working directory): absolute paths only
-    path = Path(path).absolute()
+    # workers may run elsewhere (another host, another working directory): absolute paths only; a
+    # remote series (an fsspec URL) is listed once here, its checkpoints fetched by the workers; the
+    # store (a folder or an fsspec URL) is written by this process only
+    from grokscope.sources import as_path
+
+    from .fetch import FetchError, check_budget, configure
+
+    configure(cfg.fetch_settings())  # the client's own reads (model check, probe checks)
+    path = as_path(path, cfg.storage_options, fresh=True).absolute()
     out = absolute(cfg.out)  # a URL as it is
     check_store_path(out, cfg.storage_options)
     links: list[Problem] = []  # folders left out: links leading outside path, or loops
     runs = find_runs(path, links)
+    try:
+        check_budget([ck for r in runs for ck in r.checkpoints], cfg.cache_budget)
+    except FetchError as e:
+        raise EngineError(str(e)) from None
     refusal, ignored = ignored_spec(runs, cfg.spec)
     ignored = [f"{x.path}: {x.reason}" for x in links] + ignored
     if refusal:
@@ -135,8 +147,9 @@ def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], s
         writer.guard = lock.check  # a lock taken over (object storage): no more commits
         record_plan(summary, p)
         summary.warnings[:0] = ignored
-        unfit = screen_plan(p, summary, watch=follow is None)  # one line per run whose model does not fit
-        templates = check_probes(p.tasks, p.runs)
+        with read_once():  # the model check and the probes' checks read each run's first checkpoint once
+            unfit = screen_plan(p, summary, watch=follow is None)  # one line per run whose model does not fit
+            templates = check_probes(p.tasks, p.runs)
         has_done = cfg.recheck and p.skipped > 0
         if not cfg.dry_run:  # the store changes only now, after every check passed
             apply(p, store, templates)

@@ -100,7 +100,16 @@ def _duration(s: float) -> str:
 
 
 def _file_bytes(files: tuple[str, ...]) -> int:
-    return sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    from grokscope.sources import RemotePath, as_path
+
+    total = 0
+    for f in files:
+        p = as_path(f)
+        if isinstance(p, RemotePath):  # the listing's size
+            total += p.stat().st_size if p.is_file() else 0
+        elif os.path.exists(f):
+            total += os.path.getsize(f)
+    return total
 
 
 def _default_workers(cfg: EngineConfig) -> tuple[int, int]:
@@ -115,7 +124,9 @@ def _default_workers(cfg: EngineConfig) -> tuple[int, int]:
 def estimate(path: Path, cfg: EngineConfig) -> Estimate:
     """The :class:`Estimate` of ``probe_runs(path, cfg)`` (see the module docstring). Raises what
     ``probe_runs`` raises before computing (refusals, :class:`~.store.StoreError`)."""
-    path = Path(path).absolute()
+    from grokscope.sources import as_path
+
+    path = as_path(path, cfg.storage_options).absolute()
     out = absolute(cfg.out)
     check_store_path(out, cfg.storage_options)
     runs = find_runs(path)

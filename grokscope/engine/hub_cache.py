@@ -27,6 +27,8 @@ import os
 import re
 from pathlib import Path
 
+from grokscope.sources import RemotePath, as_path
+
 from .checkpoints import (Checkpoint, Problem, escaped, hf_weights_file, link_escape, parse_step, rel_label,
                           weights_checkpoint, with_fields)
 
@@ -38,7 +40,7 @@ REPO_PREFIXES = ("models--",)
 
 def is_hub_repo(folder: Path) -> bool:
     """Whether ``folder`` is a hub cache repository (``models--*`` with ``refs/`` and ``snapshots/``)."""
-    folder = Path(folder)
+    folder = as_path(folder)
     return (folder.name.startswith(REPO_PREFIXES) and (folder / "refs").is_dir()
             and (folder / "snapshots").is_dir())
 
@@ -51,10 +53,11 @@ def revisions(repo: Path, problems: list[Problem] | None = None) -> dict[str, st
     are not followed."""
     out: dict[str, str] = {}
     problems = problems if problems is not None else []
-    repo = Path(repo)
+    repo = as_path(repo)
     refs = repo / "refs"
-    for top, dirs, files in os.walk(refs):  # links to folders are listed in dirs, never entered
-        here = Path(top)
+    walk = refs.walk() if isinstance(refs, RemotePath) else os.walk(refs)
+    for top, dirs, files in walk:  # links to folders are listed in dirs, never entered
+        here = as_path(top)
         for d in sorted(dirs):
             if (here / d).is_symlink():
                 problems.append(Problem(str(here / d), link_escape(here / d, repo)
@@ -69,7 +72,7 @@ def revisions(repo: Path, problems: list[Problem] | None = None) -> dict[str, st
                 problems.append(Problem(str(p), why))
                 continue
             try:
-                with open(p, "rb") as fh:
+                with p.open("rb") as fh:
                     raw = fh.read(257).strip()
             except OSError as e:
                 problems.append(Problem(str(p), f"unreadable ref ({e.strerror or e})"))
@@ -83,14 +86,15 @@ def revisions(repo: Path, problems: list[Problem] | None = None) -> dict[str, st
 
 
 def blob_of(path: str | Path) -> str:
-    """The real file behind a snapshot entry (its blob), as a path string."""
-    return os.path.realpath(path)
+    """The real file behind a snapshot entry (its blob), as a path string (a remote path: itself,
+    object storage has no links)."""
+    return str(path) if isinstance(path, RemotePath) else os.path.realpath(path)
 
 
 def hub_checkpoints(repo: Path) -> tuple[list[Checkpoint], list[Problem]]:
     """The checkpoints of hub cache repository ``repo``, one per stepped revision, sorted by step, and
     the refs and snapshots left out (see the module docstring)."""
-    repo = Path(repo)
+    repo = as_path(repo)
     problems: list[Problem] = []
     refs = revisions(repo, problems)
     found: dict[int, tuple[str, Checkpoint]] = {}

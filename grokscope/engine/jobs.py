@@ -50,6 +50,7 @@ class Task:
     threads: int = 1  # torch threads per worker process; 0 leaves the process's setting alone
     trust: Any = None  # the client's grokscope.trust.Trust: the code this job may import
     where: str = "run.json"  # the file the spec came from, for refusals
+    fetch: Any = None  # .fetch.FetchSettings of remote checkpoints (storage options, cache budget)
 
 
 @dataclass
@@ -174,7 +175,7 @@ def preflight(task: Task) -> dict[str, Any]:
 
     from grokscope.functional import eval_mode
     from grokscope.functional.precision import precision_guard
-    from grokscope.probes.base import check_result
+    from grokscope.probes.base import ProbeContext, check_result
 
     sd = read_state_dict(task.checkpoint)
     model, data, classes = _prepare(task, sd, torch.device(task.device))
@@ -186,7 +187,9 @@ def preflight(task: Task) -> dict[str, Any]:
                 probe.check(model, data, req.params)
             try:
                 with precision_guard(probe.precision_mode):
-                    template = probe.template(model, data, req.params)
+                    template = probe.template(model, data, req.params,
+                                              ProbeContext(step=int(task.checkpoint.step), run=task.run,
+                                                           device=torch.device("cpu"), run_spec=task.spec))
                 if template is not None:
                     templates[req.name] = check_result(template, classes[req.name])
             except Exception:  # noqa: BLE001 - a declared template is optional, the results are not
@@ -218,12 +221,17 @@ class HashTask:
     checkpoints: tuple[Checkpoint, ...]
     trust: Any = None  # as in Task: the code this job may import
     where: str = "run.json"
+    fetch: Any = None  # as in Task
 
 
 def hash_task(task: HashTask) -> dict[int, str]:
     """``{step: checkpoint_hash}`` (as :func:`run_task` records it; '' when the file cannot be read
     or the model not built) of every checkpoint of ``task``; never raises."""
     out: dict[int, str] = {}
+    if task.fetch is not None:
+        from .fetch import configure
+
+        configure(task.fetch)
     try:
         import torch
 
@@ -256,6 +264,10 @@ def run_task(task: Task) -> list[Outcome]:
 
     try:
         _setup_threads(task.threads)
+        if task.fetch is not None:
+            from .fetch import configure
+
+            configure(task.fetch)
         import torch
 
         from grokscope.probes import ProbeContext

@@ -11,9 +11,11 @@ shape mismatches.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from torch import nn
 
 from grokscope.errors import GrokscopeError
 from grokscope.jsonbounds import read_json
+from grokscope.locations import is_url
 
 from .checkpoints import Checkpoint, shard_names
 
@@ -76,10 +79,14 @@ def pickle_refusal(path: Path | str, torch_message: str) -> str:
             "safetensors file, and probe that")
 
 
-def _safetensors_load(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _safetensors_load(path: Path, copy: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; ``copy``: read into memory (nothing left mapped to the
+    file, which may then be deleted and its disk space freed), else mapped by safetensors."""
+    from safetensors.torch import load, load_file
 
     try:
+        if copy:
+            return load(Path(path).read_bytes())
         return load_file(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types (and OSError)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -107,21 +114,81 @@ def extract_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{where}: expected a state dict, found a {type(obj).__name__}")
 
 
+# the state dicts read inside a read_once() block, by checkpoint (None outside one)
+_READ_ONCE: contextvars.ContextVar[dict[Any, dict[str, torch.Tensor]] | None] = \
+    contextvars.ContextVar("grokscope_read_once", default=None)
+
+
+@contextlib.contextmanager
+def read_once() -> Iterator[None]:
+    """Inside this block :func:`read_state_dict` reads each checkpoint once (the same files, sizes and
+    modification times: the same checkpoint) and hands out that state dict again; the driver's
+    client-side checks (the model check, then the probes' checks) run in one, so the first
+    checkpoint of a run is read once before the jobs start. Nothing is kept after the block."""
+    token = _READ_ONCE.set({})
+    try:
+        yield
+    finally:
+        _READ_ONCE.reset(token)
+
+
+def _identity(ckpt: Checkpoint) -> tuple[Any, ...]:
+    def stat(f: str) -> tuple[str, int, int]:
+        try:
+            st = Path(f).stat()
+            return f, st.st_size, st.st_mtime_ns
+        except OSError:
+            return f, -1, -1
+    return (ckpt.path, ckpt.kind) + tuple(stat(f) for f in (ckpt.files or (ckpt.path,)))
+
+
 def read_state_dict(ckpt: Checkpoint | str | Path) -> dict[str, torch.Tensor]:
-    """The raw state dict (CPU tensors, keys as saved) of one checkpoint, any supported format."""
+    """The raw state dict (CPU tensors, keys as saved) of one checkpoint, any supported format.
+
+    A checkpoint at an fsspec URL is fetched into the local cache under the budget, read, and its
+    files deleted (:mod:`.fetch`). Inside :func:`read_once`, each checkpoint is read once."""
     if not isinstance(ckpt, Checkpoint):
-        p = Path(ckpt)
-        kind = "safetensors" if p.name.endswith(".safetensors") else "torch"
-        ckpt = Checkpoint(path=str(p), kind=kind, files=(str(p),), step=None, label=p.name)
+        name = str(ckpt).rstrip("/").rsplit("/", 1)[-1]
+        kind = "safetensors" if name.endswith(".safetensors") else "torch"
+        ckpt = Checkpoint(path=str(ckpt), kind=kind, files=(str(ckpt),), step=None, label=name)
+    memo = _READ_ONCE.get()
+    if memo is None:
+        return _read(ckpt)
+    key = _identity(ckpt)
+    if key not in memo:
+        memo[key] = _read(ckpt)
+    return dict(memo[key])
+
+
+def _read(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    return _read_remote(ckpt) if is_url(ckpt.path) else _read_local(ckpt)
+
+
+def _read_remote(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    from . import fetch
+
+    try:
+        with fetch.local_copy(ckpt) as local:
+            return _read_local(local, copy=True)
+    except fetch.FetchError as e:
+        raise CheckpointError(str(e)) from None
+    except OSError as e:
+        raise CheckpointError(f"{ckpt.path}: cannot fetch ({type(e).__name__}: {e})") from None
+    except CheckpointError as e:  # name the remote file, not the cache's copy
+        raise CheckpointError(str(e).replace(str(Path(local.path).parent) + "/",
+                                             ckpt.path.rsplit("/", 1)[0] + "/")) from None
+
+
+def _read_local(ckpt: Checkpoint, copy: bool = False) -> dict[str, torch.Tensor]:
     if ckpt.sharded:
-        return _read_sharded(ckpt)
+        return _read_sharded(ckpt, copy)
     path = Path(ckpt.path)
     if ckpt.kind == "safetensors":
-        return _safetensors_load(path)
+        return _safetensors_load(path, copy)
     return extract_state_dict(_torch_load(path), str(path))
 
 
-def _read_sharded(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+def _read_sharded(ckpt: Checkpoint, copy: bool = False) -> dict[str, torch.Tensor]:
     index = Path(ckpt.path)
     try:
         weight_map = read_json(index)["weight_map"]
@@ -133,7 +200,7 @@ def _read_sharded(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
         path = index.parent / shard
         if not path.is_file():
             raise CheckpointError(f"{index}: shard {shard} is missing")
-        part = (_safetensors_load(path) if ckpt.kind == "safetensors"
+        part = (_safetensors_load(path, copy) if ckpt.kind == "safetensors"
                 else extract_state_dict(_torch_load(path), str(path)))
         out.update(part)
     missing = sorted(k for k in weight_map if k not in out)

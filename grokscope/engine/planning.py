@@ -127,7 +127,7 @@ def group_attrs_for(run: Run, spec: dict[str, Any], req: ProbeRequest) -> dict[s
     params = params_attrs(req.params)
     attrs = {"probe": req.name, "description": cls.description, "params": params,
              "params_json": dumps(params), "probe_version": int(cls.version),
-             "presentation": to_attrs(cls.panel_specs(), cls.event_specs()),
+             "presentation": to_attrs(cls.panel_specs(), cls.event_specs(), cls.panel_order),
              "grokscope_version": __version__,
              "model": spec.get("model", {}), "dataset": spec.get("dataset", {}),
              "dataset_seed": int((spec.get("dataset") or {}).get("seed", 0)),
@@ -272,7 +272,8 @@ def plan(runs: list[Run], store: ProbeStore, cfg: EngineConfig, threads: int,
             if pending.get(ck.step):  # type: ignore[arg-type]
                 tasks.append(Task(run=run.name, spec=spec, checkpoint=ck, previous=prev,
                                   probes=tuple(pending[ck.step]), device=job_device(cfg),  # type: ignore[index]
-                                  threads=threads, trust=cfg.trust, where=spec_file(run)))
+                                  threads=threads, trust=cfg.trust, where=spec_file(run),
+                                  fetch=cfg.fetch_settings()))
             prev = ck
     for run_name, probe in sorted(store.half_removed):
         warnings.append(f"{run_name}/{probe}: an interrupted removal (--overwrite) left this group half "

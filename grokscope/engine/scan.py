@@ -16,6 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from grokscope.locations import is_url
+from grokscope.sources import as_path
+
+from .checkpoints import real_path
 from .discovery import Problem, Run, find_runs
 
 
@@ -117,12 +121,21 @@ def scan_run(run: Run) -> dict[str, Any]:
     rows = []
     unreadable = []
     for ck in run.checkpoints:
-        files = [Path(f) for f in ck.files]
+        files = [as_path(f) for f in ck.files]
         try:
             mtime = max(f.stat().st_mtime for f in files)
             size = sum(f.stat().st_size for f in files)
         except OSError:
             mtime, size = 0.0, 0
+        if is_url(ck.path) and ck.kind == "safetensors":  # headers and ETags: no weights downloaded
+            try:
+                sig, digest = remote_signature(ck)
+            except (OSError, ValueError) as e:
+                unreadable.append({"step": ck.step, "file": ck.label, "reason": str(e)})
+                continue
+            rows.append({"step": ck.step, "file": ck.label, "hash": digest, "mtime": mtime,
+                         "real": [str(f) for f in files], "bytes": size, "sig": sig, "nonfinite": []})
+            continue
         try:
             sd = read_state_dict(ck)
         except CheckpointError as e:
@@ -130,7 +143,7 @@ def scan_run(run: Run) -> dict[str, Any]:
             continue
         sig = {k: (str(v.dtype).replace("torch.", ""), list(v.shape)) for k, v in sd.items()}
         rows.append({"step": ck.step, "file": ck.label, "hash": state_dict_hash(sd), "mtime": mtime,
-                     "real": sorted(os.path.realpath(f) for f in files),
+                     "real": sorted(str(real_path(f)) for f in files),
                      "bytes": size, "sig": sig, "nonfinite": nonfinite_tensors(sd)})
     steps = run.steps
     by_hash: dict[str, list[int]] = {}
@@ -179,7 +192,39 @@ def scan_run(run: Run) -> dict[str, Any]:
         "skipped": [{"file": p.path, "reason": p.reason} for p in run.problems],
         "bytes": sum(r["bytes"] for r in rows),
         "files": [{k: r[k] for k in ("step", "file", "hash", "bytes")} for r in rows],
+        "remote": REMOTE_NOTE if is_url(str(run.path)) else None,
     }
+
+
+# safetensors dtype names -> torch's (as the local audit names them)
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+              "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "U16": "uint16", "U32": "uint32",
+              "U64": "uint64"}
+REMOTE_NOTE = ("remote series: audited from the listing, the safetensors headers and the server's ETags "
+               "(no weights downloaded); duplicates are files with equal ETags and sizes, non-finite "
+               "weights are not checked (grokscope probe reports them per step)")
+
+
+def remote_signature(ck: Any) -> tuple[dict[str, tuple[str, list[int]]], str]:
+    """``(signature, hash)`` of a remote safetensors checkpoint without its weights: each tensor's
+    dtype and shape from the headers (two range reads per file), and a hash of the files' ETags and
+    sizes as the server lists them (equal for equal single-part uploads; 'etag:' prefixed)."""
+    import hashlib
+
+    from .checkpoints import safetensors_header
+
+    sig: dict[str, tuple[str, list[int]]] = {}
+    h = hashlib.sha256()
+    for f in ck.files:
+        p = as_path(f)
+        entry = p.entry()
+        h.update(f"{entry.etag or p}:{entry.size}\n".encode())
+        for k, v in safetensors_header(p).items():
+            if k != "__metadata__" and isinstance(v, dict):
+                sig[k] = (_ST_DTYPES.get(str(v.get("dtype")), str(v.get("dtype")).lower()),
+                          [int(n) for n in v.get("shape") or []])
+    return sig, "etag:" + h.hexdigest()
 
 
 def _data_words(run: Run) -> str | None:
@@ -194,7 +239,7 @@ def _data_words(run: Run) -> str | None:
 def scan(path: Path, skipped: list[Problem] | None = None) -> list[dict[str, Any]]:
     """:func:`scan_run` of every run under ``path``; the folders left out (links leading outside
     ``path`` or into a loop) are appended to ``skipped``."""
-    return [scan_run(r) for r in find_runs(Path(path), skipped)]
+    return [scan_run(r) for r in find_runs(path, skipped)]
 
 
 def format_report(reports: list[dict[str, Any]]) -> str:
@@ -215,6 +260,8 @@ def format_report(reports: list[dict[str, Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *table]]
     for r in reports:
         details = [f"data: {r['data']}"] if r.get("data") else []
+        if r.get("remote"):
+            details.append(r["remote"])
         if r["path"] in listed:
             details.append(f"steps: {listed[r['path']]}")
         if r["run_json_error"]:

@@ -2,7 +2,7 @@
 
 * :func:`eval_mode` — run a model in eval mode and give it back in the mode it came in.
 * :func:`subset_indices` / :func:`split_subset` — the points of a split a probe uses (all, the first k,
-  or a seeded k).
+  or a seeded k); :func:`subset_size` — how many, without choosing them (a template's sample dim).
 * :func:`pad_stack` — stack ragged per-split results, padded by one rule (:func:`pad_value`: NaN for
   floats, -1 for integers, False for booleans).
 * :mod:`grokscope.functional.kinks` — where a network bends: its kinked nonlinearities, written as
@@ -15,6 +15,6 @@
 from __future__ import annotations
 
 from .modes import eval_mode
-from .points import pad_stack, pad_value, split_subset, subset_indices
+from .points import pad_stack, pad_value, split_subset, subset_indices, subset_size
 
-__all__ = ["eval_mode", "pad_stack", "pad_value", "split_subset", "subset_indices"]
+__all__ = ["eval_mode", "pad_stack", "pad_value", "split_subset", "subset_indices", "subset_size"]

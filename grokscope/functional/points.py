@@ -17,18 +17,24 @@ def subset_indices(n: int, k: int, seed: int = 0, selection: str = "random") -> 
     seeded by ``seed`` (``"random"``; the same points as :func:`grokscope.datasets.seeded_subset`)."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}")
-    if k <= 0 or k >= n:
+    if subset_size(n, k) == n:
         return torch.arange(n)
     if selection == "first":
         return torch.arange(k)
     return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k]
 
 
+def subset_size(n: int, k: int) -> int:
+    """How many points :func:`subset_indices` takes from a split of ``n`` with ``k`` asked: all ``n``
+    when ``k <= 0`` or ``k >= n``, else ``k`` (what a probe's sample dim is sized by, before computing)."""
+    return int(n) if k <= 0 or k >= n else int(k)
+
+
 def split_subset(data: Any, split: str, k: int, seed: int = 0, selection: str = "random"
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` of the points of ``data``'s ``split`` that a probe uses (:func:`subset_indices`)."""
     x, y = data.split(split)
-    if 0 < k < len(x):
+    if subset_size(len(x), k) < len(x):
         idx = subset_indices(len(x), k, seed, selection)
         x, y = x[idx], y[idx]
     return x, y

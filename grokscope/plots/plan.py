@@ -12,6 +12,8 @@ import numpy as np
 
 from grokscope.presentation import PanelSpec, for_group, probe_order
 
+from grokscope.analysis.runs import installed_presentation, panel_order_of
+
 from .runs import PlotError, Runs, open_store, select_runs, split_list, where_of
 
 MAX_LINES = 12          # a generic ``probe.var`` panel with more lines than this is refused (or a heat map)
@@ -172,7 +174,7 @@ def probe_specs(runs: Runs, probe: str) -> list[Spec]:
         ds = runs.get(path, probe)
         if ds is None:
             continue
-        found = for_group(probe, dict(ds.attrs), _declared)
+        found = for_group(probe, dict(ds.attrs), installed_presentation)
         if found is not None and found[0]:
             return found[0]
         return _generic_specs(probe, ds)
@@ -184,7 +186,7 @@ def plan(runs: Runs, metrics: Sequence[str] | str | None = None, layers: bool = 
     probes, extras = resolve_metrics(runs, metrics, where)
     specs: list[Spec] = []
     declared: list[Spec] = []
-    for probe in probe_order(runs.probes()):
+    for probe in probe_order(runs.probes(), panel_order_of(runs.nodes.values())):
         mine = probe_specs(runs, probe)
         declared += mine
         if probes is None or probe in probes:
@@ -248,11 +250,3 @@ def plan_panels(tree, metrics: Sequence[str] | str | None = None, runs: Sequence
     where = where_of(tree)
     tree = open_store(tree)
     return plan(Runs(select_runs(tree, runs, where)), metrics, layers, where)
-
-
-def _declared(probe: str):
-    """The installed probe class's panels and events (imports the probes, and so torch: only for
-    stores written before groups carried their ``presentation``)."""
-    from grokscope.probes import declared_presentation
-
-    return declared_presentation(probe)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from .core import (PIECEWISE_LINEAR_ACTIVATIONS, SMOOTH_MODULES, UNHOOKED_KINKS, Plane, RegionMap,
                    RegionPicture, RegionsError, activation_boundaries, check_piecewise_linear, default_points,
-                   fill_index, parse_points, plane_forward)
+                   fill_index, grid_axis, parse_points, plane_forward)
 from .figures import DEFAULT_FRAMES, DEFAULT_PANELS, FIGURE_SUFFIXES, draw_map, pictures, region_image, \
     region_runs, regions_figure
 
 __all__ = ["DEFAULT_FRAMES", "DEFAULT_PANELS", "FIGURE_SUFFIXES", "PIECEWISE_LINEAR_ACTIVATIONS", "Plane",
            "RegionMap", "RegionPicture", "RegionsError", "SMOOTH_MODULES", "UNHOOKED_KINKS",
            "activation_boundaries", "check_piecewise_linear", "default_points", "draw_map", "fill_index",
-           "parse_points", "pictures", "plane_forward", "region_image", "region_runs", "regions_figure"]
+           "grid_axis", "parse_points", "pictures", "plane_forward", "region_image", "region_runs", "regions_figure"]

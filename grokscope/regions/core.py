@@ -306,6 +306,12 @@ def plane_forward(model: nn.Module, forward: Callable[[torch.Tensor], torch.Tens
     return lambda a, b: forward(plane.at(a, b))
 
 
+def grid_axis(margin: float, resolution: int) -> torch.Tensor:
+    """The plane coordinates ``(resolution,)`` float64 of a picture's pixel centres along ``a`` (and
+    ``b``): ``resolution`` points evenly over ``[-margin, 1 + margin]`` (:attr:`Plane.limits`)."""
+    return torch.linspace(-float(margin), 1.0 + float(margin), int(resolution), dtype=torch.float64)
+
+
 @torch.no_grad()
 def activation_boundaries(model: nn.Module, plane: Plane, resolution: int = 400, *,
                           forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -329,9 +335,7 @@ def activation_boundaries(model: nn.Module, plane: Plane, resolution: int = 400,
         check_piecewise_linear(model)
     plane = plane.to(model_device(model), model_dtype(model))
     fwd = plane_forward(model, forward or model, plane, fast=not layers)
-    lo, hi = plane.limits
-    a = torch.linspace(lo, hi, res, dtype=torch.float64)
-    b = torch.linspace(lo, hi, res, dtype=torch.float64)
+    a, b = grid_axis(plane.margin, res), grid_axis(plane.margin, res)
     was_training = model.training
     model.eval()
     try:

@@ -14,6 +14,8 @@ from grokscope.plots import PlotError, slug
 from .markup import (CSS, _e, img_html, lead_lag_table_html, migration_table_html, note_html, onset_table_html,
                      phase_table_html, settings_html, settings_line)
 from .words import _missing, describe_run, fmt_step
+from grokscope import __version__
+from grokscope.runlog import store_split_checks
 
 # -- figures -----------------------------------------------------------------------------------------
 
@@ -112,7 +114,6 @@ def summaries(store: Path | str, storage_options: dict[str, Any] | None = None,
     fsspec URL; JSON-safe)."""
     from grokscope.analysis import run_summary
 
-    from grokscope.runlog import store_split_checks
 
     _, runs = load_runs(store, storage_options)
     out = {path: run_summary(node, **thresholds) for path, node in runs}
@@ -160,7 +161,6 @@ def render_html(store: Path | str, tree: Any, runs: list[tuple[str, Any]], sums:
                 thresholds: dict[str, Any], work: Path, regions: bool = True,
                 drawn: Mapping[str | None, Sequence[Path]] | None = None) -> str:
     """The whole page as a string: a header, all runs overlaid (if several), one section per run."""
-    from grokscope import __version__
 
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     th = ", ".join(f"{k}={'auto' if v is None else v}" for k, v in thresholds.items()) or "defaults"

@@ -39,6 +39,7 @@ from grokscope.losses import task_loss
 from .config import TrainConfig, TrainConfigError
 from .orthograd import orthogonalise_grads_
 from .schedule import eval_schedule, parse_schedule
+from .threads import choose_threads
 
 STATE_DIR = "state"
 STATE_FILE = "last.pt"
@@ -175,7 +176,6 @@ def _set_threads(threads: int | str | None, model: nn.Module, rows: int, dev: to
     if threads == "auto":
         if dev.type != "cpu":
             return "torch's default: the model runs on " + dev.type
-        from .threads import choose_threads
 
         n, why = choose_threads(sum(p.numel() for p in model.parameters()), rows)
         torch.set_num_threads(n)

@@ -324,3 +324,37 @@ def test_binary_robustness_onset_needs_more_than_chance(tmp_path):
     phase = s["grok_phase"]  # starts a fifth of the way from chance: 0.6
     assert phase["start_threshold"] == pytest.approx(0.6) and phase["t_start"] == 20
     assert (phase["v_start"], phase["t_before"], phase["v_before"]) == (0.6, 8, 0.51)
+
+
+def test_threshold_onsets_and_panel_order_come_from_the_probes_declarations():
+    """A probe that no grokscope module knows (its group's stored presentation only) gets its threshold
+    event as an onset and its panels where its ``panel_order`` puts them; an ``acc`` group stored before
+    acc declared its threshold events still gets memorisation and generalisation (from the installed
+    class); a change event is not a threshold onset."""
+    import xarray as xr
+
+    from grokscope.analysis.runs import declared_events, panel_order_of, standard_onsets
+    from grokscope.presentation import EventSpec, PanelSpec, probe_order, to_attrs
+    from grokscope.probes import get_probe
+
+    steps = np.array([0, 10, 20, 40, 80])
+    done = ("step",), np.ones(steps.size, bool)
+    score = xr.Dataset({"score": (("step",), np.array([0.1, 0.2, 0.7, 0.9, 0.95])), "done": done},
+                       coords={"step": steps},
+                       attrs={"presentation": to_attrs(
+                           [PanelSpec("score", "Score", "s")],
+                           [EventSpec("fits", "score", "rise", "the score reaching mem", threshold="mem"),
+                            EventSpec("score_rise", "score", "rise", "the rise of the score")], order=5)})
+    old_acc_presentation = to_attrs(get_probe("acc").panel_specs(), [])  # no events, no order
+    acc = xr.Dataset({"accuracy": (("step", "split"), np.array([[0.1, 0.1], [0.5, 0.2], [1, 0.4], [1, 0.97], [1, 1]])),
+                      "done": done}, coords={"step": steps, "split": ["train", "test"]},
+                     attrs={"presentation": old_acc_presentation})
+    tree = xr.DataTree.from_dict({"/r": xr.Dataset(attrs={"dataset": {"name": "modular", "kwargs": {"p": 97}}}),
+                                  "/r/acc": acc, "/r/score": score})
+    onsets = standard_onsets(tree["r"], mem=0.6)
+    assert list(onsets) == ["fits", "memorisation", "generalisation"]  # panel order: score (5) before acc (10)
+    assert (onsets["fits"].step, onsets["fits"].probe, onsets["fits"].kind) == (20, "score", "threshold")
+    assert onsets["memorisation"].step == 20 and onsets["generalisation"].step == 80  # modular: 0.99
+    assert [e.name for e in declared_events(tree["r"])] == ["score_rise"]
+    order = panel_order_of([tree["r"]])
+    assert probe_order(["acc", "spectral", "score", "llc"], order) == ["score", "acc", "llc", "spectral"]

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from grokscope import runs
 from grokscope.engine.driver import EngineConfig, probe_runs
@@ -73,3 +74,45 @@ def test_dry_run_leaves_the_store_as_it_was(tmp_path):
         assert _digest(store) == before
     assert probe_runs(run, replace(_cfg(store), recheck=False)).completed == 2
     assert list(load_group(store, "r", "lc").step.values) == [0, 5, 20]
+
+
+NEW = {"pgd": {"n_points": "250", "steps": "2", "eps": "0.05,0.1,0.2", "splits": "train,test"},
+       "collapse": {"n_points": "16", "quantiles": "0.25,0.5"}}
+
+
+def test_a_new_probes_group_whose_first_job_fails_holds_every_declared_variable(tmp_path):
+    """pgd and collapse (templates declared since issue 27): every job of the run fails, yet their
+    groups hold every declared output with the sizes, dtypes and attributes a good first job writes,
+    collapse's ``loss=auto`` resolved from the run's own spec (stablemax) by the template."""
+    run = make_run(tmp_path / "r", [0, 5])
+    runs.write_run_json(run, runs.read_run_json(run)["model"], runs.read_run_json(run)["dataset"],
+                        {"loss": "stablemax"})
+    first = runs.checkpoint_path(run, 0)
+    good = first.read_bytes()
+    first.write_bytes(b"garbage")
+    reqs = [ProbeRequest(n, get_probe(n).make_params(p), "0") for n, p in NEW.items()]
+    store, fresh = tmp_path / "probes.zarr", tmp_path / "fresh.zarr"
+    summary = probe_runs(run, EngineConfig(probes=reqs, out=store, scheduler="sync"))
+    assert summary.completed == 0 and len(summary.failures) == 2
+    pgd, collapse = load_group(store, "r", "pgd"), load_group(store, "r", "collapse")
+    for name, group in (("pgd", pgd), ("collapse", collapse)):
+        assert set(get_probe(name).outputs) <= set(group.data_vars), name
+        assert not group.done.values.any() and "unreadable safetensors" in str(group.error.values[0])
+    # digits in make_run: 300 train, 200 test points; 250 asked -> a sample dim of 250, test padded
+    assert dict(pgd.sizes)["sample"] == 250 and list(pgd.eps.values) == [0.05, 0.1, 0.2]
+    for var in ("correct", "n_samples"):  # stored as integers (read back masked while no job filled them)
+        assert zarr.open_array(store / "r" / "pgd" / var, mode="r").dtype.kind == "i", var
+    assert pgd.attrs["eps_unit"].startswith("absolute")
+    assert collapse.attrs["loss"] == "stablemax" and list(collapse["quantile"].values) == [0.25, 0.5]
+
+    first.write_bytes(good)
+    assert probe_runs(run, EngineConfig(probes=reqs, out=store, scheduler="sync")).completed == 2
+    assert probe_runs(run, EngineConfig(probes=reqs, out=fresh, scheduler="sync")).ok
+    for name in NEW:
+        got, want = load_group(store, "r", name), load_group(fresh, "r", name)
+        assert set(got.data_vars) == set(want.data_vars) and got.attrs == want.attrs, name
+        for var in get_probe(name).outputs:
+            assert got[var].dtype == want[var].dtype and got[var].attrs == want[var].attrs, (name, var)
+            np.testing.assert_array_equal(got[var].values, want[var].values)
+        assert got.coords.to_dataset().equals(want.coords.to_dataset()), name
+    assert list(load_group(store, "r", "pgd").n_samples.values[0]) == [250, 200]

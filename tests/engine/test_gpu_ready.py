@@ -24,7 +24,7 @@ from grokscope.models import build_model
 from grokscope.probes import BUILTIN, Probe, ProbeContext, ProbeError, get_probe
 from grokscope.trust import Trust
 from tests.engine.conftest import ROOT
-from tests.probes.test_contract import CASES, DIGITS, MLP
+from tests.probes.test_contract import DIGITS, MLP, case
 
 # -- a model that records what its forward and backward passes ran under ------------------------
 
@@ -234,7 +234,7 @@ def test_local_gpu_workers_are_spawned_one_per_device():
 
 # -- device placement: every probe on the device the engine gives it ------------------------------
 
-ALL = {**CASES, "regions": (CASES["lc"][0], CASES["lc"][1], {"resolution": "8"})}
+ALL = {name: case(name) for name in BUILTIN}
 # what stops a probe on the meta device once it needs values (a count, a numpy copy): fine; a tensor
 # made on another device than the model's is not ("Tensor on device cpu is not on the expected device")
 NEEDS_VALUES = re.compile(r"item\(\) cannot be called on meta|Cannot copy out of meta tensor|"

@@ -4,6 +4,7 @@ and data is one line naming the checkpoint; ``probe`` drops that run before any 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from torch import nn
@@ -84,3 +85,26 @@ def test_probe_drops_only_the_run_whose_model_does_not_fit(tmp_path, cli):
     assert f["reason"].startswith("model check failed, nothing computed for this run: ")
     assert "step-00000000.safetensors: shape mismatch with the model" in f["reason"]
     assert load_group(tmp_path / "runs" / "probes.zarr", "good", "acc").done.all()
+
+
+def test_the_client_reads_the_first_checkpoint_once(tmp_path, monkeypatch):
+    """The model check and the probes' checks (a declared template, lc's input-size check) share one read
+    of each run's first checkpoint: with the in-process scheduler, the client reads it once and each
+    job reads its own checkpoint once."""
+    import grokscope
+    from grokscope.engine import loading
+
+    run = make_run(tmp_path / "r", [0, 5])
+    reads: list[str] = []
+    real = loading._safetensors_load
+
+    def counted(path, *copy):
+        reads.append(Path(path).name)
+        return real(path, *copy)
+
+    monkeypatch.setattr(loading, "_safetensors_load", counted)
+    s = grokscope.probe(run, {"acc": {}, "lc": {"n_points": 8, "n_dirs": 4}}, out=tmp_path / "s.zarr",
+                        scheduler="sync")
+    assert not s.failures and s.completed == 4
+    assert reads.count("step-00000000.safetensors") == 2  # one client read, one job
+    assert reads.count("step-00000005.safetensors") == 1
