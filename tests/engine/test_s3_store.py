@@ -215,3 +215,24 @@ for url in ("s3://bucket/p.zarr",):
     need = "s3://bucket/p.zarr: reading s3:// needs s3fs (pip install 'grokscope[remote]' or pip install s3fs)"
     assert lines[1].startswith(f"StoreReadError {need}") and lines[2].startswith(f"LocationError {need}"), lines
     assert len(lines) == 3
+
+
+def test_a_lost_lock_stops_the_next_commit(tmp_path, s3):
+    """The driver's writer asks the lock before each commit: once another driver took the lock over,
+    the buffered results are not written and the run ends with the lock's one line."""
+    from grokscope.engine.commit import Writer
+    from grokscope.engine.outcomes import Summary
+    from grokscope.engine.store import ProbeStore
+    from tests.engine import store_scenario as scenario
+
+    url = s3.url("p.zarr")
+    store = ProbeStore(url)
+    store.create_group("r", "p", [0, 10], scenario.ATTRS, scenario.result(0))
+    lock = ObjectStoreLock(store_fs(url))
+    lock.lost = {"pid": 7, "host": "elsewhere", "time": "now", "command": "grokscope probe"}
+    writer = Writer(store, None, 0.0, Summary(store=url))
+    writer.guard = lock.check
+    writer.buffer[("r", "p")].append((0, scenario.outcome(0), "step-0"))
+    with pytest.raises(StoreLocked, match="this run lost its lock to pid 7 on elsewhere"):
+        writer.flush()
+    assert not load_group(url, "r", "p").done.values.any()  # nothing written after the loss
