@@ -27,12 +27,13 @@ from grokscope.errors import GrokscopeError  # noqa: E402
 from grokscope.version import __version__  # noqa: E402
 
 
-def open_store(path: Any) -> Any:
-    """The probe store at ``path`` as an ``xr.DataTree``: finished steps only, in step order
-    (:func:`grokscope.reading.open_store`)."""
+def open_store(path: Any, storage_options: dict[str, Any] | None = None) -> Any:
+    """The probe store at ``path`` (a folder or an fsspec URL such as ``s3://bucket/probes.zarr``;
+    ``storage_options``: the filesystem's keyword arguments) as an ``xr.DataTree``: finished steps
+    only, in step order (:func:`grokscope.reading.open_store`)."""
     from grokscope.reading import open_store as _open
 
-    return _open(path)
+    return _open(path, storage_options)
 
 
 def probe(path: Any, probes: Any = "acc", **kwargs: Any) -> Any:

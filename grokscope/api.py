@@ -21,13 +21,16 @@ def probe_config(probes: Probes, out: str | Path, steps: Mapping[str, str | None
     ``probes``: probe names (``"acc,lc"``, ``["acc", "lc"]``) or ``{name: {field: value}}``; values are
     parsed as ``--param`` text is (``"0.01"``, ``"a,b"``, JSON) or taken as they are. ``steps``:
     ``{name: selection}`` (``"log:16"``, ``"every:5"``, ``"0,10,20"``; None: every checkpoint).
+    ``out``: the store, a local folder or an fsspec URL (``s3://bucket/probes.zarr``).
     ``options``: the other fields of ``EngineConfig`` (``scheduler``, ``workers``, ``threads``,
     ``device``, ``overwrite``, ``spec``, ``flush_interval``, ``dry_run``, ``trust``, ``recheck``,
-    ``storage_options``, ``cache_budget``).
+    ``storage_options``: the filesystem's keyword arguments for URLs, such as
+    ``{"endpoint_url": ..., "key": ...}``, used and never written into the store; ``cache_budget``).
     Raises :class:`~grokscope.probes.ProbeError` naming the probe and parameter at fault.
     """
     from grokscope.engine.config import EngineConfig
     from grokscope.engine.jobs import ProbeRequest
+    from grokscope.locations import is_url
     from grokscope.probes import get_probe
 
     if isinstance(probes, str):
@@ -36,9 +39,7 @@ def probe_config(probes: Probes, out: str | Path, steps: Mapping[str, str | None
     requests = [ProbeRequest(name, get_probe(name).make_params({k: _text(v) for k, v in (given or {}).items()}),
                              (steps or {}).get(name))
                 for name, given in wanted.items()]
-    from grokscope.locations import is_url
-
-    return EngineConfig(probes=requests, out=out if is_url(out) else Path(out), **options)
+    return EngineConfig(probes=requests, out=str(out) if is_url(out) else Path(out), **options)
 
 
 def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = None,
@@ -47,7 +48,8 @@ def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = 
           start: Callable[[int, int, str], None] | None = None, follow: Callable[[], bool] | None = None,
           poll: float = 1.0, **options: Any) -> Any:
     """Run ``probes`` over every checkpoint under ``path`` into the store ``out`` (default
-    ``path/probes.zarr``); returns the engine's ``Summary`` (jobs done, failures with their reasons,
+    ``path/probes.zarr``; an fsspec URL such as ``s3://bucket/probes.zarr`` with
+    ``storage_options={...}`` among ``options``, used and never stored); returns the engine's ``Summary`` (jobs done, failures with their reasons,
     warnings). ``config``: a prepared :func:`probe_config` instead of ``probes``/``out``/``steps``/
     ``options``. ``progress``, ``start``, ``follow``, ``poll``: see
     :func:`grokscope.engine.driver.probe_runs`. Resumable: what the store holds is not recomputed.

@@ -41,27 +41,43 @@ def _hint(path: Path) -> str:
     return ""
 
 
-def open_store(path: str | Path) -> Any:
-    """The probe store at ``path`` as an ``xr.DataTree`` of finished steps (see the module docstring).
+def open_store(path: str | Path, storage_options: dict[str, Any] | None = None) -> Any:
+    """The probe store at ``path`` (a local folder or an fsspec URL such as ``s3://bucket/p.zarr``;
+    ``storage_options``: the filesystem's keyword arguments) as an ``xr.DataTree`` of finished steps
+    (see the module docstring).
 
-    Raises :class:`StoreReadError` naming the path when it does not exist or is not a Zarr store (a run
-    folder given instead names the store inside it), or naming the damaged file when one cannot be
-    read (data read later, lazily, name theirs under ``grokscope.engine.store_view.damage_named``)."""
+    Raises :class:`StoreReadError` naming the path when it does not exist, cannot be reached (a
+    bucket that does not exist, credentials refused) or is not a Zarr store (a run folder given
+    instead names the store inside it), or naming the damaged file when one cannot be read (data
+    read later, lazily, name theirs under ``grokscope.engine.store_view.damage_named``)."""
     import xarray as xr
 
+    from grokscope.engine.storefs import store_fs
     from grokscope.engine.store_view import open_store as open_raw
+    from grokscope.locations import LocationError, is_url
 
-    path = Path(path)
-    if not path.exists():
-        raise StoreReadError(f"{path}: no such store")
-    if not (path / "zarr.json").exists():
-        raise StoreReadError(f"{path}: not a probe store (no zarr.json){_hint(path)}")
+    if is_url(path):
+        try:
+            fs = store_fs(path, storage_options)
+            fs.check_reachable()  # type: ignore[attr-defined]
+        except LocationError as e:
+            raise StoreReadError(str(e)) from None
+        if not fs.exists("zarr.json"):
+            there = fs.is_folder("")
+            raise StoreReadError(f"{path}: not a probe store (no zarr.json)" if there else f"{path}: no such store")
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise StoreReadError(f"{path}: no such store")
+        if not (path / "zarr.json").exists():
+            raise StoreReadError(f"{path}: not a probe store (no zarr.json){_hint(path)}")
+        fs = store_fs(path)
     try:
-        raw = open_raw(path)
+        raw = open_raw(fs)
     except Exception as e:  # zarr/xarray raise many types for a damaged store
         from grokscope.engine.store_view import damage_line, damaged_files
 
-        bad = damaged_files(path)
+        bad = damaged_files(fs)
         if bad:
             raise StoreReadError(damage_line(path, bad)) from None
         raise StoreReadError(f"{path}: cannot open as a probe store ({type(e).__name__}: {e})") from e

@@ -246,17 +246,19 @@ def split_check(acc: Any, log: list[dict[str, Any]], run: str, tolerance: float 
     return lines
 
 
-def store_split_checks(store: Path, tolerance: float = DEFAULT_TOLERANCE, runs: list[str] | None = None
-                       ) -> dict[str, list[str]]:
-    """``{run group: split_check lines}`` for every run of ``store`` with an ``acc`` group and a
-    ``log.jsonl`` in its run folder (the folder recorded in the store)."""
+def store_split_checks(store: Path | str, tolerance: float = DEFAULT_TOLERANCE, runs: list[str] | None = None,
+                       storage_options: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """``{run group: split_check lines}`` for every run of ``store`` (a folder or an fsspec URL) with
+    an ``acc`` group and a ``log.jsonl`` in its run folder (the folder recorded in the store)."""
     import zarr
 
+    from grokscope.engine.storefs import store_fs
     from grokscope.engine.store_view import DamagedStore, load_group
     from grokscope.runs import read_log
 
     out: dict[str, list[str]] = {}
-    root = zarr.open_group(str(store), mode="r")
+    fs = store_fs(store, storage_options)
+    root = zarr.open_group(store=fs.zarr_store(read_only=True), mode="r")
     for name, group in root.groups():
         if runs is not None and name not in runs:
             continue
@@ -267,7 +269,7 @@ def store_split_checks(store: Path, tolerance: float = DEFAULT_TOLERANCE, runs: 
         if not log:
             continue
         try:
-            acc = load_group(store, name, "acc")
+            acc = load_group(fs, name, "acc")
         except DamagedStore as e:
             out[name] = [f"split check of run {name} not done: {e}"]
             continue

@@ -10,16 +10,22 @@ import click
 
 
 class Location(click.ParamType):
-    """A local folder that must exist (as ``click.Path(exists=True, file_okay=False)``), or an fsspec
-    URL, kept as a string (listed later, with the storage options)."""
+    """A local folder that must exist (as ``click.Path(exists=True, file_okay=False)``; with
+    ``must_exist=False`` any path, as ``click.Path()``: a store to create; ``file_okay``: a file
+    too), or an fsspec URL, kept as a string (listed later, with the storage options)."""
 
     name = "path|url"
+
+    def __init__(self, must_exist: bool = True, file_okay: bool = False):
+        self.must_exist, self.file_okay = must_exist, file_okay
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         from grokscope.locations import is_url
 
         if isinstance(value, Path) or not is_url(value):
-            return click.Path(exists=True, file_okay=False, path_type=Path).convert(value, param, ctx)
+            kind = click.Path(exists=True, file_okay=self.file_okay, path_type=Path) if self.must_exist else \
+                click.Path(path_type=Path)
+            return kind.convert(value, param, ctx)
         return str(value).rstrip("/")
 
 

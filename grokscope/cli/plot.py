@@ -6,11 +6,16 @@ from pathlib import Path
 
 import click
 
+from .locations import Location, storage_options_option
+from .locations import storage_options as parse_storage_options
+
 
 @click.command()
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("store", type=Location(must_exist=True, file_okay=True))
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
-              help="Folder for the figures, or a file (fig.png, fig.pdf); default: STORE's parent / plots.")
+              help="Folder for the figures, or a file (fig.png, fig.pdf); default: STORE's parent / plots "
+                   "(./plots for a STORE at a URL such as s3://bucket/probes.zarr).")
+@storage_options_option
 @click.option("--runs", "--run", "runs", multiple=True, metavar="RUN[,RUN...]",
               help="Only these runs (group paths in the store): a comma list and/or repeated.")
 @click.option("--metrics", "--probe", "metrics", multiple=True, metavar="PROBE[,PROBE...]",
@@ -23,7 +28,7 @@ import click
               help="Test-accuracy threshold of generalisation (default: per dataset).")
 @click.option("--robust", type=float, default=None, help="Robust-accuracy threshold per ε (0.5).")
 @click.pass_context
-def plot(ctx: click.Context, store: Path, out: Path | None, runs: tuple[str, ...], metrics: tuple[str, ...],
+def plot(ctx: click.Context, store: Path | str, out: Path | None, storage_options: str | None, runs: tuple[str, ...], metrics: tuple[str, ...],
          formats: str | None, layers: bool, mem: float | None, grok: float | None, robust: float | None) -> None:
     """Plot a probe STORE over log steps: overview.png (every run overlaid, one panel per measure with
     data, onsets as dashed lines) and fourier_<run>.png heat maps."""
@@ -40,9 +45,14 @@ def plot(ctx: click.Context, store: Path, out: Path | None, runs: tuple[str, ...
 
     thresholds = {k: v for k, v in (("mem", mem), ("grok", grok), ("robust", robust)) if v is not None}
     from grokscope.engine.store_view import damage_named
+    from grokscope.plots import open_store
 
-    with damage_named(store):  # a damaged file of the store: one line naming it
-        paths = plot_store(store, out or store.parent / "plots", runs=list(runs) or None,
+    options = parse_storage_options(storage_options)
+    with damage_named(store, storage_options=options):  # a damaged file of the store: one line naming it
+        tree = open_store(store, options) if isinstance(store, str) else store  # a URL: read here
+        if isinstance(store, str) and out is None:
+            out = Path("plots")
+        paths = plot_store(tree, out or store.parent / "plots", runs=list(runs) or None,
                            metrics=list(metrics) or None, formats=formats, layers=layers, thresholds=thresholds)
     for p in paths:
         click.echo(str(p))

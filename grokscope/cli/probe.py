@@ -12,7 +12,7 @@ import click
 
 from grokscope.locations import join
 
-from .locations import LOCATION, open_location, storage_options_option
+from .locations import LOCATION, Location, open_location, storage_options_option
 from .locations import cache_budget as parse_budget
 from .locations import storage_options as cli_storage_options
 from .spec_options import cli_spec, cli_trust, refuse_lone_spec_flags, spec_options, workspace_option, workspace_run
@@ -145,8 +145,9 @@ class _Bar:
               help="Probes to run: a comma list and/or repeated (default: acc). See `grokscope probes`.")
 @click.option("--param", "params", multiple=True, metavar="PROBE.FIELD=VALUE",
               help="A probe parameter, e.g. --param lc.radius=0.01 (repeatable).")
-@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
-              help="The Zarr store (default: PATH/probes.zarr; DIR/probes.zarr with --workspace DIR).")
+@click.option("-o", "--out", type=Location(must_exist=False), default=None,
+              help="The Zarr store: a folder or an fsspec URL such as s3://bucket/probes.zarr (default: "
+                   "PATH/probes.zarr; DIR/probes.zarr with --workspace DIR).")
 @click.option("--scheduler", default=None, metavar="ADDRESS|sync|local", envvar="GROKSCOPE_SCHEDULER",
               help="A Dask scheduler address (tcp://host:8786), 'sync' to run in this process, or "
                    "'local' (default) for an in-process cluster of worker processes. "
@@ -191,7 +192,7 @@ class _Bar:
 @workspace_option
 @click.pass_context
 def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params: tuple[str, ...],
-          out: Path | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
+          out: Path | str | None, scheduler: str | None, workers: int | None, threads: int | None, device: str,
           steps: tuple[str, ...], overwrite: bool, flush_interval: float, recheck: bool, dry_run: bool,
           estimate: bool, follow: bool, as_json: bool, quiet: bool, split_tolerance: float, model: str | None,
           model_kwargs: str | None, dataset: str | None, dataset_kwargs: str | None, dataset_seed: int,
@@ -245,14 +246,20 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
         return
     more = {"follow": training_under(path)} if follow and not dry_run else {}
     summary = run_with_progress(path, cfg, quiet=quiet or as_json, **more)
-    if "acc" in names and not dry_run and cfg.out.exists():
+    if "acc" in names and not dry_run and _store_exists(cfg):
         from grokscope.runlog import store_split_checks
 
-        for lines in store_split_checks(cfg.out, split_tolerance).values():
+        for lines in store_split_checks(cfg.out, split_tolerance, storage_options=cfg.storage_options).values():
             summary.warnings.extend(lines)
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)
+
+
+def _store_exists(cfg: Any) -> bool:
+    from grokscope.engine.storefs import store_fs
+
+    return store_fs(cfg.out, cfg.storage_options).exists("zarr.json")
 
 
 def _print_estimate(path: Path, cfg: Any, as_json: bool) -> None:
@@ -303,6 +310,7 @@ def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any =
     from grokscope.engine.driver import EngineError, Interrupted
     from grokscope.engine.lock import StoreLocked
     from grokscope.engine.store_schema import StoreError
+    from grokscope.locations import LocationError
 
     bar = _Bar(quiet or progress is not None)
     try:
@@ -311,7 +319,7 @@ def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any =
         bar.close()
         click.echo(str(e), err=True)
         sys.exit(e.code)  # the shell's code for a run ended by that signal: 130 (SIGINT), 143 (SIGTERM)
-    except (DiscoveryError, StoreError, StoreLocked, EngineError) as e:
+    except (DiscoveryError, StoreError, StoreLocked, EngineError, LocationError) as e:
         raise click.ClickException(str(e)) from None
     finally:
         bar.close()

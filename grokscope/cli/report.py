@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from .locations import Location, storage_options_option
+from .locations import storage_options as parse_storage_options
+
 
 def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
     if value == "auto":
@@ -19,9 +22,11 @@ def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> floa
 
 
 @click.command()
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("store", type=Location(must_exist=True, file_okay=True))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write (default: report.html next to STORE).")
+              help="HTML file to write (default: report.html next to STORE; ./report.html for a STORE at "
+                   "a URL such as s3://bucket/probes.zarr).")
+@storage_options_option
 @click.option("--json", "as_json", is_flag=True, help="Print run_summary of every run as JSON instead.")
 @click.option("--mem", default=0.99, show_default=True, help="Train-accuracy threshold of memorisation.")
 @click.option("--grok", default="auto", show_default=True, callback=_grok_option,
@@ -33,20 +38,21 @@ def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> floa
 @click.option("--regions/--no-regions", default=True, show_default=True,
               help="Draw the linear-region picture of piecewise-linear runs (needs the checkpoints).")
 @click.pass_context
-def report(ctx: click.Context, store: Path, out: Path | None, as_json: bool, mem: float, grok: float | None,
+def report(ctx: click.Context, store: Path | str, out: Path | None, storage_options: str | None, as_json: bool, mem: float, grok: float | None,
            robust: float, window: int, regions: bool) -> None:
     """Write one self-contained HTML page about every run in a probe STORE and print its path."""
     from grokscope.engine.store_view import damage_named
     from grokscope.report import summaries, write_report
 
     thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}
+    options = parse_storage_options(storage_options) or None
     if as_json:
         from grokscope.cli.ignored import warn_ignored
 
         warn_ignored(ctx, ("out", "regions"), "with --json (the summaries go to stdout; no page is written)")
-        with damage_named(store):
-            click.echo(json.dumps(summaries(store, **thresholds), indent=2, allow_nan=False))
+        with damage_named(store, storage_options=options):
+            click.echo(json.dumps(summaries(store, options, **thresholds), indent=2, allow_nan=False))
         return
-    with damage_named(store):  # a damaged file of the store: one line naming it
-        path = write_report(store, out, regions=regions, **thresholds)
+    with damage_named(store, storage_options=options):  # a damaged file of the store: one line naming it
+        path = write_report(store, out, regions=regions, storage_options=options, **thresholds)
     click.echo(str(path))

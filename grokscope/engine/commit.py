@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from .jobs import Outcome, describe_error
 from .outcomes import Failure, Summary, environmental
@@ -34,6 +35,7 @@ class Writer:
         self.broken: dict[tuple[str, str], str] = {}  # groups that could not be created, and why
         self.last = time.monotonic()
         self.pending = 0
+        self.guard: Callable[[], None] = lambda: None  # raises when this writer may no longer write
 
     def _fail(self, o: Outcome, file: str, why: str, counted: bool = False) -> None:
         if counted:
@@ -82,6 +84,8 @@ class Writer:
 
     def flush(self) -> None:
         t0 = time.monotonic()
+        if self.buffer:
+            self.guard()
         for key, items in list(self.buffer.items()):
             info = self.store.group(*key)
             if info is None or not items:

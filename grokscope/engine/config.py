@@ -22,7 +22,7 @@ class EngineConfig:
     """Everything ``grokscope probe`` decides besides the path (see the CLI's help for each)."""
 
     probes: list[ProbeRequest]
-    out: Path
+    out: Path | str  # a local folder, or an fsspec URL (s3://bucket/probes.zarr)
     scheduler: str | None = None  # None / "local": in-process LocalCluster; "sync"; or an address
     workers: int | None = None
     threads: int | None = None

@@ -46,6 +46,7 @@ from .dispatch import follower, recheck, results
 from .jobs import Outcome
 from .loading import read_once
 from .lock import StoreLock
+from .object_lock import ObjectStoreLock, store_lock
 from .model_check import screen_plan
 from .outcomes import (Interrupted, SchedulerLost, StoreWriteError, Summary, environmental, os_cause,
                        scheduler_gone, stopped_line, task_death)
@@ -53,6 +54,7 @@ from .planning import ignored_spec, plan, record_plan
 from .prepare import apply, check_probes
 from .selection import parse_selection
 from .store import ProbeStore, check_store_path
+from .storefs import absolute
 
 __all__ = ["EngineConfig", "EngineError", "Interrupted", "SchedulerLost", "StoreWriteError", "Summary", "dask_client",
            "probe_runs"]
@@ -91,18 +93,16 @@ def probe_runs(path: Path, cfg: EngineConfig,
         except ValueError as e:
             raise EngineError(f"probe {req.name}: {e}") from None
     # workers may run elsewhere (another host, another working directory): absolute paths only; a
-    # remote series (an fsspec URL) is listed once here, its checkpoints fetched by the workers
-    from grokscope.locations import is_url
+    # remote series (an fsspec URL) is listed once here, its checkpoints fetched by the workers; the
+    # store (a folder or an fsspec URL) is written by this process only
     from grokscope.sources import as_path
 
     from .fetch import FetchError, check_budget, configure
 
     configure(cfg.fetch_settings())  # the client's own reads (model check, probe checks)
     path = as_path(path, cfg.storage_options, fresh=True).absolute()
-    if is_url(cfg.out):  # the store side of issue 28 (branch s3store) replaces this refusal
-        raise EngineError(f"--out {cfg.out}: a store at a URL is not supported by this build; give a local --out")
-    out = Path(cfg.out).absolute()
-    check_store_path(out)
+    out = absolute(cfg.out)  # a URL as it is
+    check_store_path(out, cfg.storage_options)
     links: list[Problem] = []  # folders left out: links leading outside path, or loops
     runs = find_runs(path, links)
     try:
@@ -118,7 +118,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
     if cfg.scheduler not in (None, "", "local", "sync") and not cfg.dry_run:
         check_scheduler(cfg.scheduler)  # before the store is touched: a Dask scheduler, answering
     summary = Summary(store=out)
-    lock = StoreLock(out)
+    lock = store_lock(out, cfg.storage_options)
     try:
         with _sigterm_stops():
             return _probe(path, cfg, runs, ignored, summary, lock, out, progress, start, follow, poll)
@@ -131,7 +131,7 @@ def probe_runs(path: Path, cfg: EngineConfig,
 
 
 def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], summary: Summary,
-           lock: StoreLock, out: Path, progress: Callable[[int, int, int, float], None] | None,
+           lock: StoreLock | ObjectStoreLock, out: Path | str, progress: Callable[[int, int, int, float], None] | None,
            start: Callable[[int, int, str], None] | None, follow: Callable[[], bool] | None,
            poll: float) -> Summary:
     """The body of :func:`probe_runs`, from taking the lock to the last commit (see there)."""
@@ -141,9 +141,10 @@ def _probe(path: Path, cfg: EngineConfig, runs: list[Run], ignored: list[str], s
         if not cfg.dry_run:  # a dry run only reads: no lock, nothing created
             lock.acquire()
         summary.took_over = lock.took_over
-        store = ProbeStore(out, read_only=cfg.dry_run)
+        store = ProbeStore(out, read_only=cfg.dry_run, storage_options=cfg.storage_options)
         p = plan(runs, store, cfg, threads=cfg.threads or 1)
         writer = summary.writer = Writer(store, p, cfg.flush_interval, summary)
+        writer.guard = lock.check  # a lock taken over (object storage): no more commits
         record_plan(summary, p)
         summary.warnings[:0] = ignored
         with read_once():  # the model check and the probes' checks read each run's first checkpoint once

@@ -35,6 +35,7 @@ from .planning import ignored_spec, plan
 from .jobs import Task, probe_class, run_task
 from .model_check import screen_plan
 from .store import ProbeStore, check_store_path
+from .storefs import absolute, store_fs
 
 REPEAT_BELOW = 5.0  # seconds: a first job shorter than this is run again and the second one timed
 HASH_BYTES = 64  # a content hash as stored, per job
@@ -126,8 +127,8 @@ def estimate(path: Path, cfg: EngineConfig) -> Estimate:
     from grokscope.sources import as_path
 
     path = as_path(path, cfg.storage_options).absolute()
-    out = Path(cfg.out).absolute()
-    check_store_path(out)
+    out = absolute(cfg.out)
+    check_store_path(out, cfg.storage_options)
     runs = find_runs(path)
     refusal, ignored = ignored_spec(runs, cfg.spec)
     if refusal:
@@ -135,7 +136,9 @@ def estimate(path: Path, cfg: EngineConfig) -> Estimate:
     est = Estimate(warnings=list(ignored))
     est.workers, est.threads = _default_workers(cfg)
     with tempfile.TemporaryDirectory(prefix="grokscope-estimate-") as tmp:
-        store = ProbeStore(out if (out / "zarr.json").exists() else Path(tmp) / "probes.zarr")
+        there = store_fs(out, cfg.storage_options).exists("zarr.json")
+        store = ProbeStore(out if there else Path(tmp) / "probes.zarr",
+                           storage_options=cfg.storage_options if there else None)
         p = plan(runs, store, cfg, threads=est.threads)
         summary = Summary(store=out)
         screen_plan(p, summary)

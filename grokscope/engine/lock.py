@@ -9,7 +9,8 @@ included), so a lock left by a dead process is stale and is taken over;
 where ``flock`` is not available (some network filesystems) the holder's pid is checked instead
 (same host: is that process still alive with the same start time). A live holder makes
 :meth:`FolderLock.acquire` raise :class:`FolderLocked` (:class:`StoreLocked` for a store) naming it in one
-line. :func:`live_holder` tells a reader whether a folder is being written now.
+line. :func:`live_holder` tells a reader whether a folder is being written now. A store on object
+storage has no ``flock``: :mod:`.object_lock` locks it (:func:`.object_lock.store_lock` picks).
 """
 
 from __future__ import annotations
@@ -159,6 +160,10 @@ class FolderLock:
             self._fd = fd
             return self
         raise self.locked_error(f"{self.path}: could not take the lock (the file keeps changing)")
+
+    def check(self) -> None:
+        """Nothing: a held ``flock`` cannot be taken over (the object-storage lock's can:
+        :meth:`.object_lock.ObjectStoreLock.check`)."""
 
     def _held_message(self, holder: dict[str, Any] | None) -> str:
         return f"{self.folder} is being written by {describe(holder)}. The lock is {self.path}."

@@ -74,7 +74,7 @@ class Failure:
 class Summary:
     """What a probe run did."""
 
-    store: Path
+    store: Path | str
     runs: int = 0
     jobs: int = 0  # jobs submitted this time
     skipped: int = 0  # jobs already done in the store

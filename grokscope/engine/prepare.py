@@ -22,9 +22,8 @@ def apply(p: Plan, store: ProbeStore, templates: dict[tuple[str, str], Any] | No
     has its variables and attributes whatever its first job does. A template that cannot be written
     is left to the first result (the writer names the cause then)."""
     for run in p.clear_runs:
-        for child in list((store.path / run).iterdir()):
-            if child.is_dir():
-                store.delete_group(run, child.name)
+        for name in store.probe_names(run):
+            store.delete_group(run, name)
     for run, probe in sorted(store.half_removed):
         store.delete_group(run, probe)
     for run, attrs in p.run_attrs.items():

@@ -24,7 +24,10 @@ Write rules (Zarr v3 has no write synchroniser; see DESIGN.md "Store"):
   ``consolidated=False``), sized to every step known at the time; its output variables are shaped
   from the probe's declared template (``Probe.template``, built before any job runs from the
   parameters, the model and the data) or, for a probe that declares none, from its first result;
-  it is built in ``STORE/.grokscope-tmp/`` and renamed into place, so readers see all of it or none;
+  it is built in ``STORE/.grokscope-tmp/`` and renamed into place, so readers see all of it or none
+  (on object storage, which has no rename: built in a local temporary folder, every file uploaded
+  but the group's ``zarr.json``, then that one last: a group without it is absent to readers, and
+  the next writer deletes such a leftover; see :mod:`.storefs`);
 * ``step`` is chunked at 1 and chunks are grouped into shards along ``step`` (Zarr v3 sharding), so
   10 000 checkpoints make a few shard files per variable, not 10 000; a shard holds at most 1024 steps
   and about 1 MiB of its variable (sized per variable, so one large output does not cut the group's
@@ -57,6 +60,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -71,41 +75,49 @@ from grokscope import jsonbounds
 from . import faults
 from .store_schema import (COMMITTED, ENGINE_VARS, MERGE_GAP, MISSING_DOC, REMOVING, TMP_DIR, StoreError, first_dim,
                            fill_value, normalise, shard_steps, storage_dtype, template_key)
+from .storefs import StoreFS, store_fs
 from .store_view import damage_named
 
 
-def _mark_removing(meta: Path) -> bool:
-    """Write :data:`REMOVING` into the group metadata file ``meta`` (aside, then renamed over it,
-    as zarr writes it); False when the file is not readable JSON (nothing to mark)."""
+def _read_meta(fs: StoreFS, key: str) -> Any:
+    """The JSON document of the metadata object ``key`` (bounded: :mod:`grokscope.jsonbounds`);
+    ``OSError``/``ValueError`` when it is missing or not JSON."""
+    raw = fs.read(key)
+    if raw is None:
+        raise FileNotFoundError(fs.display(key))
+    return jsonbounds.loads(raw, fs.display(key))
+
+
+def _mark_removing(fs: StoreFS, meta: str) -> bool:
+    """Write :data:`REMOVING` into the group metadata object ``meta`` (one whole write, as zarr
+    writes it); False when it is not readable JSON (nothing to mark)."""
     try:
-        doc = jsonbounds.read_json(meta)
+        doc = _read_meta(fs, meta)
     except (OSError, ValueError):
         return False
     if not isinstance(doc, dict):
         return False
     doc.setdefault("attributes", {})[REMOVING] = True
-    tmp = meta.with_name(f"zarr.json.{uuid.uuid4().hex[:8]}.partial")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, meta)
+    fs.write(meta, json.dumps(doc).encode())
     return True
 
 
-def _removal_unfinished(folder: Path) -> bool:
-    """Whether the group folder ``folder`` is what an interrupted removal left: its metadata carries
+def _removal_unfinished(fs: StoreFS, group: str) -> bool:
+    """Whether the group ``group`` is what an interrupted removal left: its metadata carries
     :data:`REMOVING`, or (a removal by a grokscope before the marker existed) an engine variable is
     missing or a sub-folder is no longer a zarr node."""
     try:
-        doc = jsonbounds.read_json(folder / "zarr.json")
+        doc = _read_meta(fs, f"{group}/zarr.json")
     except (OSError, ValueError):
         return False
     if not isinstance(doc, dict) or doc.get("node_type") != "group":
         return False
     if (doc.get("attributes") or {}).get(REMOVING):
         return True
-    if not (folder / "done").is_dir() or not (folder / "step").is_dir():
+    if not fs.is_folder(f"{group}/done") or not fs.is_folder(f"{group}/step"):
         return False  # not a probe group at all: group() says so
-    return any(not (folder / v / "zarr.json").is_file() for v in ENGINE_VARS) or \
-        any(d.is_dir() and not (d / "zarr.json").is_file() for d in folder.iterdir())
+    return any(not fs.exists(f"{group}/{v}/zarr.json") for v in ENGINE_VARS) or \
+        any(fs.is_folder(f"{group}/{d}") and not fs.exists(f"{group}/{d}/zarr.json") for d in fs.children(group))
 
 
 @dataclass
@@ -130,19 +142,28 @@ class GroupInfo:
 V2_FILES = (".zgroup", ".zarray", ".zattrs", ".zmetadata")
 
 
-def check_store_path(path: str | Path) -> None:
-    """Raise :class:`StoreError` (one line naming what is there) unless ``path`` is absent, an empty
-    folder or a grokscope store: a file, a folder of other things, a Zarr v2 store, a Zarr array or a
-    Zarr v3 group that grokscope did not write are refused, so our groups never mix into them."""
+def check_store_path(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+    """Raise :class:`StoreError` (one line naming what is there) unless ``path`` (a local path or an
+    fsspec URL) is absent, an empty folder or a grokscope store: a file, a folder of other things, a
+    Zarr v2 store, a Zarr array or a Zarr v3 group that grokscope did not write are refused, so our
+    groups never mix into them. A URL whose bucket cannot be reached raises
+    :class:`~grokscope.locations.LocationError` naming it."""
     from .lock import LOCK_NAME
 
-    p = Path(path)
-    if not p.exists():
-        return
+    fs = store_fs(path, storage_options)
+    p = fs.display()
     refuse = "; refusing to write into it (choose a new or existing grokscope store with --out)"
-    if not p.is_dir():
-        raise StoreError(f"{p}: exists and is a file, not a grokscope store{refuse}")
-    names = {c.name for c in p.iterdir()} - {LOCK_NAME, TMP_DIR}
+    if fs.remote:
+        fs.check_reachable()  # type: ignore[attr-defined]
+        if fs.exists(""):
+            raise StoreError(f"{p}: exists and is an object, not a grokscope store{refuse}")
+    else:
+        local = Path(path)
+        if not local.exists():
+            return
+        if not local.is_dir():
+            raise StoreError(f"{p}: exists and is a file, not a grokscope store{refuse}")
+    names = {n for n in fs.children() if not n.startswith(LOCK_NAME)} - {TMP_DIR}
     if not names:
         return
     if names & set(V2_FILES):
@@ -150,7 +171,7 @@ def check_store_path(path: str | Path) -> None:
     if "zarr.json" not in names:
         raise StoreError(f"{p}: exists and is not a Zarr store{refuse}")
     try:
-        meta = jsonbounds.read_json(p / "zarr.json")
+        meta = _read_meta(fs, "zarr.json")
         meta = meta if isinstance(meta, dict) else {}
     except (OSError, ValueError) as e:
         raise StoreError(f"{p}/zarr.json: unreadable ({e}){refuse}") from None
@@ -162,16 +183,20 @@ def check_store_path(path: str | Path) -> None:
 
 
 class ProbeStore:
-    """The driver's handle on a store folder (it alone writes; see the module docstring)."""
+    """The driver's handle on a store (it alone writes; see the module docstring): a local folder or
+    an fsspec URL (``storage_options``: the filesystem's keyword arguments, never stored)."""
 
-    def __init__(self, path: str | Path, read_only: bool = False):
+    def __init__(self, path: str | Path, read_only: bool = False,
+                 storage_options: dict[str, Any] | None = None):
         """``read_only``: only read (``--dry-run``): nothing is created, repaired or cleaned, and a
         store that does not exist yet reads as empty."""
         import zarr
 
-        self.path = Path(path)
+        check_store_path(path, storage_options)
+        self.fs = store_fs(path, storage_options)
+        self.path = self.fs.location  # a Path, or the URL
         self.read_only = read_only
-        check_store_path(self.path)
+        self.zstore = self.fs.zarr_store(read_only=read_only)
         self.groups: dict[tuple[str, str], GroupInfo] = {}
         self.templates: dict[str, Path] = {}  # template_key -> a pristine copy (see create_group)
         self._template_dir: Path | None = None
@@ -182,17 +207,18 @@ class ProbeStore:
             return
         root_attrs = {"grokscope_version": __version__, "layout": "run/probe"}
         # created with its attributes in one write: a root without them would read as foreign
-        self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3, attributes=root_attrs)
+        self.root = zarr.open_group(store=self.zstore, mode="a", zarr_format=3, attributes=root_attrs)
         if "grokscope_version" not in self.root.attrs:
             self.root.attrs.update(root_attrs)
-        shutil.rmtree(self.path / TMP_DIR, ignore_errors=True)  # left by a killed writer
+        if not self.fs.remote:
+            self.fs.remove_folder(TMP_DIR)  # left by a killed writer
 
     # -- reading --------------------------------------------------------------------------------
     def _zgroup(self, path: str):
         import zarr
 
         try:
-            return zarr.open_group(str(self.path), path=path, mode="r" if self.read_only else "r+",
+            return zarr.open_group(store=self.zstore, path=path, mode="r" if self.read_only else "r+",
                                    zarr_format=3)
         except (FileNotFoundError, KeyError, ValueError):
             return None
@@ -202,8 +228,11 @@ class ProbeStore:
             raise
 
     def has_group(self, run: str, probe: str | None = None) -> bool:
-        p = self.path / run / (probe or "") / "zarr.json"
-        return p.is_file()
+        return self.fs.exists(f"{run}/{probe}/zarr.json" if probe else f"{run}/zarr.json")
+
+    def probe_names(self, run: str) -> list[str]:
+        """The names of the folders under the run group ``run`` (its probe groups, whole or not)."""
+        return [n for n in self.fs.children(run) if n != "zarr.json" and self.fs.is_folder(f"{run}/{n}")]
 
     def run_attrs(self, run: str) -> dict[str, Any] | None:
         g = self._zgroup(run) if self.has_group(run) else None
@@ -216,10 +245,10 @@ class ProbeStore:
             return self.groups[key]
         if not self.has_group(run, probe):
             return None
-        if _removal_unfinished(self.path / run / probe):
+        if _removal_unfinished(self.fs, f"{run}/{probe}"):
             self.half_removed.add(key)
             return None
-        with damage_named(self.path, f"{run}/{probe}"):
+        with damage_named(self.fs, f"{run}/{probe}"):
             g = self._zgroup(f"{run}/{probe}")
             if g is None:
                 return None
@@ -275,7 +304,7 @@ class ProbeStore:
     def set_run_attrs(self, run: str, attrs: dict[str, Any]) -> None:
         import zarr
 
-        g = zarr.open_group(str(self.path), path=run, mode="a", zarr_format=3)
+        g = zarr.open_group(store=self.zstore, path=run, mode="a", zarr_format=3)
         new = normalise(attrs)
         current = dict(g.attrs)
         if any(current.get(k) != v for k, v in new.items()):  # zarr rewrites zarr.json per key set
@@ -292,24 +321,23 @@ class ProbeStore:
         """
         self.groups.pop((run, probe), None)
         self.half_removed.discard((run, probe))
-        target = self.path / run / probe
-        if not target.exists():
+        target = f"{run}/{probe}"
+        if not self.fs.is_folder(target):
             return
-        meta = target / "zarr.json"
-        if meta.is_file():
-            marked = _mark_removing(meta)
+        meta = f"{target}/zarr.json"
+        if self.fs.exists(meta):
+            marked = _mark_removing(self.fs, meta)
             faults.point("remove:marker")
         else:
             marked = False
-        files = sorted((f for f in target.rglob("*") if f.is_file() and f != meta),
-                       key=lambda f: (-len(f.parts), str(f)))
+        files = sorted((f for f in self.fs.files(target) if f != meta), key=lambda f: (-f.count("/"), f))
         for f in files:
-            f.unlink()
+            self.fs.delete(f)
             faults.point("remove:file")
-        if marked or meta.is_file():
-            meta.unlink()
+        if marked or self.fs.exists(meta):
+            self.fs.delete(meta)
             faults.point("remove:meta")
-        shutil.rmtree(target, ignore_errors=True)  # the empty folders left
+        self.fs.remove_folder(target)  # the empty folders left (local)
 
     def create_group(self, run: str, probe: str, steps: list[int], attrs: dict[str, Any],
                      first: Any = None) -> GroupInfo:
@@ -324,8 +352,11 @@ class ProbeStore:
         # attributes win on a name clash
         group_attrs = normalise({**(dict(first.attrs) if first is not None else {}), **attrs,
                                  "missing": MISSING_DOC, COMMITTED: n})
-        # written beside the hierarchy, then renamed into place: readers never see half a template
-        tmp = self.path / TMP_DIR / f"{run}--{probe}-{uuid.uuid4().hex[:8]}"
+        # written beside the hierarchy, then renamed (or uploaded) into place: readers never see half
+        # a template
+        aside = Path(tempfile.mkdtemp(prefix="grokscope-template-")) if self.fs.remote else \
+            Path(self.path) / TMP_DIR
+        tmp = aside / f"{run}--{probe}-{uuid.uuid4().hex[:8]}"
         key = template_key(probe, steps, first)
         if key in self.templates:
             # the same steps and the same output signature as a group written before (a sweep of
@@ -352,21 +383,35 @@ class ProbeStore:
                            encoding=enc)
             self.templates[key] = self._keep_template(tmp)
         faults.point("create:template")
-        target = self.path / run / probe
-        self.delete_group(run, probe)  # what an interrupted removal left
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not (target.parent / "zarr.json").exists():
+        self.delete_group(run, probe)  # what an interrupted removal (or upload) left
+        if not self.has_group(run):
             self.set_run_attrs(run, {})
-        os.rename(tmp, target)
+        self._place(tmp, f"{run}/{probe}")
         faults.point("create:rename")
         try:
-            (self.path / TMP_DIR).rmdir()
+            aside.rmdir()
         except OSError:
             pass
         self.groups.pop((run, probe), None)
         info = self.group(run, probe)
         assert info is not None
         return info
+
+    def _place(self, tmp: Path, target: str) -> None:
+        """Put the template folder ``tmp`` at the group ``target`` as one commit: a rename in a local
+        folder; on object storage every file uploaded but the group's ``zarr.json``, then that one
+        (the commit point: without it the group is absent to readers). ``tmp`` is gone after."""
+        if not self.fs.remote:
+            dest = Path(self.path) / target
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, dest)
+            return
+        files = {f.relative_to(tmp).as_posix(): f for f in sorted(tmp.rglob("*")) if f.is_file()}
+        meta = files.pop("zarr.json")
+        self.fs.write_many({f"{target}/{k}": f.read_bytes() for k, f in files.items()})  # type: ignore[attr-defined]
+        faults.point("create:upload")
+        self.fs.write(f"{target}/zarr.json", meta.read_bytes())
+        shutil.rmtree(tmp, ignore_errors=True)
 
     def _keep_template(self, tmp: Path) -> Path:
         """A pristine copy of the template at ``tmp`` in a private temporary folder (removed when
@@ -424,7 +469,7 @@ class ProbeStore:
         ds.attrs = normalise({**dict(first.attrs), **info.attrs})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds.to_zarr(str(self.path), group=f"{info.run}/{info.probe}", mode="a", zarr_format=3,
+            ds.to_zarr(self.zstore, group=f"{info.run}/{info.probe}", mode="a", zarr_format=3,
                        consolidated=False, compute=False, encoding=enc)
         faults.point("add-vars")
         self.groups.pop((info.run, info.probe), None)

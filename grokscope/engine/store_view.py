@@ -15,10 +15,19 @@ from grokscope import jsonbounds
 from grokscope.errors import GrokscopeError
 
 from .store_schema import COMMITTED, REMOVING, TMP_DIR, StoreError
+from .storefs import StoreFS, store_fs
+
+Options = dict[str, Any] | None
 
 
-def open_store(path: str | Path):
+def _fs(location: str | Path | StoreFS, storage_options: Options = None) -> StoreFS:
+    return location if isinstance(location, StoreFS) else store_fs(location, storage_options)
+
+
+def open_store(path: str | Path, storage_options: Options = None):
     """The whole store as an ``xr.DataTree`` (lazy; safe to call while a probe run is writing).
+    ``path``: a local folder or an fsspec URL (``storage_options``: the filesystem's keyword
+    arguments).
 
     Like ``xr.open_datatree(path, engine="zarr", consolidated=False)``, read through a
     :class:`CommittedView`: every group shows its committed steps only, every file is read as one
@@ -27,22 +36,23 @@ def open_store(path: str | Path):
     """
     import xarray as xr
 
-    tree = xr.open_datatree(committed_view(path), engine="zarr", consolidated=False)
+    tree = xr.open_datatree(committed_view(path, storage_options), engine="zarr", consolidated=False)
     for node in tree.subtree:
         if "done" in node.variables:
             node["done"].values  # noqa: B018 - reads (and pins in the view) the done flags first
     return tree
 
 
-def load_group(path: str | Path, run: str, probe: str):
+def load_group(path: str | Path, run: str, probe: str, storage_options: Options = None):
     """One probe group of a store as an in-memory ``xr.Dataset`` (step, probe outputs, done, error,
     checkpoint_hash; attrs with parameters and provenance): its committed steps, read as in
     :func:`open_store` (``done`` first). A damaged file of the group is named
     (:class:`DamagedStore`)."""
     import xarray as xr
 
-    with damage_named(path, f"{run}/{probe}"):
-        with xr.open_dataset(committed_view(path), group=f"{run}/{probe}", engine="zarr",
+    fs = _fs(path, storage_options)
+    with damage_named(fs, f"{run}/{probe}"):
+        with xr.open_dataset(committed_view(fs), group=f"{run}/{probe}", engine="zarr",
                              consolidated=False) as ds:
             ds["done"].load()
             return ds.load()
@@ -53,42 +63,52 @@ class DamagedStore(StoreError):
     it and what to do."""
 
 
-def damaged_files(path: str | Path, group: str = "") -> list[tuple[Path, str]]:
+def damaged_files(path: str | Path | StoreFS, group: str = "", storage_options: Options = None
+                  ) -> list[tuple[Path | str, str]]:
     """``[(file, why)]`` of the files of the store ``path`` (under ``group``) that cannot be read:
     metadata (``zarr.json``, read with :mod:`grokscope.jsonbounds`'s bounds) that is not JSON, and
     chunk or shard files that do not decode (each array is read shard by shard). Empty when every
-    file reads."""
+    file reads. A file is a :class:`Path` in a local store, its URL in a remote one."""
     import itertools
     import math
 
     import zarr
 
-    from grokscope.jsonbounds import read_json
+    from grokscope.jsonbounds import MAX_BYTES, loads
 
-    top = Path(path) / group if group else Path(path)
-    bad: list[tuple[Path, str]] = []
-    for meta in sorted(top.rglob("zarr.json")) if top.is_dir() else []:
-        if TMP_DIR in meta.parts:
+    fs = _fs(path, storage_options)
+
+    def name(key: str) -> Path | str:
+        return fs.root / key if not fs.remote else fs.display(key)  # type: ignore[attr-defined]
+
+    top = f"{group.strip('/')}/" if group else ""
+    bad: list[tuple[Path | str, str]] = []
+    for meta in fs.files(group.strip("/")):
+        if not (meta == "zarr.json" or meta.endswith("/zarr.json")) or TMP_DIR in meta.split("/"):
             continue
         try:
-            read_json(meta)
+            raw = fs.read(meta)
+            if raw is not None:
+                if len(raw) > MAX_BYTES:
+                    raise ValueError(f"larger than {MAX_BYTES} bytes")
+                loads(raw, name(meta))
         except (OSError, ValueError) as e:
-            bad.append((meta, _first_line(e)))
+            bad.append((name(meta), _first_line(e)))
     if bad:
         return bad
     try:
-        root = zarr.open_group(str(path), path=group, mode="r", zarr_format=3)
-        arrays = [(name, node) for name, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
+        root = zarr.open_group(store=fs.zarr_store(read_only=True), path=group, mode="r", zarr_format=3)
+        arrays = [(name_, node) for name_, node in root.members(max_depth=None) if isinstance(node, zarr.Array)]
     except Exception as e:  # noqa: BLE001 - zarr raises many types for damaged metadata
-        return [(top / "zarr.json", _first_line(e))]
-    for name, arr in arrays:
+        return [(name(f"{top}zarr.json"), _first_line(e))]
+    for array_name, arr in arrays:
         grid = arr.shards or arr.chunks
         for idx in itertools.product(*(range(math.ceil(s / c)) for s, c in zip(arr.shape, grid))):
             region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, grid, arr.shape))
             try:
                 arr[region]
             except Exception as e:  # noqa: BLE001 - a codec's error (checksum, truncated shard ...)
-                bad.append((top / name / arr.metadata.encode_chunk_key(idx), _first_line(e)))
+                bad.append((name(f"{top}{array_name}/{arr.metadata.encode_chunk_key(idx)}"), _first_line(e)))
     return bad
 
 
@@ -98,15 +118,17 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0].split('. ')[0][:200]}" if text else type(e).__name__
 
 
-def damage_line(path: str | Path, bad: list[tuple[Path, str]]) -> str:
+def damage_line(path: str | Path | StoreFS, bad: list[tuple[Path | str, str]]) -> str:
     """The one line naming the damaged files ``bad`` of store ``path`` and what to do."""
     file, why = bad[0]
     more = f" (and {len(bad) - 1} more file(s))" if len(bad) > 1 else ""
-    try:
-        run, probe = Path(file).relative_to(Path(path)).parts[:2]
-        fix = (f"recompute that group (grokscope probe on run {run} with -m {probe} --overwrite -o {path}) "
+    where = path.display() if isinstance(path, StoreFS) else str(path)
+    rel = str(file)[len(where):].strip("/").split("/") if str(file).startswith(where) else []
+    if len(rel) > 2:
+        run, probe = rel[:2]
+        fix = (f"recompute that group (grokscope probe on run {run} with -m {probe} --overwrite -o {where}) "
                "or probe into a fresh store (-o NEW.zarr)")
-    except ValueError:
+    else:
         fix = "probe into a fresh store (-o NEW.zarr)"
     return f"{file}: damaged store file ({why}){more}; {fix}"
 
@@ -116,8 +138,8 @@ class damage_named:
     damaged file explains becomes a :class:`DamagedStore` naming that file (:func:`damaged_files`);
     any other error passes through unchanged."""
 
-    def __init__(self, path: str | Path, group: str = ""):
-        self.path, self.group = Path(path), group
+    def __init__(self, path: str | Path | StoreFS, group: str = "", storage_options: Options = None):
+        self.path, self.group, self.options = path, group, storage_options
 
     def __enter__(self) -> "damage_named":
         return self
@@ -125,17 +147,17 @@ class damage_named:
     def __exit__(self, kind: Any, e: BaseException | None, tb: Any) -> bool:
         if e is None or isinstance(e, GrokscopeError) or not isinstance(e, Exception):
             return False
-        bad = damaged_files(self.path, self.group)
+        fs = _fs(self.path, self.options)
+        bad = damaged_files(fs, self.group)
         if bad:
-            raise DamagedStore(damage_line(self.path, bad)) from None
+            raise DamagedStore(damage_line(fs, bad)) from None
         return False
 
 
-def committed_view(path: str | Path):
-    """A read-only :class:`CommittedView` of the store folder ``path`` (for ``xr.open_*``)."""
-    from zarr.storage import LocalStore
-
-    return CommittedView(LocalStore(str(path), read_only=True))
+def committed_view(path: str | Path | StoreFS, storage_options: Options = None):
+    """A read-only :class:`CommittedView` of the store ``path`` (a folder, an fsspec URL or a
+    :class:`~.storefs.StoreFS`; for ``xr.open_*``)."""
+    return CommittedView(_fs(path, storage_options).zarr_store(read_only=True))
 
 
 class CommittedView(WrapperStore):

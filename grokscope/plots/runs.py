@@ -28,18 +28,20 @@ def iter_runs(tree) -> list[tuple[str, Any]]:
     return sorted(found, key=lambda item: item[0])
 
 
-def open_store(store_or_tree: Any):
-    """A DataTree of finished steps from a store path (:func:`grokscope.open_store`) or the DataTree
-    itself; PlotError naming the path (and the store inside a run folder given instead)."""
+def open_store(store_or_tree: Any, storage_options: dict[str, Any] | None = None):
+    """A DataTree of finished steps from a store path or URL (:func:`grokscope.open_store`, with
+    ``storage_options``) or the DataTree itself; PlotError naming the path (and the store inside a run
+    folder given instead)."""
     import xarray as xr
 
+    from grokscope.locations import is_url
     from grokscope.reading import StoreReadError
     from grokscope.reading import open_store as open_tree
 
     if isinstance(store_or_tree, xr.DataTree):
         return store_or_tree
     try:
-        return open_tree(Path(store_or_tree))
+        return open_tree(store_or_tree if is_url(store_or_tree) else Path(store_or_tree), storage_options)
     except StoreReadError as e:
         raise PlotError(str(e)) from e
 

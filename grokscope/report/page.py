@@ -95,26 +95,29 @@ def region_html(node: Any, summary: dict[str, Any], path: str, work: Path) -> st
 
 # -- the page ----------------------------------------------------------------------------------------
 
-def load_runs(store: Path) -> tuple[Any, list[tuple[str, Any]]]:
-    """``(tree, [(run path, run node)])`` of a probe store; PlotError naming the store if it cannot
-    be opened or has no runs with probe results."""
+def load_runs(store: Path | str, storage_options: dict[str, Any] | None = None
+              ) -> tuple[Any, list[tuple[str, Any]]]:
+    """``(tree, [(run path, run node)])`` of a probe store (a folder or an fsspec URL); PlotError
+    naming the store if it cannot be opened or has no runs with probe results."""
     from grokscope.plots import iter_runs, open_store
 
-    tree = open_store(Path(store))
+    tree = open_store(store, storage_options)
     runs = iter_runs(tree)
     if not runs:
         raise PlotError(f"{store}: no runs with probe results found (nothing to report)")
     return tree, runs
 
 
-def summaries(store: Path, **thresholds: Any) -> dict[str, dict[str, Any]]:
-    """``{run path: run_summary(run node, **thresholds)}`` for every run of ``store`` (JSON-safe)."""
+def summaries(store: Path | str, storage_options: dict[str, Any] | None = None,
+              **thresholds: Any) -> dict[str, dict[str, Any]]:
+    """``{run path: run_summary(run node, **thresholds)}`` for every run of ``store`` (a folder or an
+    fsspec URL; JSON-safe)."""
     from grokscope.analysis import run_summary
 
 
-    _, runs = load_runs(Path(store))
+    _, runs = load_runs(store, storage_options)
     out = {path: run_summary(node, **thresholds) for path, node in runs}
-    for name, lines in store_split_checks(Path(store)).items():
+    for name, lines in store_split_checks(store, storage_options=storage_options).items():
         for path in out:
             if path.strip("/").split("/")[-1] == name:
                 out[path]["split_check"] = lines
@@ -154,7 +157,7 @@ def run_section(tree: Any, path: str, node: Any, summary: dict[str, Any], work: 
     return "\n".join(parts)
 
 
-def render_html(store: Path, tree: Any, runs: list[tuple[str, Any]], sums: dict[str, dict],
+def render_html(store: Path | str, tree: Any, runs: list[tuple[str, Any]], sums: dict[str, dict],
                 thresholds: dict[str, Any], work: Path, regions: bool = True,
                 drawn: Mapping[str | None, Sequence[Path]] | None = None) -> str:
     """The whole page as a string: a header, all runs overlaid (if several), one section per run."""
@@ -168,15 +171,18 @@ def render_html(store: Path, tree: Any, runs: list[tuple[str, Any]], sums: dict[
     body = "\n".join(run_section(tree, p, n, sums[p], work, thresholds, regions, drawn)
                      for p, n in runs)
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>grokscope report: {_e(store.name)}</title><style>{CSS}</style></head><body>"
+            f"<title>grokscope report: {_e(Path(str(store)).name)}</title><style>{CSS}</style></head><body>"
             f"<h1>grokscope report</h1><p class='meta'>store <code>{_e(store)}</code> · {len(runs)} run(s) · "
             f"thresholds {_e(th)} · grokscope {_e(__version__)} · {when}</p>{nav}\n{body}\n</body></html>\n")
 
 
-def write_report(store: Path, out: Path | None = None, regions: bool = True,
+def write_report(store: Path | str, out: Path | None = None, regions: bool = True,
                  summaries: dict[str, dict[str, Any]] | None = None,
-                 drawn: Mapping[str | None, Sequence[Path]] | None = None, **thresholds: Any) -> Path:
-    """Write the self-contained HTML report of ``store`` to ``out`` (default ``<store parent>/report.html``).
+                 drawn: Mapping[str | None, Sequence[Path]] | None = None,
+                 storage_options: dict[str, Any] | None = None, **thresholds: Any) -> Path:
+    """Write the self-contained HTML report of ``store`` (a folder, or an fsspec URL read with
+    ``storage_options``) to ``out`` (default ``<store parent>/report.html``; ``report.html`` in the
+    current folder for a URL).
 
     ``thresholds`` go to :func:`grokscope.analysis.run_summary` (``mem``, ``grok``, ``robust``,
     ``window``); ``summaries`` (``{run path: run_summary(...)}`` computed with the same thresholds)
@@ -186,9 +192,12 @@ def write_report(store: Path, out: Path | None = None, regions: bool = True,
     """
     from grokscope.analysis import run_summary
 
-    store = Path(store)
-    out = Path(out) if out is not None else store.resolve().parent / "report.html"
-    tree, runs = load_runs(store)
+    from grokscope.locations import is_url
+
+    store = str(store) if is_url(store) else Path(store)
+    default = Path("report.html") if isinstance(store, str) else store.resolve().parent / "report.html"
+    out = Path(out) if out is not None else default
+    tree, runs = load_runs(store, storage_options)
     sums = {path: (summaries or {}).get(path) or run_summary(node, **thresholds) for path, node in runs}
     with tempfile.TemporaryDirectory(prefix="grokscope-report-") as tmp:
         page = render_html(store, tree, runs, sums, thresholds, Path(tmp), regions, drawn)

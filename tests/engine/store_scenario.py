@@ -111,14 +111,26 @@ def hammer(path: str | Path, stop: str | Path) -> None:
 
 
 def kill_each(points_file: str, folder: str) -> None:
+    """Run the scenario into ``folder/<i>.zarr`` (a folder or an fsspec URL) killed at point ``i``."""
+    from grokscope.locations import join
     from tests.engine.kill_cli import kill_at_each
 
-    kill_at_each(points_file, lambda i: run(Path(folder) / f"{i}.zarr"))
+    kill_at_each(points_file, lambda i: run(join(folder, f"{i}.zarr")))
+
+
+def remove_each(points_file: str, folder: str) -> None:
+    """Remove the group ``r/p`` of ``folder/<i>.zarr`` (``--overwrite``'s removal) killed at point ``i``."""
+    from grokscope.locations import join
+    from tests.engine.kill_cli import kill_at_each
+
+    kill_at_each(points_file, lambda i: ProbeStore(join(folder, f"{i}.zarr")).delete_group("r", "p"))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--kill-each":
         kill_each(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "--remove-each":
+        remove_each(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "--grow":
         grow_one_by_one(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "--hammer":

@@ -17,7 +17,9 @@ import xarray as xr
 
 from grokscope.engine import faults
 from grokscope.engine.store import ProbeStore
+from grokscope.engine.storefs import store_fs
 from grokscope.engine.store_view import load_group, open_store
+from grokscope.locations import join
 from tests.engine import store_scenario as scenario
 from tests.engine.conftest import ROOT, subprocess_env
 
@@ -51,26 +53,28 @@ def _boundaries(points: list[str]) -> list[str]:
     return chosen
 
 
-def _kill_at(points: list[str], tmp_path: Path) -> list[Path]:
-    """Run the scenario once per point, killed there (forked children of one subprocess)."""
+def _kill_at(points: list[str], tmp_path: Path, folder: Path | str | None = None) -> list[Path | str]:
+    """Run the scenario once per point, killed there (forked children of one subprocess), into
+    ``folder`` (default ``tmp_path/killed``; a URL for the object-storage runs)."""
     (tmp_path / "points").write_text("\n".join(points))
-    folder = tmp_path / "killed"
-    folder.mkdir()
+    if folder is None:
+        folder = tmp_path / "killed"
+        folder.mkdir()
     r = subprocess.run([sys.executable, "-m", "tests.engine.store_scenario", "--kill-each",
                         str(tmp_path / "points"), str(folder)], env=subprocess_env(), cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     codes = dict(line.split() for line in r.stdout.splitlines())
     assert codes == {p: str(faults.FAULT_EXIT) for p in points}, r.stdout  # killed at each point
-    return [folder / f"{i}.zarr" for i in range(len(points))]
+    return [join(folder, f"{i}.zarr") for i in range(len(points))]
 
 
-def _check_killed_then_resume(points: list[str], stores: list[Path], ref: Path) -> None:
+def _check_killed_then_resume(points: list[str], stores: list[Path | str], ref: Path) -> None:
     want = load_group(ref, "r", "p")
     problems = []
     for point, store in zip(points, stores):
         try:
-            if (store / "r" / "p" / "zarr.json").exists():
+            if store_fs(store).exists("r/p/zarr.json"):
                 seen = load_group(store, "r", "p")  # a reader after the kill, before any repair
                 steps = [int(s) for s in seen.step.values]
                 if steps not in scenario.PHASES:  # a growth is all or nothing
@@ -96,6 +100,75 @@ def test_kill_at_every_boundary_of_commits_and_growth(tmp_path, monkeypatch):
     assert {p.split("@")[0] for p in chosen} == {p.split("@")[0] for p in points}
     assert len(chosen) == 26  # 2 template + 10 growth + 7 x 2 commit boundaries
     _check_killed_then_resume(chosen, _kill_at(chosen, tmp_path), ref)
+
+
+# on the S3 server (each kill and rerun costs ~10x a local one): a point of every kind of commit
+# boundary, the upload of a template (its files, then its zarr.json) included
+S3_POINTS = ("create:template@1", "create:upload@1", "create:rename@1", "grow:resize:density@1",
+             "grow:resize:step@1", "grow:step-values@1", "grow:marker@1", "commit:data:density@3",
+             "commit:done@3")
+
+
+S3_FAST = ("create:upload@1", "grow:marker@1")  # a template half uploaded, a growth before its marker
+
+
+@pytest.mark.parametrize("chosen", [pytest.param(S3_FAST, id="upload-and-growth"),
+                                    pytest.param(S3_POINTS, id="every-kind", marks=pytest.mark.slow)])
+def test_kill_at_every_kind_of_boundary_on_s3(tmp_path, monkeypatch, s3, chosen):
+    """The scenario killed into a store on a real (loopback) S3 server, where a template has no rename
+    and goes up file by file with its group's ``zarr.json`` last: a reader after each kill sees a
+    committed state, and the rerun ends in the store an uninterrupted local run writes."""
+    log = tmp_path / "points.log"
+    monkeypatch.setenv("GROKSCOPE_FAULT_LOG", str(log))
+    scenario.run(s3.url("ref.zarr"))
+    monkeypatch.delenv("GROKSCOPE_FAULT_LOG")
+    seen: Counter = Counter()
+    points = []
+    for name in log.read_text().split():
+        seen[name] += 1
+        points.append(f"{name}@{seen[name]}")
+    assert set(chosen) <= set(points), sorted(set(chosen) - set(points))
+    ref = tmp_path / "ref.zarr"
+    scenario.run(ref)
+    xr.testing.assert_identical(load_group(s3.url("ref.zarr"), "r", "p"), load_group(ref, "r", "p"))
+    stores = _kill_at(list(chosen), tmp_path, s3.url("killed"))
+    _check_killed_then_resume(list(chosen), stores, ref)
+
+
+@pytest.mark.parametrize("every", [pytest.param(False, id="mid-removal"),
+                                   pytest.param(True, id="every-kind", marks=pytest.mark.slow)])
+def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, s3, every):
+    """``--overwrite``'s removal of a group on S3 (marker, every other object, the group's zarr.json
+    last) killed after a middle object (each kill and rerun costs ~5 s on the loopback server; with
+    -m slow also at its marker, after its first object and after its zarr.json; every kind of removal
+    point runs locally in test_removal_faults): a reader sees
+    the group absent, and the rerun ends in the store an uninterrupted local run writes."""
+    fs = s3.fs()
+    ref = tmp_path / "ref.zarr"
+    scenario.run(ref)
+    fs.put(str(ref), s3.url("ref.zarr"), recursive=True)  # the store, as written locally, uploaded
+    fs.copy(s3.url("ref.zarr"), s3.url("probe.zarr"), recursive=True)
+    log = tmp_path / "points.log"
+    monkeypatch.setenv("GROKSCOPE_FAULT_LOG", str(log))
+    ProbeStore(s3.url("probe.zarr")).delete_group("r", "p")
+    monkeypatch.delenv("GROKSCOPE_FAULT_LOG")
+    names = log.read_text().split()
+    assert names[0] == "remove:marker" and names[-1] == "remove:meta" and len(names) > 20, names
+    middle = f"remove:file@{(len(names) - 2) // 2}"
+    chosen = ["remove:marker@1", "remove:file@1", middle, "remove:meta@1"] if every else [middle]
+    for i in range(len(chosen)):
+        fs.copy(s3.url("ref.zarr"), s3.url("killed", f"{i}.zarr"), recursive=True)
+    (tmp_path / "points").write_text("\n".join(chosen))
+    r = subprocess.run([sys.executable, "-m", "tests.engine.store_scenario", "--remove-each", str(tmp_path / "points"),
+                        s3.url("killed")], env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert dict(line.split() for line in r.stdout.splitlines()) == {p: str(faults.FAULT_EXIT) for p in chosen}, \
+        (r.stdout, r.stderr[-3000:])
+    for i, point in enumerate(chosen):
+        store = s3.url("killed", f"{i}.zarr")
+        assert "p" not in open_store(store)["r"].children, point  # gone from the marker on
+        assert ProbeStore(store).group("r", "p") is None, point
+        scenario.run(store)
+        xr.testing.assert_identical(load_group(store, "r", "p"), load_group(ref, "r", "p"))
 
 
 @pytest.mark.slow

@@ -252,8 +252,7 @@ def test_cluster_without_shared_disk(s3, tmp_path, monkeypatch):
     """``dask scheduler`` and ``dask worker`` started as processes in their own folders (working
     folder, TMPDIR, HOME), and the series only on S3: the driver's local copy is deleted before the
     run, so a job that reached for a driver path would fail. The worker fetches into its own cache;
-    the values equal a local run's. (The store is local to the driver here: ``--out s3://`` is the
-    store side of issue 28.)"""
+    the values equal a local run's, and the store is written on S3 too (the driver its only writer)."""
     import subprocess
     import sys
 
@@ -288,12 +287,14 @@ def test_cluster_without_shared_disk(s3, tmp_path, monkeypatch):
         driver = tmp_path / "driver"
         driver.mkdir()
         monkeypatch.chdir(driver)
-        r = _grokscope("probe", url, "-o", "probes.zarr", "--scheduler", address, "--json", "-q",
+        store = s3.url("probes.zarr")
+        r = _grokscope("probe", url, "-o", store, "--scheduler", address, "--json", "-q",
                        "--cache-budget", "10MB")
         assert r.exit_code == 0, r.output + (tmp_path / "cluster.log").read_text()[-3000:]
         summary = json.loads(r.stdout)
         assert summary["completed"] == 8 and summary["failed"] == 0
-        assert_same_values(driver / "probes.zarr", tmp_path / "local.zarr", ["a", "b"])
+        assert_same_values(store, tmp_path / "local.zarr", ["a", "b"])
+        assert not list(driver.iterdir())  # nothing written on the driver's disk
         # the worker fetched into its own disk: its ledger is there, its fetch folders are gone
         fetched = homes["worker"] / "tmp" / f"grokscope-fetch-{os.getuid()}"
         assert (fetched / "ledger.lock").exists() and not list(fetched.glob("ck-*"))
