@@ -384,6 +384,7 @@ class LLCProbe(Probe):
     quick_task = "modular"
     description = "local learning coefficient by batched SGLD chains around each checkpoint (Lau et al.)"
     Params = LLCParams
+    tasks = ("classification", "causal_lm")  # causal_lm: the next_token loss (llc.loss=auto picks it)
     outputs = {
         "llc": (), "llc_std": (), "llc_chain": ("chain",), "loss_init": (), "loss_trace": ("chain", "draw"),
         "trace_drift": ("chain",), "rhat": (), "dist": ("chain",), "weight_norm": (),
