@@ -20,6 +20,9 @@ from grokscope.registry import Registry
 from grokscope.trust import Trust, check_plain_json
 
 from .base import DEFAULT_GROK_THRESHOLD, Data, DatasetError, box_from_tensor, seeded_subset, task_facts
+from grokscope import codepath
+from grokscope.errors import GrokscopeError
+from grokscope.errors import user_code_failure
 
 DATASETS = {
     "modular": "modular",
@@ -58,8 +61,6 @@ def check_dataset_spec(spec: dict[str, Any], trust: Trust | None = None, where: 
 def _code_folder(spec: dict[str, Any], name: str, trust: Trust | None, where: str, use: bool) -> None:
     """Check (and with ``use`` put on the import path) the folder the spec's callable is imported
     from (:mod:`grokscope.codepath`)."""
-    from grokscope import codepath
-    from grokscope.errors import GrokscopeError
 
     try:
         (codepath.use if use else codepath.check)(spec, name, trust, "dataset", where)
@@ -102,7 +103,6 @@ def load_dataset(spec: dict[str, Any], trust: Trust | None = None, where: str = 
         except Exception as e:  # noqa: BLE001 - a callable's own failure: one line naming it
             if name in DATASETS:
                 raise  # a built-in's failure is a bug: keep its traceback
-            from grokscope.errors import user_code_failure
 
             raise DatasetError(user_code_failure(f"{where}: dataset {name!r}", e)) from None
         from .protocol import as_data

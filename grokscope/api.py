@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from grokscope.locations import is_url
+from grokscope.locations import join
 
 Probes = Mapping[str, Mapping[str, Any] | None] | Iterable[str] | str
 
@@ -30,7 +32,6 @@ def probe_config(probes: Probes, out: str | Path, steps: Mapping[str, str | None
     """
     from grokscope.engine.config import EngineConfig
     from grokscope.engine.jobs import ProbeRequest
-    from grokscope.locations import is_url
     from grokscope.probes import get_probe
 
     if isinstance(probes, str):
@@ -56,7 +57,6 @@ def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = 
     """
     from grokscope.engine.driver import probe_runs
 
-    from grokscope.locations import join
 
     if config is None:
         config = probe_config(probes, out if out is not None else join(path, "probes.zarr"), steps, **options)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from grokscope.errors import GrokscopeError
+from grokscope.engine.storefs import store_fs
+from grokscope.locations import LocationError, is_url
 
 
 class StoreReadError(GrokscopeError, ValueError):
@@ -52,9 +54,7 @@ def open_store(path: str | Path, storage_options: dict[str, Any] | None = None) 
     read later, lazily, name theirs under ``grokscope.engine.store_view.damage_named``)."""
     import xarray as xr
 
-    from grokscope.engine.storefs import store_fs
     from grokscope.engine.store_view import open_store as open_raw
-    from grokscope.locations import LocationError, is_url
 
     if is_url(path):
         try:

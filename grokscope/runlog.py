@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope.errors import GrokscopeError
+from grokscope.engine.storefs import store_fs
 
 # grokscope's name <- the names third-party trainers log it under (first match wins)
 COLUMN_NAMES = {
@@ -252,7 +253,6 @@ def store_split_checks(store: Path | str, tolerance: float = DEFAULT_TOLERANCE, 
     an ``acc`` group and a ``log.jsonl`` in its run folder (the folder recorded in the store)."""
     import zarr
 
-    from grokscope.engine.storefs import store_fs
     from grokscope.engine.store_view import DamagedStore, load_group
     from grokscope.runs import read_log
 

@@ -20,6 +20,8 @@ import torch
 
 from grokscope.version import __version__
 from grokscope.errors import GrokscopeError
+from grokscope.locations import is_url
+from grokscope.sources import as_path
 
 RUN_FORMAT = 1
 RUN_JSON = "run.json"
@@ -78,7 +80,6 @@ def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None
     doc = {"format": RUN_FORMAT, "grokscope": __version__, "model": model,
            "dataset": dataset, "train": train or {}}
     if checkpoints is not None:
-        from grokscope.locations import is_url
 
         text = str(checkpoints)  # a folder at a URL (init --workspace of a remote series) stays one
         doc[CHECKPOINTS_KEY] = text if is_url(text) else str(Path(checkpoints).absolute())
@@ -107,7 +108,6 @@ def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
     """Read and validate ``run.json``; :class:`RunError` names the file and what is wrong."""
-    from grokscope.sources import as_path
 
     path = as_path(run_dir) / RUN_JSON
     if not path.is_file():
@@ -134,7 +134,6 @@ def checkpoint_dir(run_dir: Path) -> Path:
     (reading it reports the problem)."""
     from grokscope.jsonbounds import read_json
 
-    from grokscope.sources import as_path
 
     run_dir = as_path(run_dir)
     try:
@@ -142,7 +141,6 @@ def checkpoint_dir(run_dir: Path) -> Path:
     except (OSError, ValueError):
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get(CHECKPOINTS_KEY), str) and doc[CHECKPOINTS_KEY]:
-        from grokscope.locations import is_url
 
         named = doc[CHECKPOINTS_KEY]
         return as_path(named) if is_url(named) else run_dir / named  # a URL: that remote folder
@@ -207,7 +205,6 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     line nested too deep to read, :mod:`grokscope.jsonbounds`)."""
     from grokscope.jsonbounds import loads
 
-    from grokscope.sources import as_path
 
     path = as_path(run_dir) / LOG_JSONL
     if not path.exists():

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import click
+from grokscope.errors import GrokscopeError
 
 COMMANDS = {
     "demo": ("grokscope.cli.demo:demo", "Train the default preset, probe it and plot what it shows."),
@@ -48,7 +49,6 @@ class LazyGroup(click.Group):
     any of them ends as one line (``Error: ...``) and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from grokscope.errors import GrokscopeError
 
         try:
             return super().invoke(ctx)

@@ -9,6 +9,9 @@ import click
 
 from .locations import LOCATION, open_location, storage_options_option
 from .spec_options import cli_spec, cli_trust, remember_vouched, spec_options, workspace_option
+from grokscope.cli.ignored import warn_ignored
+from grokscope.runlog import LogError, find_log, import_log
+from grokscope.runlog import write_log
 
 
 @click.command()
@@ -93,7 +96,6 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     records = (None if remote and log_path is None else  # a remote folder's own log: give it as --log
                _import_log(path, log_path, log_format, log_columns, log_step, force, home, log_pattern))
     if records is None and log_path is None:
-        from grokscope.cli.ignored import warn_ignored
 
         warn_ignored(click.get_current_context(), ("log_format", "log_pattern", "log_columns", "log_step"),
                      f"without a log (no --log given, and no trainer_state.json or metrics.csv found in {path})")
@@ -103,7 +105,6 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
                               checkpoints=ck_dir.absolute() if workspace is not None else None,
                               steps_per_epoch=steps_per_epoch)
         if records is not None:
-            from grokscope.runlog import write_log
 
             src, n, recs = records
             click.echo(f"imported {n} evaluation record(s) from {src} into {write_log(home, recs)}", err=True)
@@ -176,7 +177,6 @@ def _import_log(path: Path, log_path: Path | None, fmt: str | None, columns: str
     """``(source, n, records)`` of the run's own log (given, or found in ``path``) to import into
     ``home`` (default ``path``); None: none given or found."""
     from grokscope import runs as runfmt
-    from grokscope.runlog import LogError, find_log, import_log
 
     found = None
     if log_path is None:

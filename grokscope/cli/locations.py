@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+from grokscope.locations import LocationError, is_url, parse_storage_options
+from grokscope.sources import as_path
 
 
 class Location(click.ParamType):
@@ -20,7 +22,6 @@ class Location(click.ParamType):
         self.must_exist, self.file_okay = must_exist, file_okay
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from grokscope.locations import is_url
 
         if isinstance(value, Path) or not is_url(value):
             kind = click.Path(exists=True, file_okay=self.file_okay, path_type=Path) if self.must_exist else \
@@ -43,7 +44,6 @@ def storage_options_option(f):
 
 def storage_options(text: str | None) -> dict[str, Any]:
     """``--storage-options`` as a dict; a usage error naming the flag when it is not a JSON object."""
-    from grokscope.locations import LocationError, parse_storage_options
 
     try:
         return parse_storage_options(text)
@@ -54,8 +54,6 @@ def storage_options(text: str | None) -> dict[str, Any]:
 def open_location(location: Any, text: str | None) -> Any:
     """The argument as the checkpoint floor walks it (a local Path, or a freshly listed remote path);
     a click error naming the URL when it cannot be listed."""
-    from grokscope.locations import LocationError
-    from grokscope.sources import as_path
 
     try:
         return as_path(location, storage_options(text), fresh=True)

@@ -8,6 +8,7 @@ import click
 
 from .locations import Location, storage_options_option
 from .locations import storage_options as parse_storage_options
+from grokscope.cli.ignored import warn_ignored
 
 
 @click.command()
@@ -32,7 +33,6 @@ def plot(ctx: click.Context, store: Path | str, out: Path | None, storage_option
          formats: str | None, layers: bool, mem: float | None, grok: float | None, robust: float | None) -> None:
     """Plot a probe STORE over log steps: overview.png (every run overlaid, one panel per measure with
     data, onsets as dashed lines) and fourier_<run>.png heat maps."""
-    from grokscope.cli.ignored import warn_ignored
     from grokscope.plots import FORMATS, plot_store
 
     wanted = [m.strip().split(".")[0] for group in metrics for m in group.split(",") if m.strip()]

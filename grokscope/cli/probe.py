@@ -16,6 +16,12 @@ from .locations import LOCATION, Location, open_location, storage_options_option
 from .locations import cache_budget as parse_budget
 from .locations import storage_options as cli_storage_options
 from .spec_options import cli_spec, cli_trust, refuse_lone_spec_flags, spec_options, workspace_option, workspace_run
+from grokscope.api import probe as run_probes, probe_config
+from grokscope.engine.lock import StoreLocked, live_holder
+from grokscope.engine.selection import SelectionError, parse_selection
+from grokscope.engine.storefs import store_fs
+from grokscope.locations import LocationError
+from grokscope.runlog import store_split_checks
 
 
 class ProbeNames(click.ParamType):
@@ -69,7 +75,6 @@ def parse_steps_options(items: tuple[str, ...], metrics: list[str]) -> dict[str,
     """``("log:20", "norm=0,100,1000")`` → ``{probe: spec}`` for every probe of ``metrics``: a bare
     spec applies to the probes without their own ``PROBE=SPEC`` (None: all checkpoints). Specs are
     checked (:func:`.selection.parse_selection`)."""
-    from grokscope.engine.selection import SelectionError, parse_selection
 
     default: str | None = None
     own: dict[str, str] = {}
@@ -204,7 +209,6 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     Jobs already in the store are skipped (resume); new checkpoints are appended. Exits non-zero when
     any job failed, after listing each failed job and why.
     """
-    from grokscope.api import probe_config
     from grokscope.probes import ProbeError
 
     names: list[str] = []
@@ -247,7 +251,6 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
     more = {"follow": training_under(path)} if follow and not dry_run else {}
     summary = run_with_progress(path, cfg, quiet=quiet or as_json, **more)
     if "acc" in names and not dry_run and _store_exists(cfg):
-        from grokscope.runlog import store_split_checks
 
         for lines in store_split_checks(cfg.out, split_tolerance, storage_options=cfg.storage_options).values():
             summary.warnings.extend(lines)
@@ -257,7 +260,6 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
 
 
 def _store_exists(cfg: Any) -> bool:
-    from grokscope.engine.storefs import store_fs
 
     return store_fs(cfg.out, cfg.storage_options).exists("zarr.json")
 
@@ -287,7 +289,6 @@ def training_under(path: Path):
     folder found there has a lock held by a live process (:func:`.lock.live_holder`; a store's lock
     is not a run folder's, so this probe run's own lock does not count)."""
     from grokscope.engine.discovery import DiscoveryError, find_runs
-    from grokscope.engine.lock import live_holder
 
     def live() -> bool:
         try:
@@ -306,15 +307,12 @@ def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any =
     Returns the engine's ``Summary`` (also used by ``grokscope demo``, with ``follow=`` and ``poll=``).
     """
     from grokscope.engine.discovery import DiscoveryError
-    from grokscope.api import probe
     from grokscope.engine.driver import EngineError, Interrupted
-    from grokscope.engine.lock import StoreLocked
     from grokscope.engine.store_schema import StoreError
-    from grokscope.locations import LocationError
 
     bar = _Bar(quiet or progress is not None)
     try:
-        return probe(path, config=cfg, progress=progress or bar.update, start=bar.start, **follow)
+        return run_probes(path, config=cfg, progress=progress or bar.update, start=bar.start, **follow)
     except Interrupted as e:
         bar.close()
         click.echo(str(e), err=True)

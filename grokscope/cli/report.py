@@ -10,6 +10,7 @@ import click
 
 from .locations import Location, storage_options_option
 from .locations import storage_options as parse_storage_options
+from grokscope.cli.ignored import warn_ignored
 
 
 def _grok_option(ctx: click.Context, param: click.Parameter, value: str) -> float | None:
@@ -47,7 +48,6 @@ def report(ctx: click.Context, store: Path | str, out: Path | None, storage_opti
     thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}
     options = parse_storage_options(storage_options) or None
     if as_json:
-        from grokscope.cli.ignored import warn_ignored
 
         warn_ignored(ctx, ("out", "regions"), "with --json (the summaries go to stdout; no page is written)")
         with damage_named(store, storage_options=options):

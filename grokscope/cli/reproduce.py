@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from grokscope.cli.ignored import warn_ignored
+from grokscope.reproduce import NOT_INCLUDED, REPRODUCTIONS, ReproduceError, check_name, run_reproduction
 
 
 @click.command("reproduce")
@@ -20,7 +21,6 @@ from grokscope.cli.ignored import warn_ignored
 def reproduce(ctx: click.Context, name: str | None, out: Path | None, quick: bool, list_: bool, threads: int) -> None:
     """Reproduce a paper's headline result: train, probe, draw its figure and write a table of the
     paper's numbers beside this run's (OUT/paper_vs_run.md)."""
-    from grokscope.reproduce import NOT_INCLUDED, REPRODUCTIONS, ReproduceError, check_name, run_reproduction
 
     if list_ or name is None:
 

@@ -10,10 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import click
+from grokscope import trust as trustmod
+from grokscope.cli import json_object
+from grokscope.codepath import ImportSideEffects, watch_imports
+from grokscope.codepath import code_folder
+from grokscope.codepath import with_code_folder
+from grokscope.trust import Trust, split_entries
+from grokscope.trust import UntrustedCode
 
 
 def _json_option(text: str | None, what: str) -> dict[str, Any]:
-    from grokscope.cli import json_object
 
     return json_object(text or None, what) or {}
 
@@ -52,7 +58,6 @@ def vouched_by(model: str | None, dataset: str | None) -> list[str]:
 def vouched_folders(model: str | None, dataset: str | None) -> list[str]:
     """The folders the callables this command line names are imported from (the working directory
     is searched last): vouched for with them (:mod:`grokscope.codepath`)."""
-    from grokscope.codepath import code_folder
 
     named = vouched_by(model, dataset)
     if named and os.getcwd() not in sys.path:  # factories importable from here; last, so nothing
@@ -63,7 +68,6 @@ def vouched_folders(model: str | None, dataset: str | None) -> list[str]:
 def cli_trust(model: str | None, dataset: str | None, trust_code: str | None) -> Any:
     """The :class:`grokscope.trust.Trust` of this invocation: the user's allow-list, ``--trust-code``
     and the callables named by ``--model``/``--dataset`` (with the folders they are imported from)."""
-    from grokscope.trust import Trust, split_entries
 
     return Trust.from_user([*split_entries(trust_code), *vouched_by(model, dataset),
                             *vouched_folders(model, dataset)])
@@ -93,17 +97,14 @@ def cli_spec(model: str | None, model_kwargs: str | None, dataset: str | None,
     if trust is None:
         trust = cli_trust(model, dataset, None)
     vouched_folders(model, dataset)  # the working directory importable, as for cli_trust
-    from grokscope.codepath import with_code_folder
 
     mspec = with_code_folder(model_spec_from(model, model_kwargs, folder), model)
     dspec = with_code_folder({"name": dataset_name_from(dataset),
                               "kwargs": _json_option(dataset_kwargs, "--dataset-kwargs"),
                               "seed": dataset_seed}, dataset)
-    from grokscope.codepath import ImportSideEffects, watch_imports
     from grokscope.datasets import DatasetError, load_dataset
     from grokscope.engine.loading import CheckpointError
     from grokscope.models import ModelError
-    from grokscope.trust import UntrustedCode
 
     try:
         # the checkpoint folder and the working directory, listed before the user's module is
@@ -170,7 +171,6 @@ def remember_vouched(model: str | None, dataset: str | None, home: Path) -> None
     """Add the callables ``--model``/``--dataset`` named, and their folders, to the user's allow-list
     (after ``init`` or ``train`` wrote ``home``), saying so, so a later probe of ``home`` from any
     folder may import them."""
-    from grokscope import trust as trustmod
 
     for target in [*vouched_by(model, dataset), *vouched_folders(model, dataset)]:
         added = trustmod.remember(target)

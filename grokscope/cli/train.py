@@ -10,10 +10,10 @@ from grokscope.cli.ignored import warn_ignored
 from grokscope.cli.spec_options import cli_trust, remember_vouched
 from grokscope.codepath import with_code_folder
 from grokscope.trust import UntrustedCode
+from grokscope.cli import json_object
 
 
 def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict | None:
-    from grokscope.cli import json_object
 
     return json_object(value, f"--{param.name.replace('_', '-')}")
 

@@ -23,6 +23,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from grokscope.locations import is_url
 
 ALIAS = re.compile(r"^(?:.*[-_.])?(last|best|latest|final)(?:[-_.]?v?\d+)?$", re.I)
 _CACHE: dict[tuple[str, str, int, int], Any] = {}
@@ -68,7 +69,6 @@ def resolve_alias(c: Any, placed: dict[int, Any]) -> tuple[Any | None, str]:
     """``(checkpoint with its step, "")`` when the alias ``c`` (a :class:`.checkpoints.Checkpoint`) is
     a step no stepped file has, else ``(None, why it is left out)``. ``placed`` maps steps to the
     stepped checkpoints of the same folder. Never raises: an unreadable alias is left out, saying so."""
-    from grokscope.locations import is_url
 
     from .loading import CheckpointError
 

@@ -55,6 +55,7 @@ from .prepare import apply, check_probes
 from .selection import parse_selection
 from .store import ProbeStore, check_store_path
 from .storefs import absolute
+from grokscope.sources import as_path
 
 __all__ = ["EngineConfig", "EngineError", "Interrupted", "SchedulerLost", "StoreWriteError", "Summary", "dask_client",
            "probe_runs"]
@@ -95,7 +96,6 @@ def probe_runs(path: Path, cfg: EngineConfig,
     # workers may run elsewhere (another host, another working directory): absolute paths only; a
     # remote series (an fsspec URL) is listed once here, its checkpoints fetched by the workers; the
     # store (a folder or an fsspec URL) is written by this process only
-    from grokscope.sources import as_path
 
     from .fetch import FetchError, check_budget, configure
 

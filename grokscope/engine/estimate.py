@@ -36,6 +36,7 @@ from .jobs import Task, probe_class, run_task
 from .model_check import screen_plan
 from .store import ProbeStore, check_store_path
 from .storefs import absolute, store_fs
+from grokscope.sources import RemotePath, as_path
 
 REPEAT_BELOW = 5.0  # seconds: a first job shorter than this is run again and the second one timed
 HASH_BYTES = 64  # a content hash as stored, per job
@@ -100,7 +101,6 @@ def _duration(s: float) -> str:
 
 
 def _file_bytes(files: tuple[str, ...]) -> int:
-    from grokscope.sources import RemotePath, as_path
 
     total = 0
     for f in files:
@@ -124,7 +124,6 @@ def _default_workers(cfg: EngineConfig) -> tuple[int, int]:
 def estimate(path: Path, cfg: EngineConfig) -> Estimate:
     """The :class:`Estimate` of ``probe_runs(path, cfg)`` (see the module docstring). Raises what
     ``probe_runs`` raises before computing (refusals, :class:`~.store.StoreError`)."""
-    from grokscope.sources import as_path
 
     path = as_path(path, cfg.storage_options).absolute()
     out = absolute(cfg.out)

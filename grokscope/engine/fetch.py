@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .checkpoints import Checkpoint
+from grokscope.locations import filesystem
+from grokscope.sources import real_url
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -192,8 +194,6 @@ def check_budget(checkpoints: Any, budget: int | None) -> None:
 def local_copy(ck: Checkpoint, settings: FetchSettings | None = None) -> Iterator[Checkpoint]:
     """``ck`` (files at fsspec URLs) as a checkpoint of local files in the fetch cache, for the block's
     duration: fetched under the budget, deleted on leaving (see the module docstring)."""
-    from grokscope.locations import filesystem
-    from grokscope.sources import real_url
 
     settings = settings or _SETTINGS
     fs, index = filesystem(real_url(ck.path), settings.storage_options)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checkpoints import Checkpoint
+from grokscope.trust import Trust
+from grokscope.trust import UntrustedCode
 
 _CACHE_SIZE = 4
 _MODELS: OrderedDict[str, Any] = OrderedDict()
@@ -126,7 +128,6 @@ def _data(spec: dict[str, Any], device: Any, dtype: Any, trust: Any, where: str)
 
 def _trust(task: Any) -> Any:
     """The trust the job carries; a job without one may import built-ins and entry points only."""
-    from grokscope.trust import Trust
 
     return task.trust if task.trust is not None else Trust()
 
@@ -319,7 +320,6 @@ def run_task(task: Task) -> list[Outcome]:
     except Exception as e:  # noqa: BLE001 - model/data/checkpoint errors fail this task's jobs
         from grokscope.datasets import DatasetError
         from grokscope.models import ModelError
-        from grokscope.trust import UntrustedCode
 
         from .loading import CheckpointError
 

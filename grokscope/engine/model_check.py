@@ -16,6 +16,8 @@ from grokscope.errors import GrokscopeError
 
 from .checkpoints import Checkpoint
 from .outcomes import Failure
+from grokscope.codepath import ImportSideEffects, watch_imports
+from grokscope.trust import UntrustedCode
 
 BATCH = 2  # training points of the check's forward pass
 MAX_UNREADABLE = 3  # checkpoints tried in turn when the first ones cannot be read
@@ -50,7 +52,6 @@ def check_model(spec: dict[str, Any], ckpt: Checkpoint, trust: Any, where: str, 
 
     from grokscope.datasets import DatasetError
     from grokscope.models import ModelError
-    from grokscope.trust import UntrustedCode
 
     from .jobs import _data, _model
     from .loading import CheckpointDtypeError, CheckpointError, float_dtype, load_into, read_state_dict
@@ -157,7 +158,6 @@ def screen_tasks(tasks: list[Any], watch: bool = True
 
     import torch
 
-    from grokscope.codepath import ImportSideEffects, watch_imports
 
     from .jobs import _trust, probe_class
 

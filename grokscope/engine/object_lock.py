@@ -34,6 +34,9 @@ from typing import Any
 
 from .lock import LOCK_NAME, StoreLocked, _start_time, describe, pid_alive
 from .storefs import StoreFS
+from .lock import StoreLock
+from .storefs import store_fs
+from grokscope.locations import is_url
 
 HEARTBEAT_S = 10.0  # seconds between the holder's rewrites of the lock object
 STALE_AFTER_S = 60.0  # a heartbeat older than this: the holder is gone (or stalled), the lock is taken over
@@ -191,10 +194,7 @@ class ObjectStoreLock:
 def store_lock(location: Any, storage_options: dict[str, Any] | None = None) -> Any:
     """The lock of the store at ``location``: :class:`~.lock.StoreLock` (``flock``) for a local
     folder, :class:`ObjectStoreLock` for an fsspec URL."""
-    from grokscope.locations import is_url
 
-    from .lock import StoreLock
-    from .storefs import store_fs
 
     if is_url(location):
         return ObjectStoreLock(store_fs(location, storage_options))

@@ -21,6 +21,7 @@ from .selection import select_steps
 from .store import ProbeStore
 from .store_schema import StoreError, normalise
 from .store_view import DamagedStore
+from grokscope.trust import Trust, UntrustedCode
 
 
 @dataclass
@@ -108,7 +109,6 @@ def untrusted(run: Run, spec: dict[str, Any], trust: Any, needs_data: bool = Tru
     dataset is not looked at when no requested probe reads data (``needs_data=False``)."""
     from grokscope.datasets import DatasetError, check_dataset_spec
     from grokscope.models import ModelError, check_model_spec
-    from grokscope.trust import Trust, UntrustedCode
 
     t = trust if trust is not None else Trust()
     try:

@@ -21,6 +21,7 @@ from grokscope.sources import as_path
 
 from .checkpoints import real_path
 from .discovery import Problem, Run, find_runs
+from grokscope.training.schedule import parse_schedule
 
 
 STEPS_WIDTH = 40  # characters of the table's steps column; longer lists are shown in full below it
@@ -69,7 +70,6 @@ def expected_steps(run: Run) -> list[int] | None:
     if "save" not in train or "steps" not in train:
         return None
     try:
-        from grokscope.training.schedule import parse_schedule
 
         return parse_schedule(train["save"], int(train["steps"]))
     except Exception:  # noqa: BLE001 - an unknown schedule spec falls back to the heuristic

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 from grokscope.errors import GrokscopeError
+from grokscope.training.schedule import every_steps, log_steps
 
 
 class SelectionError(GrokscopeError, ValueError):
@@ -88,7 +89,6 @@ def select_steps(spec: str | Selection | None, steps: list[int]) -> tuple[list[i
     if sel.kind == "list":
         have = set(avail)
         return [s for s in sel.steps if s in have], [s for s in sel.steps if s not in have]
-    from grokscope.training.schedule import every_steps, log_steps
 
     first, last = avail[0], avail[-1]
     if sel.kind == "log":

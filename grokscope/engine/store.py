@@ -77,6 +77,7 @@ from .store_schema import (COMMITTED, ENGINE_VARS, MERGE_GAP, MISSING_DOC, REMOV
                            fill_value, normalise, shard_steps, storage_dtype, template_key)
 from .storefs import StoreFS, store_fs
 from .store_view import damage_named
+from .lock import LOCK_NAME
 
 
 def _read_meta(fs: StoreFS, key: str) -> Any:
@@ -148,7 +149,6 @@ def check_store_path(path: str | Path, storage_options: dict[str, Any] | None = 
     Zarr v2 store, a Zarr array or a Zarr v3 group that grokscope did not write are refused, so our
     groups never mix into them. A URL whose bucket cannot be reached raises
     :class:`~grokscope.locations.LocationError` naming it."""
-    from .lock import LOCK_NAME
 
     fs = store_fs(path, storage_options)
     p = fs.display()

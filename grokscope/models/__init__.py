@@ -22,6 +22,8 @@ from grokscope.trust import Trust, check_plain_json
 
 from .errors import ModelError
 from .hf import check_config
+from grokscope import codepath
+from grokscope.errors import user_code_failure
 
 MODELS = {
     "mlp": "grokscope.models.mlp:mlp",
@@ -75,7 +77,6 @@ def check_model_spec(spec: dict[str, Any], trust: Trust | None = None, where: st
 def _code_folder(spec: dict[str, Any], trust: Trust | None, where: str, use: bool) -> None:
     """Check (and with ``use`` put on the import path) the folder the spec's factory is imported from
     (:mod:`grokscope.codepath`)."""
-    from grokscope import codepath
 
     try:
         (codepath.use if use else codepath.check)(spec, spec_target(spec), trust, "model", where)
@@ -117,7 +118,6 @@ def build_model(spec: dict[str, Any], trust: Trust | None = None, where: str = "
     except Exception as e:  # noqa: BLE001 - a factory is the user's code: one line, naming it
         if not spec.get("factory"):
             raise  # a built-in's failure is a bug: keep its traceback
-        from grokscope.errors import user_code_failure
 
         raise ModelError(user_code_failure(f"model factory {label!r}", e)) from None
     if not isinstance(model, nn.Module):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope.models.errors import ModelError
+from grokscope.trust import check_plain_json
 
 HPARAMS_KEYS = ("hparams", "module_arguments", "hyper_parameters")  # Lightning's past and present keys
 DROPPED = ("_instantiator", "_class_path")  # LightningCLI's: the instantiator is never run
@@ -36,7 +37,6 @@ def saved_hyper_parameters(path: str | Path, cls: type) -> dict[str, Any]:
     ``load_from_checkpoint`` would pass them; {} when it saved none. Raises ``CheckpointError`` for a
     file that cannot be read weights-only, :class:`ModelError` for values that are not plain JSON."""
     from grokscope.engine.loading import _torch_load
-    from grokscope.trust import check_plain_json
 
     ck = _torch_load(Path(path))
     if not isinstance(ck, dict):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from grokscope.errors import GrokscopeError
+from grokscope.locations import is_url
 
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
                "#7f7f7f", "#bcbd22"]
@@ -34,7 +35,6 @@ def open_store(store_or_tree: Any, storage_options: dict[str, Any] | None = None
     folder given instead)."""
     import xarray as xr
 
-    from grokscope.locations import is_url
     from grokscope.reading import StoreReadError
     from grokscope.reading import open_store as open_tree
 

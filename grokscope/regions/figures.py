@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .core import PALETTE_SIZE, RegionPicture, RegionsError
+from grokscope.engine.selection import SelectionError, select_steps
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".gif")
 DEFAULT_PANELS = 6   # checkpoints in a still figure when no steps are given
@@ -34,7 +35,6 @@ def pictures(tree: Any, run: str, steps: str | Sequence[int] | None = None, defa
     """``[(step, picture)]`` of ``run``'s stored ``regions`` at the checkpoints ``steps`` selects (the
     engine's ``--steps`` grammar: ``0,100,1000``, ``log:N``, ``every:K``, ``all``; None: ``log:default_n``),
     each with the train/test accuracy of the ``acc`` probe at that step when the store has it."""
-    from grokscope.engine.selection import SelectionError, select_steps
 
     if run not in region_runs(tree):
         raise RegionsError(f"run {run!r} has no regions results in the store (have: "

@@ -16,6 +16,7 @@ from .markup import (CSS, _e, img_html, lead_lag_table_html, migration_table_htm
 from .words import _missing, describe_run, fmt_step
 from grokscope import __version__
 from grokscope.runlog import store_split_checks
+from grokscope.locations import is_url
 
 # -- figures -----------------------------------------------------------------------------------------
 
@@ -192,7 +193,6 @@ def write_report(store: Path | str, out: Path | None = None, regions: bool = Tru
     """
     from grokscope.analysis import run_summary
 
-    from grokscope.locations import is_url
 
     store = str(store) if is_url(store) else Path(store)
     default = Path("report.html") if isinstance(store, str) else store.resolve().parent / "report.html"

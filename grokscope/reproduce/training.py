@@ -13,6 +13,7 @@ from grokscope import runs
 from grokscope.analysis import first_logged_step
 from grokscope.errors import GrokscopeError
 from grokscope.reproduce import ReproduceError
+from grokscope.api import probe as run_probes
 
 
 def _child(config: Any, directory: str, resume: bool, threads: int) -> None:
@@ -91,7 +92,6 @@ def probe(run_dir: Path, store: Path, requests: dict[str, tuple[dict[str, str], 
     """Probe ``run_dir`` into ``store`` with ``{probe: (params as text, steps spec or None)}`` on the
     local Dask cluster (resumable: what the store has is not recomputed). Returns the engine's Summary;
     a failed job raises :class:`ReproduceError` listing them."""
-    from grokscope.api import probe as run_probes
 
     summary = run_probes(run_dir, {n: p for n, (p, _) in requests.items()}, out=store,
                          steps={n: steps for n, (_, steps) in requests.items()}, flush_interval=30.0)
