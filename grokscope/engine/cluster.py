@@ -277,6 +277,18 @@ def _spawn() -> Iterator[None]:
         yield
 
 
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "HF_", "HUGGINGFACE_", "FSSPEC_")
+
+
+def storage_environment() -> dict[str, str]:
+    """The driver's environment that reaches object stores and hubs (credentials, endpoints:
+    ``AWS_*``, ``HF_*``, ... and ``GROKSCOPE_STORAGE_OPTIONS``) as it is now. The local CPU workers are
+    forked from a server that may have started before the caller set them (a notebook, a test), so
+    they are handed over explicitly."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(STORAGE_ENV_PREFIXES) or k == "GROKSCOPE_STORAGE_OPTIONS"}
+
+
 def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
     from distributed import Client, LocalCluster
 
@@ -293,7 +305,7 @@ def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
 
         def make() -> Any:  # dashboard ":0": the scheduler's HTTP server on a free port (8787 may be taken)
             return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                silence_logs=logging.CRITICAL)
+                                silence_logs=logging.CRITICAL, env=storage_environment())
         threads = cfg.threads or max(1, cores // n)
         desc = f"local cluster, {n} worker process(es) x {threads} torch thread(s)"
 

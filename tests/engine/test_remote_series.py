@@ -408,3 +408,44 @@ def test_hub_revisions_read_at_their_commit_and_offline_is_one_line(monkeypatch)
     with pytest.raises(LocationError, match=r"^hf://org/tiny: cannot list the repository's revisions \(") as e:
         open_source("hf://org/tiny", {"endpoint": "http://127.0.0.1:9"})
     assert "\n" not in str(e.value)
+
+
+WORKERS_STARTED_EARLIER = '''
+import os, sys
+from pathlib import Path
+
+
+def main():
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
+    import dask
+    from grokscope.engine.cluster import _start_forkserver
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        _start_forkserver()  # the server the local workers fork from: started without credentials
+    os.environ.update(saved)  # the user sets them afterwards (a notebook cell, a test fixture)
+    import grokscope
+    s = grokscope.probe(sys.argv[1], "acc", out=Path(sys.argv[2]), workers=1, threads=1)
+    print("FAILURES", len(s.failures), s.failures[0].reason if s.failures else "")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_local_workers_get_the_credentials_set_after_their_server_started(s3, tmp_path):
+    """Local worker processes fork from a server that may predate the credentials in the environment:
+    the driver hands its storage environment (``AWS_*`` ...) to the workers it starts."""
+    import subprocess
+    import sys
+
+    from tests.engine.conftest import ROOT, subprocess_env
+
+    make_run(tmp_path / "runs" / "a", [0, 1])
+    url = _upload(s3, tmp_path / "runs", "runs")
+    script = tmp_path / "late_env.py"
+    script.write_text(WORKERS_STARTED_EARLIER)
+    env = {**subprocess_env(), **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+    r = subprocess.run([sys.executable, str(script), url, str(tmp_path / "s.zarr")], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert "FAILURES 0" in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert int(load_group(tmp_path / "s.zarr", "a", "acc").done.sum()) == 2
