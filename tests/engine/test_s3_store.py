@@ -33,14 +33,15 @@ def _probe(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_probe_into_s3_equals_probe_into_a_folder(tmp_path, s3, cli):
-    """train (a tiny run, locally) → ``probe --out s3://…`` on a LocalCluster of worker processes →
+    """train (a tiny run, locally) → ``probe --out s3://…`` (in-process; the store written from a cluster of
+    workers with no shared disk: test_remote_series.py::test_cluster_without_shared_disk) →
     open the store from S3: every group identical to the same probe into a local folder; ``report``
     reads the same summaries from both and ``plot`` draws from S3; the endpoint given in
     --storage-options is in no object of the store."""
     run = make_run(tmp_path / "runs" / "a", [0, 1, 2, 3])
     url = s3.url("probes.zarr")
     options = json.dumps({"endpoint_url": s3.endpoint})
-    r = cli("probe", run, "-o", url, "-m", PROBES, "-q", "--storage-options", options, "--workers", "1",
+    r = cli("probe", run, "-o", url, "-m", PROBES, "-q", "--storage-options", options, "--scheduler", "sync",
             "--threads", "1")
     assert r.exit_code == 0, r.output[-3000:]
     local = tmp_path / "local.zarr"
