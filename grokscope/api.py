@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from grokscope.locations import is_url
-from grokscope.locations import join
+
+from grokscope.engine.storefs import store_fs
+from grokscope.locations import is_url, join
+from grokscope.runlog import DEFAULT_TOLERANCE, store_split_checks
 
 Probes = Mapping[str, Mapping[str, Any] | None] | Iterable[str] | str
 
@@ -47,20 +49,27 @@ def probe(path: str | Path, probes: Probes = "acc", *, out: str | Path | None = 
           steps: Mapping[str, str | None] | None = None, config: Any = None,
           progress: Callable[[int, int, int, float], None] | None = None,
           start: Callable[[int, int, str], None] | None = None, follow: Callable[[], bool] | None = None,
-          poll: float = 1.0, **options: Any) -> Any:
+          poll: float = 1.0, split_tolerance: float = DEFAULT_TOLERANCE, **options: Any) -> Any:
     """Run ``probes`` over every checkpoint under ``path`` into the store ``out`` (default
     ``path/probes.zarr``; an fsspec URL such as ``s3://bucket/probes.zarr`` with
     ``storage_options={...}`` among ``options``, used and never stored); returns the engine's ``Summary`` (jobs done, failures with their reasons,
     warnings). ``config``: a prepared :func:`probe_config` instead of ``probes``/``out``/``steps``/
     ``options``. ``progress``, ``start``, ``follow``, ``poll``: see
     :func:`grokscope.engine.driver.probe_runs`. Resumable: what the store holds is not recomputed.
+    When ``acc`` was probed, its accuracies are compared with each run's own log
+    (:func:`grokscope.runlog.store_split_checks`, ``split_tolerance``): a run whose splits look
+    swapped or different from its training's adds its lines to the summary's warnings.
     """
     from grokscope.engine.driver import probe_runs
 
-
     if config is None:
         config = probe_config(probes, out if out is not None else join(path, "probes.zarr"), steps, **options)
-    return probe_runs(path, config, progress=progress, start=start, follow=follow, poll=poll)
+    summary = probe_runs(path, config, progress=progress, start=start, follow=follow, poll=poll)
+    if any(r.name == "acc" for r in config.probes) and not config.dry_run and \
+            store_fs(config.out, config.storage_options).exists("zarr.json"):
+        for lines in store_split_checks(config.out, split_tolerance, storage_options=config.storage_options).values():
+            summary.warnings.extend(lines)
+    return summary
 
 
 def _text(value: Any) -> str:

@@ -19,9 +19,7 @@ from .spec_options import cli_spec, cli_trust, refuse_lone_spec_flags, spec_opti
 from grokscope.api import probe as run_probes, probe_config
 from grokscope.engine.lock import StoreLocked, live_holder
 from grokscope.engine.selection import SelectionError, parse_selection
-from grokscope.engine.storefs import store_fs
 from grokscope.locations import LocationError
-from grokscope.runlog import store_split_checks
 
 
 class ProbeNames(click.ParamType):
@@ -249,19 +247,10 @@ def probe(ctx: click.Context, path: Path, metrics: tuple[list[str], ...], params
         _print_estimate(path, cfg, as_json)
         return
     more = {"follow": training_under(path)} if follow and not dry_run else {}
-    summary = run_with_progress(path, cfg, quiet=quiet or as_json, **more)
-    if "acc" in names and not dry_run and _store_exists(cfg):
-
-        for lines in store_split_checks(cfg.out, split_tolerance, storage_options=cfg.storage_options).values():
-            summary.warnings.extend(lines)
+    summary = run_with_progress(path, cfg, quiet=quiet or as_json, split_tolerance=split_tolerance, **more)
     report_summary(summary, as_json, dry_run)
     if not summary.ok:
         ctx.exit(1)
-
-
-def _store_exists(cfg: Any) -> bool:
-
-    return store_fs(cfg.out, cfg.storage_options).exists("zarr.json")
 
 
 def _print_estimate(path: Path, cfg: Any, as_json: bool) -> None:
@@ -300,7 +289,7 @@ def training_under(path: Path):
 
 
 def run_with_progress(path: Path, cfg: Any, quiet: bool = False, progress: Any = None, **follow: Any) -> Any:
-    """:func:`grokscope.api.probe` of ``cfg`` (``**follow``: its ``follow``/``poll``) with the progress
+    """:func:`grokscope.api.probe` of ``cfg`` (``**follow``: its ``follow``/``poll``/``split_tolerance``) with the progress
     bar on stderr (or the callback ``progress(n, done, failed, rate)`` instead); refusals become
     ClickExceptions.
 
