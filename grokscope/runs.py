@@ -80,7 +80,6 @@ def write_run_json(run_dir: Path, model: dict, dataset: dict, train: dict | None
     doc = {"format": RUN_FORMAT, "grokscope": __version__, "model": model,
            "dataset": dataset, "train": train or {}}
     if checkpoints is not None:
-
         text = str(checkpoints)  # a folder at a URL (init --workspace of a remote series) stays one
         doc[CHECKPOINTS_KEY] = text if is_url(text) else str(Path(checkpoints).absolute())
     if steps_per_epoch is not None:
@@ -141,7 +140,6 @@ def checkpoint_dir(run_dir: Path) -> Path:
     except (OSError, ValueError):
         doc = None
     if isinstance(doc, dict) and isinstance(doc.get(CHECKPOINTS_KEY), str) and doc[CHECKPOINTS_KEY]:
-
         named = doc[CHECKPOINTS_KEY]
         return as_path(named) if is_url(named) else run_dir / named  # a URL: that remote folder
     ck = run_dir / CHECKPOINT_DIR

@@ -96,7 +96,6 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
     records = (None if remote and log_path is None else  # a remote folder's own log: give it as --log
                _import_log(path, log_path, log_format, log_columns, log_step, force, home, log_pattern))
     if records is None and log_path is None:
-
         warn_ignored(click.get_current_context(), ("log_format", "log_pattern", "log_columns", "log_step"),
                      f"without a log (no --log given, and no trainer_state.json or metrics.csv found in {path})")
     try:
@@ -105,7 +104,6 @@ def init(path: Path, model: str | None, model_kwargs: str | None, dataset: str |
                               checkpoints=ck_dir.absolute() if workspace is not None else None,
                               steps_per_epoch=steps_per_epoch)
         if records is not None:
-
             src, n, recs = records
             click.echo(f"imported {n} evaluation record(s) from {src} into {write_log(home, recs)}", err=True)
     except OSError as e:

@@ -48,7 +48,6 @@ def report(ctx: click.Context, store: Path | str, out: Path | None, storage_opti
     thresholds = {"mem": mem, "grok": grok, "robust": robust, "window": window}
     options = parse_storage_options(storage_options) or None
     if as_json:
-
         warn_ignored(ctx, ("out", "regions"), "with --json (the summaries go to stdout; no page is written)")
         with damage_named(store, storage_options=options):
             click.echo(json.dumps(summaries(store, options, **thresholds), indent=2, allow_nan=False))

@@ -23,7 +23,6 @@ def reproduce(ctx: click.Context, name: str | None, out: Path | None, quick: boo
     paper's numbers beside this run's (OUT/paper_vs_run.md)."""
 
     if list_ or name is None:
-
         warn_ignored(ctx, ("out", "quick", "threads"), "when listing the reproductions (nothing is run; "
                      + ("NAME is ignored too)" if name else "give a NAME to run one)"))
         for key, (_, what, cost) in REPRODUCTIONS.items():

@@ -116,7 +116,6 @@ def train(preset: str | None, list_presets: bool, out: Path | None, resume: bool
     from grokscope.training import presets as P
 
     if list_presets:
-
         warn_ignored(click.get_current_context(), tuple(p.name for p in train.params if p.name != "list_presets"),
                      "with --list-presets (it lists the presets and trains nothing)")
         for name in P.preset_names():

@@ -70,7 +70,6 @@ def expected_steps(run: Run) -> list[int] | None:
     if "save" not in train or "steps" not in train:
         return None
     try:
-
         return parse_schedule(train["save"], int(train["steps"]))
     except Exception:  # noqa: BLE001 - an unknown schedule spec falls back to the heuristic
         return None
