@@ -114,15 +114,19 @@ class Source:
         whole = start is None and end is None
         if whole and rel in self.small:
             return self.small[rel]
-        try:
-            data = self.fs.cat_file(self.full(rel), start=start, end=end)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.url}/{rel}: no such object (listed, then gone)") from None
+        data = self.fetch(rel, start, end)
         self.reads += 1
         self.bytes_read += len(data)
         if whole and len(data) <= SMALL:
             self.small[rel] = data
         return data
+
+    def fetch(self, rel: str, start: int | None, end: int | None) -> bytes:
+        """Bytes ``[start, end)`` of file ``rel`` from the server (no memo, no counting)."""
+        try:
+            return self.fs.cat_file(self.full(rel), start=start, end=end)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.url}/{rel}: no such object (listed, then gone)") from None
 
 
 def _seconds(value: Any) -> float:
@@ -362,17 +366,10 @@ class HubRevisions(Source):
         self._index(files)
         self.small = small
 
-    def read(self, rel: str, start: int | None = None, end: int | None = None) -> bytes:
-        whole = start is None and end is None
-        if whole and rel in self.small:
-            return self.small[rel]
+    def fetch(self, rel: str, start: int | None, end: int | None) -> bytes:
+        """Bytes of ``rel`` fetched at its commit (:func:`real_url`)."""
         target = real_url(f"{self.url}/{rel}")
         try:
-            data = self.fs.cat_file(target[len("hf://"):], start=start, end=end)
+            return self.fs.cat_file(target[len("hf://"):], start=start, end=end)
         except FileNotFoundError:
             raise FileNotFoundError(f"{target}: no such file (listed, then gone)") from None
-        self.reads += 1
-        self.bytes_read += len(data)
-        if whole and len(data) <= SMALL:
-            self.small[rel] = data
-        return data

@@ -24,11 +24,12 @@ from tests.engine import store_scenario as scenario
 from tests.engine.conftest import ROOT, subprocess_env
 
 
-def _record(tmp_path: Path, monkeypatch) -> tuple[Path, list[str]]:
-    """The reference store (an uninterrupted run) and every kill point it passes, as ``NAME@N``."""
+def _record(tmp_path: Path, monkeypatch, store: Path | str | None = None) -> tuple[Path | str, list[str]]:
+    """The reference store (an uninterrupted run into ``store``, default ``tmp_path/ref.zarr``) and
+    every kill point it passes, as ``NAME@N``."""
     log = tmp_path / "points.log"
     monkeypatch.setenv("GROKSCOPE_FAULT_LOG", str(log))
-    ref = tmp_path / "ref.zarr"
+    ref = tmp_path / "ref.zarr" if store is None else store
     scenario.run(ref)
     monkeypatch.delenv("GROKSCOPE_FAULT_LOG")
     seen: Counter = Counter()
@@ -118,15 +119,7 @@ def test_kill_at_every_kind_of_boundary_on_s3(tmp_path, monkeypatch, s3, chosen)
     """The scenario killed into a store on a real (loopback) S3 server, where a template has no rename
     and goes up file by file with its group's ``zarr.json`` last: a reader after each kill sees a
     committed state, and the rerun ends in the store an uninterrupted local run writes."""
-    log = tmp_path / "points.log"
-    monkeypatch.setenv("GROKSCOPE_FAULT_LOG", str(log))
-    scenario.run(s3.url("ref.zarr"))
-    monkeypatch.delenv("GROKSCOPE_FAULT_LOG")
-    seen: Counter = Counter()
-    points = []
-    for name in log.read_text().split():
-        seen[name] += 1
-        points.append(f"{name}@{seen[name]}")
+    _, points = _record(tmp_path, monkeypatch, s3.url("ref.zarr"))
     assert set(chosen) <= set(points), sorted(set(chosen) - set(points))
     ref = tmp_path / "ref.zarr"
     scenario.run(ref)

@@ -19,18 +19,9 @@ from grokscope.models.transformer import Attention
 from grokscope.probes import ProbeContext, ProbeError, get_probe
 from grokscope.probes.llc import FlatModel, LLCProbe, RestrictedLLCProbe, full_loss, llc_loss, lm_labels
 from grokscope.testing import check_probe
-from tests.probes.test_llc import discrete_sgld_llc
+from tests.probes.test_llc import discrete_sgld_llc, one_thread  # noqa: F401 - one torch thread here too
 
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: one torch thread is fastest and does not fight other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
