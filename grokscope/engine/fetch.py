@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .checkpoints import Checkpoint
+from .lock import pid_alive
+from .scratch import new_folder
 from grokscope.locations import filesystem
 from grokscope.sources import real_url
 
@@ -97,16 +99,6 @@ def current() -> FetchSettings:
 
 # -- the per-machine ledger -----------------------------------------------------------------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def _ledger(folder: Path) -> Iterator[Path]:
     """The reservations folder, under an exclusive lock of this machine's cache."""
@@ -128,17 +120,10 @@ def held(folder: Path) -> int:
             pid, size = int(r.name.split("-", 1)[0]), int(r.read_text() or 0)
         except (ValueError, OSError):
             continue
-        if not _alive(pid):
+        if not pid_alive(pid):
             r.unlink(missing_ok=True)
             continue
         total += size
-    for d in folder.glob("ck-*"):  # the fetch folders of killed processes (``ck-<pid>-...``)
-        try:
-            pid = int(d.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if not _alive(pid):
-            shutil.rmtree(d, ignore_errors=True)
     return total
 
 
@@ -160,7 +145,7 @@ def reserve(size: int, settings: FetchSettings, what: str, poll: float = 0.05) -
                 (ledger / token).write_text(str(size))
                 break
         time.sleep(poll)
-    work = Path(tempfile.mkdtemp(prefix=f"ck-{os.getpid()}-", dir=folder))
+    work = new_folder("ck-", folder)  # the fetch folders of killed processes swept first
     try:
         yield work
     finally:

@@ -60,9 +60,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ from .store_schema import (COMMITTED, ENGINE_VARS, MERGE_GAP, MISSING_DOC, REMOV
 from .storefs import StoreFS, store_fs
 from .store_view import damage_named
 from .lock import LOCK_NAME
+from .scratch import new_folder
 
 
 def _read_meta(fs: StoreFS, key: str) -> Any:
@@ -199,7 +200,7 @@ class ProbeStore:
         self.zstore = self.fs.zarr_store(read_only=read_only)
         self.groups: dict[tuple[str, str], GroupInfo] = {}
         self.templates: dict[str, Path] = {}  # template_key -> a pristine copy (see create_group)
-        self._template_dir: Path | None = None
+        self._scratch_dir: Path | None = None
         # groups an interrupted removal left (see delete_group): absent to the plan, removed by apply
         self.half_removed: set[tuple[str, str]] = set()
         if read_only:
@@ -354,8 +355,7 @@ class ProbeStore:
                                  "missing": MISSING_DOC, COMMITTED: n})
         # written beside the hierarchy, then renamed (or uploaded) into place: readers never see half
         # a template
-        aside = Path(tempfile.mkdtemp(prefix="grokscope-template-")) if self.fs.remote else \
-            Path(self.path) / TMP_DIR
+        aside = self._scratch() if self.fs.remote else Path(self.path) / TMP_DIR
         tmp = aside / f"{run}--{probe}-{uuid.uuid4().hex[:8]}"
         key = template_key(probe, steps, first)
         if key in self.templates:
@@ -388,10 +388,11 @@ class ProbeStore:
             self.set_run_attrs(run, {})
         self._place(tmp, f"{run}/{probe}")
         faults.point("create:rename")
-        try:
-            aside.rmdir()
-        except OSError:
-            pass
+        if not self.fs.remote:
+            try:
+                aside.rmdir()
+            except OSError:
+                pass
         self.groups.pop((run, probe), None)
         info = self.group(run, probe)
         assert info is not None
@@ -413,16 +414,18 @@ class ProbeStore:
         self.fs.write(f"{target}/zarr.json", meta.read_bytes())
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def _keep_template(self, tmp: Path) -> Path:
-        """A pristine copy of the template at ``tmp`` in a private temporary folder (removed when
-        this store handle goes away)."""
-        if self._template_dir is None:
-            import tempfile
-            import weakref
+    def _scratch(self) -> Path:
+        """This handle's private local folder (pristine templates; on object storage, the templates
+        being built): removed when the handle goes, or by the next handle on this machine if this
+        process is killed (:mod:`.scratch`)."""
+        if self._scratch_dir is None:
+            self._scratch_dir = new_folder("grokscope-store-")
+            weakref.finalize(self, shutil.rmtree, str(self._scratch_dir), True)
+        return self._scratch_dir
 
-            self._template_dir = Path(tempfile.mkdtemp(prefix="grokscope-templates-"))
-            weakref.finalize(self, shutil.rmtree, str(self._template_dir), True)
-        copy = self._template_dir / uuid.uuid4().hex
+    def _keep_template(self, tmp: Path) -> Path:
+        """A pristine copy of the template at ``tmp`` in this handle's scratch folder."""
+        copy = self._scratch() / "templates" / uuid.uuid4().hex
         shutil.copytree(tmp, copy)
         return copy
 

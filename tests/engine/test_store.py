@@ -92,6 +92,42 @@ def test_copied_templates_equal_written_ones(tmp_path):
     assert not (tmp_path / "a.zarr" / ".grokscope-tmp").exists()
 
 
+_KILLED_WRITER = """
+import os, signal, sys
+import numpy as np, xarray as xr
+from grokscope.engine.store import ProbeStore
+store = ProbeStore(sys.argv[1])
+first = xr.Dataset({"v": (("k",), np.zeros(3, dtype=np.float32))})
+store.create_group(sys.argv[2], "p", [0, 10], {}, first)
+print(os.getpid(), flush=True)
+if sys.argv[3] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "s3"])
+def test_a_killed_writers_scratch_is_swept_by_the_next(tmp_path, remote, request):
+    """The local scratch of a store handle (pristine templates; on object storage, templates being
+    uploaded) is removed when the handle goes, and what a SIGKILLed writer left is removed by the next
+    writer on the machine: nothing piles up in the temporary folder."""
+    machine_tmp = tmp_path / "machine-tmp"
+    machine_tmp.mkdir()
+    store = request.getfixturevalue("s3").url("s.zarr") if remote else str(tmp_path / "s.zarr")
+    env = {**subprocess_env(), "TMPDIR": str(machine_tmp)}  # the S3 server's address included
+
+    def writer(run: str, how: str) -> int:
+        r = subprocess.run([sys.executable, "-c", _KILLED_WRITER, store, run, how], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == (-9 if how == "kill" else 0), r.stderr[-2000:]
+        return int(r.stdout.split()[0])
+
+    dead = writer("r0", "kill")
+    assert [d.name.split("-")[2] for d in machine_tmp.glob("grokscope-store-*")] == [str(dead)]
+    writer("r1", "exit")
+    assert list(machine_tmp.glob("grokscope-store-*")) == []
+    assert ProbeStore(store, read_only=True).group("r1", "p").steps == [0, 10]
+
+
 def test_variables_added_after_a_failed_first_job(tmp_path):
     store = ProbeStore(tmp_path / "s.zarr")
     info = store.create_group("r", "p", [0, 1, 2], {"probe": "p"})  # the first outcome was an error
