@@ -103,6 +103,8 @@ def llc_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 class NextTokenLoss:
     """The ``next_token`` loss of :func:`llc_loss` on :func:`lm_labels` targets, with :meth:`count`."""
 
+    sequence_outputs = True  # it reads the logits at every position (adapters.sequence_logits)
+
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return next_token_loss(logits, labels.clamp_min(0), labels >= 0)
 

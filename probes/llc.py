@@ -55,6 +55,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from grokscope.functional import eval_mode, split_subset, subset_indices
 from grokscope.functional.chain_diagnostics import llc_warnings, split_rhat, trace_drift
 from grokscope.losses import LOSSES, llc_loss, lm_labels
+from grokscope.models.adapters import SequenceLogitsModule, differentiable_attention
 
 from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work
 
@@ -69,6 +70,9 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class FlatModel:
     """The trainable parameters of ``model`` as one flat vector ``(d,)`` (``named_parameters`` order) and
     the mean loss ``loss_fn(model(x), y)`` as a function of it (:meth:`loss`), via ``functional_call``.
+    A loss with ``sequence_outputs`` (``next_token``) reads the model's logits at every position
+    (:func:`grokscope.models.adapters.sequence_logits`: a ``--model hf`` causal LM's own forward gives
+    one position).
 
     Buffers are taken from the model as they are; the model itself is never modified.
     """
@@ -78,11 +82,15 @@ class FlatModel:
         if not named:
             raise ProbeError(f"llc: {type(model).__name__} has no trainable parameters")
         self.model, self.loss_fn = model, loss_fn
+        self.called, self.prefix = model, ""
+        if getattr(loss_fn, "sequence_outputs", False):
+            self.called, self.prefix = SequenceLogitsModule(model), "inner."
         self.dtype = dtype or named[0][1].dtype
         self.names = [n for n, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
         self.sizes = [p.numel() for _, p in named]
-        self.buffers = {n: (b.to(self.dtype) if b.is_floating_point() else b) for n, b in model.named_buffers()}
+        self.buffers = {self.prefix + n: (b.to(self.dtype) if b.is_floating_point() else b)
+                        for n, b in model.named_buffers()}
         self.theta = torch.cat([p.detach().to(self.dtype).reshape(-1) for _, p in named])
 
     @property
@@ -95,7 +103,8 @@ class FlatModel:
 
     def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean loss (a 0-dim tensor) of the parameters ``theta (d,)`` on ``(x, y)``."""
-        out = functional_call(self.model, (self.unflatten(theta), self.buffers), (x,))
+        params = {self.prefix + n: t for n, t in self.unflatten(theta).items()}
+        out = functional_call(self.called, (params, self.buffers), (x,))
         return self.loss_fn(out, y)
 
 
@@ -277,7 +286,7 @@ def _estimate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossF
     beta = 1.0 / math.log(n) if beta is None else float(beta)
     nbeta = n * beta
     chains = list(range(n_chains)) if chains is None else list(chains)
-    with eval_mode(model):
+    with eval_mode(model), differentiable_attention(model):  # vmap has no rule for fused attention
         flat = FlatModel(model, loss_fn, dtype)
         x = x.to(flat.dtype) if x.is_floating_point() else x
         init = full_loss(flat, flat.theta, x, y)
@@ -444,7 +453,7 @@ class LLCProbe(Probe):
         xb, yb = x[:2].to(device), y[:2].to(device)
         xb = xb.to(flat.dtype) if xb.is_floating_point() else xb
         try:
-            with eval_mode(model):
+            with eval_mode(model), differentiable_attention(model):
                 vmap(grad_and_value(flat.loss), in_dims=(0, None, None))(flat.theta.expand(2, -1), xb, yb)
         except Exception as e:  # any failure of torch.func on this model is reported in one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

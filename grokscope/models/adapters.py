@@ -8,7 +8,7 @@ Causal language models (a dataset with ``task == "causal_lm"``) are read through
 :func:`sequence_logits`: next-token logits at every position, ``(n, T, V)``.
 
 Also here: the scale of radii in embedding space (:func:`radius_scale`) and
-:func:`differentiable_attention` (eager attention for probes that need second derivatives).
+:func:`differentiable_attention` (eager attention for probes that need second derivatives or vmap).
 """
 
 from __future__ import annotations
@@ -52,6 +52,19 @@ def sequence_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | No
     return out
 
 
+class SequenceLogitsModule(nn.Module):
+    """``model`` as a module whose forward is :func:`sequence_logits` (ids ``(n, T)`` → ``(n, T, V)``),
+    for code that calls a module's forward with substituted parameters (``torch.func.functional_call``):
+    its parameters and buffers are the model's, named ``inner.<name>``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return sequence_logits(self.inner, ids)
+
+
 #: how a probe's radius is measured: ``absolute`` (input units), ``embedding_rms`` (multiples of the RMS
 #: of the embedded training inputs), ``auto`` (``embedding_rms`` for token models, else ``absolute``)
 RADIUS_UNITS = ("auto", "absolute", "embedding_rms")
@@ -81,8 +94,9 @@ def radius_scale(model: nn.Module, x_train: torch.Tensor, input_kind: str, unit:
 @contextmanager
 def differentiable_attention(model: nn.Module) -> Iterator[list[str]]:
     """Inside, every Hugging Face model in ``model`` computes attention the eager way (plain matmul and
-    softmax), so its second derivatives and forward-mode derivatives exist: torch's fused
-    ``scaled_dot_product_attention`` kernels implement neither on CPU. The same function, numerically
+    softmax), so its second derivatives and forward-mode derivatives exist, and ``torch.func.vmap``
+    batches it: torch's fused ``scaled_dot_product_attention`` kernels implement neither on CPU
+    (under vmap they fall back to a loop). The same function, numerically
     equal up to rounding; the run's model spec is not changed. Yields the names of the switched
     modules (empty for other models); restores their implementation afterwards."""
     switched: list[tuple[str, nn.Module, Any]] = []

@@ -118,3 +118,45 @@ def test_other_probes_refuse_an_lm_task_before_any_job(tmp_path, cli):
     r = cli("probe", repo, "--metrics", "acc,lc", "--scheduler", "sync", "-q")
     assert r.exit_code != 0
     assert "probe 'lc' does not take a causal_lm dataset (file:tokens.npz); it takes classification" in r.output
+
+
+def test_llc_and_rllc_of_revisions_equal_the_estimators_on_transformers_own_model(tmp_path, cli):
+    """``llc`` and ``rllc`` on a ``--model hf`` causal LM: the chains read the logits at every position
+    (the wrapper's own forward gives one position), so the store holds what the estimators give on
+    transformers' model loaded from the snapshot, on the training split's sequences."""
+    from grokscope.losses import llc_loss, lm_labels
+    from probes.llc import estimate_llc, estimate_restricted_llc
+
+    repo, states = _series(tmp_path / "hub", "gpt_neox", steps=(0,))
+    arrays = _tokens(tmp_path / "tokens.npz", False)
+    assert cli("init", repo, "--dataset", f"file:{tmp_path / 'tokens.npz'}").exit_code == 0
+    settings = {"n_chains": 2, "n_draws": 6, "n_burnin": 2, "lr": 1e-4, "gamma": 1000.0}
+    params = [a for k, v in settings.items() for p in ("llc", "rllc") for a in ("--param", f"{p}.{k}={v}")]
+    r = cli("probe", repo, "--metrics", "llc,rllc", "--scheduler", "sync", "-q", *params,
+            "--param", "rllc.components=head:0.1,layer:1")
+    assert r.exit_code == 0, r.output
+    llc = load_group(repo / "probes.zarr", repo.name, "llc")
+    rllc = load_group(repo / "probes.zarr", repo.name, "rllc")
+    assert llc.attrs["loss"] == "next_token" and list(rllc.component.values) == ["head:0.1", "layer:1"]
+
+    snap = repo / "snapshots" / (repo / "refs" / "step0").read_text()
+    model = Logits(transformers.AutoModelForCausalLM.from_pretrained(snap)).eval()
+    ids = torch.from_numpy(arrays["ids"][arrays["train_idx"]])
+    want = estimate_llc(model, ids, lm_labels(ids), llc_loss("next_token"), **settings)
+    assert float(llc.llc.values[0]) == pytest.approx(want["llc"], rel=1e-9)
+    assert float(llc.loss_init.values[0]) == pytest.approx(want["loss_init"], rel=1e-9)
+    parts = estimate_restricted_llc(model, ids, lm_labels(ids), llc_loss("next_token"), ["head:0.1", "layer:1"],
+                                    **settings)
+    for i, part in enumerate(parts):
+        assert float(rllc.llc.values[0, i]) == pytest.approx(part["llc"], rel=1e-9), part["component"]
+
+
+class Logits(torch.nn.Module):
+    """transformers' causal LM as a plain module: ids ``(n, T)`` → its logits ``(n, T, V)``."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(ids).logits
