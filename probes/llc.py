@@ -28,8 +28,7 @@ depend on how many chains run beside it, and one chain at a time gives the same 
 
 Functional pieces (usable from a notebook):
 
-* :class:`FlatModel` — the model's trainable parameters as one flat vector, the mean loss as a function
-  of it;
+* :class:`FlatModel` — the trainable parameters as one flat vector, the mean loss as a function of it;
 * :func:`sgld_chains` — the sampler; returns a :class:`Chains` (loss traces and per-chain diagnostics);
 * :func:`estimate_llc` — the estimate and its diagnostics from a model and data; :func:`llc_warnings`
   the words for a bad run;
@@ -52,12 +51,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from grokscope.functional import eval_mode, split_subset, subset_indices
+from grokscope.functional import eval_mode, split_subset, subset_indices, subset_size
 from grokscope.functional.chain_diagnostics import llc_warnings, split_rhat, trace_drift
 from grokscope.losses import LOSSES, llc_loss, lm_labels
 from grokscope.models.adapters import SequenceLogitsModule, differentiable_attention
 
-from .base import EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work
+from .base import (EventSpec, PanelSpec, Probe, ProbeContext, ProbeError, check_choice, check_work, fill_template,
+                   template_dataset)
 
 SAMPLERS = ("sgld", "rmsprop")
 LLC_LOSSES = (*LOSSES, "next_token")  # next_token: the causal-LM loss on token sequences (lm_labels)
@@ -239,6 +239,17 @@ def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
     return _estimate(model, x, y, loss_fn, None, **kw)[0]
 
 
+def named_components(model: nn.Module, specs: Sequence[str]) -> list[Any]:
+    """The components ``specs`` name in ``model`` (:func:`grokscope.functional.components.resolve_components`;
+    :class:`ProbeError` naming ``rllc.components`` when one is bad)."""
+    from grokscope.functional.components import ComponentError, resolve_components
+
+    try:
+        return resolve_components(model, specs)
+    except ComponentError as e:
+        raise ProbeError(f"rllc.components: {e}") from e
+
+
 def estimate_restricted_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                             components: Sequence[str], component_batch: int = 0, **kw: Any) -> list[dict[str, Any]]:
     """The restricted LLC of each component of ``model`` (Wang et al., ICLR 2025, "refined LLC"): the
@@ -253,12 +264,9 @@ def estimate_restricted_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     Returns one dict per component, as :func:`estimate_llc` returns for the whole model, with
     ``component`` (its name) and ``n_params`` (its parameter count ``d_k``) added.
     """
-    from grokscope.functional.components import ComponentError, flat_masks, resolve_components
+    from grokscope.functional.components import flat_masks
 
-    try:
-        comps = resolve_components(model, components)
-    except ComponentError as e:
-        raise ProbeError(f"rllc.components: {e}") from e
+    comps = named_components(model, components)
     probe = FlatModel(model, loss_fn, kw.get("dtype"))
     masks = flat_masks(comps, probe.names, probe.shapes, probe.theta.device)
     empty = [c.name for c, m in zip(comps, masks) if not bool(m.any())]
@@ -438,8 +446,7 @@ class LLCProbe(Probe):
         n_all = len(data.split("train")[1])
         if params.n_train > n_all:
             raise ProbeError(f"{self.name}.n_train={params.n_train} is larger than the training split "
-                             f"({n_all} points); "
-                             f"valid: 0..{n_all}")
+                             f"({n_all} points); valid: 0..{n_all}")
         n = params.n_train or n_all
         if n < 2:
             raise ProbeError(f"{self.name} needs at least 2 training points, the training split has {n_all}")
@@ -478,26 +485,38 @@ class LLCProbe(Probe):
         device = next(model.parameters()).device
         return loss, x.to(device), y.to(device)
 
-    def compute(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext):
-        import xarray as xr
+    def _frame(self, params: LLCParams, loss: str, n: int, n_params: int, components: list[str] | None = None):
+        """The result's frame (zeros) for ``n`` training points and ``n_params`` trainable parameters
+        (``rllc``: one row per name of ``components``): what :meth:`template` declares and
+        :meth:`compute` fills."""
+        beta = 1.0 / math.log(n) if params.beta is None else float(params.beta)  # as _estimate
+        batch = "full batch" if not 0 < params.batch_size < n else f"{params.batch_size} per step"
+        attrs = {"loss": loss, "n": int(n), "beta": beta, "nbeta": n * beta, "n_params": int(n_params), "batch": batch}
+        coords: dict[str, Any] = {"chain": np.arange(params.n_chains), "draw": np.arange(params.n_draws)}
+        if components is not None:  # rllc: n_params is a variable, per component
+            coords["component"] = list(components)
+            del attrs["n_params"]
+        words = DESCRIPTIONS if components is None else R_DESCRIPTIONS
+        return template_dataset(self.outputs, coords, {"warning": object}, attrs,
+                                {name: {"description": words[name]} for name in self.outputs})
 
-        self.check_params(params)
+    def _sizes(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext | None
+               ) -> tuple[str, int, int]:
+        """``(loss name, n training points, trainable parameters)`` without running the chains."""
+        loss = resolve_loss(params, data, ctx.run_spec if ctx is not None else None)
+        n = subset_size(len(data.split("train")[0]), params.n_train)
+        return loss, n, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def template(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext | None = None):
+        """Chains x draws; sizes from the parameters, the training split and the model's parameters."""
+        return self._frame(params, *self._sizes(model, data, params, ctx))
+
+    def compute(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext):
         loss, x, y = self.inputs(model, data, params, ctx)
         m = estimate_llc(model, x, y, llc_loss(loss), **self.sampler_settings(params))
-        vars_: dict[str, Any] = {}
-        for name, dims in self.outputs.items():
-            if name == "warning":
-                vars_[name] = ((), np.array("; ".join(m["warnings"]), dtype=object))
-            else:
-                vars_[name] = (dims, np.asarray(m[name], dtype=np.float64))
-        attrs = {"loss": loss, "n": int(m["n"]), "beta": float(m["beta"]), "nbeta": float(m["nbeta"]),
-                 "n_params": int(m["n_params"]),
-                 "batch": "full batch" if not 0 < params.batch_size < m["n"] else f"{params.batch_size} per step"}
-        ds = xr.Dataset(vars_, coords={"chain": np.arange(params.n_chains), "draw": np.arange(params.n_draws)},
-                        attrs=attrs)
-        for name in ds.data_vars:  # the engine keeps variable attributes in the store
-            ds[name].attrs["description"] = DESCRIPTIONS[name]
-        return ds
+        values = {name: np.asarray(m[name], dtype=np.float64) for name in self.outputs if name != "warning"}
+        values["warning"] = np.array("; ".join(m["warnings"]), dtype=object)
+        return fill_template(self._frame(params, loss, int(m["n"]), int(m["n_params"])), values)
 
 
 # ============================================================================ the restricted probe
@@ -557,39 +576,25 @@ class RestrictedLLCProbe(LLCProbe):
                              f"got {p.component_batch}")
 
     def check(self, model: nn.Module, data: Any, params: RestrictedLLCParams) -> None:
-        from grokscope.functional.components import ComponentError, resolve_components
-
-        try:
-            comps = resolve_components(model, params.components)
-        except ComponentError as e:
-            raise ProbeError(f"rllc.components: {e}") from e
+        comps = named_components(model, params.components)
         super().check(model, data, params)
         d = sum(p.numel() for p in model.parameters() if p.requires_grad)
         together = min(params.component_batch or len(comps), len(comps))
         check_work("rllc", "components run together x n_chains x parameters (the chains' state, gradient, noise, "
                    "offset; lower rllc.component_batch)", together * params.n_chains * d, each=32)
 
-    def compute(self, model: nn.Module, data: Any, params: RestrictedLLCParams, ctx: ProbeContext):
-        import xarray as xr
+    def template(self, model: nn.Module, data: Any, params: RestrictedLLCParams, ctx: ProbeContext | None = None):
+        """Components x chains x draws; the components resolved on the model (names only)."""
+        names = [c.name for c in named_components(model, params.components)]
+        return self._frame(params, *self._sizes(model, data, params, ctx), components=names)
 
-        self.check_params(params)
+    def compute(self, model: nn.Module, data: Any, params: RestrictedLLCParams, ctx: ProbeContext):
         loss, x, y = self.inputs(model, data, params, ctx)
         res = estimate_restricted_llc(model, x, y, llc_loss(loss), params.components, params.component_batch,
                                       **self.sampler_settings(params))
-        vars_: dict[str, Any] = {}
-        for name, dims in self.outputs.items():
-            if name == "warning":
-                vars_[name] = (dims, np.array(["; ".join(r["warnings"]) for r in res], dtype=object))
-            elif name == "loss_init":
-                vars_[name] = ((), np.float64(res[0]["loss_init"]))
-            else:
-                vars_[name] = (dims, np.stack([np.asarray(r[name], dtype=np.float64) for r in res]))
-        attrs = {"loss": loss, "n": int(res[0]["n"]), "beta": float(res[0]["beta"]),
-                 "nbeta": float(res[0]["nbeta"]),
-                 "batch": "full batch" if not 0 < params.batch_size < res[0]["n"] else f"{params.batch_size} per step"}
-        ds = xr.Dataset(vars_, coords={"component": [str(r["component"]) for r in res],
-                                       "chain": np.arange(params.n_chains), "draw": np.arange(params.n_draws)},
-                        attrs=attrs)
-        for name in ds.data_vars:  # the engine keeps variable attributes in the store
-            ds[name].attrs["description"] = R_DESCRIPTIONS[name]
-        return ds
+        values = {name: np.stack([np.asarray(r[name], dtype=np.float64) for r in res])
+                  for name in self.outputs if name not in ("warning", "loss_init")}
+        values["loss_init"] = np.float64(res[0]["loss_init"])
+        values["warning"] = np.array(["; ".join(r["warnings"]) for r in res], dtype=object)
+        frame = self._frame(params, loss, int(res[0]["n"]), 0, components=[str(r["component"]) for r in res])
+        return fill_template(frame, values)

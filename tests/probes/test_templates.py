@@ -39,6 +39,12 @@ CASES = {
     "fourier": (TRANSFORMER, MODULAR, {"n_key": "3"}, {"loss": "ce"}, {"freq": 5, "key": 3, "neuron": 24}),
     "regions": (DEEP, DIGITS, {"resolution": "9", "margin": "0.5", "points": "0,1,2"}, {},
                 {"a": 9, "b": 9, "corner": 3}),
+    # 25 of the 60 training points in batches of 10, the run's mse loss, 3 chains of 5 draws
+    "llc": (DEEP, DIGITS, {"n_chains": "3", "n_draws": "5", "n_burnin": "1", "n_train": "25", "batch_size": "10",
+                           "beta": "0.5"}, {"loss": "mse"}, {"chain": 3, "draw": 5}),
+    # the one-layer transformer's two heads and its MLP input layer
+    "rllc": (TRANSFORMER, MODULAR, {"n_chains": "2", "n_draws": "4", "n_burnin": "0", "components": "heads,params:mlp_in"},
+             {"loss": "ce"}, {"component": 3, "chain": 2, "draw": 4}),
 }
 
 
