@@ -33,11 +33,21 @@ class Attention(nn.Module):
         return self.o(z.transpose(1, 2).reshape(n, t, -1))
 
 
+INITS = ("torch", "nanda")
+
+
 class OneLayerTransformer(nn.Module):
-    """Token ids ``(n, n_ctx)`` → logits ``(n, p)`` at the last position."""
+    """Token ids ``(n, n_ctx)`` → logits ``(n, p)`` at the last position.
+
+    ``init``: ``"torch"`` (token and position embeddings N(0, 1/d_model), the linear layers torch's
+    default uniform) or ``"nanda"``, the authors' code: every weight matrix N(0, 1/d_model), the
+    unembedding N(0, 1/(p + 1)) (their vocabulary includes ``=``), biases zero.
+    """
 
     def __init__(self, p: int, d_model: int = 128, n_heads: int = 4, d_head: int = 32,
-                 d_mlp: int = 512, n_ctx: int = 3, activation_name: str = "relu"):
+                 d_mlp: int = 512, n_ctx: int = 3, activation_name: str = "relu", init: str = "torch"):
+        if init not in INITS:
+            raise ValueError(f"transformer init must be one of {', '.join(INITS)}, got {init!r}")
         super().__init__()
         self.p = p
         self.embed_tokens = nn.Embedding(p + 1, d_model)
@@ -48,6 +58,13 @@ class OneLayerTransformer(nn.Module):
         self.act = activation(activation_name)
         self.mlp_out = nn.Linear(d_mlp, d_model)
         self.unembed = nn.Linear(d_model, p, bias=False)
+        if init == "nanda":
+            with torch.no_grad():
+                for m in (self.attn.q, self.attn.k, self.attn.v, self.attn.o, self.mlp_in, self.mlp_out):
+                    m.weight.normal_(0.0, 1 / math.sqrt(d_model))
+                self.unembed.weight.normal_(0.0, 1 / math.sqrt(p + 1))
+                self.mlp_in.bias.zero_()
+                self.mlp_out.bias.zero_()
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings ``(n, n_ctx, d_model)`` (after ``W_E``, before the positional embedding)."""
@@ -64,9 +81,9 @@ class OneLayerTransformer(nn.Module):
 
 
 def transformer(p: int, d_model: int = 128, n_heads: int = 4, d_head: int = 32, d_mlp: int = 512,
-                n_ctx: int = 3, activation_name: str = "relu") -> OneLayerTransformer:
-    """Builder for :class:`OneLayerTransformer` (defaults: Nanda et al.)."""
-    return OneLayerTransformer(p, d_model, n_heads, d_head, d_mlp, n_ctx, activation_name)
+                n_ctx: int = 3, activation_name: str = "relu", init: str = "torch") -> OneLayerTransformer:
+    """Builder for :class:`OneLayerTransformer` (defaults: Nanda et al.'s sizes)."""
+    return OneLayerTransformer(p, d_model, n_heads, d_head, d_mlp, n_ctx, activation_name, init)
 
 
 class AttnOnlyTransformer(nn.Module):

@@ -31,7 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Nanda et al.: one-layer transformer on (a, b, =) tokens, p = 113, 30 % train.
     "modadd-transformer": {
         "model": {"arch": "transformer", "kwargs": {"d_model": 128, "n_heads": 4, "d_head": 32,
-                                                    "d_mlp": 512}},
+                                                    "d_mlp": 512, "init": "nanda"}},
         "dataset": {"name": "modular", "kwargs": {"p": 113, "op": "add", "train_fraction": 0.3,
                                                   "encoding": "tokens"}, "seed": 0},
         "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1.0, "betas": (0.9, 0.98),

@@ -259,3 +259,25 @@ def test_attn_only_is_causal_and_names_its_heads() -> None:
         outs.append(m(ids))
     torch.testing.assert_close(outs[0], outs[1])
     assert not torch.allclose(outs[0], a) and not torch.allclose(outs[2], outs[0])
+
+
+def test_transformer_init_as_the_authors_code() -> None:
+    """``init="nanda"``: every weight matrix N(0, 1/d_model), the unembedding N(0, 1/(p + 1)), biases
+    zero (the authors' ``transformers.py``); the sum of squared weights is then their expectation within
+    a few per cent (torch's default init gives about a third of it); an unknown init is refused."""
+    p, d, d_mlp = 113, 128, 512
+    torch.manual_seed(0)
+    m = build_model({"arch": "transformer", "kwargs": {"p": p, "init": "nanda"}})
+    for name in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp_in", "mlp_out"):
+        w = m.get_submodule(name).weight.detach()
+        assert float(w.std()) == pytest.approx(1 / math.sqrt(d), rel=0.05), name
+    assert float(m.unembed.weight.detach().std()) == pytest.approx(1 / math.sqrt(p + 1), rel=0.05)
+    assert not m.mlp_in.bias.any() and not m.mlp_out.bias.any()
+    want = (p + 1) + 3 + 4 * d + 2 * d_mlp + p * d / (p + 1)  # E[Σθ²] of each matrix: entries x variance
+    with torch.no_grad():
+        total = sum(float((q ** 2).sum()) for q in m.parameters())
+        torch.manual_seed(0)
+        default = sum(float((q ** 2).sum()) for q in build_model({"arch": "transformer", "kwargs": {"p": p}}).parameters())
+    assert total == pytest.approx(want, rel=0.03) and default < 0.4 * want
+    with pytest.raises(ModelError, match="init must be one of torch, nanda, got 'xavier'"):
+        build_model({"arch": "transformer", "kwargs": {"p": p, "init": "xavier"}})
