@@ -84,9 +84,14 @@ def next_token_stats(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | N
 
 def icl_positions(seq_len: int, early: int, late: int) -> tuple[int, int]:
     """The predicted-token positions ``(early, late)`` of the in-context-learning score for sequences of
-    ``seq_len`` tokens: each clipped to ``1 .. seq_len - 1`` (the positions that have a prediction)."""
+    ``seq_len`` tokens: each clipped to ``1 .. seq_len - 1`` (the positions that have a prediction); when
+    both fall past the end, the early one keeps its ratio to the late one (50/500 on 20 tokens: 2, 19),
+    so the score stays a difference of two positions."""
     top = seq_len - 1
-    return min(max(early, 1), top), min(max(late, 1), top)
+    e, l_ = min(max(early, 1), top), min(max(late, 1), top)
+    if e == l_ and l_ > 1:
+        e = max(1, min(l_ - 1, round(early * l_ / late)))
+    return e, l_
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,11 @@ def test_acc_probe_on_an_lm_task_and_the_icl_score_of_a_copy_oracle():
 def test_icl_positions_clip_to_the_sequence_and_parameters_are_checked():
     assert icl_positions(2048, 50, 500) == (50, 500)
     assert icl_positions(100, 50, 500) == (50, 99)
-    assert icl_positions(9, 50, 500) == (8, 8)  # both clip to the last position: the score is 0
+    # both past the end: the late one at the last position, the early one at the same ratio (not the
+    # same position, which would make the score 0)
+    assert icl_positions(9, 50, 500) == (1, 8) and icl_positions(20, 50, 500) == (2, 19)
+    assert icl_positions(51, 50, 500) == (5, 50) and icl_positions(52, 50, 500) == (50, 51)
+    assert icl_positions(2, 50, 500) == (1, 1)  # one predicted position: nothing to compare
     with pytest.raises(ProbeError, match=r"acc.icl_early \(9\) must be below acc.icl_late \(3\)"):
         AccProbe.make_params({"icl_early": "9", "icl_late": "3"})
     with pytest.raises(ProbeError, match="a causal-LM task has one loss"):
