@@ -277,7 +277,8 @@ def test_transformer_init_as_the_authors_code() -> None:
     with torch.no_grad():
         total = sum(float((q ** 2).sum()) for q in m.parameters())
         torch.manual_seed(0)
-        default = sum(float((q ** 2).sum()) for q in build_model({"arch": "transformer", "kwargs": {"p": p}}).parameters())
+        plain = build_model({"arch": "transformer", "kwargs": {"p": p}})
+        default = sum(float((q ** 2).sum()) for q in plain.parameters())
     assert total == pytest.approx(want, rel=0.03) and default < 0.4 * want
     with pytest.raises(ModelError, match="init must be one of torch, nanda, got 'xavier'"):
         build_model({"arch": "transformer", "kwargs": {"p": p, "init": "xavier"}})

@@ -43,7 +43,8 @@ CASES = {
     "llc": (DEEP, DIGITS, {"n_chains": "3", "n_draws": "5", "n_burnin": "1", "n_train": "25", "batch_size": "10",
                            "beta": "0.5"}, {"loss": "mse"}, {"chain": 3, "draw": 5}),
     # the one-layer transformer's two heads and its MLP input layer
-    "rllc": (TRANSFORMER, MODULAR, {"n_chains": "2", "n_draws": "4", "n_burnin": "0", "components": "heads,params:mlp_in"},
+    "rllc": (TRANSFORMER, MODULAR,
+             {"n_chains": "2", "n_draws": "4", "n_burnin": "0", "components": "heads,params:mlp_in"},
              {"loss": "ce"}, {"component": 3, "chain": 2, "draw": 4}),
 }
 
