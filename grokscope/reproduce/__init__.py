@@ -28,7 +28,7 @@ REPRODUCTIONS = {
     "nanda": ("grokscope.reproduce.nanda",
               "Nanda et al.: key frequencies, grokking and its three phases (1-layer transformer, a + b mod 113)",
               "≈ 1-1.5 hours on 2 cores (20 000 full-batch steps at 160-200 s per 1 000, then 85 "
-              "checkpoints probed); resumable"),
+              "checkpoints probed); resumable, so it can run in sittings"),
 }
 # Left out, and why (measured on this project's 2-core CPU machine).
 NOT_INCLUDED: dict[str, str] = {}
