@@ -18,21 +18,15 @@ Run under ``nice`` on a shared machine and say the numbers are contended.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-
-class Logits(torch.nn.Module):
-    """A Hugging Face causal LM as a plain module: ids ``(n, T)`` → logits ``(n, T, V)``."""
-
-    def __init__(self, lm: torch.nn.Module):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(ids).logits
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers, run from anywhere
+from tests.helpers import HFCausalLogits  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +54,7 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = GPT2Config(n_embd=args.width, n_head=args.heads, n_layer=args.layers, vocab_size=args.vocab,
                      n_positions=args.seq, bos_token_id=0, eos_token_id=0, attn_implementation="eager")
-    model = Logits(GPT2LMHeadModel(cfg)).to(dev).eval()
+    model = HFCausalLogits(GPT2LMHeadModel(cfg)).to(dev).eval()
     ids = torch.randint(0, args.vocab, (args.points, args.seq), device=dev)
     labels = lm_labels(ids)
     kw = dict(lr=1e-4, gamma=100.0, n_chains=args.chains, n_draws=args.draws, n_burnin=args.burnin, seed=0)

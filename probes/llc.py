@@ -34,8 +34,7 @@ Functional pieces (usable from a notebook):
   the words for a bad run;
 * :func:`estimate_restricted_llc` — the LLC restricted to named components (layers, attention heads:
   :mod:`grokscope.functional.components`), every component's chains batched (the ``rllc`` probe,
-  :class:`RestrictedLLCProbe`); :func:`llc_loss` the loss the chains use (``next_token`` for a
-  causal-LM task).
+  :class:`RestrictedLLCProbe`). The chains' loss: :func:`grokscope.losses.llc_loss`.
 
 Formulas, defaults and the diagnostics' thresholds: ``docs/algorithms.md#llc--local-learning-coefficient``.
 """
@@ -175,10 +174,7 @@ def sgld_chains(flat: FlatModel, x: torch.Tensor, y: torch.Tensor, *, lr: float,
     noise_gens = [torch.Generator(device=dev).manual_seed(chain_seed(seed, c, 0)) for c in chains]
     batch_gens = [torch.Generator().manual_seed(chain_seed(seed, c, 1)) for c in chains]
     minibatch = 0 < batch_size < n
-    if minibatch:
-        step_fn = vmap(grad_and_value(flat.loss), in_dims=(0, 0, 0))
-    else:
-        step_fn = vmap(grad_and_value(flat.loss), in_dims=(0, None, None))
+    step_fn = vmap(grad_and_value(flat.loss), in_dims=(0, 0, 0) if minibatch else (0, None, None))
     V = torch.zeros_like(w) if sampler == "rmsprop" else None
     xi = torch.empty_like(w)
     total = n_burnin + n_draws * thin
@@ -239,6 +235,11 @@ def estimate_llc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Lo
     return _estimate(model, x, y, loss_fn, None, **kw)[0]
 
 
+def inverse_temperature(n: int, beta: float | None) -> float:
+    """The chains' β for ``n`` training points: ``beta``, or ``1 / log n`` when it is None."""
+    return 1.0 / math.log(n) if beta is None else float(beta)
+
+
 def named_components(model: nn.Module, specs: Sequence[str]) -> list[Any]:
     """The components ``specs`` name in ``model`` (:func:`grokscope.functional.components.resolve_components`;
     :class:`ProbeError` naming ``rllc.components`` when one is bad)."""
@@ -291,7 +292,7 @@ def _estimate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossF
     n = len(x)
     if n < 2:
         raise ProbeError(f"llc needs at least 2 training points (log n > 0), got {n}")
-    beta = 1.0 / math.log(n) if beta is None else float(beta)
+    beta = inverse_temperature(n, beta)
     nbeta = n * beta
     chains = list(range(n_chains)) if chains is None else list(chains)
     with eval_mode(model), differentiable_attention(model):  # vmap has no rule for fused attention
@@ -401,6 +402,7 @@ class LLCProbe(Probe):
     quick_task = "modular"
     description = "local learning coefficient by batched SGLD chains around each checkpoint (Lau et al.)"
     Params = LLCParams
+    descriptions = DESCRIPTIONS  # each variable's, kept in the store
     tasks = ("classification", "causal_lm")  # causal_lm: the next_token loss (llc.loss=auto picks it)
     outputs = {
         "llc": (), "llc_std": (), "llc_chain": ("chain",), "loss_init": (), "loss_trace": ("chain", "draw"),
@@ -485,38 +487,34 @@ class LLCProbe(Probe):
         device = next(model.parameters()).device
         return loss, x.to(device), y.to(device)
 
-    def _frame(self, params: LLCParams, loss: str, n: int, n_params: int, components: list[str] | None = None):
-        """The result's frame (zeros) for ``n`` training points and ``n_params`` trainable parameters
-        (``rllc``: one row per name of ``components``): what :meth:`template` declares and
+    def _frame(self, params: LLCParams, loss: str, n: int, attrs: dict[str, Any], coords: dict[str, Any]):
+        """The result's frame (zeros) for ``n`` training points, with the probe's own ``attrs`` (``llc``:
+        ``n_params``) and ``coords`` (``rllc``: ``component``): what :meth:`template` declares and
         :meth:`compute` fills."""
-        beta = 1.0 / math.log(n) if params.beta is None else float(params.beta)  # as _estimate
+        beta = inverse_temperature(n, params.beta)
         batch = "full batch" if not 0 < params.batch_size < n else f"{params.batch_size} per step"
-        attrs = {"loss": loss, "n": int(n), "beta": beta, "nbeta": n * beta, "n_params": int(n_params), "batch": batch}
-        coords: dict[str, Any] = {"chain": np.arange(params.n_chains), "draw": np.arange(params.n_draws)}
-        if components is not None:  # rllc: n_params is a variable, per component
-            coords["component"] = list(components)
-            del attrs["n_params"]
-        words = DESCRIPTIONS if components is None else R_DESCRIPTIONS
+        attrs = {"loss": loss, "n": int(n), "beta": beta, "nbeta": n * beta, "batch": batch, **attrs}
+        coords = {"chain": np.arange(params.n_chains), "draw": np.arange(params.n_draws), **coords}
         return template_dataset(self.outputs, coords, {"warning": object}, attrs,
-                                {name: {"description": words[name]} for name in self.outputs})
+                                {name: {"description": self.descriptions[name]} for name in self.outputs})
 
-    def _sizes(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext | None
-               ) -> tuple[str, int, int]:
-        """``(loss name, n training points, trainable parameters)`` without running the chains."""
+    @staticmethod
+    def _sizes(data: Any, params: LLCParams, ctx: ProbeContext | None) -> tuple[str, int]:
+        """``(loss name, n training points)`` without running the chains."""
         loss = resolve_loss(params, data, ctx.run_spec if ctx is not None else None)
-        n = subset_size(len(data.split("train")[0]), params.n_train)
-        return loss, n, sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return loss, subset_size(len(data.split("train")[0]), params.n_train)
 
     def template(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext | None = None):
         """Chains x draws; sizes from the parameters, the training split and the model's parameters."""
-        return self._frame(params, *self._sizes(model, data, params, ctx))
+        d = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return self._frame(params, *self._sizes(data, params, ctx), {"n_params": d}, {})
 
     def compute(self, model: nn.Module, data: Any, params: LLCParams, ctx: ProbeContext):
         loss, x, y = self.inputs(model, data, params, ctx)
         m = estimate_llc(model, x, y, llc_loss(loss), **self.sampler_settings(params))
         values = {name: np.asarray(m[name], dtype=np.float64) for name in self.outputs if name != "warning"}
         values["warning"] = np.array("; ".join(m["warnings"]), dtype=object)
-        return fill_template(self._frame(params, loss, int(m["n"]), int(m["n_params"])), values)
+        return fill_template(self._frame(params, loss, int(m["n"]), {"n_params": int(m["n_params"])}, {}), values)
 
 
 # ============================================================================ the restricted probe
@@ -545,6 +543,7 @@ class RestrictedLLCProbe(LLCProbe):
     name = "rllc"
     description = "restricted (refined) LLC of each layer or attention head by batched SGLD chains (Wang et al.)"
     Params = RestrictedLLCParams
+    descriptions = R_DESCRIPTIONS
     outputs = {
         "llc": ("component",), "llc_std": ("component",), "llc_chain": ("component", "chain"), "loss_init": (),
         "loss_trace": ("component", "chain", "draw"), "trace_drift": ("component", "chain"),
@@ -586,7 +585,7 @@ class RestrictedLLCProbe(LLCProbe):
     def template(self, model: nn.Module, data: Any, params: RestrictedLLCParams, ctx: ProbeContext | None = None):
         """Components x chains x draws; the components resolved on the model (names only)."""
         names = [c.name for c in named_components(model, params.components)]
-        return self._frame(params, *self._sizes(model, data, params, ctx), components=names)
+        return self._frame(params, *self._sizes(data, params, ctx), {}, {"component": names})
 
     def compute(self, model: nn.Module, data: Any, params: RestrictedLLCParams, ctx: ProbeContext):
         loss, x, y = self.inputs(model, data, params, ctx)
@@ -596,5 +595,5 @@ class RestrictedLLCProbe(LLCProbe):
                   for name in self.outputs if name not in ("warning", "loss_init")}
         values["loss_init"] = np.float64(res[0]["loss_init"])
         values["warning"] = np.array(["; ".join(r["warnings"]) for r in res], dtype=object)
-        frame = self._frame(params, loss, int(res[0]["n"]), 0, components=[str(r["component"]) for r in res])
-        return fill_template(frame, values)
+        names = [str(r["component"]) for r in res]
+        return fill_template(self._frame(params, loss, int(res[0]["n"]), {}, {"component": names}), values)

@@ -100,6 +100,18 @@ def make_run(run_dir: Path, steps: list[int], seed: int = 0, model: dict[str, An
     return Path(run_dir)
 
 
+class HFCausalLogits(nn.Module):
+    """A Hugging Face causal LM as a plain module: ids ``(n, T)`` → its logits ``(n, T, V)`` (the tests'
+    and benchmarks' way to give the estimators transformers' own model, without grokscope's wrapper)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(ids).logits
+
+
 # -- probes used by the engine tests (registered through GROKSCOPE_PROBES) ------------------------
 
 from dataclasses import dataclass as _dataclass  # noqa: E402

@@ -13,6 +13,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from grokscope.engine.store_view import load_group  # noqa: E402
+from tests.helpers import HFCausalLogits  # noqa: E402
 from tests.models import hf_runs  # noqa: E402
 
 V, T, N = 19, 12, 24
@@ -140,7 +141,7 @@ def test_llc_and_rllc_of_revisions_equal_the_estimators_on_transformers_own_mode
     assert llc.attrs["loss"] == "next_token" and list(rllc.component.values) == ["head:0.1", "layer:1"]
 
     snap = repo / "snapshots" / (repo / "refs" / "step0").read_text()
-    model = Logits(transformers.AutoModelForCausalLM.from_pretrained(snap)).eval()
+    model = HFCausalLogits(transformers.AutoModelForCausalLM.from_pretrained(snap)).eval()
     ids = torch.from_numpy(arrays["ids"][arrays["train_idx"]])
     want = estimate_llc(model, ids, lm_labels(ids), llc_loss("next_token"), **settings)
     assert float(llc.llc.values[0]) == pytest.approx(want["llc"], rel=1e-9)
@@ -149,14 +150,3 @@ def test_llc_and_rllc_of_revisions_equal_the_estimators_on_transformers_own_mode
                                     **settings)
     for i, part in enumerate(parts):
         assert float(rllc.llc.values[0, i]) == pytest.approx(part["llc"], rel=1e-9), part["component"]
-
-
-class Logits(torch.nn.Module):
-    """transformers' causal LM as a plain module: ids ``(n, T)`` → its logits ``(n, T, V)``."""
-
-    def __init__(self, lm: torch.nn.Module):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(ids).logits

@@ -19,6 +19,7 @@ from grokscope.models.transformer import Attention
 from grokscope.probes import ProbeContext, ProbeError, get_probe
 from grokscope.probes.llc import FlatModel, LLCProbe, RestrictedLLCProbe, full_loss, llc_loss, lm_labels
 from grokscope.testing import check_probe
+from tests.helpers import HFCausalLogits
 from tests.probes.test_llc import discrete_sgld_llc, one_thread  # noqa: F401 - one torch thread here too
 
 F64 = torch.float64
@@ -168,28 +169,17 @@ class AttnOnly(nn.Module):
         return self.unembed(h)
 
 
-class Logits(nn.Module):
-    """A Hugging Face causal LM as a plain module: ids ``(n, T)`` → logits ``(n, T, V)``."""
-
-    def __init__(self, lm: nn.Module):
-        super().__init__()
-        self.lm = lm
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(ids).logits
-
-
 def hf_model(kind: str) -> nn.Module:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     if kind == "gpt2":
         cfg = transformers.GPT2Config(n_embd=16, n_head=4, n_layer=2, vocab_size=12, n_positions=8,
                                       bos_token_id=0, eos_token_id=0, attn_implementation="eager")
-        return Logits(transformers.GPT2LMHeadModel(cfg)).eval()
+        return HFCausalLogits(transformers.GPT2LMHeadModel(cfg)).eval()
     cfg = transformers.GPTNeoXConfig(hidden_size=16, num_attention_heads=4, num_hidden_layers=2,
                                      intermediate_size=32, vocab_size=12, max_position_embeddings=8,
                                      bos_token_id=0, eos_token_id=0, attn_implementation="eager")
-    return Logits(transformers.GPTNeoXForCausalLM(cfg)).eval()
+    return HFCausalLogits(transformers.GPTNeoXForCausalLM(cfg)).eval()
 
 
 # per layout: the model, the attention modules' output projection (its input is the heads' outputs
@@ -283,7 +273,7 @@ def test_layers_and_prefixes_name_parameters():
 def test_bad_components_are_refused_in_one_line(spec, model, message):
     if model == "llama":
         transformers = pytest.importorskip("transformers")
-        net = Logits(transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        net = HFCausalLogits(transformers.LlamaForCausalLM(transformers.LlamaConfig(
             hidden_size=16, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1,
             intermediate_size=16, vocab_size=12, bos_token_id=0, eos_token_id=0, attn_implementation="eager")))
     else:
