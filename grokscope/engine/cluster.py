@@ -278,15 +278,16 @@ def _spawn() -> Iterator[None]:
 
 
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "HF_", "HUGGINGFACE_", "FSSPEC_")
+WORKER_ENV_NAMES = ("GROKSCOPE_STORAGE_OPTIONS", "TMPDIR")
 
 
-def storage_environment() -> dict[str, str]:
-    """The driver's environment that reaches object stores and hubs (credentials, endpoints:
-    ``AWS_*``, ``HF_*``, ... and ``GROKSCOPE_STORAGE_OPTIONS``) as it is now. The local CPU workers are
-    forked from a server that may have started before the caller set them (a notebook, a test), so
-    they are handed over explicitly."""
-    return {k: v for k, v in os.environ.items()
-            if k.startswith(STORAGE_ENV_PREFIXES) or k == "GROKSCOPE_STORAGE_OPTIONS"}
+def worker_environment() -> dict[str, str]:
+    """The driver's environment that the local CPU workers must share, as it is now: what reaches
+    object stores and hubs (credentials, endpoints: ``AWS_*``, ``HF_*``, ...,
+    ``GROKSCOPE_STORAGE_OPTIONS``) and ``TMPDIR`` (where the fetch cache and scratch folders go). The
+    workers are forked from a server that may have started before the caller set them (a notebook, a
+    test), so they are handed over explicitly."""
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES) or k in WORKER_ENV_NAMES}
 
 
 def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
@@ -305,7 +306,7 @@ def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
 
         def make() -> Any:  # dashboard ":0": the scheduler's HTTP server on a free port (8787 may be taken)
             return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                silence_logs=logging.CRITICAL, env=storage_environment())
+                                silence_logs=logging.CRITICAL, env=worker_environment())
         threads = cfg.threads or max(1, cores // n)
         desc = f"local cluster, {n} worker process(es) x {threads} torch thread(s)"
 

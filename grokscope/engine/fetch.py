@@ -26,7 +26,6 @@ import fcntl
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from typing import Any, Iterator
 
 from .checkpoints import Checkpoint
 from .lock import pid_alive
-from .scratch import new_folder
+from .scratch import new_folder, temp_root
 from grokscope.locations import filesystem
 from grokscope.sources import real_url
 
@@ -81,8 +80,7 @@ class FetchSettings:
     cache_dir: str | None = None
 
     def folder(self) -> Path:
-        tmp = os.environ.get("TMPDIR") or tempfile.gettempdir()  # read now: tempfile caches its answer
-        return Path(self.cache_dir or os.path.join(tmp, f"grokscope-fetch-{os.getuid()}"))
+        return Path(self.cache_dir) if self.cache_dir else temp_root() / f"grokscope-fetch-{os.getuid()}"
 
 
 _SETTINGS = FetchSettings()

@@ -16,6 +16,12 @@ from pathlib import Path
 from .lock import pid_alive
 
 
+def temp_root() -> Path:
+    """The temporary folder the environment names now: ``$TMPDIR``, else :func:`tempfile.gettempdir`
+    (which caches its answer for the process's life, and a forked worker inherits that answer)."""
+    return Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
+
+
 def sweep(parent: Path, prefix: str) -> None:
     """Remove every folder ``parent/<prefix><pid>-*`` whose process ``pid`` is no longer alive."""
     for d in Path(parent).glob(f"{prefix}*"):
@@ -30,6 +36,6 @@ def sweep(parent: Path, prefix: str) -> None:
 def new_folder(prefix: str, parent: Path | None = None) -> Path:
     """A new empty folder ``parent/<prefix><pid>-<random>`` (``parent``: the temporary folder), after
     sweeping those of ``prefix`` that dead processes left there."""
-    parent = Path(tempfile.gettempdir() if parent is None else parent)
+    parent = temp_root() if parent is None else Path(parent)
     sweep(parent, prefix)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))

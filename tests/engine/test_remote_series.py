@@ -73,8 +73,10 @@ def requests_log():
 
 def test_probe_s3_series_equals_local_and_holds_nothing_after(s3, tmp_path, monkeypatch):
     """train -> upload -> ``probe s3://…/runs`` under a budget of two checkpoints: the values equal a
-    local run's, the workers' fetch cache is empty afterwards, and its size never went over the budget
-    (sampled every millisecond while the run goes)."""
+    local run's, the workers' fetch cache is the one under ``$TMPDIR`` and empty afterwards, and its
+    size never went over the budget (sampled every millisecond while the run goes; each file lives a few
+    milliseconds, so a sample may see none; that the workers' cache follows ``$TMPDIR`` is checked
+    exactly by ``test_local_workers_get_the_environment_set_after_their_server_started``)."""
     for i, name in enumerate("ab"):
         make_run(tmp_path / "runs" / name, [0, 1, 2, 3, 5, 8], seed=i)
     url = _upload(s3, tmp_path / "runs", "runs")
@@ -109,7 +111,8 @@ def test_probe_s3_series_equals_local_and_holds_nothing_after(s3, tmp_path, monk
     r = _grokscope("probe", tmp_path / "runs", "-o", tmp_path / "local.zarr", "--json", "-q", "--scheduler", "sync")
     assert r.exit_code == 0, r.output
     assert_same_values(tmp_path / "remote.zarr", tmp_path / "local.zarr", ["a", "b"])
-    assert 0 < peak[0] <= 2 * size, peak[0]
+    assert peak[0] <= 2 * size, peak[0]
+    assert (cache / f"grokscope-fetch-{os.getuid()}" / "ledger.lock").is_file(), list(cache.rglob("*"))
     assert not list(cache.rglob("*.safetensors")) and not list(cache.rglob("ck-*"))
     # rerun: everything is in the store, nothing is fetched again
     r = _grokscope("probe", url, "-o", tmp_path / "remote.zarr", "--json", "-q", "--workers", "1", "--no-recheck")
@@ -418,13 +421,18 @@ from pathlib import Path
 def main():
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
     import dask
-    from grokscope.engine.cluster import _start_forkserver
+    from grokscope.engine.cluster import _start_forkserver, dask_client
+    from grokscope.engine.config import EngineConfig
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         _start_forkserver()  # the server the local workers fork from: started without credentials
     os.environ.update(saved)  # the user sets them afterwards (a notebook cell, a test fixture)
+    os.environ["TMPDIR"] = sys.argv[3]  # and a temporary folder of their own
     import grokscope
     s = grokscope.probe(sys.argv[1], "acc", out=Path(sys.argv[2]), workers=1, threads=1)
     print("FAILURES", len(s.failures), s.failures[0].reason if s.failures else "")
+    from grokscope.engine.scratch import temp_root
+    with dask_client(EngineConfig(probes=[], out=Path(sys.argv[2]), workers=2, threads=1)) as (client, _, _):
+        print("WORKER TMP", sorted(set(map(str, client.run(temp_root).values()))))
 
 
 if __name__ == "__main__":
@@ -432,9 +440,10 @@ if __name__ == "__main__":
 '''
 
 
-def test_local_workers_get_the_credentials_set_after_their_server_started(s3, tmp_path):
-    """Local worker processes fork from a server that may predate the credentials in the environment:
-    the driver hands its storage environment (``AWS_*`` ...) to the workers it starts."""
+def test_local_workers_get_the_environment_set_after_their_server_started(s3, tmp_path):
+    """Local worker processes fork from a server that may predate the credentials and ``TMPDIR`` in the
+    environment: the driver hands them (``AWS_*`` ..., ``TMPDIR``) to the workers it starts, so their
+    fetch cache and scratch folders go where the user said."""
     import subprocess
     import sys
 
@@ -445,7 +454,10 @@ def test_local_workers_get_the_credentials_set_after_their_server_started(s3, tm
     script = tmp_path / "late_env.py"
     script.write_text(WORKERS_STARTED_EARLIER)
     env = {**subprocess_env(), **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
-    r = subprocess.run([sys.executable, str(script), url, str(tmp_path / "s.zarr")], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    late_tmp = tmp_path / "late-tmp"
+    late_tmp.mkdir()
+    r = subprocess.run([sys.executable, str(script), url, str(tmp_path / "s.zarr"), str(late_tmp)], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "FAILURES 0" in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert f"WORKER TMP {[str(late_tmp)]}" in r.stdout, (r.stdout, r.stderr[-2000:])
     assert int(load_group(tmp_path / "s.zarr", "a", "acc").done.sum()) == 2
