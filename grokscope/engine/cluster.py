@@ -277,17 +277,16 @@ def _spawn() -> Iterator[None]:
         yield
 
 
-STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "HF_", "HUGGINGFACE_", "FSSPEC_")
-WORKER_ENV_NAMES = ("GROKSCOPE_STORAGE_OPTIONS", "TMPDIR")
+WORKER_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "HF_", "HUGGINGFACE_", "FSSPEC_", "GROKSCOPE_")
 
 
 def worker_environment() -> dict[str, str]:
     """The driver's environment that the local CPU workers must share, as it is now: what reaches
-    object stores and hubs (credentials, endpoints: ``AWS_*``, ``HF_*``, ...,
-    ``GROKSCOPE_STORAGE_OPTIONS``) and ``TMPDIR`` (where the fetch cache and scratch folders go). The
-    workers are forked from a server that may have started before the caller set them (a notebook, a
-    test), so they are handed over explicitly."""
-    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES) or k in WORKER_ENV_NAMES}
+    object stores and hubs (credentials, endpoints: ``AWS_*``, ``HF_*``, ...), grokscope's own
+    (``GROKSCOPE_PROBES``, ``GROKSCOPE_STORAGE_OPTIONS``, ...) and ``TMPDIR`` (where the fetch cache and
+    scratch folders go). The workers are forked from a server that may have started before the caller
+    set them (a notebook cell, a test), so they are handed over explicitly."""
+    return {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES) or k == "TMPDIR"}
 
 
 def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:
