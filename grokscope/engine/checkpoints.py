@@ -6,6 +6,7 @@ Discovery (:mod:`.discovery`), hub caches (:mod:`.hub_cache`) and loading (:mod:
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import struct
@@ -53,6 +54,8 @@ class Checkpoint:
     step_source: str = ""  # "name" | "metadata" | "global_step" (an alias, :mod:`.aliases`) | ""
     # bytes of a remote checkpoint's files from the listing (a sharded one: the index first), else ()
     sizes: tuple[int, ...] = ()
+    # the same files' ETags and sizes from the listing, hashed (:func:`listed_etag`), else ''
+    etag: str = ""
 
 
 @dataclass(frozen=True)
@@ -254,15 +257,16 @@ def sharded_checkpoint(index: Path, run_dir: Path) -> Checkpoint:
         raise ValueError(f"{index}: no 'weight_map' in the index")
     files = tuple(str(index.parent / f) for f in shard_names(wm, index))
     kind = "safetensors" if index.name.endswith(".safetensors.index.json") else "torch"
+    listed = [index, *(index.parent / f for f in shard_names(wm, index))]
     return Checkpoint(path=str(index), kind=kind, files=files, step=None,
                       label=rel_label(index, run_dir), sharded=True,
-                      sizes=listed_sizes([index, *(index.parent / f for f in shard_names(wm, index))]))
+                      sizes=listed_sizes(listed), etag=listed_etag(listed))
 
 
 def single_checkpoint(path: Path, run_dir: Path) -> Checkpoint:
     kind = "safetensors" if path.name.endswith(".safetensors") else "torch"
     return Checkpoint(path=str(path), kind=kind, files=(str(path),), step=None, label=rel_label(path, run_dir),
-                      sizes=listed_sizes([path]))
+                      sizes=listed_sizes([path]), etag=listed_etag([path]))
 
 
 def listed_sizes(paths: list[Any]) -> tuple[int, ...]:
@@ -271,6 +275,22 @@ def listed_sizes(paths: list[Any]) -> tuple[int, ...]:
     if not all(isinstance(p, RemotePath) and p.is_file() for p in paths):
         return ()
     return tuple(p.stat().st_size for p in paths)
+
+
+def listed_etag(paths: list[Any]) -> str:
+    """A hash of remote files' ETags and sizes as the source listed them (free, like the sizes): the
+    same while the files are unchanged, since a server's ETag changes with an object's content (S3:
+    the MD5 of the bytes or of the parts; the hub: the LFS sha256 or git blob id). '' for local files,
+    or when the server gave one of them no ETag."""
+    if not all(isinstance(p, RemotePath) and p.is_file() for p in paths):
+        return ""
+    entries = [p.entry() for p in paths]
+    if not all(e.etag for e in entries):
+        return ""
+    h = hashlib.sha256()
+    for e in entries:
+        h.update(f"{e.etag}:{e.size}\n".encode())
+    return h.hexdigest()
 
 
 def rel_label(p: Path, base: Path) -> str:

@@ -92,23 +92,36 @@ def results(client: Any, tasks: list[Task], device: str, more: More | None = Non
 HASH_BATCH = 256  # checkpoints per re-hashing task
 
 
-def recheck(client: Any, p: Plan, store: ProbeStore, cfg: EngineConfig
-            ) -> tuple[set[tuple[str, int, str]], list[str]]:
-    """The done jobs whose checkpoint changed since they were computed, and a line for each
-    changed checkpoint: ``({(run, step, probe)}, lines)``. The checkpoints are hashed by the workers
-    (:func:`.jobs.hash_task`, batches of ``HASH_BATCH``); rows without a stored hash are trusted."""
+def to_recheck(p: Plan, store: ProbeStore, cfg: EngineConfig) -> dict[tuple[str, int], dict[str, str]]:
+    """``{(run, step): {probe: stored checkpoint_hash}}`` of the done jobs whose checkpoint must be
+    hashed again: rows without a stored hash are trusted, and so are those of a remote checkpoint whose
+    listed ETags (``checkpoint_etag``) are the ones it was probed with (unchanged files: nothing to
+    fetch)."""
     import numpy as np
 
     stored: dict[tuple[str, int], dict[str, str]] = defaultdict(dict)
     for name, run in p.runs.items():
+        listed = {ck.step: ck.etag for ck in run.checkpoints}
         for req in cfg.probes:
             info = store.group(name, req.name)
             if info is None or not info.done.any():
                 continue
-            hashes = np.asarray(info.arrays["checkpoint_hash"][: len(info.steps)], dtype=object)
+            n = len(info.steps)
+            hashes = np.asarray(info.arrays["checkpoint_hash"][:n], dtype=object)
+            etags = (np.asarray(info.arrays["checkpoint_etag"][:n], dtype=object)
+                     if "checkpoint_etag" in info.arrays else np.full(n, "", dtype=object))
             for step, i in info.index.items():
-                if info.done[i] and hashes[i]:
+                if info.done[i] and hashes[i] and not (etags[i] and etags[i] == listed.get(step)):
                     stored[(name, step)][req.name] = str(hashes[i])
+    return stored
+
+
+def recheck(client: Any, p: Plan, store: ProbeStore, cfg: EngineConfig
+            ) -> tuple[set[tuple[str, int, str]], list[str]]:
+    """The done jobs whose checkpoint changed since they were computed, and a line for each
+    changed checkpoint: ``({(run, step, probe)}, lines)``. The checkpoints of :func:`to_recheck` are
+    hashed by the workers (:func:`.jobs.hash_task`, batches of ``HASH_BATCH``)."""
+    stored = to_recheck(p, store, cfg)
     tasks: list[tuple[str, HashTask]] = []
     for name, run in p.runs.items():
         cks = [ck for ck in run.checkpoints if (name, ck.step) in stored]

@@ -30,6 +30,7 @@ from typing import Any
 
 from .config import EngineConfig, EngineError
 from .discovery import find_runs
+from .dispatch import to_recheck
 from .outcomes import Summary
 from .planning import ignored_spec, plan
 from .jobs import Task, probe_class, run_task
@@ -162,16 +163,9 @@ def estimate(path: Path, cfg: EngineConfig) -> Estimate:
 
 
 def _done_checkpoints(p: Any, store: ProbeStore, cfg: EngineConfig) -> list[Any]:
-    """The checkpoints of jobs already done in the store (``--recheck`` hashes them again)."""
-    out = []
-    for name, run in p.runs.items():
-        done: set[int] = set()
-        for req in cfg.probes:
-            info = store.group(name, req.name)
-            if info is not None:
-                done |= {int(s) for s, i in info.index.items() if info.done[i]}
-        out += [ck for ck in run.checkpoints if ck.step in done]
-    return out
+    """The checkpoints of jobs already done in the store that ``--recheck`` hashes again."""
+    again = to_recheck(p, store, cfg)
+    return [ck for name, run in p.runs.items() for ck in run.checkpoints if (name, ck.step) in again]
 
 
 def _time_one_job_per_probe(tasks: list[Task], est: Estimate) -> None:

@@ -66,6 +66,7 @@ class Outcome:
     result: Any = None
     error: str = ""
     checkpoint_hash: str = ""
+    checkpoint_etag: str = ""  # the checkpoint's listed ETags, hashed (remote files), else ''
     seconds: float = 0.0
 
     @property
@@ -256,7 +257,8 @@ def run_task(task: Task) -> list[Outcome]:
     """Probe one checkpoint with every requested probe; one :class:`Outcome` per probe, never raises."""
     t0 = time.perf_counter()
     ck = task.checkpoint
-    outs = {p.name: Outcome(run=task.run, step=int(ck.step), probe=p.name, label=ck.label)  # type: ignore[arg-type]
+    outs = {p.name: Outcome(run=task.run, step=int(ck.step), probe=p.name, label=ck.label,  # type: ignore[arg-type]
+                            checkpoint_etag=ck.etag)
             for p in task.probes}
 
     def fail_all(msg: str) -> list[Outcome]:

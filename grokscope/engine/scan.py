@@ -207,23 +207,22 @@ REMOTE_NOTE = ("remote series: audited from the listing, the safetensors headers
 
 def remote_signature(ck: Any) -> tuple[dict[str, tuple[str, list[int]]], str]:
     """``(signature, hash)`` of a remote safetensors checkpoint without its weights: each tensor's
-    dtype and shape from the headers (two range reads per file), and a hash of the files' ETags and
-    sizes as the server lists them (equal for equal single-part uploads; 'etag:' prefixed)."""
+    dtype and shape from the headers (two range reads per file), and the hash of the files' ETags and
+    sizes as the server lists them (:func:`.checkpoints.listed_etag`: equal for equal single-part
+    uploads; 'etag:' prefixed; the files' paths stand in when the server gives no ETag)."""
     import hashlib
 
-    from .checkpoints import safetensors_header
+    from .checkpoints import listed_etag, safetensors_header
 
     sig: dict[str, tuple[str, list[int]]] = {}
-    h = hashlib.sha256()
-    for f in ck.files:
-        p = as_path(f)
-        entry = p.entry()
-        h.update(f"{entry.etag or p}:{entry.size}\n".encode())
+    paths = [as_path(f) for f in ck.files]
+    for p in paths:
         for k, v in safetensors_header(p).items():
             if k != "__metadata__" and isinstance(v, dict):
                 sig[k] = (_ST_DTYPES.get(str(v.get("dtype")), str(v.get("dtype")).lower()),
                           [int(n) for n in v.get("shape") or []])
-    return sig, "etag:" + h.hexdigest()
+    etag = listed_etag(paths) or hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()
+    return sig, "etag:" + etag
 
 
 def _data_words(run: Run) -> str | None:

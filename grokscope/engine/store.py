@@ -14,6 +14,7 @@ Layout (``xr.open_datatree(path, engine="zarr", consolidated=False)``)::
         done                (step,) bool: this (run, step, probe) job is complete
         error               (step,) str: why the last attempt failed ('' otherwise)
         checkpoint_hash     (step,) str: content hash of the checkpoint's tensors
+        checkpoint_etag     (step,) str: a remote checkpoint's listed ETags, hashed ('' if local; new)
         attrs: probe, params (dict), params_json, seed, model, dataset, grokscope_version,
                committed_steps (the rows of every step-dim array that are committed), ...
 
@@ -35,8 +36,8 @@ Write rules (Zarr v3 has no write synchroniser; see DESIGN.md "Store"):
 * results are written into their step region (``arr[i:j] = ...``, the same region write as
   ``to_zarr(mode="r+", region=...)`` without re-opening the store each time), contiguous steps (and
   steps a few apart in one shard, with the cells between them) in one write, and the ``done`` flags
-  only after the data: a killed writer leaves at most data without a
-  ``done`` flag, which a resumed run recomputes;
+  only after the data: a killed writer leaves at most data without a ``done`` flag, which a resumed
+  run recomputes;
 * only the driver grows ``step`` when new checkpoints appear (arrays resized, new steps appended
   after the old ones: use ``ds.sortby("step")`` if a later run back-filled earlier steps). A growth
   resizes every step-dim array, writes the new step values, and only then raises the group's
@@ -46,9 +47,9 @@ Write rules (Zarr v3 has no write synchroniser; see DESIGN.md "Store"):
   so no half-grown row (a ``step = 0`` that no checkpoint has) is ever seen or counted.
 
 Readers see each file whole (zarr writes a file aside and renames it into place) and, through
-:class:`CommittedView`, every file of one open as one version (a shard read in two pieces, its
-index then its chunks, is read once), the arrays clipped to the committed rows, and ``done`` read
-before the data (so a ``done`` flag never shows a cell whose data the reader saw missing).
+:class:`CommittedView`, every file of one open as one version (a shard read in two pieces, its index
+then its chunks, is read once), the arrays clipped to the committed rows, and ``done`` read before
+the data (so a ``done`` flag never shows a cell whose data the reader saw missing).
 
 Missing values: floats are NaN; integers are stored with the fill value ``-2**63`` (``_FillValue``,
 so xarray shows NaN as floats; open with ``mask_and_scale=False`` for raw ints); unsigned integers
@@ -73,8 +74,8 @@ from grokscope.version import __version__
 from grokscope import jsonbounds
 
 from . import faults
-from .store_schema import (COMMITTED, ENGINE_VARS, MERGE_GAP, MISSING_DOC, REMOVING, TMP_DIR, StoreError, first_dim,
-                           fill_value, normalise, shard_steps, storage_dtype, template_key)
+from .store_schema import (COMMITTED, ENGINE_VARS, MERGE_GAP, MISSING_DOC, REMOVING, REQUIRED_ENGINE_VARS, TMP_DIR,
+                           StoreError, first_dim, fill_value, normalise, shard_steps, storage_dtype, template_key)
 from .storefs import StoreFS, store_fs
 from .store_view import damage_named
 from .lock import LOCK_NAME
@@ -118,7 +119,7 @@ def _removal_unfinished(fs: StoreFS, group: str) -> bool:
         return True
     if not fs.is_folder(f"{group}/done") or not fs.is_folder(f"{group}/step"):
         return False  # not a probe group at all: group() says so
-    return any(not fs.exists(f"{group}/{v}/zarr.json") for v in ENGINE_VARS) or \
+    return any(not fs.exists(f"{group}/{v}/zarr.json") for v in REQUIRED_ENGINE_VARS) or \
         any(fs.is_folder(f"{group}/{d}") and not fs.exists(f"{group}/{d}/zarr.json") for d in fs.children(group))
 
 
@@ -145,11 +146,10 @@ V2_FILES = (".zgroup", ".zarray", ".zattrs", ".zmetadata")
 
 
 def check_store_path(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
-    """Raise :class:`StoreError` (one line naming what is there) unless ``path`` (a local path or an
-    fsspec URL) is absent, an empty folder or a grokscope store: a file, a folder of other things, a
-    Zarr v2 store, a Zarr array or a Zarr v3 group that grokscope did not write are refused, so our
-    groups never mix into them. A URL whose bucket cannot be reached raises
-    :class:`~grokscope.locations.LocationError` naming it."""
+    """Raise :class:`StoreError` (one line naming what is there) unless ``path`` (a local path or an fsspec
+    URL) is absent, an empty folder or a grokscope store: a file, a folder of other things, a Zarr v2
+    store, a Zarr array or a Zarr v3 group that grokscope did not write are refused, so our groups never
+    mix into them. A URL whose bucket cannot be reached raises :class:`~grokscope.locations.LocationError`."""
 
     fs = store_fs(path, storage_options)
     p = fs.display()
@@ -349,19 +349,16 @@ class ProbeStore:
         import zarr
 
         n = len(steps)
-        # the probe's own dataset attributes (notes, units) from its first result; the engine's
-        # attributes win on a name clash
+        # the probe's own dataset attributes (notes, units) from its first result; the engine's win a clash
         group_attrs = normalise({**(dict(first.attrs) if first is not None else {}), **attrs,
                                  "missing": MISSING_DOC, COMMITTED: n})
-        # written beside the hierarchy, then renamed (or uploaded) into place: readers never see half
-        # a template
+        # written beside the hierarchy, then renamed (or uploaded) into place: readers never see half of one
         aside = self._scratch() if self.fs.remote else Path(self.path) / TMP_DIR
         tmp = aside / f"{run}--{probe}-{uuid.uuid4().hex[:8]}"
         key = template_key(probe, steps, first)
         if key in self.templates:
-            # the same steps and the same output signature as a group written before (a sweep of
-            # runs): copy that pristine template and set this group's attributes (xarray's to_zarr
-            # costs ~0.1-0.2 s per group, a copy a few ms)
+            # the same steps and output signature as a group written before (a sweep of runs): copy that
+            # pristine template, set this group's attributes (to_zarr: ~0.1-0.2 s per group, a copy ms)
             shutil.copytree(self.templates[key], tmp)
             zarr.open_group(str(tmp), mode="r+", zarr_format=3).attrs.put(group_attrs)
         else:
@@ -369,7 +366,8 @@ class ProbeStore:
             ds = xr.Dataset(
                 {"done": (("step",), da.zeros(n, dtype=bool, chunks=s)),
                  "error": (("step",), np.full(n, "", dtype=object)),
-                 "checkpoint_hash": (("step",), np.full(n, "", dtype=object))},
+                 "checkpoint_hash": (("step",), np.full(n, "", dtype=object)),
+                 "checkpoint_etag": (("step",), np.full(n, "", dtype=object))},
                 coords={"step": np.asarray(steps, dtype=np.int64)}, attrs=group_attrs)
             enc = {v: {"chunks": (1,), "shards": (s,)} for v in ENGINE_VARS}
             enc["step"] = {"chunks": (s,)}
@@ -549,6 +547,8 @@ class ProbeStore:
                 faults.point(f"commit:data:{name}")
         index = [i for i, _ in rows]
         _put_rows(info.arrays["checkpoint_hash"], index, np.array([o.checkpoint_hash for _, o in rows], dtype=object))
+        if "checkpoint_etag" in info.arrays:  # groups written before it existed lack it
+            _put_rows(info.arrays["checkpoint_etag"], index, np.array([o.checkpoint_etag for _, o in rows], dtype=object))
         faults.point("commit:hash")
         _put_rows(info.arrays["error"], index, np.array([o.error for _, o in rows], dtype=object))
         faults.point("commit:error")

@@ -11,7 +11,8 @@ import numpy as np
 
 from grokscope.errors import GrokscopeError
 
-ENGINE_VARS = ("done", "error", "checkpoint_hash")
+ENGINE_VARS = ("done", "error", "checkpoint_hash", "checkpoint_etag")
+REQUIRED_ENGINE_VARS = ENGINE_VARS[:3]  # groups written before checkpoint_etag existed lack it
 TMP_DIR = ".grokscope-tmp"  # templates are built here, then renamed into the hierarchy
 SHARD_BYTES = 1 << 20
 MAX_SHARD_STEPS = 1024

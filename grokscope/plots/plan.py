@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from grokscope.engine.store_schema import ENGINE_VARS
 from grokscope.presentation import PanelSpec, for_group, probe_order
 
 from grokscope.analysis.runs import installed_presentation, panel_order_of
@@ -20,7 +21,6 @@ MAX_LINES = 12          # a generic ``probe.var`` panel with more lines than thi
 
 # One panel's drawing instructions, as a probe declares them (grokscope.presentation.PanelSpec).
 Spec = PanelSpec
-ENGINE_VARS = ("done", "error", "checkpoint_hash")
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ def test_kill_at_every_boundary_of_commits_and_growth(tmp_path, monkeypatch):
     ref, points = _record(tmp_path, monkeypatch)
     chosen = _boundaries(points)
     assert {p.split("@")[0] for p in chosen} == {p.split("@")[0] for p in points}
-    assert len(chosen) == 26  # 2 template + 10 growth + 7 x 2 commit boundaries
+    assert len(chosen) == 27  # 2 template + 11 growth + 7 x 2 commit boundaries
     _check_killed_then_resume(chosen, _kill_at(chosen, tmp_path), ref)
 
 
@@ -166,9 +166,9 @@ def test_a_removal_killed_on_s3_is_finished_by_the_rerun(tmp_path, monkeypatch, 
 
 @pytest.mark.slow
 def test_kill_at_every_point_passed(tmp_path, monkeypatch):
-    """Every occurrence of every point of the scenario (40), not only the first per phase."""
+    """Every occurrence of every point of the scenario (41), not only the first per phase."""
     ref, points = _record(tmp_path, monkeypatch)
-    assert len(points) == 40
+    assert len(points) == 41
     _check_killed_then_resume(points, _kill_at(points, tmp_path), ref)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,28 @@ def test_a_replaced_checkpoint_is_recomputed(tmp_path, cli):
     assert "unreadable safetensors" in str(final.error.values[0])
 
 
+def test_a_group_written_before_checkpoint_etag_existed_is_extended_and_rechecked(tmp_path, cli):
+    """A store from a grokscope that did not record ``checkpoint_etag`` (its groups lack the array)
+    is still a store: a rerun recomputes a replaced checkpoint (by its content hash), takes new
+    checkpoints, and does not add the array."""
+    run = make_run(tmp_path / "r", [0, 1, 2])
+    assert cli("probe", run, "--scheduler", "sync", "-m", "acc", "-q").exit_code == 0
+    group = run / "probes.zarr" / "r" / "acc"
+    assert (group / "checkpoint_etag" / "zarr.json").is_file()
+    shutil.rmtree(group / "checkpoint_etag")
+    _replace_weights(run, 1, like=2)
+    make_run(tmp_path / "more", [0, 1, 2, 3])
+    os.replace(runs.checkpoint_path(tmp_path / "more", 3), runs.checkpoint_path(run, 3))
+    r = cli("probe", run, "--scheduler", "sync", "-m", "acc", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert (s["completed"], s["skipped"]) == (2, 2), s
+    assert [w for w in s["warnings"] if "changed since it was probed" in w][0].startswith("r step 1 ")
+    ds = load_group(run / "probes.zarr", "r", "acc")
+    assert list(ds.step.values) == [0, 1, 2, 3] and bool(ds.done.all()) and "checkpoint_etag" not in ds
+    xr.testing.assert_identical(ds.sel(step=1).drop_vars("step"), ds.sel(step=2).drop_vars("step"))
+
+
 def test_non_finite_weights_fail_their_jobs(tmp_path, cli):
     run = make_run(tmp_path / "r", [0, 1, 2])
     path = runs.checkpoint_path(run, 1)
@@ -178,11 +201,10 @@ def test_a_bad_scheduler_address_is_one_line(tmp_path, cli):
 def _fill(fs: Path, leave: int) -> Path:
     """Fill ``fs`` up, then free ``leave`` bytes of it."""
     filler = fs / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush (and fail) on close
         try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+            while f.write(b"\0" * 65536):
+                pass
         except OSError:
             pass
     os.truncate(filler, max(0, filler.stat().st_size - leave))

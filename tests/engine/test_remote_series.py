@@ -464,3 +464,47 @@ def test_local_workers_get_the_environment_set_after_their_server_started(s3, tm
     assert f"WORKER TMP {[str(late_tmp)]}" in r.stdout, (r.stdout, r.stderr[-2000:])
     assert int(load_group(tmp_path / "s.zarr", "a", "acc").done.sum()) == 2
     assert int(load_group(tmp_path / "s.zarr", "a", "delta").done.sum()) == 2
+
+
+def _weights_read(requests_log) -> list[str]:
+    """The checkpoint files GET from the S3 server, by key, sorted."""
+    return sorted(ln.split('"')[1].split()[1].split("/", 2)[2].split("?")[0] for ln in requests_log.gets(".safetensors"))
+
+
+def test_recheck_of_a_remote_series_fetches_only_what_its_listing_says_changed(s3, tmp_path, requests_log):
+    """A rerun's ``--recheck`` compares each done remote checkpoint's listed ETags and sizes with those
+    it was probed with (``checkpoint_etag``): unchanged files are not fetched again; a file replaced in
+    place (a new ETag) is fetched, found changed and recomputed, and ``--estimate`` counts its bytes
+    only."""
+    make_run(tmp_path / "runs" / "a", [0, 1, 2, 3])
+    make_run(tmp_path / "other", [2], seed=7)
+    url = _upload(s3, tmp_path / "runs", "runs")
+    out = tmp_path / "p.zarr"
+    probe = ("probe", url, "-o", out, "--scheduler", "sync", "--json", "-q")
+    r = _grokscope(*probe)
+    assert r.exit_code == 0 and json.loads(r.stdout)["completed"] == 4, r.output
+    etags = [str(e) for e in load_group(out, "a", "acc").checkpoint_etag.values]
+    assert all(etags) and len(set(etags)) == 4, etags
+
+    requests_log.lines.clear()
+    r = _grokscope(*probe)
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == 4, r.output
+    assert _weights_read(requests_log) == [], requests_log.lines  # the listing and run.json only
+
+    replaced = tmp_path / "other/checkpoints/step-00000002.safetensors"
+    s3.fs().put(str(replaced), s3.url("runs/a/checkpoints/step-00000002.safetensors"))
+    r = _grokscope("probe", url, "-o", out, "--estimate", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["recheck_bytes"] == replaced.stat().st_size, r.output
+    requests_log.lines.clear()
+    r = _grokscope(*probe)
+    s = json.loads(r.stdout)
+    assert r.exit_code == 0 and s["completed"] == 1 and s["skipped"] == 3, r.output
+    assert any("a step 2" in w and "checkpoint changed since it was probed" in w for w in s["warnings"]), s
+    changed = "runs/a/checkpoints/step-00000002.safetensors"
+    assert _weights_read(requests_log) == [changed, changed], requests_log.lines  # hashed, then probed
+    ds = load_group(out, "a", "acc")
+    assert str(ds.checkpoint_etag.values[2]) not in etags and [str(e) for e in ds.checkpoint_etag.values[[0, 1, 3]]] \
+        == [etags[i] for i in (0, 1, 3)]
+    r = _grokscope("probe", tmp_path / "other", "-o", tmp_path / "other.zarr", "--scheduler", "sync", "-q")
+    assert r.exit_code == 0, r.output
+    xr.testing.assert_equal(ds.accuracy.sel(step=2), load_group(tmp_path / "other.zarr", "other", "acc").accuracy.sel(step=2))

@@ -209,9 +209,9 @@ def test_commits_scattered_rows_in_few_writes(tmp_path, monkeypatch):
     store.write(info, [(s, Outcome("r", s, "p", f"step-{s}", result=result(s), checkpoint_hash=f"h{s}"))
                        for s in chosen])
     monkeypatch.undo()
-    # small/name/hash/error/done (one 64-step shard): 0-2 with 5 and 9 (short gaps); 20-21; 39 -> 3 writes
-    # each; big (2-step shards): 0-2 (contiguous), 5, 9, 20-21, 39 -> 5 writes (one a row: 8)
-    assert writes["n"] == 5 * 3 + 5
+    # small/name/hash/etag/error/done (one 64-step shard): 0-2 with 5 and 9 (short gaps); 20-21; 39 -> 3
+    # writes each; big (2-step shards): 0-2 (contiguous), 5, 9, 20-21, 39 -> 5 writes (one a row: 8)
+    assert writes["n"] == 6 * 3 + 5
     ds = load_group(tmp_path / "s.zarr", "r", "p")
     done = np.isin(steps, chosen)
     assert (ds.done.values == done).all()
