@@ -72,15 +72,31 @@ def test_series_cover_every_finite_scalar(store):
 
 def test_tensorboard_event_files_hold_every_point(store, tmp_path):
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     res = CliRunner().invoke(main, ["export", str(store), "--to", "tensorboard", str(tmp_path / "tb")])
     assert res.exit_code == 0, res.output
-    want = _expected(store)
+    _assert_event_files_hold(tmp_path / "tb", _expected(store), res.output)
+
+
+def test_a_store_on_object_storage_exports_the_same(store, tmp_path, s3):
+    """``export s3://…/probes.zarr``: the store read where it is, every point as from the local copy."""
+    pytest.importorskip("tensorboard")
+    url = s3.url("probes.zarr")
+    s3.fs().put(str(store), url, recursive=True)
+    res = CliRunner().invoke(main, ["export", url, "--to", "tensorboard", str(tmp_path / "tb")])
+    assert res.exit_code == 0, res.output
+    _assert_event_files_hold(tmp_path / "tb", _expected(store), res.output)
+    res = CliRunner().invoke(main, ["export", s3.url("nothing.zarr"), "--to", "tensorboard", str(tmp_path / "tb2")])
+    assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "nothing.zarr" in res.output, res.output
+
+
+def _assert_event_files_hold(tb: Path, want: dict[tuple[str, str], dict[int, float]], output: str) -> None:
+    """The event files under ``tb/<run>/`` hold every point of ``want``, at its step, in order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     n_points = sum(len(v) for v in want.values())
-    assert f"{n_points} points of {len(want)} scalars from 2 run(s)" in res.output
+    assert f"{n_points} points of {len(want)} scalars from 2 run(s)" in output
     for run in ("a", "b"):
-        acc = EventAccumulator(str(tmp_path / "tb" / run), size_guidance={"scalars": 0})
+        acc = EventAccumulator(str(tb / run), size_guidance={"scalars": 0})
         acc.Reload()
         tags = set(acc.Tags()["scalars"])
         assert tags == {t for r, t in want if r == run and want[(r, t)]}

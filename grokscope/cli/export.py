@@ -1,5 +1,6 @@
-"""``grokscope export STORE --to tensorboard DIR`` / ``--to wandb [DIR]``: every scalar of a probe store at
-its own step, into TensorBoard event files or Weights & Biases runs (:mod:`grokscope.export`)."""
+"""``grokscope export STORE --to tensorboard DIR`` / ``--to wandb [DIR]``: every scalar of a probe store (a
+folder or a URL such as ``s3://bucket/probes.zarr``) at its own step, into TensorBoard event files or
+Weights & Biases runs (:mod:`grokscope.export`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import click
 
+from .locations import Location, storage_options_option
+from .locations import storage_options as parse_storage_options
+
 
 @click.command()
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("store", type=Location(must_exist=True, file_okay=True))
 @click.argument("out_dir", metavar="DIR", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--to", "target", type=click.Choice(["tensorboard", "wandb"]), required=True,
               help="tensorboard: event files under DIR/<run>/; wandb: one W&B run per store run "
@@ -22,16 +26,23 @@ import click
 @click.option("--entity", default=None, help="W&B entity (--to wandb).")
 @click.option("--mode", type=click.Choice(["online", "offline"]), default=None,
               help="W&B mode (--to wandb; default: wandb's, i.e. WANDB_MODE or online).")
-def export(store: Path, out_dir: Path | None, target: str, runs: str | None, probes: str | None, max_per_var: int,
-           project: str, entity: str | None, mode: str | None) -> None:
-    """Export every scalar of a probe STORE, at its own step, to TensorBoard or Weights & Biases."""
+@storage_options_option
+def export(store: Path | str, out_dir: Path | None, target: str, runs: str | None, probes: str | None,
+           max_per_var: int, project: str, entity: str | None, mode: str | None, storage_options: str | None) -> None:
+    """Export every scalar of a probe STORE (a folder or a URL), at its own step, to TensorBoard or
+    Weights & Biases."""
+    from grokscope.engine.store_view import damage_named
     from grokscope.export import ExportError, to_tensorboard, to_wandb
+    from grokscope.plots.runs import open_store
 
     keep = [p for p in (probes or "").split(",") if p] or None
-    if target == "tensorboard":
-        if out_dir is None:
-            raise ExportError("export --to tensorboard needs DIR, the folder of the event files")
-        summary = to_tensorboard(store, out_dir, runs, keep, max_per_var)
-    else:
-        summary = to_wandb(store, out_dir, project, mode, runs, keep, max_per_var, entity)
+    if target == "tensorboard" and out_dir is None:
+        raise ExportError("export --to tensorboard needs DIR, the folder of the event files")
+    options = parse_storage_options(storage_options)
+    with damage_named(store, storage_options=options):  # a damaged file of the store: one line naming it
+        tree = open_store(store, options)
+        if target == "tensorboard":
+            summary = to_tensorboard(tree, out_dir, runs, keep, max_per_var)  # type: ignore[arg-type]
+        else:
+            summary = to_wandb(tree, out_dir, project, mode, runs, keep, max_per_var, entity)
     click.echo(summary.describe())
