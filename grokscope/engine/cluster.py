@@ -277,16 +277,13 @@ def _spawn() -> Iterator[None]:
         yield
 
 
-WORKER_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "HF_", "HUGGINGFACE_", "FSSPEC_", "GROKSCOPE_")
-
-
 def worker_environment() -> dict[str, str]:
-    """The driver's environment that the local CPU workers must share, as it is now: what reaches
-    object stores and hubs (credentials, endpoints: ``AWS_*``, ``HF_*``, ...), grokscope's own
-    (``GROKSCOPE_PROBES``, ``GROKSCOPE_STORAGE_OPTIONS``, ...) and ``TMPDIR`` (where the fetch cache and
-    scratch folders go). The workers are forked from a server that may have started before the caller
-    set them (a notebook cell, a test), so they are handed over explicitly."""
-    return {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES) or k == "TMPDIR"}
+    """The driver's environment as it is now, for the local CPU workers. They are forked from a server
+    that may have started before the caller set a variable (a notebook cell, a test: credentials,
+    ``TMPDIR`` where the fetch cache goes, ``GROKSCOPE_PROBES``, one the user's model code reads), so
+    each cluster hands them the whole environment, as a spawned process would get it (a variable
+    deleted since the server started stays set there)."""
+    return dict(os.environ)
 
 
 def _local_client(cfg: EngineConfig) -> Iterator[tuple[Any, int, str]]:

@@ -428,12 +428,14 @@ def main():
     os.environ.update(saved)  # the user sets them afterwards (a notebook cell, a test fixture)
     os.environ["TMPDIR"] = sys.argv[3]  # and a temporary folder of their own, and probes of their own
     os.environ["GROKSCOPE_PROBES"] = "delta=tests.helpers:DeltaProbe"
+    os.environ["MY_MODEL_SETTING"] = "late"  # one a user's own code reads
     import grokscope
     s = grokscope.probe(sys.argv[1], "acc,delta", out=Path(sys.argv[2]), workers=1, threads=1)
     print("FAILURES", len(s.failures), s.failures[0].reason if s.failures else "")
     from grokscope.engine.scratch import temp_root
     with dask_client(EngineConfig(probes=[], out=Path(sys.argv[2]), workers=2, threads=1)) as (client, _, _):
         print("WORKER TMP", sorted(set(map(str, client.run(temp_root).values()))))
+        print("WORKER SETTING", sorted(set(client.run(os.environ.get, "MY_MODEL_SETTING").values())))
 
 
 if __name__ == "__main__":
@@ -442,10 +444,10 @@ if __name__ == "__main__":
 
 
 def test_local_workers_get_the_environment_set_after_their_server_started(s3, tmp_path):
-    """Local worker processes fork from a server that may predate the credentials, ``TMPDIR`` and
-    ``GROKSCOPE_PROBES`` in the environment: the driver hands them (``AWS_*`` ..., ``GROKSCOPE_*``,
-    ``TMPDIR``) to the workers it starts, so they read the store, find the probes, and put their fetch
-    cache and scratch folders where the user said."""
+    """Local worker processes fork from a server that may predate the credentials, ``TMPDIR``,
+    ``GROKSCOPE_PROBES`` and the user's own variables in the environment: the driver hands its whole
+    environment to the workers it starts, so they read the store, find the probes, put their fetch cache
+    and scratch folders where the user said, and the user's code sees its settings."""
     import subprocess
     import sys
 
@@ -462,6 +464,7 @@ def test_local_workers_get_the_environment_set_after_their_server_started(s3, tm
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "FAILURES 0" in r.stdout, (r.stdout, r.stderr[-2000:])
     assert f"WORKER TMP {[str(late_tmp)]}" in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert "WORKER SETTING ['late']" in r.stdout, (r.stdout, r.stderr[-2000:])
     assert int(load_group(tmp_path / "s.zarr", "a", "acc").done.sum()) == 2
     assert int(load_group(tmp_path / "s.zarr", "a", "delta").done.sum()) == 2
 
