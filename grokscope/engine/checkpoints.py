@@ -269,12 +269,19 @@ def single_checkpoint(path: Path, run_dir: Path) -> Checkpoint:
                       sizes=listed_sizes([path]), etag=listed_etag([path]))
 
 
+def _listed(paths: list[Any]) -> list[Any] | None:
+    """The source listing's entries of remote files (size, ETag); None for local files or when one is
+    missing."""
+    if not all(isinstance(p, RemotePath) and p.is_file() for p in paths):
+        return None
+    return [p.entry() for p in paths]
+
+
 def listed_sizes(paths: list[Any]) -> tuple[int, ...]:
     """The listed sizes of remote files (free: the source's listing has them); () for local files or
     when one is missing."""
-    if not all(isinstance(p, RemotePath) and p.is_file() for p in paths):
-        return ()
-    return tuple(p.stat().st_size for p in paths)
+    entries = _listed(paths)
+    return () if entries is None else tuple(e.size for e in entries)
 
 
 def listed_etag(paths: list[Any]) -> str:
@@ -282,10 +289,8 @@ def listed_etag(paths: list[Any]) -> str:
     same while the files are unchanged, since a server's ETag changes with an object's content (S3:
     the MD5 of the bytes or of the parts; the hub: the LFS sha256 or git blob id). '' for local files,
     or when the server gave one of them no ETag."""
-    if not all(isinstance(p, RemotePath) and p.is_file() for p in paths):
-        return ""
-    entries = [p.entry() for p in paths]
-    if not all(e.etag for e in entries):
+    entries = _listed(paths)
+    if entries is None or not all(e.etag for e in entries):
         return ""
     h = hashlib.sha256()
     for e in entries:

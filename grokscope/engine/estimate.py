@@ -142,7 +142,7 @@ def estimate(path: Path, cfg: EngineConfig) -> Estimate:
         p = plan(runs, store, cfg, threads=est.threads)
         summary = Summary(store=out)
         screen_plan(p, summary)
-        rechecked = _done_checkpoints(p, store, cfg) if cfg.recheck else []
+        rechecked = _rechecked_checkpoints(p, store, cfg) if cfg.recheck else []
     est.failures = [f.line() for f in summary.failures] + [f.line() for f in p.failures]
     est.warnings += p.warnings
     est.runs, est.jobs, est.skipped, est.checkpoints = len(p.runs), p.jobs, p.skipped, len(p.tasks)
@@ -162,7 +162,7 @@ def estimate(path: Path, cfg: EngineConfig) -> Estimate:
     return est
 
 
-def _done_checkpoints(p: Any, store: ProbeStore, cfg: EngineConfig) -> list[Any]:
+def _rechecked_checkpoints(p: Any, store: ProbeStore, cfg: EngineConfig) -> list[Any]:
     """The checkpoints of jobs already done in the store that ``--recheck`` hashes again."""
     again = to_recheck(p, store, cfg)
     return [ck for name, run in p.runs.items() for ck in run.checkpoints if (name, ck.step) in again]

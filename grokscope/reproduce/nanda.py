@@ -3,10 +3,11 @@ grokking via mechanistic interpretability* (ICLR 2023), the main run.
 
 The paper's setting (preset ``modadd-transformer``): a + b mod 113 as tokens (a, b, '='), 30 % of
 the pairs for training, a one-layer transformer without LayerNorm (d_model 128, 4 heads of 32,
-d_mlp 512, ReLU, initialised as the authors' code), full-batch AdamW lr 1e-3, weight decay 1, β = (0.9, 0.98), a 10-step linear
-warm-up, seed 0. We train :data:`STEPS` steps (the authors' code runs 50 000 epochs; the paper's
-three phases end by ≈ 13 300) and save a checkpoint every :data:`SAVE_EVERY` steps. The run resumes:
-an interrupted command continues from its last checkpoint, so the run can be done in sittings.
+d_mlp 512, ReLU, initialised as the authors' code), full-batch AdamW lr 1e-3, weight decay 1,
+β = (0.9, 0.98), a 10-step linear warm-up, seed 0. We train :data:`STEPS` steps (the authors' code
+runs 50 000 epochs; the paper's three phases end by ≈ 13 300) and save a checkpoint every
+:data:`SAVE_EVERY` steps. The run resumes: an interrupted command continues from its last checkpoint,
+so the run can be done in sittings.
 
 Every checkpoint is probed with ``fourier`` (embedding Fourier norms, key frequencies, Gini,
 restricted and excluded loss over all p² pairs), ``norm`` (Σθ², Musat's tangent measures) and

@@ -57,6 +57,10 @@ class Requests(logging.Handler):
     def gets(self, suffix: str) -> list[str]:
         return [ln for ln in self.lines if '"GET ' in ln and suffix in ln.split('"')[1].split("?")[0]]
 
+    def keys_got(self, suffix: str) -> list[str]:
+        """The object keys of those GETs, sorted (``runs/a/checkpoints/step-00000000.safetensors``)."""
+        return sorted(ln.split('"')[1].split()[1].split("/", 2)[2].split("?")[0] for ln in self.gets(suffix))
+
 
 @pytest.fixture
 def requests_log():
@@ -141,7 +145,7 @@ def test_a_remote_series_costs_one_client_read_before_the_cluster(s3, tmp_path, 
     requests_log.lines.clear()
     r = _grokscope("probe", url, "-o", tmp_path / "p.zarr", "-m", "acc,lc", "--dry-run", "--json", "-q")
     assert r.exit_code == 0, r.output
-    weights = sorted(ln.split('"')[1].split()[1].split("/", 2)[2] for ln in requests_log.gets(".safetensors"))
+    weights = requests_log.keys_got(".safetensors")
     assert weights == ["runs/a/checkpoints/step-00000000.safetensors",
                        "runs/b/checkpoints/step-00000000.safetensors"], requests_log.lines
     assert len(requests_log.gets("run.json")) == 2, requests_log.lines
@@ -469,11 +473,6 @@ def test_local_workers_get_the_environment_set_after_their_server_started(s3, tm
     assert int(load_group(tmp_path / "s.zarr", "a", "delta").done.sum()) == 2
 
 
-def _weights_read(requests_log) -> list[str]:
-    """The checkpoint files GET from the S3 server, by key, sorted."""
-    return sorted(ln.split('"')[1].split()[1].split("/", 2)[2].split("?")[0] for ln in requests_log.gets(".safetensors"))
-
-
 def test_recheck_of_a_remote_series_fetches_only_what_its_listing_says_changed(s3, tmp_path, requests_log):
     """A rerun's ``--recheck`` compares each done remote checkpoint's listed ETags and sizes with those
     it was probed with (``checkpoint_etag``): unchanged files are not fetched again; a file replaced in
@@ -492,7 +491,7 @@ def test_recheck_of_a_remote_series_fetches_only_what_its_listing_says_changed(s
     requests_log.lines.clear()
     r = _grokscope(*probe)
     assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == 4, r.output
-    assert _weights_read(requests_log) == [], requests_log.lines  # the listing and run.json only
+    assert requests_log.keys_got(".safetensors") == [], requests_log.lines  # the listing and run.json only
 
     replaced = tmp_path / "other/checkpoints/step-00000002.safetensors"
     s3.fs().put(str(replaced), s3.url("runs/a/checkpoints/step-00000002.safetensors"))
@@ -504,7 +503,7 @@ def test_recheck_of_a_remote_series_fetches_only_what_its_listing_says_changed(s
     assert r.exit_code == 0 and s["completed"] == 1 and s["skipped"] == 3, r.output
     assert any("a step 2" in w and "checkpoint changed since it was probed" in w for w in s["warnings"]), s
     changed = "runs/a/checkpoints/step-00000002.safetensors"
-    assert _weights_read(requests_log) == [changed, changed], requests_log.lines  # hashed, then probed
+    assert requests_log.keys_got(".safetensors") == [changed, changed], requests_log.lines  # hashed, then probed
     ds = load_group(out, "a", "acc")
     assert str(ds.checkpoint_etag.values[2]) not in etags and [str(e) for e in ds.checkpoint_etag.values[[0, 1, 3]]] \
         == [etags[i] for i in (0, 1, 3)]
